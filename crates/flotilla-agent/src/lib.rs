@@ -1,0 +1,2 @@
+//! flotilla-agent: see ARCHITECTURE.md. Being built.
+#![forbid(unsafe_code)]

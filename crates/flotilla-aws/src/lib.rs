@@ -1,0 +1,2 @@
+//! flotilla-aws: see ARCHITECTURE.md. Being built.
+#![forbid(unsafe_code)]

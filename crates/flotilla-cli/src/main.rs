@@ -1,0 +1,4 @@
+//! The `flotilla` command line. Being built.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,404 @@
+//! The reaper as a pure plan: given every version of a deployment name, what they run and what
+//! their instances report, decide what to retire, scale down and delete.
+//!
+//! Retirement takes two passes: a pass that retires a version makes its affinity answer 410 and
+//! scales it to zero; a later pass deletes its resources once nothing of it runs.
+//!
+//! Architecture invariant: the plan never touches a version that is active, that fresh traffic
+//! still goes to, that is deploying within its timeout, or that is younger than `min_age`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drain::Readiness;
+use crate::ids::DeploymentId;
+use crate::lifecycle::{Version, VersionState};
+use crate::routing::Affinity;
+use crate::time::Timestamp;
+
+/// When the reaper may act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapPolicy {
+    /// A version younger than this (since its deploy began) is never touched.
+    pub min_age: Duration,
+    /// A version that has been draining this long is retired even if sessions remain.
+    pub max_age: Duration,
+    /// Passes in a row in which every instance must report ready before the version is retired.
+    pub consecutive_ready_passes: u32,
+    /// A version still deploying after this long (since its deploy began) is cleaned up.
+    pub deploying_timeout: Duration,
+}
+
+impl Default for ReapPolicy {
+    fn default() -> Self {
+        ReapPolicy {
+            min_age: Duration::from_secs(60),
+            max_age: Duration::from_secs(48 * 3600),
+            consecutive_ready_passes: 2,
+            deploying_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Desired and running instance counts of a version's compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeCounts {
+    /// Instances asked for.
+    pub desired: u32,
+    /// Instances running now.
+    pub running: u32,
+}
+
+/// What the reaper knows about one version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// The recorded version.
+    pub version: Version,
+    /// Its compute, or `None` when none exists.
+    pub compute: Option<ComputeCounts>,
+    /// One entry per running instance: what it reported, or `None` if it has not reported.
+    pub instances: Vec<Option<Readiness>>,
+    /// Consecutive earlier passes in which every instance reported ready.
+    pub ready_passes: u32,
+    /// What its affinity does, or `None` when it has no affinity rules.
+    pub affinity: Option<Affinity>,
+    /// Whether the default forward still sends fresh traffic to it.
+    pub in_default: bool,
+}
+
+/// Why a draining version is retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetireReason {
+    /// Every instance reported ready for the required number of passes.
+    SessionsEnded,
+    /// It drained for longer than `max_age`.
+    MaxAge,
+}
+
+/// Why a version's resources are removed without it ever serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupReason {
+    /// Its deploy gave up and left it failed.
+    Failed,
+    /// It was still deploying past `deploying_timeout`: its deploy died.
+    DeployTimedOut,
+}
+
+/// One step the reaper should take. Every action is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ReapAction {
+    /// Store the new count of consecutive all-ready passes (0 resets it).
+    RecordReadyPasses {
+        /// The version.
+        id: DeploymentId,
+        /// The new count.
+        passes: u32,
+    },
+    /// Record the version retired, make its affinity answer 410, and scale it to zero.
+    Retire {
+        /// The version.
+        id: DeploymentId,
+        /// Why.
+        reason: RetireReason,
+    },
+    /// Finish an interrupted retirement: make the affinity answer 410.
+    RetireRouting {
+        /// The version.
+        id: DeploymentId,
+    },
+    /// Finish an interrupted retirement: scale to zero.
+    ScaleToZero {
+        /// The version.
+        id: DeploymentId,
+    },
+    /// Nothing of a retired version runs: delete its rules, target group, compute and state.
+    DeleteResources {
+        /// The version.
+        id: DeploymentId,
+    },
+    /// Remove everything of a version that never served.
+    CleanUpFailed {
+        /// The version.
+        id: DeploymentId,
+        /// Why.
+        reason: CleanupReason,
+    },
+}
+
+impl ReapAction {
+    /// The version the action is about.
+    pub fn id(&self) -> &DeploymentId {
+        match self {
+            ReapAction::RecordReadyPasses { id, .. }
+            | ReapAction::Retire { id, .. }
+            | ReapAction::RetireRouting { id }
+            | ReapAction::ScaleToZero { id }
+            | ReapAction::DeleteResources { id }
+            | ReapAction::CleanUpFailed { id, .. } => id,
+        }
+    }
+
+    /// Whether the action changes anything a user can see (everything but bookkeeping).
+    pub fn is_visible(&self) -> bool {
+        !matches!(self, ReapAction::RecordReadyPasses { .. })
+    }
+}
+
+/// Plans one reaper pass over every version of one deployment name.
+pub fn plan_reap(fleet: &[VersionView], now: Timestamp, policy: &ReapPolicy) -> Vec<ReapAction> {
+    let mut actions = Vec::new();
+    for view in fleet {
+        let v = &view.version;
+        if view.in_default || v.age(now) < policy.min_age {
+            continue;
+        }
+        let id = || v.id.clone();
+        match v.state {
+            VersionState::Active => {}
+            VersionState::Deploying => {
+                if v.age(now) >= policy.deploying_timeout {
+                    actions.push(ReapAction::CleanUpFailed {
+                        id: id(),
+                        reason: CleanupReason::DeployTimedOut,
+                    });
+                }
+            }
+            VersionState::Failed => {
+                actions.push(ReapAction::CleanUpFailed {
+                    id: id(),
+                    reason: CleanupReason::Failed,
+                });
+            }
+            VersionState::Draining => plan_draining(view, now, policy, &mut actions),
+            VersionState::Retired => {
+                let counts = view.compute.unwrap_or(ComputeCounts {
+                    desired: 0,
+                    running: 0,
+                });
+                if counts.desired == 0 && counts.running == 0 {
+                    actions.push(ReapAction::DeleteResources { id: id() });
+                    continue;
+                }
+                if view.affinity == Some(Affinity::Serving) {
+                    actions.push(ReapAction::RetireRouting { id: id() });
+                }
+                if counts.desired > 0 {
+                    actions.push(ReapAction::ScaleToZero { id: id() });
+                }
+            }
+        }
+    }
+    actions
+}
+
+fn plan_draining(
+    view: &VersionView,
+    now: Timestamp,
+    policy: &ReapPolicy,
+    actions: &mut Vec<ReapAction>,
+) {
+    let v = &view.version;
+    if v.time_in_state(now) >= policy.max_age {
+        actions.push(ReapAction::Retire {
+            id: v.id.clone(),
+            reason: RetireReason::MaxAge,
+        });
+        return;
+    }
+    let running = view.compute.map_or(0, |c| c.running);
+    // Every running instance must have reported ready; one that has not reported is not ready.
+    // With nothing running there are no sessions left to wait for.
+    let all_ready = running == 0
+        || (view.instances.len() >= running as usize
+            && view
+                .instances
+                .iter()
+                .all(|r| *r == Some(Readiness::ShutdownReady)));
+    if all_ready {
+        let passes = view.ready_passes.saturating_add(1);
+        if passes >= policy.consecutive_ready_passes {
+            actions.push(ReapAction::Retire {
+                id: v.id.clone(),
+                reason: RetireReason::SessionsEnded,
+            });
+        } else {
+            actions.push(ReapAction::RecordReadyPasses {
+                id: v.id.clone(),
+                passes,
+            });
+        }
+    } else if view.ready_passes != 0 {
+        actions.push(ReapAction::RecordReadyPasses {
+            id: v.id.clone(),
+            passes: 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_764_100_000;
+
+    fn view(state: VersionState, age_secs: u64, in_state_secs: u64) -> VersionView {
+        let id = DeploymentId::generate(Timestamp::from_secs(NOW - age_secs), age_secs);
+        VersionView {
+            version: Version {
+                id,
+                state,
+                created_at: Timestamp::from_secs(NOW - age_secs),
+                state_changed_at: Timestamp::from_secs(NOW - in_state_secs),
+            },
+            compute: Some(ComputeCounts {
+                desired: 2,
+                running: 2,
+            }),
+            instances: vec![Some(Readiness::Healthy), Some(Readiness::Healthy)],
+            ready_passes: 0,
+            affinity: Some(if state == VersionState::Retired {
+                Affinity::Retired
+            } else {
+                Affinity::Serving
+            }),
+            in_default: state == VersionState::Active,
+        }
+    }
+
+    fn plan(views: &[VersionView]) -> Vec<ReapAction> {
+        let policy = ReapPolicy {
+            min_age: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
+            consecutive_ready_passes: 2,
+            deploying_timeout: Duration::from_secs(900),
+        };
+        plan_reap(views, Timestamp::from_secs(NOW), &policy)
+    }
+
+    #[test]
+    fn leaves_active_young_and_starting_versions_alone() {
+        assert_eq!(plan(&[view(VersionState::Active, 10_000, 10_000)]), vec![]);
+        assert_eq!(plan(&[view(VersionState::Deploying, 899, 899)]), vec![]);
+        let mut young = view(VersionState::Draining, 59, 59);
+        young.instances = vec![Some(Readiness::ShutdownReady); 2];
+        young.ready_passes = 5;
+        assert_eq!(plan(&[young]), vec![]);
+        // A new version with nothing running yet is starting, not idle.
+        let mut starting = view(VersionState::Deploying, 120, 120);
+        starting.compute = Some(ComputeCounts {
+            desired: 2,
+            running: 0,
+        });
+        starting.instances = vec![];
+        assert_eq!(plan(&[starting]), vec![]);
+    }
+
+    #[test]
+    fn draining_version_needs_consecutive_ready_passes() {
+        let mut v = view(VersionState::Draining, 600, 300);
+        let id = v.version.id.clone();
+        assert_eq!(plan(&[v.clone()]), vec![], "sessions remain");
+        v.instances = vec![Some(Readiness::ShutdownReady), None];
+        assert_eq!(plan(&[v.clone()]), vec![], "one instance has not reported");
+        v.instances = vec![Some(Readiness::ShutdownReady); 2];
+        assert_eq!(
+            plan(&[v.clone()]),
+            vec![ReapAction::RecordReadyPasses {
+                id: id.clone(),
+                passes: 1
+            }]
+        );
+        v.ready_passes = 1;
+        assert_eq!(
+            plan(&[v.clone()]),
+            vec![ReapAction::Retire {
+                id: id.clone(),
+                reason: RetireReason::SessionsEnded
+            }]
+        );
+        v.instances = vec![Some(Readiness::ShutdownReady), Some(Readiness::Healthy)];
+        assert_eq!(
+            plan(&[v]),
+            vec![ReapAction::RecordReadyPasses { id, passes: 0 }],
+            "a session came back"
+        );
+    }
+
+    #[test]
+    fn max_age_forces_retirement() {
+        let v = view(VersionState::Draining, 7200, 3600);
+        let id = v.version.id.clone();
+        assert_eq!(
+            plan(&[v]),
+            vec![ReapAction::Retire {
+                id,
+                reason: RetireReason::MaxAge
+            }]
+        );
+    }
+
+    #[test]
+    fn retired_versions_scale_down_then_delete() {
+        let mut v = view(VersionState::Retired, 7200, 10);
+        let id = v.version.id.clone();
+        v.affinity = Some(Affinity::Serving);
+        assert_eq!(
+            plan(&[v.clone()]),
+            vec![
+                ReapAction::RetireRouting { id: id.clone() },
+                ReapAction::ScaleToZero { id: id.clone() }
+            ]
+        );
+        v.affinity = Some(Affinity::Retired);
+        v.compute = Some(ComputeCounts {
+            desired: 0,
+            running: 1,
+        });
+        assert_eq!(
+            plan(&[v.clone()]),
+            vec![],
+            "wait for the last instance to stop"
+        );
+        v.compute = Some(ComputeCounts {
+            desired: 0,
+            running: 0,
+        });
+        assert_eq!(
+            plan(&[v.clone()]),
+            vec![ReapAction::DeleteResources { id: id.clone() }]
+        );
+        v.compute = None;
+        assert_eq!(plan(&[v]), vec![ReapAction::DeleteResources { id }]);
+    }
+
+    #[test]
+    fn failed_and_timed_out_deploys_are_cleaned_up() {
+        let failed = view(VersionState::Failed, 120, 60);
+        let stuck = view(VersionState::Deploying, 900, 900);
+        assert_eq!(
+            plan(&[failed.clone(), stuck.clone()]),
+            vec![
+                ReapAction::CleanUpFailed {
+                    id: failed.version.id,
+                    reason: CleanupReason::Failed
+                },
+                ReapAction::CleanUpFailed {
+                    id: stuck.version.id,
+                    reason: CleanupReason::DeployTimedOut
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn never_touches_what_fresh_traffic_reaches() {
+        // A deploy that died right after switching the default leaves a `deploying` version serving.
+        let mut v = view(VersionState::Deploying, 10_000, 10_000);
+        v.in_default = true;
+        assert_eq!(plan(&[v]), vec![]);
+    }
+}

@@ -1,0 +1,267 @@
+//! The provider ports: what the workflows need from a place that runs versions.
+//!
+//! A provider (host, AWS, the simulator) implements every trait here. Every mutating call is
+//! idempotent: repeating it after a crash, or after it already took effect, succeeds and changes
+//! nothing more. Workflows rely on that to converge when run again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flotilla_core::drain::Readiness;
+use flotilla_core::routing::{RoutingTable, WeightedTarget};
+use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version};
+use serde::{Deserialize, Serialize};
+
+/// The broad class of a port failure, which decides what a caller may do about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A network blip or a 5xx: the same call may succeed if repeated.
+    Transient,
+    /// The provider asked us to slow down.
+    Throttled,
+    /// The resource does not exist.
+    NotFound,
+    /// The resource exists in a state that conflicts with the call (in use, being deleted).
+    Conflict,
+    /// Credentials lack a permission.
+    AccessDenied,
+    /// The request itself is wrong (bad parameter, limit exceeded).
+    Invalid,
+    /// The provider cannot be reached at all (daemon down, endpoint unreachable).
+    Unavailable,
+}
+
+impl ErrorKind {
+    /// Whether repeating the same call later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Transient | ErrorKind::Throttled | ErrorKind::Unavailable
+        )
+    }
+}
+
+/// A failed port call: what was being done, to what, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{operation} {resource}: {message}")]
+pub struct PortError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// What was being done, e.g. `create target group`.
+    pub operation: String,
+    /// What it was done to, e.g. `prod-20261125-190633-k3x9`.
+    pub resource: String,
+    /// The provider's explanation.
+    pub message: String,
+}
+
+impl PortError {
+    /// A port error of `kind`.
+    pub fn new(
+        kind: ErrorKind,
+        operation: impl Into<String>,
+        resource: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        PortError {
+            kind,
+            operation: operation.into(),
+            resource: resource.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A reference to a runnable build of a version: an image URI on AWS, a release directory on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageRef(pub String);
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a version's code comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageRequest {
+    /// An image (or release) that already exists, used as it is.
+    Prebuilt(String),
+    /// Build from this directory (the app's root).
+    Build(PathBuf),
+}
+
+/// Everything needed to create one version's instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSpec {
+    /// The deployment name.
+    pub name: DeploymentName,
+    /// The version.
+    pub id: DeploymentId,
+    /// The build to run.
+    pub image: ImageRef,
+    /// How many instances to run.
+    pub instances: u32,
+}
+
+/// What a version's compute looks like now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeStatus {
+    /// Instances asked for.
+    pub desired: u32,
+    /// Instances running.
+    pub running: u32,
+    /// Instances passing health checks (healthy targets on AWS).
+    pub healthy: u32,
+    /// The ids of the running instances.
+    pub instances: Vec<InstanceId>,
+    /// Live sessions across the instances, where the provider can count them (the host router can;
+    /// on AWS each agent reports only its readiness).
+    pub sessions: Option<u64>,
+}
+
+/// Creates, scales, observes and deletes the instances of versions.
+#[async_trait]
+pub trait Compute: Send + Sync {
+    /// Creates the version's instances as `spec` says. Succeeds without change if they exist.
+    async fn create(&self, spec: &VersionSpec) -> Result<(), PortError>;
+    /// Sets how many instances of `id` should run.
+    async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError>;
+    /// Stops and deletes everything of `id`'s compute. Succeeds if nothing exists.
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError>;
+    /// The compute of each of `ids` that has any; an id missing from the map has none.
+    /// Providers batch this (one DescribeServices per 10 services on AWS).
+    async fn observe(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, ComputeStatus>, PortError>;
+    /// Every version of this deployment name that has compute, recorded or not (to find orphans).
+    async fn list(&self) -> Result<Vec<DeploymentId>, PortError>;
+    /// The last `lines` log lines of `id`'s instances, most useful first (a failing one's).
+    async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError>;
+}
+
+/// Installs and removes the routing of versions: affinity rules and the default forward.
+#[async_trait]
+pub trait Routing: Send + Sync {
+    /// Makes requests carrying `id`'s affinity (header or query parameter) reach `id`.
+    /// On AWS this creates the target group and both listener rules. Idempotent.
+    async fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError>;
+    /// Makes `id`'s affinity answer 410 Gone. Idempotent.
+    async fn retire_affinity(&self, id: &DeploymentId) -> Result<(), PortError>;
+    /// Removes `id`'s affinity (and its target group on AWS). Succeeds if none exists.
+    async fn remove_affinity(&self, id: &DeploymentId) -> Result<(), PortError>;
+    /// Replaces the default forward for fresh requests; empty means "no version deployed yet" (503).
+    async fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError>;
+    /// The routing as it is now.
+    async fn snapshot(&self) -> Result<RoutingTable, PortError>;
+}
+
+/// A recorded version and the bookkeeping the workflows keep beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The version and its lifecycle state.
+    pub version: Version,
+    /// The build it runs, once known.
+    pub image: Option<ImageRef>,
+    /// Instances it should run while serving.
+    pub instances: u32,
+    /// Consecutive reaper passes in which every instance reported ready.
+    pub ready_passes: u32,
+}
+
+/// Who holds a deploy lock and until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// Who took it, e.g. `alice@build-7 (pid 4242)`.
+    pub owner: String,
+    /// When it was taken.
+    pub acquired_at: Timestamp,
+    /// When it lapses if not released.
+    pub expires_at: Timestamp,
+}
+
+/// The answer to a lock request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockOutcome {
+    /// The caller holds the lock now.
+    Acquired,
+    /// Someone else holds it.
+    Held(LockInfo),
+}
+
+/// Where versions' states, instance readiness and the deploy lock are kept
+/// (SQLite on the host; SSM parameters and service tags on AWS).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Every recorded version of this deployment name, oldest first.
+    async fn list(&self) -> Result<Vec<VersionRecord>, PortError>;
+    /// One recorded version.
+    async fn get(&self, id: &DeploymentId) -> Result<Option<VersionRecord>, PortError>;
+    /// Creates or replaces a record.
+    async fn put(&self, record: &VersionRecord) -> Result<(), PortError>;
+    /// Deletes a record and every instance readiness of it. Succeeds if none exists.
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError>;
+    /// What each instance of each of `ids` last reported. Providers batch this (GetParameters by 10).
+    async fn readiness(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>>, PortError>;
+    /// Takes the deploy lock for `owner` until `now + ttl`. An expired lock is taken over; `force`
+    /// breaks a live one. Taking a lock one already holds renews it.
+    async fn acquire_lock(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+        force: bool,
+    ) -> Result<LockOutcome, PortError>;
+    /// Releases the lock if `owner` holds it. Succeeds otherwise.
+    async fn release_lock(&self, owner: &str) -> Result<(), PortError>;
+    /// Who holds the lock, if anyone (expired locks included, for reporting).
+    async fn lock_info(&self) -> Result<Option<LockInfo>, PortError>;
+}
+
+/// Turns an [`ImageRequest`] into a runnable build.
+#[async_trait]
+pub trait ImageSource: Send + Sync {
+    /// Builds or resolves the image for `id`. Idempotent per id.
+    async fn prepare(
+        &self,
+        id: &DeploymentId,
+        request: &ImageRequest,
+    ) -> Result<ImageRef, PortError>;
+    /// Removes what `prepare` made for `id`, if anything is worth removing. Succeeds if gone.
+    async fn discard(&self, id: &DeploymentId) -> Result<(), PortError>;
+}
+
+/// Time as the workflows see it: real on providers, virtual in the simulator.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+    /// Waits for `duration`.
+    async fn sleep(&self, duration: Duration);
+}
+
+/// The ports of one provider for one deployment name, bundled.
+#[derive(Clone)]
+pub struct Ports {
+    /// Instances.
+    pub compute: Arc<dyn Compute>,
+    /// Affinity and the default forward.
+    pub routing: Arc<dyn Routing>,
+    /// Records, readiness and the lock.
+    pub state: Arc<dyn StateStore>,
+    /// Builds.
+    pub images: Arc<dyn ImageSource>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}

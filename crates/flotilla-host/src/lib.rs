@@ -1,0 +1,2 @@
+//! flotilla-host: see ARCHITECTURE.md. Being built.
+#![forbid(unsafe_code)]

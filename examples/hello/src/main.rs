@@ -1,0 +1,2 @@
+//! Example app placeholder; the host issue fills it in.
+fn main() {}
