@@ -1,0 +1,184 @@
+//! The host provider's settings: a plain struct the CLI fills from `flotilla.toml`.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_core::DeploymentName;
+use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
+use flotilla_core::reaper::ReapPolicy;
+use serde::{Deserialize, Serialize};
+
+/// Everything the host provider needs for one deployment name.
+///
+/// Paths may be relative; [`HostSettings::resolved`] makes them absolute against the app directory.
+/// The defaults of [`HostSettings::new`] are the documented `flotilla.toml` defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSettings {
+    /// The deployment name (`name` in `flotilla.toml`).
+    pub name: DeploymentName,
+    /// The app's root directory: releases are snapshots of it.
+    pub app_dir: PathBuf,
+    /// Where the daemon keeps its state, socket, logs and releases (`[host] state_dir`).
+    pub state_dir: PathBuf,
+    /// Where the router listens (`[host] listen`).
+    pub listen: SocketAddr,
+    /// Where the read-only status page listens (`[host] admin_listen`).
+    pub admin_listen: SocketAddr,
+    /// The shell command starting one instance, run with `sh -c` in the release directory.
+    pub command: String,
+    /// An optional build command run with `sh -c` inside a fresh release directory.
+    pub build: Option<String>,
+    /// Instances per version.
+    pub instances: u32,
+    /// Releases kept on disk for versions that no longer run.
+    pub keep_releases: u32,
+    /// The HTTP path probed for health (`[app] health_path`).
+    pub health_path: String,
+    /// The request header carrying a tab's version.
+    pub affinity_header: String,
+    /// The query parameter carrying a tab's version.
+    pub affinity_query: String,
+    /// Whether the router injects the browser client into HTML responses.
+    pub inject_client: bool,
+    /// How long a deploy waits for health (used by the daemon's own engine for the reaper).
+    pub health_timeout: Duration,
+    /// How often instance readiness is observed (`[drain] poll_seconds`).
+    pub drain_poll: Duration,
+    /// How long a draining instance waits before it may report ready (`[drain] grace_seconds`).
+    pub drain_grace: Duration,
+    /// How long a stopping instance gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// The reaper's policy.
+    pub reaper_policy: ReapPolicy,
+    /// How often the daemon's reaper runs (`[reaper] interval_seconds`).
+    pub reaper_interval: Duration,
+    /// The program and arguments that start the daemon in the background (`flotilla host serve`).
+    /// `None` means the current executable with `host serve`, run in the app directory.
+    pub serve_command: Option<Vec<OsString>>,
+}
+
+impl HostSettings {
+    /// Settings with every documented default, for `name` with its app in `app_dir`.
+    pub fn new(
+        name: DeploymentName,
+        app_dir: impl Into<PathBuf>,
+        command: impl Into<String>,
+    ) -> Self {
+        HostSettings {
+            name,
+            app_dir: app_dir.into(),
+            state_dir: PathBuf::from(".flotilla/host"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            command: command.into(),
+            build: None,
+            instances: 2,
+            keep_releases: 2,
+            health_path: "/healthz".to_owned(),
+            affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
+            affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
+            inject_client: false,
+            health_timeout: Duration::from_secs(120),
+            drain_poll: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(30),
+            reaper_policy: ReapPolicy {
+                min_age: Duration::from_secs(60),
+                max_age: Duration::from_secs(172_800),
+                consecutive_ready_passes: 2,
+                deploying_timeout: Duration::from_secs(1800),
+            },
+            reaper_interval: Duration::from_secs(60),
+            serve_command: None,
+        }
+    }
+
+    /// A copy whose `app_dir` and `state_dir` are absolute (relative ones are taken against the
+    /// current directory and the app directory respectively).
+    pub fn resolved(&self) -> std::io::Result<HostSettings> {
+        let mut s = self.clone();
+        if s.app_dir.is_relative() {
+            s.app_dir = std::env::current_dir()?.join(&s.app_dir);
+        }
+        s.app_dir = normalize(&s.app_dir);
+        if s.state_dir.is_relative() {
+            s.state_dir = s.app_dir.join(&s.state_dir);
+        }
+        s.state_dir = normalize(&s.state_dir);
+        Ok(s)
+    }
+
+    /// The daemon's Unix socket: `<state_dir>/daemon.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("daemon.sock")
+    }
+
+    /// The daemon's log when started in the background: `<state_dir>/daemon.log`.
+    pub fn daemon_log_path(&self) -> PathBuf {
+        self.state_dir.join("daemon.log")
+    }
+
+    /// The SQLite database: `<state_dir>/state.db`.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// Where releases live: `<state_dir>/releases`.
+    pub fn releases_dir(&self) -> PathBuf {
+        self.state_dir.join("releases")
+    }
+
+    /// Where instance logs live: `<state_dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    /// The lock file held by the running daemon: `<state_dir>/daemon.lock`.
+    pub fn daemon_lock_path(&self) -> PathBuf {
+        self.state_dir.join("daemon.lock")
+    }
+}
+
+/// Removes `.` components and folds `..` lexically, so paths print cleanly.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_state_dir_against_app_dir() {
+        let name = DeploymentName::new("web").expect("valid");
+        let mut s = HostSettings::new(name, "/srv/app/./sub/..", "true");
+        s.state_dir = PathBuf::from(".flotilla/host");
+        let r = s.resolved().expect("cwd");
+        assert_eq!(r.app_dir, PathBuf::from("/srv/app"));
+        assert_eq!(r.state_dir, PathBuf::from("/srv/app/.flotilla/host"));
+        assert_eq!(
+            r.socket_path(),
+            PathBuf::from("/srv/app/.flotilla/host/daemon.sock")
+        );
+        s.state_dir = PathBuf::from("/var/lib/flotilla");
+        assert_eq!(
+            s.resolved().expect("cwd").state_dir,
+            PathBuf::from("/var/lib/flotilla")
+        );
+    }
+}

@@ -1,0 +1,890 @@
+//! The supervisor: runs each version's instances as process groups, restarts crashed ones with
+//! backoff, health-checks them, and stops them with SIGTERM, then SIGKILL after `stop_timeout`.
+//!
+//! Each instance is `sh -c <command>` in the release directory, in its own process group (so
+//! whatever it forks dies with it), with `PORT` (a free loopback port chosen here),
+//! `FLOTILLA_DEPLOYMENT_NAME`, `FLOTILLA_DEPLOYMENT_ID` and `FLOTILLA_INSTANCE` set, and its output
+//! appended to `<state_dir>/logs/<id>/<instance>.log`. Every process group is recorded in SQLite
+//! before it serves, so a daemon that died without stopping its children finds and stops them
+//! ([`Supervisor::restore`]) before starting the same instances again: none duplicated.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use flotilla_core::{DeploymentId, DeploymentName, InstanceId};
+use flotilla_engine::ports::ComputeStatus;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::HostError;
+use crate::health;
+use crate::release::tail_lines;
+use crate::state::{ComputeRecord, Store};
+
+/// How often a healthy instance is checked.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an instance not yet healthy is checked (so deploys switch quickly).
+const STARTING_HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive failed checks after which a healthy instance counts as unhealthy.
+const UNHEALTHY_AFTER: u32 = 2;
+/// The first restart delay; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest restart delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An instance that ran this long before exiting restarts with the first delay again.
+const STABLE_RUN: Duration = Duration::from_secs(30);
+/// The longest a restarted daemon waits for a dead daemon's leftover processes to stop.
+const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one instance is doing, shared between its monitor task, the router and `observe`.
+#[derive(Debug)]
+pub struct InstanceState {
+    /// The instance id (`i1`, `i2`, ...).
+    pub instance: InstanceId,
+    port: AtomicU16,
+    pid: AtomicU32,
+    running: AtomicBool,
+    healthy: AtomicBool,
+    /// The app's own session count from its health JSON; `u64::MAX` when it reports none.
+    app_sessions: AtomicU64,
+    restarts: AtomicU32,
+    problem: Mutex<Option<String>>,
+    log_path: PathBuf,
+}
+
+impl InstanceState {
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port.load(Ordering::Relaxed)))
+    }
+
+    /// Its process (group) id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        match self.pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Whether its process is running.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Whether its last health checks passed.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The session count the app itself reported, if any.
+    pub fn app_sessions(&self) -> Option<u64> {
+        match self.app_sessions.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// How often it was restarted after exiting.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The last problem seen (exit status, failed health check).
+    pub fn problem(&self) -> Option<String> {
+        lock(&self.problem).clone()
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    fn set_problem(&self, problem: Option<String>) {
+        *lock(&self.problem) = problem;
+    }
+}
+
+/// One instance as the router and the status page see it.
+#[derive(Clone, Debug)]
+pub struct InstanceView {
+    /// The version.
+    pub id: DeploymentId,
+    /// The instance's shared state.
+    pub state: Arc<InstanceState>,
+}
+
+struct Slot {
+    state: Arc<InstanceState>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct VersionRun {
+    record: ComputeRecord,
+    slots: BTreeMap<u32, Slot>,
+}
+
+/// Called whenever an instance's address, health or liveness changes.
+pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
+
+struct Inner {
+    name: DeploymentName,
+    store: Arc<Store>,
+    logs_dir: PathBuf,
+    stop_timeout: Duration,
+    versions: Mutex<BTreeMap<DeploymentId, VersionRun>>,
+    on_change: ChangeHook,
+}
+
+/// Runs the instances of every version of one deployment name.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Supervisor {
+    /// A supervisor with nothing running yet.
+    pub fn new(
+        name: DeploymentName,
+        store: Arc<Store>,
+        logs_dir: PathBuf,
+        stop_timeout: Duration,
+        on_change: ChangeHook,
+    ) -> Self {
+        Supervisor {
+            inner: Arc::new(Inner {
+                name,
+                store,
+                logs_dir,
+                stop_timeout,
+                versions: Mutex::new(BTreeMap::new()),
+                on_change,
+            }),
+        }
+    }
+
+    /// After a daemon restart: stops every process group a previous daemon left running, then
+    /// starts each recorded version's instances again, with the same instance ids.
+    pub async fn restore(&self) -> Result<Vec<DeploymentId>, HostError> {
+        let leftovers = self.inner.store.list_processes()?;
+        for p in &leftovers {
+            let members = group_members(p.pid, &p.id, &p.instance);
+            if !members.is_empty() {
+                tracing::warn!(id = %p.id, instance = %p.instance, pgid = p.pid, processes = members.len(),
+                    "stopping processes left by a previous daemon");
+                stop_group(p.pid, None, self.inner.stop_timeout.min(LEFTOVER_TIMEOUT)).await;
+            }
+            self.inner.store.delete_process(&p.id, &p.instance)?;
+        }
+        let records = self.inner.store.list_compute()?;
+        let mut restored = Vec::new();
+        for record in records {
+            restored.push(record.spec.id.clone());
+            self.adopt(record);
+        }
+        Ok(restored)
+    }
+
+    /// Records and starts a version's compute. A version already known is left as it is.
+    pub fn create(&self, record: ComputeRecord) -> Result<(), HostError> {
+        if lock(&self.inner.versions).contains_key(&record.spec.id) {
+            return Ok(());
+        }
+        self.inner.store.put_compute(&record)?;
+        self.adopt(record);
+        Ok(())
+    }
+
+    fn adopt(&self, record: ComputeRecord) {
+        let id = record.spec.id.clone();
+        lock(&self.inner.versions)
+            .entry(id.clone())
+            .or_insert(VersionRun {
+                record,
+                slots: BTreeMap::new(),
+            });
+        self.reconcile(&id);
+    }
+
+    /// Sets how many instances of `id` run. Unknown versions are a not-found error.
+    pub fn scale(&self, id: &DeploymentId, desired: u32) -> Result<bool, HostError> {
+        let record = {
+            let mut versions = lock(&self.inner.versions);
+            let Some(run) = versions.get_mut(id) else {
+                return Ok(false);
+            };
+            run.record.desired = desired;
+            run.record.clone()
+        };
+        self.inner.store.put_compute(&record)?;
+        self.reconcile(id);
+        Ok(true)
+    }
+
+    /// Starts missing slots `1..=desired` and asks slots above `desired` to stop.
+    fn reconcile(&self, id: &DeploymentId) {
+        let mut versions = lock(&self.inner.versions);
+        let Some(run) = versions.get_mut(id) else {
+            return;
+        };
+        // Forget slots whose task ended (stopped on request).
+        run.slots.retain(|_, slot| !slot.task.is_finished());
+        let desired = run.record.desired;
+        for n in 1..=desired {
+            if run.slots.contains_key(&n) {
+                continue;
+            }
+            let instance =
+                InstanceId::new(&format!("i{n}")).expect("i<number> is a valid instance id");
+            let log_path = self
+                .inner
+                .logs_dir
+                .join(id.as_str())
+                .join(format!("{instance}.log"));
+            let state = Arc::new(InstanceState {
+                instance,
+                port: AtomicU16::new(0),
+                pid: AtomicU32::new(0),
+                running: AtomicBool::new(false),
+                healthy: AtomicBool::new(false),
+                app_sessions: AtomicU64::new(u64::MAX),
+                restarts: AtomicU32::new(0),
+                problem: Mutex::new(None),
+                log_path,
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            let monitor = Monitor {
+                inner: self.inner.clone(),
+                id: id.clone(),
+                record: run.record.clone(),
+                state: state.clone(),
+                stop: stop_rx,
+            };
+            let task = tokio::spawn(monitor.run());
+            run.slots.insert(n, Slot { state, stop, task });
+        }
+        for (n, slot) in run.slots.iter() {
+            if *n > desired {
+                slot.stop.send_replace(true);
+            }
+        }
+    }
+
+    /// Stops every instance of `id`, waits for them to exit, and forgets its compute.
+    pub async fn delete(&self, id: &DeploymentId) -> Result<(), HostError> {
+        let run = lock(&self.inner.versions).remove(id);
+        if let Some(run) = run {
+            stop_slots(run.slots).await;
+        }
+        self.inner.store.delete_compute(id)?;
+        (self.inner.on_change)();
+        Ok(())
+    }
+
+    /// Stops every instance of every version (the daemon is shutting down) but keeps the compute
+    /// records, so the next daemon starts the same instances again.
+    pub async fn shutdown(&self) {
+        let runs: Vec<VersionRun> = {
+            let mut versions = lock(&self.inner.versions);
+            std::mem::take(&mut *versions).into_values().collect()
+        };
+        let all: Vec<_> = runs
+            .into_iter()
+            .flat_map(|r| r.slots.into_values())
+            .collect();
+        stop_slots_vec(all).await;
+        (self.inner.on_change)();
+    }
+
+    /// The compute of each of `ids` that has any.
+    pub fn observe(
+        &self,
+        ids: &[DeploymentId],
+        sessions: impl Fn(&DeploymentId, &InstanceId) -> u64,
+    ) -> BTreeMap<DeploymentId, ComputeStatus> {
+        let versions = lock(&self.inner.versions);
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let Some(run) = versions.get(id) else {
+                continue;
+            };
+            let mut status = ComputeStatus {
+                desired: run.record.desired,
+                ..ComputeStatus::default()
+            };
+            let mut total = 0u64;
+            for slot in run.slots.values() {
+                let s = &slot.state;
+                if s.running() {
+                    status.running += 1;
+                    status.instances.push(s.instance.clone());
+                    total += sessions(id, &s.instance) + s.app_sessions().unwrap_or(0);
+                    if s.healthy() {
+                        status.healthy += 1;
+                    }
+                }
+            }
+            status.sessions = Some(total);
+            out.insert(id.clone(), status);
+        }
+        out
+    }
+
+    /// Every version with compute.
+    pub fn list(&self) -> Vec<DeploymentId> {
+        lock(&self.inner.versions).keys().cloned().collect()
+    }
+
+    /// Every instance of every version, for the router and the status page.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let versions = lock(&self.inner.versions);
+        versions
+            .iter()
+            .flat_map(|(id, run)| {
+                run.slots.values().map(|slot| InstanceView {
+                    id: id.clone(),
+                    state: slot.state.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The last `lines` log lines of `id`'s instances, a failing instance's first.
+    pub fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Vec<String> {
+        let dir = self.inner.logs_dir.join(id.as_str());
+        let mut files: Vec<(bool, u32, String, PathBuf)> = Vec::new();
+        let states: BTreeMap<String, Arc<InstanceState>> = self
+            .instances()
+            .into_iter()
+            .filter(|v| &v.id == id)
+            .map(|v| (v.state.instance.to_string(), v.state))
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for entry in rd.flatten() {
+                let path = entry.path();
+                let Some(instance) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
+                else {
+                    continue;
+                };
+                let (healthy, restarts) = states
+                    .get(&instance)
+                    .map_or((false, 0), |s| (s.healthy(), s.restarts()));
+                files.push((healthy, u32::MAX - restarts, instance, path));
+            }
+        }
+        // Unhealthy first, then the most restarted, then by instance id.
+        files.sort();
+        let Some((_, _, instance, path)) = files.first() else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        tail_lines(&text, lines)
+            .into_iter()
+            .map(|l| format!("[{instance}] {l}"))
+            .collect()
+    }
+}
+
+async fn stop_slots(slots: BTreeMap<u32, Slot>) {
+    stop_slots_vec(slots.into_values().collect()).await;
+}
+
+async fn stop_slots_vec(slots: Vec<Slot>) {
+    for slot in &slots {
+        slot.stop.send_replace(true);
+    }
+    for slot in slots {
+        if let Err(e) = slot.task.await {
+            tracing::error!(error = %e, "instance monitor ended abnormally");
+        }
+    }
+}
+
+/// The task that keeps one instance running.
+struct Monitor {
+    inner: Arc<Inner>,
+    id: DeploymentId,
+    record: ComputeRecord,
+    state: Arc<InstanceState>,
+    stop: watch::Receiver<bool>,
+}
+
+enum RunEnd {
+    Stopped,
+    Exited(String),
+}
+
+impl Monitor {
+    async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            let end = match self.spawn_and_watch().await {
+                Ok(end) => end,
+                Err(e) => RunEnd::Exited(format!("could not start: {e}")),
+            };
+            self.state.running.store(false, Ordering::Relaxed);
+            self.state.healthy.store(false, Ordering::Relaxed);
+            self.state.pid.store(0, Ordering::Relaxed);
+            (self.inner.on_change)();
+            let RunEnd::Exited(why) = end else {
+                break;
+            };
+            if started.elapsed() >= STABLE_RUN {
+                backoff = FIRST_BACKOFF;
+            }
+            self.state.restarts.fetch_add(1, Ordering::Relaxed);
+            self.state.set_problem(Some(why.clone()));
+            self.log_line(&format!("{why}; restarting in {}ms", backoff.as_millis()));
+            tracing::warn!(id = %self.id, instance = %self.state.instance, "{why}; restarting in {}ms", backoff.as_millis());
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop_requested(&mut self.stop) => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn log_line(&self, message: &str) {
+        if let Some(parent) = self.state.log_path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.state.log_path)
+        {
+            let _ = writeln!(f, "flotilla: {message}");
+        }
+    }
+
+    async fn spawn_and_watch(&mut self) -> Result<RunEnd, HostError> {
+        let port = pick_port(self.state.port.load(Ordering::Relaxed)).map_err(HostError::io(
+            "choose a free port for",
+            &self.state.log_path,
+        ))?;
+        self.state.port.store(port, Ordering::Relaxed);
+        let log_path = self.state.log_path.clone();
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(HostError::io("create log directory", parent))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(HostError::io("open instance log", &log_path))?;
+        let err_log = log
+            .try_clone()
+            .map_err(HostError::io("open instance log", &log_path))?;
+        let launch = &self.record.launch;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&launch.command)
+            .current_dir(&launch.release_dir)
+            .env("PORT", port.to_string())
+            .env("FLOTILLA_DEPLOYMENT_NAME", self.inner.name.as_str())
+            .env("FLOTILLA_DEPLOYMENT_ID", self.id.as_str())
+            .env("FLOTILLA_INSTANCE", self.state.instance.as_str())
+            .env("FLOTILLA_RELEASE_DIR", &launch.release_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(HostError::io("start instance in", &launch.release_dir))?;
+        let pid = child.id().unwrap_or(0);
+        // Recorded before it can serve: a daemon that dies from here on finds this group.
+        if let Err(e) = self
+            .inner
+            .store
+            .put_process(&self.id, &self.state.instance, pid)
+        {
+            tracing::error!(error = %e, "could not record process {pid}; stopping it");
+            stop_group(pid, Some(&mut child), self.inner.stop_timeout).await;
+            return Err(e);
+        }
+        self.log_line(&format!(
+            "started pid {pid} on port {port} (command: {})",
+            launch.command
+        ));
+        self.state.pid.store(pid, Ordering::Relaxed);
+        self.state.running.store(true, Ordering::Relaxed);
+        (self.inner.on_change)();
+
+        let addr = self.state.addr();
+        let health_path = launch.health_path.clone();
+        let mut failures = 0u32;
+        let mut next_check = tokio::time::Instant::now() + STARTING_HEALTH_INTERVAL;
+        let mut stop = self.stop.clone();
+        let end = loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let why = match status {
+                        Ok(s) => format!("exited ({s})"),
+                        Err(e) => format!("could not be waited for: {e}"),
+                    };
+                    // Whatever it forked dies with it, so a restart cannot collide with leftovers.
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    break RunEnd::Exited(why);
+                }
+                _ = stop_requested(&mut stop) => {
+                    self.state.healthy.store(false, Ordering::Relaxed);
+                    (self.inner.on_change)();
+                    self.log_line("stopping: SIGTERM");
+                    let killed = stop_group(pid, Some(&mut child), self.inner.stop_timeout).await;
+                    if killed {
+                        self.log_line(&format!("did not stop within {}s: SIGKILL", self.inner.stop_timeout.as_secs()));
+                    }
+                    self.log_line("stopped");
+                    break RunEnd::Stopped;
+                }
+                _ = tokio::time::sleep_until(next_check) => {
+                    let report = health::check(addr, &health_path, HEALTH_TIMEOUT).await;
+                    let was = self.state.healthy();
+                    self.state.app_sessions.store(report.sessions.unwrap_or(u64::MAX), Ordering::Relaxed);
+                    let now_healthy = if report.healthy {
+                        failures = 0;
+                        true
+                    } else {
+                        failures += 1;
+                        was && failures < UNHEALTHY_AFTER
+                    };
+                    if !report.healthy {
+                        self.state.set_problem(report.problem.clone());
+                    } else if !was {
+                        self.state.set_problem(None);
+                    }
+                    if now_healthy != was {
+                        self.state.healthy.store(now_healthy, Ordering::Relaxed);
+                        (self.inner.on_change)();
+                    }
+                    let interval = if now_healthy { HEALTH_INTERVAL } else { STARTING_HEALTH_INTERVAL };
+                    next_check = tokio::time::Instant::now() + interval;
+                }
+            }
+        };
+        if let Err(e) = self
+            .inner
+            .store
+            .delete_process(&self.id, &self.state.instance)
+        {
+            tracing::error!(error = %e, "could not forget process {pid}");
+        }
+        Ok(end)
+    }
+}
+
+/// Resolves once a stop was asked for (or the supervisor is gone).
+async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A free loopback port: `previous` if it can still be bound, else one the kernel picks.
+fn pick_port(previous: u16) -> std::io::Result<u16> {
+    if previous != 0 {
+        if let Ok(l) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, previous)) {
+            drop(l);
+            return Ok(previous);
+        }
+    }
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Stops a process group: SIGTERM, then wait until the leader has exited and the group is empty,
+/// then SIGKILL whatever is left once `timeout` has passed. Returns whether SIGKILL was needed.
+async fn stop_group(
+    pgid: u32,
+    mut child: Option<&mut tokio::process::Child>,
+    timeout: Duration,
+) -> bool {
+    if pgid == 0 {
+        return false;
+    }
+    let group = Pid::from_raw(pgid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + timeout;
+    if let Some(c) = child.as_deref_mut() {
+        if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = c.wait().await;
+            return true;
+        }
+    }
+    // The leader is gone; wait for the rest of its group.
+    while killpg(group, None).is_ok() {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = killpg(group, Signal::SIGKILL);
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The live processes in process group `pgid` that belong to `id`'s instance `instance` (their
+/// environment says so), found through `/proc`. Checking the environment keeps a reused process
+/// id from getting an unrelated process killed.
+fn group_members(pgid: u32, id: &DeploymentId, instance: &InstanceId) -> Vec<u32> {
+    let want_id = format!("FLOTILLA_DEPLOYMENT_ID={id}");
+    let want_instance = format!("FLOTILLA_INSTANCE={instance}");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let pgrp = rest
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse::<u32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if vars.contains(&want_id.as_bytes()) && vars.contains(&want_instance.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Launch;
+    use flotilla_core::Timestamp;
+    use flotilla_engine::ports::{ImageRef, VersionSpec};
+
+    fn id(n: u64) -> DeploymentId {
+        DeploymentId::generate(Timestamp::from_secs(1_764_000_000 + n), n)
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        store: Arc<Store>,
+        sup: Supervisor,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let name = DeploymentName::new("web").expect("valid");
+        let store = Arc::new(Store::open(&dir.join("state.db"), &name).expect("open"));
+        let sup = Supervisor::new(
+            name,
+            store.clone(),
+            dir.join("logs"),
+            Duration::from_secs(2),
+            Arc::new(|| {}),
+        );
+        Fixture {
+            _tmp: tmp,
+            dir,
+            store,
+            sup,
+        }
+    }
+
+    fn record(f: &Fixture, n: u64, command: &str, desired: u32) -> ComputeRecord {
+        ComputeRecord {
+            spec: VersionSpec {
+                name: DeploymentName::new("web").expect("valid"),
+                id: id(n),
+                image: ImageRef(f.dir.display().to_string()),
+                instances: desired,
+            },
+            launch: Launch {
+                command: command.to_owned(),
+                release_dir: f.dir.clone(),
+                health_path: "/healthz".to_owned(),
+            },
+            desired,
+        }
+    }
+
+    async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A zombie counts as gone: read its state from /proc.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rfind(')')
+                    .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn runs_instances_with_their_environment_and_stops_their_children() {
+        let f = fixture();
+        let cmd = "echo \"port=$PORT name=$FLOTILLA_DEPLOYMENT_NAME id=$FLOTILLA_DEPLOYMENT_ID inst=$FLOTILLA_INSTANCE\"; sleep 60 & sleep 60";
+        f.sup.create(record(&f, 1, cmd, 2)).expect("create");
+        wait_until("two running", || {
+            f.sup.observe(&[id(1)], |_, _| 0)[&id(1)].running == 2
+        })
+        .await;
+        let views = f.sup.instances();
+        assert_eq!(views.len(), 2);
+        let pids: Vec<u32> = views.iter().filter_map(|v| v.state.pid()).collect();
+        assert_eq!(f.store.list_processes().expect("list").len(), 2);
+        let log = f.dir.join("logs").join(id(1).as_str()).join("i2.log");
+        wait_until("log written", || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("inst=i2"))
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(text.contains(&format!("name=web id={}", id(1))), "{text}");
+        let children: Vec<u32> = pids
+            .iter()
+            .flat_map(|p| {
+                group_members(*p, &id(1), &InstanceId::new("i1").expect("valid"))
+                    .into_iter()
+                    .chain(group_members(
+                        *p,
+                        &id(1),
+                        &InstanceId::new("i2").expect("valid"),
+                    ))
+            })
+            .collect();
+        assert!(
+            children.len() >= 4,
+            "sh plus two sleeps per group: {children:?}"
+        );
+        f.sup.delete(&id(1)).await.expect("delete");
+        for p in children {
+            assert!(!alive(p), "process {p} survived the stop");
+        }
+        assert!(f.store.list_processes().expect("list").is_empty());
+        assert!(f.store.list_compute().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn crashed_instances_restart_with_backoff() {
+        let f = fixture();
+        f.sup
+            .create(record(&f, 2, "echo boom; exit 7", 1))
+            .expect("create");
+        wait_until("two restarts", || {
+            f.sup.instances()[0].state.restarts() >= 2
+        })
+        .await;
+        let logs = f.sup.recent_logs(&id(2), 10);
+        assert!(logs.iter().any(|l| l.contains("boom")), "{logs:?}");
+        assert!(
+            logs.iter().any(|l| l.contains("exit status: 7")),
+            "{logs:?}"
+        );
+        f.sup.delete(&id(2)).await.expect("delete");
+    }
+
+    #[tokio::test]
+    async fn sigkill_after_stop_timeout() {
+        let f = fixture();
+        f.sup
+            .create(record(
+                &f,
+                3,
+                "trap '' TERM; while true; do sleep 0.1; done",
+                1,
+            ))
+            .expect("create");
+        wait_until("running", || {
+            f.sup.instances().first().is_some_and(|v| v.state.running())
+        })
+        .await;
+        let started = Instant::now();
+        f.sup.delete(&id(3)).await.expect("delete");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "waited for the stop timeout"
+        );
+        let log = std::fs::read_to_string(f.dir.join("logs").join(id(3).as_str()).join("i1.log"))
+            .expect("log");
+        assert!(log.contains("SIGKILL"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn scale_down_and_restore_after_a_crash_does_not_duplicate() {
+        let f = fixture();
+        f.sup.create(record(&f, 4, "sleep 60", 2)).expect("create");
+        wait_until("two running", || {
+            f.sup.observe(&[id(4)], |_, _| 0)[&id(4)].running == 2
+        })
+        .await;
+        f.sup.scale(&id(4), 1).expect("scale");
+        wait_until("one running", || {
+            f.sup.observe(&[id(4)], |_, _| 0)[&id(4)].running == 1
+        })
+        .await;
+        let old: Vec<u32> = f
+            .sup
+            .instances()
+            .iter()
+            .filter_map(|v| v.state.pid())
+            .collect();
+        assert_eq!(old.len(), 1);
+        // A "crashed daemon": a new supervisor over the same store, the old processes still alive.
+        let name = DeploymentName::new("web").expect("valid");
+        let sup2 = Supervisor::new(
+            name,
+            f.store.clone(),
+            f.dir.join("logs"),
+            Duration::from_secs(2),
+            Arc::new(|| {}),
+        );
+        let restored = sup2.restore().await.expect("restore");
+        assert_eq!(restored, vec![id(4)]);
+        assert!(!alive(old[0]), "the leftover process was stopped");
+        wait_until("one running again", || {
+            sup2.observe(&[id(4)], |_, _| 0)[&id(4)].running == 1
+        })
+        .await;
+        assert_eq!(f.store.list_processes().expect("list").len(), 1);
+        sup2.delete(&id(4)).await.expect("delete");
+        // The first supervisor's monitor would restart its instance; stop it too.
+        f.sup.shutdown().await;
+    }
+}
