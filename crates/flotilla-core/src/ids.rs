@@ -319,6 +319,14 @@ string_id_impls!(DeploymentName);
 string_id_impls!(DeploymentId);
 string_id_impls!(InstanceId);
 
+// Lets maps keyed by `DeploymentId` be searched with the `&str` a request carries, without
+// allocating. `Ord`, `Eq` and `Hash` are derived from the inner `String`, so they agree with `str`.
+impl std::borrow::Borrow<str> for DeploymentId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,13 +420,5 @@ mod tests {
         assert_eq!(ok.as_str(), "prod");
         assert!(serde_json::from_str::<DeploymentName>("\"Prod\"").is_err());
         assert!(serde_json::from_str::<DeploymentId>("\"nope\"").is_err());
-    }
-}
-
-// Lets maps keyed by `DeploymentId` be searched with the `&str` a request carries, without
-// allocating. `Ord`, `Eq` and `Hash` are derived from the inner `String`, so they agree with `str`.
-impl std::borrow::Borrow<str> for DeploymentId {
-    fn borrow(&self) -> &str {
-        &self.0
     }
 }

@@ -29,12 +29,14 @@ pub fn service_name(name: &DeploymentName, id: &DeploymentId) -> String {
 
 /// The ALB target group name, at most 32 characters, unique per (name, id).
 ///
-/// `<name>-<id>` when that fits (names of up to 11 characters). Longer names keep their first six
-/// characters and add five characters of a hash of the whole name, so two long names that share a
-/// prefix still get different target groups: `<prefix6><hash5>-<id>`.
+/// `<name>-<id>` for names of up to 10 characters (at most 31 in all). Longer names keep their
+/// first six characters and add five characters of a hash of the whole name, so two long names
+/// that share a prefix still get different target groups: `<prefix6><hash5>-<id>`, always exactly
+/// 32 characters. The two forms never have the same length, so a short name can never spell a long
+/// name's target group (an 11-character name kept whole could: `abcdef` plus the hash).
 pub fn target_group_name(name: &DeploymentName, id: &DeploymentId) -> String {
     let plain = format!("{name}-{id}");
-    if plain.len() <= TARGET_GROUP_NAME_MAX {
+    if plain.len() < TARGET_GROUP_NAME_MAX {
         return plain;
     }
     let prefix: String = name.as_str().chars().take(6).collect();
@@ -134,11 +136,13 @@ mod tests {
             assert!(is_valid_target_group_name(&got), "{got}");
         };
         check("a", "a-20261125-190633-k3x9");
-        // 11 characters is the longest name kept whole: 11 + 1 + 20 = 32.
-        check("abcdefghijk", "abcdefghijk-20261125-190633-k3x9");
-        let twelve = target_group_name(&name("abcdefghijkl"), &id());
-        assert_eq!(twelve.len(), 32);
-        assert!(twelve.starts_with("abcdef") && twelve.ends_with("-20261125-190633-k3x9"));
+        // 10 characters is the longest name kept whole: 10 + 1 + 20 = 31; hashed names take 32.
+        check("abcdefghij", "abcdefghij-20261125-190633-k3x9");
+        for long in ["abcdefghijk", "abcdefghijkl"] {
+            let hashed = target_group_name(&name(long), &id());
+            assert_eq!(hashed.len(), 32);
+            assert!(hashed.starts_with("abcdef") && hashed.ends_with("-20261125-190633-k3x9"));
+        }
         let longest = target_group_name(&name(&"z".repeat(32)), &id());
         assert_eq!(longest.len(), 32);
         assert!(is_valid_target_group_name(&longest));
@@ -154,6 +158,18 @@ mod tests {
             target_group_name(&name("production-eu-west"), &id()),
             "stable"
         );
+    }
+
+    #[test]
+    fn eleven_character_name_cannot_take_a_long_names_target_group() {
+        // Found by the property tests: 11-character names used to be kept whole, and the name
+        // part of a long name's target group (`<prefix6><hash5>`) is itself a valid 11-character
+        // name, so `a-0-0atc4bt` got the target group of `a-0-0a-a-a-a`, and either
+        // deployment's reaper would delete the other's.
+        let long = target_group_name(&name("a-0-0a-a-a-a"), &id());
+        let head = &long[..11];
+        assert_eq!(head, "a-0-0atc4bt");
+        assert_ne!(target_group_name(&name(head), &id()), long);
     }
 
     #[test]

@@ -1,0 +1,580 @@
+//! Reaper properties: what one pass may and must plan, and that repeated passes over a world that
+//! carries the plans out (with interrupted actions and lagging compute) reap everything in the end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_core::drain::Readiness;
+use flotilla_core::reaper::{
+    CleanupReason, ComputeCounts, ReapAction, ReapPolicy, RetireReason, VersionView, plan_reap,
+};
+use flotilla_core::routing::Affinity;
+use flotilla_core::{DeploymentId, Timestamp, Version, VersionState};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// The reaper's clock in the single-pass property, in milliseconds.
+const NOW_MS: u64 = 1_764_100_000_000;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn policy() -> impl Strategy<Value = ReapPolicy> {
+    (0u64..=600, 0u64..=7200, 0u32..=4, 0u64..=3600).prop_map(
+        |(min_age, max_age, consecutive_ready_passes, deploying_timeout)| ReapPolicy {
+            min_age: secs(min_age),
+            max_age: secs(max_age),
+            consecutive_ready_passes,
+            deploying_timeout: secs(deploying_timeout),
+        },
+    )
+}
+
+/// A duration in milliseconds that often lands on, or within two seconds of, one of the policy's
+/// thresholds, so that every `<` and `>=` in the plan is exercised at its boundary.
+fn near_thresholds(policy: &ReapPolicy) -> impl Strategy<Value = u64> + use<> {
+    let thresholds: Vec<u64> = [policy.min_age, policy.max_age, policy.deploying_timeout]
+        .iter()
+        .map(|d| d.as_millis() as u64)
+        .collect();
+    prop_oneof![
+        1 => 0u64..20_000_000,
+        3 => (prop::sample::select(thresholds), -2000i64..=2000)
+            .prop_map(|(t, delta)| t.saturating_add_signed(delta)),
+    ]
+}
+
+fn readiness() -> impl Strategy<Value = Option<Readiness>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Readiness::Healthy)),
+        3 => Just(Some(Readiness::ShutdownReady)),
+    ]
+}
+
+fn affinity() -> impl Strategy<Value = Option<Affinity>> {
+    prop::option::of(prop_oneof![
+        Just(Affinity::Serving),
+        Just(Affinity::Retired)
+    ])
+}
+
+/// One version as the reaper sees it; `entropy` keeps ids distinct within a fleet.
+fn view(policy: &ReapPolicy, entropy: u64) -> impl Strategy<Value = VersionView> + use<> {
+    (
+        prop::sample::select(VersionState::ALL.to_vec()),
+        near_thresholds(policy),
+        near_thresholds(policy),
+        // Mostly consistent (entered its state after it was created); sometimes not, as skewed or
+        // hand-edited state might be. The invariants must hold either way.
+        prop::bool::weighted(0.85),
+        prop::option::weighted(0.85, (0u32..4, 0u32..4)),
+        prop::collection::vec(readiness(), 0..5),
+        0u32..5,
+        affinity(),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(
+            move |(
+                state,
+                age,
+                in_state,
+                consistent,
+                compute,
+                instances,
+                ready_passes,
+                affinity,
+                in_default,
+            )| {
+                let in_state = if consistent {
+                    in_state.min(age)
+                } else {
+                    in_state
+                };
+                let created_at = Timestamp::from_millis(NOW_MS - age);
+                VersionView {
+                    version: Version {
+                        id: DeploymentId::generate(created_at, entropy),
+                        state,
+                        created_at,
+                        state_changed_at: Timestamp::from_millis(NOW_MS - in_state),
+                    },
+                    compute: compute.map(|(desired, running)| ComputeCounts { desired, running }),
+                    instances,
+                    ready_passes,
+                    affinity,
+                    in_default,
+                }
+            },
+        )
+}
+
+fn fleet_and_policy() -> impl Strategy<Value = (Vec<VersionView>, ReapPolicy)> {
+    policy().prop_flat_map(|policy| {
+        let views: Vec<_> = (0..8u64).map(|n| view(&policy, n)).collect();
+        (0usize..=8, views).prop_map(move |(len, mut views)| {
+            views.truncate(len);
+            (views, policy)
+        })
+    })
+}
+
+fn kind(action: &ReapAction) -> &'static str {
+    match action {
+        ReapAction::RecordReadyPasses { .. } => "record_ready_passes",
+        ReapAction::Retire { .. } => "retire",
+        ReapAction::RetireRouting { .. } => "retire_routing",
+        ReapAction::ScaleToZero { .. } => "scale_to_zero",
+        ReapAction::DeleteResources { .. } => "delete_resources",
+        ReapAction::CleanUpFailed { .. } => "clean_up_failed",
+    }
+}
+
+/// Whether every running instance of a view has reported that it may stop.
+fn all_reported_ready(view: &VersionView) -> bool {
+    let running = view.compute.map_or(0, |c| c.running) as usize;
+    running == 0
+        || (view.instances.len() >= running
+            && view
+                .instances
+                .iter()
+                .all(|r| *r == Some(Readiness::ShutdownReady)))
+}
+
+/// Checks one planned pass against every invariant a single pass must keep.
+fn check_plan(
+    fleet: &[VersionView],
+    now: Timestamp,
+    policy: &ReapPolicy,
+    plan: &[ReapAction],
+) -> Result<(), TestCaseError> {
+    let by_id: BTreeMap<&DeploymentId, &VersionView> =
+        fleet.iter().map(|v| (&v.version.id, v)).collect();
+    let mut kinds: BTreeMap<(&DeploymentId, &str), usize> = BTreeMap::new();
+    for action in plan {
+        let view = by_id.get(action.id()).copied();
+        prop_assert!(
+            view.is_some(),
+            "action for a version not in the fleet: {action:?}"
+        );
+        let Some(view) = view else { continue };
+        let v = &view.version;
+        let age = v.age(now);
+        *kinds.entry((action.id(), kind(action))).or_default() += 1;
+
+        // Never touch what is active, what fresh traffic reaches, what is still starting, or
+        // what is too young.
+        prop_assert_ne!(
+            v.state,
+            VersionState::Active,
+            "touched an active version: {:?}",
+            action
+        );
+        prop_assert!(
+            !view.in_default,
+            "touched a version in the default: {action:?}"
+        );
+        prop_assert!(
+            !(v.state == VersionState::Deploying && age < policy.deploying_timeout),
+            "touched a version deploying within its timeout: {action:?} age {age:?}"
+        );
+        prop_assert!(
+            age >= policy.min_age,
+            "touched a version younger than min_age: {action:?}"
+        );
+
+        match action {
+            ReapAction::RecordReadyPasses { .. } => {
+                prop_assert_eq!(v.state, VersionState::Draining);
+            }
+            ReapAction::Retire { reason, .. } => {
+                prop_assert_eq!(
+                    v.state,
+                    VersionState::Draining,
+                    "retired a non-draining version"
+                );
+                // Never on a blind timer: either max age forced it, or every instance reported
+                // ready for the required number of passes in a row.
+                match reason {
+                    RetireReason::MaxAge => {
+                        prop_assert!(v.time_in_state(now) >= policy.max_age);
+                    }
+                    RetireReason::SessionsEnded => {
+                        prop_assert!(all_reported_ready(view), "retired with sessions left");
+                        prop_assert!(
+                            view.ready_passes.saturating_add(1) >= policy.consecutive_ready_passes
+                        );
+                    }
+                }
+            }
+            ReapAction::RetireRouting { .. } => {
+                prop_assert_eq!(v.state, VersionState::Retired);
+                prop_assert_eq!(view.affinity, Some(Affinity::Serving));
+            }
+            ReapAction::ScaleToZero { .. } => {
+                prop_assert_eq!(v.state, VersionState::Retired);
+                prop_assert!(view.compute.is_some_and(|c| c.desired > 0));
+            }
+            ReapAction::DeleteResources { .. } => {
+                prop_assert_eq!(
+                    v.state,
+                    VersionState::Retired,
+                    "deleted a non-retired version"
+                );
+                let counts = view.compute.unwrap_or(ComputeCounts {
+                    desired: 0,
+                    running: 0,
+                });
+                prop_assert_eq!(
+                    counts.desired,
+                    0,
+                    "deleted a version with desired instances"
+                );
+                prop_assert_eq!(
+                    counts.running,
+                    0,
+                    "deleted a version with running instances"
+                );
+            }
+            ReapAction::CleanUpFailed { reason, .. } => match reason {
+                CleanupReason::Failed => prop_assert_eq!(v.state, VersionState::Failed),
+                CleanupReason::DeployTimedOut => {
+                    prop_assert_eq!(v.state, VersionState::Deploying);
+                }
+            },
+        }
+    }
+    for ((id, kind), count) in &kinds {
+        prop_assert!(*count <= 1, "{count} {kind} actions for {id}");
+    }
+    for view in fleet {
+        let v = &view.version;
+        let id = &v.id;
+        prop_assert!(
+            !(kinds.contains_key(&(id, "retire")) && kinds.contains_key(&(id, "delete_resources"))),
+            "retired and deleted {id} in one pass"
+        );
+        let eligible = !view.in_default && v.age(now) >= policy.min_age;
+        if eligible && v.state == VersionState::Draining && v.time_in_state(now) >= policy.max_age {
+            let want = ReapAction::Retire {
+                id: id.clone(),
+                reason: RetireReason::MaxAge,
+            };
+            prop_assert!(
+                plan.contains(&want),
+                "{id} drained past max_age but was not retired"
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// One pass over a random fleet keeps every single-pass invariant, and each version's actions
+    /// depend on that version alone.
+    #[test]
+    fn one_pass_keeps_every_invariant((fleet, policy) in fleet_and_policy()) {
+        let now = Timestamp::from_millis(NOW_MS);
+        let plan = plan_reap(&fleet, now, &policy);
+        check_plan(&fleet, now, &policy, &plan)?;
+        let one_by_one: Vec<ReapAction> = fleet
+            .iter()
+            .flat_map(|v| plan_reap(std::slice::from_ref(v), now, &policy))
+            .collect();
+        prop_assert_eq!(plan, one_by_one);
+    }
+}
+
+/// One version of the simulated world, with the facts a provider would observe.
+#[derive(Clone, Debug, PartialEq)]
+struct Sim {
+    version: Version,
+    compute: Option<ComputeCounts>,
+    ready_passes: u32,
+    affinity: Option<Affinity>,
+    in_default: bool,
+    /// From this time on every instance reports ready; `None`: sessions never end.
+    sessions_end: Option<Timestamp>,
+}
+
+/// The world the reaper passes run against, and the faults and noise it injects.
+#[derive(Clone, Debug)]
+struct History {
+    start: Timestamp,
+    policy: ReapPolicy,
+    world: Vec<Sim>,
+    /// Seconds between passes, used in turn.
+    steps: Vec<u64>,
+    /// Readiness reports before sessions end, used in turn: includes missing and premature ones.
+    noise: Vec<Option<Readiness>>,
+    /// How many steps of an action are carried out before a crash (large: the whole action).
+    crashes: Vec<usize>,
+    /// Whether compute lags behind its desired count for one more pass, used in turn.
+    lags: Vec<bool>,
+}
+
+fn sim(start: Timestamp, entropy: u64) -> impl Strategy<Value = Sim> {
+    (
+        prop::sample::select(vec![
+            VersionState::Deploying,
+            VersionState::Draining,
+            VersionState::Draining,
+            VersionState::Draining,
+            VersionState::Retired,
+            VersionState::Retired,
+            VersionState::Failed,
+        ]),
+        0u64..20_000,
+        0u64..20_000,
+        prop::option::weighted(0.9, (0u32..4, 0u32..4)),
+        0u32..3,
+        affinity(),
+        prop::option::weighted(0.7, 0u64..20_000),
+    )
+        .prop_map(
+            move |(state, age, in_state, compute, ready_passes, affinity, sessions_end)| {
+                let created_at = Timestamp::from_secs(start.as_secs() - age);
+                let version = Version {
+                    id: DeploymentId::generate(created_at, entropy),
+                    state,
+                    created_at,
+                    state_changed_at: Timestamp::from_secs(start.as_secs() - in_state.min(age)),
+                };
+                Sim {
+                    version,
+                    compute: compute.map(|(desired, running)| ComputeCounts { desired, running }),
+                    ready_passes,
+                    affinity,
+                    in_default: false,
+                    sessions_end: sessions_end.map(|s| start.plus(secs(s))),
+                }
+            },
+        )
+}
+
+fn history() -> impl Strategy<Value = History> {
+    let start = Timestamp::from_secs(1_764_100_000);
+    let active = Sim {
+        version: Version {
+            id: DeploymentId::generate(start, 999),
+            state: VersionState::Active,
+            created_at: start,
+            state_changed_at: start,
+        },
+        compute: Some(ComputeCounts {
+            desired: 2,
+            running: 2,
+        }),
+        ready_passes: 0,
+        affinity: Some(Affinity::Serving),
+        in_default: true,
+        sessions_end: None,
+    };
+    (
+        policy(),
+        prop::collection::vec(any::<bool>(), 6),
+        (0..6u64).map(|n| sim(start, n)).collect::<Vec<_>>(),
+        prop::collection::vec(1u64..1800, 1..40),
+        prop::collection::vec(readiness(), 1..8),
+        prop::collection::vec(prop_oneof![3 => Just(usize::MAX), 1 => 0usize..5], 1..10),
+        prop::collection::vec(any::<bool>(), 1..6),
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(policy, keep, sims, steps, noise, crashes, lags, with_active)| {
+                let mut world: Vec<Sim> = sims
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(s, keep)| keep.then_some(s))
+                    .collect();
+                if with_active {
+                    world.push(active.clone());
+                }
+                History {
+                    start,
+                    policy,
+                    world,
+                    steps,
+                    noise,
+                    crashes,
+                    lags,
+                }
+            },
+        )
+}
+
+/// What the provider observes of one simulated version at a pass.
+fn observe(s: &Sim, now: Timestamp, noise: &[Option<Readiness>], pass: usize) -> VersionView {
+    let running = s.compute.map_or(0, |c| c.running) as usize;
+    let ended = s.sessions_end.is_some_and(|t| now >= t);
+    let instances = (0..running)
+        .map(|i| {
+            if ended {
+                Some(Readiness::ShutdownReady)
+            } else {
+                noise[(pass + i) % noise.len()]
+            }
+        })
+        .collect();
+    VersionView {
+        version: s.version.clone(),
+        compute: s.compute,
+        instances,
+        ready_passes: s.ready_passes,
+        affinity: s.affinity,
+        in_default: s.in_default,
+    }
+}
+
+/// Carries out the first `steps` steps of `action`, in the order a provider would (recording
+/// progress first), as if the process died after them.
+fn apply(
+    world: &mut Vec<Sim>,
+    action: &ReapAction,
+    now: Timestamp,
+    steps: usize,
+) -> Result<(), TestCaseError> {
+    let index = world.iter().position(|s| &s.version.id == action.id());
+    prop_assert!(
+        index.is_some(),
+        "action for a version not in the world: {action:?}"
+    );
+    let Some(index) = index else { return Ok(()) };
+    let s = &mut world[index];
+    // Step k (from 1) is carried out only when the crash comes after it.
+    let done = |k: usize| steps >= k;
+    let mut remove = false;
+    match action {
+        ReapAction::RecordReadyPasses { passes, .. } => {
+            if done(1) {
+                s.ready_passes = *passes;
+            }
+        }
+        ReapAction::Retire { .. } => {
+            if done(1) {
+                let result = s.version.transition(VersionState::Retired, now);
+                prop_assert!(result.is_ok(), "retire: {result:?}");
+            }
+            if done(2) {
+                s.affinity = Some(Affinity::Retired);
+            }
+            if done(3) {
+                if let Some(c) = &mut s.compute {
+                    c.desired = 0;
+                }
+            }
+        }
+        ReapAction::RetireRouting { .. } => {
+            if done(1) {
+                s.affinity = Some(Affinity::Retired);
+            }
+        }
+        ReapAction::ScaleToZero { .. } => {
+            if done(1) {
+                if let Some(c) = &mut s.compute {
+                    c.desired = 0;
+                }
+            }
+        }
+        ReapAction::DeleteResources { .. } | ReapAction::CleanUpFailed { .. } => {
+            // A timed-out deploy is recorded failed first; then rules and target group, then
+            // compute, then the state record last: a crash in between leaves a record that the
+            // next pass finds again.
+            let first = if matches!(action, ReapAction::CleanUpFailed { .. }) {
+                if done(1) {
+                    let result = s.version.transition(VersionState::Failed, now);
+                    prop_assert!(result.is_ok(), "clean up: {result:?}");
+                }
+                2
+            } else {
+                1
+            };
+            if done(first) {
+                s.affinity = None;
+            }
+            if done(first + 1) {
+                s.compute = None;
+            }
+            remove = done(first + 2);
+        }
+    }
+    if remove {
+        world.remove(index);
+    }
+    Ok(())
+}
+
+fn run_history(h: &History) -> Result<(), TestCaseError> {
+    let policy = h.policy;
+    let mut world = h.world.clone();
+    let active_before: Vec<Sim> = world.iter().filter(|s| s.in_default).cloned().collect();
+    // Past the horizon every clock has run out and faults stop; a few passes more must finish.
+    let longest = policy
+        .min_age
+        .max(policy.max_age)
+        .max(policy.deploying_timeout);
+    let horizon = h.start.plus(longest).plus(secs(60));
+    let mut now = h.start;
+    let mut passes_after_horizon = 0;
+    let mut pass = 0usize;
+    while passes_after_horizon < policy.consecutive_ready_passes as usize + 4 {
+        prop_assert!(pass < 10_000, "the history does not end");
+        let past_horizon = now >= horizon;
+        let fleet: Vec<VersionView> = world
+            .iter()
+            .map(|s| observe(s, now, &h.noise, pass))
+            .collect();
+        let plan = plan_reap(&fleet, now, &policy);
+        check_plan(&fleet, now, &policy, &plan)?;
+        for (k, action) in plan.iter().enumerate() {
+            let steps = if past_horizon {
+                usize::MAX
+            } else {
+                h.crashes[(pass * 7 + k) % h.crashes.len()]
+            };
+            apply(&mut world, action, now, steps)?;
+        }
+        let lag = !past_horizon && h.lags[pass % h.lags.len()];
+        if !lag {
+            for c in world.iter_mut().filter_map(|s| s.compute.as_mut()) {
+                c.running = c.desired;
+            }
+        }
+        let active_now: Vec<Sim> = world.iter().filter(|s| s.in_default).cloned().collect();
+        prop_assert_eq!(
+            &active_now,
+            &active_before,
+            "the reaper changed what fresh traffic reaches"
+        );
+        if past_horizon {
+            passes_after_horizon += 1;
+        }
+        now = now.plus(secs(h.steps[pass % h.steps.len()]));
+        pass += 1;
+    }
+    let left: Vec<String> = world
+        .iter()
+        .filter(|s| !s.in_default)
+        .map(|s| format!("{} {} {:?}", s.version.id, s.version.state, s.compute))
+        .collect();
+    prop_assert!(
+        left.is_empty(),
+        "after {pass} passes these were never fully reaped: {left:?}"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Repeated passes, with interrupted actions, lagging compute and flapping readiness, retire
+    /// every draining version (by readiness or max age) and delete every retired, failed or
+    /// timed-out version completely, while the active version is never touched.
+    #[test]
+    fn repeated_passes_reap_everything_in_the_end(h in history()) {
+        run_history(&h)?;
+    }
+}
