@@ -1,0 +1,123 @@
+//! Settings of one proxy server, with defaults suitable for the host router and the agent.
+
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::Scheme;
+
+use crate::error::ProxyError;
+
+/// The default name of the header stamped on every proxied response.
+pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-flotilla-deployment";
+
+/// How one proxy server behaves. Build it with struct-update syntax over
+/// [`ProxyConfig::default`]:
+///
+/// ```
+/// # use std::time::Duration;
+/// let config = flotilla_proxy::ProxyConfig {
+///     inject_client: true,
+///     shutdown_deadline: Duration::from_secs(10),
+///     ..Default::default()
+/// };
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Most client connections open at once (including upgraded WebSockets, which keep their
+    /// connection). A connection accepted beyond this gets one `503` (JSON, `Retry-After: 1`) and
+    /// is closed. Default 10 000.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, counted from when the proxy starts
+    /// waiting for one. Because hyper starts that wait as soon as the previous response is done,
+    /// this is also the idle timeout of keep-alive client connections. Default 60 s.
+    pub header_read_timeout: Duration,
+    /// Time allowed to open a TCP connection to an upstream before answering `502`. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for an upstream to send its response head after the request was sent, before
+    /// answering `504`. `None` (the default) waits as long as the client does, for long polls.
+    pub response_header_timeout: Option<Duration>,
+    /// How long an idle pooled upstream connection is kept for reuse. Default 90 s.
+    pub upstream_idle_timeout: Duration,
+    /// Most idle pooled connections kept per upstream address. Default 256.
+    pub upstream_max_idle_per_host: usize,
+    /// Close an upgraded (WebSocket) connection after this long without a byte in either
+    /// direction. `None` (the default) relies on the application's own pings and on TCP
+    /// keepalive to notice dead peers.
+    pub upgrade_idle_timeout: Option<Duration>,
+    /// TCP keepalive probe idle time on client connections, so that a vanished client (no FIN,
+    /// no RST) is eventually noticed and its sessions end. `None` disables. Default 60 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// How long graceful shutdown waits for in-flight requests and open upgraded connections
+    /// before cutting them. Default 30 s.
+    pub shutdown_deadline: Duration,
+    /// Name of the header stamped on every proxied response with the target's deployment id.
+    /// Default `X-Flotilla-Deployment`.
+    pub deployment_header: HeaderName,
+    /// Insert `<script src="/_flotilla/client.js"></script>` early in `<head>` of HTML documents
+    /// (responses with `Content-Type: text/html` to requests whose `Accept` lists `text/html`,
+    /// which page navigations always do). Default off.
+    pub inject_client: bool,
+    /// The affinity query parameter name, declared to injected clients as `data-query` when set.
+    /// `None` (the default) leaves the client on its default, `flotilla_deployment`. The proxy
+    /// itself never reads the parameter: routing it is the [`crate::Route`]'s business.
+    pub client_query_param: Option<String>,
+    /// Answer `GET`/`HEAD /_flotilla/client.js` with the bundled browser client instead of
+    /// routing it. Default on.
+    pub serve_client: bool,
+    /// The scheme clients use to reach this proxy, sent as `X-Forwarded-Proto`
+    /// (`Scheme::HTTPS` when TLS is terminated in front of the proxy). Default `http`.
+    pub forwarded_proto: Scheme,
+    /// Keep incoming `X-Forwarded-Proto` and `X-Forwarded-Host` instead of overwriting them. Set
+    /// this only when a trusted proxy (a load balancer) is in front, as for the agent behind an
+    /// ALB. `X-Forwarded-For` is always appended to. Default off.
+    pub trust_forwarded: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_header_timeout: None,
+            upstream_idle_timeout: Duration::from_secs(90),
+            upstream_max_idle_per_host: 256,
+            upgrade_idle_timeout: None,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            shutdown_deadline: Duration::from_secs(30),
+            deployment_header: HeaderName::from_static(DEFAULT_DEPLOYMENT_HEADER),
+            inject_client: false,
+            client_query_param: None,
+            serve_client: true,
+            forwarded_proto: Scheme::HTTP,
+            trust_forwarded: false,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Parses a deployment header name given as text (from a config file), for
+    /// [`deployment_header`](Self::deployment_header).
+    pub fn header_name(name: &str) -> Result<HeaderName, ProxyError> {
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| ProxyError::InvalidHeaderName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_name_table() {
+        fn check(name: &str, ok: bool) {
+            assert_eq!(ProxyConfig::header_name(name).is_ok(), ok, "{name:?}");
+        }
+        check("X-Flotilla-Deployment", true);
+        check("x-app-version", true);
+        check("bad header", false);
+        check("", false);
+    }
+}

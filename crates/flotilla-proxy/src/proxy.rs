@@ -1,0 +1,484 @@
+//! The per-request path: route, rewrite the head, forward, stamp, account, and hand upgraded
+//! connections to a tunnel task.
+//!
+//! Order of work for one request (each step only when it applies):
+//! 1. the built-in client script (`/_flotilla/client.js`) is answered before routing;
+//! 2. the [`Route`] decides: answer directly, or forward to a [`Target`];
+//! 3. the request is counted against the target (a guard undoes it when the response ends);
+//! 4. hop-by-hop headers go, `X-Forwarded-*` are set, an upgrade is re-armed, and for HTML
+//!    injection `Accept-Encoding` is narrowed to codings the injector can rewrite;
+//! 5. the pooled client sends it upstream (with the optional response-head timeout);
+//! 6. a `101` becomes a tunnel task counted as a WebSocket session; any other response loses its
+//!    hop-by-hop headers, gains the deployment stamp, is counted as a session if it is an event
+//!    stream, and has the client script spliced in if it is an HTML document.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, ETAG, EXPECT, HeaderMap, HeaderName, HeaderValue, UPGRADE,
+};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::body::Body;
+use crate::client_js::{self, CLIENT_PATH};
+use crate::error::{GatewayError, json_response};
+use crate::headers;
+use crate::inject::script_tag;
+use crate::route::{Decision, RequestHead, Route, Target};
+use crate::server::{ConnCtx, Live, Phase};
+use crate::stats::{RequestGuard, SessionGuard, SessionKind};
+
+/// How many times a [`Decision::Defer`] may resolve to another `Defer` before the proxy gives up.
+const MAX_DEFERRALS: usize = 8;
+
+static CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// Serves one request on a client connection.
+pub(crate) async fn handle<R: Route>(
+    conn: Arc<ConnCtx<R>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let shared = &conn.shared;
+    if shared.config.serve_client && req.uri().path() == CLIENT_PATH {
+        return Ok(client_js::respond(req.method(), req.headers()));
+    }
+    let mut decision = shared.route.route(&RequestHead {
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        peer: conn.peer,
+    });
+    let mut deferrals = 0;
+    let target = loop {
+        match decision {
+            Decision::Forward(target) => break target,
+            Decision::Respond(response) => return Ok(response),
+            Decision::Defer(later) => {
+                deferrals += 1;
+                if deferrals > MAX_DEFERRALS {
+                    tracing::error!(
+                        path = req.uri().path(),
+                        "router deferred more than {MAX_DEFERRALS} times; answering 500"
+                    );
+                    return Ok(json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Bytes::from_static(
+                            br#"{"error":"routing_failed","message":"The request could not be routed."}"#,
+                        ),
+                    ));
+                }
+                decision = later.await;
+            }
+        }
+    };
+    Ok(forward(&conn, req, target).await)
+}
+
+/// Forwards a routed request to `target` and shapes the response.
+async fn forward<R: Route>(
+    conn: &Arc<ConnCtx<R>>,
+    mut req: Request<Incoming>,
+    target: Arc<Target>,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let config = &shared.config;
+    let mut guard = RequestGuard::start(target.stats().clone());
+
+    let upgrade = headers::upgrade_protocol(req.headers()).cloned();
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let is_head = req.method() == Method::HEAD;
+    let inject = config.inject_client && headers::accepts_html(req.headers());
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // hyper already answered any `Expect: 100-continue` to the client as soon as the body was
+    // read; the upstream must not wait for a second one.
+    parts.headers.remove(EXPECT);
+    if let Some(protocol) = &upgrade {
+        headers::set_upgrade(&mut parts.headers, protocol.clone());
+    }
+    conn.forwarded.apply(&mut parts.headers);
+    if inject {
+        headers::restrict_accept_encoding(&mut parts.headers);
+    }
+    parts.uri = upstream_uri(&target, parts.uri);
+    parts.version = Version::HTTP_11;
+    let upstream_request = Request::from_parts(parts, Body::incoming(body));
+
+    let sent = shared.client.request(upstream_request);
+    let result = match config.response_header_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result.map_err(|err| (GatewayError::Unreachable, error_chain(&err))),
+            Err(_) => Err((
+                GatewayError::Timeout,
+                format!("no response head within {limit:?}"),
+            )),
+        },
+        None => sent
+            .await
+            .map_err(|err| (GatewayError::Unreachable, error_chain(&err))),
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err((kind, detail)) => {
+            target.stats().record_upstream_error();
+            tracing::warn!(
+                upstream = %target.addr(),
+                deployment = target.deployment().unwrap_or("-"),
+                error = %detail,
+                "{kind}; answering {}",
+                kind.status().as_u16()
+            );
+            return kind.response();
+        }
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            target.stats().record_upstream_error();
+            tracing::warn!(upstream = %target.addr(), "upstream switched protocols unasked; answering 502");
+            return GatewayError::Unreachable.response();
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _empty) = response.into_parts();
+        let protocol = parts.headers.get(UPGRADE).cloned().or(upgrade);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = protocol {
+            headers::set_upgrade(&mut parts.headers, protocol);
+        }
+        stamp(
+            &shared.config.deployment_header,
+            &target,
+            &mut parts.headers,
+        );
+        // Count the session before the client can see the 101, so a caller reading the counters
+        // after a completed handshake always sees it.
+        let session = SessionGuard::start(guard.stats().clone(), SessionKind::Upgrade);
+        let live = shared.tracker.enter(Live::Upgrade);
+        let phase = shared.tracker.subscribe();
+        let idle = config.upgrade_idle_timeout;
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            // The connection context holds the connection-limit permit: keep it while the
+            // upgraded connection lives.
+            let _conn = conn;
+            let _live = live;
+            let _session = session;
+            tunnel(client_upgrade, upstream_upgrade, idle, phase).await;
+        });
+        return Response::from_parts(parts, Body::empty());
+    }
+
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    stamp(
+        &shared.config.deployment_header,
+        &target,
+        &mut parts.headers,
+    );
+
+    let status = parts.status;
+    let has_body = !is_head
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED;
+    if has_body && status == StatusCode::OK && headers::is_event_stream(&parts.headers) {
+        guard.mark_event_stream();
+    }
+
+    let html = headers::is_html(&parts.headers);
+    if html {
+        if let Some(value) = target.server_timing_value() {
+            parts.headers.append(SERVER_TIMING.clone(), value.clone());
+        }
+    }
+    let body = if inject
+        && html
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        match headers::supported_coding(&parts.headers) {
+            Some(coding) => {
+                mark_rewritten(&mut parts.headers);
+                if has_body {
+                    let tag = script_tag(
+                        target.deployment(),
+                        shared.client_header_attr.as_deref(),
+                        config.client_query_param.as_deref(),
+                    );
+                    Body::inject(body, coding, tag)
+                } else {
+                    // HEAD (or a bodiless status): describe the rewritten representation a GET
+                    // would get, which has no fixed length.
+                    Body::incoming(body)
+                }
+            }
+            None => {
+                tracing::debug!(
+                    upstream = %target.addr(),
+                    "HTML response in an unsupported content coding; passing it through without the client script"
+                );
+                Body::incoming(body)
+            }
+        }
+    } else {
+        Body::incoming(body)
+    };
+    Response::from_parts(parts, body.with_guard(guard))
+}
+
+/// Adjusts headers of a response whose body the injector rewrites: the length changes (the body
+/// is sent chunked), byte ranges and digests no longer apply, and the validator becomes weak.
+fn mark_rewritten(headers: &mut HeaderMap) {
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(ACCEPT_RANGES);
+    headers.remove(&CONTENT_MD5);
+    headers.remove(&CONTENT_DIGEST);
+    if let Some(etag) = headers.get(ETAG) {
+        if etag.as_bytes().starts_with(b"\"") {
+            let mut weak = Vec::with_capacity(etag.len() + 2);
+            weak.extend_from_slice(b"W/");
+            weak.extend_from_slice(etag.as_bytes());
+            match HeaderValue::from_bytes(&weak) {
+                Ok(weak) => {
+                    headers.insert(ETAG, weak);
+                }
+                Err(_) => {
+                    headers.remove(ETAG);
+                }
+            }
+        }
+    }
+}
+
+/// Sets the deployment header on a proxied response (replacing any value the app set).
+fn stamp(name: &HeaderName, target: &Target, headers: &mut HeaderMap) {
+    if let Some(value) = target.deployment_value() {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// The absolute URI the pooled client needs: the target's address plus the request's path and
+/// query (taken from an origin-form or absolute-form request target alike).
+fn upstream_uri(target: &Target, original: Uri) -> Uri {
+    // `OPTIONS *` and other targets without a leading slash cannot follow an authority; send
+    // them as `/`.
+    let path = original
+        .into_parts()
+        .path_and_query
+        .filter(|p| p.as_str().starts_with('/'))
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(target.authority().clone());
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).expect("scheme, authority and path always form a valid URI")
+}
+
+/// An error and its sources on one line, for the log.
+fn error_chain(err: &dyn StdError) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let _ = write!(line, ": {cause}");
+        source = cause.source();
+    }
+    line
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream until both
+/// sides are done, the idle timeout passes, or shutdown cuts it.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Option<Duration>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(error = %error_chain(&err), "upgrade did not complete");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::new());
+    let mut client = Tracked::new(TokioIo::new(client), activity.clone());
+    let mut upstream = Tracked::new(TokioIo::new(upstream), activity.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let idle_watch = watch_idle(&activity, idle);
+    tokio::select! {
+        result = copy => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "upgraded connection ended with an error");
+            }
+        }
+        () = idle_watch => {
+            tracing::debug!("closing upgraded connection idle for {idle:?}");
+        }
+        _ = phase.wait_for(|p| *p == Phase::Cut) => {
+            tracing::debug!("shutdown deadline cut an upgraded connection");
+        }
+    }
+}
+
+/// Completes once no byte has moved for `idle`; never if `idle` is `None`.
+async fn watch_idle(activity: &Activity, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let quiet = activity.quiet_for();
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
+    }
+}
+
+/// When bytes last moved through a tunnel.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed()
+    }
+}
+
+/// An IO wrapper that records activity on every successful read or write.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewritten_headers_table() {
+        fn check(etag: Option<&str>, expected: Option<&str>) {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
+            headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Some(etag) = etag {
+                headers.insert(ETAG, HeaderValue::from_str(etag).expect("ascii"));
+            }
+            mark_rewritten(&mut headers);
+            assert!(!headers.contains_key(CONTENT_LENGTH));
+            assert!(!headers.contains_key(ACCEPT_RANGES));
+            assert_eq!(
+                headers.get(ETAG).and_then(|v| v.to_str().ok()),
+                expected,
+                "{etag:?}"
+            );
+        }
+        check(None, None);
+        check(Some("\"abc\""), Some("W/\"abc\""));
+        check(Some("W/\"abc\""), Some("W/\"abc\""));
+    }
+
+    #[test]
+    fn upstream_uri_table() {
+        fn check(original: &str, expected: &str) {
+            let stats = Arc::new(crate::InstanceStats::new());
+            let target = Target::new("127.0.0.1:4000".parse().expect("literal"), stats);
+            let uri: Uri = original.parse().expect("valid uri");
+            assert_eq!(
+                upstream_uri(&target, uri).to_string(),
+                expected,
+                "{original}"
+            );
+        }
+        check("/a/b?c=d", "http://127.0.0.1:4000/a/b?c=d");
+        check("http://example.com/x?y", "http://127.0.0.1:4000/x?y");
+        check("*", "http://127.0.0.1:4000/");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting to 127.0.0.1:1 failed")]
+    struct Outer(#[source] io::Error);
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let outer = Outer(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+        assert_eq!(
+            error_chain(&outer),
+            "connecting to 127.0.0.1:1 failed: refused"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! The accept loop, connection limits, connection tracking and graceful shutdown.
+//!
+//! [`serve`] takes its listener and its shutdown signal as arguments (the mini-redis shape), so
+//! tests bind `127.0.0.1:0` and drive the real server. Shutdown happens in three phases,
+//! broadcast to every connection and tunnel task over one `watch` channel:
+//! `Running` → `Draining` (stop accepting; idle keep-alive connections close at once, busy ones
+//! after their current response) → `Cut` (at the deadline, whatever is still open is dropped and
+//! counted in the [`ShutdownReport`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::body::Body;
+use crate::config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
+use crate::error::overloaded_response;
+use crate::headers::Forwarded;
+use crate::proxy;
+use crate::route::Route;
+
+/// Connections accepted beyond `max_connections` that may be waiting for their `503` at once;
+/// past this, extra connections are closed without a response.
+const MAX_OVERFLOW: usize = 128;
+
+/// How long cut tasks get to finish after the deadline before [`serve`] returns anyway.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// What graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Client connections open when shutdown began (upgraded connections counted once, under
+    /// `upgrades_at_shutdown`).
+    pub connections_at_shutdown: usize,
+    /// Upgraded (WebSocket) connections open when shutdown began.
+    pub upgrades_at_shutdown: usize,
+    /// Client connections still busy at the deadline, and so closed mid-request.
+    pub cut_connections: usize,
+    /// Upgraded connections still open at the deadline, and so closed.
+    pub cut_upgrades: usize,
+    /// Time from the shutdown signal to the end of draining.
+    pub elapsed: Duration,
+}
+
+impl ShutdownReport {
+    /// Everything the deadline cut: busy connections plus open upgraded connections.
+    pub fn cut(&self) -> usize {
+        self.cut_connections + self.cut_upgrades
+    }
+
+    /// Whether every connection finished before the deadline.
+    pub fn is_clean(&self) -> bool {
+        self.cut() == 0
+    }
+}
+
+/// Shutdown phase broadcast to every task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving normally.
+    Running,
+    /// No longer accepting; finish what is in progress.
+    Draining,
+    /// The deadline passed: drop everything now.
+    Cut,
+}
+
+/// What a [`LiveGuard`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// A client HTTP connection (until it closes or is upgraded).
+    Connection,
+    /// An upgraded connection's tunnel.
+    Upgrade,
+}
+
+/// Counts live connection and tunnel tasks so shutdown can wait for them.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    connections: AtomicUsize,
+    upgrades: AtomicUsize,
+    changed: Notify,
+    phase: watch::Sender<Phase>,
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Tracker {
+            connections: AtomicUsize::new(0),
+            upgrades: AtomicUsize::new(0),
+            changed: Notify::new(),
+            phase: watch::Sender::new(Phase::Running),
+        }
+    }
+
+    fn counter(&self, kind: Live) -> &AtomicUsize {
+        match kind {
+            Live::Connection => &self.connections,
+            Live::Upgrade => &self.upgrades,
+        }
+    }
+
+    /// Counts one live task of `kind` until the guard drops.
+    pub(crate) fn enter(self: &Arc<Self>, kind: Live) -> LiveGuard {
+        self.counter(kind).fetch_add(1, Ordering::SeqCst);
+        LiveGuard {
+            tracker: self.clone(),
+            kind,
+        }
+    }
+
+    /// A receiver of shutdown phase changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.upgrades.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Waits until nothing is live or `deadline` passes; true if nothing is live.
+    async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a guard dropping in between still wakes us.
+            notified.as_mut().enable();
+            if self.counts() == (0, 0) {
+                return true;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return self.counts() == (0, 0),
+            }
+        }
+    }
+}
+
+/// Keeps one task counted in the [`Tracker`].
+#[derive(Debug)]
+pub(crate) struct LiveGuard {
+    tracker: Arc<Tracker>,
+    kind: Live,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.tracker
+            .counter(self.kind)
+            .fetch_sub(1, Ordering::SeqCst);
+        self.tracker.changed.notify_waiters();
+    }
+}
+
+/// State shared by every connection of one server.
+pub(crate) struct Shared<R> {
+    pub(crate) route: R,
+    pub(crate) config: ProxyConfig,
+    pub(crate) client: Client<HttpConnector, Body>,
+    pub(crate) tracker: Arc<Tracker>,
+    /// `data-header` for injected script tags, when the header name is not the client's default.
+    pub(crate) client_header_attr: Option<String>,
+    http: http1::Builder,
+    proto: HeaderValue,
+    limit: Arc<Semaphore>,
+    overflow: Arc<Semaphore>,
+}
+
+impl<R: Route> Shared<R> {
+    fn new(config: ProxyConfig, route: R) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.upstream_idle_timeout)
+            .pool_max_idle_per_host(config.upstream_max_idle_per_host)
+            .build(connector);
+
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .keep_alive(true);
+
+        let proto = HeaderValue::from_str(config.forwarded_proto.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let client_header_attr = (config.deployment_header.as_str() != DEFAULT_DEPLOYMENT_HEADER)
+            .then(|| config.deployment_header.as_str().to_owned());
+        Shared {
+            route,
+            client,
+            tracker: Arc::new(Tracker::new()),
+            client_header_attr,
+            http,
+            proto,
+            limit: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            overflow: Arc::new(Semaphore::new(MAX_OVERFLOW)),
+            config,
+        }
+    }
+}
+
+/// Per-connection context, shared by the connection task, its request futures and any tunnel
+/// it upgrades into. The connection-limit permit lives here, so it is released only when all of
+/// them are done.
+pub(crate) struct ConnCtx<R> {
+    pub(crate) shared: Arc<Shared<R>>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) forwarded: Forwarded,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Runs a proxy server on `listener` until `shutdown` completes, then drains.
+///
+/// Every request goes through `route`. When `shutdown` resolves, the listener is closed, idle
+/// keep-alive connections are closed, busy ones finish their current response, and upgraded
+/// connections keep running, all up to [`ProxyConfig::shutdown_deadline`]; whatever is still
+/// open then is cut. The report says how much was cut, so the caller can say so.
+///
+/// Accept errors (such as running out of file descriptors) are logged and retried with a
+/// backoff of up to one second; they never end the server.
+pub async fn serve<R, S>(
+    listener: TcpListener,
+    config: ProxyConfig,
+    route: R,
+    shutdown: S,
+) -> ShutdownReport
+where
+    R: Route,
+    S: Future<Output = ()>,
+{
+    let shared = Arc::new(Shared::new(config, route));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                accept(&shared, stream, peer);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accepting a connection failed; retrying in {backoff:?}");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    drain(&shared).await
+}
+
+/// Stops everything in progress, gracefully up to the deadline, then by force.
+async fn drain<R>(shared: &Shared<R>) -> ShutdownReport {
+    let started = Instant::now();
+    let tracker = &shared.tracker;
+    let (connections_at_shutdown, upgrades_at_shutdown) = tracker.counts();
+    tracker.phase.send_replace(Phase::Draining);
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_deadline;
+    let mut report = ShutdownReport {
+        connections_at_shutdown,
+        upgrades_at_shutdown,
+        cut_connections: 0,
+        cut_upgrades: 0,
+        elapsed: Duration::ZERO,
+    };
+    if !tracker.wait_idle(deadline).await {
+        let (connections, upgrades) = tracker.counts();
+        report.cut_connections = connections;
+        report.cut_upgrades = upgrades;
+        tracing::warn!(
+            connections,
+            upgrades,
+            "shutdown deadline of {:?} passed; cutting what is still open",
+            shared.config.shutdown_deadline
+        );
+        tracker.phase.send_replace(Phase::Cut);
+        if !tracker
+            .wait_idle(tokio::time::Instant::now() + CUT_GRACE)
+            .await
+        {
+            tracing::warn!("some connections did not stop within {CUT_GRACE:?} of being cut");
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// Starts serving one accepted connection (or refusing it, over the limit).
+fn accept<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = shared.config.tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10));
+        if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %err, "could not enable TCP keepalive");
+        }
+    }
+    let permit = match shared.limit.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => return refuse(shared, stream, peer),
+    };
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        peer,
+        forwarded: Forwarded::new(
+            peer.ip(),
+            shared.proto.clone(),
+            shared.config.trust_forwarded,
+        ),
+        _permit: permit,
+    });
+    let live = shared.tracker.enter(Live::Connection);
+    let phase = shared.tracker.subscribe();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _live = live;
+        let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+        let conn = shared
+            .http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        run_connection(conn, phase, peer, |c| c.graceful_shutdown()).await;
+    });
+}
+
+/// Drives a connection to completion, reacting to shutdown phases.
+/// `graceful` is the connection's `graceful_shutdown`.
+async fn run_connection<C>(
+    conn: C,
+    mut phase: watch::Receiver<Phase>,
+    peer: SocketAddr,
+    graceful: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        if !draining && *phase.borrow_and_update() == Phase::Draining {
+            draining = true;
+            graceful(conn.as_mut());
+        }
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    // Client-side problems (a reset, a malformed request, a header timeout) are
+                    // routine for a public server: keep them out of the default log level.
+                    tracing::debug!(%peer, error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() == Phase::Cut {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Answers one request on a connection over the limit with a `503` and closes it.
+fn refuse<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
+    let Ok(permit) = shared.overflow.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "over the connection limit with too many refusals pending; closing");
+        return;
+    };
+    tracing::warn!(
+        %peer,
+        limit = shared.config.max_connections,
+        "over the connection limit; answering 503"
+    );
+    let live = shared.tracker.enter(Live::Connection);
+    let phase = shared.tracker.subscribe();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(
+            shared
+                .config
+                .header_read_timeout
+                .min(Duration::from_secs(5)),
+        )
+        .keep_alive(false);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _live = live;
+        let service =
+            service_fn(|_req| async { Ok::<_, std::convert::Infallible>(overloaded_response()) });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        run_connection(conn, phase, peer, |c| c.graceful_shutdown()).await;
+    });
+}
