@@ -9,14 +9,26 @@
 //! - [`release`]: release snapshots of the app directory and the build command.
 //! - [`health`]: HTTP health checks.
 //! - [`supervisor`]: process groups, restarts with backoff, logs, SIGTERM then SIGKILL.
+//! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
+//! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
+//! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`admin`]: the read-only status page.
+//! - [`logs`]: reading and following instance logs for `flotilla logs`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod daemon;
 pub mod error;
 pub mod health;
+pub mod logs;
 pub mod release;
+pub mod router;
+pub mod rpc;
 pub mod settings;
 pub mod state;
 pub mod supervisor;
 
+pub use daemon::serve;
 pub use error::HostError;
+pub use rpc::{Connection, StartedDaemon, connect, connect_reporting, stop_daemon};
 pub use settings::HostSettings;

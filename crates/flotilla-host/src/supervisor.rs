@@ -63,6 +63,27 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
+    /// An instance the supervisor does not run, listening on `addr` and taken as running and
+    /// healthy: for driving the router directly (tests, the router benchmark harness).
+    pub fn external(instance: InstanceId, addr: SocketAddr) -> Arc<InstanceState> {
+        Arc::new(InstanceState {
+            instance,
+            port: AtomicU16::new(addr.port()),
+            pid: AtomicU32::new(0),
+            running: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+            app_sessions: AtomicU64::new(u64::MAX),
+            restarts: AtomicU32::new(0),
+            problem: Mutex::new(None),
+            log_path: PathBuf::new(),
+        })
+    }
+
+    /// Marks an [`InstanceState::external`] instance healthy or not.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     /// The loopback address it listens on.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port.load(Ordering::Relaxed)))
@@ -594,7 +615,7 @@ impl Monitor {
 }
 
 /// Resolves once a stop was asked for (or the supervisor is gone).
-async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 

@@ -1,0 +1,872 @@
+//! The daemon: implements the ports for real (SQLite, the supervisor, the router), serves them
+//! over its Unix socket, runs the router and the status page, observes drain readiness every
+//! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
+//!
+//! Start-up order: take the daemon lock → open state → publish the saved routing table (so
+//! retired ids answer 410 at once) → bind the router, the status page and the socket → stop
+//! processes a dead daemon left behind and start every recorded version's instances again. A
+//! version that was active or draining serves again as soon as its instances pass health checks.
+//!
+//! Shutdown: stop accepting requests on the socket, let the router drain open connections with a
+//! deadline (and log what it cut), then stop every instance (SIGTERM, then SIGKILL after
+//! `stop_timeout`). Compute records stay, so the next daemon starts the same versions again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flotilla_core::drain::{DrainTracker, Readiness};
+use flotilla_core::routing::{RoutingTable, RuleBudget, WeightedTarget};
+use flotilla_core::{DeploymentId, InstanceId, Timestamp, VersionState};
+use flotilla_engine::events::{Event, Progress};
+use flotilla_engine::ports::{
+    Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
+    LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
+};
+use flotilla_engine::{Engine, Settings};
+use flotilla_proxy::ProxyConfig;
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::error::HostError;
+use crate::release::{self, ReleaseError};
+use crate::router::{InstanceKey, Router};
+use crate::rpc::{DaemonInfo, Reply, Request, SystemClock};
+use crate::settings::HostSettings;
+use crate::state::{ComputeRecord, Launch, Store};
+use crate::supervisor::Supervisor;
+
+/// How long the router may take to drain its connections at shutdown, at most.
+const MAX_ROUTER_DRAIN: Duration = Duration::from_secs(10);
+/// How long a deploy lock taken by the daemon's reaper lives.
+const REAPER_LOCK_TTL: Duration = Duration::from_secs(300);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The daemon's live state, shared by the socket server, the loops and the status page.
+pub struct Host {
+    settings: HostSettings,
+    store: Arc<Store>,
+    supervisor: Supervisor,
+    router: Arc<Router>,
+    routing: Mutex<RoutingTable>,
+    tombstones: Mutex<Vec<DeploymentId>>,
+    trackers: Mutex<HashMap<InstanceKey, DrainTracker>>,
+    clock: SystemClock,
+}
+
+fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortError {
+    let (operation, resource) = (operation.to_owned(), resource.to_owned());
+    move |e| e.into_port(&operation, &resource)
+}
+
+impl Host {
+    /// Publishes the routing table, tombstones and instances to the router.
+    fn refresh(&self) {
+        let table = lock(&self.routing).clone();
+        let tombstones = lock(&self.tombstones).clone();
+        self.router
+            .publish(&table, &tombstones, &self.supervisor.instances());
+    }
+
+    /// Changes the routing table with `change`, saves it, then publishes it.
+    fn change_routing(
+        &self,
+        operation: &str,
+        id: &str,
+        change: impl FnOnce(&mut RoutingTable) -> Result<(), flotilla_core::routing::RoutingError>,
+    ) -> Result<(), PortError> {
+        {
+            let mut table = lock(&self.routing);
+            let mut next = table.clone();
+            change(&mut next)
+                .map_err(|e| PortError::new(ErrorKind::Conflict, operation, id, e.to_string()))?;
+            self.store
+                .save_routing(&next)
+                .map_err(port_err(operation, id))?;
+            *table = next;
+        }
+        self.refresh();
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        spec: &VersionSpec,
+        command: &str,
+        health_path: &str,
+    ) -> Result<(), PortError> {
+        let op = "create instances of";
+        let release_dir = std::path::PathBuf::from(&spec.image.0);
+        if !release_dir.is_dir() {
+            return Err(PortError::new(
+                ErrorKind::Invalid,
+                op,
+                spec.id.as_str(),
+                format!("release directory {} does not exist", release_dir.display()),
+            ));
+        }
+        let record = ComputeRecord {
+            spec: spec.clone(),
+            launch: Launch {
+                command: command.to_owned(),
+                release_dir,
+                health_path: health_path.to_owned(),
+            },
+            desired: spec.instances,
+        };
+        self.supervisor
+            .create(record)
+            .map_err(port_err(op, spec.id.as_str()))
+    }
+
+    async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
+        let found = self
+            .supervisor
+            .scale(id, desired)
+            .map_err(port_err("scale", id.as_str()))?;
+        if !found && desired > 0 {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                "scale",
+                id.as_str(),
+                "no instances exist for this version",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_compute(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.supervisor
+            .delete(id)
+            .await
+            .map_err(port_err("delete instances of", id.as_str()))?;
+        lock(&self.trackers).retain(|(v, _), _| v != id);
+        Ok(())
+    }
+
+    fn observe(&self, ids: &[DeploymentId]) -> BTreeMap<DeploymentId, ComputeStatus> {
+        self.supervisor
+            .observe(ids, |id, instance| self.router.sessions(id, instance))
+    }
+
+    fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.store
+            .remove_tombstone(id)
+            .map_err(port_err("install affinity of", id.as_str()))?;
+        lock(&self.tombstones).retain(|t| t != id);
+        self.change_routing("install affinity of", id.as_str(), |t| {
+            t.install_affinity(id.clone());
+            Ok(())
+        })
+    }
+
+    fn retire_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.change_routing("retire affinity of", id.as_str(), |t| {
+            t.mark_retired(id.clone())
+        })
+    }
+
+    fn remove_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        let op = "remove affinity of";
+        let had = lock(&self.routing).affinity(id).is_some();
+        if had {
+            // The tombstone goes in first: from now on the id answers 410 even with no affinity.
+            self.store
+                .add_tombstone(id, self.clock.now())
+                .map_err(port_err(op, id.as_str()))?;
+            let mut tombs = lock(&self.tombstones);
+            if !tombs.contains(id) {
+                tombs.push(id.clone());
+            }
+        }
+        self.change_routing(op, id.as_str(), |t| t.remove_affinity(id))
+    }
+
+    fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError> {
+        self.change_routing("set default", "routing", |t| {
+            if targets.is_empty() {
+                t.clear_default();
+                Ok(())
+            } else {
+                t.set_default(targets.to_vec())
+            }
+        })
+    }
+
+    async fn prepare(
+        &self,
+        id: &DeploymentId,
+        request: &ImageRequest,
+        build: Option<&str>,
+    ) -> Result<ImageRef, PortError> {
+        let op = "prepare release";
+        match request {
+            ImageRequest::Prebuilt(path) => {
+                if Path::new(path).is_dir() {
+                    Ok(ImageRef(path.clone()))
+                } else {
+                    Err(PortError::new(
+                        ErrorKind::Invalid,
+                        op,
+                        id.as_str(),
+                        format!("{path} is not a directory"),
+                    ))
+                }
+            }
+            ImageRequest::Build(dir) => {
+                let app_dir = if dir.is_relative() {
+                    self.settings.app_dir.join(dir)
+                } else {
+                    dir.clone()
+                };
+                let made = release::prepare(
+                    &app_dir,
+                    &self.settings.state_dir,
+                    &self.settings.releases_dir(),
+                    id,
+                    build,
+                )
+                .await;
+                match made {
+                    Ok(path) => Ok(ImageRef(path.display().to_string())),
+                    Err(ReleaseError::Build { .. }) | Err(ReleaseError::Walk { .. }) => {
+                        Err(PortError::new(
+                            ErrorKind::Invalid,
+                            op,
+                            id.as_str(),
+                            made.err().map(|e| e.to_string()).unwrap_or_default(),
+                        ))
+                    }
+                    Err(ReleaseError::Host(e)) => Err(e.into_port(op, id.as_str())),
+                }
+            }
+        }
+    }
+
+    async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
+        let releases = self.settings.releases_dir();
+        let in_use = self.supervisor.list();
+        let keep = usize::try_from(self.settings.keep_releases).unwrap_or(usize::MAX);
+        let dir = release::release_dir(&releases, id);
+        // Keep the newest `keep_releases` releases for inspection; this one goes if it is older.
+        let mut names: Vec<String> = std::fs::read_dir(&releases)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let newest: Vec<&String> = names.iter().rev().take(keep).collect();
+        if dir.exists() && !in_use.contains(id) && !newest.iter().any(|n| n.as_str() == id.as_str())
+        {
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                HostError::io("remove release", &dir)(e).into_port("discard release", id.as_str())
+            })?;
+        }
+        release::prune(&releases, keep, &in_use)
+            .map_err(port_err("prune releases", id.as_str()))?;
+        Ok(())
+    }
+
+    /// One drain observation: each running instance's readiness from its live sessions (counted
+    /// by the router, plus what the app reports in its health JSON) and its version's state.
+    fn observe_drain(&self) -> Result<(), HostError> {
+        let now = self.clock.now();
+        let records: HashMap<DeploymentId, VersionState> = self
+            .store
+            .list_versions()?
+            .into_iter()
+            .map(|r| (r.version.id, r.version.state))
+            .collect();
+        let mut per_version: BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>> =
+            BTreeMap::new();
+        let mut seen = Vec::new();
+        {
+            let mut trackers = lock(&self.trackers);
+            for view in self.supervisor.instances() {
+                let Some(state) = records.get(&view.id) else {
+                    continue;
+                };
+                per_version.entry(view.id.clone()).or_default();
+                if !view.state.running() {
+                    continue;
+                }
+                let key = (view.id.clone(), view.state.instance.clone());
+                let live = self.router.sessions(&view.id, &view.state.instance)
+                    + view.state.app_sessions().unwrap_or(0);
+                let status = trackers.entry(key.clone()).or_default().observe(
+                    *state == VersionState::Draining,
+                    live,
+                    now,
+                    self.settings.drain_grace,
+                );
+                seen.push(key);
+                per_version
+                    .get_mut(&view.id)
+                    .expect("inserted above")
+                    .insert(view.state.instance.clone(), status.readiness());
+            }
+            trackers.retain(|k, _| seen.contains(k));
+        }
+        for (id, values) in per_version {
+            if self.store.set_readiness(&id, &values)? {
+                tracing::info!(%id, readiness = ?values, "instance readiness changed");
+            }
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            name: self.settings.name.clone(),
+            pid: std::process::id(),
+            listen: self.settings.listen.to_string(),
+            admin_listen: self.settings.admin_listen.to_string(),
+            state_dir: self.settings.state_dir.clone(),
+        }
+    }
+
+    /// The router, for the status page.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The supervisor, for the status page.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request,
+        shutdown: &watch::Sender<bool>,
+    ) -> Result<serde_json::Value, PortError> {
+        fn json<T: Serialize>(value: T) -> Result<serde_json::Value, PortError> {
+            Ok(serde_json::to_value(value).expect("port results serialise to JSON"))
+        }
+        let st = |op: &'static str, res: String| move |e: HostError| e.into_port(op, &res);
+        match request {
+            Request::Hello { name } => {
+                if name != self.settings.name {
+                    return Err(PortError::new(
+                        ErrorKind::Conflict,
+                        "connect to",
+                        "daemon",
+                        HostError::NameMismatch {
+                            state_dir: self.settings.state_dir.clone(),
+                            serving: self.settings.name.to_string(),
+                            asked: name.to_string(),
+                        }
+                        .to_string(),
+                    ));
+                }
+                json(self.info())
+            }
+            Request::ComputeCreate {
+                spec,
+                command,
+                health_path,
+            } => json(self.create(&spec, &command, &health_path).await?),
+            Request::ComputeScale { id, desired } => json(self.scale(&id, desired).await?),
+            Request::ComputeDelete { id } => json(self.delete_compute(&id).await?),
+            Request::ComputeObserve { ids } => json(self.observe(&ids)),
+            Request::ComputeList => json(self.supervisor.list()),
+            Request::ComputeRecentLogs { id, lines } => {
+                json(self.supervisor.recent_logs(&id, lines))
+            }
+            Request::RoutingInstall { id } => json(self.install_affinity(&id)?),
+            Request::RoutingRetire { id } => json(self.retire_affinity(&id)?),
+            Request::RoutingRemove { id } => json(self.remove_affinity(&id)?),
+            Request::RoutingSetDefault { targets } => json(self.set_default(&targets)?),
+            Request::RoutingSnapshot => json(lock(&self.routing).clone()),
+            Request::StateList => json(
+                self.store
+                    .list_versions()
+                    .map_err(st("list", "versions".into()))?,
+            ),
+            Request::StateGet { id } => json(
+                self.store
+                    .get_version(&id)
+                    .map_err(st("read record of", id.to_string()))?,
+            ),
+            Request::StatePut { record } => {
+                let id = record.version.id.to_string();
+                json(
+                    self.store
+                        .put_version(&record)
+                        .map_err(st("write record of", id))?,
+                )
+            }
+            Request::StateDelete { id } => json(
+                self.store
+                    .delete_version(&id)
+                    .map_err(st("delete record of", id.to_string()))?,
+            ),
+            Request::StateReadiness { ids } => json(
+                self.store
+                    .readiness(&ids)
+                    .map_err(st("read", "readiness".into()))?,
+            ),
+            Request::StateAcquireLock {
+                owner,
+                now,
+                ttl_ms,
+                force,
+            } => json(
+                self.store
+                    .acquire_lock(&owner, now, Duration::from_millis(ttl_ms), force)
+                    .map_err(st("take", "deploy lock".into()))?,
+            ),
+            Request::StateReleaseLock { owner } => json(
+                self.store
+                    .release_lock(&owner)
+                    .map_err(st("release", "deploy lock".into()))?,
+            ),
+            Request::StateLockInfo => json(
+                self.store
+                    .lock_info()
+                    .map_err(st("read", "deploy lock".into()))?,
+            ),
+            Request::ImagePrepare { id, request, build } => {
+                json(self.prepare(&id, &request, build.as_deref()).await?)
+            }
+            Request::ImageDiscard { id } => json(self.discard(&id).await?),
+            Request::Shutdown => {
+                tracing::info!("shutdown requested over the socket");
+                shutdown.send_replace(true);
+                json(())
+            }
+        }
+    }
+}
+
+/// The daemon's own ports over its live state, for its reaper and its status page.
+#[derive(Clone)]
+pub struct LocalPorts(pub Arc<Host>);
+
+impl LocalPorts {
+    /// Bundles these ports for an [`Engine`].
+    pub fn ports(&self) -> Ports {
+        let me = Arc::new(self.clone());
+        Ports {
+            compute: me.clone(),
+            routing: me.clone(),
+            state: me.clone(),
+            images: me,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+#[async_trait]
+impl Compute for LocalPorts {
+    async fn create(&self, spec: &VersionSpec) -> Result<(), PortError> {
+        let s = &self.0.settings;
+        self.0.create(spec, &s.command, &s.health_path).await
+    }
+    async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
+        self.0.scale(id, desired).await
+    }
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0.delete_compute(id).await
+    }
+    async fn observe(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, ComputeStatus>, PortError> {
+        Ok(self.0.observe(ids))
+    }
+    async fn list(&self) -> Result<Vec<DeploymentId>, PortError> {
+        Ok(self.0.supervisor.list())
+    }
+    async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
+        Ok(self.0.supervisor.recent_logs(id, lines))
+    }
+}
+
+#[async_trait]
+impl Routing for LocalPorts {
+    async fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0.install_affinity(id)
+    }
+    async fn retire_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0.retire_affinity(id)
+    }
+    async fn remove_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0.remove_affinity(id)
+    }
+    async fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError> {
+        self.0.set_default(targets)
+    }
+    async fn snapshot(&self) -> Result<RoutingTable, PortError> {
+        Ok(lock(&self.0.routing).clone())
+    }
+}
+
+#[async_trait]
+impl StateStore for LocalPorts {
+    async fn list(&self) -> Result<Vec<VersionRecord>, PortError> {
+        self.0
+            .store
+            .list_versions()
+            .map_err(port_err("list", "versions"))
+    }
+    async fn get(&self, id: &DeploymentId) -> Result<Option<VersionRecord>, PortError> {
+        self.0
+            .store
+            .get_version(id)
+            .map_err(port_err("read record of", id.as_str()))
+    }
+    async fn put(&self, record: &VersionRecord) -> Result<(), PortError> {
+        self.0
+            .store
+            .put_version(record)
+            .map_err(port_err("write record of", record.version.id.as_str()))
+    }
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0
+            .store
+            .delete_version(id)
+            .map_err(port_err("delete record of", id.as_str()))
+    }
+    async fn readiness(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>>, PortError> {
+        self.0
+            .store
+            .readiness(ids)
+            .map_err(port_err("read", "readiness"))
+    }
+    async fn acquire_lock(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+        force: bool,
+    ) -> Result<LockOutcome, PortError> {
+        self.0
+            .store
+            .acquire_lock(owner, now, ttl, force)
+            .map_err(port_err("take", "deploy lock"))
+    }
+    async fn release_lock(&self, owner: &str) -> Result<(), PortError> {
+        self.0
+            .store
+            .release_lock(owner)
+            .map_err(port_err("release", "deploy lock"))
+    }
+    async fn lock_info(&self) -> Result<Option<LockInfo>, PortError> {
+        self.0
+            .store
+            .lock_info()
+            .map_err(port_err("read", "deploy lock"))
+    }
+}
+
+#[async_trait]
+impl ImageSource for LocalPorts {
+    async fn prepare(
+        &self,
+        id: &DeploymentId,
+        request: &ImageRequest,
+    ) -> Result<ImageRef, PortError> {
+        let build = self.0.settings.build.clone();
+        self.0.prepare(id, request, build.as_deref()).await
+    }
+    async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
+        self.0.discard(id).await
+    }
+}
+
+/// The engine settings of the daemon's own engine (reaper, status page).
+pub fn engine_settings(settings: &HostSettings) -> Settings {
+    Settings {
+        name: settings.name.clone(),
+        policy: settings.reaper_policy,
+        budget: RuleBudget::default(),
+        health_timeout: settings.health_timeout,
+        health_poll: Duration::from_millis(500),
+        lock_ttl: REAPER_LOCK_TTL,
+        lock_owner: format!("flotilla host daemon (pid {})", std::process::id()),
+    }
+}
+
+struct LogProgress;
+
+impl Progress for LogProgress {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Reaped { action, dry_run } => tracing::info!(?action, dry_run, "reaper"),
+            other => tracing::debug!(event = ?other, "reaper"),
+        }
+    }
+}
+
+/// Runs the daemon for `settings` until `shutdown` completes or a client asks it to stop.
+pub async fn serve(
+    settings: &HostSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), HostError> {
+    let settings = settings.resolved().map_err(HostError::io(
+        "resolve the app directory",
+        &settings.app_dir,
+    ))?;
+    let state_dir = settings.state_dir.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .map_err(HostError::io("create state directory", &state_dir))?;
+    let lock_path = settings.daemon_lock_path();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(HostError::io("open daemon lock", &lock_path))?;
+    let _daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        HostError::AlreadyRunning {
+            state_dir: state_dir.clone(),
+        }
+    })?;
+
+    let store = Arc::new(Store::open(&settings.database_path(), &settings.name)?);
+    let router = Arc::new(
+        Router::new(&settings.affinity_header, &settings.affinity_query)
+            .map_err(|e| HostError::Protocol(e.to_string()))?,
+    );
+    let routing = store.load_routing()?;
+    let tombstones = store.tombstones()?;
+    let host = Arc::new_cyclic(|weak: &std::sync::Weak<Host>| {
+        let weak = weak.clone();
+        let on_change: crate::supervisor::ChangeHook = Arc::new(move || {
+            if let Some(host) = weak.upgrade() {
+                host.refresh();
+            }
+        });
+        Host {
+            supervisor: Supervisor::new(
+                settings.name.clone(),
+                store.clone(),
+                settings.logs_dir(),
+                settings.stop_timeout,
+                on_change,
+            ),
+            settings: settings.clone(),
+            store: store.clone(),
+            router: router.clone(),
+            routing: Mutex::new(routing),
+            tombstones: Mutex::new(tombstones),
+            trackers: Mutex::new(HashMap::new()),
+            clock: SystemClock,
+        }
+    });
+    host.refresh();
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| HostError::Bind {
+            addr: settings.listen,
+            what: "router",
+            source,
+        })?;
+    let admin = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|source| HostError::Bind {
+            addr: settings.admin_listen,
+            what: "status page",
+            source,
+        })?;
+    let socket_path = settings.socket_path();
+    match std::fs::remove_file(&socket_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(HostError::io("remove stale socket", &socket_path)(e)),
+    }
+    let unix =
+        UnixListener::bind(&socket_path).map_err(HostError::io("listen on", &socket_path))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(HostError::io("restrict permissions of", &socket_path))?;
+
+    let restored = host.supervisor.restore().await?;
+    host.refresh();
+    tracing::info!(
+        name = %settings.name, pid = std::process::id(), listen = %settings.listen,
+        admin = %settings.admin_listen, socket = %socket_path.display(), restored = restored.len(),
+        "flotilla host daemon serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = Arc::new(Engine::new(
+        LocalPorts(host.clone()).ports(),
+        engine_settings(&settings),
+    ));
+
+    let proxy_config = ProxyConfig {
+        deployment_header: ProxyConfig::header_name(&settings.affinity_header)
+            .map_err(|e| HostError::Protocol(e.to_string()))?,
+        inject_client: settings.inject_client,
+        client_query_param: Some(settings.affinity_query.clone()),
+        shutdown_deadline: settings.stop_timeout.min(MAX_ROUTER_DRAIN),
+        ..ProxyConfig::default()
+    };
+    let proxy_task = {
+        let mut rx = stop_rx.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let report = flotilla_proxy::serve(listener, proxy_config, router, async move {
+                let _ = crate::supervisor::stop_requested(&mut rx).await;
+            })
+            .await;
+            if report.is_clean() {
+                tracing::info!("router drained every connection");
+            } else {
+                tracing::warn!(
+                    cut = report.cut(),
+                    "router shutdown deadline cut connections"
+                );
+            }
+        })
+    };
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin,
+        host.clone(),
+        engine.clone(),
+        stop_rx.clone(),
+    ));
+    let rpc_task = tokio::spawn(rpc_server(
+        unix,
+        host.clone(),
+        stop_tx.clone(),
+        stop_rx.clone(),
+    ));
+    let drain_task = {
+        let host = host.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(host.settings.drain_poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = host.observe_drain() {
+                            tracing::error!(error = %e, "drain observation failed");
+                        }
+                    }
+                    _ = crate::supervisor::stop_requested(&mut rx) => break,
+                }
+            }
+        })
+    };
+    let reaper_task = {
+        let engine = engine.clone();
+        let interval = settings.reaper_interval;
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        match engine.reap(false, &LogProgress).await {
+                            Ok(report) => {
+                                for (action, error) in &report.failed {
+                                    tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
+                                }
+                            }
+                            Err(e) => tracing::error!(error = %e, "reaper pass failed"),
+                        }
+                    }
+                    _ = crate::supervisor::stop_requested(&mut rx) => break,
+                }
+            }
+        })
+    };
+
+    {
+        let mut rx = stop_rx.clone();
+        tokio::select! {
+            _ = shutdown => {}
+            _ = crate::supervisor::stop_requested(&mut rx) => {}
+        }
+    }
+    tracing::info!("shutting down: draining the router, then stopping instances");
+    stop_tx.send_replace(true);
+    let _ = rpc_task.await;
+    let _ = tokio::fs::remove_file(&socket_path).await;
+    let _ = drain_task.await;
+    let _ = reaper_task.await;
+    let _ = proxy_task.await;
+    let _ = admin_task.await;
+    host.supervisor.shutdown().await;
+    tracing::info!("flotilla host daemon stopped");
+    Ok(())
+}
+
+async fn rpc_server(
+    listener: UnixListener,
+    host: Arc<Host>,
+    stop_tx: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let host = host.clone();
+                    let stop_tx = stop_tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = rpc_connection(stream, host, stop_tx).await {
+                            tracing::debug!(error = %e, "socket connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the socket failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = crate::supervisor::stop_requested(&mut stop) => break,
+        }
+    }
+}
+
+async fn rpc_connection(
+    stream: UnixStream,
+    host: Arc<Host>,
+    stop_tx: watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => match host.dispatch(request, &stop_tx).await {
+                Ok(value) => Reply::Ok(value),
+                Err(e) => Reply::Err(e),
+            },
+            Err(e) => Reply::Err(PortError::new(
+                ErrorKind::Invalid,
+                "decode request",
+                "socket",
+                e.to_string(),
+            )),
+        };
+        let mut text = serde_json::to_string(&reply).expect("replies serialise to JSON");
+        text.push('\n');
+        write.write_all(text.as_bytes()).await?;
+    }
+    Ok(())
+}
