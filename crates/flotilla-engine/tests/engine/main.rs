@@ -1,0 +1,6 @@
+//! The engine's integration tests: every workflow driven over the simulated provider, and the
+//! fault-at-every-call convergence test.
+
+mod faults;
+mod support;
+mod workflows;
