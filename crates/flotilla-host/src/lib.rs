@@ -3,8 +3,8 @@
 //! the CLI reaches it through [`connect`], which returns the engine's ports over a Unix socket.
 //!
 //! Modules:
-//! - [`settings`]: [`HostSettings`], the plain struct the CLI fills from `flotilla.toml`.
-//! - [`error`]: [`HostError`].
+//! - [`settings`]: the plain struct the CLI fills from `flotilla.toml`.
+//! - [`error`]: the crate's error type, [`HostError`].
 //! - [`state`]: the SQLite state (records, readiness, lock, routing, tombstones, specs, processes).
 //! - [`release`]: release snapshots of the app directory and the build command.
 //! - [`health`]: HTTP health checks.

@@ -160,12 +160,10 @@ impl Store {
             let mut stmt = conn
                 .prepare_cached("SELECT id, record FROM versions ORDER BY id")
                 .map_err(self.sql_err("list versions"))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(self.sql_err("list versions"))?
                 .collect::<Result<_, _>>()
-                .map_err(self.sql_err("list versions"))?;
-            rows
+                .map_err(self.sql_err("list versions"))?
         };
         rows.iter()
             .map(|(id, text)| self.decode(&format!("version {id}"), text))
@@ -376,12 +374,10 @@ impl Store {
             let mut stmt = conn
                 .prepare_cached("SELECT id FROM tombstones ORDER BY id")
                 .map_err(self.sql_err("read tombstones"))?;
-            let ids = stmt
-                .query_map([], |r| r.get(0))
+            stmt.query_map([], |r| r.get(0))
                 .map_err(self.sql_err("read tombstones"))?
                 .collect::<Result<_, _>>()
-                .map_err(self.sql_err("read tombstones"))?;
-            ids
+                .map_err(self.sql_err("read tombstones"))?
         };
         ids.iter()
             .map(|id| {
@@ -413,12 +409,10 @@ impl Store {
             let mut stmt = conn
                 .prepare_cached("SELECT id, rec FROM compute ORDER BY id")
                 .map_err(self.sql_err("list compute"))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(self.sql_err("list compute"))?
                 .collect::<Result<_, _>>()
-                .map_err(self.sql_err("list compute"))?;
-            rows
+                .map_err(self.sql_err("list compute"))?
         };
         rows.iter()
             .map(|(id, text)| self.decode(&format!("compute of {id}"), text))
@@ -472,12 +466,10 @@ impl Store {
             let mut stmt = conn
                 .prepare_cached("SELECT id, instance, pid FROM processes ORDER BY id, instance")
                 .map_err(self.sql_err("list processes"))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(self.sql_err("list processes"))?
                 .collect::<Result<_, _>>()
-                .map_err(self.sql_err("list processes"))?;
-            rows
+                .map_err(self.sql_err("list processes"))?
         };
         rows.into_iter()
             .map(|(id, instance, pid)| {

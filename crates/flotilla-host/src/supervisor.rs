@@ -635,7 +635,7 @@ fn pick_port(previous: u16) -> std::io::Result<u16> {
 /// then SIGKILL whatever is left once `timeout` has passed. Returns whether SIGKILL was needed.
 async fn stop_group(
     pgid: u32,
-    mut child: Option<&mut tokio::process::Child>,
+    child: Option<&mut tokio::process::Child>,
     timeout: Duration,
 ) -> bool {
     if pgid == 0 {
@@ -644,7 +644,7 @@ async fn stop_group(
     let group = Pid::from_raw(pgid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + timeout;
-    if let Some(c) = child.as_deref_mut() {
+    if let Some(c) = child {
         if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
             let _ = killpg(group, Signal::SIGKILL);
             let _ = c.wait().await;
