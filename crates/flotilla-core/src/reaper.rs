@@ -60,6 +60,10 @@ pub struct VersionView {
     /// One entry per running instance: what it reported, or `None` if it has not reported.
     pub instances: Vec<Option<Readiness>>,
     /// Consecutive earlier passes in which every instance reported ready.
+    ///
+    /// The count belongs to the current drain: providers reset it to 0 when a version enters
+    /// draining, so that a count left from before a rollback does not shorten the next drain.
+    /// (The plan cannot reset it itself: it never touches an active version.)
     pub ready_passes: u32,
     /// What its affinity does, or `None` when it has no affinity rules.
     pub affinity: Option<Affinity>,

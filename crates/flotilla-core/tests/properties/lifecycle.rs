@@ -242,6 +242,14 @@ impl Model {
                             before.state
                         );
                         prop_assert_eq!(v.state, to);
+                        prop_assert_eq!(v.created_at, before.created_at);
+                        // Repeating a step must not reset the drain or age clocks.
+                        let stamped = if before.state == to {
+                            before.state_changed_at
+                        } else {
+                            later
+                        };
+                        prop_assert_eq!(v.state_changed_at, stamped);
                     }
                     Err(err) => {
                         prop_assert!(

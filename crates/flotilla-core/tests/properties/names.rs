@@ -68,6 +68,15 @@ fn name_candidate() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9_. -]{0,34}",
         "\\PC{0,34}",
         ("[a-z]{1,31}", "[A-Z_é/ ]").prop_map(|(a, b)| format!("{a}{b}")),
+        // Around the length limit, where an off-by-one would hide.
+        (30usize..=34).prop_flat_map(|len| {
+            ("[a-z]", prop::collection::vec("[a-z0-9]|-[a-z0-9]", len)).prop_map(
+                move |(first, rest)| {
+                    let s = first + &rest.concat();
+                    s.chars().take(len).collect()
+                },
+            )
+        }),
     ]
 }
 
@@ -103,6 +112,10 @@ proptest! {
         if ta.as_secs() < tb.as_secs() {
             prop_assert!(ia < ib && ia.as_str() < ib.as_str(), "{} !< {}", ia, ib);
         }
+        // The suffix spells the entropy in base 36, so two deploys in the same second differ
+        // whenever their entropy differs modulo 36^4.
+        let suffix = &ia.as_str()[16..];
+        prop_assert_eq!(u64::from_str_radix(suffix, 36).ok(), Some(ea % 36u64.pow(4)));
         if ta.as_secs() == tb.as_secs() && ea % 36u64.pow(4) != eb % 36u64.pow(4) {
             prop_assert_ne!(ia, ib, "same second, different suffix");
         }

@@ -40,8 +40,21 @@ fn near_thresholds(policy: &ReapPolicy) -> impl Strategy<Value = u64> + use<> {
         .collect();
     prop_oneof![
         1 => 0u64..20_000_000,
-        3 => (prop::sample::select(thresholds), -2000i64..=2000)
+        3 => (prop::sample::select(thresholds), boundary_offset())
             .prop_map(|(t, delta)| t.saturating_add_signed(delta)),
+    ]
+}
+
+/// Milliseconds from a threshold: exactly on it, one millisecond or one second either side, or
+/// anywhere within two seconds.
+fn boundary_offset() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0i64),
+        Just(-1),
+        Just(1),
+        Just(-1000),
+        Just(1000),
+        -2000i64..=2000,
     ]
 }
 
@@ -390,6 +403,16 @@ fn history() -> impl Strategy<Value = History> {
                     .zip(keep)
                     .filter_map(|(s, keep)| keep.then_some(s))
                     .collect();
+                // The count belongs to the current drain (providers reset it when a version
+                // enters draining), and only passes that evaluate a version record it: a version
+                // still younger than `min_age` cannot have one.
+                for s in &mut world {
+                    if s.version.state != VersionState::Draining
+                        || s.version.age(start) < policy.min_age
+                    {
+                        s.ready_passes = 0;
+                    }
+                }
                 if with_active {
                     world.push(active.clone());
                 }
@@ -448,11 +471,9 @@ fn apply(
     let done = |k: usize| steps >= k;
     let mut remove = false;
     match action {
-        ReapAction::RecordReadyPasses { passes, .. } => {
-            if done(1) {
-                s.ready_passes = *passes;
-            }
-        }
+        // Bookkeeping is a single write and is not interrupted here: a lost reset would let the
+        // next ready pass count one pass too many, which no plan could detect.
+        ReapAction::RecordReadyPasses { passes, .. } => s.ready_passes = *passes,
         ReapAction::Retire { .. } => {
             if done(1) {
                 let result = s.version.transition(VersionState::Retired, now);
@@ -520,6 +541,12 @@ fn run_history(h: &History) -> Result<(), TestCaseError> {
     let mut now = h.start;
     let mut passes_after_horizon = 0;
     let mut pass = 0usize;
+    // Passes in a row in which every instance of a draining version reported ready, as the test
+    // saw them; the history before the first pass is taken from the world.
+    let mut observed_ready: BTreeMap<DeploymentId, u32> = world
+        .iter()
+        .map(|s| (s.version.id.clone(), s.ready_passes))
+        .collect();
     while passes_after_horizon < policy.consecutive_ready_passes as usize + 4 {
         prop_assert!(pass < 10_000, "the history does not end");
         let past_horizon = now >= horizon;
@@ -527,8 +554,32 @@ fn run_history(h: &History) -> Result<(), TestCaseError> {
             .iter()
             .map(|s| observe(s, now, &h.noise, pass))
             .collect();
+        for view in fleet
+            .iter()
+            .filter(|v| v.version.state == VersionState::Draining)
+        {
+            let count = observed_ready.entry(view.version.id.clone()).or_default();
+            *count = if all_reported_ready(view) {
+                *count + 1
+            } else {
+                0
+            };
+        }
         let plan = plan_reap(&fleet, now, &policy);
         check_plan(&fleet, now, &policy, &plan)?;
+        for action in &plan {
+            if let ReapAction::Retire {
+                id,
+                reason: RetireReason::SessionsEnded,
+            } = action
+            {
+                let seen = observed_ready.get(id).copied().unwrap_or(0);
+                prop_assert!(
+                    seen >= policy.consecutive_ready_passes,
+                    "{id} retired after {seen} ready passes in a row"
+                );
+            }
+        }
         for (k, action) in plan.iter().enumerate() {
             let steps = if past_horizon {
                 usize::MAX
@@ -536,6 +587,26 @@ fn run_history(h: &History) -> Result<(), TestCaseError> {
                 h.crashes[(pass * 7 + k) % h.crashes.len()]
             };
             apply(&mut world, action, now, steps)?;
+        }
+        if past_horizon {
+            // A pass without faults finishes every interrupted retirement: no retired version
+            // still serves its affinity or asks for instances.
+            for s in world
+                .iter()
+                .filter(|s| s.version.state == VersionState::Retired)
+            {
+                prop_assert_ne!(
+                    s.affinity,
+                    Some(Affinity::Serving),
+                    "{} still serves",
+                    s.version.id
+                );
+                prop_assert!(
+                    s.compute.is_none_or(|c| c.desired == 0),
+                    "{} still asks for instances",
+                    s.version.id
+                );
+            }
         }
         let lag = !past_horizon && h.lags[pass % h.lags.len()];
         if !lag {
