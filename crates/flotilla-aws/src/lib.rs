@@ -1,2 +1,84 @@
-//! flotilla-aws: see ARCHITECTURE.md. Being built.
+//! flotilla-aws: the AWS provider. The engine's ports over ECS Fargate, an ALB and SSM Parameter
+//! Store, on the official AWS SDK for Rust, and the reaper as a Lambda custom runtime.
+//!
+//! Architecture invariant: this is the only crate that knows AWS.
+//!
+//! Modules:
+//! - [`settings`]: [`AwsSettings`], the baseline's outputs and how they are read and checked.
+//! - [`sdk`]: one `SdkConfig` from the settings, the clients built once, an API-call counter.
+//! - [`error`]: [`AwsError`] for setting up, and [`classify`], the pure SDK-error classifier.
+//! - [`compute`]: versions as ECS services and task definition revisions.
+//! - [`routing`]: affinity as target groups and listener rules; the default forward.
+//! - [`state`]: records, drain state, task readiness and the deploy lock in SSM.
+//! - [`images`]: prebuilt image URIs, or docker build and ECR push.
+//! - [`clock`]: the system clock.
+//! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod compute;
+mod ctx;
+pub mod error;
+pub mod images;
+pub mod lambda;
+pub mod routing;
+pub mod sdk;
+pub mod settings;
+pub mod state;
+
+use std::sync::Arc;
+
+use flotilla_engine::Ports;
+
+pub use error::{AwsError, Failure, classify};
+pub use sdk::{CallCounter, Clients, sdk_config, sdk_config_with};
+pub use settings::{AwsSettings, Baseline, BaselineOutputs, Needs};
+
+/// Builds the ports of `settings.name` over AWS, for any command (deploy included).
+///
+/// Reads the baseline's outputs from the cache file and the config overrides and fails, naming
+/// everything missing, before any AWS call is made.
+pub async fn connect(settings: &AwsSettings) -> Result<Ports, AwsError> {
+    let config = sdk_config(settings).await;
+    connect_with(settings, Clients::new(&config), Needs::Deploy)
+}
+
+/// Builds the ports over `clients` (shared across invocations, or counted) for what `needs` does.
+pub fn connect_with(
+    settings: &AwsSettings,
+    clients: Clients,
+    needs: Needs,
+) -> Result<Ports, AwsError> {
+    let problems = settings.problems(needs);
+    if !problems.is_empty() {
+        return Err(AwsError::Settings { problems });
+    }
+    let region = clients
+        .region
+        .clone()
+        .or_else(|| settings.region.clone())
+        .ok_or(AwsError::NoRegion)?;
+    let path = settings.baseline_path();
+    let from_file = if settings.read_baseline_file {
+        BaselineOutputs::read(&path)?.unwrap_or_default()
+    } else {
+        BaselineOutputs::default()
+    };
+    let outputs = settings.baseline_overrides.clone().or(from_file);
+    let baseline = Baseline::resolve(outputs, needs, &path)?;
+    let ctx = Arc::new(ctx::Ctx::new(
+        settings.name.clone(),
+        clients,
+        baseline,
+        settings.task.clone(),
+        settings.routing.clone(),
+        region,
+    ));
+    Ok(Ports {
+        compute: Arc::new(compute::EcsCompute::new(ctx.clone())),
+        routing: Arc::new(routing::AlbRouting::new(ctx.clone())),
+        state: Arc::new(state::SsmStateStore::new(ctx.clone())),
+        images: Arc::new(images::EcrImages::new(ctx, settings.docker.clone())),
+        clock: Arc::new(clock::SystemClock),
+    })
+}

@@ -1,0 +1,642 @@
+//! Compute on ECS Fargate: one task definition revision (family `flotilla-<name>`) and one
+//! service per version, in the private subnets, registered into the version's target group.
+//!
+//! Observation is batched: one `DescribeServices` (tags included) per ten services, one
+//! `DescribeTargetHealth` per version that should run, and one cluster-wide `ListTasks` +
+//! `DescribeTasks` per hundred tasks for the task ids, never a call per task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, DesiredStatus,
+    KeyValuePair, LaunchType, LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration,
+    NetworkMode, PortMapping, PropagateTags, Service, ServiceField, SortOrder, Tag,
+    TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
+};
+use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
+use flotilla_core::{DeploymentId, InstanceId};
+use flotilla_engine::ports::{Compute, ComputeStatus, ErrorKind, PortError, VersionSpec};
+
+use crate::ctx::{Ctx, TAG_ID, TAG_NAME, TAG_STATE, arn_tail};
+use crate::error::{code_of, port_error};
+
+/// The container's name in every task definition.
+pub const CONTAINER_NAME: &str = "app";
+
+/// `DescribeServices` takes at most ten services.
+const DESCRIBE_SERVICES_BATCH: usize = 10;
+
+/// `DescribeTasks` takes at most a hundred tasks.
+const DESCRIBE_TASKS_BATCH: usize = 100;
+
+/// Service events included in `recent_logs`.
+const SERVICE_EVENTS: usize = 5;
+
+/// The [`Compute`] port over ECS.
+pub struct EcsCompute {
+    ctx: Arc<Ctx>,
+}
+
+fn ecs_tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn exists(service: &Service) -> bool {
+    matches!(service.status(), Some("ACTIVE") | Some("DRAINING"))
+}
+
+impl EcsCompute {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        EcsCompute { ctx }
+    }
+
+    fn cluster(&self) -> &str {
+        &self.ctx.baseline.cluster
+    }
+
+    /// Services by name (including INACTIVE ones: they still name their task definition).
+    async fn describe(&self, names: &[String]) -> Result<HashMap<String, Service>, PortError> {
+        let mut out = HashMap::new();
+        for batch in names.chunks(DESCRIBE_SERVICES_BATCH) {
+            let resp = self
+                .ctx
+                .clients
+                .ecs
+                .describe_services()
+                .cluster(self.cluster())
+                .set_services(Some(batch.to_vec()))
+                .include(ServiceField::Tags)
+                .send()
+                .await
+                .map_err(|e| port_error("describe services", &batch.join(","), e))?;
+            for s in resp.services() {
+                if let Some(name) = s.service_name() {
+                    out.insert(name.to_owned(), s.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_one(&self, id: &DeploymentId) -> Result<Option<Service>, PortError> {
+        let name = self.ctx.service_name(id);
+        Ok(self
+            .describe(std::slice::from_ref(&name))
+            .await?
+            .remove(&name))
+    }
+
+    fn container(&self, spec: &VersionSpec) -> Result<ContainerDefinition, PortError> {
+        let t = &self.ctx.task;
+        let env = |k: &str, v: String| KeyValuePair::builder().name(k).value(v).build();
+        let mut logs = LogConfiguration::builder().log_driver(LogDriver::Awslogs);
+        if let Some(group) = &self.ctx.baseline.log_group {
+            logs = logs
+                .options("awslogs-group", group)
+                .options("awslogs-region", &self.ctx.region)
+                // Streams are `<id>/app/<task id>`: one prefix per version.
+                .options("awslogs-stream-prefix", spec.id.as_str());
+        }
+        let logs = logs.build().map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "define task",
+                spec.id.as_str(),
+                e.to_string(),
+            )
+        })?;
+        Ok(ContainerDefinition::builder()
+            .name(CONTAINER_NAME)
+            .image(&spec.image.0)
+            .essential(true)
+            .cpu(t.cpu as i32)
+            .memory(t.memory as i32)
+            .port_mappings(
+                PortMapping::builder()
+                    .container_port(i32::from(t.container_port))
+                    .protocol(TransportProtocol::Tcp)
+                    .build(),
+            )
+            .environment(env("FLOTILLA_DEPLOYMENT_NAME", spec.name.to_string()))
+            .environment(env("FLOTILLA_DEPLOYMENT_ID", spec.id.to_string()))
+            .environment(env(
+                "FLOTILLA_DRAIN_POLL_SECONDS",
+                t.drain_poll_seconds.to_string(),
+            ))
+            .environment(env(
+                "FLOTILLA_DRAIN_GRACE_SECONDS",
+                t.drain_grace_seconds.to_string(),
+            ))
+            .environment(env("FLOTILLA_APP_PORT", t.app_port.to_string()))
+            .environment(env("PORT", t.app_port.to_string()))
+            .environment(env("AWS_REGION", self.ctx.region.clone()))
+            .set_command(Some(t.container_command()))
+            .log_configuration(logs)
+            .stop_timeout(t.stop_timeout_seconds as i32)
+            .build())
+    }
+
+    /// The newest ACTIVE revision of the family if it belongs to `id` (a re-run after a crash
+    /// between registering it and creating the service), so no duplicate revision is made.
+    async fn reusable_revision(&self, id: &DeploymentId) -> Result<Option<String>, PortError> {
+        let family = flotilla_core::names::task_family(&self.ctx.name);
+        let listed = self
+            .ctx
+            .clients
+            .ecs
+            .list_task_definitions()
+            .family_prefix(&family)
+            .status(TaskDefinitionStatus::Active)
+            .sort(SortOrder::Desc)
+            .max_results(1)
+            .send()
+            .await
+            .map_err(|e| port_error("list task definitions", &family, e))?;
+        let Some(newest) = listed.task_definition_arns().first() else {
+            return Ok(None);
+        };
+        Ok(self
+            .revision_of(newest)
+            .await?
+            .filter(|owner| owner == id)
+            .map(|_| newest.clone()))
+    }
+
+    /// The deployment id a task definition revision is tagged with.
+    async fn revision_of(&self, arn: &str) -> Result<Option<DeploymentId>, PortError> {
+        let out = self
+            .ctx
+            .clients
+            .ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await
+            .map_err(|e| port_error("describe task definition", arn, e))?;
+        let family_ok = out
+            .task_definition()
+            .and_then(|t| t.family())
+            .is_some_and(|f| f == flotilla_core::names::task_family(&self.ctx.name));
+        Ok(out
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(TAG_ID))
+            .and_then(|t| DeploymentId::new(t.value()?).ok())
+            .filter(|_| family_ok))
+    }
+
+    async fn register(&self, spec: &VersionSpec) -> Result<String, PortError> {
+        let b = &self.ctx.baseline;
+        let family = flotilla_core::names::task_family(&self.ctx.name);
+        let out = self
+            .ctx
+            .clients
+            .ecs
+            .register_task_definition()
+            .family(&family)
+            .network_mode(NetworkMode::Awsvpc)
+            .requires_compatibilities(Compatibility::Fargate)
+            .cpu(self.ctx.task.cpu.to_string())
+            .memory(self.ctx.task.memory.to_string())
+            .set_execution_role_arn(b.execution_role_arn.clone())
+            .set_task_role_arn(b.task_role_arn.clone())
+            .container_definitions(self.container(spec)?)
+            .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))
+            .tags(ecs_tag(TAG_ID, spec.id.as_str()))
+            .send()
+            .await
+            .map_err(|e| port_error("register task definition", &family, e))?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::Transient,
+                    "register task definition",
+                    &family,
+                    "no ARN returned; run the command again",
+                )
+            })
+    }
+
+    async fn deregister(&self, arn: &str) -> Result<(), PortError> {
+        match self
+            .ctx
+            .clients
+            .ecs
+            .deregister_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = port_error("deregister task definition", arn, e);
+                let gone = err.kind == ErrorKind::NotFound
+                    || err.message.to_ascii_lowercase().contains("inactive");
+                if gone { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Every ACTIVE revision of the family tagged with `id` (used when the service is gone and
+    /// cannot say which revision it ran).
+    async fn revisions_of(&self, id: &DeploymentId) -> Result<Vec<String>, PortError> {
+        let family = flotilla_core::names::task_family(&self.ctx.name);
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ecs
+            .list_task_definitions()
+            .family_prefix(&family)
+            .status(TaskDefinitionStatus::Active)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| port_error("list task definitions", &family, e))?;
+            arns.extend(page.task_definition_arns().iter().cloned());
+        }
+        let mut mine = Vec::new();
+        for arn in arns {
+            if self.revision_of(&arn).await?.as_ref() == Some(id) {
+                mine.push(arn);
+            }
+        }
+        Ok(mine)
+    }
+
+    /// Running task ids per service name, from one cluster-wide listing.
+    async fn running_tasks(&self) -> Result<HashMap<String, Vec<InstanceId>>, PortError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ecs
+            .list_tasks()
+            .cluster(self.cluster())
+            .desired_status(DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| port_error("list tasks", self.cluster(), e))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        let mut by_service: HashMap<String, Vec<InstanceId>> = HashMap::new();
+        for batch in arns.chunks(DESCRIBE_TASKS_BATCH) {
+            let out = self
+                .ctx
+                .clients
+                .ecs
+                .describe_tasks()
+                .cluster(self.cluster())
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| port_error("describe tasks", self.cluster(), e))?;
+            for task in out.tasks() {
+                let (Some(group), Some(arn)) = (task.group(), task.task_arn()) else {
+                    continue;
+                };
+                let Some(service) = group.strip_prefix("service:") else {
+                    continue;
+                };
+                if let Ok(id) = InstanceId::new(arn_tail(arn)) {
+                    by_service.entry(service.to_owned()).or_default().push(id);
+                }
+            }
+        }
+        Ok(by_service)
+    }
+
+    async fn healthy_targets(&self, tg_arn: &str) -> Result<u32, PortError> {
+        let out = self
+            .ctx
+            .clients
+            .elb
+            .describe_target_health()
+            .target_group_arn(tg_arn)
+            .send()
+            .await
+            .map_err(|e| port_error("describe target health", tg_arn, e))?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .filter(|d| {
+                d.target_health().and_then(|h| h.state()) == Some(&TargetHealthStateEnum::Healthy)
+            })
+            .count() as u32)
+    }
+}
+
+#[async_trait]
+impl Compute for EcsCompute {
+    async fn create(&self, spec: &VersionSpec) -> Result<(), PortError> {
+        let name = self.ctx.service_name(&spec.id);
+        if let Some(service) = self.describe_one(&spec.id).await? {
+            match service.status() {
+                Some("ACTIVE") => return Ok(()),
+                Some("DRAINING") => {
+                    return Err(PortError::new(
+                        ErrorKind::Conflict,
+                        "create service",
+                        &name,
+                        "a service of this name is still being deleted; wait a minute and run again",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let b = &self.ctx.baseline;
+        if b.subnets.is_empty() || b.security_groups.is_empty() {
+            return Err(PortError::new(
+                ErrorKind::Invalid,
+                "create service",
+                &name,
+                "the baseline's private subnets and service security group are not configured; \
+                 run `flotilla baseline up` or set [aws] subnets and security_groups",
+            ));
+        }
+        let tg = self.ctx.find_tg(&spec.id).await?.ok_or_else(|| {
+            PortError::new(
+                ErrorKind::NotFound,
+                "create service",
+                &name,
+                "the version's target group does not exist; its affinity must be installed first",
+            )
+        })?;
+        let task_definition = match self.reusable_revision(&spec.id).await? {
+            Some(arn) => arn,
+            None => self.register(spec).await?,
+        };
+        let created = self
+            .ctx
+            .clients
+            .ecs
+            .create_service()
+            .cluster(self.cluster())
+            .service_name(&name)
+            .task_definition(&task_definition)
+            .desired_count(spec.instances as i32)
+            .launch_type(LaunchType::Fargate)
+            .network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(
+                        AwsVpcConfiguration::builder()
+                            .set_subnets(Some(b.subnets.clone()))
+                            .set_security_groups(Some(b.security_groups.clone()))
+                            .assign_public_ip(AssignPublicIp::Disabled)
+                            .build()
+                            .map_err(|e| {
+                                PortError::new(
+                                    ErrorKind::Invalid,
+                                    "create service",
+                                    &name,
+                                    e.to_string(),
+                                )
+                            })?,
+                    )
+                    .build(),
+            )
+            .load_balancers(
+                LoadBalancer::builder()
+                    .target_group_arn(&tg)
+                    .container_name(CONTAINER_NAME)
+                    .container_port(i32::from(self.ctx.task.container_port))
+                    .build(),
+            )
+            .health_check_grace_period_seconds(self.ctx.task.health_check_grace_seconds as i32)
+            .enable_ecs_managed_tags(true)
+            .propagate_tags(PropagateTags::Service)
+            .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))
+            .tags(ecs_tag(TAG_ID, spec.id.as_str()))
+            .tags(ecs_tag(TAG_STATE, "deploying"))
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Someone created it between our look and our create: it exists, which is the goal.
+            Err(e)
+                if code_of(&e) == Some("InvalidParameterException")
+                    && format!("{e:?}").contains("idempotent") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(port_error("create service", &name, e)),
+        }
+    }
+
+    async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
+        let name = self.ctx.service_name(id);
+        self.ctx
+            .clients
+            .ecs
+            .update_service()
+            .cluster(self.cluster())
+            .service(&name)
+            .desired_count(desired as i32)
+            .send()
+            .await
+            .map_err(|e| port_error("scale service", &name, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
+        let name = self.ctx.service_name(id);
+        let service = self.describe_one(id).await?;
+        let revisions = match service.as_ref().and_then(|s| s.task_definition()) {
+            Some(arn) => vec![arn.to_owned()],
+            None => self.revisions_of(id).await?,
+        };
+        if let Some(s) = service.as_ref().filter(|s| exists(s)) {
+            if s.desired_count() > 0 {
+                self.scale(id, 0).await.or_else(|e| {
+                    if e.kind == ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            }
+            match self
+                .ctx
+                .clients
+                .ecs
+                .delete_service()
+                .cluster(self.cluster())
+                .service(&name)
+                .force(true)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    let err = port_error("delete service", &name, e);
+                    if err.kind != ErrorKind::NotFound {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        for arn in revisions {
+            self.deregister(&arn).await?;
+        }
+        Ok(())
+    }
+
+    async fn observe(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, ComputeStatus>, PortError> {
+        let names: Vec<String> = ids.iter().map(|id| self.ctx.service_name(id)).collect();
+        let services = self.describe(&names).await?;
+        let mut out = BTreeMap::new();
+        let mut any_running = false;
+        for (id, name) in ids.iter().zip(&names) {
+            let Some(s) = services.get(name).filter(|s| exists(s)) else {
+                continue;
+            };
+            let desired = s.desired_count().max(0) as u32;
+            let running = s.running_count().max(0) as u32;
+            any_running |= running > 0;
+            let healthy = match s
+                .load_balancers()
+                .first()
+                .and_then(|lb| lb.target_group_arn())
+            {
+                Some(tg) if desired > 0 || running > 0 => {
+                    self.ctx.remember_tg(id, tg);
+                    self.healthy_targets(tg).await?
+                }
+                _ => 0,
+            };
+            out.insert(
+                id.clone(),
+                ComputeStatus {
+                    desired,
+                    running,
+                    healthy,
+                    instances: Vec::new(),
+                    sessions: None,
+                },
+            );
+        }
+        if any_running {
+            let mut tasks = self.running_tasks().await?;
+            for (id, status) in out.iter_mut() {
+                if let Some(mut t) = tasks.remove(&self.ctx.service_name(id)) {
+                    t.sort();
+                    status.instances = t;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list(&self) -> Result<Vec<DeploymentId>, PortError> {
+        let prefix = format!("{}-", self.ctx.name);
+        let mut candidates = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ecs
+            .list_services()
+            .cluster(self.cluster())
+            .max_results(100)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| port_error("list services", self.cluster(), e))?;
+            for arn in page.service_arns() {
+                let name = arn_tail(arn);
+                let Some(rest) = name.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if DeploymentId::new(rest).is_ok() {
+                    candidates.push(name.to_owned());
+                }
+            }
+        }
+        let services = self.describe(&candidates).await?;
+        let mut ids: Vec<DeploymentId> = services
+            .values()
+            .filter(|s| exists(s))
+            .filter(|s| {
+                s.tags()
+                    .iter()
+                    .any(|t| t.key() == Some(TAG_NAME) && t.value() == Some(self.ctx.name.as_str()))
+            })
+            .filter_map(|s| {
+                let id = s.service_name()?.strip_prefix(&prefix)?;
+                DeploymentId::new(id).ok()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
+        let mut out = Vec::new();
+        if let Some(s) = self.describe_one(id).await? {
+            for e in s.events().iter().take(SERVICE_EVENTS).rev() {
+                if let Some(m) = e.message() {
+                    out.push(format!("[ecs] {m}"));
+                }
+            }
+        }
+        let Some(group) = self.ctx.baseline.log_group.as_deref() else {
+            out.push("[logs] no log group configured; container logs are not available".to_owned());
+            return Ok(out);
+        };
+        let prefix = format!("{id}/");
+        let mut events: Vec<String> = Vec::new();
+        let mut token: Option<String> = None;
+        // A few pages are plenty for the tail of a failing deploy's logs.
+        for _ in 0..5 {
+            let resp = self
+                .ctx
+                .clients
+                .logs
+                .filter_log_events()
+                .log_group_name(group)
+                .log_stream_name_prefix(&prefix)
+                .start_time(id.created_at().as_millis() as i64)
+                .set_next_token(token.take())
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = port_error("read logs", group, e);
+                    if err.kind == ErrorKind::NotFound {
+                        out.push(format!("[logs] log group {group} does not exist"));
+                        return Ok(out);
+                    }
+                    return Err(err);
+                }
+            };
+            for e in resp.events() {
+                let stream = e.log_stream_name().map(arn_tail).unwrap_or("?");
+                let short: String = stream.chars().take(8).collect();
+                events.push(format!(
+                    "[{short}] {}",
+                    e.message().unwrap_or("").trim_end()
+                ));
+            }
+            match resp.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        if events.is_empty() {
+            out.push(format!("[logs] no container output yet in {group}"));
+        }
+        let skip = events.len().saturating_sub(lines);
+        out.extend(events.into_iter().skip(skip));
+        Ok(out)
+    }
+}

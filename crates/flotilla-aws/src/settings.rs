@@ -1,0 +1,646 @@
+//! The AWS provider's settings: SDK options, the baseline's outputs (from
+//! `.flotilla/<name>/baseline.json` or config overrides), the task and the routing parameters.
+//!
+//! The CLI fills [`AwsSettings`] from `flotilla.toml`; this crate validates it and reports every
+//! problem at once.
+
+use std::path::{Path, PathBuf};
+
+use flotilla_core::DeploymentName;
+use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::AwsError;
+
+/// Fargate's ceiling for a container's stop timeout, in seconds.
+pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 120;
+
+/// Everything the AWS provider needs for one deployment name.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    /// The deployment name.
+    pub name: DeploymentName,
+    /// The region; `None` uses the standard chain (`AWS_REGION`, the profile).
+    pub region: Option<String>,
+    /// The named profile; `None` uses the standard chain (`AWS_PROFILE`, `default`).
+    pub profile: Option<String>,
+    /// An endpoint override for every service (moto in tests); `None` honours `AWS_ENDPOINT_URL`.
+    pub endpoint_url: Option<String>,
+    /// Attempts per call under the SDK's standard retry mode (throttling and transient errors).
+    pub max_attempts: u32,
+    /// Where the baseline's outputs are cached; `None` means `.flotilla/<name>/baseline.json`.
+    pub baseline_file: Option<PathBuf>,
+    /// Whether to read the cache file at all (the reaper Lambda takes everything from its
+    /// environment).
+    pub read_baseline_file: bool,
+    /// Outputs given in the config; each one present wins over the file.
+    pub baseline_overrides: BaselineOutputs,
+    /// The ECS task of every version.
+    pub task: TaskSettings,
+    /// Target groups and listener rules.
+    pub routing: RoutingSettings,
+    /// The docker executable used to build images.
+    pub docker: String,
+}
+
+impl AwsSettings {
+    /// Settings with every default for `name`.
+    pub fn new(name: DeploymentName) -> Self {
+        AwsSettings {
+            name,
+            region: None,
+            profile: None,
+            endpoint_url: None,
+            max_attempts: 5,
+            baseline_file: None,
+            read_baseline_file: true,
+            baseline_overrides: BaselineOutputs::default(),
+            task: TaskSettings::default(),
+            routing: RoutingSettings::default(),
+            docker: "docker".to_owned(),
+        }
+    }
+
+    /// The baseline cache file this configuration reads.
+    pub fn baseline_path(&self) -> PathBuf {
+        self.baseline_file
+            .clone()
+            .unwrap_or_else(|| default_baseline_path(&self.name))
+    }
+
+    /// Every problem with the task and routing settings for what `needs` does, or none.
+    pub fn problems(&self, needs: Needs) -> Vec<String> {
+        let mut out = Vec::new();
+        let t = &self.task;
+        if t.stop_timeout_seconds > MAX_STOP_TIMEOUT_SECONDS {
+            out.push(format!(
+                "stop_timeout_seconds is {}; Fargate allows at most {MAX_STOP_TIMEOUT_SECONDS}",
+                t.stop_timeout_seconds
+            ));
+        }
+        if t.container_port == t.app_port {
+            out.push(format!(
+                "the agent and the app both use port {}; set [app] port to another port",
+                t.app_port
+            ));
+        }
+        if needs == Needs::Deploy && t.app_command.is_empty() {
+            out.push(
+                "no app command: the agent must know how to start the app inside the image \
+                 (set [aws] command, e.g. [\"/app/server\"])"
+                    .to_owned(),
+            );
+        }
+        if t.agent_command.is_empty() {
+            out.push("the agent command is empty".to_owned());
+        }
+        if self.max_attempts == 0 {
+            out.push("max_attempts must be at least 1".to_owned());
+        }
+        let r = &self.routing;
+        if !(5..=300).contains(&r.health_interval_seconds) {
+            out.push(format!(
+                "health check interval {}s is outside the ALB's 5-300s",
+                r.health_interval_seconds
+            ));
+        }
+        if r.health_timeout_seconds == 0 || r.health_timeout_seconds >= r.health_interval_seconds {
+            out.push(format!(
+                "health check timeout {}s must be at least 1s and shorter than the interval {}s",
+                r.health_timeout_seconds, r.health_interval_seconds
+            ));
+        }
+        for (what, n) in [
+            ("healthy_threshold", r.healthy_threshold),
+            ("unhealthy_threshold", r.unhealthy_threshold),
+        ] {
+            if !(2..=10).contains(&n) {
+                out.push(format!("{what} {n} is outside the ALB's 2-10"));
+            }
+        }
+        if r.deregistration_delay_seconds > 3600 {
+            out.push(format!(
+                "deregistration delay {}s is over the ALB's 3600s",
+                r.deregistration_delay_seconds
+            ));
+        }
+        if r.affinity_header.is_empty() || r.affinity_header.len() > 40 {
+            out.push(format!(
+                "affinity header `{}` must be 1 to 40 characters (an ALB limit)",
+                r.affinity_header
+            ));
+        }
+        if r.affinity_query.is_empty() || r.affinity_query.len() > 128 {
+            out.push(format!(
+                "affinity query parameter `{}` must be 1 to 128 characters",
+                r.affinity_query
+            ));
+        }
+        if !r.health_path.starts_with('/') {
+            out.push(format!(
+                "health path `{}` must start with `/`",
+                r.health_path
+            ));
+        }
+        if r.priority_base == 0 || r.priority_base > 49_000 {
+            out.push(format!(
+                "rule priority base {} must be 1 to 49000",
+                r.priority_base
+            ));
+        }
+        out
+    }
+}
+
+/// The default baseline cache file of a deployment name: `.flotilla/<name>/baseline.json`.
+pub fn default_baseline_path(name: &DeploymentName) -> PathBuf {
+    Path::new(".flotilla")
+        .join(name.as_str())
+        .join("baseline.json")
+}
+
+/// How each version's ECS task is defined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSettings {
+    /// Fargate CPU units (256 = 0.25 vCPU).
+    pub cpu: u32,
+    /// Fargate memory in MiB.
+    pub memory: u32,
+    /// The port the app listens on inside the container (the agent proxies to it).
+    pub app_port: u16,
+    /// The port the agent listens on: the container port the target group sends traffic to.
+    pub container_port: u16,
+    /// How the agent is started: the container's command begins with this, then
+    /// `--listen 0.0.0.0:<container_port> --app-port <app_port> --` and the app command.
+    pub agent_command: Vec<String>,
+    /// How the app is started inside the image (after `--`).
+    pub app_command: Vec<String>,
+    /// How often the agent polls its version's state.
+    pub drain_poll_seconds: u64,
+    /// How long a draining agent waits before it may report ready.
+    pub drain_grace_seconds: u64,
+    /// Seconds between SIGTERM and SIGKILL (Fargate: at most 120).
+    pub stop_timeout_seconds: u32,
+    /// Seconds ECS ignores failing load balancer health checks of a new task.
+    pub health_check_grace_seconds: u32,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings {
+            cpu: 256,
+            memory: 512,
+            app_port: 3000,
+            container_port: 8000,
+            agent_command: vec!["flotilla".to_owned(), "agent".to_owned()],
+            app_command: Vec::new(),
+            drain_poll_seconds: 5,
+            drain_grace_seconds: 30,
+            stop_timeout_seconds: 30,
+            health_check_grace_seconds: 30,
+        }
+    }
+}
+
+impl TaskSettings {
+    /// The agent's listen port for an app on `app_port`: 8000, or 8001 when the app uses 8000.
+    pub fn default_container_port(app_port: u16) -> u16 {
+        if app_port == 8000 { 8001 } else { 8000 }
+    }
+
+    /// The container's full command: the agent wrapping the app.
+    pub fn container_command(&self) -> Vec<String> {
+        let mut cmd = self.agent_command.clone();
+        cmd.extend([
+            "--listen".to_owned(),
+            format!("0.0.0.0:{}", self.container_port),
+            "--app-port".to_owned(),
+            self.app_port.to_string(),
+            "--".to_owned(),
+        ]);
+        cmd.extend(self.app_command.iter().cloned());
+        cmd
+    }
+}
+
+/// Target groups, health checks and listener rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingSettings {
+    /// The request header carrying a tab's version.
+    pub affinity_header: String,
+    /// The query parameter carrying a tab's version.
+    pub affinity_query: String,
+    /// The path the ALB health-checks (answered by the agent).
+    pub health_path: String,
+    /// Seconds between health checks (ALB: 5-300).
+    pub health_interval_seconds: u32,
+    /// Seconds a health check may take (shorter than the interval).
+    pub health_timeout_seconds: u32,
+    /// Consecutive passes before a target is healthy (2-10).
+    pub healthy_threshold: u32,
+    /// Consecutive failures before a target is unhealthy (2-10).
+    pub unhealthy_threshold: u32,
+    /// Seconds the ALB keeps sending in-flight requests to a deregistering target.
+    pub deregistration_delay_seconds: u32,
+    /// Lifetime of the `lb_cookie` that keeps a browser on one task within a version.
+    pub stickiness_seconds: u32,
+    /// The lowest listener-rule priority flotilla allocates.
+    pub priority_base: u32,
+    /// Listener rules allowed on the listener (the ALB's 100 unless lowered).
+    pub rule_limit: u32,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
+            affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
+            health_path: "/healthz".to_owned(),
+            health_interval_seconds: 10,
+            health_timeout_seconds: 5,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            deregistration_delay_seconds: 15,
+            stickiness_seconds: 86_400,
+            priority_base: 1000,
+            rule_limit: flotilla_core::routing::ALB_RULE_LIMIT,
+        }
+    }
+}
+
+/// The baseline stack's outputs as cached in `.flotilla/<name>/baseline.json`, or given in config.
+///
+/// Every field is optional here; [`Baseline::resolve`] says which ones a command needs. Keys are
+/// snake_case; the CloudFormation output names (`ListenerArn`, `PrivateSubnets`, ...) are accepted
+/// too, and lists may be JSON arrays or comma-separated strings (as CloudFormation outputs are).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineOutputs {
+    /// The HTTPS (or HTTP-only) listener that holds the affinity rules and the default action.
+    #[serde(default, alias = "ListenerArn", alias = "HttpsListenerArn")]
+    pub listener_arn: Option<String>,
+    /// The private subnets tasks run in.
+    #[serde(
+        default,
+        alias = "PrivateSubnets",
+        alias = "PrivateSubnetIds",
+        alias = "Subnets",
+        deserialize_with = "list_or_csv"
+    )]
+    pub subnets: Option<Vec<String>>,
+    /// The service security group (accepts the container port from the ALB only).
+    #[serde(
+        default,
+        alias = "ServiceSecurityGroup",
+        alias = "ServiceSecurityGroupId",
+        alias = "SecurityGroups",
+        deserialize_with = "list_or_csv"
+    )]
+    pub security_groups: Option<Vec<String>>,
+    /// The ECS cluster (name or ARN).
+    #[serde(
+        default,
+        alias = "ClusterName",
+        alias = "Cluster",
+        alias = "ClusterArn"
+    )]
+    pub cluster: Option<String>,
+    /// The CloudWatch log group of the containers.
+    #[serde(default, alias = "LogGroupName", alias = "LogGroup")]
+    pub log_group: Option<String>,
+    /// The ECR repository URI (`<account>.dkr.ecr.<region>.amazonaws.com/<name>`).
+    #[serde(
+        default,
+        alias = "RepositoryUri",
+        alias = "Repository",
+        alias = "EcrRepositoryUri"
+    )]
+    pub repository: Option<String>,
+    /// The task execution role (image pull, logs).
+    #[serde(default, alias = "ExecutionRoleArn", alias = "TaskExecutionRoleArn")]
+    pub execution_role_arn: Option<String>,
+    /// The task role (the agent reads and writes `/apps/<name>/*` in SSM).
+    #[serde(default, alias = "TaskRoleArn")]
+    pub task_role_arn: Option<String>,
+    /// The VPC of the load balancer; looked up from the listener when absent.
+    #[serde(default, alias = "VpcId")]
+    pub vpc_id: Option<String>,
+}
+
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::List(v)) => Some(v),
+        Some(Raw::Csv(s)) => Some(
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    })
+}
+
+impl BaselineOutputs {
+    /// Reads a baseline cache file; `Ok(None)` when it does not exist.
+    pub fn read(path: &Path) -> Result<Option<BaselineOutputs>, AwsError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(AwsError::BaselineFile {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        // The file may hold the outputs at the top level or under an `outputs` key.
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AwsError::BaselineFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let outputs = match value.get("outputs").or_else(|| value.get("Outputs")) {
+            Some(inner) if inner.is_object() => inner.clone(),
+            _ => value,
+        };
+        serde_json::from_value(outputs)
+            .map(Some)
+            .map_err(|e| AwsError::BaselineFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// `self` with every missing field taken from `fallback`.
+    pub fn or(self, fallback: BaselineOutputs) -> BaselineOutputs {
+        BaselineOutputs {
+            listener_arn: self.listener_arn.or(fallback.listener_arn),
+            subnets: self.subnets.or(fallback.subnets),
+            security_groups: self.security_groups.or(fallback.security_groups),
+            cluster: self.cluster.or(fallback.cluster),
+            log_group: self.log_group.or(fallback.log_group),
+            repository: self.repository.or(fallback.repository),
+            execution_role_arn: self.execution_role_arn.or(fallback.execution_role_arn),
+            task_role_arn: self.task_role_arn.or(fallback.task_role_arn),
+            vpc_id: self.vpc_id.or(fallback.vpc_id),
+        }
+    }
+}
+
+/// What a caller will do with the ports, which decides the baseline outputs it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything, including creating versions (deploy).
+    Deploy,
+    /// Observe, retire and delete only (the reaper, status, teardown): the cluster and the listener.
+    Operate,
+}
+
+/// The baseline outputs a command works with, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    /// The listener holding the rules and the default action.
+    pub listener_arn: String,
+    /// The ECS cluster.
+    pub cluster: String,
+    /// Private subnets (empty when not needed).
+    pub subnets: Vec<String>,
+    /// Service security groups (empty when not needed).
+    pub security_groups: Vec<String>,
+    /// The log group, if known.
+    pub log_group: Option<String>,
+    /// The ECR repository URI, if known (needed only to build images).
+    pub repository: Option<String>,
+    /// The execution role, if known.
+    pub execution_role_arn: Option<String>,
+    /// The task role, if known.
+    pub task_role_arn: Option<String>,
+    /// The VPC, if known.
+    pub vpc_id: Option<String>,
+}
+
+impl Baseline {
+    /// Checks `outputs` for what `needs` requires, naming every missing output at once.
+    pub fn resolve(
+        outputs: BaselineOutputs,
+        needs: Needs,
+        source: &Path,
+    ) -> Result<Baseline, AwsError> {
+        let mut missing = Vec::new();
+        let nonempty = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+        if outputs.listener_arn.is_none() {
+            missing.push("listener_arn");
+        }
+        if outputs.cluster.is_none() {
+            missing.push("cluster");
+        }
+        if needs == Needs::Deploy {
+            if !nonempty(&outputs.subnets) {
+                missing.push("subnets");
+            }
+            if !nonempty(&outputs.security_groups) {
+                missing.push("security_groups");
+            }
+            if outputs.log_group.is_none() {
+                missing.push("log_group");
+            }
+            if outputs.execution_role_arn.is_none() {
+                missing.push("execution_role_arn");
+            }
+            if outputs.task_role_arn.is_none() {
+                missing.push("task_role_arn");
+            }
+        }
+        if !missing.is_empty() {
+            return Err(AwsError::MissingBaseline {
+                missing,
+                path: source.to_owned(),
+            });
+        }
+        Ok(Baseline {
+            listener_arn: outputs.listener_arn.unwrap_or_default(),
+            cluster: outputs.cluster.unwrap_or_default(),
+            subnets: outputs.subnets.unwrap_or_default(),
+            security_groups: outputs.security_groups.unwrap_or_default(),
+            log_group: outputs.log_group,
+            repository: outputs.repository,
+            execution_role_arn: outputs.execution_role_arn,
+            task_role_arn: outputs.task_role_arn,
+            vpc_id: outputs.vpc_id,
+        })
+    }
+
+    /// The cluster's name (the last segment of an ARN, or the name itself).
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.rsplit('/').next().unwrap_or(&self.cluster)
+    }
+
+    /// The account id, read from the listener ARN (`arn:aws:elasticloadbalancing:<region>:<account>:...`).
+    pub fn account_id(&self) -> Option<&str> {
+        self.listener_arn
+            .split(':')
+            .nth(4)
+            .filter(|s| !s.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> DeploymentName {
+        DeploymentName::new("prod").expect("valid")
+    }
+
+    #[test]
+    fn reads_snake_case_and_cloudformation_output_names() {
+        let dir =
+            std::env::temp_dir().join(format!("flotilla-aws-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let check = |file: &str, json: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, json).expect("write");
+            BaselineOutputs::read(&path)
+                .expect("parses")
+                .expect("exists")
+        };
+        let snake = check(
+            "a.json",
+            r#"{"listener_arn":"arn:l","subnets":["s1","s2"],"security_groups":["g"],"cluster":"c"}"#,
+        );
+        assert_eq!(snake.listener_arn.as_deref(), Some("arn:l"));
+        assert_eq!(snake.subnets, Some(vec!["s1".to_owned(), "s2".to_owned()]));
+        let pascal = check(
+            "b.json",
+            r#"{"outputs":{"ListenerArn":"arn:l","PrivateSubnets":"s1, s2","ServiceSecurityGroup":"g","ClusterName":"c","Unknown":"x"}}"#,
+        );
+        assert_eq!(pascal.subnets, snake.subnets);
+        assert_eq!(pascal.security_groups, Some(vec!["g".to_owned()]));
+        assert_eq!(pascal.cluster.as_deref(), Some("c"));
+        assert!(
+            BaselineOutputs::read(&dir.join("missing.json"))
+                .expect("absent is fine")
+                .is_none()
+        );
+        std::fs::write(dir.join("bad.json"), "{").expect("write");
+        let err = BaselineOutputs::read(&dir.join("bad.json")).expect_err("broken json");
+        assert!(err.to_string().contains("bad.json"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn resolve_names_every_missing_output() {
+        let partial = BaselineOutputs {
+            cluster: Some("c".to_owned()),
+            ..Default::default()
+        };
+        let err = Baseline::resolve(partial.clone(), Needs::Deploy, Path::new("b.json"))
+            .expect_err("incomplete");
+        let text = err.to_string();
+        for want in [
+            "listener_arn",
+            "subnets",
+            "security_groups",
+            "log_group",
+            "execution_role_arn",
+            "task_role_arn",
+            "flotilla baseline up",
+        ] {
+            assert!(text.contains(want), "{text} lacks {want}");
+        }
+        let err = Baseline::resolve(partial, Needs::Operate, Path::new("b.json"))
+            .expect_err("still needs the listener");
+        assert!(!err.to_string().contains("subnets"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let file = BaselineOutputs {
+            cluster: Some("from-file".to_owned()),
+            listener_arn: Some("arn:file".to_owned()),
+            ..Default::default()
+        };
+        let cfg = BaselineOutputs {
+            cluster: Some("from-config".to_owned()),
+            ..Default::default()
+        };
+        let merged = cfg.or(file);
+        assert_eq!(merged.cluster.as_deref(), Some("from-config"));
+        assert_eq!(merged.listener_arn.as_deref(), Some("arn:file"));
+    }
+
+    #[test]
+    fn settings_problems_are_all_reported() {
+        let mut s = AwsSettings::new(name());
+        s.task.stop_timeout_seconds = 300;
+        s.task.container_port = s.task.app_port;
+        s.routing.health_interval_seconds = 2;
+        let problems = s.problems(Needs::Deploy);
+        assert!(
+            problems.iter().any(|p| p.contains("at most 120")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("both use port")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("no app command")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("5-300s")),
+            "{problems:?}"
+        );
+        let mut ok = AwsSettings::new(name());
+        ok.task.app_command = vec!["/app/server".to_owned()];
+        assert_eq!(ok.problems(Needs::Deploy), Vec::<String>::new());
+        assert_eq!(
+            AwsSettings::new(name()).problems(Needs::Operate),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn container_command_wraps_the_app_in_the_agent() {
+        let t = TaskSettings {
+            app_port: 3000,
+            container_port: 8000,
+            app_command: vec!["node".to_owned(), "server.js".to_owned()],
+            ..Default::default()
+        };
+        assert_eq!(
+            t.container_command().join(" "),
+            "flotilla agent --listen 0.0.0.0:8000 --app-port 3000 -- node server.js"
+        );
+        assert_eq!(TaskSettings::default_container_port(8000), 8001);
+        assert_eq!(TaskSettings::default_container_port(3000), 8000);
+    }
+
+    #[test]
+    fn account_and_cluster_from_arns() {
+        let b = Baseline::resolve(
+            BaselineOutputs {
+                listener_arn: Some(
+                    "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/lb/1/2"
+                        .to_owned(),
+                ),
+                cluster: Some(
+                    "arn:aws:ecs:us-east-1:123456789012:cluster/flotilla-prod".to_owned(),
+                ),
+                ..Default::default()
+            },
+            Needs::Operate,
+            Path::new("x"),
+        )
+        .expect("enough to operate");
+        assert_eq!(b.account_id(), Some("123456789012"));
+        assert_eq!(b.cluster_name(), "flotilla-prod");
+    }
+}

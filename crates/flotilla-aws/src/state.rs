@@ -1,0 +1,485 @@
+//! The state store on SSM Parameter Store.
+//!
+//! Layout per version, all under `/apps/<name>/<id>/`:
+//! - `state`: the plain lifecycle state (`active`, `draining`, ...), which the agent in each task
+//!   polls; mirrored to the ECS service's `state` tag when the service exists;
+//! - `record`: the whole `VersionRecord` as JSON (timestamps, image, instances, ready passes);
+//! - `tasks/<task_id>`: what each task's agent reports (`healthy` or `draining`).
+//!
+//! The deploy lock is `/apps/<name>/lock`, a JSON `LockInfo` written with `Overwrite=false`, so
+//! exactly one writer creates it. Reads are batched: one `GetParametersByPath` page returns ten
+//! parameters, and there is never a call per task.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ssm::types::{Parameter, ParameterType};
+use flotilla_core::drain::Readiness;
+use flotilla_core::lifecycle::VersionState;
+use flotilla_core::{DeploymentId, InstanceId, Timestamp, names};
+use flotilla_engine::ports::{
+    ErrorKind, LockInfo, LockOutcome, PortError, StateStore, VersionRecord,
+};
+
+use crate::ctx::{Ctx, TAG_STATE};
+use crate::error::{code_of, port_error};
+
+/// How many times a lock request re-reads a lock that changed under it before giving up.
+const LOCK_ROUNDS: usize = 5;
+
+/// SSM's batch limit for `DeleteParameters`.
+const DELETE_BATCH: usize = 10;
+
+/// Records, readiness and the deploy lock in SSM Parameter Store.
+pub struct SsmStateStore {
+    ctx: Arc<Ctx>,
+    /// The state last read or written per version, so an unchanged state is not rewritten (nor
+    /// its tag). Refreshed by every `list` and `get`; ports live for one command.
+    known_states: Mutex<HashMap<DeploymentId, VersionState>>,
+}
+
+impl SsmStateStore {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        SsmStateStore {
+            ctx,
+            known_states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record_parameter(&self, id: &DeploymentId) -> String {
+        format!(
+            "{}record",
+            names::version_parameter_prefix(&self.ctx.name, id)
+        )
+    }
+
+    fn lock_parameter(&self) -> String {
+        names::lock_parameter(&self.ctx.name)
+    }
+
+    fn remember(&self, id: &DeploymentId, state: Option<VersionState>) {
+        if let Ok(mut m) = self.known_states.lock() {
+            match state {
+                Some(s) => m.insert(id.clone(), s),
+                None => m.remove(id),
+            };
+        }
+    }
+
+    fn known(&self, id: &DeploymentId) -> Option<VersionState> {
+        self.known_states.lock().ok()?.get(id).copied()
+    }
+
+    /// Every parameter under `path`, following pages.
+    async fn parameters_under(&self, path: &str) -> Result<Vec<Parameter>, PortError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ssm
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(true)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| port_error("read parameters", path, e))?;
+            out.extend(page.parameters().iter().cloned());
+        }
+        Ok(out)
+    }
+
+    fn parse_record(&self, name: &str, value: &str) -> Result<VersionRecord, PortError> {
+        serde_json::from_str(value).map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "read version record",
+                name,
+                format!(
+                    "the parameter does not hold a version record ({e}); delete it with \
+                     `aws ssm delete-parameter --name {name}` if it is not flotilla's"
+                ),
+            )
+        })
+    }
+
+    async fn put_parameter(&self, name: &str, value: &str) -> Result<(), PortError> {
+        self.ctx
+            .clients
+            .ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| port_error("write parameter", name, e))?;
+        Ok(())
+    }
+
+    /// Mirrors `state` to the service's tag; a service that does not exist yet is fine.
+    async fn tag_service(&self, id: &DeploymentId, state: VersionState) -> Result<(), PortError> {
+        let Some(arn) = self.ctx.service_arn(id) else {
+            tracing::warn!(%id, "account unknown; service state tag not written");
+            return Ok(());
+        };
+        let tag = aws_sdk_ecs::types::Tag::builder()
+            .key(TAG_STATE)
+            .value(state.as_str())
+            .build();
+        match self
+            .ctx
+            .clients
+            .ecs
+            .tag_resource()
+            .resource_arn(&arn)
+            .tags(tag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = code_of(&e).map(str::to_owned);
+                let err = port_error("tag service", &arn, e);
+                let missing = err.kind == ErrorKind::NotFound
+                    || (code.as_deref() == Some("InvalidParameterException")
+                        && err.message.to_ascii_lowercase().contains("not found"));
+                if missing { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// The lock parameter's value and version, if it exists.
+    async fn read_lock(&self) -> Result<Option<(String, i64)>, PortError> {
+        let name = self.lock_parameter();
+        match self
+            .ctx
+            .clients
+            .ssm
+            .get_parameter()
+            .name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .parameter()
+                .and_then(|p| Some((p.value()?.to_owned(), p.version())))),
+            Err(e) => {
+                let err = port_error("read lock", &name, e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn delete_lock(&self) -> Result<(), PortError> {
+        let name = self.lock_parameter();
+        match self
+            .ctx
+            .clients
+            .ssm
+            .delete_parameter()
+            .name(&name)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = port_error("delete lock", &name, e);
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    fn parse_lock(&self, value: &str) -> Result<LockInfo, PortError> {
+        serde_json::from_str(value).map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "read lock",
+                self.lock_parameter(),
+                format!("the lock holds an unreadable value ({e}); run again with --break-lock"),
+            )
+        })
+    }
+
+    fn readiness_of(
+        &self,
+        params: &[Parameter],
+        wanted: &BTreeSet<&DeploymentId>,
+    ) -> BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>> {
+        let prefix = names::deployment_parameter_prefix(&self.ctx.name);
+        let mut out: BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>> = BTreeMap::new();
+        for p in params {
+            let (Some(name), Some(value)) = (p.name(), p.value()) else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let mut parts = rest.splitn(3, '/');
+            let (Some(id), Some("tasks"), Some(task)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(id), Ok(task)) = (DeploymentId::new(id), InstanceId::new(task)) else {
+                continue;
+            };
+            if !wanted.contains(&id) {
+                continue;
+            }
+            match value.parse::<Readiness>() {
+                Ok(r) => {
+                    out.entry(id).or_default().insert(task, r);
+                }
+                Err(e) => tracing::warn!(parameter = name, "ignoring readiness: {e}"),
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl StateStore for SsmStateStore {
+    async fn list(&self) -> Result<Vec<VersionRecord>, PortError> {
+        let prefix = names::deployment_parameter_prefix(&self.ctx.name);
+        let params = self.parameters_under(&prefix).await?;
+        let mut records = Vec::new();
+        for p in &params {
+            let (Some(name), Some(value)) = (p.name(), p.value()) else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((id, "record")) = rest.split_once('/') else {
+                continue;
+            };
+            if DeploymentId::new(id).is_err() {
+                continue;
+            }
+            let record = self.parse_record(name, value)?;
+            self.remember(&record.version.id, Some(record.version.state));
+            records.push(record);
+        }
+        records.sort_by(|a, b| {
+            (a.version.created_at, &a.version.id).cmp(&(b.version.created_at, &b.version.id))
+        });
+        Ok(records)
+    }
+
+    async fn get(&self, id: &DeploymentId) -> Result<Option<VersionRecord>, PortError> {
+        let name = self.record_parameter(id);
+        match self
+            .ctx
+            .clients
+            .ssm
+            .get_parameter()
+            .name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => match out.parameter().and_then(|p| p.value()) {
+                Some(value) => {
+                    let record = self.parse_record(&name, value)?;
+                    self.remember(id, Some(record.version.state));
+                    Ok(Some(record))
+                }
+                None => Ok(None),
+            },
+            Err(e) => {
+                let err = port_error("read version record", &name, e);
+                if err.kind == ErrorKind::NotFound {
+                    self.remember(id, None);
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn put(&self, record: &VersionRecord) -> Result<(), PortError> {
+        let id = &record.version.id;
+        let state = record.version.state;
+        let json = serde_json::to_string(record).map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "encode version record",
+                id.as_str(),
+                e.to_string(),
+            )
+        })?;
+        // The record first: it is the source of truth; `state` and the tag mirror it.
+        self.put_parameter(&self.record_parameter(id), &json)
+            .await?;
+        if self.known(id) != Some(state) {
+            self.put_parameter(&names::state_parameter(&self.ctx.name, id), state.as_str())
+                .await?;
+            self.tag_service(id, state).await?;
+        }
+        self.remember(id, Some(state));
+        Ok(())
+    }
+
+    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
+        let prefix = names::version_parameter_prefix(&self.ctx.name, id);
+        let mut all: BTreeSet<String> = self
+            .parameters_under(&prefix)
+            .await?
+            .iter()
+            .filter_map(|p| p.name().map(str::to_owned))
+            .collect();
+        all.insert(self.record_parameter(id));
+        all.insert(names::state_parameter(&self.ctx.name, id));
+        // The record goes in the last batch, so an interrupted delete still has a record leading
+        // back here (with up to ten parameters, which is usual, it is all one call).
+        let record = self.record_parameter(id);
+        all.remove(&record);
+        let mut all: Vec<String> = all.into_iter().collect();
+        all.push(record);
+        for batch in all.chunks(DELETE_BATCH) {
+            self.ctx
+                .clients
+                .ssm
+                .delete_parameters()
+                .set_names(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| port_error("delete parameters", &prefix, e))?;
+        }
+        self.remember(id, None);
+        Ok(())
+    }
+
+    async fn readiness(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>>, PortError> {
+        let wanted: BTreeSet<&DeploymentId> = ids.iter().collect();
+        let params = match ids {
+            [] => return Ok(BTreeMap::new()),
+            // One version: read just its tasks.
+            [id] => {
+                self.parameters_under(&names::tasks_parameter_prefix(&self.ctx.name, id))
+                    .await?
+            }
+            // Several: one pass over the deployment name's parameters beats a pass per version.
+            _ => {
+                self.parameters_under(&names::deployment_parameter_prefix(&self.ctx.name))
+                    .await?
+            }
+        };
+        Ok(self.readiness_of(&params, &wanted))
+    }
+
+    /// Takes the lock with `PutParameter(Overwrite=false)`, so of two racing writers exactly one
+    /// succeeds. A held lock that has expired (or any lock, with `force`) is taken over by
+    /// deleting it and creating ours: the lock is re-read just before the delete and left alone
+    /// if it changed since we judged it.
+    ///
+    /// Residual race: SSM has no compare-and-delete, so if another process takes the expired lock
+    /// over between our re-read and our delete (a window of one API call), we delete its fresh
+    /// lock and both proceed. It needs two takers of the same expired lock within milliseconds.
+    async fn acquire_lock(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        ttl: Duration,
+        force: bool,
+    ) -> Result<LockOutcome, PortError> {
+        let name = self.lock_parameter();
+        let mine = LockInfo {
+            owner: owner.to_owned(),
+            acquired_at: now,
+            expires_at: now.plus(ttl),
+        };
+        let encode = |info: &LockInfo| {
+            serde_json::to_string(info).map_err(|e| {
+                PortError::new(ErrorKind::Invalid, "encode lock", &name, e.to_string())
+            })
+        };
+        let value = encode(&mine)?;
+        for _ in 0..LOCK_ROUNDS {
+            let created = self
+                .ctx
+                .clients
+                .ssm
+                .put_parameter()
+                .name(&name)
+                .value(&value)
+                .r#type(ParameterType::String)
+                .overwrite(false)
+                .send()
+                .await;
+            match created {
+                Ok(_) => return Ok(LockOutcome::Acquired),
+                Err(e) if code_of(&e) == Some("ParameterAlreadyExists") => {}
+                Err(e) => return Err(port_error("take lock", &name, e)),
+            }
+            let Some((current, version)) = self.read_lock().await? else {
+                continue; // released in between: try to create it again
+            };
+            let held = self.parse_lock(&current);
+            match &held {
+                Ok(info) if info.owner == owner => {
+                    // Ours already: renew, keeping when it was first taken.
+                    let renewed = LockInfo {
+                        acquired_at: info.acquired_at,
+                        ..mine.clone()
+                    };
+                    self.put_parameter(&name, &encode(&renewed)?).await?;
+                    return Ok(LockOutcome::Acquired);
+                }
+                Ok(info) if !force && now < info.expires_at => {
+                    return Ok(LockOutcome::Held(info.clone()));
+                }
+                Err(e) if !force => return Err(e.clone()),
+                _ => {}
+            }
+            // Expired, unreadable or forced: take it over if it is still what we judged.
+            match self.read_lock().await? {
+                Some((_, again)) if again == version => self.delete_lock().await?,
+                _ => continue,
+            }
+        }
+        match self.read_lock().await? {
+            Some((current, _)) => Ok(LockOutcome::Held(self.parse_lock(&current)?)),
+            None => Err(PortError::new(
+                ErrorKind::Conflict,
+                "take lock",
+                &name,
+                "the lock kept changing hands; run the command again",
+            )),
+        }
+    }
+
+    /// Deletes the lock if `owner` holds it. If our lock expired and another process took it
+    /// over between the read and the delete, its lock is deleted: holders release well before
+    /// the expiry, which makes this a crash-only window.
+    async fn release_lock(&self, owner: &str) -> Result<(), PortError> {
+        let Some((current, _)) = self.read_lock().await? else {
+            return Ok(());
+        };
+        match self.parse_lock(&current) {
+            Ok(info) if info.owner == owner => self.delete_lock().await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn lock_info(&self) -> Result<Option<LockInfo>, PortError> {
+        match self.read_lock().await? {
+            Some((current, _)) => self.parse_lock(&current).map(Some),
+            None => Ok(None),
+        }
+    }
+}
