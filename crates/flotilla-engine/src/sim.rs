@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{
-    Affinity, RouteDecision, RouteRequest, RoutingError, RoutingTable, WeightedTarget, route,
+    RouteDecision, RouteRequest, RoutingError, RoutingTable, WeightedTarget, route,
 };
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, VersionState};
 
@@ -1009,6 +1009,7 @@ impl Clock for SimPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_core::routing::Affinity;
 
     fn id(n: u64) -> DeploymentId {
         DeploymentId::generate(Timestamp::from_secs(1_764_000_000 + n), n)

@@ -1220,7 +1220,9 @@ impl Engine {
         self.ports.state.delete(id).await.map_err(on_err)
     }
 
-    /// Removes resources that no record owns.
+    /// Removes resources that no record owns. Orphans are found by their compute and routing, and
+    /// images cannot be listed, so the image and readiness go first: an interrupted removal still
+    /// leaves something that leads the next pass back here.
     async fn remove_orphan(
         &self,
         id: &DeploymentId,
@@ -1230,7 +1232,18 @@ impl Engine {
             progress,
             format!("removing resources of {id}, which no record owns"),
         );
-        self.remove_resources(id, progress).await
+        let on_err = step(progress, id, "discarding its image");
+        self.ports.images.discard(id).await.map_err(on_err)?;
+        let on_err = step(progress, id, "deleting its instance readiness");
+        self.ports.state.delete(id).await.map_err(on_err)?;
+        let on_err = step(progress, id, "removing its routing");
+        self.ports
+            .routing
+            .remove_affinity(id)
+            .await
+            .map_err(on_err)?;
+        let on_err = step(progress, id, "deleting its instances");
+        self.ports.compute.delete(id).await.map_err(on_err)
     }
 
     /// Moves `record` to `to` and stores it; nothing happens if it is already there.
