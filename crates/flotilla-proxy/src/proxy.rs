@@ -31,7 +31,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::Body;
 use crate::client_js::{self, CLIENT_PATH};
@@ -318,22 +318,56 @@ async fn tunnel(
         }
     };
     let activity = Arc::new(Activity::new());
-    let mut client = Tracked::new(TokioIo::new(client), activity.clone());
-    let mut upstream = Tracked::new(TokioIo::new(upstream), activity.clone());
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let client = Tracked::new(TokioIo::new(client), activity.clone());
+    let upstream = Tracked::new(TokioIo::new(upstream), activity.clone());
     let idle_watch = watch_idle(&activity, idle);
     tokio::select! {
-        result = copy => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "upgraded connection ended with an error");
-            }
-        }
+        () = copy_both_ways(client, upstream) => {}
         () = idle_watch => {
             tracing::debug!("closing upgraded connection idle for {idle:?}");
         }
         _ = phase.wait_for(|p| *p == Phase::Cut) => {
             tracing::debug!("shutdown deadline cut an upgraded connection");
         }
+    }
+}
+
+/// How long the other direction of a tunnel may go on after one side has closed its half.
+///
+/// WebSockets have no use for half-closed connections: once one side has sent its FIN, the
+/// other only has a close frame or so left to deliver. Without this bound a peer that never
+/// closes its half would keep the session (and the instance) alive indefinitely.
+const HALF_CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Copies bytes both ways; when one direction ends (EOF or error), its write side is shut
+/// down and the other direction gets [`HALF_CLOSE_LINGER`] to finish.
+async fn copy_both_ways<A, B>(a: A, b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let a_to_b = async {
+        let copied = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+        copied
+    };
+    let b_to_a = async {
+        let copied = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+        copied
+    };
+    tokio::pin!(a_to_b, b_to_a);
+    let (first, rest) = tokio::select! {
+        done = &mut a_to_b => (done, tokio::time::timeout(HALF_CLOSE_LINGER, b_to_a).await),
+        done = &mut b_to_a => (done, tokio::time::timeout(HALF_CLOSE_LINGER, a_to_b).await),
+    };
+    if let Err(err) = first {
+        tracing::debug!(error = %err, "upgraded connection ended with an error");
+    }
+    if rest.is_err() {
+        tracing::debug!("closed an upgraded connection left half-open for {HALF_CLOSE_LINGER:?}");
     }
 }
 

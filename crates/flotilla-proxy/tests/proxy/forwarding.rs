@@ -1,0 +1,297 @@
+//! Forwarding: streaming bodies, header rewriting, stamping, routing answers, upstream failures.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_proxy::http::{Request, StatusCode, header};
+use flotilla_proxy::{CLIENT_JS, ProxyConfig};
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::util::{
+    ChannelBody, Proxy, collect, connect, eventually, get, raw, start_upstream, within,
+};
+
+#[tokio::test]
+async fn streams_request_and_response_bodies_without_buffering() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let mut client = connect::<ChannelBody>(proxy.addr).await;
+    let (tx, rx) = mpsc::channel(1);
+    let request = Request::post("/echo")
+        .header(header::HOST, "app.example")
+        .body(ChannelBody(rx))
+        .expect("valid request");
+    // The upstream echoes the request body as it arrives. Each chunk must come back before the
+    // next is sent: neither direction waits for the whole body.
+    tx.send(Bytes::from_static(b"first chunk"))
+        .await
+        .expect("send");
+    let response = within("the response head", client.send_request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-flotilla-deployment")
+            .map(|v| v.as_bytes()),
+        Some(&b"web-1"[..])
+    );
+    let mut body = response.into_body();
+    for chunk in ["first chunk", "second", "third and last"] {
+        if chunk != "first chunk" {
+            tx.send(Bytes::from(chunk)).await.expect("send");
+        }
+        let frame = within("an echoed chunk", body.frame())
+            .await
+            .expect("a frame")
+            .expect("no error");
+        let data = frame.into_data().expect("a data frame");
+        assert_eq!(&data[..], chunk.as_bytes());
+        assert_eq!(
+            proxy.stats.in_flight(),
+            1,
+            "the request is in flight while streaming"
+        );
+    }
+    drop(tx);
+    assert!(within("the end of the body", body.frame()).await.is_none());
+    eventually("in-flight back to 0", || proxy.stats.in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_headers_are_dropped() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let response = raw(
+        proxy.addr,
+        "GET /headers?q=1 HTTP/1.1\r\n\
+         Host: app.example\r\n\
+         Connection: close, X-Secret\r\n\
+         X-Secret: do-not-forward\r\n\
+         Keep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         TE: trailers\r\n\
+         Trailer: x-sum\r\n\
+         Upgrade: websocket\r\n\
+         X-Forwarded-For: 203.0.113.9\r\n\
+         X-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: spoofed.example\r\n\
+         X-App: kept\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let seen = response.text().to_ascii_lowercase();
+    assert!(seen.starts_with("get /headers?q=1\n"), "{seen}");
+    for present in [
+        "host: app.example\n",
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1\n",
+        "x-forwarded-proto: http\n",
+        "x-forwarded-host: app.example\n",
+        "x-app: kept\n",
+    ] {
+        assert!(seen.contains(present), "missing {present:?} in\n{seen}");
+    }
+    for absent in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "\nte:",
+        "trailer",
+        "upgrade",
+        "spoofed",
+        "https",
+    ] {
+        assert!(!seen.contains(absent), "{absent:?} was forwarded:\n{seen}");
+    }
+}
+
+#[tokio::test]
+async fn trusted_forwarded_headers_are_kept() {
+    let (upstream, _up) = start_upstream().await;
+    let config = ProxyConfig {
+        trust_forwarded: true,
+        ..Default::default()
+    };
+    let proxy = Proxy::start(upstream, config).await;
+    let response = raw(
+        proxy.addr,
+        "GET /headers HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nConnection: close\r\n\
+         X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: app.example\r\n\r\n",
+    )
+    .await;
+    let seen = response.text();
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.example\n"), "{seen}");
+}
+
+#[tokio::test]
+async fn responses_lose_hop_by_hop_headers_and_carry_the_deployment_stamp() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let response = raw(
+        proxy.addr,
+        "GET /hop HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-upstream-secret"), None);
+    assert_eq!(response.header("keep-alive"), None);
+    assert_eq!(response.header("x-kept"), Some("yes"));
+    // The proxy's stamp replaces whatever the app claimed.
+    assert_eq!(response.all("x-flotilla-deployment"), vec!["web-1"]);
+    assert_eq!(response.text(), "ok");
+}
+
+#[tokio::test]
+async fn deployment_header_name_is_configurable() {
+    let (upstream, _up) = start_upstream().await;
+    let config = ProxyConfig {
+        deployment_header: ProxyConfig::header_name("X-App-Version").expect("valid name"),
+        ..Default::default()
+    };
+    let proxy = Proxy::start(upstream, config).await;
+    let response = raw(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.header("x-app-version"), Some("web-1"));
+    assert_eq!(response.header("x-flotilla-deployment"), None);
+}
+
+#[tokio::test]
+async fn router_answers_are_sent_as_is_and_deferred_decisions_are_followed() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let gone = raw(
+        proxy.addr,
+        "GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(gone.status, 410);
+    assert_eq!(gone.header("content-type"), Some("application/json"));
+    assert_eq!(gone.header("x-router"), Some("yes"));
+    assert_eq!(gone.header("x-flotilla-deployment"), None);
+    assert!(gone.text().contains("version_retired"), "{}", gone.text());
+    assert_eq!(
+        proxy.stats.snapshot().requests_total,
+        0,
+        "no upstream was involved"
+    );
+
+    let deferred = raw(
+        proxy.addr,
+        "GET /defer/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(deferred.status, 200);
+    assert_eq!(deferred.text(), "hello from /defer/x");
+    assert_eq!(deferred.header("x-flotilla-deployment"), Some("web-1"));
+}
+
+#[tokio::test]
+async fn client_script_is_served_by_the_proxy_itself() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let response = raw(
+        proxy.addr,
+        "GET /_flotilla/client.js HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/javascript; charset=utf-8")
+    );
+    assert_eq!(response.header("cache-control"), Some("no-cache"));
+    assert_eq!(response.body, CLIENT_JS.as_bytes());
+    let etag = response.header("etag").expect("an etag").to_owned();
+    let again = raw(
+        proxy.addr,
+        &format!(
+            "GET /_flotilla/client.js HTTP/1.1\r\nHost: a\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert_eq!(proxy.route_calls.load(Ordering::SeqCst), 0, "never routed");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_a_502_with_a_json_body_for_clients() {
+    // Bind and release a port so nothing listens there.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let proxy = Proxy::start(dead, ProxyConfig::default()).await;
+    let response = raw(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 502);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.text();
+    assert!(body.contains(r#""error":"bad_gateway""#), "{body}");
+    assert!(
+        !body.contains("127.0.0.1"),
+        "the client message must not leak addresses: {body}"
+    );
+    let snap = proxy.stats.snapshot();
+    assert_eq!(snap.upstream_errors_total, 1);
+    assert_eq!(snap.in_flight, 0);
+}
+
+#[tokio::test]
+async fn slow_upstream_head_is_a_504_when_a_timeout_is_set() {
+    let (upstream, _up) = start_upstream().await;
+    let config = ProxyConfig {
+        response_header_timeout: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let proxy = Proxy::start(upstream, config).await;
+    let response = raw(
+        proxy.addr,
+        "GET /slow?ms=2000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 504);
+    assert!(
+        response.text().contains("gateway_timeout"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(proxy.stats.snapshot().upstream_errors_total, 1);
+}
+
+#[tokio::test]
+async fn keep_alive_requests_are_counted_and_in_flight_returns_to_zero() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let mut client = connect(proxy.addr).await;
+    for i in 0..5 {
+        let response = within("a response", client.send_request(get(&format!("/n{i}"))))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            collect(response.into_body()).await,
+            format!("hello from /n{i}")
+        );
+    }
+    let snap = proxy.stats.snapshot();
+    assert_eq!(snap.requests_total, 5);
+    assert_eq!(snap.sessions_total, 0);
+    eventually("in-flight back to 0", || proxy.stats.in_flight() == 0).await;
+}
