@@ -1247,6 +1247,9 @@ impl Engine {
     }
 
     /// Moves `record` to `to` and stores it; nothing happens if it is already there.
+    ///
+    /// The ready-pass count starts over with every state change: it belongs to one drain, and a
+    /// count left from before a rollback must not shorten the next one.
     async fn record_state(
         &self,
         record: &mut VersionRecord,
@@ -1260,6 +1263,7 @@ impl Engine {
         version.transition(to, self.now())?;
         let updated = VersionRecord {
             version,
+            ready_passes: 0,
             ..record.clone()
         };
         self.put(&updated, progress, &format!("recording it {to}"))

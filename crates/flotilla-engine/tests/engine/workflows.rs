@@ -873,3 +873,41 @@ async fn a_long_build_renews_the_lock_and_stops_if_it_was_taken_over() {
     );
     assert_eq!(view.fresh_target(), Some(v1));
 }
+
+#[tokio::test]
+async fn a_ready_pass_count_from_before_a_rollback_does_not_shorten_the_next_drain() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    w.sim.advance(MIN);
+    let v2 = w.deployed(&alice).await;
+    w.sim.advance(MIN);
+    let report = alice.reap(false, &Silent).await.expect("reaps");
+    assert_eq!(
+        report.actions,
+        vec![ReapAction::RecordReadyPasses {
+            id: v1.clone(),
+            passes: 1
+        }]
+    );
+    alice
+        .rollback(Some(v1.clone()), &Silent)
+        .await
+        .expect("back to v1");
+    alice
+        .rollback(Some(v2.clone()), &Silent)
+        .await
+        .expect("forward to v2");
+    assert_eq!(
+        w.view().records[&v1].ready_passes,
+        0,
+        "a new drain starts counting at 0"
+    );
+    w.sim.advance(MIN);
+    let report = alice.reap(false, &Silent).await.expect("reaps");
+    assert_eq!(
+        report.actions,
+        vec![ReapAction::RecordReadyPasses { id: v1, passes: 1 }],
+        "one ready pass is not enough to retire"
+    );
+}
