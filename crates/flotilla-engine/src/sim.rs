@@ -298,6 +298,47 @@ impl Sim {
         }
     }
 
+    /// Sets the live sessions of one instance of `id`. Returns whether the instance exists.
+    pub fn set_instance_sessions(
+        &self,
+        id: &DeploymentId,
+        instance: &InstanceId,
+        sessions: u64,
+    ) -> bool {
+        self.with_instance(id, instance, |i| i.sessions = sessions)
+    }
+
+    /// Overrides what one instance of `id` reports (`None`: back to the session model). Returns
+    /// whether the instance exists.
+    pub fn set_instance_readiness(
+        &self,
+        id: &DeploymentId,
+        instance: &InstanceId,
+        readiness: Option<Readiness>,
+    ) -> bool {
+        self.with_instance(id, instance, |i| i.readiness = readiness)
+    }
+
+    fn with_instance(
+        &self,
+        id: &DeploymentId,
+        instance: &InstanceId,
+        change: impl FnOnce(&mut Instance),
+    ) -> bool {
+        let mut w = self.world();
+        let found = w
+            .compute
+            .get_mut(id)
+            .and_then(|s| s.instances.iter_mut().find(|i| &i.id == instance));
+        match found {
+            Some(i) => {
+                change(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds log lines to `id`'s logs, after what its instances log by themselves.
     pub fn add_logs(&self, id: &DeploymentId, lines: &[&str]) {
         if let Some(service) = self.world().compute.get_mut(id) {
@@ -1233,5 +1274,23 @@ mod tests {
             vec![Readiness::ShutdownReady; 2],
             "overridden"
         );
+        let i2 = InstanceId::new("i2").expect("valid");
+        assert!(sim.set_instance_readiness(&v, &i2, Some(Readiness::Healthy)));
+        assert_eq!(
+            read().await,
+            vec![Readiness::ShutdownReady, Readiness::Healthy],
+            "one instance overridden"
+        );
+        sim.set_readiness(&v, None);
+        sim.set_sessions(&v, 0);
+        assert!(sim.set_instance_sessions(&v, &i2, 3));
+        assert_eq!(
+            read().await,
+            vec![Readiness::ShutdownReady, Readiness::Healthy],
+            "one instance still has sessions"
+        );
+        assert_eq!(sim.view().compute[&v].sessions, Some(3));
+        let missing = InstanceId::new("i9").expect("valid");
+        assert!(!sim.set_instance_sessions(&v, &missing, 1));
     }
 }
