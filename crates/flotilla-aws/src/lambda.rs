@@ -10,10 +10,11 @@
 //! | `FLOTILLA_CLUSTER` | the ECS cluster (name or ARN) | required |
 //! | `FLOTILLA_LISTENER_ARN` | the listener holding the affinity rules | required |
 //! | `FLOTILLA_LOG_GROUP` | the containers' log group | none |
-//! | `FLOTILLA_REAPER_MIN_AGE_SECONDS` | never touch a younger version | 60 |
-//! | `FLOTILLA_REAPER_MAX_AGE_SECONDS` | retire after draining this long | 172800 |
-//! | `FLOTILLA_REAPER_CONSECUTIVE_PASSES` | all-ready passes before retiring | 2 |
-//! | `FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS` | clean up a deploy stuck this long | 1800 |
+//! | `FLOTILLA_REAPER_INTERVAL_SECONDS` | the schedule's rate | required |
+//! | `FLOTILLA_REAPER_MIN_AGE_SECONDS` | never touch a younger version | required |
+//! | `FLOTILLA_REAPER_MAX_AGE_SECONDS` | retire after draining this long | required |
+//! | `FLOTILLA_REAPER_CONSECUTIVE_PASSES` | all-ready passes before retiring | required |
+//! | `FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS` | clean up a deploy stuck this long | required |
 //! | `FLOTILLA_AFFINITY_HEADER` / `FLOTILLA_AFFINITY_QUERY` | the affinity keys | the defaults |
 //! | `FLOTILLA_RULE_PRIORITY_BASE` | lowest rule priority flotilla uses | 1000 |
 //!
@@ -22,7 +23,7 @@
 
 use std::time::Duration;
 
-use flotilla_core::DeploymentName;
+use flotilla_baseline::ReaperSettings;
 use flotilla_core::reaper::ReapPolicy;
 use flotilla_core::routing::RuleBudget;
 use flotilla_engine::events::{Event, Progress};
@@ -58,68 +59,17 @@ impl ReaperConfig {
         Self::from_vars(|k| std::env::var(k).ok())
     }
 
-    /// Reads the configuration through `var`, reporting every problem at once.
+    /// Reads the configuration through `var`: the variables the baseline stack sets (parsed by
+    /// `flotilla_baseline::ReaperSettings`, the one definition of that contract) and the optional
+    /// ones above.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, AwsError> {
-        let mut problems = Vec::new();
-        let mut required = |key: &str| {
-            let v = var(key).filter(|v| !v.trim().is_empty());
-            if v.is_none() {
-                problems.push(format!("{key} is not set"));
-            }
-            v
-        };
-        let name = required("FLOTILLA_DEPLOYMENT_NAME");
-        let cluster = required("FLOTILLA_CLUSTER");
-        let listener = required("FLOTILLA_LISTENER_ARN");
-        let mut seconds = |key: &str, default: Duration| match var(key) {
-            None => default,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(n) => Duration::from_secs(n),
-                Err(_) => {
-                    problems.push(format!("{key}={v} is not a whole number of seconds"));
-                    default
-                }
-            },
-        };
-        let defaults = ReapPolicy::default();
-        let min_age = seconds("FLOTILLA_REAPER_MIN_AGE_SECONDS", defaults.min_age);
-        let max_age = seconds("FLOTILLA_REAPER_MAX_AGE_SECONDS", defaults.max_age);
-        let deploying_timeout = seconds(
-            "FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS",
-            defaults.deploying_timeout,
-        );
-        let passes = match var("FLOTILLA_REAPER_CONSECUTIVE_PASSES") {
-            None => defaults.consecutive_ready_passes,
-            Some(v) => v.trim().parse::<u32>().unwrap_or_else(|_| {
-                problems.push(format!(
-                    "FLOTILLA_REAPER_CONSECUTIVE_PASSES={v} is not a whole number"
-                ));
-                defaults.consecutive_ready_passes
-            }),
-        };
-        let priority_base = var("FLOTILLA_RULE_PRIORITY_BASE").map(|v| {
-            v.trim().parse::<u32>().unwrap_or_else(|_| {
-                problems.push(format!(
-                    "FLOTILLA_RULE_PRIORITY_BASE={v} is not a whole number"
-                ));
-                0
-            })
-        });
-        let name = name.and_then(|n| match DeploymentName::new(&n) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                problems.push(format!("FLOTILLA_DEPLOYMENT_NAME: {e}"));
-                None
-            }
-        });
-        let (Some(name), true) = (name, problems.is_empty()) else {
-            return Err(AwsError::LambdaEnv(problems.join("; ")));
-        };
-        let mut settings = AwsSettings::new(name);
+        let base =
+            ReaperSettings::from_env(&var).map_err(|e| AwsError::LambdaEnv(e.to_string()))?;
+        let mut settings = AwsSettings::new(base.deployment_name.clone());
         settings.read_baseline_file = false;
         settings.baseline_overrides = BaselineOutputs {
-            listener_arn: listener,
-            cluster,
+            listener_arn: Some(base.listener_arn.clone()),
+            cluster: Some(base.cluster.clone()),
             log_group: var("FLOTILLA_LOG_GROUP"),
             ..Default::default()
         };
@@ -129,17 +79,16 @@ impl ReaperConfig {
         if let Some(q) = var("FLOTILLA_AFFINITY_QUERY") {
             settings.routing.affinity_query = q;
         }
-        if let Some(base) = priority_base {
-            settings.routing.priority_base = base;
+        if let Some(v) = var("FLOTILLA_RULE_PRIORITY_BASE") {
+            settings.routing.priority_base = v.trim().parse().map_err(|_| {
+                AwsError::LambdaEnv(format!(
+                    "environment variable FLOTILLA_RULE_PRIORITY_BASE={v:?} is not a whole number"
+                ))
+            })?;
         }
         Ok(ReaperConfig {
             settings,
-            policy: ReapPolicy {
-                min_age,
-                max_age,
-                consecutive_ready_passes: passes,
-                deploying_timeout,
-            },
+            policy: base.policy,
         })
     }
 
@@ -214,52 +163,56 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    const FULL: &[(&str, &str)] = &[
+        ("FLOTILLA_DEPLOYMENT_NAME", "prod"),
+        ("FLOTILLA_CLUSTER", "flotilla-prod"),
+        (
+            "FLOTILLA_LISTENER_ARN",
+            "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/x/1/2",
+        ),
+        ("FLOTILLA_REAPER_INTERVAL_SECONDS", "60"),
+        ("FLOTILLA_REAPER_MIN_AGE_SECONDS", "120"),
+        ("FLOTILLA_REAPER_MAX_AGE_SECONDS", "172800"),
+        ("FLOTILLA_REAPER_CONSECUTIVE_PASSES", "3"),
+        ("FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS", "1800"),
+    ];
+
     #[test]
-    fn reads_the_environment() {
-        let c = ReaperConfig::from_vars(vars(&[
-            ("FLOTILLA_DEPLOYMENT_NAME", "prod"),
-            ("FLOTILLA_CLUSTER", "flotilla-prod"),
-            (
-                "FLOTILLA_LISTENER_ARN",
-                "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/x/1/2",
-            ),
-            ("FLOTILLA_REAPER_MIN_AGE_SECONDS", "120"),
-            ("FLOTILLA_REAPER_CONSECUTIVE_PASSES", "3"),
-        ]))
-        .expect("complete");
+    fn reads_the_environment_the_baseline_sets() {
+        let c = ReaperConfig::from_vars(vars(FULL)).expect("complete");
         assert_eq!(c.settings.name.as_str(), "prod");
         assert_eq!(c.policy.min_age, Duration::from_secs(120));
         assert_eq!(c.policy.consecutive_ready_passes, 3);
-        assert_eq!(c.policy.max_age, ReapPolicy::default().max_age);
+        assert_eq!(c.policy.max_age, Duration::from_secs(172_800));
         assert!(!c.settings.read_baseline_file);
         assert_eq!(
             c.settings.baseline_overrides.cluster.as_deref(),
             Some("flotilla-prod")
         );
+        let mut with_extras = FULL.to_vec();
+        with_extras.push(("FLOTILLA_AFFINITY_HEADER", "X-Version"));
+        with_extras.push(("FLOTILLA_RULE_PRIORITY_BASE", "500"));
+        let c = ReaperConfig::from_vars(vars(&with_extras)).expect("complete");
+        assert_eq!(c.settings.routing.affinity_header, "X-Version");
+        assert_eq!(c.settings.routing.priority_base, 500);
     }
 
     #[test]
-    fn reports_every_problem_at_once() {
-        let err = ReaperConfig::from_vars(vars(&[
-            ("FLOTILLA_DEPLOYMENT_NAME", "prod"),
-            ("FLOTILLA_REAPER_MAX_AGE_SECONDS", "two days"),
-        ]))
-        .expect_err("incomplete")
-        .to_string();
-        for want in [
-            "FLOTILLA_CLUSTER is not set",
-            "FLOTILLA_LISTENER_ARN is not set",
-            "FLOTILLA_REAPER_MAX_AGE_SECONDS=two days",
-        ] {
-            assert!(err.contains(want), "{err} lacks {want}");
-        }
-        let err = ReaperConfig::from_vars(vars(&[
-            ("FLOTILLA_DEPLOYMENT_NAME", "Prod"),
-            ("FLOTILLA_CLUSTER", "c"),
-            ("FLOTILLA_LISTENER_ARN", "l"),
-        ]))
-        .expect_err("bad name")
-        .to_string();
-        assert!(err.contains("FLOTILLA_DEPLOYMENT_NAME"), "{err}");
+    fn names_the_variable_that_is_wrong() {
+        let missing: Vec<(&str, &str)> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "FLOTILLA_CLUSTER")
+            .collect();
+        let err = ReaperConfig::from_vars(vars(&missing))
+            .expect_err("incomplete")
+            .to_string();
+        assert!(err.contains("FLOTILLA_CLUSTER"), "{err}");
+        let mut bad = FULL.to_vec();
+        bad.push(("FLOTILLA_RULE_PRIORITY_BASE", "high"));
+        let err = ReaperConfig::from_vars(vars(&bad))
+            .expect_err("bad base")
+            .to_string();
+        assert!(err.contains("FLOTILLA_RULE_PRIORITY_BASE"), "{err}");
     }
 }

@@ -268,11 +268,14 @@ impl Default for RoutingSettings {
     }
 }
 
-/// The baseline stack's outputs as cached in `.flotilla/<name>/baseline.json`, or given in config.
+/// The baseline outputs the AWS provider uses, as given in config or read from
+/// `.flotilla/<name>/baseline.json`.
 ///
-/// Every field is optional here; [`Baseline::resolve`] says which ones a command needs. Keys are
-/// snake_case; the CloudFormation output names (`ListenerArn`, `PrivateSubnets`, ...) are accepted
-/// too, and lists may be JSON arrays or comma-separated strings (as CloudFormation outputs are).
+/// The file is `flotilla_baseline::BaselineOutputs` serialised (`private_subnet_ids`,
+/// `service_security_group_id`, `cluster_name`, `log_group_name`, `repository_uri`, ... are read
+/// into the fields here); the config keys are the field names. Every field is optional here;
+/// [`Baseline::resolve`] says which ones a command needs. Lists may be JSON arrays or
+/// comma-separated strings (as CloudFormation outputs are).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaselineOutputs {
     /// The HTTPS (or HTTP-only) listener that holds the affinity rules and the default action.
@@ -281,6 +284,7 @@ pub struct BaselineOutputs {
     /// The private subnets tasks run in.
     #[serde(
         default,
+        alias = "private_subnet_ids",
         alias = "PrivateSubnets",
         alias = "PrivateSubnetIds",
         alias = "Subnets",
@@ -290,6 +294,7 @@ pub struct BaselineOutputs {
     /// The service security group (accepts the container port from the ALB only).
     #[serde(
         default,
+        alias = "service_security_group_id",
         alias = "ServiceSecurityGroup",
         alias = "ServiceSecurityGroupId",
         alias = "SecurityGroups",
@@ -297,23 +302,13 @@ pub struct BaselineOutputs {
     )]
     pub security_groups: Option<Vec<String>>,
     /// The ECS cluster (name or ARN).
-    #[serde(
-        default,
-        alias = "ClusterName",
-        alias = "Cluster",
-        alias = "ClusterArn"
-    )]
+    #[serde(default, alias = "cluster_name", alias = "ClusterName")]
     pub cluster: Option<String>,
     /// The CloudWatch log group of the containers.
-    #[serde(default, alias = "LogGroupName", alias = "LogGroup")]
+    #[serde(default, alias = "log_group_name", alias = "LogGroupName")]
     pub log_group: Option<String>,
     /// The ECR repository URI (`<account>.dkr.ecr.<region>.amazonaws.com/<name>`).
-    #[serde(
-        default,
-        alias = "RepositoryUri",
-        alias = "Repository",
-        alias = "EcrRepositoryUri"
-    )]
+    #[serde(default, alias = "repository_uri", alias = "RepositoryUri")]
     pub repository: Option<String>,
     /// The task execution role (image pull, logs).
     #[serde(default, alias = "ExecutionRoleArn", alias = "TaskExecutionRoleArn")]
@@ -532,6 +527,33 @@ mod tests {
         let err = BaselineOutputs::read(&dir.join("bad.json")).expect_err("broken json");
         assert!(err.to_string().contains("bad.json"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn reads_the_baseline_crates_cache_file() {
+        // The shape `flotilla baseline up` writes (flotilla_baseline::BaselineOutputs).
+        let json = serde_json::json!({
+            "deployment_name": "prod", "mode": "https", "url": "https://x", "domain": "x",
+            "listener_arn": "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/a/b/c",
+            "http_listener_arn": "arn:http", "load_balancer_arn": "arn:lb",
+            "load_balancer_dns": "d", "load_balancer_full_name": "app/a/b", "vpc_id": "vpc-1",
+            "private_subnet_ids": ["s1", "s2"], "public_subnet_ids": ["p1", "p2"],
+            "service_security_group_id": "sg-svc", "alb_security_group_id": "sg-alb",
+            "cluster_name": "flotilla-prod", "cluster_arn": "arn:cluster",
+            "log_group_name": "/flotilla/prod", "repository_uri": "1.dkr.ecr/flotilla-prod",
+            "repository_name": "flotilla-prod", "execution_role_arn": "arn:exec",
+            "task_role_arn": "arn:task", "artefact_bucket": "b", "dashboard_name": "d",
+            "app_port": 3000
+        });
+        let outputs: BaselineOutputs = serde_json::from_value(json).expect("parses");
+        let b = Baseline::resolve(outputs, Needs::Deploy, Path::new("x")).expect("complete");
+        assert_eq!(b.subnets, vec!["s1".to_owned(), "s2".to_owned()]);
+        assert_eq!(b.security_groups, vec!["sg-svc".to_owned()]);
+        assert_eq!(b.cluster, "flotilla-prod");
+        assert_eq!(b.log_group.as_deref(), Some("/flotilla/prod"));
+        assert_eq!(b.repository.as_deref(), Some("1.dkr.ecr/flotilla-prod"));
+        assert_eq!(b.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(b.task_role_arn.as_deref(), Some("arn:task"));
     }
 
     #[test]
