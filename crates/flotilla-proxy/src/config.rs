@@ -56,7 +56,11 @@ pub struct ProxyConfig {
     pub deployment_header: HeaderName,
     /// Insert `<script src="/_flotilla/client.js"></script>` early in `<head>` of HTML documents
     /// (responses with `Content-Type: text/html` to requests whose `Accept` lists `text/html`,
-    /// which page navigations always do). Default off.
+    /// which page navigations always do). Such requests are sent upstream without
+    /// `If-None-Match`/`If-Modified-Since` and with `Accept-Encoding` narrowed to gzip/deflate/
+    /// identity; the rewritten page is sent chunked, re-compressed in its original coding, and
+    /// without `ETag`/`Last-Modified` (it names the deployment that served it, so it must not be
+    /// revalidated into use after a deploy). Default off.
     pub inject_client: bool,
     /// The affinity query parameter name, declared to injected clients as `data-query` when set.
     /// `None` (the default) leaves the client on its default, `flotilla_deployment`. The proxy

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, ETAG, EXPECT, HeaderMap, HeaderName, HeaderValue, UPGRADE,
+    ACCEPT_RANGES, CONTENT_LENGTH, ETAG, EXPECT, HeaderMap, HeaderName, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -116,6 +117,12 @@ async fn forward<R: Route>(
     conn.forwarded.apply(&mut parts.headers);
     if inject {
         headers::restrict_accept_encoding(&mut parts.headers);
+        // An injected page names the deployment that served it, so a copy cached from another
+        // deployment must never be revalidated into use (a 304 from the new version would bring
+        // the old version's page back and pin a fresh tab to the old version). Injected pages
+        // carry no validators (see `mark_rewritten`) and their requests no conditionals.
+        parts.headers.remove(IF_NONE_MATCH);
+        parts.headers.remove(IF_MODIFIED_SINCE);
     }
     parts.uri = upstream_uri(&target, parts.uri);
     parts.version = Version::HTTP_11;
@@ -244,26 +251,19 @@ async fn forward<R: Route>(
 }
 
 /// Adjusts headers of a response whose body the injector rewrites: the length changes (the body
-/// is sent chunked), byte ranges and digests no longer apply, and the validator becomes weak.
+/// is sent chunked), byte ranges and digests no longer apply, and validators go, because the
+/// page now depends on which deployment served it (see the conditional headers dropped in
+/// `forward`).
 fn mark_rewritten(headers: &mut HeaderMap) {
-    headers.remove(CONTENT_LENGTH);
-    headers.remove(ACCEPT_RANGES);
-    headers.remove(&CONTENT_MD5);
-    headers.remove(&CONTENT_DIGEST);
-    if let Some(etag) = headers.get(ETAG) {
-        if etag.as_bytes().starts_with(b"\"") {
-            let mut weak = Vec::with_capacity(etag.len() + 2);
-            weak.extend_from_slice(b"W/");
-            weak.extend_from_slice(etag.as_bytes());
-            match HeaderValue::from_bytes(&weak) {
-                Ok(weak) => {
-                    headers.insert(ETAG, weak);
-                }
-                Err(_) => {
-                    headers.remove(ETAG);
-                }
-            }
-        }
+    for name in [
+        &CONTENT_LENGTH,
+        &ACCEPT_RANGES,
+        &CONTENT_MD5,
+        &CONTENT_DIGEST,
+        &ETAG,
+        &LAST_MODIFIED,
+    ] {
+        headers.remove(name);
     }
 }
 
@@ -464,26 +464,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rewritten_headers_table() {
-        fn check(etag: Option<&str>, expected: Option<&str>) {
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
-            headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            if let Some(etag) = etag {
-                headers.insert(ETAG, HeaderValue::from_str(etag).expect("ascii"));
-            }
-            mark_rewritten(&mut headers);
-            assert!(!headers.contains_key(CONTENT_LENGTH));
-            assert!(!headers.contains_key(ACCEPT_RANGES));
-            assert_eq!(
-                headers.get(ETAG).and_then(|v| v.to_str().ok()),
-                expected,
-                "{etag:?}"
-            );
+    fn rewritten_headers_lose_length_ranges_digests_and_validators() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-length", "10"),
+            ("accept-ranges", "bytes"),
+            ("content-digest", "sha-256=:x:"),
+            ("etag", "\"abc\""),
+            ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("content-type", "text/html"),
+            ("cache-control", "max-age=60"),
+        ] {
+            headers.insert(name, http::HeaderValue::from_static(value));
         }
-        check(None, None);
-        check(Some("\"abc\""), Some("W/\"abc\""));
-        check(Some("W/\"abc\""), Some("W/\"abc\""));
+        mark_rewritten(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["cache-control", "content-type"]);
     }
 
     #[test]

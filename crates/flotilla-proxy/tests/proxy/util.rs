@@ -180,7 +180,15 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
             let mut builder = Response::builder()
                 .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
                 .header(header::ETAG, "\"v1\"")
-                .header("x-seen-accept-encoding", seen);
+                .header("x-seen-accept-encoding", seen)
+                .header(
+                    "x-seen-if-none-match",
+                    req.headers()
+                        .get(header::IF_NONE_MATCH)
+                        .cloned()
+                        .unwrap_or(HeaderValue::from_static("-")),
+                )
+                .header(header::LAST_MODIFIED, "Wed, 21 Oct 2015 07:28:00 GMT");
             let body = match query.as_str() {
                 "gzip" => {
                     let data = gzip(PAGE.as_bytes());
