@@ -497,9 +497,23 @@ impl VpcRange {
         Ok(VpcRange { address, prefix })
     }
 
-    /// The number of host bits in each of the four subnets (for `Fn::Cidr`).
-    pub fn subnet_bits(self) -> u8 {
-        32 - (self.prefix + 2)
+    /// The range in `a.b.c.d/p` form.
+    pub fn cidr(self) -> String {
+        let [a, b, c, d] = self.address;
+        format!("{a}.{b}.{c}.{d}/{}", self.prefix)
+    }
+
+    /// The four equal quarters of the range, in address order (public A, public B, private A,
+    /// private B in the template). Computed here rather than with `Fn::Cidr`, which some
+    /// CloudFormation emulators do not evaluate.
+    pub fn subnet_cidrs(self) -> [String; 4] {
+        let base = u32::from_be_bytes(self.address);
+        let prefix = self.prefix + 2;
+        let size = 1u32 << (32 - u32::from(prefix));
+        std::array::from_fn(|i| {
+            let [a, b, c, d] = (base + size * i as u32).to_be_bytes();
+            format!("{a}.{b}.{c}.{d}/{prefix}")
+        })
     }
 }
 
@@ -614,7 +628,7 @@ mod tests {
         ] {
             let opts = BaselineOptions::new(name(), tls);
             let range = opts.validate().expect("defaults are valid");
-            assert_eq!(range.subnet_bits(), 14);
+            assert_eq!(range.cidr(), "10.0.0.0/16");
         }
     }
 
@@ -671,6 +685,41 @@ mod tests {
         check(300, true);
         check(24 * 3600, true);
         check(24 * 3600 + 60, false);
+    }
+
+    #[test]
+    fn subnets_are_the_four_quarters() {
+        let check = |s: &str, want: [&str; 4]| {
+            let got = VpcRange::parse(s).expect("valid").subnet_cidrs();
+            assert_eq!(got, want.map(str::to_owned), "{s}");
+        };
+        check(
+            "10.0.0.0/16",
+            [
+                "10.0.0.0/18",
+                "10.0.64.0/18",
+                "10.0.128.0/18",
+                "10.0.192.0/18",
+            ],
+        );
+        check(
+            "172.31.16.0/20",
+            [
+                "172.31.16.0/22",
+                "172.31.20.0/22",
+                "172.31.24.0/22",
+                "172.31.28.0/22",
+            ],
+        );
+        check(
+            "192.168.1.0/24",
+            [
+                "192.168.1.0/26",
+                "192.168.1.64/26",
+                "192.168.1.128/26",
+                "192.168.1.192/26",
+            ],
+        );
     }
 
     #[test]

@@ -4,20 +4,19 @@
 use serde_json::json;
 
 use super::ids;
-use crate::cfn::{Resource, Template, az, get_att, reference, select, tags};
+use crate::cfn::{Resource, Template, az, get_att, reference, tags};
 use crate::options::{BaselineOptions, NatMode, VpcRange};
 
 pub(super) fn add(t: &mut Template, options: &BaselineOptions, vpc: VpcRange) {
     let name = options.name.as_str();
     let label = |what: &str| tags(&[("Name", json!(format!("flotilla-{name}-{what}")))]);
-    let [a, b, c, d] = vpc.address;
 
     t.add(
         ids::VPC,
         Resource::new(
             "AWS::EC2::VPC",
             json!({
-                "CidrBlock": format!("{a}.{b}.{c}.{d}/{}", vpc.prefix),
+                "CidrBlock": vpc.cidr(),
                 "EnableDnsHostnames": true,
                 "EnableDnsSupport": true,
                 "Tags": label("vpc"),
@@ -40,9 +39,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions, vpc: VpcRange) {
     );
 
     // Four equal subnets: public A, public B, private A, private B.
-    let cidrs = json!({
-        "Fn::Cidr": [get_att(ids::VPC, "CidrBlock"), 4, vpc.subnet_bits()]
-    });
+    let cidrs = vpc.subnet_cidrs();
     for zone in 0..2 {
         let letter = ["a", "b"][zone];
         t.add(
@@ -52,7 +49,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions, vpc: VpcRange) {
                 json!({
                     "VpcId": reference(ids::VPC),
                     "AvailabilityZone": az(zone),
-                    "CidrBlock": select(zone, cidrs.clone()),
+                    "CidrBlock": cidrs[zone],
                     // Only the load balancer and the NAT gateways live here; both get their
                     // addresses explicitly, so nothing needs one assigned on launch.
                     "MapPublicIpOnLaunch": false,
@@ -67,7 +64,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions, vpc: VpcRange) {
                 json!({
                     "VpcId": reference(ids::VPC),
                     "AvailabilityZone": az(zone),
-                    "CidrBlock": select(zone + 2, cidrs.clone()),
+                    "CidrBlock": cidrs[zone + 2],
                     "MapPublicIpOnLaunch": false,
                     "Tags": label(&format!("private-{letter}")),
                 }),
