@@ -306,7 +306,7 @@ impl Host {
                 let live = self.router.sessions(&view.id, &view.state.instance)
                     + view.state.app_sessions().unwrap_or(0);
                 let status = trackers.entry(key.clone()).or_default().observe(
-                    *state == VersionState::Draining,
+                    matches!(state, VersionState::Draining | VersionState::Retired),
                     live,
                     now,
                     self.settings.drain_grace,

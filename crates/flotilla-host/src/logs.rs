@@ -1,5 +1,5 @@
 //! Reading instance logs for `flotilla logs [ID] [--follow]`: the files the supervisor writes under
-//! `<state_dir>/logs/<id>/<instance>.log`, read directly (no daemon needed), each line prefixed with
+//! `<state_dir>/logs/<id>/<instance>.log`, read directly (no daemon needed), each line paired with
 //! its instance. The caller prints; this module only reads.
 
 use std::collections::BTreeMap;
@@ -62,9 +62,9 @@ impl LogReader {
         files
     }
 
-    /// The last `lines` lines of each instance's log, as `[instance] line`, and remembers where
+    /// The last `lines` lines of each instance's log, as `(instance, line)`, and remembers where
     /// each file ends for [`LogReader::poll`].
-    pub fn tail(&mut self, lines: usize) -> Result<Vec<String>, HostError> {
+    pub fn tail(&mut self, lines: usize) -> Result<Vec<(String, String)>, HostError> {
         let mut out = Vec::new();
         for (instance, path) in self.files() {
             let bytes = std::fs::read(&path).map_err(HostError::io("read log", &path))?;
@@ -73,14 +73,14 @@ impl LogReader {
             out.extend(
                 tail_lines(&text, lines)
                     .into_iter()
-                    .map(|l| format!("[{instance}] {l}")),
+                    .map(|l| (instance.clone(), l)),
             );
         }
         Ok(out)
     }
 
     /// Complete lines appended since the last call (new instances' logs from their start).
-    pub fn poll(&mut self) -> Result<Vec<String>, HostError> {
+    pub fn poll(&mut self) -> Result<Vec<(String, String)>, HostError> {
         let mut out = Vec::new();
         for (instance, path) in self.files() {
             let offset = self.offsets.get(&instance).copied().unwrap_or(0);
@@ -100,7 +100,7 @@ impl LogReader {
             self.offsets
                 .insert(instance.clone(), start + complete as u64);
             let text = String::from_utf8_lossy(&buf[..complete]);
-            out.extend(text.lines().map(|l| format!("[{instance}] {l}")));
+            out.extend(text.lines().map(|l| (instance.clone(), l.to_owned())));
         }
         Ok(out)
     }
@@ -121,7 +121,12 @@ mod tests {
         std::fs::write(dir.join("i1.log"), "a\nb\nc\n").expect("write");
         assert_eq!(latest_with_logs(tmp.path()), Some(id.clone()));
         let mut r = LogReader::open(tmp.path(), &id).expect("open");
-        assert_eq!(r.tail(2).expect("tail"), vec!["[i1] b", "[i1] c"]);
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
+        assert_eq!(r.tail(2).expect("tail"), pairs(&[("i1", "b"), ("i1", "c")]));
         assert!(r.poll().expect("poll").is_empty());
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -129,9 +134,9 @@ mod tests {
             .expect("open");
         write!(f, "d\npartial").expect("write");
         std::fs::write(dir.join("i2.log"), "x\n").expect("write");
-        assert_eq!(r.poll().expect("poll"), vec!["[i1] d", "[i2] x"]);
+        assert_eq!(r.poll().expect("poll"), pairs(&[("i1", "d"), ("i2", "x")]));
         writeln!(f, " line").expect("write");
-        assert_eq!(r.poll().expect("poll"), vec!["[i1] partial line"]);
+        assert_eq!(r.poll().expect("poll"), pairs(&[("i1", "partial line")]));
         let missing = DeploymentId::generate(Timestamp::from_secs(1_764_000_000), 2);
         assert!(LogReader::open(tmp.path(), &missing).is_err());
     }

@@ -444,16 +444,18 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets an instance's process group (it has exited).
+    /// Forgets an instance's process group `pid` (it has exited). A newer process of the same
+    /// instance is left recorded.
     pub fn delete_process(
         &self,
         id: &DeploymentId,
         instance: &InstanceId,
+        pid: u32,
     ) -> Result<(), HostError> {
         self.conn()
             .execute(
-                "DELETE FROM processes WHERE id = ?1 AND instance = ?2",
-                params![id.as_str(), instance.as_str()],
+                "DELETE FROM processes WHERE id = ?1 AND instance = ?2 AND pid = ?3",
+                params![id.as_str(), instance.as_str(), pid],
             )
             .map_err(self.sql_err("delete process"))?;
         Ok(())
@@ -650,7 +652,11 @@ mod tests {
         store.put_process(&id(1), &i1, 42).expect("put");
         store.put_process(&id(1), &i1, 43).expect("replace");
         assert_eq!(store.list_processes().expect("list")[0].pid, 43);
-        store.delete_process(&id(1), &i1).expect("delete");
+        store
+            .delete_process(&id(1), &i1, 42)
+            .expect("an older pid: no-op");
+        assert_eq!(store.list_processes().expect("list").len(), 1);
+        store.delete_process(&id(1), &i1, 43).expect("delete");
         assert!(store.list_processes().expect("list").is_empty());
     }
 }

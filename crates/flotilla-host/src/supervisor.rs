@@ -202,14 +202,36 @@ impl Supervisor {
     /// starts each recorded version's instances again, with the same instance ids.
     pub async fn restore(&self) -> Result<Vec<DeploymentId>, HostError> {
         let leftovers = self.inner.store.list_processes()?;
-        for p in &leftovers {
-            let members = group_members(p.pid, &p.id, &p.instance);
-            if !members.is_empty() {
-                tracing::warn!(id = %p.id, instance = %p.instance, pgid = p.pid, processes = members.len(),
-                    "stopping processes left by a previous daemon");
-                stop_group(p.pid, None, self.inner.stop_timeout.min(LEFTOVER_TIMEOUT)).await;
+        let live: Vec<_> = leftovers
+            .iter()
+            .filter(|p| !group_members(p.pid, &p.id, &p.instance).is_empty())
+            .collect();
+        for p in &live {
+            tracing::warn!(id = %p.id, instance = %p.instance, pgid = p.pid,
+                "stopping processes left by a previous daemon");
+            let _ = killpg(Pid::from_raw(p.pid as i32), Signal::SIGTERM);
+        }
+        // Orphans are not our children: poll /proc (zombies count as gone) until they have exited.
+        let deadline = Instant::now() + self.inner.stop_timeout.min(LEFTOVER_TIMEOUT);
+        loop {
+            let remaining: Vec<_> = live
+                .iter()
+                .filter(|p| !group_members(p.pid, &p.id, &p.instance).is_empty())
+                .collect();
+            if remaining.is_empty() {
+                break;
             }
-            self.inner.store.delete_process(&p.id, &p.instance)?;
+            if Instant::now() >= deadline {
+                for p in remaining {
+                    tracing::warn!(pgid = p.pid, "leftover processes ignored SIGTERM: SIGKILL");
+                    let _ = killpg(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        for p in &leftovers {
+            self.inner.store.delete_process(&p.id, &p.instance, p.pid)?;
         }
         let records = self.inner.store.list_compute()?;
         let mut restored = Vec::new();
@@ -606,7 +628,7 @@ impl Monitor {
         if let Err(e) = self
             .inner
             .store
-            .delete_process(&self.id, &self.state.instance)
+            .delete_process(&self.id, &self.state.instance, pid)
         {
             tracing::error!(error = %e, "could not forget process {pid}");
         }
@@ -662,7 +684,7 @@ async fn stop_group(
     false
 }
 
-/// The live processes in process group `pgid` that belong to `id`'s instance `instance` (their
+/// The live (not zombie) processes in process group `pgid` that belong to `id`'s instance `instance` (their
 /// environment says so), found through `/proc`. Checking the environment keeps a reused process
 /// id from getting an unrelated process killed.
 fn group_members(pgid: u32, id: &DeploymentId, instance: &InstanceId) -> Vec<u32> {
@@ -887,7 +909,12 @@ mod tests {
             .filter_map(|v| v.state.pid())
             .collect();
         assert_eq!(old.len(), 1);
-        // A "crashed daemon": a new supervisor over the same store, the old processes still alive.
+        // A "crashed daemon": its monitors are gone, its processes still run.
+        for run in lock(&f.sup.inner.versions).values() {
+            for slot in run.slots.values() {
+                slot.task.abort();
+            }
+        }
         let name = DeploymentName::new("web").expect("valid");
         let sup2 = Supervisor::new(
             name,
@@ -905,7 +932,5 @@ mod tests {
         .await;
         assert_eq!(f.store.list_processes().expect("list").len(), 1);
         sup2.delete(&id(4)).await.expect("delete");
-        // The first supervisor's monitor would restart its instance; stop it too.
-        f.sup.shutdown().await;
     }
 }
