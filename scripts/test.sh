@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs flotilla's whole test suite from a fresh clone, installing first what the tests need:
+#   - moto (the AWS emulator) into .venv/moto            (scripts/moto.sh)
+#   - cfn-lint and checkov into .venv/cfn-lint, .venv/checkov (scripts/cfn-tools.sh)
+#   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
+# Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
+# processes, AWS against moto, and the browser tests in headless Chromium.
+#
+# Usage: scripts/test.sh [extra arguments for the test runner, e.g. a filter]
+# Exit code: the test runner's (0 when every test passed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+scripts/moto.sh
+scripts/cfn-tools.sh
+scripts/install-browser.sh
+
+# Build the binaries the end-to-end tests drive before the tests start, so no test times out
+# while cargo builds.
+cargo build --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+    # nextest does not run doctests.
+    cargo test --workspace --doc --quiet
+else
+    echo "cargo-nextest not found; using cargo test"
+    cargo test --workspace --no-fail-fast "$@"
+fi
