@@ -99,7 +99,8 @@ pub(crate) struct Forwarded {
 impl Forwarded {
     /// Values for a connection from `peer`, reached over `proto`.
     pub(crate) fn new(peer: IpAddr, proto: HeaderValue, trust: bool) -> Self {
-        let peer = HeaderValue::try_from(peer.to_string())
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`; report them as IPv4.
+        let peer = HeaderValue::try_from(peer.to_canonical().to_string())
             .expect("a rendered IP address is always a valid header value");
         Forwarded { peer, proto, trust }
     }
@@ -367,6 +368,21 @@ mod tests {
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "app.example"),
             ],
+        );
+    }
+
+    #[test]
+    fn forwarded_for_reports_mapped_ipv4_as_ipv4() {
+        let mut headers = HeaderMap::new();
+        Forwarded::new(
+            "::ffff:192.0.2.7".parse().expect("literal ip"),
+            HeaderValue::from_static("http"),
+            false,
+        )
+        .apply(&mut headers);
+        assert_eq!(
+            headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"192.0.2.7"[..])
         );
     }
 

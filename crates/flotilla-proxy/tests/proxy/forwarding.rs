@@ -295,3 +295,35 @@ async fn keep_alive_requests_are_counted_and_in_flight_returns_to_zero() {
     assert_eq!(snap.sessions_total, 0);
     eventually("in-flight back to 0", || proxy.stats.in_flight() == 0).await;
 }
+
+#[tokio::test]
+async fn concurrent_keep_alive_clients_are_counted_exactly() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut client = connect(addr).await;
+                for i in 0..40 {
+                    let path = format!("/c{c}/r{i}");
+                    let response = client.send_request(get(&path)).await.expect("response");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    assert_eq!(
+                        collect(response.into_body()).await,
+                        format!("hello from {path}")
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        within("a client to finish", client)
+            .await
+            .expect("client task");
+    }
+    let snap = proxy.stats.snapshot();
+    assert_eq!(snap.requests_total, 320);
+    assert_eq!(snap.upstream_errors_total, 0);
+    eventually("in-flight back to 0", || proxy.stats.in_flight() == 0).await;
+}
