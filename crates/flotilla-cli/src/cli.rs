@@ -1,0 +1,523 @@
+//! The command line: every command, flag and help text of `flotilla`, declared with clap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use flotilla_core::DeploymentId;
+
+use crate::config::ProviderKind;
+
+const ABOUT: &str =
+    "Deploy web apps so that several versions run side by side and nobody notices a deploy";
+
+const LONG_ABOUT: &str = "\
+Deploy web apps so that several versions run side by side and nobody notices a deploy.
+
+Fresh browser tabs land on the newest version; a tab that started on an older version keeps \
+talking to it (the version travels in the X-Flotilla-Deployment header and the \
+flotilla_deployment query parameter, kept per tab). Old versions drain: they take no new \
+sessions, and are retired and removed once their last session has ended. A deploy switches \
+traffic only once the new version is healthy.
+
+Versions run on this machine (provider = \"host\") or on ECS Fargate behind an Application \
+Load Balancer (provider = \"aws\"), with the same behaviour.
+
+Start with:
+  flotilla init            # write a commented flotilla.toml
+  flotilla config check    # see what flotilla will use
+  flotilla deploy          # deploy the app in this directory
+  flotilla status          # list versions";
+
+/// The text after `flotilla -h`; `--help` adds the exit codes.
+pub const AFTER_HELP: &str = "\
+Configuration:
+  flotilla.toml is looked for in the current directory, then in each parent directory (like \
+Cargo.toml); --config PATH or FLOTILLA_CONFIG names it instead. Precedence, lowest first: \
+built-in defaults < flotilla.toml < FLOTILLA_<SECTION>_<KEY> environment variables (e.g. \
+FLOTILLA_NAME, FLOTILLA_APP_PORT, FLOTILLA_HOST_LISTEN) < flags (--name, --provider). \
+`flotilla config check` shows every value and where it came from.
+
+Examples:
+  flotilla init && flotilla deploy
+  flotilla status --watch
+  flotilla rollback
+  FLOTILLA_PROVIDER=aws flotilla deploy --image 1234.dkr.ecr.eu-west-1.amazonaws.com/shop:v7";
+
+/// The `flotilla` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options every command accepts.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The config file [default: flotilla.toml in the current directory or the nearest parent
+    /// that has one]
+    #[arg(long, global = true, value_name = "PATH", env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The deployment name, overriding `name` in flotilla.toml and FLOTILLA_NAME
+    #[arg(long, global = true, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The provider, overriding `provider` in flotilla.toml and FLOTILLA_PROVIDER
+    #[arg(long, global = true, value_enum, value_name = "PROVIDER")]
+    pub provider: Option<ProviderKind>,
+
+    /// Say more: which config file is used, every progress event (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `--json`, for commands that report.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct JsonFlag {
+    /// Print one JSON document on stdout instead of text (progress still goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented flotilla.toml for the app in this directory
+    #[command(
+        long_about = "Write a commented flotilla.toml for the app in this directory.\n\n\
+            Every key is written with its documentation; keys with defaults show them, optional \
+            keys are commented out. The deployment name is taken from --name, or else from the \
+            directory's name (lowercased, other characters turned into hyphens). The start \
+            command is guessed from the files present (Cargo.toml, package.json); check it.",
+        after_help = "Examples:\n  flotilla init\n  flotilla init --name shop-staging\n  \
+            flotilla init --provider aws --force"
+    )]
+    Init(InitArgs),
+
+    /// Deploy a new version; switch fresh traffic to it once it is healthy
+    #[command(
+        long_about = "Deploy a new version; switch fresh traffic to it once it is healthy.\n\n\
+            Steps: take the deploy lock, prepare the image (host: snapshot this directory and \
+            run [host] build; AWS: docker build and push, unless --image is given), install the \
+            new version's affinity, start its instances, wait until [app] min_healthy of them \
+            pass the health check, switch fresh traffic to it, and mark older versions draining. \
+            Tabs already open stay on the version they started on.\n\n\
+            If it never gets healthy within [app] health_timeout_seconds, everything it created \
+            is removed and traffic stays where it was (exit code 5). If it is interrupted, run \
+            the same command with the same --id to resume.",
+        after_help = "Examples:\n  flotilla deploy\n  flotilla deploy --json\n  \
+            flotilla deploy --image 1234.dkr.ecr.eu-west-1.amazonaws.com/shop:v7\n  \
+            flotilla deploy --id 20261125-190633-k3x9    # resume an interrupted deploy"
+    )]
+    Deploy(DeployArgs),
+
+    /// List versions: state, share of fresh traffic, instances, sessions, age
+    #[command(
+        long_about = "List every version: its state (deploying, active, draining, retired, \
+            failed), its share of fresh traffic, healthy/total instances, live sessions and age; \
+            then the listener rules used and who holds the deploy lock, if anyone.",
+        after_help = "Examples:\n  flotilla status\n  flotilla status --watch\n  \
+            flotilla status --json | jq '.versions[].record.version.state'"
+    )]
+    Status(StatusArgs),
+
+    /// Mark a version draining: it takes no new sessions and is retired when they end
+    #[command(
+        long_about = "Mark a version draining by hand: it takes no new sessions, keeps serving \
+            the ones it has, and is retired by the reaper once they have ended (or after [reaper] \
+            max_age_seconds). The active version cannot be drained; deploy or roll back first.",
+        after_help = "Example:\n  flotilla drain 20261125-190633-k3x9"
+    )]
+    Drain(DrainArgs),
+
+    /// Point fresh traffic back at a previous version that still runs
+    #[command(
+        long_about = "Point fresh traffic back at a previous version that still runs, and mark \
+            the current one draining. Instant: nothing is built or started. Without ID, the \
+            newest draining version is chosen.",
+        after_help = "Examples:\n  flotilla rollback\n  flotilla rollback 20261124-101500-a1b2"
+    )]
+    Rollback(RollbackArgs),
+
+    /// Run one reaper pass: retire drained versions, remove retired ones
+    #[command(
+        long_about = "Run one reaper pass now (the host daemon and the AWS schedule also run it \
+            every [reaper] interval_seconds). A draining version whose instances all reported \
+            ready for [reaper] consecutive_passes passes, or that is older than max_age_seconds, \
+            is retired: its affinity answers 410 Gone and it is scaled to zero. A retired version \
+            with nothing running is removed completely. Active versions, and versions younger \
+            than min_age_seconds, are never touched.",
+        after_help = "Examples:\n  flotilla reap --dry-run\n  flotilla reap --json"
+    )]
+    Reap(ReapArgs),
+
+    /// Remove one version, or everything, leaving nothing behind
+    #[command(
+        long_about = "Remove one version, or every version with --all, leaving nothing behind \
+            (instances, routing, target groups, services, state). The active version can be \
+            removed alone only when it is the last one; roll back first otherwise. Asks for \
+            confirmation when stdin is a terminal; otherwise --yes is required.",
+        after_help = "Examples:\n  flotilla teardown 20261124-101500-a1b2\n  \
+            flotilla teardown --all --yes\n  \
+            flotilla teardown --all --baseline --yes    # AWS: the baseline stack too"
+    )]
+    Teardown(TeardownArgs),
+
+    /// Check that requests reach the right versions
+    #[command(
+        long_about = "Check routing from the outside: a request without affinity must be answered \
+            by the active version (named in the X-Flotilla-Deployment response header, or \
+            [app] affinity_header); for every live version, a request carrying its id in the \
+            header and one carrying it in the query parameter must be answered by that version; \
+            a retired version's id must get 410 Gone. Exits 7 on any mismatch.",
+        after_help = "Examples:\n  flotilla verify\n  flotilla verify --json\n  \
+            flotilla verify --url http://shop.internal:8080 --path /healthz"
+    )]
+    Verify(VerifyArgs),
+
+    /// Show a version's logs
+    #[command(
+        long_about = "Show the last lines of a version's logs (every instance), or of every \
+            running version without ID; --follow keeps printing new lines until Ctrl-C.",
+        after_help = "Examples:\n  flotilla logs\n  flotilla logs 20261125-190633-k3x9 -n 200\n  \
+            flotilla logs --follow"
+    )]
+    Logs(LogsArgs),
+
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Run or stop the host provider's daemon (router, supervisor, reaper)
+    #[command(subcommand)]
+    Host(HostCommand),
+
+    /// Run an app behind the in-container agent (drain, sessions, readiness)
+    #[command(
+        long_about = "Run an app behind the flotilla agent, inside a container. The agent starts \
+            COMMAND as a child (forwarding signals), proxies requests to it, counts live sessions, \
+            stamps responses with the deployment header, answers the health path with its drain \
+            state, refuses new sessions while draining, and reports readiness so the reaper knows \
+            when the version may stop.",
+        after_help = "Examples:\n  flotilla agent -- ./server\n  \
+            flotilla agent --listen 0.0.0.0:8000 --app-port 8001 -- python3 app.py"
+    )]
+    Agent(AgentArgs),
+
+    /// Manage the AWS baseline stack (network, load balancer, cluster, reaper)
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+
+    /// AWS helpers
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+/// `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing flotilla.toml
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Use this deployment id instead of a new one; an interrupted deploy of the same id resumes
+    #[arg(long, value_name = "ID")]
+    pub id: Option<DeploymentId>,
+
+    /// Deploy this prebuilt image (AWS: an image URI) instead of building from this directory
+    #[arg(long, value_name = "URI")]
+    pub image: Option<String>,
+
+    /// Take the deploy lock even if another process holds it (only when that process is gone)
+    #[arg(long)]
+    pub break_lock: bool,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Refresh until Ctrl-C (with --json: one JSON document per line)
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Seconds between refreshes with --watch
+    #[arg(long, value_name = "SECONDS", default_value_t = 2, requires = "watch")]
+    pub interval: u64,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The version to drain (see `flotilla status`)
+    pub id: DeploymentId,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The version to roll back to [default: the newest draining version that still runs]
+    pub id: Option<DeploymentId>,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `reap`.
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Print what the pass would do without doing it
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `teardown`.
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// The version to remove
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<DeploymentId>,
+
+    /// Remove every version; fresh requests then get "no version deployed yet"
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all on AWS: also delete the baseline stack (network, load balancer, cluster)
+    #[arg(long, requires = "all")]
+    pub baseline: bool,
+
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Take the deploy lock even if another process holds it
+    #[arg(long)]
+    pub break_lock: bool,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Send requests here instead of the provider's address (host: http://<[host] listen>)
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The path to request
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub path: String,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The version [default: every running version]
+    pub id: Option<DeploymentId>,
+
+    /// Keep printing new lines until Ctrl-C
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+
+    /// How many recent lines to show first
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
+    pub lines: usize,
+}
+
+/// `config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and show every value with where it came from
+    #[command(
+        long_about = "Validate the configuration: read flotilla.toml, the FLOTILLA_* environment \
+            and the flags, and print every resolved value with where it came from (default, a \
+            line of the file, an environment variable or a flag). If anything is wrong, every \
+            problem is listed with its line, and the exit code is 2.",
+        after_help = "Examples:\n  flotilla config check\n  \
+            FLOTILLA_APP_PORT=9000 flotilla config check --json"
+    )]
+    Check(JsonFlag),
+}
+
+/// `host ...`.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Run the host daemon in the foreground (other commands start it in the background)
+    #[command(
+        long_about = "Run the host provider's daemon in the foreground: the router on [host] \
+            listen, the status page on [host] admin_listen, the process supervisor and the reaper \
+            loop. Other commands start it in the background when it is not running. Stops on \
+            Ctrl-C or SIGTERM; versions come back when it starts again.",
+        after_help = "Example:\n  flotilla host serve"
+    )]
+    Serve,
+    /// Stop the host daemon (versions come back when it starts again)
+    Stop,
+}
+
+/// `agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Where the agent accepts traffic [default: 0.0.0.0:<[app] port>]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// The port the app is told to listen on (in PORT) [default: chosen by the agent]
+    #[arg(long, value_name = "PORT")]
+    pub app_port: Option<u16>,
+
+    /// The app's command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `baseline ...`.
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Create or update the baseline stack, showing what changes
+    #[command(after_help = "Example:\n  flotilla baseline up")]
+    Up(JsonFlag),
+    /// Show the baseline stack's state and outputs
+    Show(JsonFlag),
+    /// Print the baseline CloudFormation template
+    Template,
+    /// Delete the baseline stack (refused while versions run, unless --force)
+    Down {
+        /// Delete even while versions still run
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `aws ...`.
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// Print the IAM policy a deploying user or CI role needs
+    #[command(after_help = "Example:\n  flotilla aws deployer-policy > deployer-policy.json")]
+    DeployerPolicy,
+}
+
+/// The clap command with the exit-code table added to `--help`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().after_long_help(format!("{AFTER_HELP}\n\n{}", crate::exit::help_section()))
+}
+
+impl Cli {
+    /// Whether the command asked for JSON output.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Deploy(a) => a.json.json,
+            Command::Status(a) => a.json.json,
+            Command::Drain(a) => a.json.json,
+            Command::Rollback(a) => a.json.json,
+            Command::Reap(a) => a.json.json,
+            Command::Teardown(a) => a.json.json,
+            Command::Verify(a) => a.json.json,
+            Command::Config(ConfigCommand::Check(j)) => j.json,
+            Command::Baseline(BaselineCommand::Up(j) | BaselineCommand::Show(j)) => j.json,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                if arg.get_id() == "help" || arg.get_id() == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{path} {} has no help",
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no about",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "flotilla");
+    }
+
+    #[test]
+    fn teardown_needs_an_id_or_all() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.kind());
+        assert!(parse(&["flotilla", "teardown"]).is_err());
+        assert!(parse(&["flotilla", "teardown", "--all"]).is_ok());
+        assert!(parse(&["flotilla", "teardown", "20261125-190633-k3x9"]).is_ok());
+        assert!(parse(&["flotilla", "teardown", "20261125-190633-k3x9", "--all"]).is_err());
+        assert!(parse(&["flotilla", "teardown", "--baseline"]).is_err());
+        assert!(parse(&["flotilla", "teardown", "not-an-id"]).is_err());
+    }
+
+    #[test]
+    fn agent_takes_the_command_after_dashes() {
+        let cli =
+            Cli::try_parse_from(["flotilla", "agent", "--app-port", "9001", "--", "app", "-v"])
+                .expect("valid");
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent");
+        };
+        assert_eq!(args.command, vec!["app", "-v"]);
+        assert_eq!(args.app_port, Some(9001));
+        assert!(Cli::try_parse_from(["flotilla", "agent"]).is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! What each command does: load the config, open the provider, run a workflow, render the result.
+//! Decisions belong to the engine and the core; this module wires and reports.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_core::{DeploymentId, DeploymentName};
+use flotilla_engine::ports::ImageRequest;
+use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::cli::{
+    AwsCommand, BaselineCommand, Cli, Command, ConfigCommand, DeployArgs, Global, HostCommand,
+    LogsArgs, StatusArgs, TeardownArgs, VerifyArgs,
+};
+use crate::config::template::{self, InitValues};
+use crate::config::{self, Config, ConfigError, Inputs, Overrides, ProviderKind, Val};
+use crate::exit::{Exit, Interrupted, Reported, UsageError};
+use crate::output::{self, Output, ProgressPrinter};
+use crate::providers::{self, AgentRequest, BaselineRequest, LogQuery};
+use crate::verify;
+
+/// Runs the parsed command line; returns the exit code of a command that did its job.
+pub async fn run(cli: Cli, out: Output) -> Result<u8> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Init(args) => init(global, args.force, out),
+        Command::Config(ConfigCommand::Check(_)) => config_check(global, out),
+        Command::Deploy(args) => deploy(global, args, out).await,
+        Command::Status(args) => status(global, args, out).await,
+        Command::Drain(args) => {
+            let (config, opened) = open(global, "drain", out).await?;
+            let printer = ProgressPrinter::new(out.verbose);
+            opened
+                .engine
+                .drain(args.id.clone(), &printer)
+                .await
+                .with_context(|| format!("could not drain {} of `{}`", args.id, config.name))?;
+            printer.finish();
+            if out.json {
+                out.json(&serde_json::json!({ "draining": args.id }))?;
+            } else {
+                out.result(&format!(
+                    "{} is draining: it takes no new sessions, and the reaper retires it once its \
+                     sessions have ended",
+                    args.id
+                ));
+            }
+            Ok(0)
+        }
+        Command::Rollback(args) => {
+            let (config, opened) = open(global, "rollback", out).await?;
+            let printer = ProgressPrinter::new(out.verbose);
+            let outcome = opened
+                .engine
+                .rollback(args.id.clone(), &printer)
+                .await
+                .with_context(|| format!("could not roll back `{}`", config.name))?;
+            printer.finish();
+            if out.json {
+                out.json(&outcome)?;
+            } else {
+                let mut text = format!("fresh traffic now goes to {}", outcome.active);
+                if let Some(draining) = &outcome.draining {
+                    text.push_str(&format!("; {draining} is draining"));
+                }
+                out.result(&text);
+            }
+            Ok(0)
+        }
+        Command::Reap(args) => {
+            let (config, opened) = open(global, "reap", out).await?;
+            let printer = ProgressPrinter::new(out.verbose);
+            let report = opened
+                .engine
+                .reap(args.dry_run, &printer)
+                .await
+                .with_context(|| format!("reaper pass over `{}` failed", config.name))?;
+            printer.finish();
+            if out.json {
+                out.json(&report)?;
+            } else {
+                out.result(&reap_text(&report, args.dry_run));
+            }
+            if !report.failed.is_empty() {
+                return Err(Reported {
+                    exit: Exit::Provider,
+                    message: format!("{} reaper action(s) failed", report.failed.len()),
+                    hint: Some(
+                        "run `flotilla reap` again; each action is safe to repeat".to_owned(),
+                    ),
+                }
+                .into());
+            }
+            Ok(0)
+        }
+        Command::Teardown(args) => teardown(global, args, out).await,
+        Command::Verify(args) => verify(global, args, out).await,
+        Command::Logs(args) => logs(global, args, out).await,
+        Command::Host(HostCommand::Serve) => {
+            let config = load(global, out)?;
+            providers::host_serve(&config).await?;
+            Ok(0)
+        }
+        Command::Host(HostCommand::Stop) => {
+            let config = load(global, out)?;
+            providers::host_stop(&config).await?;
+            Ok(0)
+        }
+        Command::Agent(args) => {
+            let config = load_optional(global, out)?;
+            let request = AgentRequest {
+                listen: args.listen,
+                app_port: args.app_port,
+                command: args.command.clone(),
+            };
+            providers::agent(config.as_ref(), &request).await
+        }
+        Command::Baseline(command) => {
+            let config = load(global, out)?;
+            let request = match command {
+                BaselineCommand::Up(j) => BaselineRequest::Up { json: j.json },
+                BaselineCommand::Show(j) => BaselineRequest::Show { json: j.json },
+                BaselineCommand::Template => BaselineRequest::Template,
+                BaselineCommand::Down { force } => BaselineRequest::Down { force: *force },
+            };
+            providers::baseline(&config, &request).await?;
+            Ok(0)
+        }
+        Command::Aws(AwsCommand::DeployerPolicy) => {
+            let config = load_optional(global, out)?;
+            let policy = providers::aws_deployer_policy(config.as_ref()).await?;
+            out.json(&policy)?;
+            Ok(0)
+        }
+    }
+}
+
+fn inputs_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Loads and validates the configuration.
+fn load(global: &Global, out: Output) -> Result<Config> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let overrides = Overrides {
+        name: global.name.clone(),
+        provider: global.provider,
+    };
+    let config = config::load(&Inputs {
+        explicit: global.config.as_deref(),
+        cwd: &cwd,
+        env: &inputs_env,
+        overrides: &overrides,
+    })?;
+    match &config.file {
+        Some(file) => out.verbose(&format!("using {}", file.display())),
+        None => out.verbose("no flotilla.toml: configured by the environment and flags alone"),
+    }
+    if out.verbose > 0 {
+        for warning in config::layers::unknown_env_warnings(std::env::vars().map(|(k, _)| k)) {
+            out.warn(&warning);
+        }
+    }
+    Ok(config)
+}
+
+/// Loads the configuration if there is any (the agent and AWS helpers work without one).
+fn load_optional(global: &Global, out: Output) -> Result<Option<Config>> {
+    match load(global, out) {
+        Ok(config) => Ok(Some(config)),
+        Err(err) if matches!(err.downcast_ref(), Some(ConfigError::NotFound { .. })) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+async fn open(global: &Global, command: &str, out: Output) -> Result<(Config, providers::Opened)> {
+    let config = load(global, out)?;
+    let opened = providers::open(&config, command).await?;
+    Ok((config, opened))
+}
+
+fn init(global: &Global, force: bool, out: Output) -> Result<u8> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let path = match &global.config {
+        Some(path) => cwd.join(path),
+        None => cwd.join(config::FILE_NAME),
+    };
+    let shown = config::display_path(&path, &cwd);
+    if path.exists() && !force {
+        return Err(UsageError {
+            message: format!("{shown} already exists"),
+            hint: "edit it and run `flotilla config check`, or run `flotilla init --force` to \
+                   overwrite it"
+                .to_owned(),
+        }
+        .into());
+    }
+    let dir = path.parent().unwrap_or(&cwd).to_path_buf();
+    let name = match &global.name {
+        Some(name) => DeploymentName::new(name)
+            .map_err(|e| UsageError {
+                message: format!("--name: {e}"),
+                hint: "pick a name of lowercase letters, digits and hyphens, e.g. --name my-app"
+                    .to_owned(),
+            })?
+            .to_string(),
+        None => template::sanitise_name(
+            &dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+    };
+    let provider = global.provider.unwrap_or(ProviderKind::Host);
+    let (command, build, detected) = template::detect_commands(&dir);
+    let text = template::render(&InitValues {
+        name: name.clone(),
+        provider,
+        command: command.clone(),
+        build,
+        detected,
+    });
+    // The template must pass the same checks as any hand-written file (without the environment,
+    // which may legitimately override it later).
+    config::resolve_text(&shown, &text, &dir, &|_| None, &Overrides::default())
+        .context("internal error: the generated flotilla.toml does not validate")?;
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    out.result(&format!(
+        "wrote {shown} for `{name}` (provider = \"{provider}\")"
+    ));
+    if provider == ProviderKind::Host {
+        out.note(&format!(
+            "[host] command = {command:?}: check that it starts your app listening on $PORT \
+             and answering /healthz; then run `flotilla deploy`"
+        ));
+    } else {
+        out.note("next: `flotilla baseline up` creates the AWS baseline; then `flotilla deploy`");
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct ConfigReport<'a> {
+    ok: bool,
+    file: Option<&'a Path>,
+    root: &'a Path,
+    config: &'a Config,
+    sources: &'a [config::Sourced],
+    warnings: Vec<String>,
+}
+
+fn config_check(global: &Global, out: Output) -> Result<u8> {
+    let config = load(global, out)?;
+    let warnings = config::layers::unknown_env_warnings(std::env::vars().map(|(k, _)| k));
+    if out.json {
+        out.json(&ConfigReport {
+            ok: true,
+            file: config.file.as_deref(),
+            root: &config.root,
+            config: &config,
+            sources: &config.sources,
+            warnings,
+        })?;
+        return Ok(0);
+    }
+    for warning in &warnings {
+        out.warn(warning);
+    }
+    let other = match config.provider {
+        ProviderKind::Host => "aws.",
+        ProviderKind::Aws => "host.",
+    };
+    let rows: Vec<Vec<String>> = config
+        .sources
+        .iter()
+        .filter(|s| !s.key.starts_with(other))
+        .map(|s| {
+            let value = match &s.value {
+                None => "(unset)".to_owned(),
+                Some(Val::Str(v)) => format!("{v:?}"),
+                Some(v) => v.to_string(),
+            };
+            vec![s.key.clone(), value, s.origin.to_string()]
+        })
+        .collect();
+    let file = match &config.file {
+        Some(file) => file.display().to_string(),
+        None => "the environment and flags (no flotilla.toml)".to_owned(),
+    };
+    let mut text = format!(
+        "configuration from {file} is valid: `{}` on the {} provider\n\n",
+        config.name, config.provider
+    );
+    text.push_str(&output::table(&["KEY", "VALUE", "FROM"], &rows));
+    text.push_str(&format!(
+        "\n[{}] is not shown: it does not apply to provider = \"{}\" (--json shows every key).",
+        other.trim_end_matches('.'),
+        config.provider
+    ));
+    out.result(&text);
+    Ok(0)
+}
+
+/// Random bits for a deployment id's suffix, without a dependency: std's hasher keys are seeded
+/// from the operating system's randomness per process.
+fn entropy() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+#[derive(Serialize)]
+struct DeployJson<'a> {
+    #[serde(flatten)]
+    outcome: &'a flotilla_engine::workflows::DeployOutcome,
+    name: &'a DeploymentName,
+    provider: ProviderKind,
+}
+
+async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
+    let (config, opened) = open(global, "deploy", out).await?;
+    let now = opened.engine.ports().clock.now();
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| DeploymentId::generate(now, entropy()));
+    let image = match &args.image {
+        Some(uri) => ImageRequest::Prebuilt(uri.clone()),
+        None => ImageRequest::Build(config.root.clone()),
+    };
+    out.note(&format!(
+        "deploying `{}` version {id} on the {} provider",
+        config.name, config.provider
+    ));
+    let request = DeployRequest {
+        id: id.clone(),
+        image,
+        instances: config.instances(),
+        min_healthy: config.app.min_healthy,
+        break_lock: args.break_lock,
+    };
+    let printer = ProgressPrinter::new(out.verbose);
+    let outcome = tokio::select! {
+        result = opened.engine.deploy(request, &printer) => {
+            printer.finish();
+            result.with_context(|| format!("deploy of {id} failed"))?
+        }
+        _ = tokio::signal::ctrl_c() => {
+            printer.finish();
+            return Err(Interrupted {
+                doing: format!("deploying {id}"),
+                resume: format!("flotilla deploy --id {id}"),
+            }
+            .into());
+        }
+    };
+    if out.json {
+        out.json(&DeployJson {
+            outcome: &outcome,
+            name: &config.name,
+            provider: config.provider,
+        })?;
+    } else {
+        let mut summary = format!("deployed {id}: fresh traffic goes to it now");
+        if !outcome.draining.is_empty() {
+            let ids: Vec<String> = outcome.draining.iter().map(ToString::to_string).collect();
+            summary.push_str(&format!("; draining: {}", ids.join(", ")));
+        }
+        if outcome.resumed {
+            summary.push_str(" (resumed an interrupted deploy)");
+        }
+        out.note(&summary);
+        // The bare id on stdout, so that `ID=$(flotilla deploy)` works.
+        out.result(id.as_str());
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    provider: ProviderKind,
+    now: flotilla_core::Timestamp,
+    #[serde(flatten)]
+    report: &'a flotilla_engine::workflows::StatusReport,
+}
+
+async fn status(global: &Global, args: &StatusArgs, out: Output) -> Result<u8> {
+    let (config, opened) = open(global, "status", out).await?;
+    let clear = args.watch && !out.json && std::io::stdout().is_terminal();
+    loop {
+        let report = opened
+            .engine
+            .status()
+            .await
+            .with_context(|| format!("could not read the status of `{}`", config.name))?;
+        let now = opened.engine.ports().clock.now();
+        if out.json {
+            let doc = StatusJson {
+                provider: config.provider,
+                now,
+                report: &report,
+            };
+            if args.watch {
+                // One document per line, so a consumer can read them as they come.
+                out.result(&serde_json::to_string(&doc)?);
+            } else {
+                out.json(&doc)?;
+            }
+        } else {
+            let text = output::status_text(&report, config.provider.as_str(), now);
+            if clear {
+                // Clear the screen and go home, so the table redraws in place.
+                out.result(&format!("\x1b[2J\x1b[H{text}"));
+            } else {
+                out.result(&text);
+            }
+        }
+        if !args.watch {
+            return Ok(0);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.interval.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
+    }
+}
+
+fn reap_text(report: &flotilla_engine::workflows::ReapReport, dry_run: bool) -> String {
+    let mut lines = Vec::new();
+    if let Some(lock) = &report.skipped_locked {
+        lines.push(format!(
+            "skipped: {} holds the lock (since {}); the next pass will run",
+            lock.owner, lock.acquired_at
+        ));
+    }
+    let visible: Vec<String> = report
+        .actions
+        .iter()
+        .filter(|a| a.is_visible())
+        .map(|a| output::describe_action(a, dry_run))
+        .collect();
+    if visible.is_empty() && report.skipped_locked.is_none() {
+        lines.push("nothing to reap".to_owned());
+    }
+    lines.extend(visible);
+    for (action, error) in &report.failed {
+        lines.push(format!(
+            "FAILED: {}: {error}",
+            output::describe_action(action, false)
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Asks on the terminal; `Ok(false)` if the answer is not the expected one.
+fn confirm(prompt: &str, expected: &[&str]) -> Result<bool> {
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    let answer = answer.trim();
+    Ok(expected.iter().any(|e| e.eq_ignore_ascii_case(answer)))
+}
+
+async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u8> {
+    let interactive = std::io::stdin().is_terminal();
+    if !args.yes && !interactive {
+        return Err(UsageError {
+            message: "teardown removes versions for good and stdin is not a terminal to confirm on"
+                .to_owned(),
+            hint: "pass --yes to confirm non-interactively".to_owned(),
+        }
+        .into());
+    }
+    let (config, opened) = open(global, "teardown", out).await?;
+    if !args.yes {
+        let confirmed = match &args.id {
+            Some(id) => confirm(
+                &format!(
+                    "Remove version {id} of `{}` ({} provider) and everything it uses? [y/N] ",
+                    config.name, config.provider
+                ),
+                &["y", "yes"],
+            )?,
+            None => {
+                let what = if args.baseline {
+                    "every version AND the baseline stack"
+                } else {
+                    "every version"
+                };
+                confirm(
+                    &format!(
+                        "Remove {what} of `{}` ({} provider)? Fresh requests will get \"no \
+                         version deployed\". Type the deployment name to confirm: ",
+                        config.name, config.provider
+                    ),
+                    &[config.name.as_str()],
+                )?
+            }
+        };
+        if !confirmed {
+            return Err(UsageError {
+                message: "teardown not confirmed; nothing was removed".to_owned(),
+                hint: "run it again and confirm, or pass --yes".to_owned(),
+            }
+            .into());
+        }
+    }
+    let target = match &args.id {
+        Some(id) => TeardownTarget::One(id.clone()),
+        None => TeardownTarget::All,
+    };
+    let printer = ProgressPrinter::new(out.verbose);
+    let resume = match &args.id {
+        Some(id) => format!("flotilla teardown {id} --yes"),
+        None => "flotilla teardown --all --yes".to_owned(),
+    };
+    let report = tokio::select! {
+        result = opened.engine.teardown(target, args.break_lock, &printer) => {
+            printer.finish();
+            result.with_context(|| format!("teardown of `{}` failed", config.name))?
+        }
+        _ = tokio::signal::ctrl_c() => {
+            printer.finish();
+            return Err(Interrupted { doing: "tearing down".to_owned(), resume }.into());
+        }
+    };
+    if args.baseline {
+        providers::teardown_baseline(&config).await?;
+    }
+    if out.json {
+        out.json(&serde_json::json!({
+            "removed": report.removed,
+            "baseline_removed": args.baseline,
+        }))?;
+    } else if report.removed.is_empty() {
+        out.result("nothing to remove");
+    } else {
+        let ids: Vec<String> = report.removed.iter().map(ToString::to_string).collect();
+        out.result(&format!("removed {}", ids.join(", ")));
+    }
+    Ok(0)
+}
+
+async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
+    let (config, opened) = open(global, "verify", out).await?;
+    // The host router's address is in the config; other providers say where requests arrive.
+    let derived = match config.provider {
+        ProviderKind::Host => Some(providers::host_base_url(config.host.listen)),
+        ProviderKind::Aws => None,
+    };
+    let base = match args
+        .url
+        .clone()
+        .or_else(|| opened.base_url.clone())
+        .or(derived)
+    {
+        Some(url) => url,
+        None => {
+            return Err(UsageError {
+                message: format!(
+                    "the {} provider did not say where requests arrive",
+                    config.provider
+                ),
+                hint: "pass the public URL with --url http://HOST:PORT".to_owned(),
+            }
+            .into());
+        }
+    };
+    let report = opened
+        .engine
+        .status()
+        .await
+        .with_context(|| format!("could not read the status of `{}`", config.name))?;
+    let names = verify::AffinityNames {
+        header: config.app.affinity_header.clone(),
+        query: config.app.affinity_query.clone(),
+    };
+    let checks = verify::plan(&report);
+    out.verbose(&format!("sending {} requests to {base}", checks.len()));
+    let outcomes = verify::run(&base, &args.path, &names, checks)
+        .await
+        .with_context(|| format!("nothing answers at {base}"))?;
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    if out.json {
+        out.json(&serde_json::json!({
+            "ok": failed == 0,
+            "base_url": base,
+            "checks": outcomes,
+        }))?;
+    } else {
+        out.result(&verify::table(&outcomes));
+    }
+    if failed > 0 {
+        return Err(Reported {
+            exit: Exit::VerifyMismatch,
+            message: format!(
+                "{failed} of {} requests reached the wrong version",
+                outcomes.len()
+            ),
+            hint: Some(
+                "run `flotilla status` to compare with the recorded routing; a deploy or reap in \
+                 progress can cause this briefly, so run verify again after it finishes"
+                    .to_owned(),
+            ),
+        }
+        .into());
+    }
+    if !out.json {
+        out.note(&format!(
+            "all {} requests reached the right version",
+            outcomes.len()
+        ));
+    }
+    Ok(0)
+}
+
+async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
+    let (config, opened) = open(global, "logs", out).await?;
+    let query = LogQuery {
+        id: args.id.clone(),
+        lines: args.lines,
+        follow: args.follow,
+    };
+    if let Some(source) = &opened.logs {
+        let (tx, mut rx) = mpsc::channel::<providers::LogLine>(1024);
+        let printer = async {
+            while let Some(line) = rx.recv().await {
+                let instance = line
+                    .instance
+                    .as_ref()
+                    .map(|i| format!("/{i}"))
+                    .unwrap_or_default();
+                out.result(&format!("{}{instance} | {}", line.id, line.line));
+            }
+        };
+        tokio::select! {
+            (result, ()) = async { tokio::join!(source.stream(&query, tx), printer) } => {
+                result.with_context(|| format!("could not read the logs of `{}`", config.name))?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(0);
+    }
+    if args.follow {
+        return Err(UsageError {
+            message: format!("the {} provider cannot follow logs", config.provider),
+            hint: "run without --follow to see the latest lines".to_owned(),
+        }
+        .into());
+    }
+    let ids = match &args.id {
+        Some(id) => vec![id.clone()],
+        None => opened
+            .engine
+            .status()
+            .await
+            .with_context(|| format!("could not read the status of `{}`", config.name))?
+            .versions
+            .into_iter()
+            .filter(|v| v.record.version.state.runs())
+            .map(|v| v.record.version.id)
+            .collect(),
+    };
+    if ids.is_empty() {
+        out.note("no version runs; nothing to show");
+    }
+    for id in ids {
+        let lines = opened
+            .engine
+            .ports()
+            .compute
+            .recent_logs(&id, args.lines)
+            .await
+            .with_context(|| format!("could not read the logs of {id}"))?;
+        for line in lines {
+            out.result(&format!("{id} | {line}"));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,704 @@
+//! Merging the layers and validating the result into a [`Config`], collecting every problem.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_core::DeploymentName;
+
+use super::layers::{self, FileReader, Setting, Settings, Val};
+use super::schema;
+use super::{
+    AppConfig, AwsConfig, Config, ConfigError, DrainConfig, HostConfig, Location, Nat, Origin,
+    Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
+};
+
+/// The config file being resolved.
+pub struct FileInput<'a> {
+    /// Its real path.
+    pub path: &'a Path,
+    /// How it is shown in messages.
+    pub shown: &'a str,
+    /// Its text.
+    pub text: &'a str,
+}
+
+/// Layers defaults, `file`, the environment and `overrides`, then validates.
+pub fn resolve(
+    file: Option<FileInput<'_>>,
+    root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let mut settings = layers::defaults();
+    let mut problems = Vec::new();
+    let mut sections = std::collections::BTreeMap::new();
+    let whole = match &file {
+        Some(f) => Location::WholeFile {
+            path: f.shown.to_owned(),
+        },
+        None => Location::Config,
+    };
+    if let Some(f) = &file {
+        let reader = FileReader::new(f.shown, f.text).read();
+        if reader.syntax_errors {
+            // What the parser recovered may be partial; checking it would report keys as missing
+            // that are only unreadable. Syntax first, then everything else.
+            return Err(ConfigError::Invalid {
+                file: Some(f.shown.to_owned()),
+                problems: reader.problems,
+            });
+        }
+        problems.extend(reader.problems);
+        settings.extend(reader.settings);
+        sections = reader.sections;
+    }
+    let (env_settings, env_problems) = layers::read_env(env);
+    settings.extend(env_settings);
+    problems.extend(env_problems);
+    if let Some(name) = &overrides.name {
+        settings.insert(
+            "name".to_owned(),
+            Setting {
+                val: Val::Str(name.clone()),
+                origin: Origin::Flag {
+                    flag: "--name".to_owned(),
+                },
+            },
+        );
+    }
+    if let Some(provider) = overrides.provider {
+        settings.insert(
+            "provider".to_owned(),
+            Setting {
+                val: Val::Str(provider.as_str().to_owned()),
+                origin: Origin::Flag {
+                    flag: "--provider".to_owned(),
+                },
+            },
+        );
+    }
+
+    let mut r = Resolver {
+        settings: &settings,
+        problems,
+        whole,
+        sections: &sections,
+    };
+    let config = r.build(file.as_ref().map(|f| f.path.to_path_buf()), root);
+    let mut problems = r.problems;
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    problems.sort_by_key(|p| p.location.sort_key());
+    problems.dedup();
+    Err(ConfigError::Invalid {
+        file: file.map(|f| f.shown.to_owned()),
+        problems,
+    })
+}
+
+struct Resolver<'a> {
+    settings: &'a Settings,
+    problems: Vec<Problem>,
+    /// Where to report a problem about something missing.
+    whole: Location,
+    sections: &'a std::collections::BTreeMap<String, Location>,
+}
+
+impl Resolver<'_> {
+    fn problem_at(&mut self, setting: &Setting, message: String) {
+        let location = Location::of(&setting.origin, &self.whole);
+        self.problems.push(Problem { location, message });
+    }
+
+    fn setting(&self, path: &str) -> Option<&Setting> {
+        self.settings.get(path)
+    }
+
+    /// An integer within `range`; 0 (and a problem) otherwise.
+    fn int(&mut self, path: &str, range: RangeInclusive<i64>, hint: &str) -> i64 {
+        let settings = self.settings;
+        let Some(setting) = settings.get(path) else {
+            return 0;
+        };
+        let Val::Int(n) = setting.val else {
+            self.problem_at(setting, format!("`{path}` must be an integer"));
+            return 0;
+        };
+        if range.contains(&n) {
+            return n;
+        }
+        let message = if *range.end() == i64::MAX {
+            format!("`{path}` must be {} or more, not {n}{hint}", range.start())
+        } else {
+            format!(
+                "`{path}` must be between {} and {}, not {n}{hint}",
+                range.start(),
+                range.end()
+            )
+        };
+        self.problem_at(setting, message);
+        0
+    }
+
+    fn u32(&mut self, path: &str, range: RangeInclusive<i64>) -> u32 {
+        u32::try_from(self.int(path, range, "")).unwrap_or(0)
+    }
+
+    fn seconds(&mut self, path: &str, range: RangeInclusive<i64>) -> Duration {
+        Duration::from_secs(u64::try_from(self.int(path, range, "")).unwrap_or(0))
+    }
+
+    fn opt_str(&mut self, path: &str) -> Option<String> {
+        let settings = self.settings;
+        let setting = settings.get(path)?;
+        match &setting.val {
+            Val::Str(s) => Some(s.clone()),
+            _ => {
+                self.problem_at(setting, format!("`{path}` must be a string"));
+                None
+            }
+        }
+    }
+
+    /// A string checked by `check`, which returns what is wrong with it.
+    fn checked(
+        &mut self,
+        path: &str,
+        check: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Option<String> {
+        let value = self.opt_str(path)?;
+        let settings = self.settings;
+        if let Err(message) = check(&value) {
+            if let Some(setting) = settings.get(path) {
+                self.problem_at(setting, message);
+            }
+            return None;
+        }
+        Some(value)
+    }
+
+    fn parsed<T>(
+        &mut self,
+        path: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = self.opt_str(path)?;
+        let settings = self.settings;
+        match parse(&value) {
+            Ok(parsed) => Some(parsed),
+            Err(message) => {
+                if let Some(setting) = settings.get(path) {
+                    self.problem_at(setting, message);
+                }
+                None
+            }
+        }
+    }
+
+    fn opt_list(&mut self, path: &str, prefix: &str, what: &str) -> Option<Vec<String>> {
+        let settings = self.settings;
+        let setting = settings.get(path)?;
+        let Val::List(items) = &setting.val else {
+            self.problem_at(setting, format!("`{path}` must be an array of strings"));
+            return None;
+        };
+        if items.is_empty() {
+            self.problem_at(
+                setting,
+                format!("`{path}` is empty; list at least one {what}, or leave the key out"),
+            );
+            return None;
+        }
+        if let Some(bad) = items.iter().find(|item| !item.starts_with(prefix)) {
+            self.problem_at(
+                setting,
+                format!(
+                    "`{path}` lists {bad:?}, which is not {what} id (they start with {prefix:?})"
+                ),
+            );
+            return None;
+        }
+        Some(items.clone())
+    }
+
+    fn bool(&mut self, path: &str) -> bool {
+        let settings = self.settings;
+        match settings.get(path) {
+            Some(Setting {
+                val: Val::Bool(b), ..
+            }) => *b,
+            Some(setting) => {
+                self.problem_at(setting, format!("`{path}` must be true or false"));
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn missing(&mut self, path: &str, message: String) {
+        let location = path
+            .split_once('.')
+            .and_then(|(section, _)| self.sections.get(section).cloned())
+            .unwrap_or_else(|| self.whole.clone());
+        self.problems.push(Problem { location, message });
+    }
+
+    fn build(&mut self, file: Option<PathBuf>, root: &Path) -> Config {
+        let name = self.name();
+        let provider = self.provider();
+        let app = self.app(provider);
+        let drain = DrainConfig {
+            poll: self.seconds("drain.poll_seconds", 1..=3600),
+            grace: self.seconds("drain.grace_seconds", 0..=86_400),
+        };
+        let reaper = self.reaper(provider, &app);
+        let host = self.host(provider, root);
+        let aws = self.aws();
+        self.cross_checks(provider, &app, &host, &aws);
+        let sources = schema::KEYS
+            .iter()
+            .map(|key| {
+                let path = key.path();
+                let setting = self.setting(&path);
+                Sourced {
+                    value: setting.map(|s| s.val.clone()),
+                    origin: setting.map_or(Origin::Default, |s| s.origin.clone()),
+                    key: path,
+                }
+            })
+            .collect();
+        Config {
+            file,
+            root: root.to_path_buf(),
+            name,
+            provider,
+            app,
+            drain,
+            reaper,
+            host,
+            aws,
+            sources,
+        }
+    }
+
+    fn name(&mut self) -> DeploymentName {
+        let placeholder = || DeploymentName::new("app").expect("`app` is a valid name");
+        if self.setting("name").is_none() {
+            self.missing(
+                "name",
+                "missing `name`: every configuration needs a deployment name, e.g. \
+                 name = \"my-app\" at the top of the file (or set FLOTILLA_NAME, or pass --name)"
+                    .to_owned(),
+            );
+            return placeholder();
+        }
+        self.parsed("name", |s| {
+            DeploymentName::new(s).map_err(|e| format!("invalid `name`: {e}"))
+        })
+        .unwrap_or_else(placeholder)
+    }
+
+    fn provider(&mut self) -> ProviderKind {
+        self.parsed("provider", |s| match s {
+            "host" => Ok(ProviderKind::Host),
+            "aws" => Ok(ProviderKind::Aws),
+            other => {
+                let hint = schema::closest(other, ["host", "aws"])
+                    .map(|best| format!("; did you mean \"{best}\"?"))
+                    .unwrap_or_default();
+                Err(format!(
+                    "`provider` must be \"host\" or \"aws\", not {other:?}{hint}"
+                ))
+            }
+        })
+        .unwrap_or(ProviderKind::Host)
+    }
+
+    fn app(&mut self, provider: ProviderKind) -> AppConfig {
+        let port = u16::try_from(self.int("app.port", 1..=65_535, "")).unwrap_or(0);
+        let health_path = self
+            .checked("app.health_path", |s| {
+                if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c == '#') {
+                    Err(format!(
+                        "`app.health_path` must be a URL path starting with /, such as \"/healthz\", not {s:?}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_or_default();
+        let affinity_header = self
+            .checked("app.affinity_header", |s| {
+                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                if s.is_empty() || s.len() > 40 || !s.chars().all(token) {
+                    Err(format!(
+                        "`app.affinity_header` must be an HTTP header name of 1 to 40 letters, digits \
+                         or -_. (an ALB limit), not {s:?}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_or_default();
+        let affinity_query = self
+            .checked("app.affinity_query", |s| {
+                let safe = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+                if s.is_empty() || s.len() > 128 || !s.chars().all(safe) {
+                    Err(format!(
+                        "`app.affinity_query` must be a query parameter name of letters, digits \
+                         and -._~, not {s:?}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_or_default();
+        let inject_client = self.bool("app.inject_client");
+        let min_healthy = self.u32("app.min_healthy", 1..=1000);
+        let health_timeout = self.seconds("app.health_timeout_seconds", 1..=86_400);
+        let stop_max = match provider {
+            ProviderKind::Aws => 120,
+            ProviderKind::Host => 3600,
+        };
+        let stop_hint = match provider {
+            ProviderKind::Aws => " (Fargate allows at most 120)",
+            ProviderKind::Host => "",
+        };
+        let stop_timeout = Duration::from_secs(
+            u64::try_from(self.int("app.stop_timeout_seconds", 0..=stop_max, stop_hint))
+                .unwrap_or(0),
+        );
+        AppConfig {
+            port,
+            health_path,
+            affinity_header,
+            affinity_query,
+            inject_client,
+            min_healthy,
+            health_timeout,
+            stop_timeout,
+        }
+    }
+
+    fn reaper(&mut self, provider: ProviderKind, app: &AppConfig) -> ReaperConfig {
+        let interval_min = match provider {
+            ProviderKind::Aws => 60,
+            ProviderKind::Host => 1,
+        };
+        let interval_hint = match provider {
+            ProviderKind::Aws => " (an EventBridge schedule runs at most once a minute)",
+            ProviderKind::Host => "",
+        };
+        let interval = Duration::from_secs(
+            u64::try_from(self.int(
+                "reaper.interval_seconds",
+                interval_min..=86_400,
+                interval_hint,
+            ))
+            .unwrap_or(0),
+        );
+        let consecutive_passes = self.u32("reaper.consecutive_passes", 1..=100);
+        let min_age = self.seconds("reaper.min_age_seconds", 0..=i64::MAX);
+        let max_age = self.seconds("reaper.max_age_seconds", 1..=i64::MAX);
+        let max_setting = self.setting("reaper.max_age_seconds").cloned();
+        let min_origin = self
+            .setting("reaper.min_age_seconds")
+            .map_or(Origin::Default, |s| s.origin.clone());
+        if let Some(max_setting) = max_setting.filter(|_| max_age < min_age) {
+            self.problem_at(
+                &max_setting,
+                format!(
+                    "`reaper.max_age_seconds` ({}) must be at least `reaper.min_age_seconds` ({}, {})",
+                    max_age.as_secs(),
+                    min_age.as_secs(),
+                    min_origin
+                ),
+            );
+        }
+        let deploying_timeout = self.seconds("reaper.deploying_timeout_seconds", 1..=i64::MAX);
+        let too_short = deploying_timeout < app.health_timeout;
+        let deploying_setting = self.setting("reaper.deploying_timeout_seconds").cloned();
+        if let Some(setting) = deploying_setting.filter(|_| too_short) {
+            let other = self
+                .setting("app.health_timeout_seconds")
+                .map_or(Origin::Default, |s| s.origin.clone());
+            self.problem_at(
+                &setting,
+                format!(
+                    "`reaper.deploying_timeout_seconds` ({}) must be at least \
+                     `app.health_timeout_seconds` ({}, {other}), or the reaper could remove a \
+                     version whose deploy is still waiting for it to get healthy",
+                    deploying_timeout.as_secs(),
+                    app.health_timeout.as_secs()
+                ),
+            );
+        }
+        ReaperConfig {
+            interval,
+            consecutive_passes,
+            min_age,
+            max_age,
+            deploying_timeout,
+        }
+    }
+
+    fn host(&mut self, provider: ProviderKind, root: &Path) -> HostConfig {
+        let fallback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let listen = |key: &str| {
+            let key = key.to_owned();
+            move |s: &str| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    format!(
+                        "`{key}` must be an address and port such as \"127.0.0.1:8080\" or \
+                         \"0.0.0.0:80\", not {s:?}"
+                    )
+                })
+            }
+        };
+        let router = self.parsed("host.listen", listen("host.listen"));
+        let admin = self.parsed("host.admin_listen", listen("host.admin_listen"));
+        let admin_setting = self.setting("host.admin_listen").cloned();
+        if let Some(setting) = admin_setting.filter(|_| router.is_some() && router == admin) {
+            self.problem_at(
+                &setting,
+                format!(
+                    "`host.admin_listen` ({}) is the same address as `host.listen`; \
+                     the status page needs its own port",
+                    admin.unwrap_or(fallback)
+                ),
+            );
+        }
+        let command = self.checked("host.command", |s| {
+            if s.trim().is_empty() {
+                Err("`host.command` is empty; give the command that starts your app".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        if provider == ProviderKind::Host && self.setting("host.command").is_none() {
+            self.missing(
+                "host.command",
+                "missing `command` in [host]: provider = \"host\" needs the command that starts \
+                 one instance of your app (it must listen on $PORT), e.g. command = \"./start.sh\""
+                    .to_owned(),
+            );
+        }
+        let build = self.checked("host.build", |s| {
+            if s.trim().is_empty() {
+                Err("`host.build` is empty; give a build command or leave the key out".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        let instances = self.u32("host.instances", 1..=64);
+        let state_dir = self
+            .checked("host.state_dir", |s| {
+                if s.trim().is_empty() {
+                    Err("`host.state_dir` is empty".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| root.join(s))
+            .unwrap_or_default();
+        let keep_releases = self.u32("host.keep_releases", 0..=100);
+        HostConfig {
+            listen: router.unwrap_or(fallback),
+            admin_listen: admin.unwrap_or(fallback),
+            command,
+            build,
+            instances,
+            state_dir,
+            keep_releases,
+        }
+    }
+
+    fn aws(&mut self) -> AwsConfig {
+        let region = self.checked("aws.region", |s| {
+            let ok = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && s.ends_with(|c: char| c.is_ascii_digit());
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`aws.region` must be a region code such as \"eu-west-1\", not {s:?}"
+                ))
+            }
+        });
+        let profile = self.checked("aws.profile", non_empty("aws.profile"));
+        let endpoint_url = self.checked("aws.endpoint_url", |s| {
+            if s.starts_with("http://") || s.starts_with("https://") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`aws.endpoint_url` must be an http:// or https:// URL, not {s:?}"
+                ))
+            }
+        });
+        let cpu = self.u32("aws.cpu", 1..=16_384);
+        let memory = self.u32("aws.memory", 1..=122_880);
+        self.fargate_size(cpu, memory);
+        let desired_count = self.u32("aws.desired_count", 1..=1000);
+        let domain = self.checked("aws.domain", |s| {
+            let ok = !s.is_empty()
+                && !s.contains("://")
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`aws.domain` must be a host name such as \"app.example.com\" (no scheme, no \
+                     path), not {s:?}"
+                ))
+            }
+        });
+        let arn = |key: &'static str| {
+            move |s: &str| {
+                if s.starts_with("arn:") {
+                    Ok(())
+                } else {
+                    Err(format!("`{key}` must be an ARN (arn:...), not {s:?}"))
+                }
+            }
+        };
+        let certificate_arn = self.checked("aws.certificate_arn", arn("aws.certificate_arn"));
+        let nat = self
+            .parsed("aws.nat", |s| match s {
+                "single" => Ok(Nat::Single),
+                "per-az" => Ok(Nat::PerAz),
+                other => Err(format!(
+                    "`aws.nat` must be \"single\" or \"per-az\", not {other:?}"
+                )),
+            })
+            .unwrap_or(Nat::Single);
+        let listener_arn = self.checked("aws.listener_arn", arn("aws.listener_arn"));
+        let subnets = self.opt_list("aws.subnets", "subnet-", "a subnet");
+        let security_groups = self.opt_list("aws.security_groups", "sg-", "a security group");
+        let cluster = self.checked("aws.cluster", non_empty("aws.cluster"));
+        let log_group = self.checked("aws.log_group", non_empty("aws.log_group"));
+        let repository = self.checked("aws.repository", non_empty("aws.repository"));
+        let execution_role_arn =
+            self.checked("aws.execution_role_arn", arn("aws.execution_role_arn"));
+        let task_role_arn = self.checked("aws.task_role_arn", arn("aws.task_role_arn"));
+        AwsConfig {
+            region,
+            profile,
+            endpoint_url,
+            cpu,
+            memory,
+            desired_count,
+            domain,
+            certificate_arn,
+            nat,
+            listener_arn,
+            subnets,
+            security_groups,
+            cluster,
+            log_group,
+            repository,
+            execution_role_arn,
+            task_role_arn,
+        }
+    }
+
+    /// Fargate allows only certain CPU and memory pairs.
+    fn fargate_size(&mut self, cpu: u32, memory: u32) {
+        let Some(cpu_setting) = self.setting("aws.cpu").cloned() else {
+            return;
+        };
+        if cpu == 0 || memory == 0 {
+            return;
+        }
+        let Some(allowed) = fargate_memory(cpu) else {
+            self.problem_at(
+                &cpu_setting,
+                format!(
+                    "`aws.cpu` must be one of 256, 512, 1024, 2048, 4096, 8192 or 16384 (Fargate \
+                     sizes), not {cpu}"
+                ),
+            );
+            return;
+        };
+        let memory_setting = self.setting("aws.memory").cloned();
+        if let Some(memory_setting) = memory_setting.filter(|_| !allowed.contains(&memory)) {
+            let shown: Vec<String> = if allowed.len() > 6 {
+                vec![format!(
+                    "{} to {} in steps of {}",
+                    allowed[0],
+                    allowed[allowed.len() - 1],
+                    allowed[1] - allowed[0]
+                )]
+            } else {
+                allowed.iter().map(u32::to_string).collect()
+            };
+            self.problem_at(
+                &memory_setting,
+                format!(
+                    "`aws.memory` {memory} is not a size Fargate allows with cpu = {cpu}; \
+                     use {}",
+                    shown.join(", ")
+                ),
+            );
+        }
+    }
+
+    fn cross_checks(
+        &mut self,
+        provider: ProviderKind,
+        app: &AppConfig,
+        host: &HostConfig,
+        aws: &AwsConfig,
+    ) {
+        let (count, count_key) = match provider {
+            ProviderKind::Host => (host.instances, "host.instances"),
+            ProviderKind::Aws => (aws.desired_count, "aws.desired_count"),
+        };
+        let setting = self.setting("app.min_healthy").cloned();
+        if let Some(setting) = setting.filter(|_| count > 0 && app.min_healthy > count) {
+            let other = self
+                .setting(count_key)
+                .map_or(Origin::Default, |s| s.origin.clone());
+            self.problem_at(
+                &setting,
+                format!(
+                    "`app.min_healthy` ({}) is more than `{count_key}` ({count}, {other}): a deploy \
+                     could never get healthy; lower min_healthy or run more instances",
+                    app.min_healthy
+                ),
+            );
+        }
+    }
+}
+
+fn non_empty(key: &'static str) -> impl Fn(&str) -> Result<(), String> {
+    move |s: &str| {
+        if s.trim().is_empty() {
+            Err(format!(
+                "`{key}` is empty; give a value or leave the key out"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The memory sizes (MiB) Fargate allows with `cpu` units, or `None` for an invalid cpu.
+pub fn fargate_memory(cpu: u32) -> Option<Vec<u32>> {
+    let steps = |from: u32, to: u32, step: u32| (from..=to).step_by(step as usize).collect();
+    Some(match cpu {
+        256 => vec![512, 1024, 2048],
+        512 => steps(1024, 4096, 1024),
+        1024 => steps(2048, 8192, 1024),
+        2048 => steps(4096, 16_384, 1024),
+        4096 => steps(8192, 30_720, 1024),
+        8192 => steps(16_384, 61_440, 4096),
+        16_384 => steps(32_768, 122_880, 8192),
+        _ => return None,
+    })
+}

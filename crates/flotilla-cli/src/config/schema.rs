@@ -1,0 +1,606 @@
+//! The one table of every `flotilla.toml` key: its section, type, default and documentation.
+//!
+//! Everything that needs to know the keys reads them from [`KEYS`]: the parser (unknown keys and
+//! their closest valid neighbour), the environment layer (`FLOTILLA_<SECTION>_<KEY>`), the
+//! resolver (defaults), `config check` (the listing) and `init` (the commented template).
+
+/// The TOML type a key takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ty {
+    /// A string.
+    Str,
+    /// An integer.
+    Int,
+    /// `true` or `false`.
+    Bool,
+    /// An array of strings (comma-separated in an environment variable).
+    StrList,
+}
+
+impl Ty {
+    /// The type in words, for error messages: "an integer".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Ty::Str => "a string",
+            Ty::Int => "an integer",
+            Ty::Bool => "true or false",
+            Ty::StrList => "an array of strings",
+        }
+    }
+}
+
+/// A key's value when the file, the environment and the flags say nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Must be given (possibly only for one provider; the resolver says when).
+    Required,
+    /// May be left out; absent means "not set".
+    Unset,
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Str(&'static str),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// One key of `flotilla.toml`.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// The section (`app`, `drain`, ...), or `""` for a top-level key.
+    pub section: &'static str,
+    /// The key within its section.
+    pub name: &'static str,
+    /// Its TOML type.
+    pub ty: Ty,
+    /// Its default.
+    pub default: DefaultValue,
+    /// What it means, in one or two sentences (written into the `init` template as comments).
+    pub doc: &'static str,
+    /// A TOML value to show in the template for keys without a default.
+    pub example: Option<&'static str>,
+}
+
+impl Key {
+    /// The dotted path, `app.port`, or `name` for a top-level key.
+    pub fn path(&self) -> String {
+        if self.section.is_empty() {
+            self.name.to_owned()
+        } else {
+            format!("{}.{}", self.section, self.name)
+        }
+    }
+
+    /// The environment variable that overrides this key: `FLOTILLA_<SECTION>_<KEY>` in upper case,
+    /// or `FLOTILLA_<KEY>` for a top-level key.
+    pub fn env_var(&self) -> String {
+        if self.section.is_empty() {
+            format!("FLOTILLA_{}", self.name.to_ascii_uppercase())
+        } else {
+            format!(
+                "FLOTILLA_{}_{}",
+                self.section.to_ascii_uppercase(),
+                self.name.to_ascii_uppercase()
+            )
+        }
+    }
+}
+
+/// Sections in the order the template writes them, each with a one-line description.
+pub const SECTIONS: &[(&str, &str)] = &[
+    (
+        "app",
+        "Your app: how flotilla talks to it and decides that it is healthy.",
+    ),
+    (
+        "drain",
+        "Draining: how an old version's instances decide that their sessions have ended.",
+    ),
+    (
+        "reaper",
+        "The reaper: when draining versions are retired and their resources removed.",
+    ),
+    (
+        "host",
+        "The host provider: flotilla's own router and process supervisor on this machine.",
+    ),
+    (
+        "aws",
+        "The AWS provider: ECS Fargate behind an Application Load Balancer.",
+    ),
+];
+
+const fn key(
+    section: &'static str,
+    name: &'static str,
+    ty: Ty,
+    default: DefaultValue,
+    doc: &'static str,
+) -> Key {
+    Key {
+        section,
+        name,
+        ty,
+        default,
+        doc,
+        example: None,
+    }
+}
+
+const fn key_ex(
+    section: &'static str,
+    name: &'static str,
+    ty: Ty,
+    default: DefaultValue,
+    doc: &'static str,
+    example: &'static str,
+) -> Key {
+    Key {
+        section,
+        name,
+        ty,
+        default,
+        doc,
+        example: Some(example),
+    }
+}
+
+use self::DefaultValue::{Bool, Int, Required, Str, Unset};
+
+/// Every key flotilla reads, in template order.
+pub const KEYS: &[Key] = &[
+    key_ex(
+        "",
+        "name",
+        Ty::Str,
+        Required,
+        "The deployment name: a stable slug for this environment, e.g. \"shop\" or \"shop-staging\". \
+         Lowercase letters, digits and single hyphens, starting with a letter, at most 32 characters.",
+        "\"my-app\"",
+    ),
+    key(
+        "",
+        "provider",
+        Ty::Str,
+        Str("host"),
+        "Where versions run: \"host\" (this machine, no cloud account needed) or \"aws\" \
+         (ECS Fargate behind an Application Load Balancer).",
+    ),
+    // [app]
+    key(
+        "app",
+        "port",
+        Ty::Int,
+        Int(8000),
+        "The port your app listens on inside its container (AWS). On the host provider each \
+         instance is given its own port in the PORT environment variable instead.",
+    ),
+    key(
+        "app",
+        "health_path",
+        Ty::Str,
+        Str("/healthz"),
+        "The path that answers 200 when an instance is ready for traffic.",
+    ),
+    key(
+        "app",
+        "affinity_header",
+        Ty::Str,
+        Str("X-Flotilla-Deployment"),
+        "The request header that pins a tab to its version; responses carry it too, naming the \
+         version that served them.",
+    ),
+    key(
+        "app",
+        "affinity_query",
+        Ty::Str,
+        Str("flotilla_deployment"),
+        "The query parameter that pins WebSocket and EventSource URLs (browsers cannot set \
+         headers on those).",
+    ),
+    key(
+        "app",
+        "inject_client",
+        Ty::Bool,
+        Bool(false),
+        "Insert the flotilla browser script into HTML responses, so an app that knows nothing of \
+         flotilla still gets per-tab affinity.",
+    ),
+    key(
+        "app",
+        "min_healthy",
+        Ty::Int,
+        Int(1),
+        "Healthy instances a new version needs before fresh traffic switches to it. At most the \
+         instance count ([host] instances or [aws] desired_count).",
+    ),
+    key(
+        "app",
+        "health_timeout_seconds",
+        Ty::Int,
+        Int(120),
+        "How long a deploy waits for min_healthy healthy instances before it gives up, removes the \
+         new version and leaves traffic where it was.",
+    ),
+    key(
+        "app",
+        "stop_timeout_seconds",
+        Ty::Int,
+        Int(30),
+        "How long an instance has to exit after SIGTERM before it is killed (AWS allows at most 120).",
+    ),
+    // [drain]
+    key(
+        "drain",
+        "poll_seconds",
+        Ty::Int,
+        Int(5),
+        "How often a draining instance checks its version's state and reports its readiness.",
+    ),
+    key(
+        "drain",
+        "grace_seconds",
+        Ty::Int,
+        Int(30),
+        "How long an instance keeps running after it starts draining and has no live sessions, \
+         for tabs that are only reconnecting.",
+    ),
+    // [reaper]
+    key(
+        "reaper",
+        "interval_seconds",
+        Ty::Int,
+        Int(60),
+        "How often the reaper runs (the host daemon's loop; the AWS schedule, at least 60).",
+    ),
+    key(
+        "reaper",
+        "consecutive_passes",
+        Ty::Int,
+        Int(2),
+        "Passes in a row in which every instance of a draining version must report ready before \
+         it is retired.",
+    ),
+    key(
+        "reaper",
+        "min_age_seconds",
+        Ty::Int,
+        Int(60),
+        "A version younger than this is never touched by the reaper.",
+    ),
+    key(
+        "reaper",
+        "max_age_seconds",
+        Ty::Int,
+        Int(172_800),
+        "A version draining for longer than this is retired even if sessions remain (default 48 hours).",
+    ),
+    key(
+        "reaper",
+        "deploying_timeout_seconds",
+        Ty::Int,
+        Int(1800),
+        "A version still deploying after this long was left behind by a deploy that died; the \
+         reaper cleans it up.",
+    ),
+    // [host]
+    key(
+        "host",
+        "listen",
+        Ty::Str,
+        Str("127.0.0.1:8080"),
+        "Where the router accepts your users' requests (address:port).",
+    ),
+    key(
+        "host",
+        "admin_listen",
+        Ty::Str,
+        Str("127.0.0.1:8081"),
+        "Where the read-only status page listens (keep it on a loopback address).",
+    ),
+    key_ex(
+        "host",
+        "command",
+        Ty::Str,
+        Required,
+        "The command that starts one instance of your app, run by `sh -c` inside the release \
+         directory. It must listen on $PORT. Required when provider = \"host\".",
+        "\"./start.sh\"",
+    ),
+    key_ex(
+        "host",
+        "build",
+        Ty::Str,
+        Unset,
+        "A command run once inside each new release directory before its instances start, \
+         e.g. \"cargo build --release\" or \"npm ci\".",
+        "\"npm ci\"",
+    ),
+    key(
+        "host",
+        "instances",
+        Ty::Int,
+        Int(2),
+        "Processes each version runs.",
+    ),
+    key(
+        "host",
+        "state_dir",
+        Ty::Str,
+        Str(".flotilla/host"),
+        "Where the host provider keeps its database, releases and logs (relative to this file).",
+    ),
+    key(
+        "host",
+        "keep_releases",
+        Ty::Int,
+        Int(2),
+        "Release snapshots of retired versions kept on disk for inspection.",
+    ),
+    // [aws]
+    key_ex(
+        "aws",
+        "region",
+        Ty::Str,
+        Unset,
+        "The AWS region. Unset: the standard chain (AWS_REGION, the profile).",
+        "\"eu-west-1\"",
+    ),
+    key_ex(
+        "aws",
+        "profile",
+        Ty::Str,
+        Unset,
+        "The named profile from ~/.aws/config. Unset: the standard credential chain.",
+        "\"deploy\"",
+    ),
+    key_ex(
+        "aws",
+        "endpoint_url",
+        Ty::Str,
+        Unset,
+        "Send every AWS call to this endpoint instead (an emulator such as moto in tests).",
+        "\"http://127.0.0.1:5000\"",
+    ),
+    key(
+        "aws",
+        "cpu",
+        Ty::Int,
+        Int(256),
+        "Fargate CPU units per task: 256, 512, 1024, 2048, 4096, 8192 or 16384.",
+    ),
+    key(
+        "aws",
+        "memory",
+        Ty::Int,
+        Int(512),
+        "Fargate memory per task in MiB; must be a size Fargate allows for the cpu value.",
+    ),
+    key(
+        "aws",
+        "desired_count",
+        Ty::Int,
+        Int(2),
+        "Tasks each version runs.",
+    ),
+    key_ex(
+        "aws",
+        "domain",
+        Ty::Str,
+        Unset,
+        "The domain users reach the app on. Unset: HTTP only, on the load balancer's own name.",
+        "\"app.example.com\"",
+    ),
+    key_ex(
+        "aws",
+        "certificate_arn",
+        Ty::Str,
+        Unset,
+        "An ACM certificate to use for the domain. Unset: the baseline requests one, validated by DNS.",
+        "\"arn:aws:acm:eu-west-1:123456789012:certificate/...\"",
+    ),
+    key(
+        "aws",
+        "nat",
+        Ty::Str,
+        Str("single"),
+        "NAT gateways of the baseline network: \"single\" (cheaper) or \"per-az\" (survives the \
+         loss of a zone).",
+    ),
+    key_ex(
+        "aws",
+        "listener_arn",
+        Ty::Str,
+        Unset,
+        "Baseline override: the ALB listener to add rules to, instead of the baseline stack's.",
+        "\"arn:aws:elasticloadbalancing:...\"",
+    ),
+    key_ex(
+        "aws",
+        "subnets",
+        Ty::StrList,
+        Unset,
+        "Baseline override: the private subnets tasks run in.",
+        "[\"subnet-0123\", \"subnet-4567\"]",
+    ),
+    key_ex(
+        "aws",
+        "security_groups",
+        Ty::StrList,
+        Unset,
+        "Baseline override: the security groups of the tasks.",
+        "[\"sg-0123\"]",
+    ),
+    key_ex(
+        "aws",
+        "cluster",
+        Ty::Str,
+        Unset,
+        "Baseline override: the ECS cluster.",
+        "\"flotilla-my-app\"",
+    ),
+    key_ex(
+        "aws",
+        "log_group",
+        Ty::Str,
+        Unset,
+        "Baseline override: the CloudWatch log group of the tasks.",
+        "\"/flotilla/my-app\"",
+    ),
+    key_ex(
+        "aws",
+        "repository",
+        Ty::Str,
+        Unset,
+        "Baseline override: the ECR repository images are pushed to.",
+        "\"123456789012.dkr.ecr.eu-west-1.amazonaws.com/my-app\"",
+    ),
+    key_ex(
+        "aws",
+        "execution_role_arn",
+        Ty::Str,
+        Unset,
+        "Baseline override: the task execution role (pulls images, writes logs).",
+        "\"arn:aws:iam::123456789012:role/...\"",
+    ),
+    key_ex(
+        "aws",
+        "task_role_arn",
+        Ty::Str,
+        Unset,
+        "Baseline override: the task role (the agent reads and writes its SSM parameters).",
+        "\"arn:aws:iam::123456789012:role/...\"",
+    ),
+];
+
+/// The key at `section`.`name`, if it exists.
+pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.section == section && k.name == name)
+}
+
+/// The key at a dotted path such as `app.port`.
+#[cfg(test)]
+pub fn find_path(path: &str) -> Option<&'static Key> {
+    match path.split_once('.') {
+        Some((section, name)) => find(section, name),
+        None => find("", path),
+    }
+}
+
+/// Whether `name` is a section.
+pub fn is_section(name: &str) -> bool {
+    SECTIONS.iter().any(|(s, _)| *s == name)
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word_lower = word.to_ascii_lowercase();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let (best, distance) = candidates
+        .iter()
+        .map(|c| (*c, edit_distance(&word_lower, c)))
+        .min_by_key(|(_, d)| *d)?;
+    // One edit in four characters, and at least two, reads as a typo; more is another word.
+    let allowed = (word.chars().count() / 4).max(2);
+    if distance <= allowed {
+        return Some(best);
+    }
+    // A shortened key (`grace` for `grace_seconds`): the one candidate starting with it.
+    if word_lower.chars().count() >= 3 {
+        let mut prefixed = candidates.iter().filter(|c| c.starts_with(&word_lower));
+        if let (Some(only), None) = (prefixed.next(), prefixed.next()) {
+            return Some(only);
+        }
+    }
+    None
+}
+
+/// The Levenshtein distance between two strings, counted in characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        let check =
+            |a: &str, b: &str, want: usize| assert_eq!(edit_distance(a, b), want, "{a} {b}");
+        check("", "", 0);
+        check("helth_path", "health_path", 1);
+        check("port", "prot", 2);
+        check("listen", "listen", 0);
+        check("abc", "", 3);
+        check("kitten", "sitting", 3);
+    }
+
+    #[test]
+    fn closest_suggests_typos_only() {
+        let names = ["health_path", "port", "min_healthy", "affinity_header"];
+        let check = |word: &str, want: Option<&str>| {
+            assert_eq!(closest(word, names.iter().copied()), want, "{word}");
+        };
+        check("helth_path", Some("health_path"));
+        check("prot", Some("port"));
+        check("min_heathy", Some("min_healthy"));
+        check("Port", Some("port"));
+        check("affinity_headr", Some("affinity_header"));
+        check("colour", None);
+        check("affinity", Some("affinity_header"));
+        let two = ["affinity_header", "affinity_query"];
+        assert_eq!(closest("affinity", two.iter().copied()), None);
+        check("min", Some("min_healthy"));
+        check("x", None);
+    }
+
+    #[test]
+    fn every_key_is_in_a_known_section_and_unique() {
+        let mut paths = BTreeSet::new();
+        let mut vars = BTreeSet::new();
+        for key in KEYS {
+            assert!(
+                key.section.is_empty() || is_section(key.section),
+                "{}",
+                key.path()
+            );
+            assert!(paths.insert(key.path()), "duplicate {}", key.path());
+            assert!(vars.insert(key.env_var()), "duplicate {}", key.env_var());
+            let needs_example = matches!(key.default, DefaultValue::Required | DefaultValue::Unset);
+            assert_eq!(needs_example, key.example.is_some(), "{}", key.path());
+            // A section named like a top-level key (or the reverse) would make the file ambiguous.
+            assert!(
+                !is_section(key.name) || !key.section.is_empty(),
+                "{}",
+                key.path()
+            );
+        }
+    }
+
+    #[test]
+    fn env_var_names() {
+        let var = |path: &str| find_path(path).map(Key::env_var);
+        assert_eq!(var("name").as_deref(), Some("FLOTILLA_NAME"));
+        assert_eq!(var("app.port").as_deref(), Some("FLOTILLA_APP_PORT"));
+        assert_eq!(
+            var("drain.grace_seconds").as_deref(),
+            Some("FLOTILLA_DRAIN_GRACE_SECONDS")
+        );
+        assert_eq!(var("host.listen").as_deref(), Some("FLOTILLA_HOST_LISTEN"));
+        assert_eq!(var("app.nope"), None);
+    }
+}

@@ -1,0 +1,610 @@
+//! Tests of the configuration: every problem reported with its place, suggestions for unknown
+//! keys, precedence of the layers, and the `init` template.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::template::{self, InitValues};
+use super::*;
+
+/// A minimal valid file for the host provider; three lines long.
+const BASE: &str = "name = \"shop\"\n[host]\ncommand = \"./run\"\n";
+
+fn resolve(text: &str, env: &[(&str, &str)], flags: &Overrides) -> Result<Config, Vec<String>> {
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let get = move |key: &str| env.get(key).cloned();
+    resolve_text(FILE_NAME, text, Path::new("/srv/shop"), &get, flags).map_err(|err| match err {
+        ConfigError::Invalid { problems, .. } => problems.iter().map(ToString::to_string).collect(),
+        other => vec![format!("unexpected error: {other}")],
+    })
+}
+
+/// Resolves `text` with `env` and `flags` and asserts the problems reported, exactly and in
+/// order; an empty `want` means the configuration must be valid.
+fn check(text: &str, env: &[(&str, &str)], flags: &Overrides, want: &[&str]) {
+    let got = match resolve(text, env, flags) {
+        Ok(_) => vec![],
+        Err(problems) => problems,
+    };
+    assert_eq!(got, want, "\n--- file ---\n{text}");
+}
+
+fn ok(text: &str, env: &[(&str, &str)], flags: &Overrides) -> Config {
+    match resolve(text, env, flags) {
+        Ok(config) => config,
+        Err(problems) => panic!("expected a valid config, got:\n{}", problems.join("\n")),
+    }
+}
+
+fn origin_of(config: &Config, key: &str) -> String {
+    config
+        .sources
+        .iter()
+        .find(|s| s.key == key)
+        .map(|s| s.origin.to_string())
+        .unwrap_or_else(|| panic!("no source for {key}"))
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest_valid_key() {
+    let none = Overrides::default();
+    let cases: &[(&str, &str)] = &[
+        (
+            "[app]\nhelth_path = \"/h\"\n",
+            "flotilla.toml:5:1: unknown key `helth_path` in [app]; did you mean `health_path`?",
+        ),
+        (
+            "[app]\nprot = 1\n",
+            "flotilla.toml:5:1: unknown key `prot` in [app]; did you mean `port`?",
+        ),
+        (
+            "[drain]\ngrace = 3\n",
+            "flotilla.toml:5:1: unknown key `grace` in [drain]; did you mean `grace_seconds`?",
+        ),
+        (
+            "[reaper]\nlisten = \"x\"\n",
+            "flotilla.toml:5:1: unknown key `listen` in [reaper]; `listen` belongs in [host]",
+        ),
+        (
+            "[app]\nname = \"x\"\n",
+            "flotilla.toml:5:1: unknown key `name` in [app]; `name` is a top-level key: move it \
+             above the first [section]",
+        ),
+        (
+            "[aws]\ncolour = 1\n",
+            "flotilla.toml:5:1: unknown key `colour` in [aws]; keys of [aws] are `region`, \
+             `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `domain`, \
+             `certificate_arn`, `nat`, `listener_arn`, `subnets`, `security_groups`, `cluster`, \
+             `log_group`, `repository`, `execution_role_arn`, `task_role_arn`",
+        ),
+        (
+            "[hots]\n",
+            "flotilla.toml:4:2: unknown key `hots`; did you mean [host]?",
+        ),
+        (
+            "[reapr]\n",
+            "flotilla.toml:4:2: unknown key `reapr`; did you mean [reaper]?",
+        ),
+    ];
+    for (snippet, want) in cases {
+        check(&format!("{BASE}{snippet}"), &[], &none, &[want]);
+    }
+    check(
+        "provder = \"host\"\nname = \"shop\"\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &["flotilla.toml:1:1: unknown key `provder`; did you mean `provider`?"],
+    );
+    check(
+        "name = \"shop\"\nport = 80\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &["flotilla.toml:2:1: unknown key `port`; `port` belongs in [app]"],
+    );
+}
+
+#[test]
+fn a_file_with_three_mistakes_reports_all_three_with_lines() {
+    let text = "\
+name = \"shop\"
+
+[app]
+port = 8000
+helth_path = \"/healthz\"
+min_healthy = 0
+
+[host]
+command = \"./run\"
+listen = \"localhost\"
+";
+    check(
+        text,
+        &[],
+        &Overrides::default(),
+        &[
+            "flotilla.toml:5:1: unknown key `helth_path` in [app]; did you mean `health_path`?",
+            "flotilla.toml:6:15: `app.min_healthy` must be between 1 and 1000, not 0",
+            "flotilla.toml:10:10: `host.listen` must be an address and port such as \
+             \"127.0.0.1:8080\" or \"0.0.0.0:80\", not \"localhost\"",
+        ],
+    );
+}
+
+#[test]
+fn invalid_values_are_reported_at_their_line() {
+    let none = Overrides::default();
+    // Each snippet goes after BASE, so its first line is line 4 of the file.
+    let cases: &[(&str, &str)] = &[
+        (
+            "[app]\nport = \"8000\"",
+            "flotilla.toml:5:8: `app.port` must be an integer, not a string (write 8000 without quotes)",
+        ),
+        (
+            "[app]\nport = 70000",
+            "flotilla.toml:5:8: `app.port` must be between 1 and 65535, not 70000",
+        ),
+        (
+            "[app]\nport = 80.5",
+            "flotilla.toml:5:8: `app.port` must be an integer, not a float (use a whole number)",
+        ),
+        (
+            "[app]\nhealth_path = \"healthz\"",
+            "flotilla.toml:5:15: `app.health_path` must be a URL path starting with /, such as \
+             \"/healthz\", not \"healthz\"",
+        ),
+        (
+            "[app]\naffinity_header = \"X Flotilla\"",
+            "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
+             letters, digits or -_. (an ALB limit), not \"X Flotilla\"",
+        ),
+        (
+            "[app]\ninject_client = \"true\"",
+            "flotilla.toml:5:17: `app.inject_client` must be true or false, not a string \
+             (write true without quotes)",
+        ),
+        (
+            "[app]\nmin_healthy = 3",
+            "flotilla.toml:5:15: `app.min_healthy` (3) is more than `host.instances` (2, default): \
+             a deploy could never get healthy; lower min_healthy or run more instances",
+        ),
+        (
+            "[drain]\ngrace_seconds = -5",
+            "flotilla.toml:5:17: `drain.grace_seconds` must be between 0 and 86400, not -5",
+        ),
+        (
+            "[drain]\npoll_seconds = 0",
+            "flotilla.toml:5:16: `drain.poll_seconds` must be between 1 and 3600, not 0",
+        ),
+        (
+            "[reaper]\nmax_age_seconds = 30",
+            "flotilla.toml:5:19: `reaper.max_age_seconds` (30) must be at least \
+             `reaper.min_age_seconds` (60, default)",
+        ),
+        (
+            "[reaper]\ndeploying_timeout_seconds = 60",
+            "flotilla.toml:5:29: `reaper.deploying_timeout_seconds` (60) must be at least \
+             `app.health_timeout_seconds` (120, default), or the reaper could remove a version \
+             whose deploy is still waiting for it to get healthy",
+        ),
+        (
+            "[reaper]\nconsecutive_passes = 0",
+            "flotilla.toml:5:22: `reaper.consecutive_passes` must be between 1 and 100, not 0",
+        ),
+        (
+            "listen = \"0.0.0.0:80\"\ninstances = 0",
+            "flotilla.toml:5:13: `host.instances` must be between 1 and 64, not 0",
+        ),
+        (
+            "admin_listen = \"127.0.0.1:8080\"",
+            "flotilla.toml:4:16: `host.admin_listen` (127.0.0.1:8080) is the same address as \
+             `host.listen`; the status page needs its own port",
+        ),
+        (
+            "[aws]\ncpu = 300",
+            "flotilla.toml:5:7: `aws.cpu` must be one of 256, 512, 1024, 2048, 4096, 8192 or 16384 \
+             (Fargate sizes), not 300",
+        ),
+        (
+            "[aws]\ncpu = 1024\nmemory = 512",
+            "flotilla.toml:6:10: `aws.memory` 512 is not a size Fargate allows with cpu = 1024; \
+             use 2048 to 8192 in steps of 1024",
+        ),
+        (
+            "[aws]\nnat = \"double\"",
+            "flotilla.toml:5:7: `aws.nat` must be \"single\" or \"per-az\", not \"double\"",
+        ),
+        (
+            "[aws]\nsubnets = \"subnet-1\"",
+            "flotilla.toml:5:11: `aws.subnets` must be an array of strings, not a string \
+             (write [\"subnet-1\"])",
+        ),
+        (
+            "[aws]\nsubnets = [\"subnet-1\", 2]",
+            "flotilla.toml:5:24: `aws.subnets` must be an array of strings, but this item is an integer",
+        ),
+        (
+            "[aws]\nsecurity_groups = [\"subnet-1\"]",
+            "flotilla.toml:5:19: `aws.security_groups` lists \"subnet-1\", which is not a security \
+             group id (they start with \"sg-\")",
+        ),
+        (
+            "[aws]\ncertificate_arn = \"abc\"",
+            "flotilla.toml:5:19: `aws.certificate_arn` must be an ARN (arn:...), not \"abc\"",
+        ),
+        (
+            "[aws]\ndomain = \"https://shop.example.com\"",
+            "flotilla.toml:5:10: `aws.domain` must be a host name such as \"app.example.com\" (no \
+             scheme, no path), not \"https://shop.example.com\"",
+        ),
+        (
+            "[aws]\nregion = \"Europe\"",
+            "flotilla.toml:5:10: `aws.region` must be a region code such as \"eu-west-1\", not \"Europe\"",
+        ),
+        (
+            "[aws]\nendpoint_url = \"localhost:5000\"",
+            "flotilla.toml:5:16: `aws.endpoint_url` must be an http:// or https:// URL, not \
+             \"localhost:5000\"",
+        ),
+    ];
+    for (snippet, want) in cases {
+        check(&format!("{BASE}{snippet}\n"), &[], &none, &[want]);
+    }
+}
+
+#[test]
+fn names_providers_and_sections_are_validated() {
+    let none = Overrides::default();
+    check(
+        "name = \"My Shop\"\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml:1:8: invalid `name`: deployment name `My Shop` contains 'M' at \
+           position 0; use lowercase letters, digits and hyphens",
+        ],
+    );
+    check(
+        "[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml: missing `name`: every configuration needs a deployment name, e.g. \
+           name = \"my-app\" at the top of the file (or set FLOTILLA_NAME, or pass --name)",
+        ],
+    );
+    check(
+        "name = \"shop\"\nprovider = \"gcp\"\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &["flotilla.toml:2:12: `provider` must be \"host\" or \"aws\", not \"gcp\""],
+    );
+    check(
+        "name = \"shop\"\nprovider = \"hots\"\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml:2:12: `provider` must be \"host\" or \"aws\", not \"hots\"; did you \
+           mean \"host\"?",
+        ],
+    );
+    check(
+        "name = \"shop\"\n[host]\ninstances = 1\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml:2:2: missing `command` in [host]: provider = \"host\" needs the command \
+           that starts one instance of your app (it must listen on $PORT), e.g. command = \
+           \"./start.sh\"",
+        ],
+    );
+    check(
+        "name = \"shop\"\napp = 3\n[host]\ncommand = \"x\"\n",
+        &[],
+        &none,
+        &["flotilla.toml:2:1: `app` must be a table ([app] with keys under it), not an integer"],
+    );
+    // The AWS provider does not need a host command, and checks min_healthy against its own count.
+    ok("name = \"shop\"\nprovider = \"aws\"\n", &[], &none);
+    check(
+        "name = \"shop\"\nprovider = \"aws\"\n[app]\nmin_healthy = 3\n[aws]\ndesired_count = 2\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:15: `app.min_healthy` (3) is more than `aws.desired_count` (2, \
+           flotilla.toml:6:17): a deploy could never get healthy; lower min_healthy or run more \
+           instances",
+        ],
+    );
+    check(
+        "name = \"shop\"\nprovider = \"aws\"\n[app]\nstop_timeout_seconds = 300\n",
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:24: `app.stop_timeout_seconds` must be between 0 and 120, not 300 \
+           (Fargate allows at most 120)",
+        ],
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_their_line() {
+    let got = resolve(
+        "name = \"shop\"\n[host]\ncommand = \"unterminated\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("syntax error");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("flotilla.toml:3:"), "{got:?}");
+    assert!(got[0].contains("TOML syntax"), "{got:?}");
+}
+
+#[test]
+fn other_toml_spellings_of_the_same_keys_work() {
+    let config = ok(
+        "name = \"shop\"\napp.port = 9000\nhost = { command = \"./run\", instances = 3 }\n",
+        &[],
+        &Overrides::default(),
+    );
+    assert_eq!(config.app.port, 9000);
+    assert_eq!(config.host.instances, 3);
+    assert_eq!(origin_of(&config, "app.port"), "flotilla.toml:2:12");
+}
+
+#[test]
+fn defaults_match_the_brief() {
+    let config = ok(BASE, &[], &Overrides::default());
+    assert_eq!(config.provider, ProviderKind::Host);
+    assert_eq!(config.app.health_path, "/healthz");
+    assert_eq!(config.app.affinity_header, "X-Flotilla-Deployment");
+    assert_eq!(config.app.affinity_query, "flotilla_deployment");
+    assert!(!config.app.inject_client);
+    assert_eq!(config.app.min_healthy, 1);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(120));
+    assert_eq!(config.app.stop_timeout, Duration::from_secs(30));
+    assert_eq!(config.drain.poll, Duration::from_secs(5));
+    assert_eq!(config.drain.grace, Duration::from_secs(30));
+    assert_eq!(config.reaper.interval, Duration::from_secs(60));
+    assert_eq!(config.reaper.consecutive_passes, 2);
+    assert_eq!(config.reaper.min_age, Duration::from_secs(60));
+    assert_eq!(config.reaper.max_age, Duration::from_secs(172_800));
+    assert_eq!(config.reaper.deploying_timeout, Duration::from_secs(1800));
+    assert_eq!(config.host.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.host.admin_listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(config.host.instances, 2);
+    assert_eq!(config.host.state_dir, Path::new("/srv/shop/.flotilla/host"));
+    assert_eq!(config.host.keep_releases, 2);
+    assert_eq!(config.aws.cpu, 256);
+    assert_eq!(config.aws.memory, 512);
+    assert_eq!(config.aws.desired_count, 2);
+    assert_eq!(config.aws.nat, Nat::Single);
+    assert_eq!(config.instances(), 2);
+    assert_eq!(origin_of(&config, "app.port"), "default");
+    assert_eq!(origin_of(&config, "name"), "flotilla.toml:1:8");
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let text = "name = \"shop\"\n[app]\nport = 8000\n[host]\ncommand = \"./run\"\n";
+    let env = [
+        ("FLOTILLA_NAME", "shop-env"),
+        ("FLOTILLA_APP_PORT", "9000"),
+        ("FLOTILLA_DRAIN_GRACE_SECONDS", "7"),
+        ("FLOTILLA_HOST_LISTEN", "0.0.0.0:80"),
+        ("FLOTILLA_APP_INJECT_CLIENT", "yes"),
+        ("FLOTILLA_AWS_SUBNETS", "subnet-a, subnet-b"),
+        // An empty variable counts as unset.
+        ("FLOTILLA_HOST_INSTANCES", ""),
+    ];
+    let config = ok(text, &env, &Overrides::default());
+    assert_eq!(config.name.as_str(), "shop-env");
+    assert_eq!(config.app.port, 9000);
+    assert_eq!(config.drain.grace, Duration::from_secs(7));
+    assert_eq!(config.host.listen.to_string(), "0.0.0.0:80");
+    assert!(config.app.inject_client);
+    assert_eq!(
+        config.aws.subnets,
+        Some(vec!["subnet-a".to_owned(), "subnet-b".to_owned()])
+    );
+    assert_eq!(config.host.instances, 2);
+    assert_eq!(
+        origin_of(&config, "name"),
+        "environment variable FLOTILLA_NAME"
+    );
+    assert_eq!(
+        origin_of(&config, "app.port"),
+        "environment variable FLOTILLA_APP_PORT"
+    );
+    assert_eq!(origin_of(&config, "host.instances"), "default");
+
+    let flags = Overrides {
+        name: Some("shop-flag".to_owned()),
+        provider: Some(ProviderKind::Aws),
+    };
+    let config = ok(text, &env, &flags);
+    assert_eq!(config.name.as_str(), "shop-flag");
+    assert_eq!(config.provider, ProviderKind::Aws);
+    assert_eq!(origin_of(&config, "name"), "flag --name");
+    assert_eq!(origin_of(&config, "provider"), "flag --provider");
+    // The environment still wins over the file where no flag exists.
+    assert_eq!(config.app.port, 9000);
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    check(
+        BASE,
+        &[
+            ("FLOTILLA_APP_PORT", "eighty"),
+            ("FLOTILLA_APP_INJECT_CLIENT", "maybe"),
+            ("FLOTILLA_REAPER_MIN_AGE_SECONDS", "-1"),
+            ("FLOTILLA_NAME", "Bad Name"),
+        ],
+        &Overrides::default(),
+        &[
+            "environment variable FLOTILLA_APP_INJECT_CLIENT: `app.inject_client` must be true or \
+             false (or 1/0, yes/no), not \"maybe\"",
+            "environment variable FLOTILLA_APP_PORT: `app.port` must be an integer, not \"eighty\"",
+            "environment variable FLOTILLA_NAME: invalid `name`: deployment name `Bad Name` \
+             contains 'B' at position 0; use lowercase letters, digits and hyphens",
+            "environment variable FLOTILLA_REAPER_MIN_AGE_SECONDS: `reaper.min_age_seconds` must \
+             be 0 or more, not -1",
+        ],
+    );
+    // A bad flag is reported as the flag.
+    check(
+        BASE,
+        &[],
+        &Overrides {
+            name: Some("-x".to_owned()),
+            provider: None,
+        },
+        &["flag --name: invalid `name`: deployment name `-x` must start with a lowercase letter"],
+    );
+}
+
+#[test]
+fn without_a_file_the_environment_must_name_the_deployment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = Overrides::default();
+    let no_env = |_: &str| None;
+    let err = load(&Inputs {
+        explicit: None,
+        cwd: dir.path(),
+        env: &no_env,
+        overrides: &overrides,
+    })
+    .expect_err("no file, no name");
+    assert!(matches!(err, ConfigError::NotFound { .. }), "{err}");
+
+    let env = |key: &str| match key {
+        "FLOTILLA_NAME" => Some("shop".to_owned()),
+        "FLOTILLA_PROVIDER" => Some("aws".to_owned()),
+        _ => None,
+    };
+    let config = load(&Inputs {
+        explicit: None,
+        cwd: dir.path(),
+        env: &env,
+        overrides: &overrides,
+    })
+    .expect("configured by the environment");
+    assert_eq!(config.name.as_str(), "shop");
+    assert_eq!(config.provider, ProviderKind::Aws);
+    assert_eq!(config.file, None);
+
+    // The host provider still needs its command, reported against the configuration.
+    let env = |key: &str| (key == "FLOTILLA_NAME").then(|| "shop".to_owned());
+    let err = load(&Inputs {
+        explicit: None,
+        cwd: dir.path(),
+        env: &env,
+        overrides: &overrides,
+    })
+    .expect_err("host needs a command");
+    assert!(
+        err.to_string()
+            .contains("configuration: missing `command` in [host]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_file_is_found_in_the_nearest_parent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("a/b/c");
+    std::fs::create_dir_all(&nested).expect("mkdir");
+    assert_eq!(find_file(&nested), None);
+    std::fs::write(dir.path().join("a").join(FILE_NAME), BASE).expect("write");
+    assert_eq!(
+        find_file(&nested),
+        Some(dir.path().join("a").join(FILE_NAME))
+    );
+    std::fs::write(nested.join(FILE_NAME), BASE).expect("write");
+    assert_eq!(find_file(&nested), Some(nested.join(FILE_NAME)));
+
+    let no_env = |_: &str| None;
+    let config = load(&Inputs {
+        explicit: None,
+        cwd: &dir.path().join("a/b"),
+        env: &no_env,
+        overrides: &Overrides::default(),
+    })
+    .expect("found in a parent");
+    assert_eq!(config.root, dir.path().join("a"));
+    assert_eq!(config.host.state_dir, dir.path().join("a/.flotilla/host"));
+
+    let missing = load(&Inputs {
+        explicit: Some(Path::new("nope.toml")),
+        cwd: dir.path(),
+        env: &no_env,
+        overrides: &Overrides::default(),
+    })
+    .expect_err("explicit path missing");
+    assert!(
+        matches!(missing, ConfigError::Unreadable { .. }),
+        "{missing}"
+    );
+}
+
+#[test]
+fn the_init_template_documents_every_key_and_validates() {
+    for provider in [ProviderKind::Host, ProviderKind::Aws] {
+        for (command, build) in [
+            ("./start.sh".to_owned(), None),
+            ("npm start".to_owned(), Some("npm ci".to_owned())),
+            ("sh -c \"exec ./app --port $PORT\"".to_owned(), None),
+        ] {
+            let text = template::render(&InitValues {
+                name: "my-shop".to_owned(),
+                provider,
+                command: command.clone(),
+                build: build.clone(),
+                detected: "Guessed for a test.",
+            });
+            let config = ok(&text, &[], &Overrides::default());
+            assert_eq!(config.name.as_str(), "my-shop");
+            assert_eq!(config.provider, provider);
+            if provider == ProviderKind::Host {
+                assert_eq!(config.host.command.as_deref(), Some(command.as_str()));
+                assert_eq!(config.host.build, build);
+            }
+            for key in schema::KEYS {
+                let written = format!("\n{} = ", key.name);
+                let commented = format!("\n# {} = ", key.name);
+                assert!(
+                    text.contains(&written) || text.contains(&commented),
+                    "{} missing from the template",
+                    key.path()
+                );
+                let first_doc_words: String = key
+                    .doc
+                    .split_whitespace()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                assert!(
+                    text.replace("\n# ", " ").contains(&first_doc_words),
+                    "{} is not documented",
+                    key.path()
+                );
+            }
+            // Every value written out equals the default the resolver would use anyway, except
+            // the ones init chose.
+            for source in &config.sources {
+                if !matches!(
+                    source.key.as_str(),
+                    "name" | "provider" | "host.command" | "host.build"
+                ) && source.value.is_some()
+                {
+                    let default = layers::defaults().get(&source.key).map(|s| s.val.clone());
+                    assert_eq!(source.value, default, "{}", source.key);
+                }
+            }
+        }
+    }
+}

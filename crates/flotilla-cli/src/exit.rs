@@ -1,0 +1,340 @@
+//! Exit codes: the one table of what each code means, and the mapping from errors to codes and to
+//! the "what to do next" line printed after an error.
+
+use std::process::ExitCode;
+
+use flotilla_engine::EngineError;
+use flotilla_engine::ports::{ErrorKind, PortError};
+
+use crate::config::ConfigError;
+use crate::providers::NotBuiltIn;
+
+/// A documented exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok,
+    /// A failure not covered by another code.
+    Failure,
+    /// Bad usage or configuration: fix the command line or `flotilla.toml`.
+    Usage,
+    /// The provider could not be reached or a provider call failed; running the same command
+    /// again resumes where it stopped.
+    Provider,
+    /// Another operation holds the deploy lock.
+    Locked,
+    /// The new version never got healthy; it was removed and traffic stayed where it was.
+    NotHealthy,
+    /// Refused by the current state (unknown id, id in use, active version, rule budget full...).
+    Refused,
+    /// `verify` found a request answered by the wrong version.
+    VerifyMismatch,
+    /// The configured provider (or the agent, or the baseline) is not built into this binary.
+    NotBuiltIn,
+    /// Interrupted by Ctrl-C; running the same command again resumes.
+    Interrupted,
+}
+
+/// Every exit code: (code, name, meaning).
+pub const TABLE: &[(Exit, &str, &str)] = &[
+    (Exit::Ok, "ok", "success"),
+    (
+        Exit::Failure,
+        "failure",
+        "a failure not covered below (the message says what)",
+    ),
+    (
+        Exit::Usage,
+        "usage",
+        "bad command line or configuration; fix it (`flotilla config check` lists every problem)",
+    ),
+    (
+        Exit::Provider,
+        "provider",
+        "the provider is unreachable or one of its calls failed; run the same command again to resume",
+    ),
+    (
+        Exit::Locked,
+        "locked",
+        "another deploy or reaper pass holds the lock; wait, or use --break-lock if its holder is gone",
+    ),
+    (
+        Exit::NotHealthy,
+        "not-healthy",
+        "the new version never got healthy; it was removed and traffic stayed where it was",
+    ),
+    (
+        Exit::Refused,
+        "refused",
+        "the current state does not allow it (unknown or reused id, active version, rule budget full)",
+    ),
+    (
+        Exit::VerifyMismatch,
+        "verify-mismatch",
+        "`flotilla verify` saw a request answered by the wrong version",
+    ),
+    (
+        Exit::NotBuiltIn,
+        "not-built-in",
+        "the configured provider (or the agent, or the baseline) is not built into this flotilla",
+    ),
+    (
+        Exit::Interrupted,
+        "interrupted",
+        "interrupted (Ctrl-C); run the same command again to resume",
+    ),
+];
+
+impl Exit {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failure => 1,
+            Exit::Usage => 2,
+            Exit::Provider => 3,
+            Exit::Locked => 4,
+            Exit::NotHealthy => 5,
+            Exit::Refused => 6,
+            Exit::VerifyMismatch => 7,
+            Exit::NotBuiltIn => 8,
+            Exit::Interrupted => 130,
+        }
+    }
+
+    /// The short name used in JSON output.
+    pub fn name(self) -> &'static str {
+        TABLE
+            .iter()
+            .find(|(exit, _, _)| *exit == self)
+            .map_or("failure", |(_, name, _)| name)
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit.code())
+    }
+}
+
+/// The exit-code section of `flotilla --help`.
+pub fn help_section() -> String {
+    let mut out = String::from("Exit codes:\n");
+    for (exit, _, meaning) in TABLE {
+        out.push_str(&format!("  {:>3}  {meaning}\n", exit.code()));
+    }
+    out
+}
+
+/// An error raised by a command that has already said everything about it (verify's table, for
+/// example) and only needs the process to exit with `exit`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Reported {
+    /// The code to exit with.
+    pub exit: Exit,
+    /// A one-line summary.
+    pub message: String,
+    /// What to do next.
+    pub hint: Option<String>,
+}
+
+/// A usage error found by a command (rather than by clap), e.g. a missing `--yes`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    /// What is wrong.
+    pub message: String,
+    /// What to do instead.
+    pub hint: String,
+}
+
+/// Ctrl-C stopped a command.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted while {doing}")]
+pub struct Interrupted {
+    /// What was going on.
+    pub doing: String,
+    /// The command that resumes it.
+    pub resume: String,
+}
+
+/// The exit code for `err` and the line telling the user what to do next.
+pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
+    for cause in err.chain() {
+        if let Some(found) = classify_one(cause) {
+            return found;
+        }
+    }
+    (Exit::Failure, None)
+}
+
+fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Option<String>)> {
+    if let Some(reported) = cause.downcast_ref::<Reported>() {
+        return Some((reported.exit, reported.hint.clone()));
+    }
+    if let Some(usage) = cause.downcast_ref::<UsageError>() {
+        return Some((Exit::Usage, Some(usage.hint.clone())));
+    }
+    if let Some(interrupted) = cause.downcast_ref::<Interrupted>() {
+        return Some((
+            Exit::Interrupted,
+            Some(format!(
+                "run `{}` to finish or undo what was started",
+                interrupted.resume
+            )),
+        ));
+    }
+    if let Some(missing) = cause.downcast_ref::<NotBuiltIn>() {
+        return Some((Exit::NotBuiltIn, Some(missing.hint())));
+    }
+    if let Some(config) = cause.downcast_ref::<ConfigError>() {
+        let hint = match config {
+            ConfigError::NotFound { .. } => {
+                "run `flotilla init` to write one here, or pass --config PATH".to_owned()
+            }
+            ConfigError::Unreadable { .. } => {
+                "check the path and its permissions, or run `flotilla init` to write one".to_owned()
+            }
+            ConfigError::Invalid { .. } => {
+                "fix the problems above, then run `flotilla config check`".to_owned()
+            }
+        };
+        return Some((Exit::Usage, Some(hint)));
+    }
+    if let Some(engine) = cause.downcast_ref::<EngineError>() {
+        return Some(classify_engine(engine));
+    }
+    if let Some(port) = cause.downcast_ref::<PortError>() {
+        return Some((Exit::Provider, Some(port_hint(port))));
+    }
+    None
+}
+
+fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
+    match err {
+        // The engine's messages already end with what to do; a hint would repeat them.
+        EngineError::LockHeld { .. } => (Exit::Locked, None),
+        EngineError::NotHealthy { id, .. } => (
+            Exit::NotHealthy,
+            Some(format!(
+                "fix the app, then deploy again; the logs above are from version {id}'s failing instance"
+            )),
+        ),
+        EngineError::IdInUse { .. }
+        | EngineError::UnknownVersion { .. }
+        | EngineError::Refused { .. }
+        | EngineError::Budget(_) => (Exit::Refused, None),
+        EngineError::Transition(_) | EngineError::Routing(_) => (
+            Exit::Refused,
+            Some("run `flotilla status` to see every version's state".to_owned()),
+        ),
+        EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source))),
+    }
+}
+
+fn port_hint(err: &PortError) -> String {
+    match err.kind {
+        ErrorKind::AccessDenied => {
+            "the credentials lack a permission; `flotilla aws deployer-policy` \
+             prints the policy a deploying user needs, then run the same command again"
+                .to_owned()
+        }
+        ErrorKind::Unavailable => {
+            "the provider cannot be reached; check that it runs (host: `flotilla host serve`), \
+             then run the same command again: it resumes where it stopped"
+                .to_owned()
+        }
+        ErrorKind::Invalid => "the provider rejected the request; check the configuration with \
+             `flotilla config check`, then run the same command again"
+            .to_owned(),
+        ErrorKind::Transient | ErrorKind::Throttled | ErrorKind::NotFound | ErrorKind::Conflict => {
+            "run the same command again: it resumes where it stopped".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use flotilla_core::{DeploymentId, DeploymentName, Timestamp, VersionState};
+    use flotilla_engine::ports::LockInfo;
+
+    use super::*;
+    use crate::config::ProviderKind;
+
+    #[test]
+    fn codes_are_distinct_and_all_documented() {
+        let codes: BTreeSet<u8> = TABLE.iter().map(|(e, _, _)| e.code()).collect();
+        assert_eq!(codes.len(), TABLE.len());
+        let help = help_section();
+        for (exit, _, meaning) in TABLE {
+            assert!(help.contains(meaning), "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_documented_codes() {
+        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
+        let name = DeploymentName::new("shop").expect("valid");
+        let check = |err: EngineError, want: Exit| {
+            let err = anyhow::Error::new(err).context("deploy failed");
+            assert_eq!(classify(&err).0, want, "{err:#}");
+        };
+        check(
+            EngineError::LockHeld {
+                name: name.clone(),
+                lock: LockInfo {
+                    owner: "alice@box (pid 1)".to_owned(),
+                    acquired_at: Timestamp::from_secs(1),
+                    expires_at: Timestamp::from_secs(2),
+                },
+            },
+            Exit::Locked,
+        );
+        check(
+            EngineError::NotHealthy {
+                id: id.clone(),
+                healthy: 0,
+                needed: 1,
+                waited: Duration::from_secs(5),
+                logs: vec![],
+            },
+            Exit::NotHealthy,
+        );
+        check(
+            EngineError::IdInUse {
+                id: id.clone(),
+                state: VersionState::Active,
+            },
+            Exit::Refused,
+        );
+        check(
+            EngineError::UnknownVersion {
+                name,
+                id: id.clone(),
+            },
+            Exit::Refused,
+        );
+        check(
+            EngineError::Refused {
+                message: "no".to_owned(),
+                hint: "yes".to_owned(),
+            },
+            Exit::Refused,
+        );
+        check(
+            EngineError::Port {
+                step: "create".to_owned(),
+                source: PortError::new(ErrorKind::Unavailable, "connect", "daemon", "refused"),
+            },
+            Exit::Provider,
+        );
+        let missing = anyhow::Error::new(NotBuiltIn::provider(ProviderKind::Host, "status"));
+        assert_eq!(classify(&missing).0, Exit::NotBuiltIn);
+        let other = anyhow::anyhow!("something else");
+        assert_eq!(classify(&other), (Exit::Failure, None));
+    }
+}

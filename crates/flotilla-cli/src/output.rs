@@ -1,0 +1,553 @@
+//! Everything the CLI shows people: tables, progress lines rendered from engine events, JSON
+//! documents, and errors with their causes and a last line saying what to do next.
+//!
+//! Results go to stdout (a table, a bare id, or one JSON document with `--json`); progress,
+//! warnings and errors go to stderr, so that `flotilla deploy --json | jq` and
+//! `ID=$(flotilla deploy)` work.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason};
+use flotilla_core::routing::Affinity;
+use flotilla_core::{Timestamp, VersionState};
+use flotilla_engine::workflows::StatusReport;
+use flotilla_engine::{EngineError, Event, Progress};
+use serde::Serialize;
+
+use crate::config::ConfigError;
+use crate::exit::Exit;
+
+/// How the running command prints.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// `--json` was given.
+    pub json: bool,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+impl Output {
+    /// Prints one JSON document on stdout.
+    pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        stdout_line(&text);
+        Ok(())
+    }
+
+    /// Prints a result line (or block) on stdout.
+    pub fn result(&self, text: &str) {
+        stdout_line(text);
+    }
+
+    /// Prints a progress or information line on stderr.
+    pub fn note(&self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    /// Prints a line on stderr only with `-v`.
+    pub fn verbose(&self, text: &str) {
+        if self.verbose > 0 {
+            eprintln!("{text}");
+        }
+    }
+
+    /// Prints a warning on stderr.
+    pub fn warn(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+}
+
+/// Writes `text` and a newline to stdout. A closed pipe (`flotilla status | head -1`) is not an
+/// error worth reporting, nor a reason to panic as `println!` would.
+pub fn stdout_line(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", text.trim_end_matches('\n'));
+    let _ = stdout.flush();
+}
+
+/// Lays out rows under headers in left-aligned columns separated by two spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let width = widths.get(i).copied().unwrap_or(0);
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(
+                ' ',
+                width.saturating_sub(cell.chars().count()),
+            ));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// A short human age: `42s`, `7m`, `3h05m`, `2d04h`.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// The `status` table and the lines under it.
+pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> String {
+    let total_weight: u32 = report
+        .routing
+        .default_targets()
+        .iter()
+        .map(|t| u32::from(t.weight))
+        .sum();
+    let any_readiness = report.versions.iter().any(|v| !v.readiness.is_empty());
+    let mut headers = vec!["ID", "STATE", "WEIGHT", "HEALTHY", "SESSIONS", "AGE"];
+    if any_readiness {
+        headers.push("READY");
+    }
+    let rows: Vec<Vec<String>> = report
+        .versions
+        .iter()
+        .map(|v| {
+            let version = &v.record.version;
+            let weight = if v.weight > 0 && total_weight > 0 {
+                format!("{}%", u32::from(v.weight) * 100 / total_weight)
+            } else {
+                "-".to_owned()
+            };
+            let mut state = version.state.to_string();
+            if version.state == VersionState::Retired && v.affinity == Some(Affinity::Serving) {
+                state.push_str(" (routing still serving)");
+            }
+            let healthy = match &v.compute {
+                Some(c) => format!("{}/{}", c.healthy, c.desired),
+                None => "-".to_owned(),
+            };
+            let sessions = v
+                .compute
+                .as_ref()
+                .and_then(|c| c.sessions)
+                .map_or_else(|| "-".to_owned(), |s| s.to_string());
+            let mut row = vec![
+                version.id.to_string(),
+                state,
+                weight,
+                healthy,
+                sessions,
+                age(version.age(now)),
+            ];
+            if any_readiness {
+                let ready = v
+                    .readiness
+                    .values()
+                    .filter(|r| **r == flotilla_core::drain::Readiness::ShutdownReady)
+                    .count();
+                if v.readiness.is_empty() {
+                    row.push("-".to_owned());
+                } else {
+                    row.push(format!("{ready}/{}", v.readiness.len()));
+                }
+            }
+            row
+        })
+        .collect();
+    let mut out = format!("{} on the {provider} provider\n\n", report.name);
+    if rows.is_empty() {
+        out.push_str("no versions yet; run `flotilla deploy`\n");
+    } else {
+        out.push_str(&table(&headers, &rows));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "listener rules: {} of {} in use\n",
+        report.rules_used, report.rules_limit
+    ));
+    if let Some(lock) = &report.lock {
+        let state = if lock.expires_at <= now {
+            "expired"
+        } else {
+            "held"
+        };
+        out.push_str(&format!(
+            "deploy lock: {state} by {} since {} (expires {})\n",
+            lock.owner, lock.acquired_at, lock.expires_at
+        ));
+    }
+    if !report.orphans.is_empty() {
+        let ids: Vec<String> = report.orphans.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(
+            "orphaned resources (no record): {}; `flotilla reap` removes them\n",
+            ids.join(", ")
+        ));
+    }
+    out
+}
+
+/// A reaper action in words.
+pub fn describe_action(action: &ReapAction, dry_run: bool) -> String {
+    let would = if dry_run { "would " } else { "" };
+    match action {
+        ReapAction::RecordReadyPasses { id, passes } => {
+            format!("{would}record {id}: {passes} ready pass(es) in a row")
+        }
+        ReapAction::Retire { id, reason } => {
+            let why = match reason {
+                RetireReason::SessionsEnded => "its sessions have ended",
+                RetireReason::MaxAge => "it reached the maximum drain age",
+            };
+            format!("{would}retire {id} ({why}): affinity answers 410, scaled to zero")
+        }
+        ReapAction::RetireRouting { id } => format!("{would}make {id}'s affinity answer 410"),
+        ReapAction::ScaleToZero { id } => format!("{would}scale {id} to zero"),
+        ReapAction::DeleteResources { id } => {
+            format!("{would}delete everything of {id} (nothing of it runs)")
+        }
+        ReapAction::CleanUpFailed { id, reason } => {
+            let why = match reason {
+                CleanupReason::Failed => "its deploy failed",
+                CleanupReason::DeployTimedOut => "its deploy died while deploying",
+            };
+            format!("{would}clean up {id} ({why})")
+        }
+    }
+}
+
+/// Renders engine events as progress lines on stderr.
+///
+/// On a terminal, waiting for health is one line updated in place; elsewhere (CI logs) a line is
+/// printed when the counts change, and at most every ten seconds otherwise.
+pub struct ProgressPrinter {
+    tty: bool,
+    verbose: u8,
+    state: Mutex<WaitState>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// A health line is showing on the terminal without a newline after it.
+    open_line: bool,
+    /// The last counts printed, and when.
+    last: Option<((u32, u32), Instant)>,
+}
+
+impl ProgressPrinter {
+    /// A printer for stderr.
+    pub fn new(verbose: u8) -> Self {
+        ProgressPrinter {
+            tty: std::io::stderr().is_terminal(),
+            verbose,
+            state: Mutex::new(WaitState::default()),
+        }
+    }
+
+    /// Ends an in-place line, so that whatever is printed next starts on its own line.
+    pub fn finish(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.open_line {
+                eprintln!();
+                state.open_line = false;
+            }
+        }
+    }
+
+    fn line(&self, text: &str) {
+        self.finish();
+        eprintln!("{text}");
+    }
+}
+
+impl Progress for ProgressPrinter {
+    fn event(&self, event: Event) {
+        if self.verbose >= 2 {
+            if let Ok(json) = serde_json::to_string(&event) {
+                self.line(&format!("event: {json}"));
+            }
+        }
+        match event {
+            Event::Step { id, what } => {
+                if self.verbose > 0 {
+                    self.line(&format!("  {what} ({id})"));
+                } else {
+                    self.line(&format!("  {what}"));
+                }
+            }
+            Event::WaitingHealthy {
+                healthy,
+                needed,
+                running,
+                elapsed,
+                timeout,
+                ..
+            } => {
+                let text = format!(
+                    "  waiting for health: {healthy}/{needed} healthy, {running} running ({}s of {}s)",
+                    elapsed.as_secs(),
+                    timeout.as_secs()
+                );
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                if self.tty {
+                    eprint!("\r\x1b[2K{text}");
+                    let _ = std::io::stderr().flush();
+                    state.open_line = true;
+                } else {
+                    let counts = (healthy, running);
+                    let due = match state.last {
+                        None => true,
+                        Some((last, at)) => {
+                            last != counts || at.elapsed() >= Duration::from_secs(10)
+                        }
+                    };
+                    if due {
+                        eprintln!("{text}");
+                        state.last = Some((counts, Instant::now()));
+                    }
+                }
+            }
+            Event::Reaped { action, dry_run } => {
+                if action.is_visible() || self.verbose > 0 {
+                    self.line(&format!("  {}", describe_action(&action, dry_run)));
+                }
+            }
+            Event::Note { message } => self.line(&format!("  note: {message}")),
+        }
+    }
+}
+
+/// The JSON document printed for a failed command with `--json`.
+#[derive(Serialize)]
+struct JsonError<'a> {
+    ok: bool,
+    exit_code: u8,
+    kind: &'a str,
+    error: String,
+    causes: Vec<String>,
+    hint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<&'a [crate::config::Problem]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logs: Option<&'a [String]>,
+}
+
+/// Prints `err` on stderr as `error:` then each `caused by:`, any logs the error carries, and the
+/// hint last; with `json`, also prints a JSON document describing it on stdout.
+pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bool) {
+    let mut chain = err.chain();
+    let mut text = String::new();
+    if let Some(first) = chain.next() {
+        text.push_str(&format!("error: {first}\n"));
+    }
+    let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+    for cause in &causes {
+        text.push_str(&format!("caused by: {cause}\n"));
+    }
+    let logs = err
+        .chain()
+        .find_map(|c| match c.downcast_ref::<EngineError>() {
+            Some(EngineError::NotHealthy { logs, .. }) => Some(logs.as_slice()),
+            _ => None,
+        })
+        .filter(|logs| !logs.is_empty());
+    if let Some(logs) = logs {
+        text.push_str("last log lines of a failing instance:\n");
+        for line in logs {
+            text.push_str(&format!("  | {line}\n"));
+        }
+    }
+    if let Some(hint) = hint {
+        text.push_str(&format!("hint: {hint}\n"));
+    }
+    eprint!("{text}");
+    if json {
+        let problems = err
+            .chain()
+            .find_map(|c| match c.downcast_ref::<ConfigError>() {
+                Some(ConfigError::Invalid { problems, .. }) => Some(problems.as_slice()),
+                _ => None,
+            });
+        let doc = JsonError {
+            ok: false,
+            exit_code: exit.code(),
+            kind: exit.name(),
+            error: err.to_string(),
+            causes,
+            hint,
+            problems,
+            logs,
+        };
+        if let Ok(text) = serde_json::to_string_pretty(&doc) {
+            stdout_line(&text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use expect_test::expect;
+    use flotilla_core::drain::Readiness;
+    use flotilla_core::routing::{RoutingTable, WeightedTarget};
+    use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Version};
+    use flotilla_engine::ports::{ComputeStatus, VersionRecord};
+    use flotilla_engine::workflows::VersionStatus;
+
+    use super::*;
+
+    fn id(s: &str) -> DeploymentId {
+        DeploymentId::new(s).expect("valid id")
+    }
+
+    fn version(
+        s: &str,
+        state: VersionState,
+        compute: Option<(u32, u32, Option<u64>)>,
+    ) -> VersionStatus {
+        let v = id(s);
+        VersionStatus {
+            record: VersionRecord {
+                version: Version {
+                    id: v.clone(),
+                    state,
+                    created_at: v.created_at(),
+                    state_changed_at: v.created_at(),
+                },
+                image: None,
+                instances: 2,
+                ready_passes: 0,
+            },
+            compute: compute.map(|(healthy, desired, sessions)| ComputeStatus {
+                desired,
+                running: desired,
+                healthy,
+                instances: vec![],
+                sessions,
+            }),
+            weight: 0,
+            affinity: Some(Affinity::Serving),
+            readiness: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ages() {
+        let check = |secs: u64, want: &str| assert_eq!(age(Duration::from_secs(secs)), want);
+        check(0, "0s");
+        check(59, "59s");
+        check(60, "1m");
+        check(3599, "59m");
+        check(3600, "1h00m");
+        check(3600 * 5 + 60 * 7, "5h07m");
+        check(86_400 * 2 + 3600 * 4, "2d04h");
+    }
+
+    #[test]
+    fn status_table_shows_every_column() {
+        let mut active = version(
+            "20261125-190633-k3x9",
+            VersionState::Active,
+            Some((2, 2, Some(3))),
+        );
+        active.weight = 100;
+        let mut draining = version(
+            "20261124-101500-a1b2",
+            VersionState::Draining,
+            Some((1, 2, Some(0))),
+        );
+        draining.readiness = BTreeMap::from([
+            (
+                InstanceId::new("i1").expect("valid"),
+                Readiness::ShutdownReady,
+            ),
+            (InstanceId::new("i2").expect("valid"), Readiness::Healthy),
+        ]);
+        let mut retired = version("20261120-080000-zz99", VersionState::Retired, None);
+        retired.affinity = Some(Affinity::Retired);
+        let mut routing = RoutingTable::new();
+        routing.install_affinity(id("20261125-190633-k3x9"));
+        routing
+            .set_default(vec![WeightedTarget {
+                id: id("20261125-190633-k3x9"),
+                weight: 100,
+            }])
+            .expect("valid default");
+        let report = StatusReport {
+            name: DeploymentName::new("shop").expect("valid"),
+            versions: vec![retired, draining, active],
+            routing,
+            rules_used: 6,
+            rules_limit: 100,
+            lock: None,
+            orphans: vec![id("20261101-000000-dead")],
+        };
+        let now = id("20261125-191133-0000").created_at();
+        expect![[r#"
+            shop on the host provider
+
+            ID                    STATE     WEIGHT  HEALTHY  SESSIONS  AGE    READY
+            20261120-080000-zz99  retired   -       -        -         5d11h  -
+            20261124-101500-a1b2  draining  -       1/2      0         1d08h  1/2
+            20261125-190633-k3x9  active    100%    2/2      3         5m     -
+
+            listener rules: 6 of 100 in use
+            orphaned resources (no record): 20261101-000000-dead; `flotilla reap` removes them
+        "#]]
+        .assert_eq(&status_text(&report, "host", now));
+    }
+
+    #[test]
+    fn empty_status_says_what_to_do() {
+        let report = StatusReport {
+            name: DeploymentName::new("shop").expect("valid"),
+            versions: vec![],
+            routing: RoutingTable::new(),
+            rules_used: 0,
+            rules_limit: 100,
+            lock: None,
+            orphans: vec![],
+        };
+        let text = status_text(&report, "aws", Timestamp::from_secs(0));
+        assert!(
+            text.contains("no versions yet; run `flotilla deploy`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reaper_actions_in_words() {
+        let v = id("20261124-101500-a1b2");
+        let retire = ReapAction::Retire {
+            id: v.clone(),
+            reason: RetireReason::SessionsEnded,
+        };
+        assert_eq!(
+            describe_action(&retire, false),
+            "retire 20261124-101500-a1b2 (its sessions have ended): affinity answers 410, scaled to zero"
+        );
+        assert_eq!(
+            describe_action(&ReapAction::DeleteResources { id: v }, true),
+            "would delete everything of 20261124-101500-a1b2 (nothing of it runs)"
+        );
+    }
+}
