@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_core::DeploymentName;
+use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use flotilla_core::reaper::ReapPolicy;
 
 /// The stack parameter naming the bucket that holds the reaper's code zip; empty (the default)
@@ -99,6 +100,15 @@ pub mod env {
     pub const MAX_AGE_SECONDS: &str = "FLOTILLA_REAPER_MAX_AGE_SECONDS";
     /// Seconds after which a version still deploying is cleaned up.
     pub const DEPLOYING_TIMEOUT_SECONDS: &str = "FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS";
+    /// The application log group (optional).
+    pub const LOG_GROUP: &str = "FLOTILLA_LOG_GROUP";
+    /// The ECR repository's name, so the reaper can delete a retired version's image (optional).
+    pub const REPOSITORY: &str = "FLOTILLA_REPOSITORY";
+    /// The affinity header the versions' rules match (optional; the core's default otherwise).
+    pub const AFFINITY_HEADER: &str = "FLOTILLA_AFFINITY_HEADER";
+    /// The affinity query parameter the versions' rules match (optional; the core's default
+    /// otherwise).
+    pub const AFFINITY_QUERY: &str = "FLOTILLA_AFFINITY_QUERY";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -110,6 +120,10 @@ pub mod env {
         MIN_AGE_SECONDS,
         MAX_AGE_SECONDS,
         DEPLOYING_TIMEOUT_SECONDS,
+        LOG_GROUP,
+        REPOSITORY,
+        AFFINITY_HEADER,
+        AFFINITY_QUERY,
     ];
 }
 
@@ -126,6 +140,14 @@ pub struct ReaperSettings {
     pub interval: Duration,
     /// The reap policy.
     pub policy: ReapPolicy,
+    /// The application log group, when given.
+    pub log_group: Option<String>,
+    /// The ECR repository's name, when given (the reaper then deletes retired versions' images).
+    pub repository: Option<String>,
+    /// The affinity header the rules match.
+    pub affinity_header: String,
+    /// The affinity query parameter the rules match.
+    pub affinity_query: String,
 }
 
 /// Why the reaper's environment is unusable.
@@ -160,10 +182,19 @@ impl ReaperSettings {
         m.insert(env::CLUSTER, self.cluster.clone());
         m.insert(env::LISTENER_ARN, self.listener_arn.clone());
         m.extend(policy_env(self.interval, &self.policy));
+        if let Some(g) = &self.log_group {
+            m.insert(env::LOG_GROUP, g.clone());
+        }
+        if let Some(r) = &self.repository {
+            m.insert(env::REPOSITORY, r.clone());
+        }
+        m.insert(env::AFFINITY_HEADER, self.affinity_header.clone());
+        m.insert(env::AFFINITY_QUERY, self.affinity_query.clone());
         m
     }
 
     /// Reads the settings through `lookup` (e.g. `|k| std::env::var(k).ok()` at the edge).
+    /// The optional variables fall back to `None` and the core's default affinity keys.
     pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let get = |name: &'static str| lookup(name).ok_or(SettingsError::Missing(name));
         let secs = |name: &'static str| -> Result<u64, SettingsError> {
@@ -207,6 +238,14 @@ impl ReaperSettings {
                 consecutive_ready_passes: passes,
                 deploying_timeout: Duration::from_secs(secs(env::DEPLOYING_TIMEOUT_SECONDS)?),
             },
+            log_group: lookup(env::LOG_GROUP).filter(|v| !v.is_empty()),
+            repository: lookup(env::REPOSITORY).filter(|v| !v.is_empty()),
+            affinity_header: lookup(env::AFFINITY_HEADER)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_AFFINITY_HEADER.to_owned()),
+            affinity_query: lookup(env::AFFINITY_QUERY)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_AFFINITY_QUERY.to_owned()),
         })
     }
 }
@@ -247,6 +286,10 @@ mod tests {
                 consecutive_ready_passes: 3,
                 deploying_timeout: Duration::from_secs(900),
             },
+            log_group: Some("/flotilla/prod/app".into()),
+            repository: Some("flotilla/prod".into()),
+            affinity_header: "X-Flotilla-Deployment".into(),
+            affinity_query: "flotilla_deployment".into(),
         }
     }
 
@@ -260,6 +303,23 @@ mod tests {
         );
         let back = ReaperSettings::from_env(|k| env.get(k).cloned()).expect("complete");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn optional_variables_have_defaults() {
+        let mut env = settings().to_env();
+        for k in [
+            env::LOG_GROUP,
+            env::REPOSITORY,
+            env::AFFINITY_HEADER,
+            env::AFFINITY_QUERY,
+        ] {
+            env.remove(k);
+        }
+        let s = ReaperSettings::from_env(|k| env.get(k).cloned()).expect("required ones present");
+        assert_eq!((s.log_group, s.repository), (None, None));
+        assert_eq!(s.affinity_header, DEFAULT_AFFINITY_HEADER);
+        assert_eq!(s.affinity_query, DEFAULT_AFFINITY_QUERY);
     }
 
     #[test]

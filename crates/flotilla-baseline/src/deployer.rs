@@ -112,7 +112,6 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "ecs:TagResource",
                 "ecs:UntagResource",
                 "ecs:ListTagsForResource",
-                "ecs:DeleteTaskDefinitions",
             ],
             vec![
                 o.arn("ecs", &format!("cluster/{cluster}")),
@@ -185,6 +184,7 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "ecr:GetDownloadUrlForLayer",
                 "ecr:DescribeImages",
                 "ecr:DescribeRepositories",
+                "ecr:BatchDeleteImage",
             ],
             vec![o.arn(
                 "ecr",

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flotilla_core::DeploymentName;
+use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use flotilla_core::reaper::ReapPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -207,6 +208,10 @@ pub struct BaselineOptions {
     pub access_logs: Option<AccessLogs>,
     /// The port the application (behind the agent) listens on in its container.
     pub app_port: u16,
+    /// The request header carrying a tab's version (`[app] affinity_header`).
+    pub affinity_header: String,
+    /// The query parameter carrying a tab's version (`[app] affinity_query`).
+    pub affinity_query: String,
     /// How long application and reaper logs are kept; one of [`LOG_RETENTION_DAYS`].
     pub log_retention_days: u32,
     /// How many tagged images the ECR lifecycle policy keeps (untagged ones go after a day).
@@ -219,7 +224,7 @@ pub struct BaselineOptions {
 
 impl BaselineOptions {
     /// The defaults for `name` in TLS mode `tls`: a single NAT gateway, `10.0.0.0/16`, a 120 s
-    /// idle timeout, no access logs, app port 8080, 30 days of logs, 30 kept images, a reaper every
+    /// idle timeout, no access logs, app port 8000, the core's affinity keys, 30 days of logs, 30 kept images, a reaper every
     /// minute with the core's default policy, and alarms without notifications.
     pub fn new(name: DeploymentName, tls: TlsMode) -> Self {
         BaselineOptions {
@@ -229,7 +234,9 @@ impl BaselineOptions {
             vpc_cidr: "10.0.0.0/16".to_owned(),
             idle_timeout_seconds: 120,
             access_logs: None,
-            app_port: 8080,
+            app_port: 8000,
+            affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
+            affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
             log_retention_days: 30,
             keep_images: 30,
             reaper: ReaperOptions::default(),
@@ -341,6 +348,36 @@ impl BaselineOptions {
             problem(
                 "app.port",
                 "0 is not a port; give the port your app listens on (1-65535)".to_owned(),
+            );
+        }
+
+        let header_ok = (1..=40).contains(&self.affinity_header.len())
+            && self
+                .affinity_header
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !header_ok {
+            problem(
+                "app.affinity_header",
+                format!(
+                    "{:?} is not a header name an ALB rule can match (1-40 letters, digits, `-`, `_`)",
+                    self.affinity_header
+                ),
+            );
+        }
+        let query_ok = (1..=128).contains(&self.affinity_query.len())
+            && self
+                .affinity_query
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !query_ok {
+            problem(
+                "app.affinity_query",
+                format!(
+                    "{:?} is not a query parameter name an ALB rule can match (1-128 letters, \
+                     digits, `-`, `_`, `.`)",
+                    self.affinity_query
+                ),
             );
         }
 

@@ -70,21 +70,23 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
         // These task-definition actions accept no resource narrower than `*`.
         Statement::allow(
             "RetireTaskDefinitions",
-            &["ecs:DescribeTaskDefinition", "ecs:DeregisterTaskDefinition"],
+            &[
+                "ecs:ListTaskDefinitions",
+                "ecs:DescribeTaskDefinition",
+                "ecs:DeregisterTaskDefinition",
+            ],
             vec![json!("*")],
         ),
         Statement::allow(
-            "DeleteTaskDefinitions",
-            &["ecs:DeleteTaskDefinitions"],
-            vec![arn(
-                "ecs",
-                &format!("task-definition/{}:*", names::task_family(name)),
-            )],
+            "DiscardVersionImages",
+            &["ecr:DescribeImages", "ecr:BatchDeleteImage"],
+            vec![get_att(ids::REPOSITORY, "Arn")],
         ),
         // Describe calls on load balancers accept no resource narrower than `*`.
         Statement::allow(
             "DescribeRouting",
             &[
+                "elasticloadbalancing:DescribeLoadBalancers",
                 "elasticloadbalancing:DescribeListeners",
                 "elasticloadbalancing:DescribeRules",
                 "elasticloadbalancing:DescribeTargetGroups",
@@ -176,6 +178,10 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     variables.insert(env::DEPLOYMENT_NAME, json!(name.as_str()));
     variables.insert(env::CLUSTER, reference(ids::CLUSTER));
     variables.insert(env::LISTENER_ARN, reference(routing_listener));
+    variables.insert(env::LOG_GROUP, reference(ids::LOG_GROUP));
+    variables.insert(env::REPOSITORY, reference(ids::REPOSITORY));
+    variables.insert(env::AFFINITY_HEADER, json!(options.affinity_header));
+    variables.insert(env::AFFINITY_QUERY, json!(options.affinity_query));
 
     let interval = options.reaper.interval.as_secs();
     t.add(

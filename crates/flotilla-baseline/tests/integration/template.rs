@@ -194,8 +194,8 @@ fn only_the_load_balancer_reaches_the_tasks() {
             alb["SecurityGroupEgress"],
             json!([{
                 "IpProtocol": "tcp",
-                "FromPort": 8080,
-                "ToPort": 8080,
+                "FromPort": 8000,
+                "ToPort": 8000,
                 "DestinationSecurityGroupId": { "Ref": "ServiceSecurityGroup" },
                 "Description": "To the tasks on the app port",
             }]),
@@ -217,7 +217,7 @@ fn only_the_load_balancer_reaches_the_tasks() {
         );
         assert_eq!(
             (rule["FromPort"].as_i64(), rule["ToPort"].as_i64()),
-            (Some(8080), Some(8080))
+            (Some(8000), Some(8000))
         );
         assert!(rule["CidrIp"].is_null());
     }
@@ -348,7 +348,7 @@ fn outputs_as_the_stack_reports_them_parse_into_baseline_outputs() {
             .collect();
         let parsed = BaselineOutputs::from_stack_outputs(pairs).expect(label);
         assert_eq!(parsed.deployment_name, "prod");
-        assert_eq!(parsed.app_port, 8080);
+        assert_eq!(parsed.app_port, 8000);
         assert_eq!(parsed.private_subnet_ids, ["subnet-1", "subnet-2"]);
         assert_eq!(parsed.mode.as_str(), t["Outputs"]["Mode"]["Value"]);
         assert_eq!(
@@ -420,6 +420,8 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
                 Value::String(s) => s.clone(),
                 _ if *v == json!({ "Ref": "Cluster" }) => "flotilla-prod".into(),
                 _ if *v == json!({ "Ref": "HttpsListener" }) => "arn:listener".into(),
+                _ if *v == json!({ "Ref": "LogGroup" }) => "/flotilla/prod/app".into(),
+                _ if *v == json!({ "Ref": "Repository" }) => "flotilla/prod".into(),
                 other => panic!("unexpected value {other} for {k}"),
             };
             (k.clone(), v)
@@ -430,6 +432,10 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
     assert_eq!(settings.interval, options.reaper.interval);
     assert_eq!(settings.cluster, "flotilla-prod");
     assert_eq!(settings.listener_arn, "arn:listener");
+    assert_eq!(settings.log_group.as_deref(), Some("/flotilla/prod/app"));
+    assert_eq!(settings.repository.as_deref(), Some("flotilla/prod"));
+    assert_eq!(settings.affinity_header, options.affinity_header);
+    assert_eq!(settings.affinity_query, options.affinity_query);
     assert_eq!(
         t["Resources"]["ReaperSchedule"]["Properties"]["ScheduleExpression"],
         "rate(1 minute)"
