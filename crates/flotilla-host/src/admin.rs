@@ -73,6 +73,7 @@ fn instance_rows(host: &Host) -> Vec<InstanceRow> {
 async fn status_json(host: &Host, engine: &Engine) -> Result<serde_json::Value, String> {
     let report = engine.status().await.map_err(|e| e.to_string())?;
     Ok(serde_json::json!({
+        "daemon": host.daemon_info(),
         "status": report,
         "instances": instance_rows(host),
     }))

@@ -347,6 +347,11 @@ impl Host {
         &self.supervisor
     }
 
+    /// What the daemon says about itself.
+    pub fn daemon_info(&self) -> DaemonInfo {
+        self.info()
+    }
+
     async fn dispatch(
         &self,
         request: Request,
@@ -636,11 +641,19 @@ pub async fn serve(
         .write(true)
         .open(&lock_path)
         .map_err(HostError::io("open daemon lock", &lock_path))?;
-    let _daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+    let daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         HostError::AlreadyRunning {
             state_dir: state_dir.clone(),
         }
     })?;
+    // The lock file names the daemon holding it, for operators and tests.
+    {
+        use std::io::Write;
+        let mut file: &std::fs::File = &daemon_lock;
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(HostError::io("write daemon lock", &lock_path))?;
+    }
 
     let store = Arc::new(Store::open(&settings.database_path(), &settings.name)?);
     let router = Arc::new(

@@ -269,9 +269,17 @@ pub async fn stop_daemon(settings: &HostSettings, wait: Duration) -> Result<bool
         Err(HostError::Unavailable { .. }) => return Ok(false),
         Err(e) => return Err(e),
     }
-    // The daemon removes its socket last; then its lock file is free.
+    // The daemon holds its lock file until its last instance has stopped and it exits.
+    let lock_path = settings.daemon_lock_path();
     let deadline = tokio::time::Instant::now() + wait;
-    while UnixStream::connect(&client.socket).await.is_ok() {
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&lock_path)
+            .map_err(HostError::io("open daemon lock", &lock_path))?;
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock).is_ok() {
+            return Ok(true);
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(HostError::Unavailable {
                 socket: client.socket.clone(),
@@ -279,9 +287,8 @@ pub async fn stop_daemon(settings: &HostSettings, wait: Duration) -> Result<bool
                 message: format!("it did not stop within {}s", wait.as_secs()),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(true)
 }
 
 fn port_to_host(e: PortError, client: &Client) -> HostError {
