@@ -44,6 +44,12 @@ pub const NO_VERSION_STATUS: u16 = 503;
 /// The body the listener's default action answers until a version is deployed.
 pub const NO_VERSION_MESSAGE: &str = "no version deployed yet";
 
+/// The port the in-container agent listens on (and the load balancer sends traffic to) for an app
+/// listening on `app_port`: 8000, or 8001 when the app itself uses 8000.
+pub fn default_container_port(app_port: u16) -> u16 {
+    if app_port == 8000 { 8001 } else { 8000 }
+}
+
 /// The key of the tag flotilla puts on the stack (and CloudFormation copies to its resources).
 pub const DEPLOYMENT_NAME_TAG: &str = "flotilla:deployment-name";
 
@@ -343,6 +349,14 @@ mod tests {
             Err(SettingsError::Invalid { name, .. }) => assert_eq!(name, env::MAX_AGE_SECONDS),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_agent_port_never_collides_with_the_app_port() {
+        for app in [1, 80, 3000, 7999, 8000, 8001, 65535] {
+            assert_ne!(default_container_port(app), app, "{app}");
+        }
+        assert_eq!(default_container_port(3000), 8000);
     }
 
     #[test]

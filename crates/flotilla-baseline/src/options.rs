@@ -10,6 +10,9 @@ use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use flotilla_core::reaper::ReapPolicy;
 use serde::{Deserialize, Serialize};
 
+/// The default of `[app] port`, the port the app listens on behind the agent.
+pub const DEFAULT_APP_PORT: u16 = 8000;
+
 /// Log retention periods CloudWatch Logs accepts, in days.
 pub const LOG_RETENTION_DAYS: &[u32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -206,8 +209,10 @@ pub struct BaselineOptions {
     pub idle_timeout_seconds: u32,
     /// Access logs, or `None` for none.
     pub access_logs: Option<AccessLogs>,
-    /// The port the application (behind the agent) listens on in its container.
-    pub app_port: u16,
+    /// The port the load balancer sends traffic to in each task: the in-container agent's listen
+    /// port (the agent forwards to the app on `[app] port`). The tasks' security group admits
+    /// this port, from the load balancer only. See [`crate::contract::default_container_port`].
+    pub container_port: u16,
     /// The request header carrying a tab's version (`[app] affinity_header`).
     pub affinity_header: String,
     /// The query parameter carrying a tab's version (`[app] affinity_query`).
@@ -224,8 +229,9 @@ pub struct BaselineOptions {
 
 impl BaselineOptions {
     /// The defaults for `name` in TLS mode `tls`: a single NAT gateway, `10.0.0.0/16`, a 120 s
-    /// idle timeout, no access logs, app port 8000, the core's affinity keys, 30 days of logs, 30 kept images, a reaper every
-    /// minute with the core's default policy, and alarms without notifications.
+    /// idle timeout, no access logs, container port 8001 (the agent's port for the default app
+    /// port 8000), the core's affinity keys, 30 days of logs, 30 kept images, a reaper every minute
+    /// with the core's default policy, and alarms without notifications.
     pub fn new(name: DeploymentName, tls: TlsMode) -> Self {
         BaselineOptions {
             name,
@@ -234,7 +240,7 @@ impl BaselineOptions {
             vpc_cidr: "10.0.0.0/16".to_owned(),
             idle_timeout_seconds: 120,
             access_logs: None,
-            app_port: 8000,
+            container_port: crate::contract::default_container_port(DEFAULT_APP_PORT),
             affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
             affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
             log_retention_days: 30,
@@ -344,10 +350,11 @@ impl BaselineOptions {
             }
         }
 
-        if self.app_port == 0 {
+        if self.container_port == 0 {
             problem(
-                "app.port",
-                "0 is not a port; give the port your app listens on (1-65535)".to_owned(),
+                "aws.container_port",
+                "0 is not a port; the agent's port is 8000, or 8001 when the app itself uses 8000"
+                    .to_owned(),
             );
         }
 

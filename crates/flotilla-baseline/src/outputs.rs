@@ -33,7 +33,7 @@ pub const VPC_ID: &str = "VpcId";
 pub const PRIVATE_SUBNET_IDS: &str = "PrivateSubnetIds";
 /// The two public subnets, comma-separated: where the load balancer and NAT live.
 pub const PUBLIC_SUBNET_IDS: &str = "PublicSubnetIds";
-/// The security group tasks use: admits the app port from the load balancer only.
+/// The security group tasks use: admits the agent port from the load balancer only.
 pub const SERVICE_SECURITY_GROUP_ID: &str = "ServiceSecurityGroupId";
 /// The load balancer's security group: admits 80 and 443 from the internet.
 pub const ALB_SECURITY_GROUP_ID: &str = "AlbSecurityGroupId";
@@ -61,8 +61,9 @@ pub const CERTIFICATE_ARN: &str = "CertificateArn";
 pub const DASHBOARD_NAME: &str = "DashboardName";
 /// The SNS topic alarms notify (absent when notifications are off).
 pub const ALARM_TOPIC_ARN: &str = "AlarmTopicArn";
-/// The port tasks' applications listen on (the service security group admits it).
-pub const APP_PORT: &str = "AppPort";
+/// The port the load balancer reaches tasks on: the in-container agent's port (the tasks'
+/// security group admits it, from the load balancer only). Deploys must use the same port.
+pub const CONTAINER_PORT: &str = "ContainerPort";
 
 /// Every output name the template may emit.
 pub const ALL: &[&str] = &[
@@ -92,7 +93,7 @@ pub const ALL: &[&str] = &[
     CERTIFICATE_ARN,
     DASHBOARD_NAME,
     ALARM_TOPIC_ARN,
-    APP_PORT,
+    CONTAINER_PORT,
 ];
 
 /// Whether the load balancer terminates TLS.
@@ -201,8 +202,8 @@ pub struct BaselineOutputs {
     /// The alarm topic, when notifications are on.
     #[serde(default)]
     pub alarm_topic_arn: Option<String>,
-    /// The application port.
-    pub app_port: u16,
+    /// The port the load balancer reaches tasks on (the agent's port).
+    pub container_port: u16,
 }
 
 /// Why a stack's outputs do not make a [`BaselineOutputs`].
@@ -274,7 +275,7 @@ impl BaselineOutputs {
         let task_role_arn = req(TASK_ROLE_ARN);
         let artefact_bucket = req(ARTEFACT_BUCKET);
         let dashboard_name = req(DASHBOARD_NAME);
-        let app_port = req(APP_PORT);
+        let container_port = req(CONTAINER_PORT);
         if !missing.is_empty() {
             return Err(OutputsError::Missing(missing));
         }
@@ -291,12 +292,12 @@ impl BaselineOutputs {
                 });
             }
         };
-        let app_port = match app_port.parse::<u16>() {
+        let container_port = match container_port.parse::<u16>() {
             Ok(p) if p > 0 => p,
             _ => {
                 return Err(OutputsError::Invalid {
-                    name: APP_PORT,
-                    value: app_port,
+                    name: CONTAINER_PORT,
+                    value: container_port,
                     problem: "is not a port number",
                 });
             }
@@ -349,7 +350,7 @@ impl BaselineOutputs {
             certificate_validation_records: Vec::new(),
             dashboard_name,
             alarm_topic_arn: opt(ALARM_TOPIC_ARN),
-            app_port,
+            container_port,
         })
     }
 
@@ -399,7 +400,7 @@ impl BaselineOutputs {
         if let Some(t) = &self.alarm_topic_arn {
             out.insert(ALARM_TOPIC_ARN, t.clone());
         }
-        out.insert(APP_PORT, self.app_port.to_string());
+        out.insert(CONTAINER_PORT, self.container_port.to_string());
         out
     }
 }
@@ -470,7 +471,7 @@ mod tests {
             "arn:aws:acm:us-east-1:123456789012:certificate/c".to_owned(),
         );
         m.insert(DASHBOARD_NAME, "flotilla-prod".to_owned());
-        m.insert(APP_PORT, "8080".to_owned());
+        m.insert(CONTAINER_PORT, "8080".to_owned());
         m
     }
 
@@ -481,7 +482,7 @@ mod tests {
         let outputs = BaselineOutputs::from_stack_outputs(pairs.clone()).expect("complete");
         assert_eq!(outputs.private_subnet_ids, ["subnet-a", "subnet-b"]);
         assert_eq!(outputs.mode, Mode::Https);
-        assert_eq!(outputs.app_port, 8080);
+        assert_eq!(outputs.container_port, 8080);
         assert_eq!(outputs.alarm_topic_arn, None);
         pairs.remove("SomethingNewer");
         assert_eq!(outputs.to_stack_outputs(), pairs);
@@ -514,8 +515,8 @@ mod tests {
             }
         };
         check(MODE, "tls", MODE);
-        check(APP_PORT, "eighty", APP_PORT);
-        check(APP_PORT, "0", APP_PORT);
+        check(CONTAINER_PORT, "eighty", CONTAINER_PORT);
+        check(CONTAINER_PORT, "0", CONTAINER_PORT);
         check(PRIVATE_SUBNET_IDS, " , ", PRIVATE_SUBNET_IDS);
     }
 

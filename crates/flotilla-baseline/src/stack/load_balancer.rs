@@ -16,7 +16,7 @@ pub const TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     let name = options.name.as_str();
     let https = options.tls.has_tls();
-    let port = i64::from(options.app_port);
+    let port = i64::from(options.container_port);
 
     let mut ingress = vec![json!({
         "IpProtocol": "tcp",
@@ -47,13 +47,13 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 "VpcId": reference(ids::VPC),
                 "SecurityGroupIngress": ingress,
                 // Stating the egress replaces the default allow-all: the load balancer only
-                // talks to the tasks, on the app port.
+                // talks to the tasks, on the port their agent listens on.
                 "SecurityGroupEgress": [{
                     "IpProtocol": "tcp",
                     "FromPort": port,
                     "ToPort": port,
                     "DestinationSecurityGroupId": reference(ids::SERVICE_SECURITY_GROUP),
-                    "Description": "To the tasks on the app port",
+                    "Description": "To the tasks on the agent port",
                 }],
                 "Tags": tags(&[("Name", json!(format!("flotilla-{name}-alb")))]),
             }),
@@ -69,7 +69,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
         Resource::new(
             "AWS::EC2::SecurityGroup",
             json!({
-                "GroupDescription": format!("flotilla {name}: tasks, app port from the load balancer only"),
+                "GroupDescription": format!("flotilla {name}: tasks, agent port from the load balancer only"),
                 "VpcId": reference(ids::VPC),
                 "SecurityGroupEgress": [{
                     "IpProtocol": "-1",
@@ -91,7 +91,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 "FromPort": port,
                 "ToPort": port,
                 "SourceSecurityGroupId": reference(ids::ALB_SECURITY_GROUP),
-                "Description": "The app port, from the load balancer only",
+                "Description": "The agent port, from the load balancer only",
             }),
         ),
     );

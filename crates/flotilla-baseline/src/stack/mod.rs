@@ -59,7 +59,7 @@ pub mod ids {
     pub const ALB_SECURITY_GROUP: &str = "AlbSecurityGroup";
     /// The tasks' security group.
     pub const SERVICE_SECURITY_GROUP: &str = "ServiceSecurityGroup";
-    /// The rule admitting the app port into the tasks' group from the load balancer's.
+    /// The rule admitting the agent port into the tasks' group from the load balancer's.
     pub const SERVICE_INGRESS_FROM_ALB: &str = "ServiceIngressFromAlb";
     /// The load balancer.
     pub const LOAD_BALANCER: &str = "LoadBalancer";
@@ -265,7 +265,7 @@ fn add_outputs(t: &mut Template, options: &BaselineOptions, mode: Mode) {
     );
     t.output(
         outputs::SERVICE_SECURITY_GROUP_ID,
-        "The tasks' security group (admits the app port from the load balancer only).",
+        "The tasks' security group (admits the agent port from the load balancer only).",
         reference(ids::SERVICE_SECURITY_GROUP),
     );
     t.output(
@@ -347,9 +347,9 @@ fn add_outputs(t: &mut Template, options: &BaselineOptions, mode: Mode) {
         );
     }
     t.output(
-        outputs::APP_PORT,
-        "The port the application listens on in its task.",
-        json!(options.app_port.to_string()),
+        outputs::CONTAINER_PORT,
+        "The port the load balancer reaches tasks on (the flotilla agent's port); deploys must use it.",
+        json!(options.container_port.to_string()),
     );
 }
 

@@ -194,10 +194,10 @@ fn only_the_load_balancer_reaches_the_tasks() {
             alb["SecurityGroupEgress"],
             json!([{
                 "IpProtocol": "tcp",
-                "FromPort": 8000,
-                "ToPort": 8000,
+                "FromPort": 8001,
+                "ToPort": 8001,
                 "DestinationSecurityGroupId": { "Ref": "ServiceSecurityGroup" },
-                "Description": "To the tasks on the app port",
+                "Description": "To the tasks on the agent port",
             }]),
             "{label}"
         );
@@ -217,7 +217,7 @@ fn only_the_load_balancer_reaches_the_tasks() {
         );
         assert_eq!(
             (rule["FromPort"].as_i64(), rule["ToPort"].as_i64()),
-            (Some(8000), Some(8000))
+            (Some(8001), Some(8001))
         );
         assert!(rule["CidrIp"].is_null());
     }
@@ -302,11 +302,9 @@ fn outputs_are_the_documented_contract() {
             .cloned()
             .collect()
     };
-    expect![[r#"
-        AlarmTopicArn AlbSecurityGroupId AppPort ArtefactBucket CertificateArn ClusterArn ClusterName DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"#]]
+    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("https").join(" "));
-    expect![[r#"
-        AlbSecurityGroupId AppPort ArtefactBucket ClusterArn ClusterName DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"#]]
+    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("http-only").join(" "));
     let all: BTreeSet<&str> = outputs::ALL.iter().copied().collect();
     for label in ["https", "http-only", "per-az"] {
@@ -348,7 +346,7 @@ fn outputs_as_the_stack_reports_them_parse_into_baseline_outputs() {
             .collect();
         let parsed = BaselineOutputs::from_stack_outputs(pairs).expect(label);
         assert_eq!(parsed.deployment_name, "prod");
-        assert_eq!(parsed.app_port, 8000);
+        assert_eq!(parsed.container_port, 8001);
         assert_eq!(parsed.private_subnet_ids, ["subnet-1", "subnet-2"]);
         assert_eq!(parsed.mode.as_str(), t["Outputs"]["Mode"]["Value"]);
         assert_eq!(
@@ -601,8 +599,8 @@ fn invalid_options_build_nothing() {
             hosted_zone_id: None,
         },
     );
-    options.app_port = 0;
+    options.container_port = 0;
     let err = flotilla_baseline::build(&options).expect_err("invalid");
     let fields: Vec<&str> = err.problems.iter().map(|p| p.field).collect();
-    assert_eq!(fields, ["aws.domain", "app.port"]);
+    assert_eq!(fields, ["aws.domain", "aws.container_port"]);
 }
