@@ -1,0 +1,554 @@
+/*! flotilla-client.js: keeps each browser tab on the application version that served its page. */
+/*
+ * Plain JavaScript, no build step, no dependencies. Include it synchronously, early in <head>,
+ * before the application's own scripts:
+ *
+ *   <script src="/_flotilla/client.js" data-deployment="ID"
+ *           data-header="X-Flotilla-Deployment" data-query="flotilla_deployment"></script>
+ *
+ * Including it twice is harmless: the second copy only hands over a declared id the first lacked.
+ *
+ * WIRE CONTRACT (what the router / agent / injector and this file agree on)
+ *
+ * 1. Which version served this page. The headers of the page's own HTML response cannot be read
+ *    from JavaScript, so the server declares the id in the page. Sources, first match wins:
+ *      a. `data-deployment` on this <script> tag (what the injector writes; preferred);
+ *      b. `<meta name="flotilla-deployment" content="ID">` anywhere in the document (looked up when
+ *         this script runs and again at DOMContentLoaded if nothing was declared by then);
+ *      c. a `Server-Timing: flotilla-deployment;desc="ID"` header on the HTML response, read from
+ *         the Navigation Timing entry (works only where the browser exposes serverTiming, which
+ *         Chromium does for secure contexts, including http://127.0.0.1 and http://localhost);
+ *      d. a `flotilla_deployment` (the query name) parameter in the page's own URL.
+ *    A declared id REPLACES whatever this tab stored before: a navigation (first load, link click,
+ *    reload) never carries affinity, because browsers do not let scripts add headers to it, so the
+ *    router sent it to the newest version and the page must now talk to that version. This is how
+ *    "a reload of an old tab reaches the new version" works. When a page declares nothing, the id
+ *    stored by an earlier page of this tab is dropped for the same reason, and the id is learned
+ *    from the first same-origin fetch/XHR response that carries the `X-Flotilla-Deployment`
+ *    header (later responses naming another id do not change it; only a new page does).
+ *
+ * 2. Storage. The id is kept per tab in sessionStorage under the key `flotilla:deployment`, never
+ *    in a cookie (cookies are shared by every tab). The page's in-memory copy is authoritative for
+ *    that page; sessionStorage mirrors it and is rewritten when a page returns from the
+ *    back/forward cache, so two documents that shared a tab never mix their ids.
+ *
+ * 3. What is sent. Same-origin requests only (scheme, host and port equal to the page's; ws: counts
+ *    as http: and wss: as https:). Cross-origin requests are never touched.
+ *      - fetch and XMLHttpRequest: header `X-Flotilla-Deployment: ID` (name from `data-header`),
+ *        unless the request already sets that header, which then wins.
+ *      - WebSocket and EventSource (browsers cannot set headers on those): query parameter
+ *        `flotilla_deployment=ID` (name from `data-query`) appended to the URL, unless the URL
+ *        already has that parameter. Other query parameters are left byte for byte as written.
+ *
+ * 4. Retired versions. A same-origin fetch/XHR response is a retirement signal when its status is
+ *    410 AND its body is this JSON object (Content-Type application/json; the body is what counts):
+ *      {"error":"version_retired","retired":"<id>","current":"<id or null>","message":"..."}
+ *    A bare 410 is NOT enough, not even one carrying the deployment header: the agent stamps that
+ *    header on every response, including an application's own legitimate 410s, and an ALB
+ *    fixed-response rule cannot add headers at all, so the body is the only reliable marker.
+ *    On the first signal of a page, a cancelable `flotilla:stale` CustomEvent is dispatched on
+ *    `window` with `detail = {retired, current, message, url}`. Unless a listener calls
+ *    `event.preventDefault()`, its default action removes the stored id and reloads the page,
+ *    which reaches the newest version. It fires at most once per page.
+ *
+ * 5. What JavaScript cannot see. A WebSocket upgrade answered 410 surfaces only as `error` plus
+ *    `close` code 1006, and an EventSource answered 410 only as `error` with readyState CLOSED; the
+ *    status and body are hidden from scripts. So when a same-origin WebSocket closes without ever
+ *    opening or with code 1006, or a same-origin EventSource fails permanently, this client sends
+ *    one probe, `GET <this page's URL>` with the affinity header (at most one every 2 seconds;
+ *    a failure within that time is probed when it is over; aborted once the status shows the
+ *    version alive), and applies rule 4 to the probe's answer.
+ *    Requests made by workers, service workers, navigator.sendBeacon, forms, <img>/<link>/<script>
+ *    tags and import() carry no affinity; `window.flotilla.withAffinity(url)` adds the query
+ *    parameter to such a URL for apps that want it.
+ *
+ * API: window.flotilla = {
+ *   deploymentId(),    // this page's id, or null while unknown
+ *   source(),          // where it came from: "script", "meta", "server-timing", "url", "response"
+ *   header, query,     // the header and query parameter names in use
+ *   withAffinity(url)  // url with the query parameter added when same-origin and known
+ * }
+ */
+(function () {
+  "use strict";
+
+  var DEFAULT_HEADER = "X-Flotilla-Deployment";
+  var DEFAULT_QUERY = "flotilla_deployment";
+  var STORAGE_KEY = "flotilla:deployment";
+  var META_NAME = "flotilla-deployment";
+  var TIMING_NAME = "flotilla-deployment";
+  var STALE_EVENT = "flotilla:stale";
+  var RETIRED_ERROR = "version_retired";
+  var PROBE_INTERVAL_MS = 2000;
+  var INSTALLED = "__flotillaClient";
+
+  if (typeof window === "undefined" || typeof document === "undefined") {
+    return;
+  }
+
+  // currentScript is null only for module scripts; fall back to the tag the injector writes.
+  var script =
+    document.currentScript || document.querySelector('script[src*="/_flotilla/client.js"]');
+  var dataset = (script && script.dataset) || {};
+
+  function nonEmpty(value) {
+    return typeof value === "string" && value.trim() !== "" ? value.trim() : null;
+  }
+
+  // A second copy of this file (an injected tag plus one the app added itself) must not wrap the
+  // already wrapped functions again; it may only supply a declaration the first copy lacked.
+  var existing = window[INSTALLED];
+  if (existing) {
+    var laterId = nonEmpty(dataset.deployment);
+    if (laterId) {
+      existing.adopt(laterId);
+    }
+    return;
+  }
+
+  var HEADER = nonEmpty(dataset.header) || DEFAULT_HEADER;
+  var QUERY = nonEmpty(dataset.query) || DEFAULT_QUERY;
+  var HEADER_LOWER = HEADER.toLowerCase();
+
+  var state = {
+    id: null,
+    source: null,
+    declared: false,
+    staleFired: false,
+    lastProbe: 0,
+    probeTimer: null,
+  };
+
+  // ---- storage ---------------------------------------------------------------------------------
+
+  function storageWrite(id) {
+    try {
+      if (id) {
+        window.sessionStorage.setItem(STORAGE_KEY, id);
+      } else {
+        window.sessionStorage.removeItem(STORAGE_KEY);
+      }
+    } catch (e) {
+      // Storage can be disabled (privacy settings, sandboxed frames); the in-memory id still works.
+    }
+  }
+
+  function setId(id, source) {
+    state.id = id;
+    state.source = id ? source : null;
+    storageWrite(id);
+  }
+
+  function declare(id, source) {
+    state.declared = true;
+    setId(id, source);
+  }
+
+  // ---- where this page's id comes from ---------------------------------------------------------
+
+  function metaDeclaration() {
+    var meta = document.querySelector('meta[name="' + META_NAME + '"]');
+    return meta ? nonEmpty(meta.getAttribute("content")) : null;
+  }
+
+  function serverTimingDeclaration() {
+    try {
+      var entries = window.performance && performance.getEntriesByType
+        ? performance.getEntriesByType("navigation")
+        : [];
+      var timings = (entries[0] && entries[0].serverTiming) || [];
+      for (var i = 0; i < timings.length; i++) {
+        if (timings[i].name === TIMING_NAME) {
+          var id = nonEmpty(timings[i].description);
+          if (id) {
+            return id;
+          }
+        }
+      }
+    } catch (e) {
+      // Navigation Timing is optional; the other sources still apply.
+    }
+    return null;
+  }
+
+  function urlDeclaration() {
+    try {
+      return nonEmpty(new URL(window.location.href).searchParams.get(QUERY));
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function declareFromPage() {
+    var sources = [
+      ["script", function () { return nonEmpty(dataset.deployment); }],
+      ["meta", metaDeclaration],
+      ["server-timing", serverTimingDeclaration],
+      ["url", urlDeclaration],
+    ];
+    for (var i = 0; i < sources.length; i++) {
+      var id = sources[i][1]();
+      if (id) {
+        declare(id, sources[i][0]);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  if (!declareFromPage()) {
+    // Whatever an earlier page of this tab stored belongs to that page's version, not this one's.
+    setId(null, null);
+    document.addEventListener("DOMContentLoaded", function () {
+      var id = !state.declared && metaDeclaration();
+      if (id) {
+        declare(id, "meta");
+      }
+    });
+  }
+
+  // A page restored from the back/forward cache keeps its scripts' state, but a later page of the
+  // tab may have overwritten the stored id meanwhile: put this page's id back.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) {
+      storageWrite(state.id);
+    }
+  });
+
+  // ---- URLs and origins ------------------------------------------------------------------------
+
+  var HTTP_FOR_SOCKET = { "ws:": "http:", "wss:": "https:" };
+
+  function resolve(url) {
+    try {
+      return new URL(String(url), document.baseURI);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function isSameOrigin(parsed) {
+    if (!parsed) {
+      return false;
+    }
+    var scheme = HTTP_FOR_SOCKET[parsed.protocol] || parsed.protocol;
+    if (scheme !== "http:" && scheme !== "https:") {
+      return false;
+    }
+    return scheme + "//" + parsed.host === window.location.protocol + "//" + window.location.host;
+  }
+
+  // Appends the affinity parameter without re-encoding the parameters already there. Returns null
+  // when the URL must be left alone. A WebSocket URL given relative or as http(s): is written out
+  // as ws(s):, which every browser accepts.
+  function urlWithAffinity(url, forSocket) {
+    var id = state.id;
+    if (!id) {
+      return null;
+    }
+    var parsed = resolve(url);
+    if (!isSameOrigin(parsed) || parsed.searchParams.has(QUERY)) {
+      return null;
+    }
+    if (forSocket && parsed.protocol === "http:") {
+      parsed.protocol = "ws:";
+    } else if (forSocket && parsed.protocol === "https:") {
+      parsed.protocol = "wss:";
+    }
+    var pair = encodeURIComponent(QUERY) + "=" + encodeURIComponent(id);
+    // `search` is "" for both "no query" and a bare "?".
+    parsed.search = parsed.search ? parsed.search + "&" + pair : "?" + pair;
+    return parsed.href;
+  }
+
+  // ---- retirement ------------------------------------------------------------------------------
+
+  function retiredSignal(status, text) {
+    if (status !== 410 || typeof text !== "string") {
+      return null;
+    }
+    var body;
+    try {
+      body = JSON.parse(text);
+    } catch (e) {
+      return null;
+    }
+    return body && typeof body === "object" && body.error === RETIRED_ERROR ? body : null;
+  }
+
+  function stale(body, url) {
+    if (state.staleFired) {
+      return;
+    }
+    state.staleFired = true;
+    var detail = {
+      retired: typeof body.retired === "string" ? body.retired : state.id,
+      current: typeof body.current === "string" ? body.current : null,
+      message: typeof body.message === "string" ? body.message : null,
+      url: url,
+    };
+    var event = new CustomEvent(STALE_EVENT, { cancelable: true, detail: detail });
+    if (window.dispatchEvent(event)) {
+      setId(null, null);
+      window.location.reload();
+    }
+  }
+
+  // Learns the id from a response when the page has none yet. A 410 names a retired version, which
+  // is never worth learning.
+  function learn(status, headerValue) {
+    if (status !== 410 && !state.id) {
+      var id = nonEmpty(headerValue);
+      if (id) {
+        setId(id, "response");
+      }
+    }
+  }
+
+  // ---- fetch -----------------------------------------------------------------------------------
+
+  var nativeFetch = window.fetch;
+  if (typeof nativeFetch === "function") {
+    var wrappedFetch = function fetch(input, init) {
+      var url = input instanceof Request ? input.url : input;
+      var parsed = resolve(url);
+      if (!isSameOrigin(parsed)) {
+        return nativeFetch.apply(window, arguments);
+      }
+      var request;
+      try {
+        // Building the Request the way fetch itself would keeps every init member and body as
+        // given; the header is only added when the request does not already carry one.
+        request = new Request(input, init);
+        if (state.id && !request.headers.has(HEADER)) {
+          request.headers.set(HEADER, state.id);
+        }
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      return nativeFetch.call(window, request).then(function (response) {
+        learn(response.status, response.headers.get(HEADER));
+        if (response.status === 410 && !state.staleFired) {
+          response
+            .clone()
+            .text()
+            .then(function (text) {
+              var body = retiredSignal(410, text);
+              if (body) {
+                stale(body, request.url);
+              }
+            })
+            .catch(function () {});
+        }
+        return response;
+      });
+    };
+    window.fetch = wrappedFetch;
+  }
+
+  // ---- XMLHttpRequest --------------------------------------------------------------------------
+
+  var XHR = window.XMLHttpRequest;
+  if (typeof XHR === "function") {
+    var pending = new WeakMap();
+    var proto = XHR.prototype;
+    var nativeOpen = proto.open;
+    var nativeSetRequestHeader = proto.setRequestHeader;
+    var nativeSend = proto.send;
+
+    var xhrBodyText = function (xhr, done) {
+      try {
+        switch (xhr.responseType) {
+          case "":
+          case "text":
+            done(xhr.responseText);
+            return;
+          case "json":
+            done(xhr.response === null ? null : JSON.stringify(xhr.response));
+            return;
+          case "arraybuffer":
+            done(xhr.response ? new TextDecoder().decode(xhr.response) : null);
+            return;
+          case "blob":
+            if (xhr.response) {
+              xhr.response.text().then(done, function () {});
+            }
+            return;
+          default:
+            return;
+        }
+      } catch (e) {
+        // An unreadable body is simply not a retirement signal.
+      }
+    };
+
+    var onXhrDone = function () {
+      var xhr = this;
+      var info = pending.get(xhr);
+      if (!info || !info.sameOrigin || xhr.readyState !== 4) {
+        return;
+      }
+      learn(xhr.status, xhr.getResponseHeader(HEADER));
+      if (xhr.status === 410 && !state.staleFired) {
+        xhrBodyText(xhr, function (text) {
+          var body = retiredSignal(410, text);
+          if (body) {
+            stale(body, info.url);
+          }
+        });
+      }
+    };
+
+    proto.open = function open(method, url) {
+      var parsed = resolve(url);
+      pending.set(this, {
+        sameOrigin: isSameOrigin(parsed),
+        url: parsed ? parsed.href : String(url),
+        explicit: false,
+        listening: pending.has(this) && pending.get(this).listening,
+      });
+      return nativeOpen.apply(this, arguments);
+    };
+
+    proto.setRequestHeader = function setRequestHeader(name, value) {
+      var info = pending.get(this);
+      if (info && String(name).toLowerCase() === HEADER_LOWER) {
+        info.explicit = true;
+      }
+      return nativeSetRequestHeader.apply(this, arguments);
+    };
+
+    proto.send = function send() {
+      var info = pending.get(this);
+      if (info && info.sameOrigin) {
+        if (state.id && !info.explicit) {
+          try {
+            nativeSetRequestHeader.call(this, HEADER, state.id);
+          } catch (e) {
+            // Not OPENED (the native send will throw its own error); leave it to that.
+          }
+        }
+        if (!info.listening) {
+          info.listening = true;
+          this.addEventListener("loadend", onXhrDone);
+        }
+      }
+      return nativeSend.apply(this, arguments);
+    };
+  }
+
+  // ---- WebSocket and EventSource ---------------------------------------------------------------
+
+  // A WebSocket or EventSource answered 410 cannot tell scripts so; ask with a plain request.
+  // GET, not HEAD, because a HEAD answer has no body to carry the retirement JSON; the page's own
+  // URL, because it is safe to GET and never opens a stream; aborted as soon as the status shows
+  // the version is alive, so a live version sends little more than headers.
+  function probe() {
+    if (state.staleFired || !state.id) {
+      return;
+    }
+    // Too soon after the last probe: probe once more when the interval is over, so the latest
+    // failure is always looked into (the one before may have been an ordinary network blip).
+    var wait = state.lastProbe + PROBE_INTERVAL_MS - Date.now();
+    if (wait > 0) {
+      if (!state.probeTimer) {
+        state.probeTimer = setTimeout(function () {
+          state.probeTimer = null;
+          probe();
+        }, wait);
+      }
+      return;
+    }
+    state.lastProbe = Date.now();
+    var controller = typeof AbortController === "function" ? new AbortController() : null;
+    var target = window.location.href.split("#")[0];
+    window
+      .fetch(target, { cache: "no-store", signal: controller ? controller.signal : undefined })
+      .then(function (response) {
+        if (response.status !== 410 && controller) {
+          controller.abort();
+        }
+      })
+      .catch(function () {});
+  }
+
+  var NativeWebSocket = window.WebSocket;
+  if (typeof NativeWebSocket === "function") {
+    // A subclass keeps `instanceof`, the static constants and app subclasses working.
+    var WrappedWebSocket = class WebSocket extends NativeWebSocket {
+      constructor(url, protocols) {
+        var pinned = urlWithAffinity(url, true);
+        var target = pinned || url;
+        if (arguments.length > 1) {
+          super(target, protocols);
+        } else {
+          super(target);
+        }
+        if (pinned || isSameOrigin(resolve(url))) {
+          var opened = false;
+          this.addEventListener("open", function () {
+            opened = true;
+          });
+          this.addEventListener("close", function (event) {
+            if (!opened || event.code === 1006) {
+              probe();
+            }
+          });
+        }
+      }
+    };
+    window.WebSocket = WrappedWebSocket;
+  }
+
+  var NativeEventSource = window.EventSource;
+  if (typeof NativeEventSource === "function") {
+    var WrappedEventSource = class EventSource extends NativeEventSource {
+      constructor(url, init) {
+        var pinned = urlWithAffinity(url, false);
+        if (arguments.length > 1) {
+          super(pinned || url, init);
+        } else {
+          super(pinned || url);
+        }
+        if (pinned || isSameOrigin(resolve(url))) {
+          var source = this;
+          this.addEventListener("error", function () {
+            if (source.readyState === NativeEventSource.CLOSED) {
+              probe();
+            }
+          });
+        }
+      }
+    };
+    window.EventSource = WrappedEventSource;
+  }
+
+  // ---- API -------------------------------------------------------------------------------------
+
+  Object.defineProperty(window, INSTALLED, {
+    value: {
+      adopt: function (id) {
+        if (!state.declared) {
+          declare(id, "script");
+        }
+      },
+    },
+    enumerable: false,
+    configurable: false,
+    writable: false,
+  });
+
+  window.flotilla = Object.freeze({
+    deploymentId: function () {
+      return state.id;
+    },
+    source: function () {
+      return state.source;
+    },
+    header: HEADER,
+    query: QUERY,
+    withAffinity: function (url) {
+      return urlWithAffinity(url, false) || String(url);
+    },
+  });
+})();
