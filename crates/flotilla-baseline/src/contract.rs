@@ -108,7 +108,8 @@ pub mod env {
     pub const DEPLOYING_TIMEOUT_SECONDS: &str = "FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS";
     /// The application log group (optional).
     pub const LOG_GROUP: &str = "FLOTILLA_LOG_GROUP";
-    /// The ECR repository's name, so the reaper can delete a retired version's image (optional).
+    /// The ECR repository's URI (`<account>.dkr.ecr.<region>.amazonaws.com/flotilla/<name>`), so
+    /// the reaper can delete a retired version's image (optional).
     pub const REPOSITORY: &str = "FLOTILLA_REPOSITORY";
     /// The affinity header the versions' rules match (optional; the core's default otherwise).
     pub const AFFINITY_HEADER: &str = "FLOTILLA_AFFINITY_HEADER";
@@ -148,7 +149,7 @@ pub struct ReaperSettings {
     pub policy: ReapPolicy,
     /// The application log group, when given.
     pub log_group: Option<String>,
-    /// The ECR repository's name, when given (the reaper then deletes retired versions' images).
+    /// The ECR repository's URI, when given (the reaper then deletes retired versions' images).
     pub repository: Option<String>,
     /// The affinity header the rules match.
     pub affinity_header: String,
@@ -293,7 +294,7 @@ mod tests {
                 deploying_timeout: Duration::from_secs(900),
             },
             log_group: Some("/flotilla/prod/app".into()),
-            repository: Some("flotilla/prod".into()),
+            repository: Some("123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/prod".into()),
             affinity_header: "X-Flotilla-Deployment".into(),
             affinity_query: "flotilla_deployment".into(),
         }

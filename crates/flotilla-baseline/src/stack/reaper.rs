@@ -179,7 +179,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     variables.insert(env::CLUSTER, reference(ids::CLUSTER));
     variables.insert(env::LISTENER_ARN, reference(routing_listener));
     variables.insert(env::LOG_GROUP, reference(ids::LOG_GROUP));
-    variables.insert(env::REPOSITORY, reference(ids::REPOSITORY));
+    variables.insert(env::REPOSITORY, get_att(ids::REPOSITORY, "RepositoryUri"));
     variables.insert(env::AFFINITY_HEADER, json!(options.affinity_header));
     variables.insert(env::AFFINITY_QUERY, json!(options.affinity_query));
 

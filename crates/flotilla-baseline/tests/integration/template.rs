@@ -419,7 +419,9 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
                 _ if *v == json!({ "Ref": "Cluster" }) => "flotilla-prod".into(),
                 _ if *v == json!({ "Ref": "HttpsListener" }) => "arn:listener".into(),
                 _ if *v == json!({ "Ref": "LogGroup" }) => "/flotilla/prod/app".into(),
-                _ if *v == json!({ "Ref": "Repository" }) => "flotilla/prod".into(),
+                _ if *v == json!({ "Fn::GetAtt": ["Repository", "RepositoryUri"] }) => {
+                    "123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/prod".into()
+                }
                 other => panic!("unexpected value {other} for {k}"),
             };
             (k.clone(), v)
@@ -431,7 +433,10 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
     assert_eq!(settings.cluster, "flotilla-prod");
     assert_eq!(settings.listener_arn, "arn:listener");
     assert_eq!(settings.log_group.as_deref(), Some("/flotilla/prod/app"));
-    assert_eq!(settings.repository.as_deref(), Some("flotilla/prod"));
+    assert_eq!(
+        settings.repository.as_deref(),
+        Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/prod")
+    );
     assert_eq!(settings.affinity_header, options.affinity_header);
     assert_eq!(settings.affinity_query, options.affinity_query);
     assert_eq!(
