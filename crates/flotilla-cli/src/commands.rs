@@ -319,6 +319,14 @@ fn entropy() -> u64 {
     hasher.finish()
 }
 
+/// Releases the deploy lock this process may hold, after an interrupted workflow, so that the
+/// command can be run again at once instead of waiting for the lock to lapse. Releasing is a no-op
+/// unless this process is the holder.
+async fn release_lock(opened: &providers::Opened) {
+    let owner = &opened.engine.settings().lock_owner;
+    let _ = opened.engine.ports().state.release_lock(owner).await;
+}
+
 #[derive(Serialize)]
 struct DeployJson<'a> {
     #[serde(flatten)]
@@ -357,6 +365,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         }
         _ = tokio::signal::ctrl_c() => {
             printer.finish();
+            release_lock(&opened).await;
             return Err(Interrupted {
                 doing: format!("deploying {id}"),
                 resume: format!("flotilla deploy --id {id}"),
@@ -485,6 +494,19 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         }
         .into());
     }
+    if args.baseline {
+        let config = load(global, out)?;
+        if config.provider != ProviderKind::Aws {
+            return Err(UsageError {
+                message: format!(
+                    "--baseline removes the AWS baseline stack, but provider = \"{}\"",
+                    config.provider
+                ),
+                hint: "run `flotilla teardown --all` without --baseline".to_owned(),
+            }
+            .into());
+        }
+    }
     let (config, opened) = open(global, "teardown", out).await?;
     if !args.yes {
         let confirmed = match &args.id {
@@ -535,6 +557,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         }
         _ = tokio::signal::ctrl_c() => {
             printer.finish();
+            release_lock(&opened).await;
             return Err(Interrupted { doing: "tearing down".to_owned(), resume }.into());
         }
     };

@@ -17,6 +17,8 @@ mod config;
 mod exit;
 mod output;
 mod providers;
+#[cfg(test)]
+mod sim_tests;
 mod verify;
 
 use std::process::ExitCode;

@@ -284,13 +284,8 @@ impl Progress for ProgressPrinter {
             }
         }
         match event {
-            Event::Step { id, what } => {
-                if self.verbose > 0 {
-                    self.line(&format!("  {what} ({id})"));
-                } else {
-                    self.line(&format!("  {what}"));
-                }
-            }
+            // The engine words steps about "it"; the id says which version "it" is.
+            Event::Step { id, what } => self.line(&format!("  {id}: {what}")),
             Event::WaitingHealthy {
                 healthy,
                 needed,
