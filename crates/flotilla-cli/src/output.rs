@@ -346,7 +346,8 @@ struct JsonError<'a> {
 }
 
 /// Prints `err` on stderr as `error:` then each `caused by:`, any logs the error carries, and the
-/// hint last; with `json`, also prints a JSON document describing it on stdout.
+/// hint last; with `json`, also prints a JSON document describing it on stdout (unless the command
+/// already printed its own document about the failure).
 pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bool) {
     let mut chain = err.chain();
     let mut text = String::new();
@@ -374,7 +375,10 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
         text.push_str(&format!("hint: {hint}\n"));
     }
     eprint!("{text}");
-    if json {
+    // A command that reports its own failure (verify's mismatches, reap's failed actions) has
+    // already printed its JSON document; a second one would break `--json | jq`.
+    let reported = err.downcast_ref::<crate::exit::Reported>().is_some();
+    if json && !reported {
         let problems = err
             .chain()
             .find_map(|c| match c.downcast_ref::<ConfigError>() {
