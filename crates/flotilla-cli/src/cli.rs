@@ -64,24 +64,40 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every command accepts.
+const GLOBAL: &str = "Global options";
+
 /// Options every command accepts.
 #[derive(Debug, Args)]
 pub struct Global {
     /// The config file [default: flotilla.toml in the current directory or the nearest parent
     /// that has one]
-    #[arg(long, global = true, value_name = "PATH", env = "FLOTILLA_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "FLOTILLA_CONFIG",
+        hide_env_values = true,
+        help_heading = GLOBAL
+    )]
     pub config: Option<PathBuf>,
 
     /// The deployment name, overriding `name` in flotilla.toml and FLOTILLA_NAME
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
     pub name: Option<String>,
 
     /// The provider, overriding `provider` in flotilla.toml and FLOTILLA_PROVIDER
-    #[arg(long, global = true, value_enum, value_name = "PROVIDER")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "PROVIDER",
+        help_heading = GLOBAL
+    )]
     pub provider: Option<ProviderKind>,
 
     /// Say more: which config file is used, every progress event (repeat for more)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
 }
 
