@@ -1,0 +1,8 @@
+//! The AWS provider against moto in server mode: each test starts its own moto on a free loopback
+//! port (installed into `.venv/moto` by `scripts/moto.sh` if missing), builds a baseline by hand,
+//! and drives the real ports and the real engine over the real SDK.
+
+mod faults;
+mod ports;
+mod support;
+mod workflows;

@@ -1,0 +1,357 @@
+//! The ports one by one: the deploy lock, batched readiness, records, routing idempotence and
+//! priorities, image sources, and error classification of real SDK failures.
+
+use std::time::Duration;
+
+use flotilla_core::drain::Readiness;
+use flotilla_core::routing::{Affinity, WeightedTarget};
+use flotilla_core::{Timestamp, Version, VersionState, names};
+use flotilla_engine::ports::{ErrorKind, ImageRequest, LockOutcome, VersionRecord};
+
+use crate::support::{World, next_id};
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_taken_once_renewed_by_its_owner_and_taken_over_when_expired() {
+    let w = World::new("shop").await;
+    let (a, b) = (w.ports(), w.ports());
+    let t0 = Timestamp::from_secs(1_800_000_000);
+    assert_eq!(
+        a.state
+            .acquire_lock("alice", t0, TTL, false)
+            .await
+            .expect("take"),
+        LockOutcome::Acquired
+    );
+    match b
+        .state
+        .acquire_lock("bob", t0, TTL, false)
+        .await
+        .expect("ask")
+    {
+        LockOutcome::Held(info) => {
+            assert_eq!(info.owner, "alice");
+            assert_eq!(info.acquired_at, t0);
+            assert_eq!(info.expires_at, t0.plus(TTL));
+        }
+        other => panic!("bob must be refused: {other:?}"),
+    }
+    // Alice renews: same acquisition time, later expiry.
+    let t1 = t0.plus(Duration::from_secs(30));
+    assert_eq!(
+        a.state
+            .acquire_lock("alice", t1, TTL, false)
+            .await
+            .expect("renew"),
+        LockOutcome::Acquired
+    );
+    let info = b.state.lock_info().await.expect("info").expect("held");
+    assert_eq!((info.acquired_at, info.expires_at), (t0, t1.plus(TTL)));
+    // Bob releasing does nothing; after expiry Bob takes it over.
+    b.state.release_lock("bob").await.expect("not his");
+    assert_eq!(
+        b.state.lock_info().await.expect("info").map(|i| i.owner),
+        Some("alice".into())
+    );
+    let late = t1.plus(TTL).plus(Duration::from_secs(1));
+    assert_eq!(
+        b.state
+            .acquire_lock("bob", late, TTL, false)
+            .await
+            .expect("take over"),
+        LockOutcome::Acquired
+    );
+    assert_eq!(
+        b.state.lock_info().await.expect("info").map(|i| i.owner),
+        Some("bob".into())
+    );
+    // Force breaks a live lock.
+    assert_eq!(
+        a.state
+            .acquire_lock("alice", late, TTL, true)
+            .await
+            .expect("force"),
+        LockOutcome::Acquired
+    );
+    a.state.release_lock("alice").await.expect("release");
+    assert_eq!(a.state.lock_info().await.expect("info"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_many_racing_lock_requests_exactly_one_wins() {
+    let w = World::new("shop").await;
+    let now = Timestamp::from_secs(1_800_000_000);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let ports = w.ports();
+        tasks.push(tokio::spawn(async move {
+            ports
+                .state
+                .acquire_lock(&format!("p{i}"), now, TTL, false)
+                .await
+                .expect("answer")
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        if t.await.expect("join") == LockOutcome::Acquired {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+fn record(id: &flotilla_core::DeploymentId, state: VersionState) -> VersionRecord {
+    let mut version = Version::new(id.clone(), id.created_at());
+    version.state = state;
+    VersionRecord {
+        version,
+        image: None,
+        instances: 2,
+        ready_passes: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_readiness_are_read_in_batches() {
+    let w = World::new("shop").await;
+    let ids: Vec<_> = (0..4).map(|_| next_id()).collect();
+    let ports = w.ports();
+    for id in &ids {
+        ports
+            .state
+            .put(&record(id, VersionState::Draining))
+            .await
+            .expect("put");
+        for t in 0..3 {
+            w.clients
+                .ssm
+                .put_parameter()
+                .name(format!("/apps/shop/{id}/tasks/task{t}"))
+                .value(if t == 0 { "healthy" } else { "draining" })
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send()
+                .await
+                .expect("readiness");
+        }
+    }
+    let counted = w.counted_ports();
+    w.counter.reset();
+    let listed = counted.state.list().await.expect("list");
+    assert_eq!(listed.len(), 4);
+    let readiness = counted.state.readiness(&ids).await.expect("readiness");
+    assert_eq!(readiness.len(), 4);
+    for r in readiness.values() {
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r.values()
+                .filter(|v| **v == Readiness::ShutdownReady)
+                .count(),
+            2
+        );
+    }
+    let calls = w.counter.snapshot();
+    // 4 versions x (record + state + 3 tasks) = 20 parameters: two pages of ten per read (moto
+    // adds an empty third page), never a call per version or per task.
+    let pages = calls.get("SSM.GetParametersByPath").copied().unwrap_or(0);
+    assert!((4..=6).contains(&pages), "{calls:?}");
+    assert_eq!(w.counter.total(), pages, "{calls:?}");
+
+    // An unchanged state is not written again, nor its tag.
+    w.counter.reset();
+    let mut r = listed[0].clone();
+    r.ready_passes = 1;
+    counted.state.put(&r).await.expect("put");
+    assert_eq!(w.counter.total(), 1, "{:?}", w.counter.snapshot());
+
+    counted.state.delete(&ids[0]).await.expect("delete");
+    assert_eq!(counted.state.get(&ids[0]).await.expect("get"), None);
+    let left = w.inventory().await;
+    assert!(
+        !left.parameters.keys().any(|p| p.contains(ids[0].as_str())),
+        "{left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_is_idempotent_and_maps_back_to_a_routing_table() {
+    let w = World::new("shop").await;
+    let ports = w.ports();
+    let (v1, v2) = (next_id(), next_id());
+    ports
+        .routing
+        .install_affinity(&v1)
+        .await
+        .expect("install v1");
+    ports
+        .routing
+        .install_affinity(&v1)
+        .await
+        .expect("again: no change");
+    ports
+        .routing
+        .install_affinity(&v2)
+        .await
+        .expect("install v2");
+    let inv = w.inventory().await;
+    assert_eq!(inv.rules.len(), 4, "{inv:#?}");
+    assert_eq!(inv.target_groups.len(), 2);
+    ports
+        .routing
+        .set_default(&[WeightedTarget {
+            id: v2.clone(),
+            weight: 100,
+        }])
+        .await
+        .expect("default");
+    ports.routing.retire_affinity(&v1).await.expect("retire");
+    ports.routing.retire_affinity(&v1).await.expect("again");
+    let err = ports
+        .routing
+        .retire_affinity(&v2)
+        .await
+        .expect_err("v2 takes fresh traffic");
+    assert_eq!(err.kind, ErrorKind::Conflict);
+    let table = ports.routing.snapshot().await.expect("snapshot");
+    assert_eq!(table.affinity(&v1), Some(Affinity::Retired));
+    assert_eq!(table.affinity(&v2), Some(Affinity::Serving));
+    assert_eq!(
+        table.default_targets(),
+        &[WeightedTarget {
+            id: v2.clone(),
+            weight: 100
+        }]
+    );
+
+    // A priority taken by someone else's rule is skipped.
+    let v3 = next_id();
+    ports.routing.remove_affinity(&v1).await.expect("remove v1");
+    ports.routing.remove_affinity(&v1).await.expect("again");
+    ports
+        .routing
+        .install_affinity(&v3)
+        .await
+        .expect("install v3 into the gap");
+    let inv = w.inventory().await;
+    let mut priorities: Vec<u32> = inv.rules.values().map(|(p, _)| *p).collect();
+    priorities.sort();
+    assert_eq!(priorities, vec![1000, 1001, 1002, 1003], "{inv:#?}");
+    assert!(
+        !inv.target_groups
+            .contains(&names::target_group_name(&w.name, &v1))
+    );
+
+    ports.routing.set_default(&[]).await.expect("no version");
+    assert_eq!(w.inventory().await.default, "fixed 503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
+    let mut w = World::new("shop").await;
+    let id = next_id();
+    let ports = w.ports();
+    let img = ports
+        .images
+        .prepare(&id, &ImageRequest::Prebuilt("example.com/app:v1".into()))
+        .await
+        .expect("prebuilt");
+    assert_eq!(img.0, "example.com/app:v1");
+    let dir = std::env::temp_dir();
+
+    w.settings.docker = "/nonexistent/flotilla-test-docker".to_owned();
+    let err = w
+        .ports()
+        .images
+        .prepare(&id, &ImageRequest::Build(dir.clone()))
+        .await
+        .expect_err("no docker");
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.message.contains("was not found"), "{err}");
+    assert!(err.message.contains("--image"), "{err}");
+
+    // A docker CLI with no engine behind it (`false` stands in: every command fails).
+    w.settings.docker = "false".to_owned();
+    let err = w
+        .ports()
+        .images
+        .prepare(&id, &ImageRequest::Build(dir))
+        .await
+        .expect_err("no engine");
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(err.message.contains("no Docker engine answers"), "{err}");
+    ports.images.discard(&id).await.expect("nothing to discard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_sdk_failures_are_classified() {
+    let w = World::new("shop").await;
+    let ports = w.ports();
+    let id = next_id();
+    // Scaling a service that does not exist: ECS says ServiceNotFoundException.
+    let err = ports.compute.scale(&id, 1).await.expect_err("no service");
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(
+        ports
+            .state
+            .get(&id)
+            .await
+            .expect("absent is fine")
+            .is_none()
+    );
+    assert!(
+        ports
+            .compute
+            .observe(std::slice::from_ref(&id))
+            .await
+            .expect("observe")
+            .is_empty()
+    );
+    ports
+        .compute
+        .delete(&id)
+        .await
+        .expect("deleting nothing succeeds");
+    ports
+        .state
+        .delete(&id)
+        .await
+        .expect("deleting nothing succeeds");
+
+    // Nothing listens on the endpoint: Unavailable, with a hint.
+    let mut settings = w.settings.clone();
+    settings.endpoint_url = Some("http://127.0.0.1:9".to_owned());
+    let config = flotilla_aws::sdk_config_with(&settings, |l| {
+        l.credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "t", "t", None, None, "t",
+        ))
+    })
+    .await;
+    let dead = flotilla_aws::connect_with(
+        &settings,
+        flotilla_aws::Clients::new(&config),
+        flotilla_aws::Needs::Deploy,
+    )
+    .expect("ports");
+    let err = dead.state.list().await.expect_err("nothing listens");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    assert!(err.message.contains("AWS_ENDPOINT_URL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_an_incomplete_baseline_before_any_call() {
+    let w = World::new("shop").await;
+    let mut settings = w.settings.clone();
+    settings.baseline_overrides.subnets = None;
+    settings.baseline_overrides.task_role_arn = None;
+    let err = flotilla_aws::connect_with(&settings, w.clients.clone(), flotilla_aws::Needs::Deploy)
+        .err()
+        .expect("incomplete");
+    let text = err.to_string();
+    assert!(
+        text.contains("subnets") && text.contains("task_role_arn"),
+        "{text}"
+    );
+    flotilla_aws::connect_with(&settings, w.clients.clone(), flotilla_aws::Needs::Operate)
+        .expect("enough to operate");
+}

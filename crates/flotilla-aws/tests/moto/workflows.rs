@@ -1,0 +1,420 @@
+//! The engine's workflows on the AWS provider: deploy, a second deploy, reaper passes, rollback,
+//! teardown, a deploy that never gets healthy, two deploys at once, and the reaper Lambda handler.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use flotilla_aws::lambda::{ReaperConfig, handle};
+use flotilla_core::names;
+use flotilla_core::reaper::ReapAction;
+use flotilla_engine::EngineError;
+use flotilla_engine::events::Silent;
+use flotilla_engine::workflows::TeardownTarget;
+
+use crate::support::{Inventory, World, eager_policy, next_id};
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_priorities() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let id = next_id();
+    let outcome = w.deploy(&engine, &id).await.expect("deploy");
+    assert_eq!(outcome.deployment_id, id);
+    assert!(outcome.draining.is_empty());
+
+    let inv = w.inventory().await;
+    let tg = names::target_group_name(&w.name, &id);
+    let svc = names::service_name(&w.name, &id);
+    assert_eq!(inv.target_groups, set(&[&tg]));
+    assert_eq!(inv.default, format!("forward {tg}*100"));
+    let header = format!("header X-Flotilla-Deployment={id}");
+    let query = format!("query flotilla_deployment={id}");
+    assert_eq!(
+        inv.rules.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&[&header, &query])
+    );
+    let priorities: BTreeSet<u32> = inv.rules.values().map(|(p, _)| *p).collect();
+    assert_eq!(priorities, [1000, 1001].into_iter().collect(), "{inv:?}");
+    for (_, action) in inv.rules.values() {
+        assert_eq!(action, &format!("forward {tg}*1"));
+    }
+    let tags = &inv.services[&svc];
+    assert_eq!(
+        tags.get("deployment_name").map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(tags.get("deployment_id"), Some(&id.to_string()));
+    assert_eq!(tags.get("state").map(String::as_str), Some("active"));
+    assert_eq!(
+        inv.parameters
+            .get(&names::state_parameter(&w.name, &id))
+            .map(String::as_str),
+        Some("active")
+    );
+    assert_eq!(inv.task_definitions, 1);
+
+    // The details an operator would check in the console.
+    let c = &w.clients;
+    let tgd = c
+        .elb
+        .describe_target_groups()
+        .names(&tg)
+        .send()
+        .await
+        .expect("tg");
+    let tgd = &tgd.target_groups()[0];
+    assert_eq!(tgd.health_check_path(), Some("/healthz"));
+    assert_eq!(tgd.port(), Some(8000));
+    assert_eq!(
+        tgd.target_type(),
+        Some(&aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Ip)
+    );
+    let attrs = c
+        .elb
+        .describe_target_group_attributes()
+        .target_group_arn(tgd.target_group_arn().expect("arn"))
+        .send()
+        .await
+        .expect("attrs");
+    let attr = |k: &str| {
+        attrs
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some(k))
+            .and_then(|a| a.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(attr("stickiness.type").as_deref(), Some("lb_cookie"));
+    assert_eq!(attr("stickiness.enabled").as_deref(), Some("true"));
+    assert_eq!(
+        attr("deregistration_delay.timeout_seconds").as_deref(),
+        Some("15")
+    );
+    let s = c
+        .ecs
+        .describe_services()
+        .cluster(&w.cluster)
+        .services(&svc)
+        .send()
+        .await
+        .expect("service");
+    let s = &s.services()[0];
+    assert_eq!(
+        s.load_balancers()[0].target_group_arn(),
+        tgd.target_group_arn()
+    );
+    assert_eq!(s.load_balancers()[0].container_port(), Some(8000));
+    let net = s
+        .network_configuration()
+        .and_then(|n| n.awsvpc_configuration())
+        .expect("awsvpc");
+    assert_eq!(
+        Some(net.subnets().to_vec()),
+        w.settings.baseline_overrides.subnets
+    );
+    let td = c
+        .ecs
+        .describe_task_definition()
+        .task_definition(s.task_definition().expect("td"))
+        .send()
+        .await
+        .expect("task definition");
+    let td = td.task_definition().expect("td");
+    assert_eq!(td.family(), Some("flotilla-shop"));
+    assert_eq!(
+        td.network_mode(),
+        Some(&aws_sdk_ecs::types::NetworkMode::Awsvpc)
+    );
+    let container = &td.container_definitions()[0];
+    assert_eq!(
+        container.command().join(" "),
+        "flotilla agent --listen 0.0.0.0:8000 --app-port 3000 -- /app/server"
+    );
+    let env: std::collections::BTreeMap<_, _> = container
+        .environment()
+        .iter()
+        .map(|kv| (kv.name().unwrap_or(""), kv.value().unwrap_or("")))
+        .collect();
+    assert_eq!(env["FLOTILLA_DEPLOYMENT_NAME"], "shop");
+    assert_eq!(env["FLOTILLA_DEPLOYMENT_ID"], id.as_str());
+    assert_eq!(env["FLOTILLA_DRAIN_POLL_SECONDS"], "5");
+    assert_eq!(env["FLOTILLA_DRAIN_GRACE_SECONDS"], "30");
+    assert!(container.stop_timeout().is_some_and(|t| t <= 120));
+    let logs = container.log_configuration().expect("logs");
+    assert_eq!(
+        logs.options().expect("options")["awslogs-group"],
+        "/flotilla/shop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_deploy_drains_the_first_and_the_reaper_removes_it_completely() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    let v2 = next_id();
+    let out = w.deploy(&engine, &v2).await.expect("deploy v2");
+    assert_eq!(out.draining, vec![v1.clone()]);
+
+    let inv = w.inventory().await;
+    let svc1 = names::service_name(&w.name, &v1);
+    assert_eq!(
+        inv.services[&svc1].get("state").map(String::as_str),
+        Some("draining")
+    );
+    assert_eq!(
+        inv.parameters[&names::state_parameter(&w.name, &v1)],
+        "draining"
+    );
+    let tg2 = names::target_group_name(&w.name, &v2);
+    assert_eq!(inv.default, format!("forward {tg2}*100"));
+    assert_eq!(inv.rules.len(), 4, "both versions keep their affinity");
+    let priorities: BTreeSet<u32> = inv.rules.values().map(|(p, _)| *p).collect();
+    assert_eq!(priorities.len(), 4, "no priority is shared: {inv:?}");
+
+    // Sessions remain: the reaper leaves v1 alone.
+    w.ecs().settle().await;
+    let reaper =
+        flotilla_engine::Engine::new(w.ports(), w.engine_settings("reaper", eager_policy(2)));
+    let report = reaper.reap(false, &Silent).await.expect("pass");
+    assert!(report.actions.iter().all(|a| !a.is_visible()), "{report:?}");
+    assert_eq!(w.inventory().await.services.len(), 2);
+
+    // Every task of v1 reports it may stop: two passes in a row retire it (410 + scale 0).
+    assert_eq!(w.report_readiness(&v1, "draining").await, 2);
+    let report = reaper.reap(false, &Silent).await.expect("pass 1");
+    assert!(
+        matches!(
+            report.actions.as_slice(),
+            [ReapAction::RecordReadyPasses { passes: 1, .. }]
+        ),
+        "{report:?}"
+    );
+    let report = reaper.reap(false, &Silent).await.expect("pass 2");
+    assert!(
+        matches!(report.actions.as_slice(), [ReapAction::Retire { .. }]),
+        "{report:?}"
+    );
+    let inv = w.inventory().await;
+    for (cond, (_, action)) in &inv.rules {
+        if cond.ends_with(v1.as_str()) {
+            assert_eq!(action, "fixed 410", "{cond}");
+        }
+    }
+    let rule_body = w
+        .clients
+        .elb
+        .describe_rules()
+        .listener_arn(&w.listener_arn)
+        .send()
+        .await
+        .expect("rules");
+    let retired = rule_body
+        .rules()
+        .iter()
+        .filter_map(|r| r.actions().first()?.fixed_response_config())
+        .find(|f| f.status_code() == Some("410"))
+        .expect("a 410 rule");
+    assert_eq!(retired.content_type(), Some("application/json"));
+    assert!(
+        retired
+            .message_body()
+            .unwrap_or("")
+            .contains("version_retired")
+    );
+
+    // The next pass, with nothing running, deletes everything of v1.
+    w.ecs().settle().await;
+    let report = reaper.reap(false, &Silent).await.expect("pass 3");
+    assert!(
+        matches!(
+            report.actions.as_slice(),
+            [ReapAction::DeleteResources { .. }]
+        ),
+        "{report:?}"
+    );
+    let inv = w.inventory().await;
+    assert_eq!(inv.ids(), set(&[v2.as_str()]), "{inv:#?}");
+    assert_eq!(inv.task_definitions, 1);
+    assert_eq!(inv.rules.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_and_teardown_leave_exactly_what_they_should() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    let v2 = next_id();
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+    w.ecs().settle().await;
+
+    let back = engine.rollback(None, &Silent).await.expect("rollback");
+    assert_eq!(back.active, v1);
+    assert_eq!(back.draining, Some(v2.clone()));
+    let inv = w.inventory().await;
+    let tg1 = names::target_group_name(&w.name, &v1);
+    assert_eq!(inv.default, format!("forward {tg1}*100"));
+    assert_eq!(
+        inv.parameters[&names::state_parameter(&w.name, &v2)],
+        "draining"
+    );
+    assert_eq!(
+        inv.parameters[&names::state_parameter(&w.name, &v1)],
+        "active"
+    );
+
+    let removed = engine
+        .teardown(TeardownTarget::One(v2.clone()), false, &Silent)
+        .await
+        .expect("teardown v2");
+    assert_eq!(removed.removed, vec![v2.clone()]);
+    let inv = w.inventory().await;
+    assert_eq!(inv.ids(), set(&[v1.as_str()]), "{inv:#?}");
+    assert_eq!(inv.rules.len(), 2);
+    assert_eq!(inv.task_definitions, 1);
+
+    engine
+        .teardown(TeardownTarget::All, false, &Silent)
+        .await
+        .expect("teardown all");
+    let inv = w.inventory().await;
+    assert_eq!(
+        inv,
+        Inventory {
+            default: "fixed 503".to_owned(),
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_never_gets_healthy_removes_what_it_made_and_leaves_traffic() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    let before = w.inventory().await;
+
+    let mut settings = w.engine_settings("alice", eager_policy(2));
+    settings.health_timeout = Duration::from_secs(2);
+    let impatient = flotilla_engine::Engine::new(w.ports(), settings);
+    let v2 = next_id();
+    // No ECS stand-in: no task ever runs, no target ever registers.
+    let err = impatient
+        .deploy(World::request(&v2), &Silent)
+        .await
+        .expect_err("never healthy");
+    match &err {
+        EngineError::NotHealthy { id, healthy, .. } => {
+            assert_eq!(id, &v2);
+            assert_eq!(*healthy, 0);
+        }
+        other => panic!("expected NotHealthy, got {other}"),
+    }
+    let after = w.inventory().await;
+    assert_eq!(after.default, before.default, "traffic stays where it was");
+    assert_eq!(after.ids(), set(&[v1.as_str()]), "{after:#?}");
+    assert_eq!(after.task_definitions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_deploys_started_together_exactly_one_proceeds() {
+    let w = World::new("shop").await;
+    let (a, b) = (w.engine("alice@ci-1"), w.engine("bob@ci-2"));
+    let (ida, idb) = (next_id(), next_id());
+    let (ra, rb) = tokio::join!(w.deploy(&a, &ida), w.deploy(&b, &idb));
+    let (ok, held) = match (&ra, &rb) {
+        (Ok(o), Err(e)) => (o, e),
+        (Err(e), Ok(o)) => (o, e),
+        other => panic!("exactly one must proceed: {other:?}"),
+    };
+    match held {
+        EngineError::LockHeld { lock, .. } => {
+            assert!(lock.owner == "alice@ci-1" || lock.owner == "bob@ci-2");
+            assert_ne!(Some(&ok.deployment_id), None);
+        }
+        other => panic!("the other must be told who holds the lock: {other}"),
+    }
+    assert!(held.to_string().contains("--break-lock"), "{held}");
+    let inv = w.inventory().await;
+    assert_eq!(inv.ids(), set(&[ok.deployment_id.as_str()]), "{inv:#?}");
+    assert!(
+        w.clients
+            .ssm
+            .get_parameter()
+            .name(names::lock_parameter(&w.name))
+            .send()
+            .await
+            .is_err(),
+        "the winner released the lock"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_lambda_handler_runs_one_pass() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    let v2 = next_id();
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+    w.ecs().settle().await;
+    w.report_readiness(&v1, "draining").await;
+
+    let b = &w.settings.baseline_overrides;
+    let env = [
+        ("FLOTILLA_DEPLOYMENT_NAME", "shop".to_owned()),
+        ("FLOTILLA_CLUSTER", b.cluster.clone().expect("cluster")),
+        (
+            "FLOTILLA_LISTENER_ARN",
+            b.listener_arn.clone().expect("listener"),
+        ),
+        ("FLOTILLA_REAPER_INTERVAL_SECONDS", "60".to_owned()),
+        ("FLOTILLA_REAPER_MIN_AGE_SECONDS", "0".to_owned()),
+        ("FLOTILLA_REAPER_MAX_AGE_SECONDS", "172800".to_owned()),
+        ("FLOTILLA_REAPER_CONSECUTIVE_PASSES", "1".to_owned()),
+        (
+            "FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS",
+            "1800".to_owned(),
+        ),
+    ];
+    let config =
+        ReaperConfig::from_vars(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+            .expect("config");
+    let dry = handle(
+        &w.clients,
+        &config,
+        "req-1",
+        &serde_json::json!({"dry_run": true}),
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(dry["actions"][0]["action"], "retire", "{dry}");
+    assert_eq!(
+        w.inventory().await.services.len(),
+        2,
+        "a dry run changes nothing"
+    );
+    let report = handle(&w.clients, &config, "req-2", &serde_json::json!({}))
+        .await
+        .expect("pass");
+    assert_eq!(report["actions"][0]["action"], "retire", "{report}");
+    assert_eq!(report["actions"][0]["id"], v1.as_str(), "{report}");
+    let inv = w.inventory().await;
+    let svc1 = names::service_name(&w.name, &v1);
+    assert!(
+        inv.rules
+            .iter()
+            .any(|(c, (_, a))| c.ends_with(v1.as_str()) && a == "fixed 410")
+    );
+    assert!(
+        inv.services.contains_key(&svc1),
+        "deleted only on the next pass"
+    );
+}
