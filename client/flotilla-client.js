@@ -49,7 +49,10 @@
  *    On the first signal of a page, a cancelable `flotilla:stale` CustomEvent is dispatched on
  *    `window` with `detail = {retired, current, message, url}`. Unless a listener calls
  *    `event.preventDefault()`, its default action removes the stored id and reloads the page,
- *    which reaches the newest version. It fires at most once per page.
+ *    which reaches the newest version. It fires at most once per page. If the reloaded page
+ *    still names the same retired version within 30 seconds (a cached copy of the HTML), the
+ *    default action does not reload again and logs a console warning instead; the key
+ *    `flotilla:stale-reload` in sessionStorage remembers the last such reload.
  *
  * 5. What JavaScript cannot see. A WebSocket upgrade answered 410 surfaces only as `error` plus
  *    `close` code 1006, and an EventSource answered 410 only as `error` with readyState CLOSED; the
@@ -80,6 +83,8 @@
   var STALE_EVENT = "flotilla:stale";
   var RETIRED_ERROR = "version_retired";
   var PROBE_INTERVAL_MS = 2000;
+  var RELOAD_KEY = "flotilla:stale-reload";
+  var RELOAD_LOOP_MS = 30000;
   var INSTALLED = "__flotillaClient";
 
   if (typeof window === "undefined" || typeof document === "undefined") {
@@ -288,9 +293,38 @@
       url: url,
     };
     var event = new CustomEvent(STALE_EVENT, { cancelable: true, detail: detail });
-    if (window.dispatchEvent(event)) {
-      setId(null, null);
-      window.location.reload();
+    if (!window.dispatchEvent(event)) {
+      return;
+    }
+    // A page that comes back still naming the version it was reloaded away from (an HTML copy
+    // cached somewhere on the way) would reload forever; the second time, stop and say why.
+    if (reloadedAwayFrom(detail.retired)) {
+      if (window.console) {
+        console.warn(
+          "flotilla: version " + detail.retired + " is retired, and reloading brought it back " +
+            "(a cached copy of the page?); not reloading again"
+        );
+      }
+      return;
+    }
+    try {
+      window.sessionStorage.setItem(
+        RELOAD_KEY,
+        JSON.stringify({ retired: detail.retired, at: Date.now() })
+      );
+    } catch (e) {
+      // Without storage there is no loop guard; the reload is still the right default.
+    }
+    setId(null, null);
+    window.location.reload();
+  }
+
+  function reloadedAwayFrom(retired) {
+    try {
+      var last = JSON.parse(window.sessionStorage.getItem(RELOAD_KEY) || "null");
+      return !!last && last.retired === retired && Date.now() - last.at < RELOAD_LOOP_MS;
+    } catch (e) {
+      return false;
     }
   }
 

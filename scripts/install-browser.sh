@@ -24,15 +24,30 @@ as_root() {
     fi
 }
 
+install_packages() {
+    as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver
+}
+
 if [ ! -x "$CHROMIUM" ] || [ ! -x "$CHROMEDRIVER" ]; then
     export DEBIAN_FRONTEND=noninteractive
     # Only refresh the package lists when apt cannot yet resolve the packages.
+    updated=no
     if ! apt-cache show chromium chromium-driver >/dev/null 2>&1; then
         echo "install-browser: refreshing package lists (apt-get update)"
         as_root apt-get update -qq
+        updated=yes
     fi
     echo "install-browser: installing chromium and chromium-driver"
-    as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    if ! install_packages; then
+        # Lists that are present but stale name package versions the mirror no longer has.
+        if [ "$updated" = yes ]; then
+            echo "install-browser: apt-get install failed" >&2
+            exit 1
+        fi
+        echo "install-browser: install failed; refreshing package lists and retrying"
+        as_root apt-get update -qq
+        install_packages
+    fi
 fi
 
 for bin in "$CHROMIUM" "$CHROMEDRIVER"; do
@@ -43,5 +58,9 @@ for bin in "$CHROMIUM" "$CHROMEDRIVER"; do
 done
 
 # Both binaries must actually run; a broken install shows up here rather than in a test timeout.
-"$CHROMIUM" --headless --no-sandbox --version
+# The tests start Debian's real binary behind the /usr/bin/chromium shell wrapper (whose start-up
+# checks print noise on some machines), so that is the one asked for its version.
+real_chromium=/usr/lib/chromium/chromium
+[ -x "$real_chromium" ] || real_chromium="$CHROMIUM"
+"$real_chromium" --headless --no-sandbox --version
 "$CHROMEDRIVER" --version

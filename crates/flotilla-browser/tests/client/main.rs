@@ -466,6 +466,59 @@ async fn a_retired_version_fires_stale_once_and_the_default_reloads_onto_the_new
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_comes_back_retired_after_the_reload_is_not_reloaded_again() {
+    bounded(async {
+        let server = TestServer::start("v2").await;
+        server.retire("v1");
+        let browser = launch().await;
+        let tab = browser.first_tab();
+        // The page always declares v1, as a copy of the old HTML cached on the way would.
+        tab.goto(&server.url("/page?d=v1"))
+            .await
+            .expect("open the page");
+        listen_for_stale(&tab, false).await;
+        tab.eval("fetch('/echo'); return true;")
+            .await
+            .expect("fetch from the retired version");
+        tab.wait_for(
+            "the page to reload",
+            "return window.__before === undefined && document.readyState === 'complete';",
+            WAIT,
+        )
+        .await
+        .expect("the first signal reloads");
+
+        listen_for_stale(&tab, false).await;
+        tab.eval("fetch('/echo'); return true;")
+            .await
+            .expect("fetch from the retired version");
+        tab.wait_for(
+            "the second page's stale event",
+            "return window.__events.length > 0;",
+            WAIT,
+        )
+        .await
+        .expect("the event still fires");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            tab.eval("return window.__before;")
+                .await
+                .expect("read the page"),
+            json!(true),
+            "no second reload"
+        );
+        assert_eq!(server.seen_at("/page").len(), 2, "one reload, not a loop");
+        let guard = tab
+            .session_storage("flotilla:stale-reload")
+            .await
+            .expect("storage");
+        assert!(guard.is_some_and(|g| g.contains(r#""retired":"v1""#)));
+        browser.close().await.expect("close the browser");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prevent_default_on_stale_keeps_the_page_and_the_event_fires_once() {
     bounded(async {
         let server = TestServer::start("v1").await;
