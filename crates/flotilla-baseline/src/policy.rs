@@ -100,9 +100,22 @@ impl PolicyDocument {
     }
 }
 
-/// A trust policy letting `service` (e.g. `lambda.amazonaws.com`) assume a role, limited to
-/// requests made on behalf of the stack's own account (the confused-deputy guard).
+/// A trust policy letting `service` (e.g. `lambda.amazonaws.com`) assume a role.
 pub fn service_trust(service: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": { "Service": service },
+            "Action": "sts:AssumeRole",
+        }],
+    })
+}
+
+/// A trust policy letting `service` assume a role only on behalf of the stack's own account (the
+/// confused-deputy guard). Only for services documented to send `aws:SourceAccount` when they
+/// assume the role (ECS for task roles); others would be locked out.
+pub fn guarded_service_trust(service: &str) -> Value {
     json!({
         "Version": "2012-10-17",
         "Statement": [{

@@ -7,7 +7,7 @@ use super::{arn, ids};
 use crate::cfn::{Resource, Template, get_att, json_text, reference, select, sub};
 use crate::names;
 use crate::options::BaselineOptions;
-use crate::policy::{Effect, PolicyDocument, Statement, service_trust};
+use crate::policy::{Effect, PolicyDocument, Statement, guarded_service_trust, service_trust};
 
 pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     let name = &options.name;
@@ -143,7 +143,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             json!({
                 "Description": format!("flotilla {name}: the agent reads its version's state and reports readiness"),
                 "Path": names::task_role_path(name),
-                "AssumeRolePolicyDocument": service_trust("ecs-tasks.amazonaws.com"),
+                "AssumeRolePolicyDocument": guarded_service_trust("ecs-tasks.amazonaws.com"),
                 "Policies": [{
                     "PolicyName": "deployment-state",
                     "PolicyDocument": task_policy.to_json(),

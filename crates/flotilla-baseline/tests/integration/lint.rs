@@ -246,3 +246,58 @@ fn checkov_fails_nothing_and_every_suppression_is_needed_and_explained() {
          {unneeded:#?}\nfailing without suppressions but not reported as skipped: {hidden:#?}"
     );
 }
+
+/// The deployer policy as the only resource of a template, so both linters can read it.
+fn deployer_policy_template(policy: Value) -> Value {
+    serde_json::json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "flotilla deployer policy, wrapped for linting",
+        "Resources": {
+            "DeployerPolicy": {
+                "Type": "AWS::IAM::ManagedPolicy",
+                "Properties": { "PolicyDocument": policy },
+            },
+        },
+    })
+}
+
+#[test]
+fn the_deployer_policy_names_only_real_actions_and_passes_checkov() {
+    use flotilla_baseline::{DeployerPolicyOptions, deployer_policy};
+    use flotilla_core::DeploymentName;
+
+    let cfn_lint = tool("cfn-lint", "cfn-lint");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = DeployerPolicyOptions::new(DeploymentName::new("prod").expect("valid"));
+    options.region = Some("eu-west-1".into());
+    options.account_id = Some("123456789012".into());
+    let path = dir.path().join("deployer.json");
+    let body = deployer_policy_template(deployer_policy(&options));
+    std::fs::write(&path, body.to_string()).expect("write template");
+    // cfn-lint checks every IAM action name against the service reference (W3037).
+    let out = run(Command::new(&cfn_lint)
+        .args(["--format", "parseable", "--"])
+        .arg(&path));
+    assert!(
+        out.status.success(),
+        "cfn-lint found problems in the deployer policy:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let (failed, skipped) = checkov(std::slice::from_ref(&path));
+    assert!(
+        failed.is_empty(),
+        "checkov failed the deployer policy: {failed:#?}"
+    );
+    assert!(skipped.is_empty(), "{skipped:#?}");
+
+    // And the check is real: a misspelt action is caught.
+    let mut broken = deployer_policy(&options);
+    broken["Statement"][0]["Action"][0] = Value::from("ecs:CreateServise");
+    std::fs::write(&path, deployer_policy_template(broken).to_string()).expect("write template");
+    let out = run(Command::new(&cfn_lint)
+        .args(["--format", "parseable", "--"])
+        .arg(&path));
+    assert!(!out.status.success(), "cfn-lint accepted a misspelt action");
+    assert!(text(&out.stdout).contains("W3037"), "{}", text(&out.stdout));
+}
