@@ -1,0 +1,3 @@
+//! Agent overhead benchmark (being written).
+
+fn main() {}

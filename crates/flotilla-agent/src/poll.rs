@@ -1,0 +1,255 @@
+//! The drain poll loop: read the version's state, count sessions, decide readiness with
+//! `flotilla_core::drain::DrainTracker`, write it when it changes, print one EMF line, sleep.
+//!
+//! Pace: every `poll` seconds with ±20 % jitter, so tasks started together do not read in step.
+//! After a throttled or transient failure the wait doubles per consecutive failure (capped at
+//! [`MAX_BACKOFF`]): SSM's default `GetParameter` budget is 40 per second per account and
+//! region, shared by every task, so a fleet must slow down together when it is told to.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_core::Timestamp;
+use flotilla_core::drain::{DrainTracker, Readiness};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::health;
+use crate::http::HttpClient;
+use crate::identity::Identity;
+use crate::source::{DrainErrorKind, DrainSource};
+use crate::state::LiveState;
+
+/// The longest wait between polls while backing off (unless `poll` itself is longer).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// The EMF namespace of the readiness metric.
+pub const EMF_NAMESPACE: &str = "App/Drain";
+
+/// The EMF metric name.
+pub const EMF_METRIC: &str = "ShutdownReady";
+
+/// The wait before the next poll after `failures` consecutive throttled or transient failures
+/// (0 after a success), scaled by `jitter` (clamped to `0.8..=1.2`).
+pub fn next_delay(poll: Duration, failures: u32, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(0.8, 1.2);
+    let base = if failures == 0 {
+        poll
+    } else {
+        let factor = 1u32 << failures.min(16);
+        poll.saturating_mul(factor).min(MAX_BACKOFF.max(poll))
+    };
+    base.mul_f64(jitter)
+}
+
+/// One CloudWatch Embedded Metric Format line: `ShutdownReady` (0 or 1) in `App/Drain` with
+/// dimensions `deployment_name`, `deployment_id`, `task_id`.
+pub fn emf_line(who: &Identity, ready: bool, at: Timestamp) -> String {
+    json!({
+        "_aws": {
+            "Timestamp": at.as_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": EMF_NAMESPACE,
+                "Dimensions": [["deployment_name", "deployment_id", "task_id"]],
+                "Metrics": [{"Name": EMF_METRIC, "Unit": "Count"}],
+            }],
+        },
+        "deployment_name": who.name.as_str(),
+        "deployment_id": who.id.as_str(),
+        "task_id": who.instance.as_str(),
+        EMF_METRIC: u8::from(ready),
+    })
+    .to_string()
+}
+
+/// The wall clock as a core timestamp.
+pub(crate) fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Timestamp::from_millis(millis)
+}
+
+/// What the poll loop needs besides the shared state.
+pub(crate) struct PollConfig {
+    pub(crate) poll: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) emf: bool,
+    pub(crate) client: HttpClient,
+    pub(crate) app: SocketAddr,
+    pub(crate) health_path: String,
+    pub(crate) probe_timeout: Duration,
+}
+
+/// Polls until `stop` turns true.
+pub(crate) async fn run(
+    state: Arc<LiveState>,
+    source: Arc<dyn DrainSource>,
+    config: PollConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let who = state.identity.clone();
+    let mut tracker = DrainTracker::new();
+    // No parameter counts as `healthy` to the reaper, so only a change from that is written.
+    let mut reported = Readiness::Healthy;
+    let mut failures: u32 = 0;
+    let mut last_error: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut throttled = false;
+        match source.read_state(&who).await {
+            Ok(version) => {
+                let before = state.version_state();
+                if before != version {
+                    tracing::info!(
+                        from = before.map_or("unknown", |s| s.as_str()),
+                        to = version.map_or("unknown", |s| s.as_str()),
+                        "version state changed"
+                    );
+                }
+                state.set_version_state(version);
+                failures = 0;
+                last_error = None;
+            }
+            Err(err) => {
+                throttled = matches!(
+                    err.kind,
+                    DrainErrorKind::Throttled | DrainErrorKind::Transient
+                );
+                log_error(&mut last_error, &err.to_string());
+            }
+        }
+        health::probe_and_record(
+            &state,
+            &config.client,
+            config.app,
+            &config.health_path,
+            config.probe_timeout,
+        )
+        .await;
+        let at = now();
+        let counts = state.counts();
+        let status = tracker.observe(
+            state.version_draining(),
+            counts.sessions(),
+            at,
+            config.grace,
+        );
+        state.set_ready(status.ready);
+        let readiness = status.readiness();
+        if readiness != reported {
+            match source.write_readiness(&who, readiness).await {
+                Ok(()) => {
+                    tracing::info!(
+                        %readiness,
+                        sessions = counts.sessions(),
+                        "reported readiness"
+                    );
+                    reported = readiness;
+                }
+                Err(err) => {
+                    throttled |= matches!(
+                        err.kind,
+                        DrainErrorKind::Throttled | DrainErrorKind::Transient
+                    );
+                    log_error(&mut last_error, &err.to_string());
+                }
+            }
+        }
+        if throttled {
+            failures = failures.saturating_add(1);
+        }
+        if config.emf {
+            let line = emf_line(&who, status.ready, at);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        let delay = next_delay(config.poll, failures, 0.8 + fastrand::f64() * 0.4);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Logs a drain-source failure at `warn` when it is new, at `debug` when it repeats.
+fn log_error(last: &mut Option<String>, message: &str) {
+    if last.as_deref() == Some(message) {
+        tracing::debug!(error = message, "drain source still failing");
+    } else {
+        tracing::warn!(
+            error = message,
+            "drain source call failed; keeping the last known state"
+        );
+        *last = Some(message.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::{DeploymentId, DeploymentName, InstanceId};
+
+    #[test]
+    fn next_delay_table() {
+        let poll = Duration::from_secs(5);
+        let check = |failures: u32, jitter: f64, expected_ms: u64| {
+            assert_eq!(
+                next_delay(poll, failures, jitter).as_millis() as u64,
+                expected_ms,
+                "failures={failures} jitter={jitter}"
+            );
+        };
+        check(0, 1.0, 5_000);
+        check(0, 0.8, 4_000);
+        check(0, 1.2, 6_000);
+        check(0, 5.0, 6_000); // jitter is clamped
+        check(1, 1.0, 10_000);
+        check(2, 1.0, 20_000);
+        check(4, 1.0, 80_000);
+        check(5, 1.0, 120_000); // capped
+        check(40, 1.0, 120_000); // no overflow
+        check(5, 0.8, 96_000);
+        // A poll longer than the cap is never shortened by backing off.
+        assert_eq!(
+            next_delay(Duration::from_secs(300), 3, 1.0),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn emf_line_shape() {
+        let who = Identity {
+            name: DeploymentName::new("shop").expect("valid"),
+            id: DeploymentId::new("20261125-190633-k3x9").expect("valid"),
+            instance: InstanceId::new("158d1c8083dd49d6b527399fd6414f5c").expect("valid"),
+        };
+        let line = emf_line(&who, true, Timestamp::from_millis(1_764_097_593_000));
+        assert!(!line.contains('\n'), "one line");
+        let doc: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let expected = json!({
+            "_aws": {
+                "Timestamp": 1_764_097_593_000u64,
+                "CloudWatchMetrics": [{
+                    "Namespace": "App/Drain",
+                    "Dimensions": [["deployment_name", "deployment_id", "task_id"]],
+                    "Metrics": [{"Name": "ShutdownReady", "Unit": "Count"}],
+                }],
+            },
+            "deployment_name": "shop",
+            "deployment_id": "20261125-190633-k3x9",
+            "task_id": "158d1c8083dd49d6b527399fd6414f5c",
+            "ShutdownReady": 1,
+        });
+        assert_eq!(doc, expected);
+        let not_ready: serde_json::Value =
+            serde_json::from_str(&emf_line(&who, false, Timestamp::EPOCH)).expect("JSON");
+        assert_eq!(not_ready["ShutdownReady"], 0);
+    }
+}
