@@ -199,16 +199,138 @@ pub async fn open(config: &Config, command: &str) -> Result<Opened> {
     }
 }
 
-async fn open_host(config: &Config, settings: Settings, command: &str) -> Result<Opened> {
-    // WIRE: host provider.
-    //   let ports = flotilla_host::connect(&host_settings(config)).await?;
-    //   Ok(Opened {
-    //       engine: Engine::new(ports, settings),
-    //       base_url: Some(host_base_url(config.host.listen)),
-    //       logs: Some(Box::new(..)),
-    //   })
-    let _ = (config, settings);
-    Err(NotBuiltIn::provider(ProviderKind::Host, command).into())
+async fn open_host(config: &Config, engine_settings: Settings, command: &str) -> Result<Opened> {
+    let _ = command;
+    let settings = host_settings(config)?;
+    let connection = flotilla_host::connect_reporting(&settings)
+        .await
+        .map_err(|e| anyhow::Error::new(e.into_port("connect to", "the flotilla host daemon")))?;
+    if let Some(started) = &connection.started {
+        crate::output::Output {
+            json: false,
+            verbose: 0,
+        }
+        .note(&format!(
+            "started the flotilla host daemon (pid {}) in the background; its log is {}",
+            started.pid,
+            started.log.display()
+        ));
+    }
+    let logs_dir = settings
+        .resolved()
+        .map(|s| s.logs_dir())
+        .unwrap_or_else(|_| settings.logs_dir());
+    let ports = connection.ports;
+    Ok(Opened {
+        engine: Engine::new(ports.clone(), engine_settings),
+        base_url: Some(host_base_url(config.host.listen)),
+        logs: Some(Box::new(HostLogs { logs_dir, ports })),
+    })
+}
+
+/// The host provider's settings, from the resolved config.
+fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
+    let command = config.host.command.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "missing `command` in [host]: provider = \"host\" needs the command that starts one \
+             instance of your app (it must listen on $PORT)"
+        )
+    })?;
+    let mut s = flotilla_host::HostSettings::new(config.name.clone(), config.root.clone(), command);
+    s.state_dir = config.host.state_dir.clone();
+    s.listen = config.host.listen;
+    s.admin_listen = config.host.admin_listen;
+    s.build = config.host.build.clone();
+    s.instances = config.host.instances;
+    s.keep_releases = config.host.keep_releases;
+    s.health_path = config.app.health_path.clone();
+    s.affinity_header = config.app.affinity_header.clone();
+    s.affinity_query = config.app.affinity_query.clone();
+    s.inject_client = config.app.inject_client;
+    s.health_timeout = config.app.health_timeout;
+    s.stop_timeout = config.app.stop_timeout;
+    s.drain_poll = config.drain.poll;
+    s.drain_grace = config.drain.grace;
+    s.reaper_policy = engine_settings(config).policy;
+    s.reaper_interval = config.reaper.interval;
+    // The background daemon reads the same config: same file, same name, same provider.
+    let exe = std::env::current_exe()?;
+    let mut argv: Vec<std::ffi::OsString> = vec![exe.into_os_string()];
+    if let Some(file) = &config.file {
+        argv.push("--config".into());
+        argv.push(file.clone().into_os_string());
+    }
+    argv.extend([
+        "--name".into(),
+        config.name.to_string().into(),
+        "--provider".into(),
+        "host".into(),
+    ]);
+    argv.extend(["host".into(), "serve".into()]);
+    s.serve_command = Some(argv);
+    Ok(s)
+}
+
+/// Instance logs read straight from the files the host supervisor writes.
+struct HostLogs {
+    logs_dir: std::path::PathBuf,
+    ports: flotilla_engine::Ports,
+}
+
+#[async_trait]
+impl LogSource for HostLogs {
+    async fn stream(&self, query: &LogQuery, out: mpsc::Sender<LogLine>) -> Result<()> {
+        let ids = match &query.id {
+            Some(id) => vec![id.clone()],
+            None => self.ports.compute.list().await?,
+        };
+        let mut readers = Vec::new();
+        for id in ids {
+            match flotilla_host::logs::LogReader::open(&self.logs_dir, &id) {
+                Ok(reader) => readers.push((id, reader)),
+                Err(e) if query.id.is_some() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        let send = |id: &DeploymentId, lines: Vec<(String, String)>| {
+            let out = out.clone();
+            let id = id.clone();
+            async move {
+                for (instance, line) in lines {
+                    let instance = InstanceId::new(&instance).ok();
+                    if out
+                        .send(LogLine {
+                            id: id.clone(),
+                            instance,
+                            line,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        };
+        for (id, reader) in &mut readers {
+            if !send(id, reader.tail(query.lines)?).await {
+                return Ok(());
+            }
+        }
+        while query.follow {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for (id, reader) in &mut readers {
+                if !send(id, reader.poll()?).await {
+                    return Ok(());
+                }
+            }
+            if out.is_closed() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<Opened> {
@@ -221,17 +343,49 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
 
 /// `flotilla host serve`: runs the host daemon in the foreground until SIGTERM or Ctrl-C.
 pub async fn host_serve(config: &Config) -> Result<()> {
-    // WIRE: host provider: flotilla_host::serve(&host_settings(config), shutdown).await
-    let _ = config;
-    Err(NotBuiltIn::provider(ProviderKind::Host, "host serve").into())
+    let settings = host_settings(config)?;
+    // The daemon logs to stderr (the background daemon's stderr is its log file).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    flotilla_host::serve(&settings, shutdown).await?;
+    Ok(())
 }
 
 /// `flotilla host stop`: stops a running host daemon (its versions keep their state and come
 /// back when it starts again).
 pub async fn host_stop(config: &Config) -> Result<()> {
-    // WIRE: host provider.
-    let _ = config;
-    Err(NotBuiltIn::provider(ProviderKind::Host, "host stop").into())
+    let settings = host_settings(config)?;
+    let wait = config.app.stop_timeout + Duration::from_secs(30);
+    let out = crate::output::Output {
+        json: false,
+        verbose: 0,
+    };
+    if flotilla_host::stop_daemon(&settings, wait).await? {
+        out.note("the flotilla host daemon stopped; its versions start again with it");
+    } else {
+        out.note("no flotilla host daemon was running");
+    }
+    Ok(())
 }
 
 /// What `flotilla agent` was asked to do.

@@ -1,0 +1,502 @@
+//! End-to-end tests of the host provider with the real `flotilla` binary, the real daemon, real
+//! app processes (`examples/hello`) and the real router, all on 127.0.0.1 with free ports.
+//!
+//! Each test has its own app directory, state directory and daemon, and a guard that stops the
+//! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use util::{HostEnv, KeepAlive, Timing, alive, eventually, kill};
+
+const HEADER: &str = "X-Flotilla-Deployment";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The deployment that answered a `GET /` (from the app's JSON), checked against the stamp.
+fn served_by(reply: &util::Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let id = reply.json()["deployment_id"]
+        .as_str()
+        .expect("deployment_id")
+        .to_owned();
+    assert_eq!(
+        reply.header(HEADER),
+        Some(id.as_str()),
+        "the router stamps the serving version"
+    );
+    id
+}
+
+/// A server-sent event stream read in the background, remembering which deployment sent each tick.
+struct EventStream {
+    ticks: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventStream {
+    async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: e2e\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let ticks = Arc::new(Mutex::new(Vec::new()));
+        let seen = ticks.clone();
+        let task = tokio::spawn(async move {
+            let mut text = String::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                // Each event is `data: {"deployment_id":"..",...}`.
+                while let Some(start) = text.find("\"deployment_id\":\"") {
+                    let rest = &text[start + 17..];
+                    let Some(end) = rest.find('"') else { break };
+                    seen.lock().expect("lock").push(rest[..end].to_owned());
+                    text = rest[end..].to_owned();
+                }
+            }
+        });
+        EventStream { ticks, task }
+    }
+
+    fn ticks(&self) -> Vec<String> {
+        self.ticks.lock().expect("lock").clone()
+    }
+
+    fn close(self) {
+        self.task.abort();
+    }
+}
+
+#[test]
+fn pinned_sessions_survive_a_deploy_and_the_old_version_is_reaped_once_they_close() {
+    let timing = Timing {
+        poll: 1,
+        grace: 2,
+        interval: 1,
+        health_timeout: 30,
+    };
+    let env = HostEnv::new(timing);
+    let rt = runtime();
+    let v1 = env.deploy();
+    assert_eq!(served_by(&env.get("/", &[])), v1);
+
+    // A WebSocket pinned by the query parameter and an event stream pinned by the header.
+    let url = format!("ws://{}/ws?flotilla_deployment={v1}", env.listen);
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("WebSocket through the router");
+    let greeting = rt.block_on(ws.next()).expect("greeting").expect("frame");
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().expect("text")).expect("json");
+    assert_eq!(greeting["deployment_id"], v1.as_str());
+    let events = rt.block_on(EventStream::open(
+        env.listen,
+        "/events?interval_ms=100",
+        &[(HEADER, &v1)],
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || (events.ticks().len() >= 2)
+            .then_some(()))
+        .is_some(),
+        "event stream ticks"
+    );
+
+    let v2 = env.deploy();
+    assert_ne!(v1, v2);
+    for _ in 0..4 {
+        assert_eq!(
+            served_by(&env.get("/", &[])),
+            v2,
+            "fresh requests reach the new version"
+        );
+    }
+    assert_eq!(
+        served_by(&env.get("/", &[(HEADER, &v1)])),
+        v1,
+        "the header pins to v1"
+    );
+    assert_eq!(
+        served_by(&env.get(&format!("/?flotilla_deployment={v1}"), &[])),
+        v1,
+        "the query parameter pins to v1"
+    );
+    assert_eq!(served_by(&env.get("/", &[(HEADER, &v2)])), v2);
+
+    // The pinned sessions outlive the grace period and keep being served by v1.
+    std::thread::sleep(Duration::from_secs(timing.grace + 1));
+    rt.block_on(ws.send(Message::text("still there?")))
+        .expect("send on the WebSocket");
+    let echo = rt.block_on(ws.next()).expect("echo").expect("frame");
+    let echo: serde_json::Value =
+        serde_json::from_str(echo.to_text().expect("text")).expect("json");
+    assert_eq!(
+        (echo["deployment_id"].as_str(), echo["echo"].as_str()),
+        (Some(v1.as_str()), Some("still there?"))
+    );
+    let before = events.ticks().len();
+    std::thread::sleep(Duration::from_millis(600));
+    let ticks = events.ticks();
+    assert!(
+        ticks.len() > before + 2,
+        "the event stream keeps flowing: {} then {}",
+        before,
+        ticks.len()
+    );
+    assert!(
+        ticks.iter().all(|t| t == &v1),
+        "every tick comes from v1: {ticks:?}"
+    );
+    let status = env.flotilla(&["status", "--json"]);
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("draining"),
+        "v1 drains while its sessions live: {text}"
+    );
+    let v1_pids = env.instance_pids(&v1);
+    assert_eq!(v1_pids.len(), 2, "v1 still runs both instances");
+    assert_eq!(
+        served_by(&env.get("/", &[(HEADER, &v1)])),
+        v1,
+        "v1 is not reaped while sessions live"
+    );
+
+    // Close both sessions: v1 is reaped within grace + poll + interval (+1 s).
+    rt.block_on(ws.close(None)).expect("close the WebSocket");
+    drop(ws);
+    events.close();
+    let closed = Instant::now();
+    let budget = Duration::from_secs(timing.grace + timing.poll + timing.interval + 1);
+    let gone = eventually(budget + Duration::from_secs(5), || {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        (r.status == 410).then_some(r)
+    })
+    .expect("v1's affinity answers 410 once it is reaped");
+    let reaped_after = closed.elapsed();
+    assert!(
+        reaped_after <= budget,
+        "v1 was reaped after {reaped_after:?}, more than {budget:?}"
+    );
+    assert_eq!(
+        gone.json(),
+        serde_json::json!({
+            "error": "version_retired",
+            "retired": v1,
+            "current": v2,
+            "message": "410 Gone: this version is no longer available",
+        })
+    );
+    let deadline = closed + budget;
+    let stopped = eventually(deadline.saturating_duration_since(Instant::now()), || {
+        (v1_pids.iter().all(|p| !alive(*p)) && env.processes_of(&v1).is_empty()).then_some(())
+    });
+    assert!(
+        stopped.is_some(),
+        "v1's processes are gone within {budget:?}: {:?}",
+        env.processes_of(&v1)
+    );
+    let r = env.get(&format!("/ws?flotilla_deployment={v1}"), &[]);
+    assert_eq!(
+        r.status, 410,
+        "the query parameter of a retired version answers 410 too"
+    );
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+    // Once its resources are deleted, the retired id still answers 410 (a tombstone).
+    let deleted = eventually(Duration::from_secs(5), || {
+        let out = env.flotilla(&["status", "--json"]);
+        (!String::from_utf8_lossy(&out.stdout).contains(&v1)).then_some(())
+    });
+    assert!(
+        deleted.is_some(),
+        "v1's record is deleted by the next reaper pass"
+    );
+    assert_eq!(env.get("/", &[(HEADER, &v1)]).status, 410);
+}
+
+/// Requests without affinity sent in a loop over keep-alive connections, counting which version
+/// answered and every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(BTreeMap<String, u64>, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, connections: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = BTreeMap::new();
+                    let mut failures = Vec::new();
+                    let mut conn: Option<KeepAlive> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match KeepAlive::connect(addr) {
+                                Ok(c) => conn.insert(c),
+                                Err(e) => {
+                                    failures.push(format!("connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                            },
+                        };
+                        match c.send("/", &[], false) {
+                            Ok(r) if r.status == 200 => {
+                                let id = r.header(HEADER).unwrap_or("?").to_owned();
+                                *seen.entry(id).or_insert(0) += 1;
+                            }
+                            Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
+                            Err(e) => {
+                                failures.push(format!("request: {e}"));
+                                conn = None;
+                            }
+                        }
+                        // A steady, bounded load: about 200 requests per second per connection.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    (seen, failures)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut seen = BTreeMap::new();
+        let mut failures = Vec::new();
+        for t in self.threads {
+            let (s, f) = t.join().expect("load thread");
+            for (k, v) in s {
+                *seen.entry(k).or_insert(0) += v;
+            }
+            failures.extend(f);
+        }
+        (seen, failures)
+    }
+}
+
+#[test]
+fn failed_deploys_exit_non_zero_with_logs_and_leave_the_previous_version_serving() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 4,
+    });
+    let v1 = env.deploy();
+    let build = format!("cp {} ./hello", util::hello_bin().display());
+    let load = Load::start(env.listen, 2);
+
+    env.configure(&build, "echo 'boom: the app cannot start' >&2; exit 3");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "exit code 5 (not healthy):\n{stderr}"
+    );
+    assert!(
+        stderr.contains("boom: the app cannot start"),
+        "the app's last log lines are shown:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("exit status: 3"),
+        "the exit status is shown:\n{stderr}"
+    );
+
+    env.configure(&build, "HELLO_UNHEALTHY=1 exec ./hello");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "exit code 5 (not healthy):\n{stderr}"
+    );
+    assert!(stderr.contains("did not become healthy"), "{stderr}");
+    assert!(
+        stderr.contains("listening on http://127.0.0.1:"),
+        "the instance's log is shown:\n{stderr}"
+    );
+
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "no request failed while the deploys failed: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec![v1.clone()],
+        "every request reached v1"
+    );
+    assert!(seen[&v1] > 50, "the load ran: {seen:?}");
+
+    // Nothing of the failed versions is left: one version, two instances.
+    let status = env.flotilla(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let ids: Vec<String> = report
+        .to_string()
+        .match_indices("\"id\":\"")
+        .map(|(i, _)| report.to_string()[i + 6..i + 26].to_owned())
+        .collect();
+    assert!(
+        ids.iter().all(|id| id == &v1),
+        "only v1 is recorded: {report}"
+    );
+    let instances: Vec<u32> = env
+        .processes()
+        .into_iter()
+        .filter(|p| Some(*p) != env.daemon_pid())
+        .collect();
+    assert_eq!(
+        instances.len(),
+        2,
+        "only v1's two instances run: {instances:?}"
+    );
+    assert_eq!(env.processes_of(&v1).len(), 2);
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_comes_back_with_the_same_routing_and_no_duplicates() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let v2 = env.deploy();
+    let old: Vec<u32> = [env.processes_of(&v1), env.processes_of(&v2)].concat();
+    assert_eq!(old.len(), 4);
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    kill(daemon, "-9");
+    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+
+    // Any command starts the daemon again.
+    let restarted = Instant::now();
+    let out = env.flotilla(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
+    let routed = eventually(Duration::from_secs(15), || {
+        let fresh = env.get("/", &[]);
+        let pinned = env.get("/", &[(HEADER, &v1)]);
+        let query = env.get(&format!("/?flotilla_deployment={v1}"), &[]);
+        (fresh.status == 200 && pinned.status == 200 && query.status == 200)
+            .then(|| (served_by(&fresh), served_by(&pinned), served_by(&query)))
+    })
+    .expect("service comes back");
+    assert_eq!(
+        routed,
+        (v2.clone(), v1.clone(), v1.clone()),
+        "same routing as before the crash"
+    );
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "serving again within seconds"
+    );
+    assert!(
+        old.iter().all(|p| !alive(*p)),
+        "the dead daemon's instances were stopped, not duplicated"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        env.processes_of(&v1).len(),
+        2,
+        "v1 runs two instances, no more"
+    );
+    assert_eq!(
+        env.processes_of(&v2).len(),
+        2,
+        "v2 runs two instances, no more"
+    );
+
+    // A graceful stop stops everything; the next command brings the same versions back.
+    let out = env.flotilla(&["host", "stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        env.processes().is_empty(),
+        "host stop leaves no process: {:?}",
+        env.processes()
+    );
+    let out = env.flotilla(&["status"]);
+    assert!(out.status.success());
+    let routed = eventually(Duration::from_secs(15), || {
+        let fresh = env.get("/", &[]);
+        let pinned = env.get("/", &[(HEADER, &v1)]);
+        (fresh.status == 200 && pinned.status == 200)
+            .then(|| (served_by(&fresh), served_by(&pinned)))
+    });
+    assert_eq!(routed, Some((v2, v1)));
+}
+
+#[test]
+fn steady_load_during_repeated_deploys_loses_no_request() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let first = env.deploy();
+    let load = Load::start(env.listen, 4);
+    let mut ids = vec![first];
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        ids.push(env.deploy());
+    }
+    // Long enough for the reaper to retire and stop old versions under load.
+    std::thread::sleep(Duration::from_secs(4));
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let total: u64 = seen.values().sum();
+    assert!(total > 500, "the load ran: {seen:?}");
+    for id in &ids {
+        assert!(
+            seen.contains_key(id),
+            "version {id} served fresh traffic while it was newest: {seen:?}"
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        ids.len(),
+        "only deployed versions answered: {seen:?}"
+    );
+}

@@ -1,0 +1,403 @@
+//! Test support for the host end-to-end tests: a temporary app directory with its own
+//! `flotilla.toml` and free ports, the real `flotilla` binary, a tiny HTTP client, and a guard
+//! that stops every process the test started (daemon and app instances) when it is dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `flotilla` binary under test.
+pub fn flotilla_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// The example app, built next to the `flotilla` binary (once per test run; cargo makes this a
+/// no-op when it is up to date).
+pub fn hello_bin() -> PathBuf {
+    static HELLO: OnceLock<PathBuf> = OnceLock::new();
+    HELLO
+        .get_or_init(|| {
+            let dir = flotilla_bin()
+                .parent()
+                .expect("the binary has a directory")
+                .to_path_buf();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "flotilla-example-hello"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build for the example app");
+            assert!(status.success(), "building flotilla-example-hello failed");
+            let path = dir.join("flotilla-example-hello");
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A free loopback port (bound and released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Timing knobs of one test's `flotilla.toml`.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    pub poll: u64,
+    pub grace: u64,
+    pub interval: u64,
+    pub health_timeout: u64,
+}
+
+/// One app directory with its own daemon.
+pub struct HostEnv {
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    timing: Timing,
+}
+
+impl HostEnv {
+    /// A fresh app directory whose instances run the example app.
+    pub fn new(timing: Timing) -> HostEnv {
+        let hello = hello_bin();
+        let env = HostEnv {
+            dir: tempfile::tempdir().expect("tempdir"),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            timing,
+        };
+        std::fs::write(env.app().join("README"), "test app\n").expect("write");
+        env.configure(&format!("cp {} ./hello", hello.display()), "exec ./hello");
+        env
+    }
+
+    /// The app directory.
+    pub fn app(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Rewrites `flotilla.toml` with this build and start command.
+    pub fn configure(&self, build: &str, command: &str) {
+        let t = self.timing;
+        let text = format!(
+            r#"name = "e2e"
+provider = "host"
+[app]
+health_timeout_seconds = {health}
+stop_timeout_seconds = 3
+[drain]
+poll_seconds = {poll}
+grace_seconds = {grace}
+[reaper]
+interval_seconds = {interval}
+consecutive_passes = 1
+min_age_seconds = 1
+[host]
+listen = "{listen}"
+admin_listen = "{admin}"
+instances = 2
+build = {build:?}
+command = {command:?}
+"#,
+            health = t.health_timeout,
+            poll = t.poll,
+            grace = t.grace,
+            interval = t.interval,
+            listen = self.listen,
+            admin = self.admin,
+        );
+        std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
+    }
+
+    /// Runs `flotilla ARGS` in the app directory (killed after two minutes).
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(flotilla_bin());
+        cmd.args(args)
+            .current_dir(self.app())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOTILLA_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd.spawn().expect("run flotilla");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(out) => out.expect("wait for flotilla"),
+            Err(_) => {
+                kill(pid, "-9");
+                panic!("flotilla {args:?} did not finish within 120s");
+            }
+        }
+    }
+
+    /// `flotilla deploy --json`, which must succeed; returns the new id.
+    pub fn deploy(&self) -> String {
+        let out = self.flotilla(&["deploy", "--json"]);
+        assert!(
+            out.status.success(),
+            "deploy failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("deploy --json prints JSON");
+        v["deployment_id"]
+            .as_str()
+            .expect("deployment_id")
+            .to_owned()
+    }
+
+    /// The daemon's pid, from its lock file.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.app().join(".flotilla/host/daemon.lock"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|pid| alive(*pid))
+    }
+
+    /// The status page's JSON.
+    pub fn admin_status(&self) -> serde_json::Value {
+        let r = get(self.admin, "/status.json", &[]).expect("status page answers");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("status.json is JSON")
+    }
+
+    /// The pids of `id`'s running instances, from the status page.
+    pub fn instance_pids(&self, id: &str) -> Vec<u32> {
+        self.admin_status()["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter(|i| i["deployment_id"] == id)
+            .filter_map(|i| i["pid"].as_u64())
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// GET through the router.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        get(self.listen, path, headers).expect("the router answers")
+    }
+
+    /// Every live process (not a zombie) whose working directory is inside this app directory:
+    /// the daemon and every instance.
+    pub fn processes(&self) -> Vec<u32> {
+        let root = std::fs::canonicalize(self.app()).expect("canonical tempdir");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                if cwd.starts_with(&root) && alive(pid) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
+    /// Processes running `id`'s instances (their environment names it).
+    pub fn processes_of(&self, id: &str) -> Vec<u32> {
+        let want = format!("FLOTILLA_DEPLOYMENT_ID={id}");
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for HostEnv {
+    fn drop(&mut self) {
+        let _ = self.flotilla(&["host", "stop"]);
+        // Whatever survived (a wedged daemon, an instance it lost track of) is killed by pid.
+        for _ in 0..3 {
+            let left = self.processes();
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                kill(pid, "-9");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sends a signal with kill(1) (the crate forbids unsafe code, so no libc here).
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rfind(')')
+                .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `within` passes.
+pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A one-shot `GET` (`Connection: close`).
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut conn = KeepAlive {
+        reader: BufReader::new(stream),
+    };
+    conn.send(path, headers, true)
+}
+
+/// An HTTP/1.1 keep-alive connection for load tests.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> std::io::Result<KeepAlive> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one GET and reads the whole answer.
+    pub fn send(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        close: bool,
+    ) -> std::io::Result<Reply> {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: e2e\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if close {
+            request.push_str("Connection: close\r\n");
+        }
+        request.push_str("\r\n");
+        self.reader.get_mut().write_all(request.as_bytes())?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before an answer",
+            ));
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            self.reader.read_exact(&mut body)?;
+        } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|e| std::io::Error::other(format!("bad chunk size {size:?}: {e}")))?;
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            self.reader.read_to_end(&mut body)?;
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
