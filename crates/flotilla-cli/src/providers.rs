@@ -334,11 +334,74 @@ impl LogSource for HostLogs {
 }
 
 async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<Opened> {
-    // WIRE: AWS provider.
-    //   let ports = flotilla_aws::connect(&aws_settings(config)).await?;
-    //   Ok(Opened { engine: Engine::new(ports, settings), base_url, logs })
-    let _ = (config, settings);
-    Err(NotBuiltIn::provider(ProviderKind::Aws, command).into())
+    // A deploy needs every baseline output; the other commands only the cluster and listener.
+    let needs = if command == "deploy" {
+        flotilla_aws::Needs::Deploy
+    } else {
+        flotilla_aws::Needs::Operate
+    };
+    let aws = aws_settings(config);
+    let sdk = flotilla_aws::sdk_config(&aws).await;
+    let ports = flotilla_aws::connect_with(&aws, flotilla_aws::Clients::new(&sdk), needs)?;
+    Ok(Opened {
+        engine: Engine::new(ports, settings),
+        base_url: aws_base_url(&aws.baseline_path()),
+        logs: None,
+    })
+}
+
+/// The AWS provider's settings from the resolved config.
+fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
+    let a = &config.aws;
+    let mut s = flotilla_aws::AwsSettings::new(config.name.clone());
+    s.region = a.region.clone();
+    s.profile = a.profile.clone();
+    s.endpoint_url = a.endpoint_url.clone();
+    s.baseline_file = Some(
+        config
+            .root
+            .join(".flotilla")
+            .join(config.name.as_str())
+            .join("baseline.json"),
+    );
+    s.baseline_overrides = flotilla_aws::BaselineOutputs {
+        listener_arn: a.listener_arn.clone(),
+        subnets: a.subnets.clone(),
+        security_groups: a.security_groups.clone(),
+        cluster: a.cluster.clone(),
+        log_group: a.log_group.clone(),
+        repository: a.repository.clone(),
+        execution_role_arn: a.execution_role_arn.clone(),
+        task_role_arn: a.task_role_arn.clone(),
+        vpc_id: None,
+    };
+    s.task.cpu = a.cpu;
+    s.task.memory = a.memory;
+    s.task.app_port = config.app.port;
+    s.task.container_port =
+        flotilla_aws::settings::TaskSettings::default_container_port(config.app.port);
+    // The app's own start command inside the image, run by the agent through a shell.
+    s.task.app_command = config
+        .host
+        .command
+        .as_ref()
+        .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()])
+        .unwrap_or_default();
+    s.task.drain_poll_seconds = config.drain.poll.as_secs();
+    s.task.drain_grace_seconds = config.drain.grace.as_secs();
+    s.task.stop_timeout_seconds =
+        u32::try_from(config.app.stop_timeout.as_secs()).unwrap_or(u32::MAX);
+    s.routing.health_path = config.app.health_path.clone();
+    s.routing.affinity_header = config.app.affinity_header.clone();
+    s.routing.affinity_query = config.app.affinity_query.clone();
+    s
+}
+
+/// `url` from the baseline's cached outputs, if the file exists.
+fn aws_base_url(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    doc.get("url")?.as_str().map(str::to_owned)
 }
 
 /// `flotilla host serve`: runs the host daemon in the foreground until SIGTERM or Ctrl-C.
@@ -475,8 +538,7 @@ pub const LAMBDA_RUNTIME_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
 /// Runs the reaper as an AWS Lambda custom runtime (called by `main` instead of parsing the
 /// command line when [`LAMBDA_RUNTIME_VAR`] is set).
 pub async fn run_lambda() -> Result<()> {
-    // WIRE: AWS provider (issue 5): lambda_runtime::run(..) over the same Engine::reap.
-    Err(NotBuiltIn::provider(ProviderKind::Aws, "(lambda reaper)").into())
+    Ok(flotilla_aws::lambda::run().await?)
 }
 
 #[cfg(test)]

@@ -268,29 +268,22 @@ fn environment_and_flags_override_the_file() {
 }
 
 #[test]
-fn provider_needing_command_names_the_missing_provider() {
-    // Pins today's behaviour for a provider not yet wired into providers.rs; whoever wires the
-    // AWS arm moves this test to a provider (or component) that is still missing, or removes it.
+fn aws_without_a_baseline_names_what_is_missing() {
+    // The AWS provider is built in: without a baseline it says what is missing and how to get
+    // it, before any AWS call (the metadata service is off so nothing leaves the machine).
     let dir = initialised();
-    let run = flotilla(dir.path(), &["status", "--provider", "aws"], &[]);
-    assert_eq!(run.code, 8, "{run:?}");
+    let env = [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let run = flotilla(dir.path(), &["status", "--provider", "aws"], &env);
+    assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr
-            .contains("error: the aws provider is not built into this flotilla yet"),
+            .contains("the AWS baseline is incomplete: missing listener_arn, cluster"),
         "{run:?}"
     );
-    assert!(
-        run.stderr
-            .trim_end()
-            .lines()
-            .last()
-            .is_some_and(|l| l.starts_with("hint:"))
-    );
-
-    let json = flotilla(dir.path(), &["status", "--provider", "aws", "--json"], &[]);
-    assert_eq!(json.code, 8, "{json:?}");
-    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON document");
-    assert_eq!(doc["kind"], "not-built-in");
+    assert!(run.stderr.contains("flotilla baseline up"), "{run:?}");
 }
 
 #[test]
