@@ -13,8 +13,10 @@
 //! - [`images`]: prebuilt image URIs, or docker build and ECR push.
 //! - [`clock`]: the system clock.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
+//! - [`agent_ssm`]: the in-container agent's drain source over SSM.
 #![forbid(unsafe_code)]
 
+pub mod agent_ssm;
 pub mod clock;
 pub mod compute;
 mod ctx;
