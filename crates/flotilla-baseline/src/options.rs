@@ -414,7 +414,7 @@ impl BaselineOptions {
             || interval.subsec_nanos() != 0
         {
             problem(
-                "reaper.interval",
+                "reaper.interval_seconds",
                 format!(
                     "{} s is not a whole number of minutes of at least one; EventBridge schedules \
                      run at most once a minute",
@@ -423,7 +423,7 @@ impl BaselineOptions {
             );
         } else if interval > Duration::from_secs(24 * 3600) {
             problem(
-                "reaper.interval",
+                "reaper.interval_seconds",
                 format!(
                     "{} minutes is more than a day; retired versions would linger that long",
                     interval.as_secs() / 60
@@ -440,7 +440,7 @@ impl BaselineOptions {
         }
         if policy.max_age < policy.min_age {
             problem(
-                "reaper.max_age",
+                "reaper.max_age_seconds",
                 format!(
                     "max age ({} s) is shorter than min age ({} s); raise max age",
                     policy.max_age.as_secs(),
@@ -450,7 +450,7 @@ impl BaselineOptions {
         }
         if policy.deploying_timeout.is_zero() {
             problem(
-                "reaper.deploying_timeout",
+                "reaper.deploying_timeout_seconds",
                 "0 would clean up every deploy before it starts; give at least the time a deploy \
                  takes to get healthy (minutes)"
                     .to_owned(),
@@ -564,7 +564,7 @@ impl VpcRange {
 /// One problem with the options: which setting, and what is wrong with it and what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OptionProblem {
-    /// The setting, named as in `flotilla.toml` (`aws.domain`, `reaper.interval`, ...).
+    /// The setting, named as in `flotilla.toml` (`aws.domain`, `reaper.interval_seconds`, ...).
     pub field: &'static str,
     /// What is wrong and what to do.
     pub message: String,
@@ -699,7 +699,7 @@ mod tests {
                 "aws.vpc_cidr",
                 "aws.idle_timeout_seconds",
                 "aws.log_retention_days",
-                "reaper.interval",
+                "reaper.interval_seconds",
                 "reaper.consecutive_passes",
                 "aws.alarm_email",
             ]
