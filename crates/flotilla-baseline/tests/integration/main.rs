@@ -1,8 +1,9 @@
 //! Integration tests of the baseline template: its structure through the public API
-//! (`template`), and the real linters, cfn-lint and checkov, run on it from the project's
+//! (`template`), invariants over every name (`properties`), and the real linters, cfn-lint and checkov, run on it from the project's
 //! virtualenvs (`lint`).
 
 mod lint;
+mod properties;
 mod template;
 
 use flotilla_baseline::{
