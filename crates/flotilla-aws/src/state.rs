@@ -144,9 +144,14 @@ impl SsmStateStore {
             Err(e) => {
                 let code = code_of(&e).map(str::to_owned);
                 let err = port_error("tag service", &arn, e);
+                // ECS answers a missing service with ServiceNotFoundException, or (for some
+                // ARNs) InvalidParameterException "... could not be found".
+                let text = err.message.to_ascii_lowercase();
                 let missing = err.kind == ErrorKind::NotFound
                     || (code.as_deref() == Some("InvalidParameterException")
-                        && err.message.to_ascii_lowercase().contains("not found"));
+                        && (text.contains("not found")
+                            || text.contains("not be found")
+                            || text.contains("does not exist")));
                 if missing { Ok(()) } else { Err(err) }
             }
         }
