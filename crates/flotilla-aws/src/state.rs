@@ -330,7 +330,11 @@ impl StateStore for SsmStateStore {
         if self.known(id) != Some(state) {
             self.put_parameter(&names::state_parameter(&self.ctx.name, id), state.as_str())
                 .await?;
-            self.tag_service(id, state).await?;
+            // A deploying version has no service yet (the record comes first, and the service
+            // is created with `state=deploying`); every later state is mirrored.
+            if state != VersionState::Deploying {
+                self.tag_service(id, state).await?;
+            }
         }
         self.remember(id, Some(state));
         Ok(())
