@@ -1,0 +1,14 @@
+//! Integration tests of the agent: a real Python app behind a real agent on loopback ports.
+//!
+//! - `serving`: health, the deployment stamp, draining refusals, session counting, readiness.
+//! - `stop`: the SIGTERM sequence in process (sessions waited for, cut and reported; exit codes).
+//! - `binary`: the standalone binary with real signals and its EMF lines on stdout.
+//! - `polling`: the poll loop's back-off on throttling and its write-on-change, with a fake source.
+//! - `ssm`: the SSM drain source against moto.
+
+mod binary;
+mod polling;
+mod serving;
+mod ssm;
+mod stop;
+mod util;

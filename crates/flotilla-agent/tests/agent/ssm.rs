@@ -1,0 +1,128 @@
+//! The SSM drain source against moto: the agent reads `/apps/<name>/<id>/state` and writes
+//! `/apps/<name>/<id>/tasks/<task>` only when its readiness changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ssm::types::ParameterType;
+use flotilla_agent::StopSignal;
+use flotilla_aws::agent_ssm::SsmDrainSource;
+use flotilla_aws::{AwsSettings, CallCounter, Clients};
+use flotilla_core::DeploymentName;
+
+use crate::util::{self, Agent, ID, get, health_until, websocket};
+
+// The AWS engineer's moto harness: installs `.venv/moto` through scripts/moto.sh if needed and
+// runs `moto_server` on a free loopback port, killed when dropped.
+#[allow(dead_code)]
+#[path = "../../../flotilla-aws/tests/moto/support/server.rs"]
+mod server;
+
+const STATE: &str = "/apps/shop/20261125-190633-k3x9/state";
+const TASK: &str = "/apps/shop/20261125-190633-k3x9/tasks/task-1";
+
+fn count(counter: &CallCounter, operation: &str) -> u64 {
+    counter
+        .snapshot()
+        .iter()
+        .filter(|(key, _)| key.ends_with(&format!(".{operation}")))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+async fn task_parameter(ssm: &aws_sdk_ssm::Client) -> Option<String> {
+    ssm.get_parameter()
+        .name(TASK)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.parameter().and_then(|p| p.value()).map(str::to_owned))
+}
+
+async fn put_state(ssm: &aws_sdk_ssm::Client, state: &str) {
+    ssm.put_parameter()
+        .name(STATE)
+        .value(state)
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("put state");
+}
+
+#[tokio::test]
+async fn the_ssm_source_drives_draining_and_readiness_against_moto() {
+    let moto = tokio::task::spawn_blocking(server::Moto::start)
+        .await
+        .expect("moto");
+    let mut aws = AwsSettings::new(DeploymentName::new("shop").expect("valid"));
+    aws.region = Some("us-east-1".to_owned());
+    aws.endpoint_url = Some(moto.url());
+    aws.max_attempts = 2;
+    let config = flotilla_aws::sdk_config_with(&aws, |l| {
+        l.credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+    })
+    .await;
+    let ssm = Clients::new(&config).ssm;
+    let counter = CallCounter::new();
+    let source = Arc::new(SsmDrainSource::new(Clients::counted(&config, &counter).ssm));
+
+    // No state parameter yet: the agent serves, and says it does not know the state.
+    let mut agent = Agent::start(util::settings(&[]), source).await;
+    health_until(agent.addr, "a first poll", |_, _| {
+        count(&counter, "GetParameter") > 0
+    })
+    .await;
+    let doc = get(agent.addr, "/healthz", &[])
+        .await
+        .expect("health")
+        .json();
+    assert_eq!(doc["state"], "unknown");
+    assert_eq!(doc["draining"], false);
+
+    put_state(&ssm, "active").await;
+    health_until(agent.addr, "active", |_, d| d["state"] == "active").await;
+    let mut ws = websocket(agent.addr, &format!("/ws?flotilla_deployment={ID}"))
+        .await
+        .expect("ws");
+    util::echo(&mut ws, "hello").await;
+
+    put_state(&ssm, "draining").await;
+    health_until(agent.addr, "draining", |_, d| d["draining"] == true).await;
+    let fresh = get(agent.addr, "/", &[]).await.expect("fresh");
+    assert_eq!(fresh.status, 503);
+    // Past the grace period with a session open: nothing written.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(task_parameter(&ssm).await, None);
+    assert_eq!(count(&counter, "PutParameter"), 0);
+
+    ws.close(None).await.expect("close");
+    util::eventually("readiness draining in SSM", || async {
+        (task_parameter(&ssm).await.as_deref() == Some("draining")).then_some(())
+    })
+    .await;
+    // Many polls later, still one write.
+    let reads = count(&counter, "GetParameter");
+    util::eventually("more polls", || async {
+        (count(&counter, "GetParameter") >= reads + 5).then_some(())
+    })
+    .await;
+    assert_eq!(count(&counter, "PutParameter"), 1);
+
+    // A tab comes back: healthy again, one more write.
+    let _back = websocket(agent.addr, &format!("/ws?flotilla_deployment={ID}"))
+        .await
+        .expect("reconnect with affinity");
+    util::eventually("readiness healthy in SSM", || async {
+        (task_parameter(&ssm).await.as_deref() == Some("healthy")).then_some(())
+    })
+    .await;
+    assert_eq!(count(&counter, "PutParameter"), 2);
+
+    agent.signal(StopSignal::Terminate).await;
+    let outcome = agent.outcome().await;
+    assert_eq!(outcome.exit_code, 143);
+    drop(moto);
+}
