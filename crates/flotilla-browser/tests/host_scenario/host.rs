@@ -1,0 +1,322 @@
+//! The host provider as the browser tests use it: a temporary app directory with its own
+//! `flotilla.toml` (small drain and reaper timings, free loopback ports), the real `flotilla`
+//! binary run as a user would run it, and a guard that stops the daemon (`flotilla host stop`)
+//! and kills by PID whatever it left (every process whose working directory is in the app
+//! directory) when the test ends, pass or fail.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest any single `flotilla` command may take before the test gives up on it.
+const COMMAND_LIMIT: Duration = Duration::from_secs(90);
+
+/// The directory holding the workspace's binaries (`target/debug`): this test's executable lives
+/// in its `deps/`, so the binaries are found wherever the target directory is.
+fn bin_dir() -> PathBuf {
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf));
+    from_exe.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/debug")
+            .to_path_buf()
+    })
+}
+
+/// A workspace binary, which must have been built before the tests (scripts/test.sh runs
+/// `cargo build --workspace --bins` first).
+pub fn binary(name: &str, package: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} does not exist. Build the binaries these tests drive first:\n  \
+         cargo build -p flotilla-cli -p {package}\n(scripts/test.sh builds every binary before \
+         it runs the tests)",
+        path.display()
+    );
+    path
+}
+
+/// The `flotilla` binary.
+pub fn flotilla_bin() -> PathBuf {
+    binary("flotilla", "flotilla-cli")
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// What one test's `flotilla.toml` says beyond the shared timings.
+pub struct AppConfig {
+    /// `[app] inject_client`.
+    pub inject_client: bool,
+    /// `[host] instances`.
+    pub instances: u32,
+    /// `[host] build`, run in each release directory.
+    pub build: String,
+    /// `[host] command`.
+    pub command: String,
+}
+
+/// Drain and reaper timings small enough for a test: poll 1 s, grace 2 s, reaper every second,
+/// one pass, minimum age 1 s.
+pub const POLL_SECONDS: u64 = 1;
+/// See [`POLL_SECONDS`].
+pub const GRACE_SECONDS: u64 = 2;
+/// See [`POLL_SECONDS`].
+pub const REAPER_INTERVAL_SECONDS: u64 = 1;
+
+/// One app directory with its own daemon, router and status page.
+pub struct HostEnv {
+    dir: tempfile::TempDir,
+    /// The router's address (`[host] listen`).
+    pub listen: SocketAddr,
+    /// The status page's address (`[host] admin_listen`).
+    pub admin: SocketAddr,
+}
+
+impl HostEnv {
+    /// A fresh app directory with a `flotilla.toml` for `app`.
+    pub fn new(name: &str, app: &AppConfig) -> HostEnv {
+        let env = HostEnv {
+            dir: tempfile::Builder::new()
+                .prefix("flotilla-browser-host-")
+                .tempdir()
+                .expect("create the app directory"),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
+        let text = format!(
+            r#"name = "{name}"
+provider = "host"
+[app]
+health_path = "/healthz"
+inject_client = {inject}
+health_timeout_seconds = 30
+stop_timeout_seconds = 3
+[drain]
+poll_seconds = {POLL_SECONDS}
+grace_seconds = {GRACE_SECONDS}
+[reaper]
+interval_seconds = {REAPER_INTERVAL_SECONDS}
+consecutive_passes = 1
+min_age_seconds = 1
+[host]
+listen = "{listen}"
+admin_listen = "{admin}"
+instances = {instances}
+build = {build:?}
+command = {command:?}
+"#,
+            inject = app.inject_client,
+            listen = env.listen,
+            admin = env.admin,
+            instances = app.instances,
+            build = app.build,
+            command = app.command,
+        );
+        env.write("flotilla.toml", &text);
+        env
+    }
+
+    /// The app directory.
+    pub fn app(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file in the app directory (the next deploy's release snapshots it).
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.app().join(name), text)
+            .unwrap_or_else(|e| panic!("write {name} in the app directory: {e}"));
+    }
+
+    /// The router's URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// Runs `flotilla ARGS` in the app directory, without any `FLOTILLA_*` variable of ours;
+    /// killed after [`COMMAND_LIMIT`].
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(flotilla_bin());
+        cmd.args(args)
+            .current_dir(self.app())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOTILLA_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd.spawn().expect("run flotilla");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(COMMAND_LIMIT) {
+            Ok(out) => out.expect("wait for flotilla"),
+            Err(_) => {
+                kill(pid, "-KILL");
+                panic!("flotilla {args:?} did not finish within {COMMAND_LIMIT:?}");
+            }
+        }
+    }
+
+    /// `flotilla deploy --json`, which must succeed; the new deployment id.
+    pub fn deploy(&self) -> String {
+        let out = self.flotilla(&["deploy", "--json"]);
+        assert!(
+            out.status.success(),
+            "flotilla deploy failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("deploy --json prints JSON");
+        v["deployment_id"]
+            .as_str()
+            .expect("deploy --json names deployment_id")
+            .to_owned()
+    }
+
+    /// `flotilla status --json`, which must succeed.
+    pub fn status(&self) -> Value {
+        let out = self.flotilla(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "flotilla status failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+    }
+
+    /// One version's entry in `flotilla status --json`, if the version still has a record.
+    pub fn version(&self, id: &str) -> Option<Value> {
+        version_in(&self.status(), id)
+    }
+
+    /// Polls `flotilla status --json` until `done` holds of it or `within` passes; the last
+    /// status either way.
+    pub fn status_until(&self, within: Duration, done: impl Fn(&Value) -> bool) -> (bool, Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return (true, status);
+            }
+            if Instant::now() >= deadline {
+                return (false, status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every live process (not a zombie) whose working directory is inside this app directory:
+    /// the daemon and every instance.
+    pub fn processes(&self) -> Vec<u32> {
+        let Ok(root) = std::fs::canonicalize(self.app()) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                if cwd.starts_with(&root) && alive(pid) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
+    /// The processes running `id`'s instances (their environment names it).
+    pub fn processes_of(&self, id: &str) -> Vec<u32> {
+        let want = format!("FLOTILLA_DEPLOYMENT_ID={id}");
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            })
+            .collect()
+    }
+
+    /// The daemon's log, for failure messages.
+    pub fn daemon_log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.app().join(".flotilla/host/daemon.log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for HostEnv {
+    fn drop(&mut self) {
+        let _ = self.flotilla(&["host", "stop"]);
+        // Whatever survived (a wedged daemon, an instance it lost track of) is killed by PID.
+        for _ in 0..5 {
+            let left = self.processes();
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                kill(pid, "-KILL");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One version's entry in a `flotilla status --json` document.
+pub fn version_in(status: &Value, id: &str) -> Option<Value> {
+    status["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["record"]["version"]["id"] == id)
+        .cloned()
+}
+
+/// A version's lifecycle state in a status entry (`active`, `draining`, `retired`, ...).
+pub fn state_of(version: &Value) -> &str {
+    version["record"]["version"]["state"]
+        .as_str()
+        .unwrap_or("?")
+}
+
+/// Sends a signal with kill(1) (the crate forbids unsafe code).
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether `pid` is alive and not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rfind(')')
+                .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}

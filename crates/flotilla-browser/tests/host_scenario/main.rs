@@ -1,0 +1,619 @@
+//! Real-browser scenarios on the host provider: the real `flotilla` binary deploys the session
+//! example (`examples/sessions`) behind the real host daemon and router, and headless Chromium
+//! (Debian's package, installed by `scripts/install-browser.sh`) plays the user's tabs.
+//!
+//! - `a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when_it_reloads`: the
+//!   scenario of issue 4, part 5, with the session counter (two instances per version, sticky by
+//!   the page's per-tab key): deploy v1, tab A counts, deploy v2, tab B gets v2, tab A's fetch and
+//!   reconnected WebSocket still reach v1 and the very instance holding its count, a reload of A
+//!   reaches v2, v1 is reaped once A's session has ended, and a third tab still holding v1 gets
+//!   `flotilla:stale` on its next request and lands on v2.
+//! - `an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection`: the plain app
+//!   (no script tag, no flotilla code) with `[app] inject_client = true`.
+//!
+//! The binaries must be built first (`cargo build -p flotilla-cli -p flotilla-example-sessions`;
+//! `scripts/test.sh` builds them). Screenshots go to `test-artifacts/`.
+
+mod host;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use flotilla_browser::{Browser, Tab, artifact_path};
+use host::{AppConfig, HostEnv, binary, state_of, version_in};
+use serde_json::{Value, json};
+
+/// No test may run longer than this, browser start-up and deploys included.
+const TEST_LIMIT: Duration = Duration::from_secs(170);
+
+/// Longest wait for something a page does by itself (a socket opening, a message, a reload).
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The sessionStorage key the flotilla client keeps the tab's version under.
+const STORAGE_KEY: &str = "flotilla:deployment";
+
+/// The response header naming the serving version.
+const HEADER: &str = "x-flotilla-deployment";
+
+async fn bounded<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("the test exceeded its time limit")
+}
+
+async fn launch() -> Browser {
+    match Browser::launch().await {
+        Ok(browser) => browser,
+        Err(e) => panic!("cannot start the browser (run scripts/install-browser.sh): {e}"),
+    }
+}
+
+/// The session example's `flotilla.toml` essentials: two instances, the page loads the client
+/// itself (no injection), each release runs its own copy of the binary.
+fn sessions_app() -> AppConfig {
+    let bin = binary("flotilla-example-sessions", "flotilla-example-sessions");
+    AppConfig {
+        inject_client: false,
+        instances: 2,
+        build: format!("cp {} ./sessions", bin.display()),
+        command: "exec ./sessions".into(),
+    }
+}
+
+/// What the session page shows and its client holds.
+async fn page(tab: &Tab) -> Value {
+    tab.eval(
+        "const s = window.sessions && window.sessions.state;
+         if (!s) { return null; }
+         return { page: s.pageId, label: document.getElementById('page-label').textContent,
+                  client: window.flotilla ? window.flotilla.deploymentId() : null,
+                  source: window.flotilla ? window.flotilla.source() : null,
+                  stored: sessionStorage.getItem('flotilla:deployment'),
+                  socket: s.socket, socketId: s.socketId, fetchId: s.fetchId,
+                  instance: s.instance, count: s.count, opens: s.opens, messages: s.messages,
+                  tab: s.tab, stale: s.stale };",
+    )
+    .await
+    .expect("read the session page's state")
+}
+
+/// Waits until the page's socket has opened at least `opens` times, is open, and has said
+/// something since `messages` messages.
+async fn socket_ready(tab: &Tab, what: &str, opens: u64, messages: u64) -> Value {
+    tab.wait_for(
+        what,
+        &format!(
+            "const s = window.sessions && window.sessions.state;
+             return !!s && s.socket === 'open' && s.opens >= {opens} && s.messages > {messages}
+                    && s.fetchId !== null;"
+        ),
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    page(tab).await
+}
+
+/// Clicks Increment (sends `increment` over the socket) and waits for the count to be `want`.
+async fn increment(tab: &Tab, want: u64) {
+    let sent = tab
+        .eval("return window.sessions.increment();")
+        .await
+        .expect("increment");
+    assert_eq!(sent, json!(true), "the socket is open to send on");
+    let reached = tab
+        .wait_for(
+            &format!("the counter to reach {want}"),
+            &format!("return window.sessions.state.count === {want};"),
+            WAIT,
+        )
+        .await;
+    if let Err(e) = reached {
+        panic!("{e}: {}", page(tab).await);
+    }
+}
+
+/// The page's "Fetch state" (`GET /api/state` with the tab key; the client adds the affinity).
+async fn fetch_state(tab: &Tab) -> Value {
+    tab.eval_async("return await window.sessions.refresh();")
+        .await
+        .expect("fetch /api/state from the page")
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when_it_reloads() {
+    bounded(async {
+        let env = HostEnv::new("sessions", &sessions_app());
+        env.write("label.txt", "first release\n");
+        let v1 = env.deploy();
+        let browser = launch().await;
+
+        // Tab A opens the page on v1, its WebSocket connects, it counts to 3.
+        let a = browser.first_tab();
+        a.goto(&env.url("/")).await.expect("open tab A");
+        let a1 = socket_ready(&a, "tab A's socket on v1", 1, 0).await;
+        assert_eq!(
+            (
+                str_of(&a1["page"]),
+                str_of(&a1["client"]),
+                str_of(&a1["stored"]),
+                str_of(&a1["socketId"]),
+                str_of(&a1["fetchId"]),
+                str_of(&a1["label"]),
+            ),
+            (
+                v1.as_str(),
+                v1.as_str(),
+                v1.as_str(),
+                v1.as_str(),
+                v1.as_str(),
+                "first release"
+            ),
+            "tab A is on v1 everywhere: {a1}"
+        );
+        assert_eq!(
+            a1["source"], "script",
+            "the page declares its id on the tag"
+        );
+        let instance_a = str_of(&a1["instance"]).to_owned();
+        let tab_key_a = str_of(&a1["tab"]).to_owned();
+        for n in 1..=3 {
+            increment(&a, n).await;
+        }
+
+        // Tab C opens on v1 too, then closes its socket for good: it holds v1 in sessionStorage
+        // but no session, as an idle old tab would.
+        let c = browser.new_tab().await.expect("open tab C");
+        c.goto(&env.url("/")).await.expect("load tab C");
+        let c1 = socket_ready(&c, "tab C's socket on v1", 1, 0).await;
+        assert_eq!(str_of(&c1["page"]), v1, "{c1}");
+        c.eval("window.sessions.disconnect(); return true;")
+            .await
+            .expect("disconnect tab C");
+        assert_ne!(str_of(&c1["tab"]), tab_key_a, "each tab has its own key");
+
+        // Deploy v2 (a different label.txt in its release); tab B opens on v2.
+        env.write("label.txt", "second release\n");
+        let v2 = env.deploy();
+        assert_ne!(v1, v2);
+        let b = browser.new_tab().await.expect("open tab B");
+        b.goto(&env.url("/")).await.expect("load tab B");
+        let b1 = socket_ready(&b, "tab B's socket on v2", 1, 0).await;
+        assert_eq!(
+            (
+                str_of(&b1["page"]),
+                str_of(&b1["client"]),
+                str_of(&b1["stored"]),
+                str_of(&b1["socketId"]),
+                str_of(&b1["fetchId"]),
+                str_of(&b1["label"]),
+            ),
+            (
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                "second release"
+            ),
+            "a fresh tab lands on v2: {b1}"
+        );
+        assert_eq!(b1["count"], 0, "tab B's counter starts at zero");
+
+        // Tab A: a fetch reaches v1 and the instance holding its count.
+        let fetched = fetch_state(&a).await;
+        assert_eq!(fetched["status"], 200, "{fetched}");
+        assert_eq!(
+            (
+                str_of(&fetched["header"]),
+                str_of(&fetched["body"]["deployment_id"]),
+                str_of(&fetched["body"]["instance"]),
+                fetched["body"]["count"].as_u64(),
+                str_of(&fetched["body"]["label"]),
+            ),
+            (
+                v1.as_str(),
+                v1.as_str(),
+                instance_a.as_str(),
+                Some(3),
+                "first release"
+            ),
+            "tab A's fetch after the deploy: {fetched}"
+        );
+
+        // The control: a socket pinned to v1 WITHOUT the tab key, opened while A's socket lives,
+        // goes to v1's other instance (the one with fewer sessions). So both v1 instances serve,
+        // and what brings A's reconnects back to its instance is the tab key.
+        let keyless = a
+            .eval_async(
+                "const ws = new WebSocket('ws://' + location.host + '/ws');
+                 const first = await new Promise((resolve, reject) => {
+                   ws.onmessage = (e) => resolve(JSON.parse(e.data));
+                   ws.onerror = () => reject(new Error('keyless socket failed'));
+                 });
+                 ws.close();
+                 return first;",
+            )
+            .await
+            .expect("a keyless socket from tab A");
+        assert_eq!(str_of(&keyless["deployment_id"]), v1, "{keyless}");
+        assert_ne!(
+            str_of(&keyless["instance"]),
+            instance_a,
+            "without the tab key the router balances to the other v1 instance: {keyless}"
+        );
+
+        // Forced reconnects of tab A's socket: each reaches v1, the same instance, and the count.
+        let mut seen = Vec::new();
+        for round in 0..4u64 {
+            let before = page(&a).await;
+            let opens = before["opens"].as_u64().unwrap_or(0);
+            let messages = before["messages"].as_u64().unwrap_or(0);
+            a.eval("window.sessions.reconnect(); return true;")
+                .await
+                .expect("reconnect tab A's socket");
+            let after = socket_ready(&a, "tab A's reconnected socket", opens + 1, messages).await;
+            assert_eq!(
+                (
+                    str_of(&after["socketId"]),
+                    str_of(&after["instance"]),
+                    after["count"].as_u64(),
+                ),
+                (v1.as_str(), instance_a.as_str(), Some(3 + round)),
+                "reconnect {round} of tab A: {after}"
+            );
+            seen.push(str_of(&after["instance"]).to_owned());
+            increment(&a, 4 + round).await;
+        }
+        eprintln!(
+            "tab A (key {tab_key_a}) stayed on v1 instance {instance_a} through 4 reconnects \
+             ({seen:?}); a keyless socket went to {}",
+            keyless["instance"]
+        );
+        // Tab B is still on v2 and has its own count.
+        increment(&b, 1).await;
+        let b2 = page(&b).await;
+        assert_eq!(str_of(&b2["socketId"]), v2, "{b2}");
+
+        let shot = artifact_path("host-sessions-two-tabs.png").expect("artefact path");
+        browser
+            .screenshot_tabs(&[&a, &b], &shot)
+            .await
+            .expect("screenshot tabs A and B");
+        eprintln!("screenshot of tabs A (v1) and B (v2): {}", shot.display());
+
+        // v1 drains while A's session lives, and is not retired even after grace + poll +
+        // reaper interval: a version with a live session is never retired on a timer.
+        let (draining, status) = env.status_until(WAIT, |s| {
+            version_in(s, &v1).is_some_and(|v| state_of(&v) == "draining")
+        });
+        assert!(draining, "v1 drains after v2's deploy: {status}");
+        let idle = Duration::from_secs(
+            host::GRACE_SECONDS + host::POLL_SECONDS + host::REAPER_INTERVAL_SECONDS + 2,
+        );
+        tokio::time::sleep(idle).await;
+        let v1_now = env
+            .version(&v1)
+            .unwrap_or_else(|| panic!("v1 was removed while tab A's socket was open"));
+        assert_eq!(state_of(&v1_now), "draining", "{v1_now}");
+        assert!(
+            v1_now["compute"]["sessions"].as_u64() >= Some(1),
+            "the router counts tab A's socket: {v1_now}"
+        );
+        increment(&a, 8).await;
+        assert_eq!(str_of(&page(&a).await["socketId"]), v1);
+
+        // A reload of tab A is a navigation: it reaches v2 (same tab key, v2's memory).
+        a.reload().await.expect("reload tab A");
+        let a2 = socket_ready(&a, "tab A's socket after the reload", 1, 0).await;
+        assert_eq!(
+            (
+                str_of(&a2["page"]),
+                str_of(&a2["client"]),
+                str_of(&a2["stored"]),
+                str_of(&a2["socketId"]),
+                str_of(&a2["fetchId"]),
+                str_of(&a2["tab"]),
+            ),
+            (
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                v2.as_str(),
+                tab_key_a.as_str()
+            ),
+            "tab A after the reload: {a2}"
+        );
+        assert_eq!(a2["count"], 0, "v2's memory never saw tab A's count");
+        let session_ended = Instant::now();
+
+        // v1 has no session left (A reloaded, C disconnected): it is retired and reaped.
+        let (reaped, status) = env.status_until(Duration::from_secs(30), |s| {
+            version_in(s, &v1).is_none_or(|v| state_of(&v) == "retired")
+        });
+        assert!(
+            reaped,
+            "v1 is retired once its last session ended: {status}\n{}",
+            env.daemon_log_tail()
+        );
+        let retired_after = session_ended.elapsed();
+        let gone = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if env.processes_of(&v1).is_empty() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        assert!(gone, "v1's processes stop: {:?}", env.processes_of(&v1));
+        eprintln!(
+            "v1 retired {retired_after:?} after tab A's session ended (grace {}s, poll {}s, \
+             reaper every {}s)",
+            host::GRACE_SECONDS,
+            host::POLL_SECONDS,
+            host::REAPER_INTERVAL_SECONDS
+        );
+
+        // Tab C still holds v1: its next request gets 410, the client fires flotilla:stale, and
+        // the event's default action reloads the tab onto v2.
+        assert_eq!(
+            c.session_storage(STORAGE_KEY)
+                .await
+                .expect("C's storage")
+                .as_deref(),
+            Some(v1.as_str())
+        );
+        c.eval(
+            "window.addEventListener('flotilla:stale', (event) => {
+               sessionStorage.setItem('test:stale', JSON.stringify(
+                 { detail: event.detail, cancelable: event.cancelable }));
+             });
+             window.sessions.refresh();
+             return true;",
+        )
+        .await
+        .expect("tab C fetches");
+        let c2 = c
+            .wait_for(
+                "tab C to reload onto v2",
+                &format!(
+                    "const s = window.sessions && window.sessions.state;
+                     return !!s && s.pageId === '{v2}' && s.socket === 'open';"
+                ),
+                WAIT,
+            )
+            .await;
+        if let Err(e) = c2 {
+            panic!("{e}: {}", page(&c).await);
+        }
+        let stale: Value = serde_json::from_str(
+            &c.session_storage("test:stale")
+                .await
+                .expect("C's storage")
+                .expect("flotilla:stale fired in tab C before its reload"),
+        )
+        .expect("the recorded event is JSON");
+        assert_eq!(
+            (
+                str_of(&stale["detail"]["retired"]),
+                str_of(&stale["detail"]["current"]),
+                &stale["cancelable"],
+            ),
+            (v1.as_str(), v2.as_str(), &json!(true)),
+            "{stale}"
+        );
+        let c3 = page(&c).await;
+        assert_eq!(
+            (str_of(&c3["client"]), str_of(&c3["stored"])),
+            (v2.as_str(), v2.as_str()),
+            "{c3}"
+        );
+
+        let shot = artifact_path("host-sessions-after-reap.png").expect("artefact path");
+        browser
+            .screenshot_tabs(&[&a, &b, &c], &shot)
+            .await
+            .expect("screenshot tabs A, B and C");
+        for tab in [&a, &b, &c] {
+            assert_eq!(
+                tab.cookie_names().await.expect("cookies"),
+                Vec::<String>::new(),
+                "affinity never uses cookies"
+            );
+        }
+        browser.close().await.expect("close the browser");
+        tokio::task::block_in_place(|| drop(env));
+    })
+    .await;
+}
+
+/// What the plain app's page shows, and what the injected client holds.
+async fn plain(tab: &Tab) -> Value {
+    tab.eval(
+        "const s = window.plain && window.plain.state;
+         if (!s) { return null; }
+         const tag = document.querySelector('script[src*=\"/_flotilla/client.js\"]');
+         return { label: document.getElementById('label').textContent,
+                  tag: tag ? tag.getAttribute('data-deployment') : null,
+                  tagInHead: !!tag && tag.parentElement === document.head,
+                  client: window.flotilla ? window.flotilla.deploymentId() : null,
+                  stored: sessionStorage.getItem('flotilla:deployment'),
+                  socket: s.socket, opens: s.opens, socketLabel: s.socketLabel,
+                  socketPid: s.socketPid, count: s.count };",
+    )
+    .await
+    .expect("read the plain page's state")
+}
+
+/// `GET /whoami` from the page: the app's label and the version the router stamped.
+async fn whoami(tab: &Tab) -> Value {
+    tab.eval_async_with(
+        "const r = await fetch('/whoami?tab=' + encodeURIComponent(window.plain.state.tab));
+         return { status: r.status, header: r.headers.get(arguments[0]), body: await r.json() };",
+        vec![json!(HEADER)],
+    )
+    .await
+    .expect("fetch /whoami from the page")
+}
+
+async fn plain_ready(tab: &Tab, what: &str, opens: u64) -> Value {
+    tab.wait_for(
+        what,
+        &format!(
+            "const s = window.plain && window.plain.state;
+             return !!s && s.socket === 'open' && s.opens >= {opens} && s.socketLabel !== null;"
+        ),
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    plain(tab).await
+}
+
+async fn plain_increment(tab: &Tab, want: u64) {
+    let sent = tab
+        .eval("return window.plain.increment();")
+        .await
+        .expect("increment");
+    assert_eq!(sent, json!(true));
+    let reached = tab
+        .wait_for(
+            &format!("the plain counter to reach {want}"),
+            &format!("return window.plain.state.count === {want};"),
+            WAIT,
+        )
+        .await;
+    if let Err(e) = reached {
+        panic!("{e}: {}", plain(tab).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection() {
+    bounded(async {
+        let bin = binary("flotilla-example-plain", "flotilla-example-sessions");
+        // One instance: the app sends no stickiness key of flotilla's, so with several instances
+        // a reconnect may reach a sibling of the same version, which has its own memory; the
+        // version affinity under test does not depend on that.
+        let env = HostEnv::new(
+            "plain",
+            &AppConfig {
+                inject_client: true,
+                instances: 1,
+                build: format!("cp {} ./plain", bin.display()),
+                command: "exec ./plain".into(),
+            },
+        );
+        env.write("label.txt", "one\n");
+        let v1 = env.deploy();
+        let browser = launch().await;
+
+        let a = browser.first_tab();
+        a.goto(&env.url("/")).await.expect("open tab A");
+        let a1 = plain_ready(&a, "tab A's socket on v1", 1).await;
+        assert_eq!(
+            (
+                str_of(&a1["label"]),
+                str_of(&a1["socketLabel"]),
+                str_of(&a1["tag"]),
+                &a1["tagInHead"],
+                str_of(&a1["client"]),
+                str_of(&a1["stored"]),
+            ),
+            (
+                "one",
+                "one",
+                v1.as_str(),
+                &json!(true),
+                v1.as_str(),
+                v1.as_str()
+            ),
+            "the router injected the client into v1's page: {a1}"
+        );
+        plain_increment(&a, 1).await;
+        plain_increment(&a, 2).await;
+        let pid_v1 = a1["socketPid"].as_u64();
+
+        env.write("label.txt", "two\n");
+        let v2 = env.deploy();
+        assert_ne!(v1, v2);
+        let b = browser.new_tab().await.expect("open tab B");
+        b.goto(&env.url("/")).await.expect("load tab B");
+        let b1 = plain_ready(&b, "tab B's socket on v2", 1).await;
+        assert_eq!(
+            (
+                str_of(&b1["label"]),
+                str_of(&b1["socketLabel"]),
+                str_of(&b1["client"]),
+            ),
+            ("two", "two", v2.as_str()),
+            "a fresh tab lands on v2: {b1}"
+        );
+        assert_ne!(b1["socketPid"].as_u64(), pid_v1);
+
+        // Tab A's fetch and its reconnected WebSocket still reach v1, with its count.
+        let fetched = whoami(&a).await;
+        assert_eq!(
+            (
+                fetched["status"].as_u64(),
+                str_of(&fetched["header"]),
+                str_of(&fetched["body"]["label"]),
+                fetched["body"]["count"].as_u64(),
+            ),
+            (Some(200), v1.as_str(), "one", Some(2)),
+            "tab A's fetch: {fetched}"
+        );
+        a.eval("window.plain.reconnect(); return true;")
+            .await
+            .expect("reconnect");
+        let a2 = plain_ready(&a, "tab A's reconnected socket", 2).await;
+        assert_eq!(
+            (
+                str_of(&a2["socketLabel"]),
+                a2["socketPid"].as_u64(),
+                a2["count"].as_u64()
+            ),
+            ("one", pid_v1, Some(2)),
+            "tab A's reconnect reaches v1's process: {a2}"
+        );
+        plain_increment(&a, 3).await;
+        let fetched_b = whoami(&b).await;
+        assert_eq!(
+            (
+                str_of(&fetched_b["header"]),
+                str_of(&fetched_b["body"]["label"])
+            ),
+            (v2.as_str(), "two"),
+            "{fetched_b}"
+        );
+
+        let shot = artifact_path("host-plain-injected-two-tabs.png").expect("artefact path");
+        browser
+            .screenshot_tabs(&[&a, &b], &shot)
+            .await
+            .expect("screenshot");
+
+        // A reload of A reaches v2.
+        a.reload().await.expect("reload tab A");
+        let a3 = plain_ready(&a, "tab A after its reload", 1).await;
+        assert_eq!(
+            (
+                str_of(&a3["label"]),
+                str_of(&a3["socketLabel"]),
+                str_of(&a3["client"])
+            ),
+            ("two", "two", v2.as_str()),
+            "{a3}"
+        );
+        browser.close().await.expect("close the browser");
+        tokio::task::block_in_place(|| drop(env));
+    })
+    .await;
+}
