@@ -49,16 +49,25 @@ code {{ font-size: 18px; }}</style>
     window.app.fetchVersion = body.version;
     document.getElementById("fetch-version").textContent = body.version;
   }});
-  var events = new EventSource("/events");
-  events.onopen = function () {{ window.app.streamOpen = true; }};
-  events.onmessage = function (event) {{
-    var tick = JSON.parse(event.data);
-    window.app.streamVersion = tick.version;
-    window.app.ticks += 1;
-    document.getElementById("stream-version").textContent = tick.version;
-    document.getElementById("tick").textContent = tick.tick;
-  }};
-  window.app.close = function () {{ events.close(); window.app.streamOpen = false; }};
+  var events = null;
+  function open() {{
+    var stream = new EventSource("/events");
+    events = stream;
+    stream.onopen = function () {{ if (events === stream) {{ window.app.streamOpen = true; window.app.opens += 1; }} }};
+    stream.onmessage = function (event) {{
+      if (events !== stream) {{ return; }}
+      var tick = JSON.parse(event.data);
+      window.app.streamVersion = tick.version;
+      window.app.streamPid = tick.pid;
+      window.app.ticks += 1;
+      document.getElementById("stream-version").textContent = tick.version;
+      document.getElementById("tick").textContent = tick.tick;
+    }};
+  }}
+  window.app.opens = 0;
+  window.app.close = function () {{ if (events) {{ events.close(); events = null; }} window.app.streamOpen = false; }};
+  window.app.reopen = function () {{ window.app.close(); window.app.ticks = 0; open(); }};
+  open();
 </script>
 </body>
 </html>

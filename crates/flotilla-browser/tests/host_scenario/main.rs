@@ -617,3 +617,124 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
     })
     .await;
 }
+
+/// The Python app's page state: the version it says served it, what the injected client holds,
+/// and its event stream.
+async fn python_page(tab: &Tab) -> Value {
+    tab.eval(
+        "if (!window.app) { return null; }
+         return { page: document.getElementById('page-version').textContent,
+                  client: window.flotilla ? window.flotilla.deploymentId() : null,
+                  fetchVersion: window.app.fetchVersion, streamVersion: window.app.streamVersion,
+                  streamPid: window.app.streamPid || null,
+                  streamOpen: window.app.streamOpen, opens: window.app.opens,
+                  ticks: window.app.ticks };",
+    )
+    .await
+    .expect("read the Python page's state")
+}
+
+async fn python_ticking(tab: &Tab, what: &str, opens: u64, ticks: u64) -> Value {
+    let reached = tab
+        .wait_for(
+            what,
+            &format!(
+                "return !!window.app && window.app.streamOpen && window.app.opens >= {opens}
+                        && window.app.ticks >= {ticks} && window.app.fetchVersion !== null;"
+            ),
+            WAIT,
+        )
+        .await;
+    if let Err(e) = reached {
+        panic!("{what}: {e}: {}", python_page(tab).await);
+    }
+    python_page(tab).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_stdlib_app_keeps_each_tab_s_event_stream_on_its_version() {
+    bounded(async {
+        let app_py = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/sessions/python/app.py");
+        let python = std::process::Command::new("python3")
+            .arg("--version")
+            .output();
+        assert!(
+            python.is_ok_and(|o| o.status.success()),
+            "python3 is needed to run examples/sessions/python/app.py (Debian: apt-get install \
+             python3)"
+        );
+        let env = HostEnv::new(
+            "python",
+            &AppConfig {
+                inject_client: true,
+                instances: 2,
+                build: format!("cp {} ./app.py", app_py.display()),
+                command: "exec python3 app.py".into(),
+            },
+        );
+        let v1 = env.deploy();
+        let browser = launch().await;
+
+        let a = browser.first_tab();
+        a.goto(&env.url("/")).await.expect("open tab A");
+        let a1 = python_ticking(&a, "tab A's event stream on v1", 1, 2).await;
+        assert_eq!(
+            (
+                str_of(&a1["page"]),
+                str_of(&a1["client"]),
+                str_of(&a1["fetchVersion"]),
+                str_of(&a1["streamVersion"]),
+            ),
+            (v1.as_str(), v1.as_str(), v1.as_str(), v1.as_str()),
+            "tab A is on v1: {a1}"
+        );
+
+        let v2 = env.deploy();
+        let b = browser.new_tab().await.expect("open tab B");
+        b.goto(&env.url("/")).await.expect("load tab B");
+        let b1 = python_ticking(&b, "tab B's event stream on v2", 1, 1).await;
+        assert_eq!(
+            (
+                str_of(&b1["page"]),
+                str_of(&b1["client"]),
+                str_of(&b1["fetchVersion"]),
+                str_of(&b1["streamVersion"]),
+            ),
+            (v2.as_str(), v2.as_str(), v2.as_str(), v2.as_str()),
+            "a fresh tab lands on v2: {b1}"
+        );
+
+        // Tab A's open stream keeps ticking from v1; its fetches and a reopened stream reach v1.
+        let before = python_page(&a).await["ticks"].as_u64().unwrap_or(0);
+        let a2 = python_ticking(&a, "tab A's stream to keep ticking", 1, before + 2).await;
+        assert_eq!(str_of(&a2["streamVersion"]), v1, "{a2}");
+        let hello = a
+            .eval_async("const r = await fetch('/api/hello'); return await r.json();")
+            .await
+            .expect("fetch /api/hello from tab A");
+        assert_eq!(str_of(&hello["version"]), v1, "{hello}");
+        a.eval("window.app.reopen(); return true;")
+            .await
+            .expect("reopen tab A's stream");
+        let a3 = python_ticking(&a, "tab A's reopened stream", 2, 1).await;
+        assert_eq!(str_of(&a3["streamVersion"]), v1, "{a3}");
+
+        let shot = artifact_path("host-python-two-tabs.png").expect("artefact path");
+        browser
+            .screenshot_tabs(&[&a, &b], &shot)
+            .await
+            .expect("screenshot");
+
+        a.reload().await.expect("reload tab A");
+        let a4 = python_ticking(&a, "tab A after its reload", 1, 1).await;
+        assert_eq!(
+            (str_of(&a4["page"]), str_of(&a4["streamVersion"])),
+            (v2.as_str(), v2.as_str()),
+            "{a4}"
+        );
+        browser.close().await.expect("close the browser");
+        tokio::task::block_in_place(|| drop(env));
+    })
+    .await;
+}
