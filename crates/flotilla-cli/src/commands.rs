@@ -643,10 +643,11 @@ async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
         .into());
     }
     if !out.json {
-        out.note(&format!(
-            "all {} requests reached the right version",
-            outcomes.len()
-        ));
+        let note = match outcomes.len() {
+            1 => "the request reached the right version".to_owned(),
+            n => format!("all {n} requests reached the right version"),
+        };
+        out.note(&note);
     }
     Ok(0)
 }

@@ -318,7 +318,10 @@ impl LogSource for HostLogs {
                 return Ok(());
             }
         }
-        while query.follow {
+        if !query.follow {
+            return Ok(());
+        }
+        loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             for (id, reader) in &mut readers {
                 if !send(id, reader.poll()?).await {
@@ -329,7 +332,6 @@ impl LogSource for HostLogs {
                 return Ok(());
             }
         }
-        Ok(())
     }
 }
 

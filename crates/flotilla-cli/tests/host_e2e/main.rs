@@ -235,11 +235,14 @@ fn pinned_sessions_survive_a_deploy_and_the_old_version_is_reaped_once_they_clos
     assert_eq!(env.get("/", &[(HEADER, &v1)]).status, 410);
 }
 
+/// What one load thread saw: answers per version, and every failure.
+type LoadTally = (BTreeMap<String, u64>, Vec<String>);
+
 /// Requests without affinity sent in a loop over keep-alive connections, counting which version
 /// answered and every failure.
 struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(BTreeMap<String, u64>, Vec<String>)>>,
+    threads: Vec<std::thread::JoinHandle<LoadTally>>,
 }
 
 impl Load {
@@ -285,7 +288,7 @@ impl Load {
         Load { stop, threads }
     }
 
-    fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
+    fn finish(self) -> LoadTally {
         self.stop.store(true, Ordering::Relaxed);
         let mut seen = BTreeMap::new();
         let mut failures = Vec::new();
