@@ -24,8 +24,12 @@
 //!   [`teardown_baseline`], [`aws_deployer_policy`], [`run_lambda`]) are the entry points of the
 //!   provider-specific commands; replace their bodies. Return `Ok` only when the command did its
 //!   job; print through `crate::output` (only the CLI prints to stdout).
-//! - When an arm is wired, update the integration test `provider_needing_command_names_the_missing_provider`
-//!   in `tests/cli/main.rs` (it pins today's "not built in" behaviour, exit code 8).
+//! - A problem the user fixes by changing configuration or running another command first (a
+//!   missing baseline, a missing key) is best returned as a `crate::exit::UsageError` (exit 2,
+//!   its `hint` printed last); anything else without a typed cause exits 1.
+//! - State today: the host and AWS arms of [`open`], [`host_serve`], [`host_stop`] and
+//!   [`run_lambda`] are wired; [`agent`], [`baseline`], [`teardown_baseline`] and
+//!   [`aws_deployer_policy`] still answer [`NotBuiltIn`] (exit 8) until their crates are wired.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
