@@ -100,7 +100,7 @@ pub fn load_balancer_name(name: &DeploymentName) -> String {
     // 3 ("fl-") + 23 + 1 + 5 = 32.
     let head: String = name.as_str().chars().take(23).collect();
     let head = head.trim_end_matches('-');
-    format!("fl-{head}-{}", short_hash(name.as_str()))
+    format!("fl-{head}-{}", core_names::short_hash(name.as_str()))
 }
 
 /// An IAM wildcard matching the names of this deployment's per-version target groups.
@@ -130,23 +130,6 @@ pub fn parameter_arn_path(name: &DeploymentName) -> String {
 /// The ECS task definition family the AWS provider registers (the core owns this name).
 pub fn task_family(name: &DeploymentName) -> String {
     core_names::task_family(name)
-}
-
-/// Five base-36 characters of the 32-bit FNV-1a hash of `s`, stable across releases and platforms.
-fn short_hash(s: &str) -> String {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in s.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    let alphabet = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = [0u8; 5];
-    let mut rest = hash;
-    for slot in out.iter_mut().rev() {
-        *slot = alphabet[(rest % 36) as usize];
-        rest /= 36;
-    }
-    String::from_utf8(out.to_vec()).expect("the alphabet is ASCII")
 }
 
 /// Whether `text` matches the IAM wildcard `pattern` (`*` any run, `?` one character).

@@ -61,6 +61,39 @@ pub enum IdError {
     },
 }
 
+/// Checks the rules every identifier shares: not empty, at most `max` characters, and every
+/// character accepted by `allowed` (described in words by `allowed_words`).
+fn check_shape(
+    what: &'static str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+    allowed_words: &'static str,
+) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { what });
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(IdError::TooLong {
+            what,
+            value: value.to_owned(),
+            len,
+            max,
+        });
+    }
+    match value.chars().enumerate().find(|(_, ch)| !allowed(*ch)) {
+        Some((position, ch)) => Err(IdError::BadChar {
+            what,
+            value: value.to_owned(),
+            ch,
+            position,
+            allowed: allowed_words,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The stable name of an environment, e.g. `prod` or `shop-staging`.
 ///
 /// Lowercase letters, digits and single hyphens; starts with a letter, ends with a letter or digit,
@@ -73,29 +106,13 @@ impl DeploymentName {
     /// Validates `value` as a deployment name.
     pub fn new(value: &str) -> Result<Self, IdError> {
         const WHAT: &str = "deployment name";
-        if value.is_empty() {
-            return Err(IdError::Empty { what: WHAT });
-        }
-        let len = value.chars().count();
-        if len > MAX_NAME_LEN {
-            return Err(IdError::TooLong {
-                what: WHAT,
-                value: value.to_owned(),
-                len,
-                max: MAX_NAME_LEN,
-            });
-        }
-        for (position, ch) in value.chars().enumerate() {
-            if !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') {
-                return Err(IdError::BadChar {
-                    what: WHAT,
-                    value: value.to_owned(),
-                    ch,
-                    position,
-                    allowed: "use lowercase letters, digits and hyphens",
-                });
-            }
-        }
+        check_shape(
+            WHAT,
+            value,
+            MAX_NAME_LEN,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-',
+            "use lowercase letters, digits and hyphens",
+        )?;
         let malformed = |problem| {
             Err(IdError::Malformed {
                 what: WHAT,
@@ -161,29 +178,13 @@ impl DeploymentId {
         const WHAT: &str = "deployment id";
         const SHAPE: &str =
             "must look like 20261125-190633-k3x9 (UTC date-time and a 4-character suffix)";
-        if value.is_empty() {
-            return Err(IdError::Empty { what: WHAT });
-        }
-        let len = value.chars().count();
-        if len > ID_LEN {
-            return Err(IdError::TooLong {
-                what: WHAT,
-                value: value.to_owned(),
-                len,
-                max: ID_LEN,
-            });
-        }
-        for (position, ch) in value.chars().enumerate() {
-            if !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') {
-                return Err(IdError::BadChar {
-                    what: WHAT,
-                    value: value.to_owned(),
-                    ch,
-                    position,
-                    allowed: "ids use lowercase letters, digits and hyphens",
-                });
-            }
-        }
+        check_shape(
+            WHAT,
+            value,
+            ID_LEN,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-',
+            "ids use lowercase letters, digits and hyphens",
+        )?;
         let malformed = |problem| {
             Err(IdError::Malformed {
                 what: WHAT,
@@ -193,7 +194,11 @@ impl DeploymentId {
         };
         let bytes = value.as_bytes();
         let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
-        if len != ID_LEN || bytes[8] != b'-' || bytes[15] != b'-' || !digits(0..8) || !digits(9..15)
+        if value.len() != ID_LEN
+            || bytes[8] != b'-'
+            || bytes[15] != b'-'
+            || !digits(0..8)
+            || !digits(9..15)
         {
             return malformed(SHAPE);
         }
@@ -247,29 +252,13 @@ impl InstanceId {
     /// Validates `value` as an instance id: 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
     pub fn new(value: &str) -> Result<Self, IdError> {
         const WHAT: &str = "instance id";
-        if value.is_empty() {
-            return Err(IdError::Empty { what: WHAT });
-        }
-        let len = value.chars().count();
-        if len > MAX_INSTANCE_LEN {
-            return Err(IdError::TooLong {
-                what: WHAT,
-                value: value.to_owned(),
-                len,
-                max: MAX_INSTANCE_LEN,
-            });
-        }
-        for (position, ch) in value.chars().enumerate() {
-            if !(ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')) {
-                return Err(IdError::BadChar {
-                    what: WHAT,
-                    value: value.to_owned(),
-                    ch,
-                    position,
-                    allowed: "use ASCII letters, digits, '.', '_' and '-'",
-                });
-            }
-        }
+        check_shape(
+            WHAT,
+            value,
+            MAX_INSTANCE_LEN,
+            |ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'),
+            "use ASCII letters, digits, '.', '_' and '-'",
+        )?;
         Ok(InstanceId(value.to_owned()))
     }
 

@@ -90,8 +90,10 @@ pub fn affinity_value(id: &DeploymentId) -> &str {
     id.as_str()
 }
 
-/// Five base-36 characters of the 32-bit FNV-1a hash of `s`: stable across releases and platforms.
-fn short_hash(s: &str) -> String {
+/// Five base-36 characters of the 32-bit FNV-1a hash of `s`: stable across releases and platforms,
+/// for names that must be shortened but stay distinct (target groups here, load balancers in the
+/// baseline).
+pub fn short_hash(s: &str) -> String {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in s.bytes() {
         hash ^= u32::from(byte);
