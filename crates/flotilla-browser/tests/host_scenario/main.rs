@@ -9,10 +9,16 @@
 //!   reaches v2, v1 is reaped once A's session has ended, and a third tab still holding v1 gets
 //!   `flotilla:stale` on its next request and lands on v2.
 //! - `an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection`: the plain app
-//!   (no script tag, no flotilla code) with `[app] inject_client = true`.
+//!   (no script tag, no flotilla code) with `[app] inject_client = true`: after a deploy, tab A's
+//!   fetch and reconnected WebSocket still reach v1's process, tab B gets v2.
+//! - `a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_its_version`: the
+//!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
+//!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
+//!   v1 after v2 is deployed, tab B and a reload of A get v2.
 //!
-//! The binaries must be built first (`cargo build -p flotilla-cli -p flotilla-example-sessions`;
-//! `scripts/test.sh` builds them). Screenshots go to `test-artifacts/`.
+//! The binaries must be built first (`cargo build -p flotilla-cli -p flotilla-agent -p
+//! flotilla-example-sessions`; `scripts/test.sh` builds them), and `python3` must be on PATH.
+//! Screenshots go to `test-artifacts/`.
 
 mod host;
 
@@ -652,10 +658,10 @@ async fn python_ticking(tab: &Tab, what: &str, opens: u64, ticks: u64) -> Value 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_stdlib_app_keeps_each_tab_s_event_stream_on_its_version() {
+async fn a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_its_version() {
     bounded(async {
-        let app_py = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/sessions/python/app.py");
+        let python_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sessions/python");
         let python = std::process::Command::new("python3")
             .arg("--version")
             .output();
@@ -664,13 +670,23 @@ async fn a_python_stdlib_app_keeps_each_tab_s_event_stream_on_its_version() {
             "python3 is needed to run examples/sessions/python/app.py (Debian: apt-get install \
              python3)"
         );
+        // Each instance runs the app under the agent, which listens on the instance's PORT and
+        // gives the app a free port of its own (every instance of every version needs one).
+        let agent = binary("flotilla-agent", "flotilla-agent");
         let env = HostEnv::new(
             "python",
             &AppConfig {
                 inject_client: true,
                 instances: 2,
-                build: format!("cp {} ./app.py", app_py.display()),
-                command: "exec python3 app.py".into(),
+                build: format!(
+                    "cp {dir}/app.py {dir}/free_port.py . && cp {agent} ./agent",
+                    dir = python_dir.display(),
+                    agent = agent.display()
+                ),
+                command: "FLOTILLA_APP_STOP_TIMEOUT_SECONDS=2 exec ./agent \
+                          --listen 127.0.0.1:$PORT --app-port $(python3 free_port.py) \
+                          -- python3 app.py"
+                    .into(),
             },
         );
         let v1 = env.deploy();
@@ -688,6 +704,21 @@ async fn a_python_stdlib_app_keeps_each_tab_s_event_stream_on_its_version() {
             ),
             (v1.as_str(), v1.as_str(), v1.as_str(), v1.as_str()),
             "tab A is on v1: {a1}"
+        );
+
+        // The health path is answered by the agent (its JSON), after probing the app's own.
+        let health = a
+            .eval_async("const r = await fetch('/healthz'); return await r.json();")
+            .await
+            .expect("fetch /healthz from tab A");
+        assert_eq!(
+            (
+                str_of(&health["deployment_id"]),
+                &health["draining"],
+                &health["app"]["healthy"],
+            ),
+            (v1.as_str(), &json!(false), &json!(true)),
+            "the agent answers the health path: {health}"
         );
 
         let v2 = env.deploy();
