@@ -246,16 +246,38 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// Serves `handler` on `127.0.0.1:port` (HTTP/1.1 with upgrades) until SIGTERM or Ctrl-C.
-pub async fn serve<H, Fut>(name: &str, port: u16, handler: H) -> std::io::Result<()>
+/// Binds `127.0.0.1:port` and serves `handler` there until SIGTERM or Ctrl-C.
+pub async fn serve_until_signal<H, Fut>(name: &str, port: u16, handler: H) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = TcpListener::bind(addr).await?;
-    eprintln!("{name}: listening on http://{addr}");
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    eprintln!("{name}: listening on http://{}", listener.local_addr()?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(name, listener, handler, stop).await;
+    eprintln!("{name}: stopping");
+    Ok(())
+}
+
+/// Serves `handler` on `listener` (HTTP/1.1 with upgrades) until `shutdown` completes; then it
+/// stops accepting (connections already open finish on their own tasks).
+pub async fn serve<H, Fut>(
+    name: &str,
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -279,12 +301,9 @@ where
                     let _ = conn.await;
                 });
             }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut shutdown => break,
         }
     }
-    eprintln!("{name}: stopping");
-    Ok(())
 }
 
 #[cfg(test)]

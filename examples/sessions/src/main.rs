@@ -169,7 +169,7 @@ async fn main() -> std::io::Result<()> {
         "sessions: deployment {} instance {} label {:?}",
         app.deployment_id, app.instance, app.label
     );
-    sessions::serve("sessions", port, move |req| handle(req, app.clone())).await
+    sessions::serve_until_signal("sessions", port, move |req| handle(req, app.clone())).await
 }
 
 #[cfg(test)]
@@ -212,6 +212,104 @@ mod tests {
             (Some(1), Some("t1"))
         );
         assert_eq!(app.state("fetch", "t2")["count"], 0);
+    }
+
+    /// One `GET` over a fresh connection: the status code and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.expect("read");
+        let status = text[9..12].parse().expect("a status code");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+        (status, body.unwrap_or_default())
+    }
+
+    async fn next_state(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> serde_json::Value {
+        let msg = ws.next().await.expect("a message").expect("a frame");
+        serde_json::from_str(msg.to_text().expect("text")).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn a_tab_s_count_survives_its_socket_and_is_its_own() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let app = Arc::new(App::from_env());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(sessions::serve(
+            "test",
+            listener,
+            move |req| handle(req, app.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let url = |tab: &str| format!("ws://{addr}/ws?flotilla_tab={tab}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url("t1"))
+            .await
+            .expect("connect");
+        assert_eq!(next_state(&mut ws).await["count"], 0);
+        for want in 1..=2 {
+            ws.send(Message::text("increment")).await.expect("send");
+            let state = next_state(&mut ws).await;
+            assert_eq!(
+                (state["count"].as_u64(), state["reason"].as_str()),
+                (Some(want), Some("increment"))
+            );
+        }
+        ws.send(Message::text("nonsense")).await.expect("send");
+        assert_eq!(next_state(&mut ws).await["type"], "error");
+        ws.close(None).await.expect("close");
+        drop(ws);
+
+        let (mut again, _) = tokio_tungstenite::connect_async(url("t1"))
+            .await
+            .expect("reconnect");
+        let hello = next_state(&mut again).await;
+        assert_eq!(
+            (hello["count"].as_u64(), hello["reason"].as_str()),
+            (Some(2), Some("hello"))
+        );
+        let (mut other, _) = tokio_tungstenite::connect_async(url("t2"))
+            .await
+            .expect("connect");
+        assert_eq!(
+            next_state(&mut other).await["count"],
+            0,
+            "another tab has its own count"
+        );
+
+        let (status, body) = get(addr, "/api/state", "X-Flotilla-Tab: t1\r\n").await;
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!((status, body["count"].as_u64()), (200, Some(2)));
+        assert_eq!(get(addr, "/api/state?flotilla_tab=t2", "").await.0, 200);
+        assert_eq!(
+            get(addr, "/api/state", "").await.0,
+            400,
+            "a fetch must name its tab"
+        );
+        assert_eq!(get(addr, "/healthz", "").await.0, 200);
+        assert_eq!(get(addr, "/nope", "").await.0, 404);
+        let (status, page) = get(addr, "/", "").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("/_flotilla/client.js"));
+        assert_eq!(
+            get(addr, "/ws", "").await.0,
+            400,
+            "a plain GET of /ws is not a handshake"
+        );
+
+        let _ = stop.send(());
+        server.await.expect("the server stops when told to");
     }
 
     #[test]

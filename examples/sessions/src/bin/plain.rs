@@ -150,7 +150,7 @@ async fn main() -> std::io::Result<()> {
         label: sessions::release_label(),
         counters: Counters::default(),
     });
-    sessions::serve("plain", port, move |req| handle(req, app.clone())).await
+    sessions::serve_until_signal("plain", port, move |req| handle(req, app.clone())).await
 }
 
 #[cfg(test)]
