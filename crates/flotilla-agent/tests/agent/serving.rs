@@ -186,3 +186,26 @@ async fn readiness_is_written_after_grace_with_no_sessions_and_taken_back_when_o
     })
     .await;
 }
+
+#[tokio::test]
+async fn inject_client_puts_the_script_into_html_pages() {
+    let mut settings = util::settings(&[]);
+    settings.inject_client = true;
+    let agent = Agent::start(settings, Arc::new(StaticSource::active())).await;
+    let page = get(agent.addr, "/page.html", &[("Accept", "text/html")])
+        .await
+        .expect("page");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("x-flotilla-deployment"), Some(ID));
+    let head = page.body.split("</head>").next().unwrap_or_default();
+    assert!(
+        head.contains("/_flotilla/client.js") && head.contains(ID),
+        "the script tag naming this version belongs in <head>: {}",
+        page.body
+    );
+    assert!(
+        page.body.ends_with("<body>hi</body></html>"),
+        "{}",
+        page.body
+    );
+}

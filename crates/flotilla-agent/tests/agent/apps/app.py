@@ -7,6 +7,7 @@ Listens on 127.0.0.1:$PORT. Endpoints:
   POST /_test/sessions?n=3 set the `sessions` number /healthz reports
   GET  /ws                 WebSocket echo
   GET  /sse                text/event-stream, one event every 100 ms until the client leaves
+  GET  /page.html          a small HTML page that knows nothing of flotilla
   GET  /slow?ms=N          answers after N milliseconds
   anything else            {"path": ..., "affinity": <X-Flotilla-Deployment request header>}
 On SIGTERM/SIGINT: writes "<signal name>" to $APP_SIGNAL_FILE if set, then exits with
@@ -98,6 +99,13 @@ class Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             self.close_connection = True
+        elif path == "/page.html":
+            body = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path == "/slow":
             time.sleep(int(self.query().get("ms", "500")) / 1000)
             self.send_json(200, {"slow": True})
