@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::Timestamp;
 use flotilla_core::drain::{DrainTracker, Readiness};
+use flotilla_core::lifecycle::VersionState;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -20,7 +21,7 @@ use crate::health;
 use crate::http::HttpClient;
 use crate::identity::Identity;
 use crate::source::{DrainErrorKind, DrainSource};
-use crate::state::LiveState;
+use crate::state::{LiveState, takes_new_sessions};
 
 /// The longest wait between polls while backing off (unless `poll` itself is longer).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
@@ -64,6 +65,20 @@ pub fn emf_line(who: &Identity, ready: bool, at: Timestamp) -> String {
     .to_string()
 }
 
+/// The state to act on after a read: what was read, except that a version seen leaving
+/// (draining, retired, failed) whose state then disappears stays as it was. Its parameters are
+/// removed only once it is gone, so a missing state must never let it take new sessions again;
+/// only an explicit state (a rollback writes `active`) does.
+pub fn carry_state(
+    before: Option<VersionState>,
+    read: Option<VersionState>,
+) -> Option<VersionState> {
+    match (before, read) {
+        (Some(previous), None) if !takes_new_sessions(Some(previous)) => Some(previous),
+        (_, read) => read,
+    }
+}
+
 /// The wall clock as a core timestamp.
 pub(crate) fn now() -> Timestamp {
     let millis = SystemTime::now()
@@ -103,8 +118,14 @@ pub(crate) async fn run(
         }
         let mut throttled = false;
         match source.read_state(&who).await {
-            Ok(version) => {
+            Ok(read) => {
                 let before = state.version_state();
+                let version = carry_state(before, read);
+                if version != read {
+                    tracing::debug!(
+                        "the version's state is gone; it was leaving, so it stays leaving"
+                    );
+                }
                 if before != version {
                     tracing::info!(
                         from = before.map_or("unknown", |s| s.as_str()),
@@ -221,6 +242,26 @@ mod tests {
             next_delay(Duration::from_secs(300), 3, 1.0),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn carry_state_table() {
+        use VersionState::*;
+        let check = |before, read, expected| {
+            assert_eq!(
+                carry_state(before, read),
+                expected,
+                "{before:?} then {read:?}"
+            );
+        };
+        check(None, None, None);
+        check(None, Some(Active), Some(Active));
+        check(Some(Active), None, None);
+        check(Some(Deploying), None, None);
+        check(Some(Draining), None, Some(Draining));
+        check(Some(Retired), None, Some(Retired));
+        check(Some(Failed), None, Some(Failed));
+        check(Some(Draining), Some(Active), Some(Active));
     }
 
     #[test]
