@@ -10,6 +10,7 @@
 //! | `FLOTILLA_CLUSTER` | the ECS cluster (name or ARN) | required |
 //! | `FLOTILLA_LISTENER_ARN` | the listener holding the affinity rules | required |
 //! | `FLOTILLA_LOG_GROUP` | the containers' log group | none |
+//! | `FLOTILLA_REPOSITORY` | the ECR repository URI; retired versions' images are deleted from it | none |
 //! | `FLOTILLA_REAPER_INTERVAL_SECONDS` | the schedule's rate | required |
 //! | `FLOTILLA_REAPER_MIN_AGE_SECONDS` | never touch a younger version | required |
 //! | `FLOTILLA_REAPER_MAX_AGE_SECONDS` | retire after draining this long | required |
@@ -70,7 +71,9 @@ impl ReaperConfig {
         settings.baseline_overrides = BaselineOutputs {
             listener_arn: Some(base.listener_arn.clone()),
             cluster: Some(base.cluster.clone()),
-            log_group: var("FLOTILLA_LOG_GROUP"),
+            log_group: base.log_group.clone(),
+            // With the repository known, removing a retired version also deletes its image.
+            repository: base.repository.clone(),
             ..Default::default()
         };
         if let Some(h) = var("FLOTILLA_AFFINITY_HEADER") {
@@ -189,12 +192,21 @@ mod tests {
             c.settings.baseline_overrides.cluster.as_deref(),
             Some("flotilla-prod")
         );
+        assert_eq!(c.settings.baseline_overrides.repository, None);
         let mut with_extras = FULL.to_vec();
+        with_extras.push((
+            "FLOTILLA_REPOSITORY",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/prod",
+        ));
         with_extras.push(("FLOTILLA_AFFINITY_HEADER", "X-Version"));
         with_extras.push(("FLOTILLA_RULE_PRIORITY_BASE", "500"));
         let c = ReaperConfig::from_vars(vars(&with_extras)).expect("complete");
         assert_eq!(c.settings.routing.affinity_header, "X-Version");
         assert_eq!(c.settings.routing.priority_base, 500);
+        assert_eq!(
+            c.settings.baseline_overrides.repository.as_deref(),
+            Some("123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/prod")
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`clock`]: the system clock.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
 //! - [`agent_ssm`]: the in-container agent's drain source over SSM.
+//! - [`stack`]: the baseline stack's lifecycle on CloudFormation (`flotilla baseline up|show|down`),
+//!   the reaper's code upload, the cached outputs.
 #![forbid(unsafe_code)]
 
 pub mod agent_ssm;
@@ -26,6 +28,7 @@ pub mod lambda;
 pub mod routing;
 pub mod sdk;
 pub mod settings;
+pub mod stack;
 pub mod state;
 
 use std::sync::Arc;

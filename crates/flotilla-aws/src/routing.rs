@@ -24,8 +24,9 @@ use flotilla_engine::ports::{ErrorKind, PortError, Routing};
 use crate::ctx::{Ctx, TAG_ID, TAG_NAME, tg_name_of_arn};
 use crate::error::{code_of, port_error};
 
-/// The body fresh requests get while no version is deployed (status 503).
-pub const NO_VERSION_MESSAGE: &str = "503 Service Unavailable: no version deployed yet";
+/// The body fresh requests get while no version is deployed: the same text as the baseline
+/// template's default action, so the listener says the same before and after the first deploy.
+pub use flotilla_baseline::contract::NO_VERSION_MESSAGE;
 
 /// ALB priorities go up to 50000.
 const MAX_PRIORITY: u32 = 50_000;
@@ -519,6 +520,17 @@ fn fixed_response(status: &str, content_type: &str, body: String) -> Action {
         .build()
 }
 
+/// The default action while no version is deployed: the baseline template's own (status and
+/// body from `flotilla_baseline::contract`), so the listener answers the same before the first
+/// deploy and after the last teardown.
+fn no_version() -> Action {
+    fixed_response(
+        &flotilla_baseline::contract::NO_VERSION_STATUS.to_string(),
+        "text/plain",
+        NO_VERSION_MESSAGE.to_owned(),
+    )
+}
+
 /// The JSON body a retired version's affinity answers with (status 410).
 pub fn retired_body(id: &DeploymentId) -> String {
     serde_json::json!({
@@ -639,7 +651,7 @@ impl Routing for AlbRouting {
 
     async fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError> {
         let action = if targets.is_empty() {
-            fixed_response("503", "text/plain", NO_VERSION_MESSAGE.to_owned())
+            no_version()
         } else {
             validate_default(targets, |_| true).map_err(|e| {
                 PortError::new(
@@ -805,5 +817,17 @@ mod tests {
         assert_eq!(forward_targets(&plain), vec![("arn:c".to_owned(), 100)]);
         let fixed = fixed_response("503", "text/plain", "x".to_owned());
         assert!(forward_targets(&fixed).is_empty());
+    }
+
+    #[test]
+    fn no_version_answers_like_the_baseline_template() {
+        let action = no_version();
+        let config = action.fixed_response_config().expect("fixed response");
+        assert_eq!(config.status_code(), Some("503"));
+        assert_eq!(config.message_body(), Some("no version deployed yet"));
+        assert_eq!(
+            config.message_body(),
+            Some(flotilla_baseline::contract::NO_VERSION_MESSAGE)
+        );
     }
 }

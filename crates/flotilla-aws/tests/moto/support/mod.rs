@@ -532,6 +532,54 @@ pub struct EcsStandIn {
 }
 
 impl EcsStandIn {
+    /// A stand-in for `cluster`, one made elsewhere (by a baseline stack, say): registers the
+    /// stand-in's own task definition.
+    pub async fn for_cluster(clients: Clients, cluster: &str) -> EcsStandIn {
+        let sim_task = clients
+            .ecs
+            .register_task_definition()
+            .family("ecs-stand-in")
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("app")
+                    .image("x")
+                    .memory(512)
+                    .cpu(256)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("register stand-in task definition")
+            .task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .expect("arn")
+            .to_owned();
+        EcsStandIn {
+            clients,
+            cluster: cluster.to_owned(),
+            sim_task,
+        }
+    }
+
+    /// Runs `work` while the stand-in keeps the cluster's services reconciled.
+    pub async fn while_settling<F: std::future::Future>(&self, work: F) -> F::Output {
+        let ecs = self.clone();
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let settler = tokio::spawn(async move {
+            loop {
+                ecs.settle().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                    _ = rx.changed() => break,
+                }
+            }
+        });
+        let out = work.await;
+        let _ = stop.send(true);
+        let _ = settler.await;
+        out
+    }
+
     /// Task ARN → service name, for running tasks.
     pub async fn tasks(&self) -> BTreeMap<String, String> {
         let c = &self.clients.ecs;

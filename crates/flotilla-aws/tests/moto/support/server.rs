@@ -126,6 +126,13 @@ impl Moto {
     /// An EC2 Query API call (the tests need only three EC2 actions; moto does not check
     /// signatures, and the credential scope routes the request to EC2).
     pub fn ec2(&self, params: &[(&str, &str)]) -> String {
+        let (status, body) = self.ec2_call(params);
+        assert_eq!(status, 200, "ec2 {params:?}: {body}");
+        body
+    }
+
+    /// An EC2 Query API call whose failure the caller handles: the status and the body.
+    pub fn ec2_call(&self, params: &[(&str, &str)]) -> (u16, String) {
         let mut form = String::from("Version=2016-11-15");
         for (k, v) in params {
             form.push('&');
@@ -146,8 +153,7 @@ impl Moto {
                 &form,
             )
             .expect("ec2 call");
-        assert_eq!(status, 200, "ec2 {params:?}: {body}");
-        body
+        (status, body)
     }
 }
 
