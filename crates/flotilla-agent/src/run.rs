@@ -173,6 +173,7 @@ pub async fn run(
         // A load balancer terminates TLS in front of the agent.
         trust_forwarded: true,
         shutdown_deadline: PROXY_CUT_DEADLINE,
+        header_read_timeout: settings.keepalive,
         ..ProxyConfig::default()
     };
     let (proxy_stop, proxy_stopped) = oneshot::channel::<()>();

@@ -24,6 +24,11 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the app gets between SIGTERM and SIGKILL, out of the stop budget.
 pub const MAX_APP_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The default keep-alive idle timeout of client connections: above the baseline ALB's 120 s idle
+/// timeout, so the agent never closes a connection the load balancer is about to reuse (which the
+/// load balancer would answer with a 502).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(130);
+
 /// What the proxy's own shutdown gets, after the session wait, to finish and cut.
 pub const PROXY_CUT_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -72,6 +77,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "grace before a draining, idle instance reports ready (default 30)",
     ),
     (
+        "FLOTILLA_AGENT_KEEPALIVE_SECONDS",
+        "idle keep-alive timeout; keep it above the load balancer's idle timeout (default 130)",
+    ),
+    (
         "FLOTILLA_AGENT_EMF",
         "false to stop printing the ShutdownReady EMF line per poll (default true)",
     ),
@@ -110,6 +119,9 @@ pub struct AgentSettings {
     pub app_stop_grace: Duration,
     /// How long a probe of the app's health path may take.
     pub probe_timeout: Duration,
+    /// How long an idle keep-alive client connection stays open (also the time a client has to
+    /// send a request head). Must exceed the load balancer's idle timeout.
+    pub keepalive: Duration,
     /// Print a CloudWatch EMF `ShutdownReady` line on stdout per poll.
     pub emf: bool,
 }
@@ -153,6 +165,7 @@ impl AgentSettings {
             session_wait,
             app_stop_grace,
             probe_timeout: Duration::from_secs(2),
+            keepalive: DEFAULT_KEEPALIVE,
             emf: true,
         }
     }
@@ -262,6 +275,14 @@ impl AgentSettings {
             &mut problems,
         );
 
+        let keepalive = parse_seconds(
+            "FLOTILLA_AGENT_KEEPALIVE_SECONDS",
+            get("FLOTILLA_AGENT_KEEPALIVE_SECONDS"),
+            DEFAULT_KEEPALIVE.as_secs(),
+            1..=4100,
+            &mut problems,
+        );
+
         let (Some(name), Some(id), Some(app_port), Some(listen)) = (name, id, app_port, listen)
         else {
             return Err(SettingsError { problems });
@@ -277,6 +298,7 @@ impl AgentSettings {
         settings.emf = emf;
         settings.drain_poll = poll;
         settings.drain_grace = grace;
+        settings.keepalive = keepalive;
         let (session_wait, app_stop_grace) = split_stop_timeout(stop);
         settings.session_wait = session_wait;
         settings.app_stop_grace = app_stop_grace;
@@ -442,6 +464,7 @@ mod tests {
         assert_eq!(s.drain_poll, Duration::from_secs(5));
         assert_eq!(s.session_wait, Duration::from_secs(19));
         assert_eq!(s.app_stop_grace, Duration::from_secs(10));
+        assert_eq!(s.keepalive, Duration::from_secs(130));
         assert!(s.emf && !s.inject_client && s.instance.is_none());
     }
 
