@@ -1,10 +1,14 @@
-/*! flotilla-client.js: keeps each browser tab on the application version that served its page. */
+/*! flotilla-client.js: keeps each browser tab on the application version that served its page,
+    and on the same instance of that version. */
 /*
  * Plain JavaScript, no build step, no dependencies. Include it synchronously, early in <head>,
  * before the application's own scripts:
  *
  *   <script src="/_flotilla/client.js" data-deployment="ID"
- *           data-header="X-Flotilla-Deployment" data-query="flotilla_deployment"></script>
+ *           data-header="X-Flotilla-Deployment" data-query="flotilla_deployment"
+ *           data-tab-header="X-Flotilla-Tab" data-tab-query="flotilla_tab"></script>
+ *
+ * Every attribute is optional; the values shown are the defaults.
  *
  * Including it twice is harmless: the second copy only hands over a declared id the first lacked.
  *
@@ -32,13 +36,36 @@
  *    that page; sessionStorage mirrors it and is rewritten when a page returns from the
  *    back/forward cache, so two documents that shared a tab never mix their ids.
  *
+ * 2b. The tab key: which instance of a version a tab talks to. A version may run several
+ *    instances, each with its own memory (an app's in-memory session state, a WebSocket's
+ *    server-side state). The host router sends every request carrying a tab key to the same
+ *    healthy instance of its version (rendezvous hashing of the key), so a tab's reconnected
+ *    WebSocket finds the instance that held its session. The key is an opaque random value,
+ *    128 bits from crypto.getRandomValues written as a UUID (crypto.randomUUID where available),
+ *    made once per tab when this script first runs in it and kept in sessionStorage under
+ *    `flotilla:tab`, never in a cookie. It is the same for every page, reload and version of the
+ *    tab (unlike the id, a navigation does not replace it: which instance holds a tab's session
+ *    matters whichever version the tab is on) and different in every other tab. A stored value
+ *    that is not a plausible key (1 to 64 characters of A-Z a-z 0-9 - _) is replaced. Without
+ *    sessionStorage the key lives only as long as the page. It is a routing hint, not a secret
+ *    and not an identity: do not authorise anything with it.
+ *    Known limit: a browser that duplicates a tab (or opens a window with `window.open` from
+ *    it) copies its sessionStorage, so the copy starts with the same key and shares the
+ *    original's instance. Both still work; they only share an instance, which is harmless.
+ *
  * 3. What is sent. Same-origin requests only (scheme, host and port equal to the page's; ws: counts
  *    as http: and wss: as https:). Cross-origin requests are never touched.
- *      - fetch and XMLHttpRequest: header `X-Flotilla-Deployment: ID` (name from `data-header`),
- *        unless the request already sets that header, which then wins.
- *      - WebSocket and EventSource (browsers cannot set headers on those): query parameter
- *        `flotilla_deployment=ID` (name from `data-query`) appended to the URL, unless the URL
- *        already has that parameter. Other query parameters are left byte for byte as written.
+ *      - fetch and XMLHttpRequest: header `X-Flotilla-Deployment: ID` (name from `data-header`)
+ *        once the id is known, and header `X-Flotilla-Tab: KEY` (name from `data-tab-header`)
+ *        always, each unless the request already sets that header, which then wins.
+ *      - WebSocket and EventSource (browsers cannot set headers on those): query parameters
+ *        `flotilla_deployment=ID` (name from `data-query`) once the id is known, then
+ *        `flotilla_tab=KEY` (name from `data-tab-query`) always, appended to the URL, each
+ *        unless the URL already has that parameter (even empty), which then wins. Other query
+ *        parameters are left byte for byte as written.
+ *    The host router reads the tab key from `X-Flotilla-Tab` / `flotilla_tab` (header first);
+ *    renaming them only makes sense for a server that reads the new names. A server that ignores
+ *    the tab key loses nothing but instance stickiness.
  *
  * 4. Retired versions. A same-origin fetch/XHR response is a retirement signal when its status is
  *    410 AND its body is this JSON object (Content-Type application/json; the body is what counts):
@@ -63,13 +90,15 @@
  *    version alive), and applies rule 4 to the probe's answer.
  *    Requests made by workers, service workers, navigator.sendBeacon, forms, <img>/<link>/<script>
  *    tags and import() carry no affinity; `window.flotilla.withAffinity(url)` adds the query
- *    parameter to such a URL for apps that want it.
+ *    parameters (id and tab key) to such a URL for apps that want it.
  *
  * API: window.flotilla = {
  *   deploymentId(),    // this page's id, or null while unknown
  *   source(),          // where it came from: "script", "meta", "server-timing", "url", "response"
- *   header, query,     // the header and query parameter names in use
- *   withAffinity(url)  // url with the query parameter added when same-origin and known
+ *   tabKey(),          // this tab's key (never null)
+ *   header, query,     // the id's header and query parameter names in use
+ *   tabHeader, tabQuery, // the tab key's header and query parameter names in use
+ *   withAffinity(url)  // url with the query parameters added when same-origin
  * }
  */
 (function () {
@@ -78,6 +107,10 @@
   var DEFAULT_HEADER = "X-Flotilla-Deployment";
   var DEFAULT_QUERY = "flotilla_deployment";
   var STORAGE_KEY = "flotilla:deployment";
+  var DEFAULT_TAB_HEADER = "X-Flotilla-Tab";
+  var DEFAULT_TAB_QUERY = "flotilla_tab";
+  var TAB_STORAGE_KEY = "flotilla:tab";
+  var TAB_KEY_SHAPE = /^[A-Za-z0-9_-]{1,64}$/;
   var META_NAME = "flotilla-deployment";
   var TIMING_NAME = "flotilla-deployment";
   var STALE_EVENT = "flotilla:stale";
@@ -114,6 +147,9 @@
   var HEADER = nonEmpty(dataset.header) || DEFAULT_HEADER;
   var QUERY = nonEmpty(dataset.query) || DEFAULT_QUERY;
   var HEADER_LOWER = HEADER.toLowerCase();
+  var TAB_HEADER = nonEmpty(dataset.tabHeader) || DEFAULT_TAB_HEADER;
+  var TAB_QUERY = nonEmpty(dataset.tabQuery) || DEFAULT_TAB_QUERY;
+  var TAB_HEADER_LOWER = TAB_HEADER.toLowerCase();
 
   var state = {
     id: null,
@@ -148,6 +184,62 @@
     state.declared = true;
     setId(id, source);
   }
+
+  // ---- the tab key -----------------------------------------------------------------------------
+
+  function hex(byte) {
+    return (byte < 16 ? "0" : "") + byte.toString(16);
+  }
+
+  // 128 random bits as a UUID (version 4 layout). Not a secret: only a routing hint.
+  function newTabKey() {
+    var cryptoObj = window.crypto;
+    try {
+      if (cryptoObj && typeof cryptoObj.randomUUID === "function") {
+        return cryptoObj.randomUUID();
+      }
+    } catch (e) {
+      // randomUUID exists only in secure contexts; getRandomValues works everywhere.
+    }
+    var bytes = new Uint8Array(16);
+    if (cryptoObj && typeof cryptoObj.getRandomValues === "function") {
+      cryptoObj.getRandomValues(bytes);
+    } else {
+      for (var i = 0; i < bytes.length; i++) {
+        bytes[i] = Math.floor(Math.random() * 256);
+      }
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    var out = "";
+    for (var j = 0; j < bytes.length; j++) {
+      out += hex(bytes[j]) + (j === 3 || j === 5 || j === 7 || j === 9 ? "-" : "");
+    }
+    return out;
+  }
+
+  // The tab's key: the stored one when it is plausible, otherwise a new one, stored for the rest
+  // of the tab's life (reloads and later pages included).
+  function tabKey() {
+    var stored = null;
+    try {
+      stored = window.sessionStorage.getItem(TAB_STORAGE_KEY);
+    } catch (e) {
+      // No storage: the key lives as long as this page.
+    }
+    if (typeof stored === "string" && TAB_KEY_SHAPE.test(stored)) {
+      return stored;
+    }
+    var key = newTabKey();
+    try {
+      window.sessionStorage.setItem(TAB_STORAGE_KEY, key);
+    } catch (e) {
+      // As above.
+    }
+    return key;
+  }
+
+  var TAB = tabKey();
 
   // ---- where this page's id comes from ---------------------------------------------------------
 
@@ -213,10 +305,18 @@
   }
 
   // A page restored from the back/forward cache keeps its scripts' state, but a later page of the
-  // tab may have overwritten the stored id meanwhile: put this page's id back.
+  // tab may have overwritten the stored id meanwhile: put this page's id back. The tab key is the
+  // tab's, not the page's, so it only needs to be there.
   window.addEventListener("pageshow", function (event) {
     if (event.persisted) {
       storageWrite(state.id);
+      try {
+        if (!window.sessionStorage.getItem(TAB_STORAGE_KEY)) {
+          window.sessionStorage.setItem(TAB_STORAGE_KEY, TAB);
+        }
+      } catch (e) {
+        // No storage: nothing to restore.
+      }
     }
   });
 
@@ -243,16 +343,23 @@
     return scheme + "//" + parsed.host === window.location.protocol + "//" + window.location.host;
   }
 
-  // Appends the affinity parameter without re-encoding the parameters already there. Returns null
-  // when the URL must be left alone. A WebSocket URL given relative or as http(s): is written out
-  // as ws(s):, which every browser accepts.
+  // Appends the affinity parameter (when the id is known) and the tab key parameter, each unless
+  // the URL has it already, without re-encoding the parameters already there. Returns null when
+  // the URL must be left alone. A WebSocket URL given relative or as http(s): is written out as
+  // ws(s):, which every browser accepts.
   function urlWithAffinity(url, forSocket) {
-    var id = state.id;
-    if (!id) {
+    var parsed = resolve(url);
+    if (!isSameOrigin(parsed)) {
       return null;
     }
-    var parsed = resolve(url);
-    if (!isSameOrigin(parsed) || parsed.searchParams.has(QUERY)) {
+    var pairs = [];
+    if (state.id && !parsed.searchParams.has(QUERY)) {
+      pairs.push(encodeURIComponent(QUERY) + "=" + encodeURIComponent(state.id));
+    }
+    if (!parsed.searchParams.has(TAB_QUERY)) {
+      pairs.push(encodeURIComponent(TAB_QUERY) + "=" + encodeURIComponent(TAB));
+    }
+    if (pairs.length === 0) {
       return null;
     }
     if (forSocket && parsed.protocol === "http:") {
@@ -260,9 +367,9 @@
     } else if (forSocket && parsed.protocol === "https:") {
       parsed.protocol = "wss:";
     }
-    var pair = encodeURIComponent(QUERY) + "=" + encodeURIComponent(id);
+    var added = pairs.join("&");
     // `search` is "" for both "no query" and a bare "?".
-    parsed.search = parsed.search ? parsed.search + "&" + pair : "?" + pair;
+    parsed.search = parsed.search ? parsed.search + "&" + added : "?" + added;
     return parsed.href;
   }
 
@@ -357,6 +464,9 @@
         if (state.id && !request.headers.has(HEADER)) {
           request.headers.set(HEADER, state.id);
         }
+        if (!request.headers.has(TAB_HEADER)) {
+          request.headers.set(TAB_HEADER, TAB);
+        }
       } catch (error) {
         return Promise.reject(error);
       }
@@ -439,6 +549,7 @@
         sameOrigin: isSameOrigin(parsed),
         url: parsed ? parsed.href : String(url),
         explicit: false,
+        explicitTab: false,
         listening: pending.has(this) && pending.get(this).listening,
       });
       return nativeOpen.apply(this, arguments);
@@ -446,8 +557,12 @@
 
     proto.setRequestHeader = function setRequestHeader(name, value) {
       var info = pending.get(this);
-      if (info && String(name).toLowerCase() === HEADER_LOWER) {
+      var lower = String(name).toLowerCase();
+      if (info && lower === HEADER_LOWER) {
         info.explicit = true;
+      }
+      if (info && lower === TAB_HEADER_LOWER) {
+        info.explicitTab = true;
       }
       return nativeSetRequestHeader.apply(this, arguments);
     };
@@ -455,12 +570,15 @@
     proto.send = function send() {
       var info = pending.get(this);
       if (info && info.sameOrigin) {
-        if (state.id && !info.explicit) {
-          try {
+        try {
+          if (state.id && !info.explicit) {
             nativeSetRequestHeader.call(this, HEADER, state.id);
-          } catch (e) {
-            // Not OPENED (the native send will throw its own error); leave it to that.
           }
+          if (!info.explicitTab) {
+            nativeSetRequestHeader.call(this, TAB_HEADER, TAB);
+          }
+        } catch (e) {
+          // Not OPENED (the native send will throw its own error); leave it to that.
         }
         if (!info.listening) {
           info.listening = true;
@@ -579,8 +697,13 @@
     source: function () {
       return state.source;
     },
+    tabKey: function () {
+      return TAB;
+    },
     header: HEADER,
     query: QUERY,
+    tabHeader: TAB_HEADER,
+    tabQuery: TAB_QUERY,
     withAffinity: function (url) {
       return urlWithAffinity(url, false) || String(url);
     },

@@ -1,5 +1,6 @@
 //! A small HTTP server that stands in for the flotilla router in browser tests: it serves the
-//! client script and a page that includes it, echoes the affinity each request carried, speaks
+//! client script and a page that includes it, echoes the affinity and tab key each request
+//! carried, speaks
 //! WebSocket and server-sent events, answers 410 with the retired-version JSON for retired ids,
 //! and records every request so tests can check what the browser really sent.
 
@@ -31,9 +32,18 @@ const CLIENT_JS: &str = include_str!("../../../../client/flotilla-client.js");
 pub const HEADER: &str = "X-Flotilla-Deployment";
 pub const QUERY: &str = "flotilla_deployment";
 
+/// The default tab key header and query parameter.
+pub const TAB_HEADER: &str = "X-Flotilla-Tab";
+pub const TAB_QUERY: &str = "flotilla_tab";
+
 /// The alternative names a page can configure through `data-header` / `data-query`.
 pub const CUSTOM_HEADER: &str = "X-Custom-Affinity";
 pub const CUSTOM_QUERY: &str = "custom_affinity";
+
+/// The alternative tab key names a page can configure through `data-tab-header` /
+/// `data-tab-query`.
+pub const CUSTOM_TAB_HEADER: &str = "X-Custom-Tab";
+pub const CUSTOM_TAB_QUERY: &str = "custom_tab";
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
@@ -46,6 +56,10 @@ pub struct Seen {
     pub header: Option<String>,
     /// The affinity query parameter's value.
     pub affinity_query: Option<String>,
+    /// The tab key header's value.
+    pub tab_header: Option<String>,
+    /// The tab key query parameter's value.
+    pub tab_query: Option<String>,
     pub cookie: Option<String>,
     /// `Access-Control-Request-Headers` (set on CORS preflights).
     pub preflight_headers: Option<String>,
@@ -198,6 +212,8 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, 
         query: query.clone(),
         header: header_value.clone(),
         affinity_query: params.get(QUERY).cloned(),
+        tab_header: header_str(&req, TAB_HEADER),
+        tab_query: params.get(TAB_QUERY).cloned(),
         cookie: header_str(&req, "cookie"),
         preflight_headers: header_str(&req, "access-control-request-headers"),
     };
@@ -253,6 +269,9 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, 
                 "custom_header": header_str(&req, CUSTOM_HEADER),
                 "query": params.get(QUERY),
                 "custom_query": params.get(CUSTOM_QUERY),
+                "tab": header_str(&req, TAB_HEADER),
+                "custom_tab": header_str(&req, CUSTOM_TAB_HEADER),
+                "tab_query": params.get(TAB_QUERY),
                 "cookie": header_str(&req, "cookie"),
                 "app": header_str(&req, "x-app"),
             });
@@ -279,7 +298,8 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, 
             response
         }
         "/sse" => {
-            let event = json!({ "query": params.get(QUERY), "raw": query });
+            let event = json!({ "query": params.get(QUERY), "tab": params.get(TAB_QUERY),
+                                "raw": query });
             // A long retry keeps EventSource from reconnecting while the test looks.
             reply(
                 StatusCode::OK,
@@ -289,7 +309,7 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, 
         }
         "/ws" => websocket(
             &mut req,
-            json!({ "query": params.get(QUERY), "raw": query }),
+            json!({ "query": params.get(QUERY), "tab": params.get(TAB_QUERY), "raw": query }),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found"),
     };
@@ -301,12 +321,17 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, 
 /// - `via`: `script` (default, `data-deployment`), `meta`, `timing` (Server-Timing), `none`;
 ///   with `url` the id is not declared at all and only the page's own URL names it;
 /// - `twice=1`: include the client twice, the first time without a declaration;
-/// - `names=custom`: configure the custom header and query names.
+/// - `pre`: a script run before the client: `nouuid` removes `crypto.randomUUID` (as in an
+///   insecure context), `badkey` stores an implausible tab key, `nostorage` makes every
+///   sessionStorage access throw (as storage disabled by privacy settings does);
+/// - `names=custom`: configure the custom header and query names (the id's and the tab key's).
 fn page(params: &BTreeMap<String, String>, current: &str) -> Reply {
     let id = params.get("d").map_or(current, String::as_str).to_string();
     let via = params.get("via").map_or("script", String::as_str);
     let names = if params.get("names").map(String::as_str) == Some("custom") {
-        format!(r#" data-header="{CUSTOM_HEADER}" data-query="{CUSTOM_QUERY}""#)
+        format!(
+            r#" data-header="{CUSTOM_HEADER}" data-query="{CUSTOM_QUERY}" data-tab-header="{CUSTOM_TAB_HEADER}" data-tab-query="{CUSTOM_TAB_QUERY}""#
+        )
     } else {
         String::new()
     };
@@ -325,9 +350,20 @@ fn page(params: &BTreeMap<String, String>, current: &str) -> Reply {
     } else {
         ""
     };
+    let pre = match params.get("pre").map(String::as_str) {
+        Some("nouuid") => "<script>delete Crypto.prototype.randomUUID;</script>",
+        Some("badkey") => {
+            r#"<script>sessionStorage.setItem("flotilla:tab", "not a key!");</script>"#
+        }
+        Some("nostorage") => {
+            r#"<script>Object.defineProperty(window, "sessionStorage", { configurable: true,
+  get() { throw new DOMException("storage is disabled", "SecurityError"); } });</script>"#
+        }
+        _ => "",
+    };
     let html = format!(
         r#"<!doctype html>
-<html><head><meta charset="utf-8">{meta}{first}
+<html><head><meta charset="utf-8">{pre}{meta}{first}
 <script src="/_flotilla/client.js"{declared}{names}></script>
 <title>flotilla test page</title>
 <style>body {{ font: 28px sans-serif; margin: 40px; }} #v {{ color: #0a5; font-weight: bold; }}</style>
