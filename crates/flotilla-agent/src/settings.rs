@@ -299,15 +299,21 @@ impl AgentSettings {
         settings.drain_poll = poll;
         settings.drain_grace = grace;
         settings.keepalive = keepalive;
-        let (session_wait, app_stop_grace) = split_stop_timeout(stop);
-        settings.session_wait = session_wait;
-        settings.app_stop_grace = app_stop_grace;
+        settings.set_stop_timeout(stop);
         problems.extend(settings.problems());
         if problems.is_empty() {
             Ok(settings)
         } else {
             Err(SettingsError { problems })
         }
+    }
+
+    /// Sets the session wait and the app's stop grace from a whole stop budget (`[app]
+    /// stop_timeout_seconds`), as [`split_stop_timeout`] does.
+    pub fn set_stop_timeout(&mut self, total: Duration) {
+        let (session_wait, app_stop_grace) = split_stop_timeout(total);
+        self.session_wait = session_wait;
+        self.app_stop_grace = app_stop_grace;
     }
 
     /// Everything wrong with these settings (empty when they are usable).
