@@ -431,26 +431,132 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum BaselineCommand {
     /// Create or update the baseline stack, showing what changes
-    #[command(after_help = "Example:\n  flotilla baseline up")]
-    Up(JsonFlag),
+    #[command(
+        long_about = "Create or update the baseline stack `flotilla-<name>` from flotilla.toml: the \
+            network, the load balancer, the certificate, the ECS cluster, the image repository, \
+            the roles, the reaper Lambda, the dashboard and the alarms. Shows what will change \
+            first (a CloudFormation change set) and asks on a terminal; does nothing when nothing \
+            changed. Waits with the stack's events as progress, prints the DNS records a \
+            requested certificate needs, and caches the outputs in .flotilla/<name>/baseline.json.\n\n\
+            The reaper Lambda runs this flotilla binary (Linux, x86_64 or arm64); elsewhere, \
+            pass a Linux build with --reaper-binary. Needs administrator rights.",
+        after_help = "Examples:\n  flotilla baseline up\n  flotilla baseline up --yes --json\n  \
+            flotilla baseline up --reaper-binary target/x86_64-unknown-linux-gnu/release/flotilla\n  \
+            flotilla baseline up --continue-rollback --skip PrivateSubnetA"
+    )]
+    Up(BaselineUpArgs),
     /// Show the baseline stack's state and outputs
-    Show(JsonFlag),
-    /// Print the baseline CloudFormation template
+    #[command(
+        after_help = "Examples:\n  flotilla baseline show\n  flotilla baseline show --offline --json"
+    )]
+    Show(BaselineShowArgs),
+    /// Print the baseline CloudFormation template (no AWS call)
+    #[command(
+        after_help = "Example:\n  flotilla baseline template > baseline.json && scripts/lint-template.sh baseline.json"
+    )]
     Template,
     /// Delete the baseline stack (refused while versions run, unless --force)
-    Down {
-        /// Delete even while versions still run
-        #[arg(long)]
-        force: bool,
-    },
+    #[command(
+        long_about = "Delete the baseline stack: empties its artefact bucket, deletes the stack \
+            (the image repository with its images and the log groups with their logs go too), \
+            waits, and removes .flotilla/<name>/baseline.json. Refused while versions run; \
+            --force removes them first, as `flotilla teardown --all` does. Asks for the \
+            deployment name on a terminal; otherwise --yes is required.",
+        after_help = "Examples:\n  flotilla baseline down\n  flotilla baseline down --force --yes\n  \
+            flotilla baseline down --retain PrivateSubnetA    # a stack in DELETE_FAILED"
+    )]
+    Down(BaselineDownArgs),
+}
+
+/// `baseline up`.
+#[derive(Debug, Args)]
+pub struct BaselineUpArgs {
+    /// Apply without asking (stdin that is not a terminal needs it only for changes that
+    /// replace or remove resources)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// The Linux flotilla binary the reaper Lambda runs [default: this flotilla]
+    #[arg(long, value_name = "PATH")]
+    pub reaper_binary: Option<PathBuf>,
+
+    /// First resume a failed rollback (a stack in UPDATE_ROLLBACK_FAILED)
+    #[arg(long)]
+    pub continue_rollback: bool,
+
+    /// With --continue-rollback: resources (logical ids) that cannot be restored
+    #[arg(
+        long,
+        value_name = "LOGICAL_ID",
+        requires = "continue_rollback",
+        value_delimiter = ','
+    )]
+    pub skip: Vec<String>,
+
+    /// Stop waiting after this many minutes (CloudFormation carries on)
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub timeout_minutes: u64,
+
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `baseline show`.
+#[derive(Debug, Args)]
+pub struct BaselineShowArgs {
+    /// Only the cached outputs; do not ask AWS for the stack's status
+    #[arg(long)]
+    pub offline: bool,
+
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `baseline down`.
+#[derive(Debug, Args)]
+pub struct BaselineDownArgs {
+    /// Remove running versions first (as `flotilla teardown --all`), then the stack
+    #[arg(long)]
+    pub force: bool,
+
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// For a stack in DELETE_FAILED: leave these resources (logical ids) and delete the rest
+    #[arg(long, value_name = "LOGICAL_ID", value_delimiter = ',')]
+    pub retain: Vec<String>,
+
+    /// Stop waiting after this many minutes (CloudFormation carries on)
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub timeout_minutes: u64,
+
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// `aws ...`.
 #[derive(Debug, Subcommand)]
 pub enum AwsCommand {
     /// Print the IAM policy a deploying user or CI role needs
-    #[command(after_help = "Example:\n  flotilla aws deployer-policy > deployer-policy.json")]
-    DeployerPolicy,
+    #[command(
+        long_about = "Print the IAM policy that `deploy`, `status`, `verify`, `rollback`, `drain`, \
+            `reap`, `logs` and `teardown` of this deployment name need, scoped to its resources. \
+            The account comes from STS (the current credentials) unless --account-id is given; \
+            the region from [aws] region or the environment (any region when unset). Creating \
+            and deleting the baseline is not included: that needs an administrator.",
+        after_help = "Examples:\n  flotilla aws deployer-policy > deployer-policy.json\n  \
+            flotilla aws deployer-policy --account-id 123456789012"
+    )]
+    DeployerPolicy(DeployerPolicyArgs),
+}
+
+/// `aws deployer-policy`.
+#[derive(Debug, Args)]
+pub struct DeployerPolicyArgs {
+    /// The 12-digit account id, instead of asking STS
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
 }
 
 /// The clap command with the exit-code table added to `--help`.
@@ -471,7 +577,9 @@ impl Cli {
             Command::Teardown(a) => a.json.json,
             Command::Verify(a) => a.json.json,
             Command::Config(ConfigCommand::Check(j)) => j.json,
-            Command::Baseline(BaselineCommand::Up(j) | BaselineCommand::Show(j)) => j.json,
+            Command::Baseline(BaselineCommand::Up(a)) => a.json.json,
+            Command::Baseline(BaselineCommand::Show(a)) => a.json.json,
+            Command::Baseline(BaselineCommand::Down(a)) => a.json.json,
             _ => false,
         }
     }

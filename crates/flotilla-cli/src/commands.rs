@@ -123,18 +123,36 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
         }
         Command::Baseline(command) => {
             let config = load(global, out)?;
+            let minutes = |m: u64| Duration::from_secs(m.saturating_mul(60));
             let request = match command {
-                BaselineCommand::Up(j) => BaselineRequest::Up { json: j.json },
-                BaselineCommand::Show(j) => BaselineRequest::Show { json: j.json },
+                BaselineCommand::Up(a) => BaselineRequest::Up {
+                    json: a.json.json,
+                    yes: a.yes,
+                    reaper_binary: a.reaper_binary.clone(),
+                    continue_rollback: a.continue_rollback,
+                    skip: a.skip.clone(),
+                    timeout: minutes(a.timeout_minutes),
+                },
+                BaselineCommand::Show(a) => BaselineRequest::Show {
+                    json: a.json.json,
+                    offline: a.offline,
+                },
                 BaselineCommand::Template => BaselineRequest::Template,
-                BaselineCommand::Down { force } => BaselineRequest::Down { force: *force },
+                BaselineCommand::Down(a) => BaselineRequest::Down {
+                    json: a.json.json,
+                    force: a.force,
+                    yes: a.yes,
+                    retain: a.retain.clone(),
+                    timeout: minutes(a.timeout_minutes),
+                },
             };
-            providers::baseline(&config, &request).await?;
+            providers::baseline(&config, &request, out).await?;
             Ok(0)
         }
-        Command::Aws(AwsCommand::DeployerPolicy) => {
+        Command::Aws(AwsCommand::DeployerPolicy(args)) => {
             let config = load_optional(global, out)?;
-            let policy = providers::aws_deployer_policy(config.as_ref()).await?;
+            let policy =
+                providers::aws_deployer_policy(config.as_ref(), args.account_id.as_deref()).await?;
             out.json(&policy)?;
             Ok(0)
         }
@@ -562,7 +580,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         }
     };
     if args.baseline {
-        providers::teardown_baseline(&config).await?;
+        providers::teardown_baseline(&config, out).await?;
     }
     if out.json {
         out.json(&serde_json::json!({

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use flotilla_aws::stack::{StackError, StackErrorClass};
 use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
@@ -201,6 +202,15 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
             }
         };
         return Some((Exit::Usage, Some(hint)));
+    }
+    if let Some(stack) = cause.downcast_ref::<StackError>() {
+        let exit = match stack.class() {
+            StackErrorClass::Usage => Exit::Usage,
+            StackErrorClass::Refused => Exit::Refused,
+            StackErrorClass::Provider => Exit::Provider,
+            StackErrorClass::Failed => Exit::Failure,
+        };
+        return Some((exit, Some(stack.hint())));
     }
     if let Some(engine) = cause.downcast_ref::<EngineError>() {
         return Some(classify_engine(engine));

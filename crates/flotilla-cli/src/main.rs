@@ -5,12 +5,15 @@
 //! - `cli`: the clap definition of every command and flag, with its help text.
 //! - `config`: `flotilla.toml` (raw layers with places, then validated), environment and flags.
 //! - `providers`: the only place that knows which provider crates exist; builds the `Engine`.
+//! - `baseline`: `baseline up|show|template|down` and `aws deployer-policy` over
+//!   `flotilla_aws::stack`, with flotilla.toml turned into the baseline's options.
 //! - `commands`: what each command does, from config to rendered result.
 //! - `output`: tables, progress lines from engine events, JSON, and error reports.
 //! - `verify`: the HTTP checks behind `flotilla verify`.
 //! - `exit`: the documented exit codes and the mapping from errors to them.
 #![forbid(unsafe_code)]
 
+mod baseline;
 mod cli;
 mod commands;
 mod config;

@@ -27,9 +27,9 @@
 //! - A problem the user fixes by changing configuration or running another command first (a
 //!   missing baseline, a missing key) is best returned as a `crate::exit::UsageError` (exit 2,
 //!   its `hint` printed last); anything else without a typed cause exits 1.
-//! - State today: the host and AWS arms of [`open`], [`host_serve`], [`host_stop`] and
-//!   [`run_lambda`] are wired; [`agent`], [`baseline`], [`teardown_baseline`] and
-//!   [`aws_deployer_policy`] still answer [`NotBuiltIn`] (exit 8) until their crates are wired.
+//! - State today: the host and AWS arms of [`open`], [`host_serve`], [`host_stop`],
+//!   [`run_lambda`], [`baseline`], [`teardown_baseline`] and [`aws_deployer_policy`] are wired
+//!   (the baseline ones in `crate::baseline`); [`agent`] still answers [`NotBuiltIn`] (exit 8).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -92,8 +92,6 @@ pub enum Component {
     Provider(ProviderKind),
     /// The in-container agent (`flotilla agent`).
     Agent,
-    /// The AWS baseline stack (`flotilla baseline`, `teardown --baseline`).
-    Baseline,
 }
 
 /// A command needs a part of flotilla that is not built into this binary.
@@ -110,12 +108,15 @@ fn component_name(component: &Component) -> String {
     match component {
         Component::Provider(kind) => format!("{kind} provider"),
         Component::Agent => "agent".to_owned(),
-        Component::Baseline => "AWS baseline".to_owned(),
     }
 }
 
 impl NotBuiltIn {
     /// `command` needs the `kind` provider.
+    #[allow(
+        dead_code,
+        reason = "every provider is built in today; this is for builds that leave one out"
+    )]
     pub fn provider(kind: ProviderKind, command: &str) -> Self {
         NotBuiltIn {
             component: Component::Provider(kind),
@@ -135,11 +136,7 @@ impl NotBuiltIn {
                  (or pass --provider host) to run versions on this machine"
                 .to_owned(),
             Component::Agent => {
-                "this build has no agent; use a flotilla built with crates/flotilla-agent".to_owned()
-            }
-            Component::Baseline => {
-                "this build has no AWS baseline; use a flotilla built with crates/flotilla-baseline \
-                 and crates/flotilla-aws"
+                "this build has no agent; use a flotilla built with crates/flotilla-agent"
                     .to_owned()
             }
         }
@@ -357,7 +354,7 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
 }
 
 /// The AWS provider's settings from the resolved config.
-fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
+pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     let a = &config.aws;
     let mut s = flotilla_aws::AwsSettings::new(config.name.clone());
     s.region = a.region.clone();
@@ -386,9 +383,10 @@ fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     s.task.app_port = config.app.port;
     s.task.container_port =
         flotilla_aws::settings::TaskSettings::default_container_port(config.app.port);
-    // The app's own start command inside the image, run by the agent through a shell.
+    // The app's own start command inside the image ([aws] command), run by the agent through a
+    // shell. Not [host] command: that one starts the app on this machine.
     s.task.app_command = config
-        .host
+        .aws
         .command
         .as_ref()
         .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()])
@@ -486,56 +484,64 @@ pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8
 pub enum BaselineRequest {
     /// Create or update the stack.
     Up {
-        /// Print a JSON document instead of progress.
+        /// Print a JSON document instead of text.
         json: bool,
+        /// Apply without asking.
+        yes: bool,
+        /// The binary the reaper Lambda runs; `None` for this one.
+        reaper_binary: Option<std::path::PathBuf>,
+        /// Resume a failed rollback first.
+        continue_rollback: bool,
+        /// Resources the resumed rollback skips.
+        skip: Vec<String>,
+        /// How long to wait for CloudFormation.
+        timeout: Duration,
     },
     /// Show the stack's state and outputs.
     Show {
         /// Print JSON.
         json: bool,
+        /// Only the cached outputs.
+        offline: bool,
     },
     /// Print the CloudFormation template.
     Template,
     /// Delete the stack.
     Down {
-        /// Delete even while versions run.
+        /// Print JSON.
+        json: bool,
+        /// Remove running versions first.
         force: bool,
+        /// Do not ask.
+        yes: bool,
+        /// Resources of a `DELETE_FAILED` stack to leave.
+        retain: Vec<String>,
+        /// How long to wait for CloudFormation.
+        timeout: Duration,
     },
 }
 
-/// `flotilla baseline ...`.
-pub async fn baseline(config: &Config, request: &BaselineRequest) -> Result<()> {
-    // WIRE: baseline (issue 6).
-    let _ = config;
-    let command = match request {
-        BaselineRequest::Up { .. } => "baseline up",
-        BaselineRequest::Show { .. } => "baseline show",
-        BaselineRequest::Template => "baseline template",
-        BaselineRequest::Down { .. } => "baseline down",
-    };
-    Err(NotBuiltIn {
-        component: Component::Baseline,
-        command: command.to_owned(),
-    }
-    .into())
+/// `flotilla baseline ...`: the stack's lifecycle lives in `crate::baseline` over
+/// `flotilla_aws::stack`.
+pub async fn baseline(
+    config: &Config,
+    request: &BaselineRequest,
+    out: crate::output::Output,
+) -> Result<()> {
+    crate::baseline::run(config, request, out).await
 }
 
 /// `flotilla teardown --all --baseline`: after every version is gone, delete the baseline stack.
-pub async fn teardown_baseline(config: &Config) -> Result<()> {
-    // WIRE: baseline (issue 6).
-    let _ = config;
-    Err(NotBuiltIn {
-        component: Component::Baseline,
-        command: "teardown --all --baseline".to_owned(),
-    }
-    .into())
+pub async fn teardown_baseline(config: &Config, out: crate::output::Output) -> Result<()> {
+    crate::baseline::teardown(config, out).await
 }
 
 /// `flotilla aws deployer-policy`: the IAM policy a deploying user or CI role needs, as JSON.
-pub async fn aws_deployer_policy(config: Option<&Config>) -> Result<serde_json::Value> {
-    // WIRE: baseline (issue 6): flotilla_baseline::deployer_policy(..)
-    let _ = config;
-    Err(NotBuiltIn::provider(ProviderKind::Aws, "aws deployer-policy").into())
+pub async fn aws_deployer_policy(
+    config: Option<&Config>,
+    account_id: Option<&str>,
+) -> Result<serde_json::Value> {
+    crate::baseline::deployer_policy(config, account_id).await
 }
 
 /// The environment variable whose presence means the binary runs as an AWS Lambda custom runtime.

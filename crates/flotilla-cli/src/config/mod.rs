@@ -331,6 +331,28 @@ pub struct AwsConfig {
     pub certificate_arn: Option<String>,
     /// NAT gateway layout.
     pub nat: Nat,
+    /// The app's start command inside the image (run by the agent with `sh -c`).
+    pub command: Option<String>,
+    /// A Route 53 zone that validates the requested certificate automatically.
+    pub hosted_zone_id: Option<String>,
+    /// The baseline VPC's range.
+    pub vpc_cidr: String,
+    /// The load balancer's idle timeout in seconds.
+    pub idle_timeout_seconds: u32,
+    /// Log retention in days.
+    pub log_retention_days: u32,
+    /// Tagged images the repository keeps.
+    pub keep_images: u32,
+    /// Where alarms are mailed.
+    pub alarm_email: Option<String>,
+    /// The SNS topic alarms notify.
+    pub alarm_topic_arn: Option<String>,
+    /// The 5xx share (percent) that raises the alarm.
+    pub alarm_5xx_percent: u32,
+    /// The ALB access logs' bucket.
+    pub access_logs_bucket: Option<String>,
+    /// The ALB access logs' key prefix.
+    pub access_logs_prefix: Option<String>,
     /// Baseline override: listener.
     pub listener_arn: Option<String>,
     /// Baseline override: private subnets.

@@ -87,6 +87,9 @@ pub fn resolve(
         sections: &sections,
     };
     let config = r.build(file.as_ref().map(|f| f.path.to_path_buf()), root);
+    if r.problems.is_empty() && config.provider == ProviderKind::Aws {
+        r.baseline_checks(&config);
+    }
     let mut problems = r.problems;
     if problems.is_empty() {
         return Ok(config);
@@ -235,6 +238,21 @@ impl Resolver<'_> {
                 false
             }
             None => false,
+        }
+    }
+
+    /// What the baseline template needs of the configuration (checked by `flotilla_baseline`
+    /// itself), reported at the key each problem is about. Runs once everything else is valid.
+    fn baseline_checks(&mut self, config: &Config) {
+        let Err(problems) = crate::baseline::options(config) else {
+            return;
+        };
+        for (path, message) in problems {
+            let message = format!("`{path}`: {message}");
+            match self.setting(path).cloned() {
+                Some(setting) => self.problem_at(&setting, message),
+                None => self.missing(path, message),
+            }
         }
     }
 
@@ -577,6 +595,22 @@ impl Resolver<'_> {
                 )),
             })
             .unwrap_or(Nat::Single);
+        let command = self.checked("aws.command", non_empty("aws.command"));
+        let hosted_zone_id = self.checked("aws.hosted_zone_id", non_empty("aws.hosted_zone_id"));
+        let vpc_cidr = self
+            .checked("aws.vpc_cidr", non_empty("aws.vpc_cidr"))
+            .unwrap_or_default();
+        let idle_timeout_seconds = self.u32("aws.idle_timeout_seconds", 1..=4000);
+        let log_retention_days = self.u32("aws.log_retention_days", 1..=3653);
+        let keep_images = self.u32("aws.keep_images", 1..=1000);
+        let alarm_email = self.checked("aws.alarm_email", non_empty("aws.alarm_email"));
+        let alarm_topic_arn = self.checked("aws.alarm_topic_arn", arn("aws.alarm_topic_arn"));
+        let alarm_5xx_percent = self.u32("aws.alarm_5xx_percent", 1..=100);
+        let access_logs_bucket = self.checked(
+            "aws.access_logs_bucket",
+            non_empty("aws.access_logs_bucket"),
+        );
+        let access_logs_prefix = self.opt_str("aws.access_logs_prefix");
         let listener_arn = self.checked("aws.listener_arn", arn("aws.listener_arn"));
         let subnets = self.opt_list("aws.subnets", "subnet-", "a subnet");
         let security_groups = self.opt_list("aws.security_groups", "sg-", "a security group");
@@ -596,6 +630,17 @@ impl Resolver<'_> {
             domain,
             certificate_arn,
             nat,
+            command,
+            hosted_zone_id,
+            vpc_cidr,
+            idle_timeout_seconds,
+            log_retention_days,
+            keep_images,
+            alarm_email,
+            alarm_topic_arn,
+            alarm_5xx_percent,
+            access_logs_bucket,
+            access_logs_prefix,
             listener_arn,
             subnets,
             security_groups,

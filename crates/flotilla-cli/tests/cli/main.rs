@@ -1,6 +1,8 @@
 //! Integration tests of the `flotilla` binary: each runs the real binary in a temporary
 //! directory, with a clean environment, and checks what a user would see and the exit code.
 
+mod baseline;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 

@@ -1,0 +1,961 @@
+//! `flotilla baseline up|show|template|down`, the baseline half of `teardown --all --baseline`,
+//! and `flotilla aws deployer-policy`: flotilla.toml turned into `flotilla_baseline` options, the
+//! stack's lifecycle (in `flotilla_aws::stack`) driven with confirmation, and its progress,
+//! plans and outputs rendered.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_aws::stack::{
+    BaselineStack, Desired, Plan, ReaperArtefact, StackClients, StackError, StackNotice,
+    StackProgress, UpReport, WaitSettings,
+};
+use flotilla_baseline::outputs::ValidationRecord;
+use flotilla_baseline::{
+    AccessLogs, AlarmOptions, Architecture, BaselineOptions, NatMode, Notifications, ReaperOptions,
+    TlsMode, contract,
+};
+use flotilla_core::reaper::ReapPolicy;
+use flotilla_engine::workflows::TeardownTarget;
+
+use crate::config::{Config, Nat, ProviderKind};
+use crate::exit::{Interrupted, UsageError};
+use crate::output::{Output, ProgressPrinter, table};
+use crate::providers::{self, BaselineRequest};
+
+/// The baseline options `config` describes, or every problem found, each with the flotilla.toml
+/// key it is about (`aws.vpc_cidr`, `reaper.interval_seconds`, ...).
+pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, String)>> {
+    let aws = &config.aws;
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let tls = match (&aws.domain, &aws.certificate_arn) {
+        (_, Some(arn)) => {
+            if aws.hosted_zone_id.is_some() {
+                problems.push((
+                    "aws.hosted_zone_id",
+                    "validates a certificate the baseline requests, but `aws.certificate_arn` \
+                     brings one; remove one of the two"
+                        .to_owned(),
+                ));
+            }
+            TlsMode::Certificate {
+                certificate_arn: arn.clone(),
+                domain: aws.domain.clone(),
+            }
+        }
+        (Some(domain), None) => TlsMode::Acm {
+            domain: domain.clone(),
+            alternative_names: Vec::new(),
+            hosted_zone_id: aws.hosted_zone_id.clone(),
+        },
+        (None, None) => {
+            if aws.hosted_zone_id.is_some() {
+                problems.push((
+                    "aws.hosted_zone_id",
+                    "needs `aws.domain`: without a domain the baseline is HTTP-only and requests \
+                     no certificate"
+                        .to_owned(),
+                ));
+            }
+            TlsMode::HttpOnly
+        }
+    };
+    let notifications = match (&aws.alarm_email, &aws.alarm_topic_arn) {
+        (Some(_), Some(_)) => {
+            problems.push((
+                "aws.alarm_topic_arn",
+                "and `aws.alarm_email` are both set; alarms go to one of them, so remove one"
+                    .to_owned(),
+            ));
+            Notifications::None
+        }
+        (Some(email), None) => Notifications::Email(email.clone()),
+        (None, Some(topic)) => Notifications::Topic(topic.clone()),
+        (None, None) => Notifications::None,
+    };
+    let access_logs = match (&aws.access_logs_bucket, &aws.access_logs_prefix) {
+        (Some(bucket), prefix) => Some(AccessLogs {
+            bucket: bucket.clone(),
+            prefix: prefix.clone().unwrap_or_default(),
+        }),
+        (None, Some(_)) => {
+            problems.push((
+                "aws.access_logs_prefix",
+                "is set without `aws.access_logs_bucket`; name the bucket too, or remove it"
+                    .to_owned(),
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let mut o = BaselineOptions::new(config.name.clone(), tls);
+    o.nat = match aws.nat {
+        Nat::Single => NatMode::Single,
+        Nat::PerAz => NatMode::PerAz,
+    };
+    o.vpc_cidr = aws.vpc_cidr.clone();
+    o.idle_timeout_seconds = aws.idle_timeout_seconds;
+    o.access_logs = access_logs;
+    o.container_port = contract::default_container_port(config.app.port);
+    o.affinity_header = config.app.affinity_header.clone();
+    o.affinity_query = config.app.affinity_query.clone();
+    o.log_retention_days = aws.log_retention_days;
+    o.keep_images = aws.keep_images;
+    o.reaper = ReaperOptions {
+        interval: config.reaper.interval,
+        policy: ReapPolicy {
+            min_age: config.reaper.min_age,
+            max_age: config.reaper.max_age,
+            consecutive_ready_passes: config.reaper.consecutive_passes,
+            deploying_timeout: config.reaper.deploying_timeout,
+        },
+        architecture: this_architecture(),
+    };
+    o.alarms = AlarmOptions {
+        notifications,
+        five_xx_rate_percent: aws.alarm_5xx_percent,
+    };
+    if let Err(e) = o.validate() {
+        for p in e.problems {
+            // The agent's port follows from the app's; it has no key of its own.
+            let field = if p.field == "aws.container_port" {
+                "app.port"
+            } else {
+                p.field
+            };
+            problems.push((field, p.message));
+        }
+    }
+    if problems.is_empty() {
+        Ok(o)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The reaper's architecture when it runs this binary.
+fn this_architecture() -> Architecture {
+    match std::env::consts::ARCH {
+        "aarch64" => Architecture::Arm64,
+        _ => Architecture::X86_64,
+    }
+}
+
+fn options_or_usage(config: &Config) -> Result<BaselineOptions> {
+    options(config).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|(field, message)| format!("  `{field}`: {message}"))
+            .collect();
+        UsageError {
+            message: format!(
+                "the baseline settings have {} problem(s):\n{}",
+                problems.len(),
+                lines.join("\n")
+            ),
+            hint: "fix them in flotilla.toml, then run `flotilla config check`".to_owned(),
+        }
+        .into()
+    })
+}
+
+fn require_aws(config: &Config, command: &str) -> Result<()> {
+    if config.provider == ProviderKind::Aws {
+        return Ok(());
+    }
+    Err(UsageError {
+        message: format!(
+            "`flotilla {command}` manages the AWS baseline, but provider = \"{}\"",
+            config.provider
+        ),
+        hint: "set provider = \"aws\" in flotilla.toml, or pass --provider aws".to_owned(),
+    }
+    .into())
+}
+
+async fn stack_for(config: &Config, timeout: Option<Duration>) -> BaselineStack {
+    let settings = providers::aws_settings(config);
+    let clients = StackClients::for_settings(&settings).await;
+    let mut wait = WaitSettings::default();
+    if let Some(t) = timeout {
+        wait.timeout = t;
+    }
+    BaselineStack::new(clients, settings, wait)
+}
+
+/// `flotilla baseline ...`.
+pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Result<()> {
+    match request {
+        BaselineRequest::Template => {
+            let options = options_or_usage(config)?;
+            let template = flotilla_baseline::build(&options).map_err(StackError::from)?;
+            out.result(&template.to_pretty_string());
+            Ok(())
+        }
+        BaselineRequest::Up {
+            json,
+            yes,
+            reaper_binary,
+            continue_rollback,
+            skip,
+            timeout,
+        } => {
+            require_aws(config, "baseline up")?;
+            let options = options_or_usage(config)?;
+            let binary = match reaper_binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this flotilla binary for the reaper")?,
+            };
+            let artefact = ReaperArtefact::from_binary(&binary)?;
+            let desired = Desired::new(&options, artefact)?;
+            let stack = stack_for(config, Some(*timeout)).await;
+            let printer = NoticePrinter;
+            if *continue_rollback {
+                stack.continue_rollback(skip, &printer).await?;
+            }
+            let plan = stack.plan(&desired, &printer).await?;
+            show_plan(&stack, &plan, out);
+            if !matches!(plan, Plan::NoChange { .. }) && !*yes {
+                let interactive = std::io::stdin().is_terminal();
+                if interactive {
+                    let prompt = match &plan {
+                        Plan::Create { .. } => {
+                            format!("Create stack {}? [y/N] ", stack.stack_name())
+                        }
+                        _ => format!("Apply these changes to {}? [y/N] ", stack.stack_name()),
+                    };
+                    if !confirm(&prompt, &["y", "yes"])? {
+                        stack.discard(&plan).await?;
+                        return Err(UsageError {
+                            message: "not confirmed; the stack was not changed".to_owned(),
+                            hint: "run it again and confirm, or pass --yes".to_owned(),
+                        }
+                        .into());
+                    }
+                } else if plan.destroys() {
+                    stack.discard(&plan).await?;
+                    return Err(UsageError {
+                        message: "the update replaces or removes resources (above) and stdin is \
+                                  not a terminal to confirm on"
+                            .to_owned(),
+                        hint: "read the plan, then pass --yes to apply it".to_owned(),
+                    }
+                    .into());
+                }
+            }
+            let report = tokio::select! {
+                report = stack.apply(&plan, &desired, &printer) => report?,
+                _ = tokio::signal::ctrl_c() => {
+                    return Err(Interrupted {
+                        doing: format!(
+                            "waiting for stack {} (CloudFormation carries on)",
+                            stack.stack_name()
+                        ),
+                        resume: "flotilla baseline up".to_owned(),
+                    }
+                    .into());
+                }
+            };
+            if *json {
+                out.json(&serde_json::json!({ "plan": plan, "result": report }))?;
+            } else {
+                out.result(&up_text(&stack, &report, &config.root));
+            }
+            Ok(())
+        }
+        BaselineRequest::Show { json, offline } => {
+            require_aws(config, "baseline show")?;
+            show(config, *json, *offline, out).await
+        }
+        BaselineRequest::Down {
+            json,
+            force,
+            yes,
+            retain,
+            timeout,
+        } => {
+            require_aws(config, "baseline down")?;
+            down(config, *json, *force, *yes, retain, *timeout, out).await
+        }
+    }
+}
+
+async fn show(config: &Config, json: bool, offline: bool, out: Output) -> Result<()> {
+    let stack = stack_for(config, None).await;
+    let cached = stack.cached()?;
+    let live = if offline {
+        None
+    } else {
+        stack.describe().await?
+    };
+    if cached.is_none() && (offline || live.is_none()) {
+        return Err(UsageError {
+            message: format!(
+                "no baseline for `{}`: {}",
+                config.name,
+                if offline {
+                    format!(
+                        "nothing cached in {}",
+                        crate::config::display_path(&stack.cache_path(), &config.root)
+                    )
+                } else {
+                    format!("no stack {} and nothing cached", stack.stack_name())
+                }
+            ),
+            hint: "`flotilla baseline up` creates it".to_owned(),
+        }
+        .into());
+    }
+    let stale = match (&live, &cached) {
+        (Some(live), Some(cached)) => {
+            flotilla_baseline::BaselineOutputs::from_stack_outputs(live.outputs.clone())
+                .map(|mut fresh| {
+                    fresh.certificate_validation_records =
+                        cached.certificate_validation_records.clone();
+                    &fresh != cached
+                })
+                .unwrap_or(true)
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if json {
+        out.json(&serde_json::json!({
+            "stack": live,
+            "outputs": cached,
+            "cache_stale": stale,
+        }))?;
+        return Ok(());
+    }
+    let mut text = String::new();
+    match &live {
+        Some(s) => {
+            text.push_str(&format!("stack {}: {}", s.name, s.status));
+            if let Some(when) = &s.last_changed {
+                text.push_str(&format!(" (last changed {when})"));
+            }
+            if let Some(reason) = &s.status_reason {
+                text.push_str(&format!("\n  {reason}"));
+            }
+            text.push('\n');
+        }
+        None if offline => text.push_str(&format!(
+            "stack {}: not asked (--offline); cached outputs:\n",
+            stack.stack_name()
+        )),
+        None => text.push_str(&format!(
+            "stack {}: does not exist (the cached outputs below are stale)\n",
+            stack.stack_name()
+        )),
+    }
+    if let Some(o) = &cached {
+        let mut rows = vec![
+            row("mode", o.mode.as_str()),
+            row("url", &o.url),
+            row("load balancer DNS", &o.load_balancer_dns),
+            row("listener", &o.listener_arn),
+            row("cluster", &o.cluster_name),
+            row("repository", &o.repository_uri),
+            row("log group", &o.log_group_name),
+            row(
+                "reaper",
+                o.reaper_function_name.as_deref().unwrap_or("(not yet)"),
+            ),
+            row("dashboard", &o.dashboard_name),
+            row("artefact bucket", &o.artefact_bucket),
+            row("container port", &o.container_port.to_string()),
+        ];
+        if let Some(c) = &o.certificate_arn {
+            rows.push(row("certificate", c));
+        }
+        if let Some(t) = &o.alarm_topic_arn {
+            rows.push(row("alarm topic", t));
+        }
+        text.push_str(&table(&["OUTPUT", "VALUE"], &rows));
+        if !o.certificate_validation_records.is_empty() {
+            text.push_str(&records_text(&o.certificate_validation_records));
+        }
+    }
+    out.result(&text);
+    if stale && live.is_some() {
+        out.warn(&format!(
+            "the cached outputs differ from stack {}'s; run `flotilla baseline up` to refresh them",
+            stack.stack_name()
+        ));
+    }
+    Ok(())
+}
+
+fn row(key: &str, value: &str) -> Vec<String> {
+    vec![key.to_owned(), value.to_owned()]
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn down(
+    config: &Config,
+    json: bool,
+    force: bool,
+    yes: bool,
+    retain: &[String],
+    timeout: Duration,
+    out: Output,
+) -> Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    if !yes && !interactive {
+        return Err(UsageError {
+            message: "baseline down deletes the network, load balancer, cluster, image \
+                      repository and logs for good, and stdin is not a terminal to confirm on"
+                .to_owned(),
+            hint: "pass --yes to confirm non-interactively".to_owned(),
+        }
+        .into());
+    }
+    let stack = stack_for(config, Some(timeout)).await;
+    let running = stack.running_versions().await?;
+    if !running.is_empty() && !force {
+        let lines: Vec<String> = running
+            .iter()
+            .map(|v| {
+                let mut parts = Vec::new();
+                if let Some(state) = &v.state {
+                    parts.push(state.clone());
+                }
+                if let Some(service) = &v.service {
+                    parts.push(format!("service {service}"));
+                }
+                format!("  {} ({})", v.id, parts.join(", "))
+            })
+            .collect();
+        return Err(StackError::Refused {
+            message: format!(
+                "{} version(s) of `{}` still run on the baseline:\n{}",
+                running.len(),
+                config.name,
+                lines.join("\n")
+            ),
+            hint: "remove them first with `flotilla teardown --all`, or pass --force to remove \
+                   them and then the stack (`flotilla teardown --all --baseline` does the same)"
+                .to_owned(),
+        }
+        .into());
+    }
+    if !yes {
+        let prompt = format!(
+            "Delete stack {} of `{}`: network, load balancer, cluster, image repository with its \
+             images, and logs{}? Type the deployment name to confirm: ",
+            stack.stack_name(),
+            config.name,
+            if running.is_empty() {
+                String::new()
+            } else {
+                format!(", after removing {} running version(s)", running.len())
+            }
+        );
+        if !confirm(&prompt, &[config.name.as_str()])? {
+            return Err(UsageError {
+                message: "not confirmed; nothing was deleted".to_owned(),
+                hint: "run it again and confirm, or pass --yes".to_owned(),
+            }
+            .into());
+        }
+    }
+    if !running.is_empty() {
+        let opened = providers::open(config, "teardown").await?;
+        let printer = ProgressPrinter::new(out.verbose);
+        let report = opened
+            .engine
+            .teardown(TeardownTarget::All, false, &printer)
+            .await
+            .with_context(|| format!("removing the versions of `{}` failed", config.name))?;
+        printer.finish();
+        let ids: Vec<String> = report.removed.iter().map(ToString::to_string).collect();
+        out.note(&format!("removed {}", ids.join(", ")));
+    }
+    let report = tokio::select! {
+        report = stack.down(retain, &NoticePrinter) => report?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(Interrupted {
+                doing: format!(
+                    "waiting for stack {} to be deleted (CloudFormation carries on)",
+                    stack.stack_name()
+                ),
+                resume: "flotilla baseline down --yes".to_owned(),
+            }
+            .into());
+        }
+    };
+    if json {
+        out.json(&report)?;
+    } else if report.deleted {
+        let mut text = format!("stack {} deleted", stack.stack_name());
+        if let Some(path) = &report.cache_removed {
+            text.push_str(&format!(
+                "; removed {}",
+                crate::config::display_path(path, &config.root)
+            ));
+        }
+        out.result(&text);
+    } else {
+        out.result(&format!(
+            "there is no stack {}; nothing to delete",
+            stack.stack_name()
+        ));
+    }
+    Ok(())
+}
+
+/// `flotilla teardown --all --baseline`, after the versions are gone: the stack, without a
+/// second confirmation.
+pub async fn teardown(config: &Config, out: Output) -> Result<()> {
+    let stack = stack_for(config, None).await;
+    let report = stack.down(&[], &NoticePrinter).await?;
+    if report.deleted {
+        out.note(&format!("stack {} deleted", stack.stack_name()));
+    } else {
+        out.note(&format!("there was no stack {}", stack.stack_name()));
+    }
+    Ok(())
+}
+
+/// `flotilla aws deployer-policy`.
+pub async fn deployer_policy(
+    config: Option<&Config>,
+    account_id: Option<&str>,
+) -> Result<serde_json::Value> {
+    let Some(config) = config else {
+        return Err(UsageError {
+            message: "the deployer policy is scoped to one deployment name, and there is no \
+                      flotilla.toml here"
+                .to_owned(),
+            hint: "run it in your app's directory, or pass --name NAME".to_owned(),
+        }
+        .into());
+    };
+    let mut options = flotilla_baseline::DeployerPolicyOptions::new(config.name.clone());
+    let region = config
+        .aws
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty());
+    match account_id {
+        Some(id) => {
+            if id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()) {
+                return Err(UsageError {
+                    message: format!("--account-id {id:?} is not a 12-digit AWS account id"),
+                    hint: "`aws sts get-caller-identity --query Account` prints yours".to_owned(),
+                }
+                .into());
+            }
+            options.account_id = Some(id.to_owned());
+            options.partition = partition_of(region.as_deref()).to_owned();
+            options.region = region;
+        }
+        None => {
+            let settings = providers::aws_settings(config);
+            let clients = StackClients::for_settings(&settings).await;
+            let (account, partition) = flotilla_aws::stack::caller_account(&clients.sts).await?;
+            options.account_id = Some(account);
+            options.partition = partition;
+            options.region = region.or(clients.provider.region.clone());
+        }
+    }
+    Ok(flotilla_baseline::deployer_policy(&options))
+}
+
+/// The partition of a region: `aws-cn` for China, `aws-us-gov` for GovCloud, else `aws`.
+fn partition_of(region: Option<&str>) -> &'static str {
+    match region {
+        Some(r) if r.starts_with("cn-") => "aws-cn",
+        Some(r) if r.starts_with("us-gov-") => "aws-us-gov",
+        _ => "aws",
+    }
+}
+
+/// Asks on the terminal; `Ok(false)` if the answer is not one of `expected`.
+fn confirm(prompt: &str, expected: &[&str]) -> Result<bool> {
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    let answer = answer.trim();
+    Ok(expected.iter().any(|e| e.eq_ignore_ascii_case(answer)))
+}
+
+/// Prints the plan on stderr (stdout keeps the result).
+fn show_plan(stack: &BaselineStack, plan: &Plan, out: Output) {
+    out.note(&plan_text(stack.stack_name(), plan));
+}
+
+fn plan_text(stack_name: &str, plan: &Plan) -> String {
+    let rows = |changes: &[flotilla_aws::stack::ResourceChange]| -> Vec<Vec<String>> {
+        changes
+            .iter()
+            .map(|c| {
+                let mut action = c.action.clone();
+                if c.with_reaper_code {
+                    action.push_str(" (2nd step)");
+                }
+                vec![
+                    action,
+                    c.logical_id.clone(),
+                    c.resource_type.clone(),
+                    match (c.replacement.as_deref(), c.destroys()) {
+                        (Some("True"), _) => "REPLACED".to_owned(),
+                        (Some("Conditional"), _) => "may be replaced".to_owned(),
+                        (_, true) => "REMOVED".to_owned(),
+                        _ => String::new(),
+                    },
+                ]
+            })
+            .collect()
+    };
+    let headers = ["ACTION", "RESOURCE", "TYPE", ""];
+    match plan {
+        Plan::NoChange { .. } => {
+            format!("nothing to change: stack {stack_name} already matches flotilla.toml")
+        }
+        Plan::Create { changes } => {
+            let later = changes.iter().filter(|c| c.with_reaper_code).count();
+            format!(
+                "stack {stack_name} does not exist; creating it makes {} resources ({later} of \
+                 them, the reaper's, in a second step once its code is uploaded):\n{}",
+                changes.len(),
+                table(&headers, &rows(changes)).trim_end()
+            )
+        }
+        Plan::Update {
+            changes,
+            new_reaper_code,
+            ..
+        } => {
+            let mut text = format!("changes to stack {stack_name}:\n");
+            if changes.is_empty() {
+                text.push_str(
+                    "  CloudFormation lists no resource changes (only parameters or outputs \
+                     change)\n",
+                );
+            } else {
+                text.push_str(&table(&headers, &rows(changes)));
+            }
+            if *new_reaper_code {
+                text.push_str("  the reaper's code changes (this is a different flotilla build)\n");
+            }
+            if plan.destroys() {
+                text.push_str(
+                    "  warning: resources marked REPLACED or REMOVED are deleted; a replaced \
+                     VPC, subnet or load balancer cuts off every running version\n",
+                );
+            }
+            text.trim_end().to_owned()
+        }
+    }
+}
+
+fn up_text(stack: &BaselineStack, report: &UpReport, root: &Path) -> String {
+    let o = &report.outputs;
+    let cache = crate::config::display_path(&report.cache, root);
+    let mut text = if report.created {
+        format!(
+            "stack {} created; outputs cached in {cache}\n",
+            stack.stack_name()
+        )
+    } else if report.changed {
+        format!(
+            "stack {} updated; outputs cached in {cache}\n",
+            stack.stack_name()
+        )
+    } else {
+        format!(
+            "stack {} unchanged; outputs cached in {cache}\n",
+            stack.stack_name()
+        )
+    };
+    text.push_str(&format!("  url: {}\n", o.url));
+    text.push_str(&format!("  load balancer: {}\n", o.load_balancer_dns));
+    if o.mode == flotilla_baseline::Mode::HttpOnly {
+        text.push_str(
+            "  mode: http-only (no TLS: traffic is readable on the way; set [aws] domain for \
+             HTTPS)\n",
+        );
+    } else if let Some(domain) = &o.domain {
+        text.push_str(&format!(
+            "  point {domain} at the load balancer (a CNAME, or a Route 53 alias)\n"
+        ));
+    }
+    if let Some(id) = &report.default_restored {
+        text.push_str(&format!(
+            "  fresh traffic points at the active version {id} again\n"
+        ));
+    }
+    if !o.certificate_validation_records.is_empty() {
+        text.push_str(&records_text(&o.certificate_validation_records));
+    }
+    if report.created {
+        text.push_str("next: `flotilla deploy`\n");
+    }
+    text
+}
+
+fn records_text(records: &[ValidationRecord]) -> String {
+    let mut text = String::from(
+        "certificate validation records (keep them: ACM renews the certificate with them):\n",
+    );
+    for r in records {
+        text.push_str(&format!(
+            "  {}  {}  {}    ({})\n",
+            r.name, r.record_type, r.value, r.domain
+        ));
+    }
+    text
+}
+
+/// Prints the stack's progress on stderr.
+struct NoticePrinter;
+
+impl StackProgress for NoticePrinter {
+    fn notice(&self, notice: StackNotice) {
+        eprintln!("{}", notice_text(&notice));
+    }
+}
+
+fn notice_text(notice: &StackNotice) -> String {
+    match notice {
+        StackNotice::Step(step) => format!("-> {step}"),
+        StackNotice::Event(e) => {
+            // `2026-11-25T20:13:06.176Z` → `20:13:06`.
+            let time = e.time.get(11..19).unwrap_or(&e.time);
+            let mut line = format!(
+                "   {time}  {:<32} {:<44} {}",
+                e.logical_id, e.resource_type, e.status
+            );
+            if let Some(reason) = &e.reason {
+                line.push_str(&format!("  ({reason})"));
+            }
+            line.trim_end().to_owned()
+        }
+        StackNotice::ValidationRecords(records) => {
+            let mut text = String::from(
+                "Create these DNS records so ACM can issue the certificate (the stack waits for it):\n",
+            );
+            for r in records {
+                text.push_str(&format!(
+                    "  {}  {}  {}    ({})\n",
+                    r.name, r.record_type, r.value, r.domain
+                ));
+            }
+            text.push_str("Waiting for validation...");
+            text
+        }
+        StackNotice::StillWaiting { status, waited } => {
+            format!("   still {status} after {}", crate::output::age(*waited))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{Overrides, resolve_text};
+
+    fn config(text: &str) -> Result<Config, Vec<String>> {
+        let env: BTreeMap<String, String> = BTreeMap::new();
+        let get = move |key: &str| env.get(key).cloned();
+        resolve_text(
+            "flotilla.toml",
+            text,
+            Path::new("/srv/shop"),
+            &get,
+            &Overrides::default(),
+        )
+        .map_err(|e| match e {
+            crate::config::ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        })
+    }
+
+    const AWS: &str = "name = \"shop\"\nprovider = \"aws\"\n";
+
+    #[test]
+    fn every_baseline_key_reaches_the_options() {
+        let c = config(&format!(
+            "{AWS}[app]\nport = 3000\naffinity_header = \"X-Version\"\n\
+             [reaper]\ninterval_seconds = 120\nconsecutive_passes = 3\n\
+             [aws]\ndomain = \"shop.example.com\"\nhosted_zone_id = \"Z0123456789ABCDEFGHIJ\"\n\
+             nat = \"per-az\"\nvpc_cidr = \"10.8.0.0/20\"\nidle_timeout_seconds = 900\n\
+             log_retention_days = 14\nkeep_images = 12\nalarm_email = \"ops@example.com\"\n\
+             alarm_5xx_percent = 2\naccess_logs_bucket = \"my-logs\"\naccess_logs_prefix = \"shop\"\n\
+             command = \"/app/server\"\n"
+        ))
+        .expect("valid");
+        let o = options(&c).expect("valid options");
+        assert_eq!(
+            o.tls,
+            TlsMode::Acm {
+                domain: "shop.example.com".into(),
+                alternative_names: vec![],
+                hosted_zone_id: Some("Z0123456789ABCDEFGHIJ".into()),
+            }
+        );
+        assert_eq!(o.nat, NatMode::PerAz);
+        assert_eq!(o.vpc_cidr, "10.8.0.0/20");
+        assert_eq!(o.idle_timeout_seconds, 900);
+        assert_eq!(o.log_retention_days, 14);
+        assert_eq!(o.keep_images, 12);
+        assert_eq!(
+            o.alarms,
+            AlarmOptions {
+                notifications: Notifications::Email("ops@example.com".into()),
+                five_xx_rate_percent: 2,
+            }
+        );
+        assert_eq!(
+            o.access_logs,
+            Some(AccessLogs {
+                bucket: "my-logs".into(),
+                prefix: "shop".into()
+            })
+        );
+        assert_eq!(
+            o.container_port, 8000,
+            "the agent's port for an app on 3000"
+        );
+        assert_eq!(o.affinity_header, "X-Version");
+        assert_eq!(o.reaper.interval, Duration::from_secs(120));
+        assert_eq!(o.reaper.policy.consecutive_ready_passes, 3);
+        assert_eq!(c.aws.command.as_deref(), Some("/app/server"));
+    }
+
+    #[test]
+    fn defaults_make_an_http_only_baseline() {
+        let c = config(AWS).expect("valid");
+        let o = options(&c).expect("valid options");
+        assert_eq!(o.tls, TlsMode::HttpOnly);
+        let defaults = BaselineOptions::new(c.name.clone(), TlsMode::HttpOnly);
+        assert_eq!(o.vpc_cidr, defaults.vpc_cidr);
+        assert_eq!(o.idle_timeout_seconds, defaults.idle_timeout_seconds);
+        assert_eq!(o.log_retention_days, defaults.log_retention_days);
+        assert_eq!(o.keep_images, defaults.keep_images);
+        assert_eq!(o.alarms, defaults.alarms);
+        assert_eq!(o.container_port, defaults.container_port);
+        let with_cert = config(&format!(
+            "{AWS}[aws]\ncertificate_arn = \"arn:aws:acm:eu-west-1:123456789012:certificate/abc\"\n"
+        ))
+        .expect("valid");
+        assert!(matches!(
+            options(&with_cert).expect("valid").tls,
+            TlsMode::Certificate { domain: None, .. }
+        ));
+    }
+
+    #[test]
+    fn baseline_problems_are_reported_at_their_keys() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[aws]\nvpc_cidr = \"10.0.0.0/8\"",
+                "flotilla.toml:4:12: `aws.vpc_cidr`: \"10.0.0.0/8\" has prefix length 8",
+            ),
+            (
+                "[aws]\nlog_retention_days = 10",
+                "flotilla.toml:4:22: `aws.log_retention_days`: 10 is not a retention",
+            ),
+            (
+                "[aws]\nhosted_zone_id = \"Z0123456789ABCDEFGHIJ\"",
+                "flotilla.toml:4:18: `aws.hosted_zone_id`: needs `aws.domain`",
+            ),
+            (
+                "[aws]\nalarm_email = \"ops@example.com\"\nalarm_topic_arn = \"arn:aws:sns:eu-west-1:1:t\"",
+                "flotilla.toml:5:19: `aws.alarm_topic_arn`: and `aws.alarm_email` are both set",
+            ),
+            (
+                "[aws]\nalarm_email = \"not an address\"",
+                "flotilla.toml:4:15: `aws.alarm_email`: \"not an address\" is not an email address",
+            ),
+            (
+                "[aws]\naccess_logs_prefix = \"shop\"",
+                "flotilla.toml:4:22: `aws.access_logs_prefix`: is set without `aws.access_logs_bucket`",
+            ),
+            (
+                "[aws]\nidle_timeout_seconds = 5000",
+                "flotilla.toml:4:24: `aws.idle_timeout_seconds` must be between 1 and 4000, not 5000",
+            ),
+        ];
+        for (snippet, want) in cases {
+            let problems = config(&format!("{AWS}{snippet}\n")).expect_err(snippet);
+            assert_eq!(problems.len(), 1, "{snippet}: {problems:?}");
+            assert!(
+                problems[0].starts_with(want),
+                "{snippet}:\n got {}\nwant {want}",
+                problems[0]
+            );
+        }
+        // Only the AWS provider uses the baseline: the host provider does not check it.
+        let host = config(
+            "name = \"shop\"\n[host]\ncommand = \"./run\"\n[aws]\nlog_retention_days = 10\n",
+        );
+        assert!(host.is_ok(), "{host:?}");
+    }
+
+    #[test]
+    fn plans_read_as_tables() {
+        let add = |id: &str, later: bool| flotilla_aws::stack::ResourceChange {
+            action: "Add".into(),
+            logical_id: id.into(),
+            resource_type: "AWS::EC2::VPC".into(),
+            replacement: None,
+            scope: vec![],
+            with_reaper_code: later,
+        };
+        let create = Plan::Create {
+            changes: vec![add("Vpc", false), add("ReaperFunction", true)],
+        };
+        let text = plan_text("flotilla-shop", &create);
+        assert!(
+            text.contains("creating it makes 2 resources (1 of them"),
+            "{text}"
+        );
+        assert!(text.contains("Add (2nd step)  ReaperFunction"), "{text}");
+        let mut replaced = add("Vpc", false);
+        replaced.action = "Modify".into();
+        replaced.replacement = Some("True".into());
+        let update = Plan::Update {
+            stack_id: "arn".into(),
+            change_set_id: "cs".into(),
+            changes: vec![replaced],
+            new_reaper_code: true,
+        };
+        let text = plan_text("flotilla-shop", &update);
+        assert!(text.contains("Modify  Vpc"), "{text}");
+        assert!(text.contains("REPLACED"), "{text}");
+        assert!(text.contains("reaper's code changes"), "{text}");
+        assert!(text.contains("warning:"), "{text}");
+        assert_eq!(
+            plan_text(
+                "flotilla-shop",
+                &Plan::NoChange {
+                    stack_id: "arn".into()
+                }
+            ),
+            "nothing to change: stack flotilla-shop already matches flotilla.toml"
+        );
+    }
+
+    #[test]
+    fn partitions_of_regions() {
+        assert_eq!(partition_of(Some("eu-west-1")), "aws");
+        assert_eq!(partition_of(Some("cn-north-1")), "aws-cn");
+        assert_eq!(partition_of(Some("us-gov-west-1")), "aws-us-gov");
+        assert_eq!(partition_of(None), "aws");
+    }
+}
