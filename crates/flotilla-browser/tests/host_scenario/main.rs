@@ -9,8 +9,10 @@
 //!   reaches v2, v1 is reaped once A's session has ended, and a third tab still holding v1 gets
 //!   `flotilla:stale` on its next request and lands on v2.
 //! - `an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection`: the plain app
-//!   (no script tag, no flotilla code) with `[app] inject_client = true`: after a deploy, tab A's
-//!   fetch and reconnected WebSocket still reach v1's process, tab B gets v2.
+//!   (no script tag, no flotilla code, two instances per version) with `[app] inject_client =
+//!   true`: the injected client's own per-tab key keeps tab A on one v1 process, so after a
+//!   deploy its fetch and its reconnected WebSockets still reach that process and its in-memory
+//!   count; tab B gets v2; a socket asking for no stickiness shows v1's other process serves too.
 //! - `a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_its_version`: the
 //!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
 //!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
@@ -231,12 +233,14 @@ async fn a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when
             "tab A's fetch after the deploy: {fetched}"
         );
 
-        // The control: a socket pinned to v1 WITHOUT the tab key, opened while A's socket lives,
-        // goes to v1's other instance (the one with fewer sessions). So both v1 instances serve,
-        // and what brings A's reconnects back to its instance is the tab key.
+        // The control: a socket pinned to v1 WITHOUT a tab key (an empty `flotilla_tab`, which
+        // the flotilla client leaves as the page wrote it and the router reads as none), opened
+        // while A's socket lives, goes to v1's other instance (the one with fewer sessions). So
+        // both v1 instances serve, and what brings A's reconnects back to its instance is the
+        // tab key.
         let keyless = a
             .eval_async(
-                "const ws = new WebSocket('ws://' + location.host + '/ws');
+                "const ws = new WebSocket('ws://' + location.host + '/ws?flotilla_tab=');
                  const first = await new Promise((resolve, reject) => {
                    ws.onmessage = (e) => resolve(JSON.parse(e.data));
                    ws.onerror = () => reject(new Error('keyless socket failed'));
@@ -452,7 +456,9 @@ async fn plain(tab: &Tab) -> Value {
                   client: window.flotilla ? window.flotilla.deploymentId() : null,
                   stored: sessionStorage.getItem('flotilla:deployment'),
                   socket: s.socket, opens: s.opens, socketLabel: s.socketLabel,
-                  socketPid: s.socketPid, count: s.count };",
+                  socketPid: s.socketPid, count: s.count,
+                  key: window.flotilla ? window.flotilla.tabKey() : null,
+                  keyStored: sessionStorage.getItem('flotilla:tab') };",
     )
     .await
     .expect("read the plain page's state")
@@ -505,20 +511,20 @@ async fn plain_increment(tab: &Tab, want: u64) {
 async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection() {
     bounded(async {
         let bin = binary("flotilla-example-plain", "flotilla-example-sessions");
-        // One instance: the app sends no stickiness key of flotilla's, so with several instances
-        // a reconnect may reach a sibling of the same version, which has its own memory; the
-        // version affinity under test does not depend on that.
+        // Two instances per version, each counting in its own memory: the app sends nothing of
+        // flotilla's, so only the injected client's tab key keeps a tab on one of them.
         let env = HostEnv::new(
             "plain",
             &AppConfig {
                 inject_client: true,
-                instances: 1,
+                instances: 2,
                 build: format!("cp {} ./plain", bin.display()),
                 command: "exec ./plain".into(),
             },
         );
         env.write("label.txt", "one\n");
         let v1 = env.deploy();
+        both_instances_healthy(&env, &v1);
         let browser = launch().await;
 
         let a = browser.first_tab();
@@ -543,9 +549,43 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
             ),
             "the router injected the client into v1's page: {a1}"
         );
+        let key_a = str_of(&a1["key"]).to_owned();
+        assert!(
+            key_a.len() == 36 && a1["keyStored"] == json!(key_a),
+            "the injected client made a tab key and keeps it in sessionStorage: {a1}"
+        );
         plain_increment(&a, 1).await;
         plain_increment(&a, 2).await;
-        let pid_v1 = a1["socketPid"].as_u64();
+        let pid_a = a1["socketPid"].as_u64().expect("the socket names its pid");
+
+        // The control: a socket pinned to v1 that asks for no stickiness (an empty flotilla_tab,
+        // which the client leaves as written and the router reads as no key), opened while A's
+        // socket lives, goes to v1's other process (the one with fewer sessions). So both v1
+        // processes serve, and what keeps tab A on its process is the client's tab key.
+        let keyless = a
+            .eval_async(
+                "const ws = new WebSocket('ws://' + location.host + '/ws?tab=control&flotilla_tab=');
+                 const first = await new Promise((resolve, reject) => {
+                   ws.onmessage = (e) => resolve(JSON.parse(e.data));
+                   ws.onerror = () => reject(new Error('keyless socket failed'));
+                 });
+                 ws.close();
+                 return first;",
+            )
+            .await
+            .expect("a keyless socket from tab A");
+        assert_eq!(str_of(&keyless["label"]), "one", "{keyless}");
+        let pid_other = keyless["pid"].as_u64();
+        assert!(
+            pid_other.is_some() && pid_other != Some(pid_a),
+            "without a tab key the router balances to v1's other process (tab A is on \
+             {pid_a}): {keyless}"
+        );
+        let v1_pids = env.processes_of(&v1);
+        assert!(
+            v1_pids.len() == 2 && v1_pids.iter().any(|p| u64::from(*p) == pid_a),
+            "two v1 processes run, tab A's among them: {v1_pids:?}"
+        );
 
         env.write("label.txt", "two\n");
         let v2 = env.deploy();
@@ -562,42 +602,58 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
             ("two", "two", v2.as_str()),
             "a fresh tab lands on v2: {b1}"
         );
-        assert_ne!(b1["socketPid"].as_u64(), pid_v1);
+        assert_ne!(str_of(&b1["key"]), key_a, "tab B has its own key: {b1}");
+        let pid_b = b1["socketPid"].as_u64();
+        assert!(
+            pid_b.is_some_and(|p| p != pid_a && Some(p) != pid_other),
+            "{b1}"
+        );
 
-        // Tab A's fetch and its reconnected WebSocket still reach v1, with its count.
+        // Tab A's fetch reaches v1's process holding its count.
         let fetched = whoami(&a).await;
         assert_eq!(
             (
                 fetched["status"].as_u64(),
                 str_of(&fetched["header"]),
                 str_of(&fetched["body"]["label"]),
+                fetched["body"]["pid"].as_u64(),
                 fetched["body"]["count"].as_u64(),
             ),
-            (Some(200), v1.as_str(), "one", Some(2)),
+            (Some(200), v1.as_str(), "one", Some(pid_a), Some(2)),
             "tab A's fetch: {fetched}"
         );
-        a.eval("window.plain.reconnect(); return true;")
-            .await
-            .expect("reconnect");
-        let a2 = plain_ready(&a, "tab A's reconnected socket", 2).await;
-        assert_eq!(
-            (
-                str_of(&a2["socketLabel"]),
-                a2["socketPid"].as_u64(),
-                a2["count"].as_u64()
-            ),
-            ("one", pid_v1, Some(2)),
-            "tab A's reconnect reaches v1's process: {a2}"
+        // Forced reconnects of tab A's socket: each reaches v1, the same process, and the count.
+        for round in 0..4u64 {
+            let opens = plain(&a).await["opens"].as_u64().unwrap_or(0);
+            a.eval("window.plain.reconnect(); return true;")
+                .await
+                .expect("reconnect");
+            let after = plain_ready(&a, "tab A's reconnected socket", opens + 1).await;
+            assert_eq!(
+                (
+                    str_of(&after["socketLabel"]),
+                    after["socketPid"].as_u64(),
+                    after["count"].as_u64()
+                ),
+                ("one", Some(pid_a), Some(2 + round)),
+                "reconnect {round} of tab A reaches v1's process holding its count: {after}"
+            );
+            plain_increment(&a, 3 + round).await;
+        }
+        eprintln!(
+            "plain app, two instances per version: tab A (key {key_a}) stayed on v1 process \
+             {pid_a} through 4 reconnects; a keyless socket went to {pid_other:?}; tab B is on \
+             v2 process {pid_b:?}"
         );
-        plain_increment(&a, 3).await;
         let fetched_b = whoami(&b).await;
         assert_eq!(
             (
                 str_of(&fetched_b["header"]),
-                str_of(&fetched_b["body"]["label"])
+                str_of(&fetched_b["body"]["label"]),
+                fetched_b["body"]["pid"].as_u64(),
             ),
-            (v2.as_str(), "two"),
-            "{fetched_b}"
+            (v2.as_str(), "two", pid_b),
+            "tab B's fetch reaches its socket's v2 process: {fetched_b}"
         );
 
         let shot = artifact_path("host-plain-injected-two-tabs.png").expect("artefact path");
@@ -606,22 +662,40 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
             .await
             .expect("screenshot");
 
-        // A reload of A reaches v2.
+        // A reload of A reaches v2, with the same tab key.
         a.reload().await.expect("reload tab A");
         let a3 = plain_ready(&a, "tab A after its reload", 1).await;
         assert_eq!(
             (
                 str_of(&a3["label"]),
                 str_of(&a3["socketLabel"]),
-                str_of(&a3["client"])
+                str_of(&a3["client"]),
+                str_of(&a3["key"]),
             ),
-            ("two", "two", v2.as_str()),
+            ("two", "two", v2.as_str(), key_a.as_str()),
             "{a3}"
         );
+        for tab in [&a, &b] {
+            assert_eq!(
+                tab.cookie_names().await.expect("cookies"),
+                Vec::<String>::new(),
+                "affinity never uses cookies"
+            );
+        }
         browser.close().await.expect("close the browser");
         tokio::task::block_in_place(|| drop(env));
     })
     .await;
+}
+
+/// Waits until `id` has both its instances healthy, so a balancing choice has two to pick from.
+fn both_instances_healthy(env: &HostEnv, id: &str) {
+    let (healthy, status) = tokio::task::block_in_place(|| {
+        env.status_until(WAIT, |s| {
+            version_in(s, id).is_some_and(|v| v["compute"]["healthy"].as_u64() == Some(2))
+        })
+    });
+    assert!(healthy, "both instances of {id} get healthy: {status}");
 }
 
 /// The Python app's page state: the version it says served it, what the injected client holds,
