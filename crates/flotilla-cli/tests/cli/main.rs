@@ -2,6 +2,7 @@
 //! directory, with a clean environment, and checks what a user would see and the exit code.
 
 mod baseline;
+mod baseline_moto;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,0 +1,283 @@
+//! `flotilla baseline up|show|down` through the real binary against moto in server mode (started
+//! on a free loopback port, killed by PID when the test ends): what a user sees and the exit
+//! codes, from a first creation to a deletion refused while a version is recorded.
+//!
+//! moto's CloudFormation deletes no route table, so deleting the VPC fails; before
+//! `baseline down` the test deletes them itself, as CloudFormation does on AWS (see
+//! `crates/flotilla-aws/tests/moto/baseline.rs` for moto's gaps).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Run, flotilla};
+
+/// A moto server of this test's own.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = Command::new("bash")
+            .arg(root.join("scripts/moto.sh"))
+            .arg("--path")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/moto.sh");
+        assert!(out.status.success(), "scripts/moto.sh failed");
+        let server = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(moto.http("GET", "/moto-api/", &[], ""), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "moto did not answer in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A call moto routes to `service` by the credential scope (it checks no signature).
+    fn call(&self, service: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, \
+             SignedHeaders=host, Signature=0"
+        );
+        let mut all = headers.to_vec();
+        all.push(("Authorization", &auth));
+        self.http("POST", "/", &all, body).expect("moto call")
+    }
+
+    fn ec2(&self, form: &str) -> (u16, String) {
+        self.call(
+            "ec2",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("Version=2016-11-15&{form}"),
+        )
+    }
+
+    fn ssm(&self, action: &str, body: &str) -> (u16, String) {
+        self.call(
+            "ssm",
+            &[
+                ("Content-Type", "application/x-amz-json-1.1"),
+                ("X-Amz-Target", &format!("AmazonSSM.{action}")),
+            ],
+            body,
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+fn run(dir: &Path, args: &[&str]) -> Run {
+    flotilla(dir, args, &env())
+}
+
+#[test]
+fn baseline_up_show_and_down_through_the_binary() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+
+    // Nothing yet: `show` says how to make it.
+    let show = run(dir.path(), &["baseline", "show"]);
+    assert_eq!(show.code, 2, "{show:?}");
+    assert!(show.stderr.contains("no stack flotilla-shop"), "{show:?}");
+    assert!(show.stderr.contains("flotilla baseline up"), "{show:?}");
+
+    // A first `up` off a terminal creates without asking (nothing exists to destroy).
+    let up = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true"],
+    );
+    assert_eq!(up.code, 0, "{up:?}");
+    assert!(
+        up.stderr
+            .contains("stack flotilla-shop does not exist; creating it makes"),
+        "{up:?}"
+    );
+    assert!(up.stderr.contains("ReaperFunction"), "{up:?}");
+    assert!(
+        up.stderr.contains("-> uploading the reaper's code"),
+        "{up:?}"
+    );
+    assert!(
+        up.stderr.contains("CREATE_COMPLETE"),
+        "events shown: {up:?}"
+    );
+    assert!(
+        up.stdout.contains(
+            "stack flotilla-shop created; outputs cached in .flotilla/shop/baseline.json"
+        ),
+        "{up:?}"
+    );
+    assert!(up.stdout.contains("mode: http-only"), "{up:?}");
+    let cache = dir.path().join(".flotilla/shop/baseline.json");
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).expect("cached")).expect("json");
+    assert_eq!(cached["reaper_function_name"], "flotilla-shop-reaper");
+
+    // Again: nothing to change.
+    let again = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true", "--json"],
+    );
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("nothing to change: stack flotilla-shop already matches flotilla.toml"),
+        "{again:?}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&again.stdout).expect("one JSON document");
+    assert_eq!(doc["plan"]["kind"], "no_change");
+    assert_eq!(doc["result"]["changed"], false);
+
+    // `show`, from AWS and offline.
+    let show = run(dir.path(), &["baseline", "show"]);
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(
+        show.stdout.contains("stack flotilla-shop: UPDATE_COMPLETE"),
+        "{show:?}"
+    );
+    assert!(show.stdout.contains("flotilla-shop-reaper"), "{show:?}");
+    let offline = run(dir.path(), &["baseline", "show", "--offline", "--json"]);
+    assert_eq!(offline.code, 0, "{offline:?}");
+    let doc: serde_json::Value = serde_json::from_str(&offline.stdout).expect("json");
+    assert_eq!(doc["stack"], serde_json::Value::Null);
+    assert_eq!(doc["outputs"], cached);
+
+    // A recorded version makes `down` refuse (exit 6), naming it.
+    let id = "20261125-190633-k3x9";
+    let put = moto.ssm(
+        "PutParameter",
+        &format!(r#"{{"Name":"/apps/shop/{id}/state","Value":"active","Type":"String"}}"#),
+    );
+    assert_eq!(put.0, 200, "{put:?}");
+    let refused = run(dir.path(), &["baseline", "down", "--yes"]);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(refused.stderr.contains(id), "{refused:?}");
+    assert!(
+        refused.stderr.contains("flotilla teardown --all"),
+        "{refused:?}"
+    );
+    assert!(cache.exists());
+    let deleted = moto.ssm(
+        "DeleteParameter",
+        &format!(r#"{{"Name":"/apps/shop/{id}/state"}}"#),
+    );
+    assert_eq!(deleted.0, 200, "{deleted:?}");
+
+    // What CloudFormation deletes on AWS and moto's does not: the stack's route tables.
+    let vpc = cached["vpc_id"].as_str().expect("vpc id");
+    let (_, tables) = moto.ec2(&format!(
+        "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
+    ));
+    let mut ids: Vec<&str> = tables
+        .split("<routeTableId>")
+        .skip(1)
+        .filter_map(|s| s.split("</routeTableId>").next())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        // The main table refuses; it goes with the VPC.
+        let _ = moto.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
+    }
+
+    let down = run(dir.path(), &["baseline", "down", "--yes"]);
+    assert_eq!(down.code, 0, "{down:?}");
+    assert!(
+        down.stdout
+            .contains("stack flotilla-shop deleted; removed .flotilla/shop/baseline.json"),
+        "{down:?}"
+    );
+    assert!(
+        down.stderr.contains("-> emptying the artefact bucket"),
+        "{down:?}"
+    );
+    assert!(!cache.exists());
+    let again = run(dir.path(), &["baseline", "down", "--yes"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains("there is no stack flotilla-shop"),
+        "{again:?}"
+    );
+}
