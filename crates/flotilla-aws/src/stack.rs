@@ -563,6 +563,32 @@ impl BaselineStack {
             })
     }
 
+    /// Reads the outputs of a complete stack and caches them (what a CI job needs when
+    /// `.flotilla/` is not checked in); `None` when there is no usable stack.
+    pub async fn refresh_cache(
+        &self,
+    ) -> Result<Option<flotilla_baseline::BaselineOutputs>, StackError> {
+        let Some(stack) = self.describe().await? else {
+            return Ok(None);
+        };
+        if stack.phase() != Phase::Stable {
+            return Ok(None);
+        }
+        let mut outputs = flotilla_baseline::BaselineOutputs::from_stack_outputs(
+            stack.outputs.clone(),
+        )
+        .map_err(|source| StackError::Outputs {
+            stack: self.stack_name.clone(),
+            source,
+        })?;
+        // Records already cached here stay (they are not stack outputs).
+        if let Ok(Some(old)) = self.cached() {
+            outputs.certificate_validation_records = old.certificate_validation_records;
+        }
+        self.write_cache(&outputs)?;
+        Ok(Some(outputs))
+    }
+
     /// Works out what `baseline up` would do, without changing anything but a change set.
     ///
     /// Waits for an operation already running on the stack to finish first, and refuses stacks

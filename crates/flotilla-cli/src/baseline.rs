@@ -507,6 +507,20 @@ async fn down(
     Ok(())
 }
 
+/// Caches the stack's outputs when there is a complete stack and nothing cached yet; says so on
+/// stderr. Best effort: without a stack (or the right to read it) the provider reports what is
+/// missing as before.
+pub async fn cache_from_stack(config: &Config) {
+    let stack = stack_for(config, None).await;
+    if let Ok(Some(_)) = stack.refresh_cache().await {
+        eprintln!(
+            "read the baseline's outputs from stack {} into {}",
+            stack.stack_name(),
+            crate::config::display_path(&stack.cache_path(), &config.root)
+        );
+    }
+}
+
 /// `flotilla teardown --all --baseline`, after the versions are gone: the stack, without a
 /// second confirmation.
 pub async fn teardown(config: &Config, out: Output) -> Result<()> {

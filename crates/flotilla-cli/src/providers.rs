@@ -344,6 +344,10 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
         flotilla_aws::Needs::Operate
     };
     let aws = aws_settings(config);
+    // Where `.flotilla/` is not kept (a CI job), the outputs come from the stack itself.
+    if !aws.baseline_path().exists() && aws.baseline_overrides.listener_arn.is_none() {
+        crate::baseline::cache_from_stack(config).await;
+    }
     let sdk = flotilla_aws::sdk_config(&aws).await;
     let ports = flotilla_aws::connect_with(&aws, flotilla_aws::Clients::new(&sdk), needs)?;
     Ok(Opened {

@@ -224,6 +224,21 @@ fn baseline_up_show_and_down_through_the_binary() {
     assert_eq!(doc["stack"], serde_json::Value::Null);
     assert_eq!(doc["outputs"], cached);
 
+    // Where `.flotilla/` is not kept (a CI job), commands read the outputs from the stack.
+    std::fs::remove_file(&cache).expect("remove the cache");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        status.stderr.contains(
+            "read the baseline's outputs from stack flotilla-shop into .flotilla/shop/baseline.json"
+        ),
+        "{status:?}"
+    );
+    let reread: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).expect("cached again"))
+            .expect("json");
+    assert_eq!(reread, cached);
+
     // A recorded version makes `down` refuse (exit 6), naming it.
     let id = "20261125-190633-k3x9";
     let put = moto.ssm(
