@@ -166,12 +166,7 @@ impl Router {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn pick(
-        &self,
-        head: &RequestHead<'_>,
-        id: &DeploymentId,
-        instances: &[Instance],
-    ) -> Arc<Target> {
+    fn pick(&self, head: &RequestHead<'_>, instances: &[Instance]) -> Arc<Target> {
         let tab = head
             .headers
             .get(&self.tab_header)
@@ -202,7 +197,6 @@ impl Router {
                 .map(|k| &instances[(start + k) % n])
                 .min_by_key(|i| i.target.stats().sessions())
                 .expect("callers pass at least one instance");
-            let _ = id;
             return best.target.clone();
         }
         instances[start % instances.len()].target.clone()
@@ -233,7 +227,7 @@ impl Route for Router {
             RouteDecision::Pinned(id) | RouteDecision::Fresh(id) => {
                 match snapshot.healthy.get(id) {
                     Some(instances) if !instances.is_empty() => {
-                        Decision::Forward(self.pick(head, id, instances))
+                        Decision::Forward(self.pick(head, instances))
                     }
                     _ => Decision::Respond(unavailable(id)),
                 }

@@ -1,0 +1,95 @@
+//! The host daemon in one process, for `bench/router-vs-nginx.sh`: serves the daemon (router,
+//! supervisor, state) on the given ports, deploys the given app twice through the engine over the
+//! daemon's socket (the same path `flotilla deploy` takes), prints `V1 <id>` and `V2 <id>`, then
+//! runs until SIGTERM or Ctrl-C and stops everything.
+//!
+//! Usage: bench_router APP_DIR ROUTER_PORT ADMIN_PORT 'BUILD' 'COMMAND'
+//! (built without the CLI so the benchmark does not need the AWS SDK compiled in release mode).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flotilla_core::{DeploymentId, DeploymentName, Timestamp};
+use flotilla_engine::events::Silent;
+use flotilla_engine::ports::ImageRequest;
+use flotilla_engine::workflows::DeployRequest;
+use flotilla_engine::{Engine, Settings};
+use flotilla_host::HostSettings;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, app_dir, router_port, admin_port, build, command] = args.as_slice() else {
+        return Err("usage: bench_router APP_DIR ROUTER_PORT ADMIN_PORT BUILD COMMAND".into());
+    };
+    let name = DeploymentName::new("bench")?;
+    let mut settings = HostSettings::new(name.clone(), app_dir, command.clone());
+    settings.listen = SocketAddr::from(([127, 0, 0, 1], router_port.parse()?));
+    settings.admin_listen = SocketAddr::from(([127, 0, 0, 1], admin_port.parse()?));
+    settings.build = Some(build.clone());
+    settings.drain_grace = Duration::from_secs(3600);
+    settings.reaper_interval = Duration::from_secs(3600);
+    let settings = settings.resolved()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon_settings = settings.clone();
+    let daemon = tokio::spawn(async move {
+        flotilla_host::serve(&daemon_settings, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    // The daemon opens its socket after binding; wait for it rather than starting another one.
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(settings.socket_path())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let ports = flotilla_host::connect(&settings).await?;
+    let engine = Engine::new(
+        ports,
+        Settings {
+            name,
+            policy: settings.reaper_policy,
+            budget: Default::default(),
+            health_timeout: Duration::from_secs(60),
+            health_poll: Duration::from_millis(200),
+            lock_ttl: Duration::from_secs(600),
+            lock_owner: format!("bench_router (pid {})", std::process::id()),
+        },
+    );
+    for label in ["V1", "V2"] {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let id = DeploymentId::generate(
+            Timestamp::from_millis(now.as_millis() as u64),
+            u64::from(now.subsec_nanos()),
+        );
+        let outcome = engine
+            .deploy(
+                DeployRequest {
+                    id,
+                    image: ImageRequest::Build(settings.app_dir.clone()),
+                    instances: 2,
+                    min_healthy: 2,
+                    break_lock: false,
+                },
+                &Silent,
+            )
+            .await?;
+        println!("{label} {}", outcome.deployment_id);
+        // Ids carry the second; keep the two apart.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(());
+    daemon.await??;
+    Ok(())
+}
