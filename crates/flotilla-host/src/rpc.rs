@@ -195,6 +195,9 @@ pub struct Connection {
     pub daemon: DaemonInfo,
     /// Set when this call started the daemon.
     pub started: Option<StartedDaemon>,
+    /// Differences between the settings asked for and what the running daemon uses (it reads
+    /// listen addresses only when it starts), each with what to do.
+    pub warnings: Vec<String>,
 }
 
 /// How long a starting daemon gets to open its socket.
@@ -238,6 +241,23 @@ pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, Ho
             asked: settings.name.to_string(),
         });
     }
+    let mut warnings = Vec::new();
+    for (what, want, have) in [
+        ("listens", settings.listen.to_string(), &info.listen),
+        (
+            "serves its status page",
+            settings.admin_listen.to_string(),
+            &info.admin_listen,
+        ),
+    ] {
+        if &want != have {
+            warnings.push(format!(
+                "the running daemon (pid {}) {what} on {have}, not {want} as configured; \
+                 run `flotilla host stop` to apply the new address (versions come back with it)",
+                info.pid
+            ));
+        }
+    }
     let ports = Ports {
         compute: client.clone(),
         routing: client.clone(),
@@ -249,6 +269,7 @@ pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, Ho
         ports,
         daemon: info,
         started,
+        warnings,
     })
 }
 
