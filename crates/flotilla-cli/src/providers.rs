@@ -217,6 +217,13 @@ async fn open_host(config: &Config, engine_settings: Settings, command: &str) ->
             started.log.display()
         ));
     }
+    for warning in &connection.warnings {
+        crate::output::Output {
+            json: false,
+            verbose: 0,
+        }
+        .warn(warning);
+    }
     let logs_dir = settings
         .resolved()
         .map(|s| s.logs_dir())
