@@ -414,11 +414,11 @@ pub enum HostCommand {
 /// `agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Where the agent accepts traffic [default: 0.0.0.0:<[app] port>]
+    /// Where the agent accepts traffic [default: 0.0.0.0:8000, or 0.0.0.0:8001 when the app uses 8000]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// The port the app is told to listen on (in PORT) [default: chosen by the agent]
+    /// The port the app is told to listen on (in PORT) [default: [app] port, else 8000]
     #[arg(long, value_name = "PORT")]
     pub app_port: Option<u16>,
 

@@ -8,7 +8,6 @@ use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
 use crate::config::ConfigError;
-use crate::providers::NotBuiltIn;
 
 /// A documented exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +29,6 @@ pub enum Exit {
     Refused,
     /// `verify` found a request answered by the wrong version.
     VerifyMismatch,
-    /// The configured provider (or the agent, or the baseline) is not built into this binary.
-    NotBuiltIn,
     /// Interrupted by Ctrl-C; running the same command again resumes.
     Interrupted,
 }
@@ -75,11 +72,6 @@ pub const TABLE: &[(Exit, &str, &str)] = &[
         "`flotilla verify` saw a request answered by the wrong version",
     ),
     (
-        Exit::NotBuiltIn,
-        "not-built-in",
-        "the configured provider (or the agent, or the baseline) is not built into this flotilla",
-    ),
-    (
         Exit::Interrupted,
         "interrupted",
         "interrupted (Ctrl-C); run the same command again to resume",
@@ -98,7 +90,6 @@ impl Exit {
             Exit::NotHealthy => 5,
             Exit::Refused => 6,
             Exit::VerifyMismatch => 7,
-            Exit::NotBuiltIn => 8,
             Exit::Interrupted => 130,
         }
     }
@@ -186,9 +177,6 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
             )),
         ));
     }
-    if let Some(missing) = cause.downcast_ref::<NotBuiltIn>() {
-        return Some((Exit::NotBuiltIn, Some(missing.hint())));
-    }
     if let Some(config) = cause.downcast_ref::<ConfigError>() {
         let hint = match config {
             ConfigError::NotFound { .. } => {
@@ -273,7 +261,6 @@ mod tests {
     use flotilla_engine::ports::LockInfo;
 
     use super::*;
-    use crate::config::ProviderKind;
 
     #[test]
     fn codes_are_distinct_and_all_documented() {
@@ -342,8 +329,6 @@ mod tests {
             },
             Exit::Provider,
         );
-        let missing = anyhow::Error::new(NotBuiltIn::provider(ProviderKind::Host, "status"));
-        assert_eq!(classify(&missing).0, Exit::NotBuiltIn);
         let other = anyhow::anyhow!("something else");
         assert_eq!(classify(&other), (Exit::Failure, None));
     }

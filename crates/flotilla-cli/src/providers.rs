@@ -27,9 +27,7 @@
 //! - A problem the user fixes by changing configuration or running another command first (a
 //!   missing baseline, a missing key) is best returned as a `crate::exit::UsageError` (exit 2,
 //!   its `hint` printed last); anything else without a typed cause exits 1.
-//! - State today: the host and AWS arms of [`open`], [`host_serve`], [`host_stop`],
-//!   [`run_lambda`], [`baseline`], [`teardown_baseline`] and [`aws_deployer_policy`] are wired
-//!   (the baseline ones in `crate::baseline`); [`agent`] still answers [`NotBuiltIn`] (exit 8).
+//! - State today: every entry point is wired (the baseline ones in `crate::baseline`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -83,64 +81,6 @@ pub trait LogSource: Send + Sync {
     /// Sends the last `query.lines` lines of the versions `query` names to `out`; then, if
     /// `query.follow`, new lines as they come. Returns when done, or when `out` is closed.
     async fn stream(&self, query: &LogQuery, out: mpsc::Sender<LogLine>) -> Result<()>;
-}
-
-/// A part of flotilla that this binary was built without.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Component {
-    /// A provider.
-    Provider(ProviderKind),
-    /// The in-container agent (`flotilla agent`).
-    Agent,
-}
-
-/// A command needs a part of flotilla that is not built into this binary.
-#[derive(Debug, thiserror::Error)]
-#[error("the {} is not built into this flotilla yet, so `flotilla {command}` cannot run", component_name(.component))]
-pub struct NotBuiltIn {
-    /// What is missing.
-    pub component: Component,
-    /// The command that needed it.
-    pub command: String,
-}
-
-fn component_name(component: &Component) -> String {
-    match component {
-        Component::Provider(kind) => format!("{kind} provider"),
-        Component::Agent => "agent".to_owned(),
-    }
-}
-
-impl NotBuiltIn {
-    /// `command` needs the `kind` provider.
-    #[allow(
-        dead_code,
-        reason = "every provider is built in today; this is for builds that leave one out"
-    )]
-    pub fn provider(kind: ProviderKind, command: &str) -> Self {
-        NotBuiltIn {
-            component: Component::Provider(kind),
-            command: command.to_owned(),
-        }
-    }
-
-    /// What the user can do about it.
-    pub fn hint(&self) -> String {
-        match self.component {
-            Component::Provider(ProviderKind::Host) => "this build has no host provider; \
-                 use a flotilla built with crates/flotilla-host, or set provider = \"aws\" \
-                 (or pass --provider aws) if you meant to deploy to AWS"
-                .to_owned(),
-            Component::Provider(ProviderKind::Aws) => "this build has no AWS provider; \
-                 use a flotilla built with crates/flotilla-aws, or set provider = \"host\" \
-                 (or pass --provider host) to run versions on this machine"
-                .to_owned(),
-            Component::Agent => {
-                "this build has no agent; use a flotilla built with crates/flotilla-agent"
-                    .to_owned()
-            }
-        }
-    }
 }
 
 /// The engine settings every provider shares, from the resolved config.
@@ -481,13 +421,35 @@ pub struct AgentRequest {
 /// process exits with. `config` is `None` when no `flotilla.toml` is present (inside a container
 /// the configuration usually comes from `FLOTILLA_*` variables alone).
 pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8> {
-    // WIRE: agent: flotilla_agent::run(..).await
-    let _ = (config, request);
-    Err(NotBuiltIn {
-        component: Component::Agent,
-        command: "agent".to_owned(),
+    let env = |key: &str| std::env::var(key).ok();
+    // A config file, when present, already holds the FLOTILLA_APP_* and FLOTILLA_DRAIN_* values of
+    // the environment; its app port is passed as if it were the flag so that the agent's own
+    // listen default is derived from the port the app really uses.
+    let flags = flotilla_agent::AgentFlags {
+        listen: request.listen,
+        app_port: request.app_port.or(config.map(|c| c.app.port)),
+        command: request.command.clone(),
+    };
+    let mut settings = flotilla_agent::AgentSettings::from_env(env, flags)?;
+    if let Some(config) = config {
+        settings.health_path = config.app.health_path.clone();
+        settings.affinity_header = config.app.affinity_header.clone();
+        settings.affinity_query = config.app.affinity_query.clone();
+        settings.inject_client = config.app.inject_client;
+        settings.set_stop_timeout(config.app.stop_timeout);
+        settings.drain_poll = config.drain.poll;
+        settings.drain_grace = config.drain.grace;
     }
-    .into())
+    let source: std::sync::Arc<dyn flotilla_agent::DrainSource> =
+        match flotilla_agent::local_source_from_env(env)? {
+            Some(local) => local,
+            None if flotilla_agent::on_ecs(env) => {
+                std::sync::Arc::new(flotilla_aws::agent_ssm::SsmDrainSource::from_env().await)
+            }
+            None => std::sync::Arc::new(flotilla_agent::StaticSource::active()),
+        };
+    let outcome = flotilla_agent::run_with_signals(settings, source).await?;
+    Ok(outcome.exit_code)
 }
 
 /// A `flotilla baseline` subcommand.
@@ -578,15 +540,5 @@ mod tests {
         check("0.0.0.0:80", "http://127.0.0.1:80");
         check("[::]:8080", "http://[::1]:8080");
         check("192.168.1.5:9000", "http://192.168.1.5:9000");
-    }
-
-    #[test]
-    fn missing_provider_message_names_it() {
-        let err = NotBuiltIn::provider(ProviderKind::Host, "status");
-        assert_eq!(
-            err.to_string(),
-            "the host provider is not built into this flotilla yet, so `flotilla status` cannot run"
-        );
-        assert!(err.hint().contains("crates/flotilla-host"));
     }
 }
