@@ -130,6 +130,28 @@ impl EcsCompute {
                 t.drain_grace_seconds.to_string(),
             ))
             .environment(env("FLOTILLA_APP_PORT", t.app_port.to_string()))
+            // The agent reads the rest of its settings from these, so non-default values in
+            // flotilla.toml reach it inside the task.
+            .environment(env(
+                "FLOTILLA_APP_HEALTH_PATH",
+                self.ctx.routing.health_path.clone(),
+            ))
+            .environment(env(
+                "FLOTILLA_APP_AFFINITY_HEADER",
+                self.ctx.routing.affinity_header.clone(),
+            ))
+            .environment(env(
+                "FLOTILLA_APP_AFFINITY_QUERY",
+                self.ctx.routing.affinity_query.clone(),
+            ))
+            .environment(env(
+                "FLOTILLA_APP_INJECT_CLIENT",
+                t.inject_client.to_string(),
+            ))
+            .environment(env(
+                "FLOTILLA_APP_STOP_TIMEOUT_SECONDS",
+                t.stop_timeout_seconds.to_string(),
+            ))
             .environment(env("PORT", t.app_port.to_string()))
             .environment(env("AWS_REGION", self.ctx.region.clone()))
             .set_command(Some(t.container_command()))

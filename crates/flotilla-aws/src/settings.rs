@@ -183,6 +183,8 @@ pub struct TaskSettings {
     pub stop_timeout_seconds: u32,
     /// Seconds ECS ignores failing load balancer health checks of a new task.
     pub health_check_grace_seconds: u32,
+    /// Whether the agent adds the browser client's script tag to HTML pages (`[app] inject_client`).
+    pub inject_client: bool,
 }
 
 impl Default for TaskSettings {
@@ -198,6 +200,7 @@ impl Default for TaskSettings {
             drain_grace_seconds: 30,
             stop_timeout_seconds: 30,
             health_check_grace_seconds: 30,
+            inject_client: false,
         }
     }
 }

@@ -143,6 +143,12 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
     assert_eq!(env["FLOTILLA_DEPLOYMENT_ID"], id.as_str());
     assert_eq!(env["FLOTILLA_DRAIN_POLL_SECONDS"], "5");
     assert_eq!(env["FLOTILLA_DRAIN_GRACE_SECONDS"], "30");
+    // The agent inside the task takes its remaining settings from the environment.
+    assert_eq!(env["FLOTILLA_APP_AFFINITY_HEADER"], "X-Flotilla-Deployment");
+    assert_eq!(env["FLOTILLA_APP_AFFINITY_QUERY"], "flotilla_deployment");
+    assert!(env["FLOTILLA_APP_HEALTH_PATH"].starts_with('/'));
+    assert_eq!(env["FLOTILLA_APP_INJECT_CLIENT"], "false");
+    assert!(env.contains_key("FLOTILLA_APP_STOP_TIMEOUT_SECONDS"));
     assert!(container.stop_timeout().is_some_and(|t| t <= 120));
     let logs = container.log_configuration().expect("logs");
     assert_eq!(
