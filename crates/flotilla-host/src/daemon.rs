@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -688,9 +689,8 @@ pub async fn serve(
     });
     host.refresh();
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| HostError::Bind {
+    let listeners =
+        router_listeners(settings.listen, router_workers()).map_err(|source| HostError::Bind {
             addr: settings.listen,
             what: "router",
             source,
@@ -736,20 +736,14 @@ pub async fn serve(
         ..ProxyConfig::default()
     };
     let proxy_task = {
-        let mut rx = stop_rx.clone();
+        let rx = stop_rx.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let report = flotilla_proxy::serve(listener, proxy_config, router, async move {
-                let _ = crate::supervisor::stop_requested(&mut rx).await;
-            })
-            .await;
-            if report.is_clean() {
+            let report = run_router_workers(listeners, proxy_config, router, rx).await;
+            if report.cut == 0 {
                 tracing::info!("router drained every connection");
             } else {
-                tracing::warn!(
-                    cut = report.cut(),
-                    "router shutdown deadline cut connections"
-                );
+                tracing::warn!(cut = report.cut, "router shutdown deadline cut connections");
             }
         })
     };
@@ -827,6 +821,94 @@ pub async fn serve(
     host.supervisor.shutdown().await;
     tracing::info!("flotilla host daemon stopped");
     Ok(())
+}
+
+/// Router worker threads: one per CPU, at most 8.
+fn router_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// `n` listeners on `addr` sharing the port through `SO_REUSEPORT`, so the kernel spreads new
+/// connections over the router workers. A port of 0 is resolved by the first bind.
+fn router_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut bind_to = addr;
+    for _ in 0..n {
+        let socket = if bind_to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bind_to)?;
+        let listener = socket.listen(1024)?.into_std()?;
+        bind_to = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// What the router workers' shutdown cut, summed.
+struct RouterReport {
+    cut: usize,
+}
+
+/// Runs the proxy on each listener in its own thread with a single-threaded runtime, the way
+/// nginx runs one event loop per worker: a request, its upstream connection and its response stay
+/// on one thread, with no cross-thread wake-ups on the hot path. They share the router (an
+/// `ArcSwap` snapshot and atomic counters), so routing and session accounting are the same.
+async fn run_router_workers(
+    listeners: Vec<std::net::TcpListener>,
+    config: ProxyConfig,
+    router: Arc<Router>,
+    stop: watch::Receiver<bool>,
+) -> RouterReport {
+    let mut done = Vec::new();
+    for (n, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<usize>();
+        let (config, router, mut stop) = (config.clone(), router.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("flotilla-router-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a router worker");
+                        return;
+                    }
+                };
+                let cut = runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot use the router listener");
+                            return 0;
+                        }
+                    };
+                    let report = flotilla_proxy::serve(listener, config, router, async move {
+                        crate::supervisor::stop_requested(&mut stop).await;
+                    })
+                    .await;
+                    report.cut()
+                });
+                let _ = tx.send(cut);
+            });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => tracing::error!(error = %e, "cannot start a router worker thread"),
+        }
+    }
+    let mut cut = 0;
+    for rx in done {
+        cut += rx.await.unwrap_or(0);
+    }
+    RouterReport { cut }
 }
 
 async fn rpc_server(
