@@ -7,6 +7,9 @@
 //! processes a dead daemon left behind and start every recorded version's instances again. A
 //! version that was active or draining serves again as soon as its instances pass health checks.
 //!
+//! The router runs on one thread per CPU, each with a single-threaded runtime and its own
+//! `SO_REUSEPORT` listener on `[host] listen` (see `run_router_workers`), sharing one [`Router`].
+//!
 //! Shutdown: stop accepting requests on the socket, let the router drain open connections with a
 //! deadline (and log what it cut), then stop every instance (SIGTERM, then SIGKILL after
 //! `stop_timeout`). Compute records stay, so the next daemon starts the same versions again.
