@@ -71,7 +71,11 @@ fn help_lists_every_command_and_the_exit_codes() {
         );
     }
     assert!(run.stdout.contains("Exit codes:"), "{run:?}");
-    assert!(run.stdout.contains("8  the configured provider"), "{run:?}");
+    assert!(
+        run.stdout.contains("5  the new version never got healthy"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("130  interrupted"), "{run:?}");
     assert!(run.stdout.contains("FLOTILLA_<SECTION>_<KEY>"), "{run:?}");
 }
 
