@@ -228,37 +228,12 @@ command = {command:?}
         let Ok(root) = std::fs::canonicalize(self.app()) else {
             return Vec::new();
         };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-                if cwd.starts_with(&root) && alive(pid) {
-                    out.push(pid);
-                }
-            }
-        }
-        out
+        flotilla_testkit::procs::processes_under(&root)
     }
 
     /// The processes running `id`'s instances (their environment names it).
     pub fn processes_of(&self, id: &str) -> Vec<u32> {
-        let want = format!("FLOTILLA_DEPLOYMENT_ID={id}");
-        self.processes()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
-            })
-            .collect()
+        flotilla_testkit::procs::running_version(self.processes(), id)
     }
 
     /// The daemon's log, for failure messages.
@@ -309,14 +284,4 @@ pub fn kill(pid: u32, signal: &str) {
         .args([signal, &pid.to_string()])
         .stderr(Stdio::null())
         .status();
-}
-
-/// Whether `pid` is alive and not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rfind(')')
-                .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }

@@ -199,34 +199,12 @@ command = {command:?}
     /// the daemon and every instance.
     pub fn processes(&self) -> Vec<u32> {
         let root = std::fs::canonicalize(self.app()).expect("canonical tempdir");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-                if cwd.starts_with(&root) && alive(pid) {
-                    out.push(pid);
-                }
-            }
-        }
-        out
+        flotilla_testkit::procs::processes_under(&root)
     }
 
     /// Processes running `id`'s instances (their environment names it).
     pub fn processes_of(&self, id: &str) -> Vec<u32> {
-        let want = format!("FLOTILLA_DEPLOYMENT_ID={id}");
-        self.processes()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
-            })
-            .collect()
+        flotilla_testkit::procs::running_version(self.processes(), id)
     }
 }
 
@@ -254,15 +232,7 @@ pub fn kill(pid: u32, signal: &str) {
         .status();
 }
 
-/// Whether `pid` is alive (and not a zombie).
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rfind(')')
-                .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
+pub use flotilla_testkit::procs::alive;
 
 /// Polls `f` every 50 ms until it returns `Some` or `within` passes.
 pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
