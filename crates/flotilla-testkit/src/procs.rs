@@ -58,7 +58,17 @@ mod tests {
             .spawn()
             .expect("sleep runs");
         let pid = child.id();
-        let under = processes_under(&root);
+        // On a loaded machine /proc can show the new child a moment after spawn returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut under = processes_under(&root);
+        while under.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            under = processes_under(&root);
+        }
+        if under != vec![pid] {
+            child.kill().ok();
+            child.wait().ok();
+        }
         assert_eq!(under, vec![pid]);
         assert_eq!(
             running_version(under.clone(), "20261125-190633-k3x9"),
