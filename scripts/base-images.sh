@@ -81,8 +81,13 @@ build() (
         exit 1
     fi
     local rootfs="$tmp/rootfs"
-    # What an image needs no copy of: downloaded packages, package lists, logs of the build.
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/debootstrap
+    # What an image needs no copy of: downloaded packages, package lists, logs of the build, and,
+    # as in debian:*-slim, documentation and translations. Docker's vfs driver copies the whole
+    # root filesystem for every container, so size is start-up time.
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
+        "$rootfs"/var/lib/apt/lists/* "$rootfs"/debootstrap \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/*
     if [ -d "$rootfs/etc/ssl/certs" ] && [ -n "$(ls -A "$rootfs/etc/ssl/certs")" ]; then
         log "$suite has certificates in /etc/ssl/certs, but the image must have no CA bundle:"
         ls -A "$rootfs/etc/ssl/certs" | head >&2

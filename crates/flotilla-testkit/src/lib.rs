@@ -1,9 +1,19 @@
-//! Helpers shared by the end-to-end tests of several crates (the host tests in `flotilla-cli`
-//! and the browser scenarios in `flotilla-browser`): finding the processes a test started, so it
-//! can check them and stop exactly those, by PID.
+//! Helpers shared by the end-to-end tests of several crates (the host tests in `flotilla-cli`,
+//! the browser scenarios in `flotilla-browser`, the container tests of the AWS provider): finding
+//! the processes a test started, and a private container runtime to run images and task
+//! definitions in.
 //!
 //! Modules:
 //! - [`procs`]: live processes by working directory and by environment, read from `/proc`.
+//! - [`docker`]: a private `dockerd` and image registry on their own socket and port, Debian and
+//!   `FROM scratch` base images built without Docker Hub, and building and pushing test images.
+//! - [`ecs_exec`]: runs an ECS task definition (as `describe-task-definition` returns it) in that
+//!   Docker the way Fargate would: dependency order, volumes, entryPoint and command, environment
+//!   and secrets, user, read-only root, stop timeout.
+//! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
 #![forbid(unsafe_code)]
 
+pub mod docker;
+pub mod ecs_exec;
+pub mod elf;
 pub mod procs;
