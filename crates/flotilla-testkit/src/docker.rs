@@ -119,7 +119,8 @@ fn private_dir(prefix: &str) -> Result<PathBuf> {
     let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
     if dir.exists() {
         // Left by an earlier process with the same PID that was killed before its watchdog ran.
-        std::fs::remove_dir_all(&dir).map_err(DockerError::io(format!("remove {}", dir.display())))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(DockerError::io(format!("remove {}", dir.display())))?;
     }
     std::fs::create_dir_all(&dir).map_err(DockerError::io(format!("create {}", dir.display())))?;
     Ok(dir)
@@ -139,12 +140,21 @@ fn command_line(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Runs `cmd` to completion and returns its stdout, or its stderr in the error.
+/// Runs `cmd` to completion and returns its stdout, or its stderr in the error. With
+/// `FLOTILLA_DOCKER_TRACE` set, prints each command and how long it took to stderr.
 pub fn output(mut cmd: Command) -> Result<String> {
+    let started = Instant::now();
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(DockerError::io(format!("run {}", command_line(&cmd))))?;
+    if std::env::var_os("FLOTILLA_DOCKER_TRACE").is_some() {
+        eprintln!(
+            "[{:>6.2}s] {}",
+            started.elapsed().as_secs_f64(),
+            command_line(&cmd)
+        );
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -472,7 +482,8 @@ impl Docker {
 
     /// `FROM scratch` plus Debian's static busybox as `/bin/busybox` with its applets linked in
     /// `/bin`, a world-writable `/tmp` and `/etc/passwd` naming root and `app` (uid 1000): a tiny
-    /// userland with no libc, for tests that need a shell in a container. Built once per daemon.
+    /// userland with no libc, for tests that need a shell in a container. Built once per daemon;
+    /// returns its tag.
     pub fn busybox_image(&self) -> Result<String> {
         const TAG: &str = "flotilla-test/busybox:static";
         let _guard = self.imports.lock().unwrap_or_else(|p| p.into_inner());
@@ -486,28 +497,29 @@ impl Docker {
                 "{BUSYBOX} is dynamically linked; install Debian's busybox-static (scripts/docker.sh)"
             )));
         }
-        // The busybox binary installs its own applet links (`--install -s`), so the image needs
-        // no shell to build: RUN executes busybox directly.
-        let dockerfile = "FROM scratch\n\
-             COPY busybox /bin/busybox\n\
-             COPY passwd /etc/passwd\n\
-             COPY group /etc/group\n\
-             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-             RUN [\"/bin/busybox\", \"mkdir\", \"-m\", \"1777\", \"/tmp\"]\n\
-             ENV PATH=/bin\n\
-             CMD [\"/bin/sh\"]\n";
-        self.build(
-            TAG,
-            dockerfile,
-            &[
-                ContextFile::copy("busybox", BUSYBOX),
-                ContextFile::bytes(
-                    "passwd",
-                    "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n",
-                ),
-                ContextFile::bytes("group", "root:x:0:\napp:x:1000:\n"),
-            ],
-        )?;
+        let mut list = Command::new(BUSYBOX);
+        list.arg("--list");
+        let applets = output(list)?;
+        // One COPY of a prepared tree (the applets as symlinks, /tmp with its sticky mode) and
+        // no RUN step: a RUN starts a container and commits a layer, which costs seconds on vfs.
+        let mut files = vec![
+            ContextFile::copy("rootfs/bin/busybox", BUSYBOX),
+            ContextFile::bytes(
+                "rootfs/etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n",
+            ),
+            ContextFile::bytes("rootfs/etc/group", "root:x:0:\napp:x:1000:\n"),
+            ContextFile::dir("rootfs/tmp").mode(0o1777),
+            ContextFile::dir("rootfs/root").mode(0o700),
+        ];
+        files.extend(
+            applets
+                .lines()
+                .filter(|a| !a.is_empty() && *a != "busybox")
+                .map(|a| ContextFile::symlink(format!("rootfs/bin/{a}"), "busybox")),
+        );
+        let dockerfile = "FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD [\"/bin/sh\"]\n";
+        self.build(TAG, dockerfile, &files)?;
         Ok(TAG.to_owned())
     }
 
@@ -598,6 +610,8 @@ pub struct ContextFile {
 enum Contents {
     Bytes(Vec<u8>),
     Copy(PathBuf),
+    Symlink(PathBuf),
+    Dir,
 }
 
 impl ContextFile {
@@ -619,6 +633,24 @@ impl ContextFile {
         }
     }
 
+    /// `name` as a symbolic link to `target` (COPY keeps it a link).
+    pub fn symlink(name: impl Into<String>, target: impl Into<PathBuf>) -> Self {
+        ContextFile {
+            name: name.into(),
+            contents: Contents::Symlink(target.into()),
+            mode: None,
+        }
+    }
+
+    /// `name` as an empty directory (give it a mode such as `0o1777` for a `/tmp`).
+    pub fn dir(name: impl Into<String>) -> Self {
+        ContextFile {
+            name: name.into(),
+            contents: Contents::Dir,
+            mode: None,
+        }
+    }
+
     /// Sets the file's mode, such as `0o755`.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = Some(mode);
@@ -634,8 +666,13 @@ impl ContextFile {
         match &self.contents {
             Contents::Bytes(b) => std::fs::write(&path, b).map(|_| ()),
             Contents::Copy(src) => std::fs::copy(src, &path).map(|_| ()),
+            Contents::Symlink(target) => std::os::unix::fs::symlink(target, &path),
+            Contents::Dir => std::fs::create_dir_all(&path),
         }
-        .map_err(DockerError::io(format!("write {} into the build context", self.name)))?;
+        .map_err(DockerError::io(format!(
+            "write {} into the build context",
+            self.name
+        )))?;
         if let Some(mode) = self.mode {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(DockerError::io(format!("chmod {}", path.display())))?;

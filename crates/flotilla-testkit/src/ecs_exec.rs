@@ -23,7 +23,12 @@
 //! - images are pulled before they run (Fargate always pulls), so an image must be in a registry
 //!   the daemon can reach, such as [`crate::docker::Registry`];
 //! - [`RunningTask::stop`] is StopTask: every running container gets `docker stop -t
-//!   <stopTimeout>` (SIGTERM, then SIGKILL after the timeout, 30 s by default), dependents first.
+//!   <stopTimeout>` (SIGTERM, then SIGKILL after the timeout, 30 s by default), dependents first;
+//!   [`RunningTask::wait_stopped`] is what follows an essential container's exit.
+//!
+//! Not modelled: CPU and memory limits, log drivers (read logs with [`RunningTask::logs`]),
+//! `environmentFiles`, EFS volumes (refused), the task metadata endpoint and task role
+//! credentials (pass credentials for moto in [`RunOptions::extra_env`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -273,7 +278,9 @@ pub enum ExecError {
     #[error("the executor cannot run this: {0}")]
     Unsupported(String),
     /// The caller's resolver could not resolve a secret.
-    #[error("container {container}: secret {name} (valueFrom {value_from}) did not resolve: {message}")]
+    #[error(
+        "container {container}: secret {name} (valueFrom {value_from}) did not resolve: {message}"
+    )]
     Secret {
         /// The container.
         container: String,
@@ -545,7 +552,11 @@ fn run_args(
                 c.name, v.source_container
             ))
         })?;
-        let ro = if v.read_only == Some(true) { ":ro" } else { ":rw" };
+        let ro = if v.read_only == Some(true) {
+            ":ro"
+        } else {
+            ":rw"
+        };
         args.extend(["--volumes-from".into(), format!("{id}{ro}")]);
     }
     if let Some(h) = &c.health_check {
@@ -615,6 +626,7 @@ impl std::fmt::Display for Logs {
 struct Started {
     name: String,
     id: String,
+    essential: bool,
     stop_timeout: u64,
 }
 
@@ -738,6 +750,7 @@ pub fn run_task<'d>(
         running.started.push(Started {
             name: c.name.clone(),
             id,
+            essential: c.is_essential(),
             stop_timeout: c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
         });
     }
@@ -783,6 +796,24 @@ impl RunningTask<'_> {
             Ok(s.exited().then_some(s))
         })?;
         Ok(state.exit_code)
+    }
+
+    /// What ECS does when an essential container exits: waits (up to `timeout`) until one has,
+    /// then stops the rest as [`RunningTask::stop`] does. Returns which essential container
+    /// exited first and every container's exit code.
+    pub fn wait_stopped(
+        &self,
+        timeout: Duration,
+    ) -> Result<(String, Vec<(String, i64)>), ExecError> {
+        let first = crate::docker::wait_for("an essential container exiting", timeout, || {
+            for s in self.started.iter().filter(|s| s.essential) {
+                if inspect_state(self.docker, &s.id)?.exited() {
+                    return Ok(Some(s.name.clone()));
+                }
+            }
+            Ok(None)
+        })?;
+        Ok((first, self.stop()?))
     }
 
     /// StopTask: `docker stop -t <stopTimeout>` on every container still running, in reverse start

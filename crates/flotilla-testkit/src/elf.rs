@@ -33,8 +33,9 @@ impl ElfInfo {
             what: format!("read {}", path.display()),
             source,
         })?;
-        ElfInfo::parse(&bytes)
-            .ok_or_else(|| DockerError::Failed(format!("{} is not a 64-bit ELF file", path.display())))
+        ElfInfo::parse(&bytes).ok_or_else(|| {
+            DockerError::Failed(format!("{} is not a 64-bit ELF file", path.display()))
+        })
     }
 
     /// Parses the headers of an ELF image; `None` unless it is 64-bit little-endian ELF.
@@ -72,7 +73,10 @@ mod tests {
     fn the_running_test_binary_is_dynamic_and_native() {
         let me = std::env::current_exe().expect("own path");
         let info = ElfInfo::read(&me).expect("own headers");
-        assert!(!info.is_static, "a Rust test binary on glibc has an interpreter");
+        assert!(
+            !info.is_static,
+            "a Rust test binary on glibc has an interpreter"
+        );
         if cfg!(target_arch = "x86_64") {
             assert_eq!(info.machine, Machine::X86_64);
         }

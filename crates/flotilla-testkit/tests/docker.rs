@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::docker::{BUSYBOX, ContextFile, DebianSuite, Docker, Registry};
-use flotilla_testkit::ecs_exec::{DependencyCondition, ExecError, RunOptions, TaskDefinition, run_task};
+use flotilla_testkit::ecs_exec::{
+    DependencyCondition, ExecError, RunOptions, TaskDefinition, run_task,
+};
 use flotilla_testkit::elf::{ElfInfo, Machine};
 
 fn docker() -> &'static Docker {
@@ -28,7 +30,12 @@ fn run_in(image: &str, args: &[&str]) -> String {
 fn pushed(name_tag: &str, extra: &str, files: &[ContextFile]) -> String {
     let base = docker().busybox_image().expect("busybox image builds");
     docker()
-        .build_and_push(registry(), name_tag, &format!("FROM {base}\n{extra}"), files)
+        .build_and_push(
+            registry(),
+            name_tag,
+            &format!("FROM {base}\n{extra}"),
+            files,
+        )
         .expect("image builds and pushes")
 }
 
@@ -40,12 +47,26 @@ fn a_static_scratch_image_runs_on_the_host_network_and_round_trips_through_the_r
 
     let image = docker().busybox_image().expect("busybox image builds");
     // No libc, no /lib: the image is FROM scratch plus one static binary.
-    assert_eq!(run_in(&image, &["/bin/sh", "-c", "ls /lib /usr 2>&1 | wc -l"]).trim(), "2");
+    assert_eq!(
+        run_in(&image, &["/bin/sh", "-c", "ls /lib /usr 2>&1 | wc -l"]).trim(),
+        "2"
+    );
+    // A world-writable, sticky /tmp, and the non-root user the task tests run as.
+    assert_eq!(
+        run_in(&image, &["/bin/sh", "-c", "stat -c %a /tmp; id app"]).trim(),
+        "1777\nuid=1000(app) gid=1000(app) groups=1000(app)"
+    );
 
     // --network host: the container reaches the registry the test started on 127.0.0.1.
     let answer = run_in(
         &image,
-        &["wget", "-q", "-O", "-", &format!("http://{}/v2/", registry().host())],
+        &[
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{}/v2/", registry().host()),
+        ],
     );
     assert_eq!(answer.trim(), "{}");
 
@@ -56,9 +77,13 @@ fn a_static_scratch_image_runs_on_the_host_network_and_round_trips_through_the_r
     );
     assert_eq!(reference, format!("{}/roundtrip:v1", registry().host()));
     assert_eq!(registry().tags("roundtrip").expect("tags"), ["v1"]);
-    docker().run(["rmi", &reference]).expect("local copy removed");
+    docker()
+        .run(["rmi", &reference])
+        .expect("local copy removed");
     assert!(!docker().has_image(&reference));
-    docker().run(["pull", &reference]).expect("pulled from the registry");
+    docker()
+        .run(["pull", &reference])
+        .expect("pulled from the registry");
     assert_eq!(run_in(&reference, &[]).trim(), "pulled back");
 }
 
@@ -79,9 +104,19 @@ fn debian_base_images_have_no_ca_bundle_and_their_own_glibc() {
             ],
         );
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "0", "{}: /etc/ssl/certs must be empty: {out}", suite.name());
+        assert_eq!(
+            lines[0],
+            "0",
+            "{}: /etc/ssl/certs must be empty: {out}",
+            suite.name()
+        );
         assert_eq!(lines[1], "not-installed", "{}: {out}", suite.name());
-        assert_eq!(lines[2], format!("glibc {}", suite.glibc()), "{}", suite.name());
+        assert_eq!(
+            lines[2],
+            format!("glibc {}", suite.glibc()),
+            "{}",
+            suite.name()
+        );
         assert_eq!(lines[3], suite.name());
     }
 }
@@ -95,7 +130,10 @@ fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
     let init = pushed(
         "init:v1",
         "COPY payload.txt /opt/payload.txt\n",
-        &[ContextFile::bytes("payload.txt", "from the init container\n")],
+        &[ContextFile::bytes(
+            "payload.txt",
+            "from the init container\n",
+        )],
     );
     // /data belongs to the app's user, so only the read-only root keeps it from writing there.
     let app = pushed("app:v1", "RUN mkdir /data && chown 1000:1000 /data\n", &[]);
@@ -151,7 +189,10 @@ fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
         }
     })
     .expect("task starts");
-    assert_eq!(asked, ["arn:aws:ssm:us-east-1:123456789012:parameter/web/db"]);
+    assert_eq!(
+        asked,
+        ["arn:aws:ssm:us-east-1:123456789012:parameter/web/db"]
+    );
 
     let init_state = running.state("init").expect("init state");
     assert!(init_state.exited(), "init finished before the app started");
@@ -175,7 +216,10 @@ fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
         "shared=read-only",
         "tmp=writable",
     ] {
-        assert!(log.lines().any(|l| l == line), "{line:?} missing from the app log:\n{log}");
+        assert!(
+            log.lines().any(|l| l == line),
+            "{line:?} missing from the app log:\n{log}"
+        );
     }
 
     let stopping = Instant::now();
@@ -183,20 +227,43 @@ fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
     let took = stopping.elapsed();
     assert_eq!(
         exits,
-        [("init".to_owned(), 0), ("app".to_owned(), 42), ("sidecar".to_owned(), 137)],
+        [
+            ("init".to_owned(), 0),
+            ("app".to_owned(), 42),
+            ("sidecar".to_owned(), 137)
+        ],
         "the app exits through its SIGTERM trap; the sidecar ignores SIGTERM (PID 1) and is \
          killed after its 1 s stopTimeout"
     );
-    assert!(running.logs("app").expect("app log").stdout.contains("got SIGTERM"));
-    assert!(took >= Duration::from_secs(1), "sidecar waited its stopTimeout: {took:?}");
-    assert!(took < Duration::from_secs(10), "app stopped on SIGTERM, not at its timeout: {took:?}");
+    assert!(
+        running
+            .logs("app")
+            .expect("app log")
+            .stdout
+            .contains("got SIGTERM")
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "sidecar waited its stopTimeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "app stopped on SIGTERM, not at its timeout: {took:?}"
+    );
 
     let label = running.label().to_owned();
     drop(running);
     let filter = format!("label=flotilla.task={label}");
-    assert_eq!(docker().run(["ps", "-aq", "--filter", &filter]).expect("ps"), "");
     assert_eq!(
-        docker().run(["volume", "ls", "-q", "--filter", &filter]).expect("volume ls"),
+        docker()
+            .run(["ps", "-aq", "--filter", &filter])
+            .expect("ps"),
+        ""
+    );
+    assert_eq!(
+        docker()
+            .run(["volume", "ls", "-q", "--filter", &filter])
+            .expect("volume ls"),
         ""
     );
 }
@@ -223,8 +290,10 @@ fn entry_point_and_command_replace_the_images_own_like_ecs() {
     })
     .to_string();
     let task = TaskDefinition::from_json(&json).expect("parses");
-    let running =
-        run_task(docker(), &task, &RunOptions::default(), |_| Err("no secrets".into())).expect("runs");
+    let running = run_task(docker(), &task, &RunOptions::default(), |_| {
+        Err("no secrets".into())
+    })
+    .expect("runs");
     for (name, want) in [
         ("neither", "image-entrypoint image-cmd"),
         ("command", "image-entrypoint task-cmd"),
@@ -233,8 +302,17 @@ fn entry_point_and_command_replace_the_images_own_like_ecs() {
         ("both", "task-entrypoint task-cmd"),
         ("workdir", "/tmp"),
     ] {
-        assert_eq!(running.wait_exit(name, Duration::from_secs(30)).expect("exits"), 0);
-        assert_eq!(running.logs(name).expect("log").stdout.trim(), want, "container {name}");
+        assert_eq!(
+            running
+                .wait_exit(name, Duration::from_secs(30))
+                .expect("exits"),
+            0
+        );
+        assert_eq!(
+            running.logs(name).expect("log").stdout.trim(),
+            want,
+            "container {name}"
+        );
     }
 }
 
@@ -253,8 +331,10 @@ fn a_failing_init_container_keeps_the_app_from_starting() {
     })
     .to_string();
     let task = TaskDefinition::from_json(&json).expect("parses");
-    let err = run_task(docker(), &task, &RunOptions::default(), |_| Err("none".into()))
-        .expect_err("the app must not start");
+    let err = run_task(docker(), &task, &RunOptions::default(), |_| {
+        Err("none".into())
+    })
+    .expect_err("the app must not start");
     match &err {
         ExecError::Dependency {
             container,
@@ -272,7 +352,9 @@ fn a_failing_init_container_keeps_the_app_from_starting() {
     }
     // Nothing of the failed task is left running.
     assert_eq!(
-        docker().run(["ps", "-aq", "--filter", "name=fails-"]).expect("ps"),
+        docker()
+            .run(["ps", "-aq", "--filter", "name=fails-"])
+            .expect("ps"),
         ""
     );
 }
@@ -295,8 +377,10 @@ fn a_healthy_dependency_waits_for_the_health_check() {
     .to_string();
     let task = TaskDefinition::from_json(&json).expect("parses");
     let started = Instant::now();
-    let running = run_task(docker(), &task, &RunOptions::default(), |_| Err("none".into()))
-        .expect("task starts");
+    let running = run_task(docker(), &task, &RunOptions::default(), |_| {
+        Err("none".into())
+    })
+    .expect("task starts");
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "the app waited for db's health check: {:?}",
@@ -311,7 +395,15 @@ fn dropping_the_daemon_stops_it_its_containers_and_removes_its_directory() {
     let docker = Docker::start().expect("dockerd starts");
     let image = docker.busybox_image().expect("busybox image");
     let id = docker
-        .run(["run", "--detach", "--network", "host", &image, "sleep", "1000"])
+        .run([
+            "run",
+            "--detach",
+            "--network",
+            "host",
+            &image,
+            "sleep",
+            "1000",
+        ])
         .expect("container starts");
     let container_pid: u32 = docker
         .run(["inspect", "--format", "{{.State.Pid}}", id.trim()])
@@ -323,7 +415,38 @@ fn dropping_the_daemon_stops_it_its_containers_and_removes_its_directory() {
     let dir = docker.dir().to_owned();
     assert!(flotilla_testkit::procs::alive(container_pid));
     drop(docker);
-    assert!(!flotilla_testkit::procs::alive(daemon_pid), "dockerd {daemon_pid} still runs");
-    assert!(!flotilla_testkit::procs::alive(container_pid), "container process {container_pid} still runs");
+    assert!(
+        !flotilla_testkit::procs::alive(daemon_pid),
+        "dockerd {daemon_pid} still runs"
+    );
+    assert!(
+        !flotilla_testkit::procs::alive(container_pid),
+        "container process {container_pid} still runs"
+    );
     assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+#[test]
+fn an_essential_container_exiting_stops_the_task() {
+    let image = pushed("exits:v1", "", &[]);
+    let json = serde_json::json!({
+      "family": "exits",
+      "containerDefinitions": [
+        {"name": "app", "image": image,
+         "entryPoint": ["/bin/sh", "-c", "sleep 1; echo crashing; exit 5"]},
+        {"name": "agent", "image": image, "entryPoint": ["/bin/sleep", "1000"], "stopTimeout": 1}
+      ]
+    })
+    .to_string();
+    let task = TaskDefinition::from_json(&json).expect("parses");
+    let running = run_task(docker(), &task, &RunOptions::default(), |_| {
+        Err("none".into())
+    })
+    .expect("starts");
+    let (first, exits) = running
+        .wait_stopped(Duration::from_secs(30))
+        .expect("the task stops");
+    assert_eq!(first, "app");
+    assert_eq!(exits, [("app".to_owned(), 5), ("agent".to_owned(), 137)]);
+    assert_eq!(running.logs("app").expect("log").stdout, "crashing\n");
 }
