@@ -584,7 +584,11 @@ pub fn repo_root() -> PathBuf {
 pub fn base_image_tarball(suite: DebianSuite) -> Result<PathBuf> {
     let script = repo_root().join("scripts/base-images.sh");
     let mut cmd = Command::new("bash");
-    cmd.arg(&script).arg("--path").arg(suite.name());
+    // Its progress (and how long a build took) goes to the test's log.
+    cmd.arg(&script)
+        .arg("--path")
+        .arg(suite.name())
+        .stderr(Stdio::inherit());
     let out = output(cmd)?;
     let path = PathBuf::from(out.trim());
     if path.is_file() {
