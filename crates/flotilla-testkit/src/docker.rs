@@ -111,6 +111,17 @@ fn require(binary: &'static str, package: &'static str) -> Result<()> {
     }
 }
 
+/// Whether this process runs as root (`Uid:` in `/proc/self/status`: real, effective, ...).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 /// A fresh directory `/tmp/<prefix>-<pid>-<n>`. Short on purpose: Unix socket paths (dockerd's,
 /// containerd's under the exec root) must stay under 108 bytes.
 fn private_dir(prefix: &str) -> Result<PathBuf> {
@@ -311,6 +322,11 @@ impl Docker {
     /// Starts a daemon that is stopped (its containers removed, its directory deleted) when the
     /// value is dropped.
     pub fn start() -> Result<Docker> {
+        if !running_as_root() {
+            return Err(DockerError::Failed(
+                "dockerd needs root; run the container tests as root (CI does)".into(),
+            ));
+        }
         require(DOCKERD, "docker.io")?;
         require(DOCKER_CLI, "docker.io")?;
         let dir = private_dir("flotilla-docker")?;

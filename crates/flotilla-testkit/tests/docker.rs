@@ -450,3 +450,24 @@ fn an_essential_container_exiting_stops_the_task() {
     assert_eq!(exits, [("app".to_owned(), 5), ("agent".to_owned(), 137)]);
     assert_eq!(running.logs("app").expect("log").stdout, "crashing\n");
 }
+
+#[test]
+fn an_arm64_task_does_not_run_an_x86_64_image() {
+    let image = pushed("amd64-only:v1", "", &[]);
+    let json = serde_json::json!({
+      "family": "graviton",
+      "runtimePlatform": {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"},
+      "containerDefinitions": [{"name": "app", "image": image, "entryPoint": ["/bin/true"]}]
+    })
+    .to_string();
+    let task = TaskDefinition::from_json(&json).expect("parses");
+    let err = run_task(docker(), &task, &RunOptions::default(), |_| {
+        Err("none".into())
+    })
+    .expect_err("an amd64 image must not start as arm64")
+    .to_string();
+    assert!(
+        err.contains("does not match the specified platform: wanted linux/arm64"),
+        "{err}"
+    );
+}
