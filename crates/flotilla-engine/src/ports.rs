@@ -98,6 +98,59 @@ pub enum ImageRequest {
     Build(PathBuf),
 }
 
+/// Where the value of one of the app's secrets comes from.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// The value itself, read by the deploying command (the host provider, from its secrets
+    /// file). Never shown: `Debug` prints `<redacted>`.
+    Value(String),
+    /// A reference the runtime resolves when an instance starts (on AWS, an SSM parameter or a
+    /// Secrets Manager secret ARN for the task definition's `valueFrom`).
+    Reference(String),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Value(_) => f.write_str("Value(<redacted>)"),
+            SecretSource::Reference(r) => f.debug_tuple("Reference").field(r).finish(),
+        }
+    }
+}
+
+/// The app's own environment for one version: what its deploy declared. It is part of what a
+/// version is: a restart or a rollback brings back exactly these values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEnv {
+    /// Plain variables by name.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Secrets by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+impl AppEnv {
+    /// Whether it declares nothing.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty() && self.secrets.is_empty()
+    }
+
+    /// Every variable whose value is known here, secrets with values included, for a process
+    /// the provider starts itself. References are left out: only their runtime resolves them.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        let secrets = self.secrets.iter().filter_map(|(k, v)| match v {
+            SecretSource::Value(value) => Some((k.as_str(), value.as_str())),
+            SecretSource::Reference(_) => None,
+        });
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(secrets)
+    }
+}
+
 /// Everything needed to create one version's instances.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionSpec {
@@ -109,6 +162,9 @@ pub struct VersionSpec {
     pub image: ImageRef,
     /// How many instances to run.
     pub instances: u32,
+    /// The app's environment (absent in records written before it existed).
+    #[serde(default, skip_serializing_if = "AppEnv::is_empty")]
+    pub env: AppEnv,
 }
 
 /// What a version's compute looks like now.

@@ -27,8 +27,8 @@ use flotilla_core::routing::{
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, VersionState};
 
 use crate::ports::{
-    Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
-    LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
+    AppEnv, Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource,
+    LockInfo, LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
 };
 
 /// How the instances of a version behave once started.
@@ -339,6 +339,11 @@ impl Sim {
         }
     }
 
+    /// The app environment `id`'s compute was created with, if it has compute.
+    pub fn env_of(&self, id: &DeploymentId) -> Option<AppEnv> {
+        self.world().compute.get(id).map(|s| s.env.clone())
+    }
+
     /// Adds log lines to `id`'s logs, after what its instances log by themselves.
     pub fn add_logs(&self, id: &DeploymentId, lines: &[&str]) {
         if let Some(service) = self.world().compute.get_mut(id) {
@@ -370,6 +375,7 @@ impl Sim {
             id: id.clone(),
             image: ImageRef(format!("outside/{id}")),
             instances,
+            env: Default::default(),
         };
         w.create_service(&spec);
     }
@@ -494,6 +500,7 @@ struct Service {
     next_instance: u32,
     behavior: Behavior,
     extra_logs: Vec<String>,
+    env: AppEnv,
 }
 
 struct Instance {
@@ -720,6 +727,7 @@ impl World {
             next_instance: 0,
             behavior,
             extra_logs: Vec::new(),
+            env: spec.env.clone(),
         };
         for _ in 0..spec.instances {
             service.start_instance(self.now);
@@ -1069,6 +1077,7 @@ mod tests {
             id: id.clone(),
             image: ImageRef("img".into()),
             instances,
+            env: Default::default(),
         }
     }
 

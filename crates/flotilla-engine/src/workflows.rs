@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::error::EngineError;
 use crate::events::{Event, Progress};
 use crate::ports::{
-    ComputeStatus, ErrorKind, ImageRequest, LockInfo, LockOutcome, PortError, Ports, VersionRecord,
-    VersionSpec,
+    AppEnv, ComputeStatus, ErrorKind, ImageRequest, LockInfo, LockOutcome, PortError, Ports,
+    VersionRecord, VersionSpec,
 };
 
 /// How the workflows behave for one deployment name.
@@ -55,6 +55,8 @@ pub struct DeployRequest {
     pub min_healthy: u32,
     /// Break a lock held by someone else.
     pub break_lock: bool,
+    /// The app's environment for this version.
+    pub env: AppEnv,
 }
 
 /// What a successful deploy did.
@@ -617,6 +619,7 @@ impl Engine {
             id: id.clone(),
             image,
             instances: record.instances,
+            env: request.env.clone(),
         };
         let what = format!("creating {} instances", record.instances);
         let on_err = step(progress, &id, &what);

@@ -76,6 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     instances: 2,
                     min_healthy: 2,
                     break_lock: false,
+                    env: Default::default(),
                 },
                 &Silent,
             )

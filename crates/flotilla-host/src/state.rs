@@ -73,6 +73,35 @@ CREATE TABLE IF NOT EXISTS processes (id TEXT NOT NULL, instance TEXT NOT NULL, 
     PRIMARY KEY (id, instance));
 ";
 
+/// Makes the database file (created empty if missing) readable and writable by its owner only:
+/// it holds each version's environment, secrets included. SQLite gives its `-wal` and `-shm`
+/// files the database's permissions.
+fn owner_only(path: &Path) -> Result<(), HostError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |operation: &'static str| {
+        let path = path.to_path_buf();
+        move |source| HostError::Io {
+            operation,
+            path,
+            source,
+        }
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create state database"))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(io("restrict permissions of"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Tombstones kept: enough for any realistic number of old tabs' versions, bounded all the same.
 const MAX_TOMBSTONES: i64 = 1000;
 
@@ -89,6 +118,7 @@ impl Store {
                 source,
             }
         };
+        owner_only(path)?;
         let conn = Connection::open(path).map_err(sql("open"))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
@@ -557,6 +587,34 @@ mod tests {
         store.delete_version(&id(2)).expect("delete is idempotent");
         assert_eq!(store.get_version(&id(2)).expect("get"), None);
         assert!(store.get_version(&id(3)).expect("get").is_some());
+    }
+
+    #[test]
+    fn the_database_and_its_journal_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.db");
+        // An older state file, world-readable: tightened when opened.
+        std::fs::write(&db, b"").expect("write");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = open(&dir);
+        store
+            .put_version(&VersionRecord {
+                version: Version::new(id(1), Timestamp::from_secs(1)),
+                image: None,
+                instances: 1,
+                ready_passes: 0,
+            })
+            .expect("put");
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("state.db{suffix}"));
+            let mode = std::fs::metadata(&file)
+                .expect("exists")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
     }
 
     #[test]

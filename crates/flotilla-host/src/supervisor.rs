@@ -542,6 +542,11 @@ impl Monitor {
             .arg("-c")
             .arg(&launch.command)
             .current_dir(&launch.release_dir)
+            // The version's environment is what its deploy declared, not whatever the command
+            // that first started the daemon happened to have: only the basics pass through.
+            .env_clear()
+            .envs(inherited_env(std::env::vars_os()))
+            .envs(self.record.spec.env.values())
             .env("PORT", port.to_string())
             .env("FLOTILLA_DEPLOYMENT_NAME", self.inner.name.as_str())
             .env("FLOTILLA_DEPLOYMENT_ID", self.id.as_str())
@@ -565,10 +570,8 @@ impl Monitor {
             stop_group(pid, Some(&mut child), self.inner.stop_timeout).await;
             return Err(e);
         }
-        self.log_line(&format!(
-            "started pid {pid} on port {port} (command: {})",
-            launch.command
-        ));
+        // Not the command line: a value written inline there (a token) must not reach the log.
+        self.log_line(&format!("started pid {pid} on port {port}"));
         self.state.pid.store(pid, Ordering::Relaxed);
         self.state.running.store(true, Ordering::Relaxed);
         (self.inner.on_change)();
@@ -727,6 +730,25 @@ fn group_members(pgid: u32, id: &DeploymentId, instance: &InstanceId) -> Vec<u32
     out
 }
 
+/// Variables of the daemon's own environment that every instance inherits: what a shell needs
+/// to find programs and speak the right language. Everything else comes from the version's
+/// declared environment.
+const INHERITED_VARS: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// The part of `vars` (the daemon's environment) an instance inherits: [`INHERITED_VARS`] and the
+/// `LC_*` locale variables.
+fn inherited_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| INHERITED_VARS.contains(&k) || k.starts_with("LC_"))
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,6 +794,7 @@ mod tests {
                 id: id(n),
                 image: ImageRef(f.dir.display().to_string()),
                 instances: desired,
+                env: Default::default(),
             },
             launch: Launch {
                 command: command.to_owned(),
@@ -842,6 +865,49 @@ mod tests {
         }
         assert!(f.store.list_processes().expect("list").is_empty());
         assert!(f.store.list_compute().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn instances_see_their_declared_environment_and_not_the_daemons() {
+        use flotilla_engine::ports::{AppEnv, SecretSource};
+        let f = fixture();
+        // HOSTNAME is in this test process's environment on most machines; FLOTILLA_TEST_LEAK is
+        // set for sure. Neither is declared, so neither may reach the instance.
+        let leaked = std::env::vars()
+            .find(|(k, _)| !INHERITED_VARS.contains(&k.as_str()) && !k.starts_with("LC_"));
+        let cmd = "echo \"feature=$FEATURE token=$API_TOKEN path=${PATH:+set}\"; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; sleep 60";
+        let mut rec = record(&f, 9, cmd, 1);
+        rec.spec.env = AppEnv {
+            vars: [("FEATURE".to_owned(), "second".to_owned())].into(),
+            secrets: [(
+                "API_TOKEN".to_owned(),
+                SecretSource::Value("s3cr3t-value".to_owned()),
+            )]
+            .into(),
+        };
+        f.sup.create(rec).expect("create");
+        let log = f.dir.join("logs").join(id(9).as_str()).join("i1.log");
+        wait_until("log written", || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("PORT"))
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            text.contains("feature=second token=s3cr3t-value path=set"),
+            "{text}"
+        );
+        if let Some((var, _)) = leaked {
+            let names = text.lines().find(|l| l.contains("PORT")).unwrap_or("");
+            assert!(
+                !names.split_whitespace().any(|n| n == var),
+                "{var} leaked from the daemon's environment: {names}"
+            );
+        }
+        // flotilla's own lines never carry the command (which could hold an inline value).
+        for line in text.lines().filter(|l| l.starts_with("flotilla: ")) {
+            assert!(!line.contains("echo"), "{line}");
+        }
+        f.sup.delete(&id(9)).await.expect("delete");
     }
 
     #[tokio::test]

@@ -133,6 +133,7 @@ pub fn request(id: &DeploymentId, break_lock: bool) -> DeployRequest {
         instances: 2,
         min_healthy: 1,
         break_lock,
+        env: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use flotilla_core::drain::Readiness;
 use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason};
 use flotilla_core::routing::{Affinity, RouteDecision, RouteRequest, RuleBudget, route};
 use flotilla_engine::events::{Event, Recorder, Silent};
-use flotilla_engine::ports::{ErrorKind, ImageRequest, LockOutcome};
+use flotilla_engine::ports::{AppEnv, ErrorKind, ImageRequest, LockOutcome, SecretSource};
 use flotilla_engine::sim::{Behavior, FaultMode, Trigger};
 use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
 use flotilla_engine::{Engine, EngineError};
@@ -910,4 +910,55 @@ async fn a_ready_pass_count_from_before_a_rollback_does_not_shorten_the_next_dra
         vec![ReapAction::RecordReadyPasses { id: v1, passes: 1 }],
         "one ready pass is not enough to retire"
     );
+}
+
+#[tokio::test]
+async fn each_version_runs_with_the_environment_its_deploy_declared() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let env_of = |value: &str| AppEnv {
+        vars: [("FEATURE".to_owned(), value.to_owned())].into(),
+        secrets: [(
+            "TOKEN".to_owned(),
+            SecretSource::Reference(format!("ssm:/shop/{value}")),
+        )]
+        .into(),
+    };
+    let v1 = w.next_id();
+    let first = DeployRequest {
+        env: env_of("first"),
+        ..request(&v1, false)
+    };
+    alice.deploy(first, &Silent).await.expect("deploys v1");
+    w.sim.advance(MIN);
+    let v2 = w.next_id();
+    let second = DeployRequest {
+        env: env_of("second"),
+        ..request(&v2, false)
+    };
+    alice.deploy(second, &Silent).await.expect("deploys v2");
+    assert_eq!(w.sim.env_of(&v1), Some(env_of("first")));
+    assert_eq!(w.sim.env_of(&v2), Some(env_of("second")));
+    // A rollback points fresh traffic at v1 as it runs: its values come back with it.
+    alice
+        .rollback(Some(v1.clone()), &Silent)
+        .await
+        .expect("rolls back");
+    assert_eq!(w.sim.view().fresh_target(), Some(v1.clone()));
+    assert_eq!(w.sim.env_of(&v1), Some(env_of("first")));
+}
+
+#[test]
+fn secret_values_never_show_in_debug_output() {
+    let env = AppEnv {
+        vars: Default::default(),
+        secrets: [(
+            "DB_PASSWORD".to_owned(),
+            SecretSource::Value("hunter2".to_owned()),
+        )]
+        .into(),
+    };
+    let shown = format!("{env:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("DB_PASSWORD"), "{shown}");
 }
