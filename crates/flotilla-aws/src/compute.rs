@@ -12,15 +12,29 @@ use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, DesiredStatus,
     KeyValuePair, LaunchType, LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration,
-    NetworkMode, PortMapping, PropagateTags, Service, ServiceField, SortOrder, Tag,
+    NetworkMode, PortMapping, PropagateTags, Secret, Service, ServiceField, SortOrder, Tag,
     TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use flotilla_core::{DeploymentId, InstanceId};
-use flotilla_engine::ports::{Compute, ComputeStatus, ErrorKind, PortError, VersionSpec};
+use flotilla_engine::ports::{
+    Compute, ComputeStatus, ErrorKind, PortError, SecretSource, VersionSpec,
+};
 
 use crate::ctx::{Ctx, TAG_ID, TAG_NAME, TAG_STATE, arn_tail};
 use crate::error::{code_of, port_error};
+use crate::secrets::SecretRef;
+
+/// The ARN partition of `region`.
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
 
 /// The container's name in every task definition.
 pub const CONTAINER_NAME: &str = "app";
@@ -107,8 +121,18 @@ impl EcsCompute {
                 e.to_string(),
             )
         })?;
+        let mut app_env = Vec::new();
+        for (name, value) in &spec.env.vars {
+            app_env.push(env(name, value.clone()));
+        }
+        let mut secrets = Vec::new();
+        for (name, source) in &spec.env.secrets {
+            secrets.push(self.secret(spec, name, source)?);
+        }
         Ok(ContainerDefinition::builder()
             .name(CONTAINER_NAME)
+            .set_environment(Some(app_env))
+            .set_secrets(Some(secrets))
             .image(&spec.image.0)
             .essential(true)
             .cpu(t.cpu as i32)
@@ -158,6 +182,40 @@ impl EcsCompute {
             .log_configuration(logs)
             .stop_timeout(t.stop_timeout_seconds as i32)
             .build())
+    }
+
+    /// One of the app's secrets as the task definition names it: ECS reads the value with the
+    /// execution role when the task starts, so the value never passes through flotilla.
+    fn secret(
+        &self,
+        spec: &VersionSpec,
+        name: &str,
+        source: &SecretSource,
+    ) -> Result<Secret, PortError> {
+        let invalid = |message: String| {
+            PortError::new(ErrorKind::Invalid, "define task", spec.id.as_str(), message)
+        };
+        let SecretSource::Reference(text) = source else {
+            return Err(invalid(format!(
+                "secret {name} carries a value; on AWS a secret is a reference to SSM or \
+                 Secrets Manager ([secrets] in flotilla.toml)"
+            )));
+        };
+        let reference =
+            SecretRef::parse(text).map_err(|m| invalid(format!("secret {name}: {m}")))?;
+        let account = self.ctx.baseline.account_id().ok_or_else(|| {
+            invalid(
+                "the account id is unknown (no listener ARN in the baseline outputs); run \
+                 `flotilla baseline up` or set [aws] listener_arn"
+                    .to_owned(),
+            )
+        })?;
+        let region = &self.ctx.region;
+        Secret::builder()
+            .name(name)
+            .value_from(reference.value_from(partition_of(region), region, account))
+            .build()
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// The newest ACTIVE revision of the family if it belongs to `id` (a re-run after a crash

@@ -10,6 +10,7 @@
 //! - [`compute`]: versions as ECS services and task definition revisions.
 //! - [`routing`]: affinity as target groups and listener rules; the default forward.
 //! - [`state`]: records, drain state, task readiness and the deploy lock in SSM.
+//! - [`secrets`]: the app's secret references (SSM, Secrets Manager) and their IAM resources.
 //! - [`images`]: prebuilt image URIs, or docker build and ECR push.
 //! - [`clock`]: the system clock.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
@@ -27,6 +28,7 @@ pub mod images;
 pub mod lambda;
 pub mod routing;
 pub mod sdk;
+pub mod secrets;
 pub mod settings;
 pub mod stack;
 pub mod state;
@@ -71,6 +73,12 @@ pub fn connect_with(
     };
     let outputs = settings.baseline_overrides.clone().or(from_file);
     let baseline = Baseline::resolve(outputs, needs, &path)?;
+    if needs == Needs::Deploy {
+        let problems = secrets::ungranted(&settings.declared_secrets, &baseline, &region);
+        if !problems.is_empty() {
+            return Err(AwsError::Settings { problems });
+        }
+    }
     let ctx = Arc::new(ctx::Ctx::new(
         settings.name.clone(),
         clients,

@@ -41,6 +41,9 @@ pub struct AwsSettings {
     pub routing: RoutingSettings,
     /// The docker executable used to build images.
     pub docker: String,
+    /// The app's `[secrets]` references, checked against the baseline's grants before a deploy
+    /// creates anything.
+    pub declared_secrets: Vec<String>,
 }
 
 impl AwsSettings {
@@ -58,6 +61,7 @@ impl AwsSettings {
             task: TaskSettings::default(),
             routing: RoutingSettings::default(),
             docker: "docker".to_owned(),
+            declared_secrets: Vec::new(),
         }
     }
 
@@ -322,6 +326,15 @@ pub struct BaselineOutputs {
     /// The VPC of the load balancer; looked up from the listener when absent.
     #[serde(default, alias = "VpcId")]
     pub vpc_id: Option<String>,
+    /// The IAM resources of the app secrets the baseline's execution role may read; absent when
+    /// the baseline does not say (an older stack, or an execution role managed elsewhere).
+    #[serde(
+        default,
+        alias = "SecretGrants",
+        deserialize_with = "list_or_csv",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secret_grants: Option<Vec<String>>,
 }
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -337,7 +350,7 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
         Some(Raw::Csv(s)) => Some(
             s.split(',')
                 .map(str::trim)
-                .filter(|x| !x.is_empty())
+                .filter(|x| !x.is_empty() && *x != "none")
                 .map(str::to_owned)
                 .collect(),
         ),
@@ -377,6 +390,7 @@ impl BaselineOutputs {
 
     /// `self` with every missing field taken from `fallback`.
     pub fn or(self, fallback: BaselineOutputs) -> BaselineOutputs {
+        let own_role = self.execution_role_arn.is_some();
         BaselineOutputs {
             listener_arn: self.listener_arn.or(fallback.listener_arn),
             subnets: self.subnets.or(fallback.subnets),
@@ -387,6 +401,12 @@ impl BaselineOutputs {
             execution_role_arn: self.execution_role_arn.or(fallback.execution_role_arn),
             task_role_arn: self.task_role_arn.or(fallback.task_role_arn),
             vpc_id: self.vpc_id.or(fallback.vpc_id),
+            // Grants describe the baseline's own role: overriding the role drops them.
+            secret_grants: if own_role {
+                self.secret_grants
+            } else {
+                self.secret_grants.or(fallback.secret_grants)
+            },
         }
     }
 }
@@ -421,6 +441,8 @@ pub struct Baseline {
     pub task_role_arn: Option<String>,
     /// The VPC, if known.
     pub vpc_id: Option<String>,
+    /// The app secrets the execution role may read, when the baseline says.
+    pub secret_grants: Option<Vec<String>>,
 }
 
 impl Baseline {
@@ -471,6 +493,7 @@ impl Baseline {
             execution_role_arn: outputs.execution_role_arn,
             task_role_arn: outputs.task_role_arn,
             vpc_id: outputs.vpc_id,
+            secret_grants: outputs.secret_grants,
         })
     }
 

@@ -225,6 +225,26 @@ pub struct BaselineOptions {
     pub reaper: ReaperOptions,
     /// Alarms and who hears about them.
     pub alarms: AlarmOptions,
+    /// The app's secrets the execution role may read when a task starts: exactly these.
+    #[serde(default)]
+    pub secrets: SecretGrants,
+}
+
+/// The secrets the tasks' execution role is allowed to read, as IAM resources. A resource may use
+/// `${AWS::Partition}`, `${AWS::Region}` and `${AWS::AccountId}` (it is written with `Fn::Sub`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGrants {
+    /// SSM parameter ARNs (`ssm:GetParameters`).
+    pub ssm_parameters: Vec<String>,
+    /// Secrets Manager secret ARNs (`secretsmanager:GetSecretValue`).
+    pub secrets_manager: Vec<String>,
+}
+
+impl SecretGrants {
+    /// Whether no secret is granted.
+    pub fn is_empty(&self) -> bool {
+        self.ssm_parameters.is_empty() && self.secrets_manager.is_empty()
+    }
 }
 
 impl BaselineOptions {
@@ -247,6 +267,7 @@ impl BaselineOptions {
             keep_images: 30,
             reaper: ReaperOptions::default(),
             alarms: AlarmOptions::default(),
+            secrets: SecretGrants::default(),
         }
     }
 

@@ -65,6 +65,9 @@ pub const ALARM_TOPIC_ARN: &str = "AlarmTopicArn";
 /// security group admits it, from the load balancer only). Deploys must use the same port.
 pub const CONTAINER_PORT: &str = "ContainerPort";
 
+/// The app secrets the execution role may read: their IAM resources, comma-separated, or `none`.
+pub const SECRET_GRANTS: &str = "SecretGrants";
+
 /// Every output name the template may emit.
 pub const ALL: &[&str] = &[
     MODE,
@@ -94,6 +97,7 @@ pub const ALL: &[&str] = &[
     DASHBOARD_NAME,
     ALARM_TOPIC_ARN,
     CONTAINER_PORT,
+    SECRET_GRANTS,
 ];
 
 /// Whether the load balancer terminates TLS.
@@ -204,6 +208,10 @@ pub struct BaselineOutputs {
     pub alarm_topic_arn: Option<String>,
     /// The port the load balancer reaches tasks on (the agent's port).
     pub container_port: u16,
+    /// The IAM resources of the app secrets the execution role may read; `None` from a stack
+    /// made before flotilla granted secrets.
+    #[serde(default)]
+    pub secret_grants: Option<Vec<String>>,
 }
 
 /// Why a stack's outputs do not make a [`BaselineOutputs`].
@@ -351,6 +359,13 @@ impl BaselineOutputs {
             dashboard_name,
             alarm_topic_arn: opt(ALARM_TOPIC_ARN),
             container_port,
+            secret_grants: opt(SECRET_GRANTS).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty() && *g != "none")
+                    .map(str::to_owned)
+                    .collect()
+            }),
         })
     }
 
@@ -401,6 +416,14 @@ impl BaselineOutputs {
             out.insert(ALARM_TOPIC_ARN, t.clone());
         }
         out.insert(CONTAINER_PORT, self.container_port.to_string());
+        if let Some(grants) = &self.secret_grants {
+            let joined = if grants.is_empty() {
+                "none".to_owned()
+            } else {
+                grants.join(",")
+            };
+            out.insert(SECRET_GRANTS, joined);
+        }
         out
     }
 }

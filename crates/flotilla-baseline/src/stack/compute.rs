@@ -107,6 +107,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             vec![log_group_arn],
         ),
     ]);
+    let execution_policy = with_secret_grants(execution_policy, &options.secrets);
     t.add(
         ids::EXECUTION_ROLE,
         Resource::new(
@@ -211,4 +212,28 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             }),
         ),
     );
+}
+
+/// The execution policy plus reads of exactly the app's secrets (ECS resolves the task
+/// definition's `secrets` with the execution role when a task starts).
+fn with_secret_grants(
+    mut policy: PolicyDocument,
+    grants: &crate::options::SecretGrants,
+) -> PolicyDocument {
+    let subs = |arns: &[String]| arns.iter().map(sub).collect::<Vec<_>>();
+    if !grants.ssm_parameters.is_empty() {
+        policy.statements.push(Statement::allow(
+            "ReadAppSecretsFromParameterStore",
+            &["ssm:GetParameters"],
+            subs(&grants.ssm_parameters),
+        ));
+    }
+    if !grants.secrets_manager.is_empty() {
+        policy.statements.push(Statement::allow(
+            "ReadAppSecretsFromSecretsManager",
+            &["secretsmanager:GetSecretValue"],
+            subs(&grants.secrets_manager),
+        ));
+    }
+    policy
 }

@@ -346,6 +346,22 @@ fn add_outputs(t: &mut Template, options: &BaselineOptions, mode: Mode) {
             topic,
         );
     }
+    let grants: Vec<serde_json::Value> = options
+        .secrets
+        .ssm_parameters
+        .iter()
+        .chain(&options.secrets.secrets_manager)
+        .map(|a| sub(a.as_str()))
+        .collect();
+    t.output(
+        outputs::SECRET_GRANTS,
+        "The app secrets the execution role may read (deploys check their [secrets] against it).",
+        if grants.is_empty() {
+            json!("none")
+        } else {
+            json!({ "Fn::Join": [",", grants] })
+        },
+    );
     t.output(
         outputs::CONTAINER_PORT,
         "The port the load balancer reaches tasks on (the flotilla agent's port); deploys must use it.",

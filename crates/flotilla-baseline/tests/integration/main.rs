@@ -7,7 +7,7 @@ mod properties;
 mod template;
 
 use flotilla_baseline::{
-    AccessLogs, BaselineOptions, NatMode, Notifications, Template, TlsMode, build,
+    AccessLogs, BaselineOptions, NatMode, Notifications, SecretGrants, Template, TlsMode, build,
 };
 use flotilla_core::DeploymentName;
 
@@ -42,6 +42,16 @@ pub fn variants() -> Vec<(&'static str, BaselineOptions)> {
     });
     per_az.alarms.notifications =
         Notifications::Topic("arn:aws:sns:eu-west-1:123456789012:ops-alerts".into());
+    // The app reads two secrets: one by parameter name, one Secrets Manager ARN.
+    per_az.secrets = SecretGrants {
+        ssm_parameters: vec![
+            "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/prod/db-url"
+                .into(),
+        ],
+        secrets_manager: vec![
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-auth-AbC123".into(),
+        ],
+    };
 
     vec![
         ("https", https),

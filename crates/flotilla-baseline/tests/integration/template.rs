@@ -302,9 +302,9 @@ fn outputs_are_the_documented_contract() {
             .cloned()
             .collect()
     };
-    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("https").join(" "));
-    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("http-only").join(" "));
     let all: BTreeSet<&str> = outputs::ALL.iter().copied().collect();
     for label in ["https", "http-only", "per-az"] {
@@ -608,4 +608,53 @@ fn invalid_options_build_nothing() {
     let err = flotilla_baseline::build(&options).expect_err("invalid");
     let fields: Vec<&str> = err.problems.iter().map(|p| p.field).collect();
     assert_eq!(fields, ["aws.domain", "aws.container_port"]);
+}
+
+#[test]
+fn the_execution_role_may_read_exactly_the_apps_secrets() {
+    let statements = |t: &Value| -> Vec<Value> {
+        props(t, "ExecutionRole")["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+            .clone()
+    };
+    let sids = |t: &Value| -> Vec<String> {
+        statements(t)
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // Without secrets: no statement about them, and the output says none.
+    let plain = json_of(&variant("https"));
+    assert!(
+        !sids(&plain).iter().any(|s| s.contains("Secret")),
+        "{:?}",
+        sids(&plain)
+    );
+    assert_eq!(plain["Outputs"]["SecretGrants"]["Value"], json!("none"));
+
+    let t = json_of(&variant("per-az"));
+    let by_sid: BTreeMap<String, Value> = statements(&t)
+        .into_iter()
+        .map(|s| (s["Sid"].as_str().unwrap_or("").to_owned(), s))
+        .collect();
+    let ssm = &by_sid["ReadAppSecretsFromParameterStore"];
+    assert_eq!(ssm["Action"], json!(["ssm:GetParameters"]));
+    assert_eq!(
+        ssm["Resource"],
+        json!([{"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/prod/db-url"}])
+    );
+    let sm = &by_sid["ReadAppSecretsFromSecretsManager"];
+    assert_eq!(sm["Action"], json!(["secretsmanager:GetSecretValue"]));
+    assert_eq!(
+        sm["Resource"],
+        json!([{"Fn::Sub": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-auth-AbC123"}])
+    );
+    // Deploys read the grants back from the stack's outputs.
+    assert_eq!(
+        t["Outputs"]["SecretGrants"]["Value"]["Fn::Join"][1]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 }

@@ -218,6 +218,7 @@ impl World {
             execution_role_arn: Some("arn:aws:iam::123456789012:role/flotilla-exec".to_owned()),
             task_role_arn: Some("arn:aws:iam::123456789012:role/flotilla-task".to_owned()),
             vpc_id: None,
+            secret_grants: None,
         };
         World {
             moto,
@@ -272,6 +273,7 @@ impl World {
             instances: 2,
             min_healthy: 1,
             break_lock: false,
+            env: Default::default(),
         }
     }
 
@@ -280,6 +282,15 @@ impl World {
         &self,
         engine: &Engine,
         id: &DeploymentId,
+    ) -> Result<DeployOutcome, EngineError> {
+        self.deploy_request(engine, Self::request(id)).await
+    }
+
+    /// Deploys `request` while the ECS stand-in runs its tasks.
+    pub async fn deploy_request(
+        &self,
+        engine: &Engine,
+        request: DeployRequest,
     ) -> Result<DeployOutcome, EngineError> {
         let ecs = self.ecs();
         let stop = tokio::sync::watch::channel(false);
@@ -293,7 +304,7 @@ impl World {
                 }
             }
         });
-        let out = engine.deploy(Self::request(id), &Silent).await;
+        let out = engine.deploy(request, &Silent).await;
         let _ = stop.0.send(true);
         let _ = settler.await;
         out

@@ -1,0 +1,158 @@
+//! The app's own environment on AWS: plain variables in the task definition's `environment`,
+//! secrets as `secrets[].valueFrom` references that ECS resolves with the execution role, and a
+//! deploy refused before anything exists when the baseline's role may not read a secret.
+
+use flotilla_aws::Needs;
+use flotilla_engine::ports::{AppEnv, SecretSource};
+use flotilla_engine::workflows::DeployRequest;
+
+use crate::support::{REGION, World, next_id};
+
+const SM_ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop-auth-AbC123";
+
+fn app_env(level: &str) -> AppEnv {
+    AppEnv {
+        vars: [("LOG_LEVEL".to_owned(), level.to_owned())].into(),
+        secrets: [
+            (
+                "DATABASE_URL".to_owned(),
+                SecretSource::Reference("ssm:/shop/database-url".to_owned()),
+            ),
+            (
+                "AUTH_SECRET".to_owned(),
+                SecretSource::Reference(format!("{SM_ARN}:password::")),
+            ),
+        ]
+        .into(),
+    }
+}
+
+/// The environment and secrets of the app container of `id`'s task definition.
+async fn container_env(
+    w: &World,
+    id: &flotilla_core::DeploymentId,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let service = flotilla_core::names::service_name(&w.name, id);
+    let described = w
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(&w.cluster)
+        .services(&service)
+        .send()
+        .await
+        .expect("describe service");
+    let td = described.services()[0]
+        .task_definition()
+        .expect("task definition")
+        .to_owned();
+    let td = w
+        .clients
+        .ecs
+        .describe_task_definition()
+        .task_definition(td)
+        .send()
+        .await
+        .expect("describe task definition");
+    let app = td
+        .task_definition()
+        .expect("td")
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some(flotilla_aws::compute::CONTAINER_NAME))
+        .expect("app container")
+        .clone();
+    let env = app
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap_or("").to_owned(),
+                kv.value().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let secrets = app
+        .secrets()
+        .iter()
+        .map(|s| (s.name().to_owned(), s.value_from().to_owned()))
+        .collect();
+    (env, secrets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_carries_its_own_variables_and_secret_references() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let v1 = next_id();
+    let first = DeployRequest {
+        env: app_env("info"),
+        ..World::request(&v1)
+    };
+    w.deploy_request(&engine, first).await.expect("deploy v1");
+    let v2 = next_id();
+    let second = DeployRequest {
+        env: app_env("debug"),
+        ..World::request(&v2)
+    };
+    w.deploy_request(&engine, second).await.expect("deploy v2");
+
+    for (id, level) in [(&v1, "info"), (&v2, "debug")] {
+        let (env, secrets) = container_env(&w, id).await;
+        assert!(
+            env.contains(&("LOG_LEVEL".to_owned(), level.to_owned())),
+            "{id}: {env:?}"
+        );
+        // flotilla's own variables are still there, after the app's.
+        assert!(
+            env.iter().any(|(k, _)| k == "FLOTILLA_DEPLOYMENT_ID"),
+            "{env:?}"
+        );
+        let mut secrets = secrets;
+        secrets.sort();
+        assert_eq!(
+            secrets,
+            vec![
+                ("AUTH_SECRET".to_owned(), format!("{SM_ARN}:password::")),
+                (
+                    "DATABASE_URL".to_owned(),
+                    format!("arn:aws:ssm:{REGION}:123456789012:parameter/shop/database-url"),
+                ),
+            ]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_execution_role_may_not_read_stops_the_deploy_before_anything_exists() {
+    let mut w = World::new("shop").await;
+    w.settings.declared_secrets = vec!["ssm:/shop/database-url".to_owned(), SM_ARN.to_owned()];
+    // The baseline grants the SSM parameter only.
+    w.settings.baseline_overrides.secret_grants = Some(vec![format!(
+        "arn:aws:ssm:{REGION}:123456789012:parameter/shop/database-url"
+    )]);
+    let err = match flotilla_aws::connect_with(&w.settings, w.clients.clone(), Needs::Deploy) {
+        Ok(_) => panic!("a deploy with an ungranted secret must be refused"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(SM_ARN), "{err}");
+    assert!(err.contains("flotilla baseline up"), "{err}");
+    assert!(
+        !err.contains("database-url"),
+        "the granted one is fine: {err}"
+    );
+    let inv = w.inventory().await;
+    assert!(
+        inv.target_groups.is_empty() && inv.services.is_empty(),
+        "{inv:?}"
+    );
+
+    // Granted: the same settings connect. Other commands never check (they create nothing).
+    w.settings
+        .baseline_overrides
+        .secret_grants
+        .as_mut()
+        .expect("grants")
+        .push(SM_ARN.to_owned());
+    flotilla_aws::connect_with(&w.settings, w.clients.clone(), Needs::Deploy).expect("granted");
+}
