@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use flotilla_aws::secrets::{SecretRef, SecretService};
 use flotilla_aws::stack::{
     BaselineStack, Desired, Plan, ReaperArtefact, StackClients, StackError, StackNotice,
     StackProgress, UpReport, WaitSettings,
@@ -15,7 +16,7 @@ use flotilla_aws::stack::{
 use flotilla_baseline::outputs::ValidationRecord;
 use flotilla_baseline::{
     AccessLogs, AlarmOptions, Architecture, BaselineOptions, NatMode, Notifications, ReaperOptions,
-    TlsMode, contract,
+    SecretGrants, TlsMode, contract,
 };
 use flotilla_core::reaper::ReapPolicy;
 use flotilla_engine::workflows::TeardownTarget;
@@ -117,6 +118,7 @@ pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, St
         notifications,
         five_xx_rate_percent: aws.alarm_5xx_percent,
     };
+    o.secrets = secret_grants(config);
     if let Err(e) = o.validate() {
         for p in e.problems {
             // The agent's port follows from the app's; it has no key of its own.
@@ -133,6 +135,30 @@ pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, St
     } else {
         Err(problems)
     }
+}
+
+/// The execution role's reads of the app's `[secrets]`, written for the stack's own partition,
+/// region and account (references the resolver has already checked).
+pub fn secret_grants(config: &Config) -> SecretGrants {
+    let refs: Vec<SecretRef> = config
+        .env
+        .secrets
+        .values()
+        .filter_map(|text| SecretRef::parse(text).ok())
+        .collect();
+    let mut grants = SecretGrants::default();
+    for (service, resources) in flotilla_aws::secrets::iam_resources(
+        &refs,
+        "${AWS::Partition}",
+        "${AWS::Region}",
+        "${AWS::AccountId}",
+    ) {
+        match service {
+            SecretService::Ssm => grants.ssm_parameters = resources,
+            SecretService::SecretsManager => grants.secrets_manager = resources,
+        }
+    }
+    grants
 }
 
 /// The reaper's architecture when it runs this binary.

@@ -266,6 +266,16 @@ pub struct DeployArgs {
     #[arg(long)]
     pub break_lock: bool,
 
+    /// Give the app NAME=VALUE in this version's environment, over [env] and FLOTILLA_ENV_NAME
+    /// (repeatable)
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// AWS: give the app secret NAME read from REFERENCE (ssm:/path, or an SSM or Secrets
+    /// Manager ARN), over [secrets] and FLOTILLA_SECRET_NAME (repeatable)
+    #[arg(long, value_name = "NAME=REFERENCE")]
+    pub secret: Vec<String>,
+
     /// `--json`.
     #[command(flatten)]
     pub json: JsonFlag,

@@ -14,6 +14,7 @@ use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::app_env;
 use crate::cli::{
     AwsCommand, BaselineCommand, Cli, Command, ConfigCommand, DeployArgs, Global, HostCommand,
     LogsArgs, StatusArgs, TeardownArgs, VerifyArgs,
@@ -165,10 +166,18 @@ fn inputs_env(key: &str) -> Option<String> {
 
 /// Loads and validates the configuration.
 fn load(global: &Global, out: Output) -> Result<Config> {
+    load_with(global, &[], &[], out)
+}
+
+/// Loads and validates the configuration with `--env` and `--secret` flags on top.
+fn load_with(global: &Global, env: &[String], secrets: &[String], out: Output) -> Result<Config> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let overrides = Overrides {
         name: global.name.clone(),
         provider: global.provider,
+        environment: std::env::vars().collect(),
+        env: env.to_vec(),
+        secrets: secrets.to_vec(),
     };
     let config = config::load(&Inputs {
         explicit: global.config.as_deref(),
@@ -293,7 +302,7 @@ fn config_check(global: &Global, out: Output) -> Result<u8> {
         ProviderKind::Host => "aws.",
         ProviderKind::Aws => "host.",
     };
-    let rows: Vec<Vec<String>> = config
+    let mut rows: Vec<Vec<String>> = config
         .sources
         .iter()
         .filter(|s| !s.key.starts_with(other))
@@ -306,6 +315,21 @@ fn config_check(global: &Global, out: Output) -> Result<u8> {
             vec![s.key.clone(), value, s.origin.to_string()]
         })
         .collect();
+    if config.provider == ProviderKind::Host
+        && let Some(path) = &config.host.secrets_file
+    {
+        // Names only: a secret's value is never shown.
+        match app_env::secret_names(path) {
+            Ok(names) => rows.extend(names.into_iter().map(|name| {
+                vec![
+                    format!("secrets.{name}"),
+                    "(hidden)".to_owned(),
+                    path.display().to_string(),
+                ]
+            })),
+            Err(err) => out.warn(&format!("{err} (a deploy would stop here)")),
+        }
+    }
     let file = match &config.file {
         Some(file) => file.display().to_string(),
         None => "the environment and flags (no flotilla.toml)".to_owned(),
@@ -354,7 +378,10 @@ struct DeployJson<'a> {
 }
 
 async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
-    let (config, opened) = open(global, "deploy", out).await?;
+    let config = load_with(global, &args.env, &args.secret, out)?;
+    // Read before anything is created: a missing secrets file stops the deploy here.
+    let env = app_env::for_deploy(&config)?;
+    let opened = providers::open(&config, "deploy").await?;
     let now = opened.engine.ports().clock.now();
     let id = args
         .id
@@ -374,6 +401,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         instances: config.instances(),
         min_healthy: config.app.min_healthy,
         break_lock: args.break_lock,
+        env,
     };
     let printer = ProgressPrinter::new(out.verbose);
     let outcome = tokio::select! {

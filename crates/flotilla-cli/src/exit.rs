@@ -191,6 +191,17 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
         };
         return Some((Exit::Usage, Some(hint)));
     }
+    if let Some(app_env) = cause.downcast_ref::<crate::app_env::AppEnvError>() {
+        let hint = match app_env {
+            crate::app_env::AppEnvError::Unreadable { .. } => {
+                "create the file or fix [host] secrets_file, then run `flotilla config check`"
+            }
+            crate::app_env::AppEnvError::BadLine { .. } => {
+                "write that line as NAME=VALUE (quotes allowed), then deploy again"
+            }
+        };
+        return Some((Exit::Usage, Some(hint.to_owned())));
+    }
     if let Some(stack) = cause.downcast_ref::<StackError>() {
         let exit = match stack.class() {
             StackErrorClass::Usage => Exit::Usage,

@@ -13,6 +13,7 @@
 //! - `exit`: the documented exit codes and the mapping from errors to them.
 #![forbid(unsafe_code)]
 
+mod app_env;
 mod baseline;
 mod cli;
 mod commands;

@@ -308,6 +308,7 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
 pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     let a = &config.aws;
     let mut s = flotilla_aws::AwsSettings::new(config.name.clone());
+    s.declared_secrets = config.env.secrets.values().cloned().collect();
     s.region = a.region.clone();
     s.profile = a.profile.clone();
     s.endpoint_url = a.endpoint_url.clone();
@@ -328,6 +329,7 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         execution_role_arn: a.execution_role_arn.clone(),
         task_role_arn: a.task_role_arn.clone(),
         vpc_id: None,
+        secret_grants: None,
     };
     s.task.cpu = a.cpu;
     s.task.memory = a.memory;

@@ -48,6 +48,7 @@ fn request(config: &config::Config, id: &DeploymentId) -> DeployRequest {
         instances: config.instances(),
         min_healthy: config.app.min_healthy,
         break_lock: false,
+        env: Default::default(),
     }
 }
 

@@ -149,7 +149,9 @@ impl<'a> FileReader<'a> {
         let root = root.into_inner();
         for (key, value) in root.iter() {
             let name = key.get_ref().as_ref();
-            if schema::is_section(name) {
+            if schema::is_free_section(name) {
+                self.read_free_section(name, key.span(), value);
+            } else if schema::is_section(name) {
                 self.read_section(name, key.span(), value);
             } else if let Some(spec) = schema::find("", name) {
                 self.read_value(spec, value);
@@ -187,6 +189,63 @@ impl<'a> FileReader<'a> {
         }
     }
 
+    /// `[env]` or `[secrets]`: names of the app's environment variables, each with a value
+    /// (`[env]`: a string, or a number or boolean written as one) or a reference (`[secrets]`).
+    /// Names are checked by the resolver, which sees every layer.
+    fn read_free_section(
+        &mut self,
+        section: &str,
+        key_span: Range<usize>,
+        value: &Spanned<DeValue<'_>>,
+    ) {
+        let location = self.location(key_span.clone());
+        self.sections.insert(section.to_owned(), location);
+        let DeValue::Table(table) = value.get_ref() else {
+            self.problem(
+                key_span,
+                format!(
+                    "`{section}` must be a table ([{section}] with NAME = \"...\" lines under it), \
+                     not {}",
+                    type_name(value.get_ref())
+                ),
+            );
+            return;
+        };
+        for (key, value) in table.iter() {
+            let name = key.get_ref().as_ref();
+            let text = match (section, value.get_ref()) {
+                (_, DeValue::String(s)) => Some(s.to_string()),
+                ("env", DeValue::Integer(n)) => Some(n.to_string()),
+                ("env", DeValue::Float(f)) => Some(f.to_string()),
+                ("env", DeValue::Boolean(b)) => Some(b.to_string()),
+                _ => None,
+            };
+            let Some(text) = text else {
+                let what = if section == "secrets" {
+                    "a reference in quotes, e.g. \"ssm:/my-app/database-url\""
+                } else {
+                    "a string (or a number or boolean)"
+                };
+                self.problem(
+                    value.span(),
+                    format!(
+                        "`{section}.{name}` must be {what}, not {}",
+                        type_name(value.get_ref())
+                    ),
+                );
+                continue;
+            };
+            let origin = self.origin(value.span());
+            self.settings.insert(
+                format!("{section}.{name}"),
+                Setting {
+                    val: Val::Str(text),
+                    origin,
+                },
+            );
+        }
+    }
+
     fn unknown_top_level(&mut self, name: &str, span: Range<usize>) {
         let mut candidates: Vec<&str> = schema::KEYS
             .iter()
@@ -194,11 +253,12 @@ impl<'a> FileReader<'a> {
             .map(|k| k.name)
             .collect();
         candidates.extend(schema::SECTIONS.iter().map(|(s, _)| *s));
+        candidates.extend(schema::FREE_SECTIONS.iter().map(|(s, _)| *s));
         // A real key of a section, written at the top: say where it goes before guessing typos.
         let hint = if let Some(home) = section_of(name) {
             format!("; `{name}` belongs in [{home}]")
         } else if let Some(best) = schema::closest(name, candidates) {
-            if schema::is_section(best) {
+            if schema::is_section(best) || schema::is_free_section(best) {
                 format!("; did you mean [{best}]?")
             } else {
                 format!("; did you mean `{best}`?")
@@ -399,6 +459,68 @@ pub fn read_env(get: &dyn Fn(&str) -> Option<String>) -> (Settings, Vec<Problem>
     (settings, problems)
 }
 
+/// The prefix of the variables that set an `[env]` entry: `FLOTILLA_ENV_LOG_LEVEL=debug` sets
+/// the app's `LOG_LEVEL`.
+pub const APP_ENV_PREFIX: &str = "FLOTILLA_ENV_";
+
+/// The prefix of the variables that set a `[secrets]` entry.
+pub const APP_SECRET_PREFIX: &str = "FLOTILLA_SECRET_";
+
+/// The `[env]` and `[secrets]` entries that `FLOTILLA_ENV_<NAME>` and `FLOTILLA_SECRET_<NAME>`
+/// variables give (`vars` is the whole environment; an empty value counts as unset).
+pub fn read_app_env(vars: &[(String, String)]) -> Settings {
+    let mut settings = Settings::new();
+    for (var, value) in vars {
+        let entry = if let Some(name) = var.strip_prefix(APP_ENV_PREFIX) {
+            format!("env.{name}")
+        } else if let Some(name) = var.strip_prefix(APP_SECRET_PREFIX) {
+            format!("secrets.{name}")
+        } else {
+            continue;
+        };
+        if value.is_empty() || entry.ends_with('.') {
+            continue;
+        }
+        settings.insert(
+            entry,
+            Setting {
+                val: Val::Str(value.clone()),
+                origin: Origin::Env { var: var.clone() },
+            },
+        );
+    }
+    settings
+}
+
+/// The `[env]` (`--env`) or `[secrets]` (`--secret`) entries given as `NAME=VALUE` flags; a flag
+/// without `=` is a problem.
+pub fn read_app_flags(section: &str, flag: &str, given: &[String]) -> (Settings, Vec<Problem>) {
+    let mut settings = Settings::new();
+    let mut problems = Vec::new();
+    for item in given {
+        match item.split_once('=') {
+            Some((name, value)) if !name.is_empty() => {
+                settings.insert(
+                    format!("{section}.{name}"),
+                    Setting {
+                        val: Val::Str(value.to_owned()),
+                        origin: Origin::Flag {
+                            flag: format!("{flag} {name}"),
+                        },
+                    },
+                );
+            }
+            _ => problems.push(Problem {
+                location: Location::Flag {
+                    flag: flag.to_owned(),
+                },
+                message: format!("`{flag} {item}` must be written NAME=VALUE"),
+            }),
+        }
+    }
+    (settings, problems)
+}
+
 /// `FLOTILLA_*` variables flotilla sets for the processes it runs, which are not configuration.
 pub const RUNTIME_VARS: &[&str] = &[
     "FLOTILLA_CONFIG",
@@ -414,6 +536,8 @@ pub fn unknown_env_warnings(vars: impl IntoIterator<Item = String>) -> Vec<Strin
     let mut warnings = Vec::new();
     for var in vars {
         if !var.starts_with("FLOTILLA_")
+            || var.starts_with(APP_ENV_PREFIX)
+            || var.starts_with(APP_SECRET_PREFIX)
             || known.contains(&var)
             || RUNTIME_VARS.contains(&var.as_str())
         {

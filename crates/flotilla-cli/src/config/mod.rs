@@ -30,6 +30,7 @@ use flotilla_core::DeploymentName;
 use serde::Serialize;
 
 pub use layers::Val;
+pub use resolve::check_env_name;
 
 /// The file name searched for.
 pub const FILE_NAME: &str = "flotilla.toml";
@@ -243,6 +244,13 @@ pub struct Overrides {
     pub name: Option<String>,
     /// `--provider`.
     pub provider: Option<ProviderKind>,
+    /// The process's environment variables, for `FLOTILLA_ENV_<NAME>` and
+    /// `FLOTILLA_SECRET_<NAME>` (other variables are read by name through [`Inputs::env`]).
+    pub environment: Vec<(String, String)>,
+    /// `--env NAME=VALUE` flags.
+    pub env: Vec<String>,
+    /// `--secret NAME=REFERENCE` flags.
+    pub secrets: Vec<String>,
 }
 
 /// `[app]`: the app and how flotilla talks to it.
@@ -308,6 +316,17 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Release snapshots of retired versions to keep.
     pub keep_releases: u32,
+    /// The file of secrets every new version gets, absolute.
+    pub secrets_file: Option<PathBuf>,
+}
+
+/// `[env]` and `[secrets]`: the app's own environment, merged from every layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AppEnvConfig {
+    /// Plain variables.
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Secrets by name: references (AWS) that the runtime resolves; never values.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// `[aws]`: the AWS provider and its baseline.
@@ -403,6 +422,8 @@ pub struct Config {
     pub host: HostConfig,
     /// `[aws]`.
     pub aws: AwsConfig,
+    /// `[env]` and `[secrets]`.
+    pub env: AppEnvConfig,
     /// Every key with its value and origin, in schema order.
     #[serde(skip)]
     pub sources: Vec<Sourced>,

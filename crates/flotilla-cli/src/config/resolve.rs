@@ -10,8 +10,8 @@ use flotilla_core::DeploymentName;
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
-    AppConfig, AwsConfig, Config, ConfigError, DrainConfig, HostConfig, Location, Nat, Origin,
-    Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
+    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, HostConfig, Location,
+    Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
 };
 
 /// The config file being resolved.
@@ -57,6 +57,15 @@ pub fn resolve(
     let (env_settings, env_problems) = layers::read_env(env);
     settings.extend(env_settings);
     problems.extend(env_problems);
+    settings.extend(layers::read_app_env(&overrides.environment));
+    for (section, flag, given) in [
+        ("env", "--env", &overrides.env),
+        ("secrets", "--secret", &overrides.secrets),
+    ] {
+        let (flag_settings, flag_problems) = layers::read_app_flags(section, flag, given);
+        settings.extend(flag_settings);
+        problems.extend(flag_problems);
+    }
     if let Some(name) = &overrides.name {
         settings.insert(
             "name".to_owned(),
@@ -275,6 +284,7 @@ impl Resolver<'_> {
         let reaper = self.reaper(provider, &app);
         let host = self.host(provider, root);
         let aws = self.aws();
+        let env = self.app_env(provider);
         self.cross_checks(provider, &app, &host, &aws);
         let sources = schema::KEYS
             .iter()
@@ -287,6 +297,16 @@ impl Resolver<'_> {
                     key: path,
                 }
             })
+            .chain(
+                self.settings
+                    .iter()
+                    .filter(|(path, _)| path.starts_with("env.") || path.starts_with("secrets."))
+                    .map(|(path, setting)| Sourced {
+                        key: path.clone(),
+                        value: Some(setting.val.clone()),
+                        origin: setting.origin.clone(),
+                    }),
+            )
             .collect();
         Config {
             file,
@@ -298,6 +318,7 @@ impl Resolver<'_> {
             reaper,
             host,
             aws,
+            env,
             sources,
         }
     }
@@ -523,6 +544,29 @@ impl Resolver<'_> {
             .map(|s| root.join(s))
             .unwrap_or_default();
         let keep_releases = self.u32("host.keep_releases", 0..=100);
+        let secrets_file = self
+            .checked("host.secrets_file", |s| {
+                if s.trim().is_empty() {
+                    Err("`host.secrets_file` is empty; name a file or leave the key out".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)));
+        if let Some(path) = &secrets_file {
+            let inside = path.starts_with(root) && !path.starts_with(root.join(".flotilla"));
+            if inside && let Some(setting) = self.setting("host.secrets_file") {
+                let setting = setting.clone();
+                self.problem_at(
+                    &setting,
+                    format!(
+                        "`host.secrets_file` {} is inside the app directory, so every release \
+                         snapshot would copy it; move it outside, or under .flotilla/",
+                        path.display()
+                    ),
+                );
+            }
+        }
         HostConfig {
             listen: router.unwrap_or(fallback),
             admin_listen: admin.unwrap_or(fallback),
@@ -531,7 +575,57 @@ impl Resolver<'_> {
             instances,
             state_dir,
             keep_releases,
+            secrets_file,
         }
+    }
+
+    /// `[env]` and `[secrets]` from every layer: names checked, secrets' references checked for
+    /// the provider that will resolve them.
+    fn app_env(&mut self, provider: ProviderKind) -> AppEnvConfig {
+        let settings = self.settings;
+        let mut out = AppEnvConfig::default();
+        for (path, setting) in settings.iter() {
+            let (section, name) = match path.split_once('.') {
+                Some((section @ ("env" | "secrets"), name)) => (section, name),
+                _ => continue,
+            };
+            let Val::Str(value) = &setting.val else {
+                continue;
+            };
+            if let Err(message) = check_env_name(name) {
+                self.problem_at(setting, format!("`{section}.{name}`: {message}"));
+                continue;
+            }
+            if section == "env" {
+                out.vars.insert(name.to_owned(), value.clone());
+                continue;
+            }
+            if out.vars.contains_key(name) {
+                self.problem_at(
+                    setting,
+                    format!("`{name}` is in both [env] and [secrets]; keep it in one of them"),
+                );
+                continue;
+            }
+            match provider {
+                ProviderKind::Host => self.problem_at(
+                    setting,
+                    format!(
+                        "`secrets.{name}`: [secrets] names AWS references; on the host provider \
+                         put `{name}=...` in the file named by [host] secrets_file"
+                    ),
+                ),
+                ProviderKind::Aws => match flotilla_aws::secrets::SecretRef::parse(value) {
+                    Ok(_) => {
+                        out.secrets.insert(name.to_owned(), value.clone());
+                    }
+                    Err(message) => {
+                        self.problem_at(setting, format!("`secrets.{name}`: {message}"))
+                    }
+                },
+            }
+        }
+        out
     }
 
     fn aws(&mut self) -> AwsConfig {
@@ -746,4 +840,42 @@ pub fn fargate_memory(cpu: u32) -> Option<Vec<u32>> {
         16_384 => steps(32_768, 122_880, 8192),
         _ => return None,
     })
+}
+
+/// What is wrong with `name` as the name of an app's environment variable, if anything.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let well_formed = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !well_formed {
+        return Err(format!(
+            "`{name}` is not a variable name: use letters, digits and `_`, not starting with a digit"
+        ));
+    }
+    if name.starts_with("FLOTILLA_") {
+        return Err(format!(
+            "`{name}` is reserved: flotilla sets FLOTILLA_* variables itself"
+        ));
+    }
+    if name == "PORT" {
+        return Err("`PORT` is reserved: flotilla tells each instance its port in PORT".to_owned());
+    }
+    Ok(())
+}
+
+/// `path` with `.` and `..` components resolved without touching the filesystem.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -330,6 +330,17 @@ pub const KEYS: &[Key] = &[
         Str(".flotilla/host"),
         "Where the host provider keeps its database, releases and logs (relative to this file).",
     ),
+    key_ex(
+        "host",
+        "secrets_file",
+        Ty::Str,
+        Unset,
+        "A file of NAME=VALUE lines (as in a .env file) whose variables every new version gets \
+         as secrets. Read at each deploy and recorded with the version (readable only by you); \
+         never copied into a release, never shown or logged. Keep it outside this directory or \
+         under .flotilla/.",
+        "\"/etc/flotilla/my-app.env\"",
+    ),
     key(
         "host",
         "keep_releases",
@@ -573,6 +584,30 @@ pub fn find_path(path: &str) -> Option<&'static Key> {
         Some((section, name)) => find(section, name),
         None => find("", path),
     }
+}
+
+/// Sections whose keys are the app's own variable names rather than flotilla's keys.
+pub const FREE_SECTIONS: &[(&str, &str)] = &[
+    (
+        "env",
+        "The app's environment: plain variables every instance of a new version gets (both \
+         providers). FLOTILLA_ENV_<NAME> variables and `flotilla deploy --env NAME=VALUE` \
+         override them. A changed value takes effect on the next deploy; a rollback brings back \
+         the values its version was deployed with.",
+    ),
+    (
+        "secrets",
+        "Secrets (AWS): each variable's name and where ECS reads its value when a task starts: \
+         an SSM parameter (\"ssm:/my-app/database-url\", or its ARN) or a Secrets Manager \
+         secret (its ARN, optionally ending :json-key:: to take one JSON field). The execution \
+         role is allowed exactly these; `flotilla baseline up` applies a change. Values are \
+         never shown. On the host provider, put secrets in [host] secrets_file instead.",
+    ),
+];
+
+/// Whether `name` is one of the [`FREE_SECTIONS`].
+pub fn is_free_section(name: &str) -> bool {
+    FREE_SECTIONS.iter().any(|(s, _)| *s == name)
 }
 
 /// Whether `name` is a section.

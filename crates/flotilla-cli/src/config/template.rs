@@ -180,6 +180,18 @@ pub fn render(values: &InitValues) -> String {
             }
         }
     }
+    for (section, about) in schema::FREE_SECTIONS {
+        out.push('\n');
+        comment(&mut out, about);
+        out.push_str(&format!("[{section}]\n"));
+        let example = if *section == "env" {
+            "# LOG_LEVEL = \"info\""
+        } else {
+            "# DATABASE_URL = \"ssm:/my-app/database-url\""
+        };
+        out.push_str(example);
+        out.push('\n');
+    }
     out
 }
 

@@ -427,6 +427,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     let flags = Overrides {
         name: Some("shop-flag".to_owned()),
         provider: Some(ProviderKind::Aws),
+        ..Default::default()
     };
     let config = ok(text, &env, &flags);
     assert_eq!(config.name.as_str(), "shop-flag");
@@ -464,7 +465,7 @@ fn bad_environment_values_name_the_variable() {
         &[],
         &Overrides {
             name: Some("-x".to_owned()),
-            provider: None,
+            ..Default::default()
         },
         &["flag --name: invalid `name`: deployment name `-x` must start with a lowercase letter"],
     );
@@ -610,4 +611,101 @@ fn the_init_template_documents_every_key_and_validates() {
             }
         }
     }
+}
+
+#[test]
+fn app_environment_layers_file_then_environment_then_flags() {
+    let text = "name = \"shop\"\n[host]\ncommand = \"./run\"\n\n[env]\nLOG_LEVEL = \"info\"\nWORKERS = 4\nDEBUG = false\n";
+    let flags = Overrides {
+        environment: vec![
+            ("FLOTILLA_ENV_LOG_LEVEL".to_owned(), "debug".to_owned()),
+            ("FLOTILLA_ENV_REGION_NAME".to_owned(), "north".to_owned()),
+            ("FLOTILLA_ENV_EMPTY".to_owned(), String::new()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ],
+        env: vec!["REGION_NAME=south".to_owned()],
+        ..Default::default()
+    };
+    let config = ok(text, &[], &flags);
+    let vars: Vec<(&str, &str)> = config
+        .env
+        .vars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        vars,
+        vec![
+            ("DEBUG", "false"),
+            ("LOG_LEVEL", "debug"),
+            ("REGION_NAME", "south"),
+            ("WORKERS", "4"),
+        ]
+    );
+    assert_eq!(origin_of(&config, "env.WORKERS"), "flotilla.toml:7:11");
+    assert_eq!(
+        origin_of(&config, "env.LOG_LEVEL"),
+        "environment variable FLOTILLA_ENV_LOG_LEVEL"
+    );
+    assert_eq!(
+        origin_of(&config, "env.REGION_NAME"),
+        "flag --env REGION_NAME"
+    );
+}
+
+#[test]
+fn app_environment_names_and_secret_references_are_checked() {
+    let host = "name = \"shop\"\n[host]\ncommand = \"./run\"\n[env]\n\"1BAD\" = \"x\"\nPORT = \"1\"\nFLOTILLA_X = \"y\"\nLIST = [\"a\"]\n[secrets]\nTOKEN = \"ssm:/shop/token\"\n";
+    check(
+        host,
+        &[],
+        &Overrides::default(),
+        &[
+            "flotilla.toml:5:10: `env.1BAD`: `1BAD` is not a variable name: use letters, digits \
+             and `_`, not starting with a digit",
+            "flotilla.toml:6:8: `env.PORT`: `PORT` is reserved: flotilla tells each instance its \
+             port in PORT",
+            "flotilla.toml:7:14: `env.FLOTILLA_X`: `FLOTILLA_X` is reserved: flotilla sets \
+             FLOTILLA_* variables itself",
+            "flotilla.toml:8:8: `env.LIST` must be a string (or a number or boolean), not an array",
+            "flotilla.toml:10:9: `secrets.TOKEN`: [secrets] names AWS references; on the host \
+             provider put `TOKEN=...` in the file named by [host] secrets_file",
+        ],
+    );
+    let aws = "name = \"shop\"\nprovider = \"aws\"\n[aws]\ncommand = \"./run\"\n[env]\nA = \"1\"\n[secrets]\nA = \"ssm:/a\"\nDB = \"hunter2\"\nOK = \"ssm:/shop/db\"\n";
+    let problems = resolve(aws, &[], &Overrides::default()).expect_err("bad secrets");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("`A` is in both [env] and [secrets]")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p
+            .starts_with("flotilla.toml:9:6: `secrets.DB`: `hunter2` is not a secret reference")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_secrets_file_inside_the_app_directory_is_refused() {
+    let text = |path: &str| {
+        format!("name = \"shop\"\n[host]\ncommand = \"./run\"\nsecrets_file = \"{path}\"\n")
+    };
+    check(
+        &text("secrets.env"),
+        &[],
+        &Overrides::default(),
+        &[
+            "flotilla.toml:4:16: `host.secrets_file` /srv/shop/secrets.env is inside the app \
+           directory, so every release snapshot would copy it; move it outside, or under \
+           .flotilla/",
+        ],
+    );
+    let config = ok(&text("../shop-secrets.env"), &[], &Overrides::default());
+    assert_eq!(
+        config.host.secrets_file.as_deref(),
+        Some(Path::new("/srv/shop-secrets.env"))
+    );
+    ok(&text(".flotilla/secrets.env"), &[], &Overrides::default());
 }
