@@ -3,6 +3,8 @@
 #   - moto (the AWS emulator) into .venv/moto            (scripts/moto.sh)
 #   - cfn-lint and checkov into .venv/cfn-lint, .venv/checkov (scripts/cfn-tools.sh)
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
+#   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
+#     and the cached Debian base images without CA certificates (scripts/base-images.sh)
 # Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
 # processes, AWS against moto, and the browser tests in headless Chromium.
 #
@@ -15,6 +17,10 @@ cd "$root"
 scripts/moto.sh
 scripts/cfn-tools.sh
 scripts/install-browser.sh
+scripts/docker.sh
+# Built once and cached under .cache/images/ (minutes the first time): the tests that run task
+# definitions in Docker import them.
+scripts/base-images.sh bookworm bullseye
 
 # Build the binaries the end-to-end tests drive before the tests start, so no test times out
 # while cargo builds.
