@@ -503,3 +503,132 @@ fn steady_load_during_repeated_deploys_loses_no_request() {
         "only deployed versions answered: {seen:?}"
     );
 }
+
+#[test]
+fn each_version_runs_with_the_environment_its_deploy_declared_and_no_value_is_logged() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 20,
+    });
+    let secrets_dir = tempfile::tempdir().expect("tempdir");
+    let secrets = secrets_dir.path().join("e2e.env");
+    let seen = env.app().join(".flotilla/seen");
+    std::fs::create_dir_all(&seen).expect("mkdir");
+    let build = format!("cp {} ./hello", util::hello_bin().display());
+    // Each start of an instance appends what it saw; the daemon's own environment has a
+    // variable the app was never given (HostEnv leaves the CLI's environment to the daemon).
+    let command = format!(
+        "echo \"feature=$FEATURE token=$API_TOKEN extra=$EXTRA leak=${{LEAKED_FROM_DAEMON:-none}}\" \
+         >> {}/$FLOTILLA_DEPLOYMENT_ID-$FLOTILLA_INSTANCE; exec ./hello",
+        seen.display()
+    );
+    let configure = |feature: &str, token: &str| {
+        env.configure(&build, &command);
+        let path = env.app().join("flotilla.toml");
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text = text.replace(
+            "[host]\n",
+            &format!(
+                "[host]\nsecrets_file = {:?}\n",
+                secrets.display().to_string()
+            ),
+        );
+        text.push_str(&format!("\n[env]\nFEATURE = {feature:?}\n"));
+        std::fs::write(&path, text).expect("write");
+        std::fs::write(
+            &secrets,
+            format!("# the app's token\nAPI_TOKEN=\"{token}\"\n"),
+        )
+        .expect("write secrets");
+    };
+    let deploy = |extra: &str| {
+        let out = env.flotilla(&["deploy", "--json", "--env", &format!("EXTRA={extra}")]);
+        assert!(
+            out.status.success(),
+            "deploy failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["deployment_id"].as_str().expect("id").to_owned()
+    };
+    let lines_of = |id: &str| -> Vec<String> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(&seen).expect("read seen").flatten() {
+            if entry.file_name().to_string_lossy().starts_with(id) {
+                let text = std::fs::read_to_string(entry.path()).expect("read");
+                lines.extend(text.lines().map(str::to_owned));
+            }
+        }
+        lines
+    };
+
+    configure("first", "tok-first-7f3a");
+    // The daemon starts with this command's environment: a stray variable is there.
+    let first_out = {
+        let mut cmd = std::process::Command::new(util::flotilla_bin());
+        cmd.args(["deploy", "--json", "--env", "EXTRA=one"])
+            .current_dir(env.app())
+            .env("LEAKED_FROM_DAEMON", "oops")
+            .stdin(std::process::Stdio::null());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLOTILLA_")) {
+            cmd.env_remove(k);
+        }
+        cmd.output().expect("deploy v1")
+    };
+    assert!(
+        first_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first_out.stderr)
+    );
+    let v1: serde_json::Value = serde_json::from_slice(&first_out.stdout).expect("json");
+    let v1 = v1["deployment_id"].as_str().expect("id").to_owned();
+
+    configure("second", "tok-second-9c1d");
+    let v2 = deploy("two");
+
+    let want1 = "feature=first token=tok-first-7f3a extra=one leak=none";
+    let want2 = "feature=second token=tok-second-9c1d extra=two leak=none";
+    let l1 = lines_of(&v1);
+    let l2 = lines_of(&v2);
+    assert_eq!(l1.len(), 2, "two v1 instances started once each: {l1:?}");
+    assert!(l1.iter().all(|l| l == want1), "{l1:?}");
+    assert!(!l2.is_empty() && l2.iter().all(|l| l == want2), "{l2:?}");
+
+    // A restart of a v1 instance brings back v1's recorded values, not the newest ones.
+    let pid = env.instance_pids(&v1)[0];
+    kill(pid, "-9");
+    let restarted = eventually(Duration::from_secs(20), || {
+        let lines = lines_of(&v1);
+        (lines.len() >= 3).then_some(lines)
+    })
+    .expect("the killed v1 instance is restarted");
+    assert!(restarted.iter().all(|l| l == want1), "{restarted:?}");
+
+    // No secret value in flotilla's logs or in what config check prints.
+    let check = env.flotilla(&["config", "check"]);
+    let shown = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(shown.contains("secrets.API_TOKEN"), "{shown}");
+    assert!(!shown.contains("tok-"), "{shown}");
+    let logs = env.app().join(".flotilla/host");
+    let mut stack = vec![logs];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("releases") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    !text.contains("tok-"),
+                    "{} holds a secret value",
+                    path.display()
+                );
+            }
+        }
+    }
+}
