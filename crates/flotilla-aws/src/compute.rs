@@ -152,6 +152,7 @@ impl EcsCompute {
                 "FLOTILLA_APP_STOP_TIMEOUT_SECONDS",
                 t.stop_timeout_seconds.to_string(),
             ))
+            .environment(env("FLOTILLA_AGENT_KEEPALIVE_SECONDS", t.agent_keepalive_seconds().to_string()))
             .environment(env("PORT", t.app_port.to_string()))
             .environment(env("AWS_REGION", self.ctx.region.clone()))
             .set_command(Some(t.container_command()))

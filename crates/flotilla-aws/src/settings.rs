@@ -15,6 +15,9 @@ use crate::error::AwsError;
 /// Fargate's ceiling for a container's stop timeout, in seconds.
 pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 120;
 
+/// How much longer than the load balancer's idle timeout the agent keeps an idle connection.
+pub const KEEPALIVE_MARGIN_SECONDS: u64 = 10;
+
 /// Everything the AWS provider needs for one deployment name.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
@@ -185,6 +188,9 @@ pub struct TaskSettings {
     pub health_check_grace_seconds: u32,
     /// Whether the agent adds the browser client's script tag to HTML pages (`[app] inject_client`).
     pub inject_client: bool,
+    /// The load balancer's idle timeout (`[aws] idle_timeout_seconds`): the agent keeps idle
+    /// client connections open longer than this (see [`TaskSettings::agent_keepalive_seconds`]).
+    pub lb_idle_timeout_seconds: u32,
 }
 
 impl Default for TaskSettings {
@@ -201,6 +207,7 @@ impl Default for TaskSettings {
             stop_timeout_seconds: 30,
             health_check_grace_seconds: 30,
             inject_client: false,
+            lb_idle_timeout_seconds: 120,
         }
     }
 }
@@ -209,6 +216,13 @@ impl TaskSettings {
     /// The agent's listen port for an app on `app_port`: 8000, or 8001 when the app uses 8000.
     pub fn default_container_port(app_port: u16) -> u16 {
         if app_port == 8000 { 8001 } else { 8000 }
+    }
+
+    /// The agent's keep-alive for idle client connections (`FLOTILLA_AGENT_KEEPALIVE_SECONDS`):
+    /// longer than the load balancer's idle timeout, so the agent never closes a connection the
+    /// load balancer is about to reuse (the load balancer would answer that request with a 502).
+    pub fn agent_keepalive_seconds(&self) -> u64 {
+        u64::from(self.lb_idle_timeout_seconds) + KEEPALIVE_MARGIN_SECONDS
     }
 
     /// The container's full command: the agent wrapping the app.
@@ -646,6 +660,20 @@ mod tests {
         );
         assert_eq!(TaskSettings::default_container_port(8000), 8001);
         assert_eq!(TaskSettings::default_container_port(3000), 8000);
+    }
+
+    #[test]
+    fn agent_keepalive_outlasts_the_load_balancer_idle_timeout() {
+        let check = |idle: u32, want: u64| {
+            let t = TaskSettings {
+                lb_idle_timeout_seconds: idle,
+                ..Default::default()
+            };
+            assert_eq!(t.agent_keepalive_seconds(), want, "idle {idle}");
+        };
+        check(120, 130);
+        check(900, 910);
+        check(4000, 4010);
     }
 
     #[test]

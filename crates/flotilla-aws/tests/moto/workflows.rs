@@ -149,6 +149,8 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
     assert!(env["FLOTILLA_APP_HEALTH_PATH"].starts_with('/'));
     assert_eq!(env["FLOTILLA_APP_INJECT_CLIENT"], "false");
     assert!(env.contains_key("FLOTILLA_APP_STOP_TIMEOUT_SECONDS"));
+    // The agent's keep-alive outlasts the load balancer's idle timeout (120 s by default).
+    assert_eq!(env["FLOTILLA_AGENT_KEEPALIVE_SECONDS"], "130");
     assert!(container.stop_timeout().is_some_and(|t| t <= 120));
     let logs = container.log_configuration().expect("logs");
     assert_eq!(
