@@ -335,8 +335,11 @@ impl EcsCompute {
         Ok(by_service)
     }
 
-    async fn healthy_targets(&self, tg_arn: &str) -> Result<u32, PortError> {
-        let out = self
+    /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
+    /// by a removal that stopped half way): that version has no healthy targets, and every reaper
+    /// pass and `status` must go on rather than fail on it until someone notices.
+    async fn healthy_targets(&self, tg_arn: &str) -> Result<Option<u32>, PortError> {
+        let out = match self
             .ctx
             .clients
             .elb
@@ -344,14 +347,26 @@ impl EcsCompute {
             .target_group_arn(tg_arn)
             .send()
             .await
-            .map_err(|e| port_error("describe target health", tg_arn, e))?;
-        Ok(out
-            .target_health_descriptions()
-            .iter()
-            .filter(|d| {
-                d.target_health().and_then(|h| h.state()) == Some(&TargetHealthStateEnum::Healthy)
-            })
-            .count() as u32)
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = port_error("describe target health", tg_arn, e);
+                return if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        Ok(Some(
+            out.target_health_descriptions()
+                .iter()
+                .filter(|d| {
+                    d.target_health().and_then(|h| h.state())
+                        == Some(&TargetHealthStateEnum::Healthy)
+                })
+                .count() as u32,
+        ))
     }
 }
 
@@ -530,10 +545,16 @@ impl Compute for EcsCompute {
                 .first()
                 .and_then(|lb| lb.target_group_arn())
             {
-                Some(tg) if desired > 0 || running > 0 => {
-                    self.ctx.remember_tg(id, tg);
-                    self.healthy_targets(tg).await?
-                }
+                Some(tg) if desired > 0 || running > 0 => match self.healthy_targets(tg).await? {
+                    Some(healthy) => {
+                        self.ctx.remember_tg(id, tg);
+                        healthy
+                    }
+                    None => {
+                        self.ctx.forget_tg(id);
+                        0
+                    }
+                },
                 _ => 0,
             };
             out.insert(

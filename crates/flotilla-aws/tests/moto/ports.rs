@@ -355,3 +355,46 @@ async fn connect_refuses_an_incomplete_baseline_before_any_call() {
     flotilla_aws::connect_with(&settings, w.clients.clone(), flotilla_aws::Needs::Operate)
         .expect("enough to operate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_group_counts_as_no_healthy_targets_in_observe_status_and_reap() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let (v1, v2) = (next_id(), next_id());
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+    w.ecs().settle().await;
+    // Someone deletes v1's rules and target group by hand; its service stays and still names it.
+    w.ports()
+        .routing
+        .remove_affinity(&v1)
+        .await
+        .expect("remove v1's rules and target group");
+    assert!(
+        !w.inventory()
+            .await
+            .target_groups
+            .contains(&names::target_group_name(&w.name, &v1))
+    );
+
+    let observed = w
+        .ports()
+        .compute
+        .observe(&[v1.clone(), v2.clone()])
+        .await
+        .expect("observe goes on without the target group");
+    assert_eq!(observed[&v1].healthy, 0, "{observed:?}");
+    assert!(observed[&v1].desired > 0, "{observed:?}");
+    assert!(observed[&v2].healthy > 0, "{observed:?}");
+    let status = engine.status().await.expect("status goes on");
+    let v1_status = status
+        .versions
+        .iter()
+        .find(|v| v.record.version.id == v1)
+        .expect("v1 listed");
+    assert_eq!(v1_status.compute.as_ref().map(|c| c.healthy), Some(0));
+    w.ecs()
+        .while_settling(engine.reap(false, &flotilla_engine::events::Silent))
+        .await
+        .expect("a reaper pass goes on");
+}
