@@ -109,6 +109,30 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 ),
             )],
         ),
+        // Retiring a version whose rule went missing recreates that rule as a 410 (`CreateRule`
+        // on the listener), tagged with the deployment name (`AddTags` on the new rule).
+        Statement::allow(
+            "RecreateRetiredRules",
+            &["elasticloadbalancing:CreateRule"],
+            vec![arn(
+                "elasticloadbalancing",
+                &format!(
+                    "listener/${{{}.LoadBalancerFullName}}/*",
+                    ids::LOAD_BALANCER
+                ),
+            )],
+        ),
+        Statement::allow(
+            "TagRecreatedRules",
+            &["elasticloadbalancing:AddTags"],
+            vec![arn(
+                "elasticloadbalancing",
+                &format!(
+                    "listener-rule/${{{}.LoadBalancerFullName}}/*",
+                    ids::LOAD_BALANCER
+                ),
+            )],
+        ),
         Statement::allow(
             "DeleteVersionTargetGroups",
             &["elasticloadbalancing:DeleteTargetGroup"],

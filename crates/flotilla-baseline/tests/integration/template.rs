@@ -272,6 +272,55 @@ fn the_task_role_reads_the_deployment_and_writes_only_task_readiness() {
     );
 }
 
+/// `(action, resource as written)` pairs a role's policies allow.
+fn allowed(t: &Value, role: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for policy in props(t, role)["Policies"].as_array().expect("policies") {
+        for s in policy["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+        {
+            for a in s["Action"].as_array().expect("actions") {
+                for r in s["Resource"].as_array().expect("resources") {
+                    let r = r["Fn::Sub"].as_str().or(r.as_str()).unwrap_or("").to_owned();
+                    out.insert((a.as_str().expect("action").to_owned(), r));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_reaper_role_may_recreate_a_missing_rule_when_it_retires_a_version() {
+    // retire_affinity creates a missing rule as a 410 (CreateRule on the listener, with tags:
+    // AddTags on the new rule), modifies the other, and removal deletes both and the target group.
+    let t = json_of(&variant("https"));
+    let allowed = allowed(&t, "ReaperRole");
+    let lb = "${LoadBalancer.LoadBalancerFullName}";
+    let elb = "arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}";
+    for (action, resource) in [
+        ("CreateRule", format!("{elb}:listener/{lb}/*")),
+        ("AddTags", format!("{elb}:listener-rule/{lb}/*")),
+        ("ModifyRule", format!("{elb}:listener-rule/{lb}/*")),
+        ("DeleteRule", format!("{elb}:listener-rule/{lb}/*")),
+    ] {
+        let action = format!("elasticloadbalancing:{action}");
+        assert!(
+            allowed.contains(&(action.clone(), resource.clone())),
+            "the reaper may not {action} on {resource}: {allowed:#?}"
+        );
+    }
+    // The deployer can do whatever the reaper does to the listener (a `flotilla reap` run by hand).
+    let name = DeploymentName::new("prod").expect("valid");
+    let text =
+        flotilla_baseline::deployer_policy(&flotilla_baseline::DeployerPolicyOptions::new(name))
+            .to_string();
+    for action in ["CreateRule", "AddTags", "ModifyRule", "DeleteRule", "DeleteTargetGroup"] {
+        assert!(text.contains(&format!("elasticloadbalancing:{action}")), "deployer lacks {action}");
+    }
+}
+
 #[test]
 fn no_role_grants_a_wildcard_action() {
     for (label, options) in variants() {
