@@ -205,7 +205,9 @@ impl Default for TaskSettings {
             drain_poll_seconds: 5,
             drain_grace_seconds: 30,
             stop_timeout_seconds: 30,
-            health_check_grace_seconds: 30,
+            // As long as a deploy waits for health by default: a Fargate task pulls its image
+            // through NAT before the app starts, and ECS must not replace it meanwhile.
+            health_check_grace_seconds: 300,
             inject_client: false,
             lb_idle_timeout_seconds: 120,
         }

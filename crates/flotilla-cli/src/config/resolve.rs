@@ -80,6 +80,15 @@ pub fn resolve(
         );
     }
 
+    // A few defaults depend on the provider; it is known once every layer is in.
+    let aws = matches!(
+        settings.get("provider").map(|s| &s.val),
+        Some(Val::Str(p)) if p == ProviderKind::Aws.as_str()
+    );
+    if aws {
+        layers::aws_defaults(&mut settings);
+    }
+
     let mut r = Resolver {
         settings: &settings,
         problems,
@@ -611,6 +620,10 @@ impl Resolver<'_> {
             non_empty("aws.access_logs_bucket"),
         );
         let access_logs_prefix = self.opt_str("aws.access_logs_prefix");
+        let health_check_grace_seconds = self
+            .setting("aws.health_check_grace_seconds")
+            .is_some()
+            .then(|| self.u32("aws.health_check_grace_seconds", 0..=86_400));
         let listener_arn = self.checked("aws.listener_arn", arn("aws.listener_arn"));
         let subnets = self.opt_list("aws.subnets", "subnet-", "a subnet");
         let security_groups = self.opt_list("aws.security_groups", "sg-", "a security group");
@@ -641,6 +654,7 @@ impl Resolver<'_> {
             alarm_5xx_percent,
             access_logs_bucket,
             access_logs_prefix,
+            health_check_grace_seconds,
             listener_arn,
             subnets,
             security_groups,

@@ -81,7 +81,7 @@ fn unknown_keys_suggest_the_closest_valid_key() {
              `certificate_arn`, `nat`, `command`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
              `alarm_topic_arn`, `alarm_5xx_percent`, `access_logs_bucket`, `access_logs_prefix`, \
-             `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
+             `health_check_grace_seconds`, `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
              `execution_role_arn`, `task_role_arn`",
         ),
         (
@@ -610,4 +610,61 @@ fn the_init_template_documents_every_key_and_validates() {
             }
         }
     }
+}
+
+#[test]
+fn aws_waits_longer_for_health_and_ecs_grace_follows_the_wait() {
+    let none = Overrides::default();
+    let aws = "name = \"shop\"\nprovider = \"aws\"\n";
+    // Fargate pulls the image through NAT first: 300 s on AWS, 120 s on the host.
+    let config = ok(aws, &[], &none);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(300));
+    assert_eq!(origin_of(&config, "app.health_timeout_seconds"), "default");
+    assert_eq!(config.health_check_grace_seconds(), 300);
+    assert_eq!(
+        ok(BASE, &[], &none).app.health_timeout,
+        Duration::from_secs(120)
+    );
+    // The provider chosen by a flag picks the defaults too.
+    let flagged = ok(
+        "name = \"shop\"\n",
+        &[],
+        &Overrides {
+            provider: Some(ProviderKind::Aws),
+            ..Default::default()
+        },
+    );
+    assert_eq!(flagged.app.health_timeout, Duration::from_secs(300));
+    // A health timeout set anywhere wins, and the grace period follows it.
+    let config = ok(&format!("{aws}[app]\nhealth_timeout_seconds = 600\n"), &[], &none);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(600));
+    assert_eq!(config.health_check_grace_seconds(), 600);
+    let config = ok(aws, &[("FLOTILLA_APP_HEALTH_TIMEOUT_SECONDS", "90")], &none);
+    assert_eq!(config.health_check_grace_seconds(), 90);
+    // The grace period alone.
+    let config = ok(
+        &format!("{aws}[aws]\nhealth_check_grace_seconds = 45\n"),
+        &[],
+        &none,
+    );
+    assert_eq!(config.health_check_grace_seconds(), 45);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(300));
+    check(
+        &format!("{aws}[aws]\nhealth_check_grace_seconds = -1\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:30: `aws.health_check_grace_seconds` must be between 0 and 86400, not -1"],
+    );
+    // `init` writes the provider's own default.
+    let rendered = |provider| {
+        template::render(&InitValues {
+            name: "shop".into(),
+            provider,
+            command: "./run".into(),
+            build: None,
+            detected: "",
+        })
+    };
+    assert!(rendered(ProviderKind::Aws).contains("\nhealth_timeout_seconds = 300\n"));
+    assert!(rendered(ProviderKind::Host).contains("\nhealth_timeout_seconds = 120\n"));
 }
