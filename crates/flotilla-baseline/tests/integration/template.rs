@@ -479,6 +479,8 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
     let settings = ReaperSettings::from_env(|k| resolved.get(k).cloned()).expect("complete");
     assert_eq!(settings.policy, options.reaper.policy);
     assert_eq!(settings.interval, options.reaper.interval);
+    // The reaper's lock lives exactly as long as the function may run.
+    assert_eq!(Some(settings.timeout.as_secs()), p["Timeout"].as_u64());
     assert_eq!(settings.cluster, "flotilla-prod");
     assert_eq!(settings.listener_arn, "arn:listener");
     assert_eq!(settings.log_group.as_deref(), Some("/flotilla/prod/app"));
