@@ -267,6 +267,9 @@ pub struct RoutingSettings {
     pub priority_base: u32,
     /// Listener rules allowed on the listener (the ALB's 100 unless lowered).
     pub rule_limit: u32,
+    /// How long removing a version keeps trying to delete its target group while ELB answers
+    /// `ResourceInUse` (it does for a while after the rules and the service that used it go).
+    pub target_group_in_use_wait: std::time::Duration,
 }
 
 impl Default for RoutingSettings {
@@ -283,6 +286,7 @@ impl Default for RoutingSettings {
             stickiness_seconds: 86_400,
             priority_base: 1000,
             rule_limit: flotilla_core::routing::ALB_RULE_LIMIT,
+            target_group_in_use_wait: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -223,6 +223,11 @@ fn ids_list(ids: &[&DeploymentId]) -> String {
 }
 
 /// Ids that have compute, affinity or a default share but no record.
+/// Whether `id`'s affinity still forwards to it (so removing it starts with a 410).
+fn serves_affinity(table: &RoutingTable, id: &DeploymentId) -> bool {
+    table.affinity(id) == Some(Affinity::Serving)
+}
+
 fn orphan_ids(
     table: &RoutingTable,
     with_compute: &[DeploymentId],
@@ -543,7 +548,8 @@ impl Engine {
                 progress,
                 format!("removing {other}: its deploy was interrupted before it took traffic"),
             );
-            self.remove_version(record, progress).await?;
+            let routed = serves_affinity(&table, &other);
+            self.remove_version(record, routed, progress).await?;
             removed.push(other);
         }
         records.retain(|r| !removed.contains(&r.version.id));
@@ -704,7 +710,8 @@ impl Engine {
             Ok(lines) => lines,
             Err(e) => vec![format!("(the logs could not be fetched: {e})")],
         };
-        if let Err(e) = self.remove_version(record, progress).await {
+        // Its affinity was installed before its instances were created.
+        if let Err(e) = self.remove_version(record, true, progress).await {
             return match e {
                 EngineError::Port { step, source } => EngineError::Port {
                     step: format!(
@@ -944,7 +951,10 @@ impl Engine {
         let plan = plan_reap(&fleet, self.now(), &self.settings.policy);
         for action in plan {
             if !dry_run {
-                if let Err(e) = self.carry_out(&action, &mut records, progress).await {
+                if let Err(e) = self
+                    .carry_out(&action, &mut records, &table, progress)
+                    .await
+                {
                     note(progress, format!("{e}; the next reaper pass tries again"));
                     report.failed.push((action, e.to_string()));
                     continue;
@@ -974,7 +984,10 @@ impl Engine {
                 report.orphans_failed.push((id, why));
                 continue;
             }
-            match self.remove_orphan(&id, progress).await {
+            match self
+                .remove_orphan(&id, serves_affinity(&table, &id), progress)
+                .await
+            {
                 Ok(()) => report.orphans_removed.push(id),
                 Err(e) => {
                     note(progress, format!("{e}; the next reaper pass tries again"));
@@ -990,8 +1003,10 @@ impl Engine {
         &self,
         action: &ReapAction,
         records: &mut [VersionRecord],
+        table: &RoutingTable,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
+        let routed = serves_affinity(table, action.id());
         let id = action.id();
         let Some(record) = records.iter_mut().find(|r| &r.version.id == id) else {
             return Err(self.unknown(id));
@@ -1015,8 +1030,12 @@ impl Engine {
             }
             ReapAction::RetireRouting { .. } => self.retire_routing(id, progress).await,
             ReapAction::ScaleToZero { .. } => self.scale_to_zero(id, progress).await,
-            ReapAction::DeleteResources { .. } => self.remove_resources(id, progress).await,
-            ReapAction::CleanUpFailed { .. } => self.remove_version(record, progress).await,
+            ReapAction::DeleteResources { .. } => {
+                self.remove_resources(id, routed, progress).await
+            }
+            ReapAction::CleanUpFailed { .. } => {
+                self.remove_version(record, routed, progress).await
+            }
         }
     }
 
@@ -1081,7 +1100,9 @@ impl Engine {
                     );
                     self.ports.routing.set_default(&[]).await.map_err(on_err)?;
                 }
-                self.remove_version(&mut records[pos], progress).await?;
+                let routed = serves_affinity(&table, &id);
+                self.remove_version(&mut records[pos], routed, progress)
+                    .await?;
                 report.removed.push(id);
             }
             TeardownTarget::All => {
@@ -1106,11 +1127,13 @@ impl Engine {
                         )))?;
                 }
                 for record in &mut records {
-                    self.remove_version(record, progress).await?;
+                    let routed = serves_affinity(&table, &record.version.id);
+                    self.remove_version(record, routed, progress).await?;
                     report.removed.push(record.version.id.clone());
                 }
                 for id in orphans {
-                    self.remove_orphan(&id, progress).await?;
+                    self.remove_orphan(&id, serves_affinity(&table, &id), progress)
+                        .await?;
                     report.orphans_removed.push(id);
                 }
             }
@@ -1170,10 +1193,12 @@ impl Engine {
     }
 
     /// Records the version on its way out (`retired`, or `failed` if it never served), then
-    /// removes its routing, compute, image and record.
+    /// removes its resources ([`Engine::remove_resources`]; `routed`: its affinity still forwards
+    /// to it).
     async fn remove_version(
         &self,
         record: &mut VersionRecord,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         let path: &[VersionState] = match record.version.state {
@@ -1196,24 +1221,32 @@ impl Engine {
                 .await?;
             *record = updated;
         }
-        self.remove_resources(&record.version.id, progress).await
+        self.remove_resources(&record.version.id, routed, progress)
+            .await
     }
 
-    /// Removes a version's routing, compute, image and record, in that order. Each step succeeds
-    /// if its resource is already gone.
+    /// Removes a version's resources, each step succeeding if its resource is already gone:
+    /// first its affinity answers 410 Gone (when `routed`, it still forwards to the version), so
+    /// no request meets a version whose instances are stopping; then its instances are scaled to
+    /// zero and deleted; then its rules and target group go (the provider waits out a target group
+    /// still briefly in use); then its image and, last, its record.
     async fn remove_resources(
         &self,
         id: &DeploymentId,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
+        if routed {
+            self.retire_routing(id, progress).await?;
+        }
+        let on_err = step(progress, id, "deleting its instances");
+        self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "removing its routing");
         self.ports
             .routing
             .remove_affinity(id)
             .await
             .map_err(on_err)?;
-        let on_err = step(progress, id, "deleting its instances");
-        self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "discarding its image");
         self.ports.images.discard(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "deleting its record");
@@ -1222,10 +1255,12 @@ impl Engine {
 
     /// Removes resources that no record owns. Orphans are found by their compute and routing, and
     /// images cannot be listed, so the image and readiness go first: an interrupted removal still
-    /// leaves something that leads the next pass back here.
+    /// leaves something that leads the next pass back here. Then the same order as
+    /// [`Engine::remove_resources`]: 410 (when `routed`), instances, routing.
     async fn remove_orphan(
         &self,
         id: &DeploymentId,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         note(
@@ -1236,14 +1271,17 @@ impl Engine {
         self.ports.images.discard(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "deleting its instance readiness");
         self.ports.state.delete(id).await.map_err(on_err)?;
+        if routed {
+            self.retire_routing(id, progress).await?;
+        }
+        let on_err = step(progress, id, "deleting its instances");
+        self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "removing its routing");
         self.ports
             .routing
             .remove_affinity(id)
             .await
-            .map_err(on_err)?;
-        let on_err = step(progress, id, "deleting its instances");
-        self.ports.compute.delete(id).await.map_err(on_err)
+            .map_err(on_err)
     }
 
     /// Moves `record` to `to` and stores it; nothing happens if it is already there.
