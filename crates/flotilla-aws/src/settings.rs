@@ -133,6 +133,18 @@ impl AwsSettings {
                 r.affinity_header
             ));
         }
+        if !r
+            .affinity_header
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            out.push(format!(
+                "affinity header `{}` may hold only letters, digits and hyphens: the load balancer \
+                 drops headers with other characters in their name (`_` included), so affinity \
+                 would never match",
+                r.affinity_header
+            ));
+        }
         if r.affinity_query.is_empty() || r.affinity_query.len() > 128 {
             out.push(format!(
                 "affinity query parameter `{}` must be 1 to 128 characters",
@@ -626,7 +638,12 @@ mod tests {
         s.task.stop_timeout_seconds = 300;
         s.task.container_port = s.task.app_port;
         s.routing.health_interval_seconds = 2;
+        s.routing.affinity_header = "X_Version".to_owned();
         let problems = s.problems(Needs::Deploy);
+        assert!(
+            problems.iter().any(|p| p.contains("`X_Version`") && p.contains("`_`")),
+            "{problems:?}"
+        );
         assert!(
             problems.iter().any(|p| p.contains("at most 120")),
             "{problems:?}"

@@ -358,17 +358,7 @@ impl Resolver<'_> {
             })
             .unwrap_or_default();
         let affinity_header = self
-            .checked("app.affinity_header", |s| {
-                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-                if s.is_empty() || s.len() > 40 || !s.chars().all(token) {
-                    Err(format!(
-                        "`app.affinity_header` must be an HTTP header name of 1 to 40 letters, digits \
-                         or -_. (an ALB limit), not {s:?}"
-                    ))
-                } else {
-                    Ok(())
-                }
-            })
+            .checked("app.affinity_header", affinity_header_problem)
             .unwrap_or_default();
         let affinity_query = self
             .checked("app.affinity_query", |s| {
@@ -733,6 +723,32 @@ impl Resolver<'_> {
             );
         }
     }
+}
+
+/// What is wrong with an affinity header name, if anything. Only letters, digits and hyphens
+/// are safe: an ALB set to drop invalid header fields (the baseline's is) removes every header
+/// whose name has anything else, `_` included, before its rules see it, so affinity would
+/// silently never match; and its header conditions take at most 40 characters.
+fn affinity_header_problem(s: &str) -> Result<(), String> {
+    let what = "`app.affinity_header` must be an HTTP header name of 1 to 40 letters, digits and \
+                hyphens, such as \"X-Flotilla-Deployment\"";
+    if s.is_empty() || s.len() > 40 {
+        return Err(format!("{what}, not {s:?} ({} characters)", s.len()));
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        let why = if bad == '_' {
+            "the load balancer drops headers whose name contains `_`, so affinity would \
+             silently never match; use `-` instead"
+                .to_owned()
+        } else {
+            format!("{bad:?} is not allowed in a header name the load balancer keeps")
+        };
+        return Err(format!("{what}, not {s:?}: {why}"));
+    }
+    Ok(())
 }
 
 fn non_empty(key: &'static str) -> impl Fn(&str) -> Result<(), String> {

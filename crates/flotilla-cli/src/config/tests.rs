@@ -162,7 +162,21 @@ fn invalid_values_are_reported_at_their_line() {
         (
             "[app]\naffinity_header = \"X Flotilla\"",
             "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
-             letters, digits or -_. (an ALB limit), not \"X Flotilla\"",
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \"X Flotilla\": \
+             ' ' is not allowed in a header name the load balancer keeps",
+        ),
+        (
+            "[app]\naffinity_header = \"X_Flotilla_Deployment\"",
+            "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \
+             \"X_Flotilla_Deployment\": the load balancer drops headers whose name contains `_`, \
+             so affinity would silently never match; use `-` instead",
+        ),
+        (
+            "[app]\naffinity_header = \"X.Version\"",
+            "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \"X.Version\": \
+             '.' is not allowed in a header name the load balancer keeps",
         ),
         (
             "[app]\ninject_client = \"true\"",
