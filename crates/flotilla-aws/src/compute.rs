@@ -3,7 +3,10 @@
 //!
 //! Observation is batched: one `DescribeServices` (tags included) per ten services, one
 //! `DescribeTargetHealth` per version that should run, and one cluster-wide `ListTasks` +
-//! `DescribeTasks` per hundred tasks for the task ids, never a call per task.
+//! `DescribeTasks` per hundred tasks for the task ids, never a call per task. For a version with
+//! fewer healthy targets than tasks asked for, one `ListTasks` of stopped tasks (plus
+//! `DescribeTasks`) says why its tasks stopped: pull errors, exec format errors and exit codes
+//! show only there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,9 +15,10 @@ use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, DesiredStatus,
     KeyValuePair, LaunchType, LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration,
-    NetworkMode, PortMapping, PropagateTags, Service, ServiceField, SortOrder, Tag,
+    NetworkMode, PortMapping, PropagateTags, Service, ServiceField, SortOrder, Tag, Task,
     TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
 };
+use aws_smithy_types::date_time::Format;
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use flotilla_core::{DeploymentId, InstanceId};
 use flotilla_engine::ports::{Compute, ComputeStatus, ErrorKind, PortError, VersionSpec};
@@ -34,6 +38,12 @@ const DESCRIBE_TASKS_BATCH: usize = 100;
 /// Service events included in `recent_logs`.
 const SERVICE_EVENTS: usize = 5;
 
+/// Stopped tasks described per version (newest first).
+const STOPPED_TASKS: usize = 5;
+
+/// Pages of stopped tasks read at most (ECS keeps a stopped task for about an hour).
+const STOPPED_PAGES: usize = 5;
+
 /// The [`Compute`] port over ECS.
 pub struct EcsCompute {
     ctx: Arc<Ctx>,
@@ -45,6 +55,35 @@ fn ecs_tag(key: &str, value: &str) -> Tag {
 
 fn exists(service: &Service) -> bool {
     matches!(service.status(), Some("ACTIVE") | Some("DRAINING"))
+}
+
+/// One line saying why a task stopped: when, ECS's `stoppedReason` and `stopCode`, and each
+/// container's exit code and reason (where a pull error or a missing binary shows).
+pub fn describe_stopped(task: &Task) -> String {
+    let id = task.task_arn().map(arn_tail).unwrap_or("?");
+    let short: String = id.chars().take(8).collect();
+    let mut line = format!("task {short} stopped");
+    if let Some(at) = task.stopped_at().and_then(|t| t.fmt(Format::DateTime).ok()) {
+        line.push_str(&format!(" at {at}"));
+    }
+    match (task.stopped_reason(), task.stop_code()) {
+        (Some(reason), Some(code)) => line.push_str(&format!(": {reason} ({})", code.as_str())),
+        (Some(reason), None) => line.push_str(&format!(": {reason}")),
+        (None, Some(code)) => line.push_str(&format!(" ({})", code.as_str())),
+        (None, None) => {}
+    }
+    for c in task.containers() {
+        let name = c.name().unwrap_or("container");
+        match (c.exit_code(), c.reason()) {
+            (Some(code), Some(reason)) => {
+                line.push_str(&format!("; {name} exited with code {code}: {reason}"))
+            }
+            (Some(code), None) => line.push_str(&format!("; {name} exited with code {code}")),
+            (None, Some(reason)) => line.push_str(&format!("; {name}: {reason}")),
+            (None, None) => {}
+        }
+    }
+    line
 }
 
 impl EcsCompute {
@@ -335,6 +374,82 @@ impl EcsCompute {
         Ok(by_service)
     }
 
+    /// Why each of `services`' recently stopped tasks stopped, newest first, at most
+    /// [`STOPPED_TASKS`] per service: one `ListTasks` (by service when there is one) and one
+    /// `DescribeTasks` per hundred stopped tasks.
+    async fn stopped_tasks(
+        &self,
+        services: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, PortError> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        if services.is_empty() {
+            return Ok(out);
+        }
+        // By service when there is one; a deleted service (a deploy that just gave up) is not
+        // found by name any more, but its stopped tasks are still in the cluster for a while.
+        let arns = match services {
+            [only] => match self.stopped_task_arns(Some(only)).await {
+                Err(e) if e.kind == ErrorKind::NotFound => self.stopped_task_arns(None).await?,
+                other => other?,
+            },
+            _ => self.stopped_task_arns(None).await?,
+        };
+        let mut tasks: Vec<(String, Task)> = Vec::new();
+        for batch in arns.chunks(DESCRIBE_TASKS_BATCH) {
+            let described = self
+                .ctx
+                .clients
+                .ecs
+                .describe_tasks()
+                .cluster(self.cluster())
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| port_error("describe stopped tasks", self.cluster(), e))?;
+            for task in described.tasks() {
+                let Some(service) = task.group().and_then(|g| g.strip_prefix("service:")) else {
+                    continue;
+                };
+                if services.iter().any(|s| s == service) {
+                    tasks.push((service.to_owned(), task.clone()));
+                }
+            }
+        }
+        let when = |t: &Task| t.stopped_at().or(t.created_at()).map(|d| d.as_nanos());
+        tasks.sort_by_key(|(_, t)| std::cmp::Reverse(when(t)));
+        for (service, task) in tasks {
+            let lines = out.entry(service).or_default();
+            if lines.len() < STOPPED_TASKS {
+                lines.push(describe_stopped(&task));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ARNs of stopped tasks, of one service or the whole cluster, at most
+    /// [`STOPPED_PAGES`] pages.
+    async fn stopped_task_arns(&self, service: Option<&str>) -> Result<Vec<String>, PortError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ecs
+            .list_tasks()
+            .cluster(self.cluster())
+            .desired_status(DesiredStatus::Stopped)
+            .set_service_name(service.map(str::to_owned))
+            .into_paginator()
+            .send();
+        for _ in 0..STOPPED_PAGES {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            let page = page.map_err(|e| port_error("list stopped tasks", self.cluster(), e))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
     /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
     /// by a removal that stopped half way): that version has no healthy targets, and every reaper
     /// pass and `status` must go on rather than fail on it until someone notices.
@@ -565,8 +680,32 @@ impl Compute for EcsCompute {
                     healthy,
                     instances: Vec::new(),
                     sessions: None,
+                    stopped: Vec::new(),
                 },
             );
+        }
+        // Why the tasks of a version short of healthy targets stopped. Observing must go on
+        // without it (the reaper depends on the rest), so a failure becomes the one line.
+        let short: Vec<String> = out
+            .iter()
+            .filter(|(_, s)| s.healthy < s.desired)
+            .map(|(id, _)| self.ctx.service_name(id))
+            .collect();
+        if !short.is_empty() {
+            match self.stopped_tasks(&short).await {
+                Ok(mut stopped) => {
+                    for (id, status) in out.iter_mut() {
+                        if let Some(lines) = stopped.remove(&self.ctx.service_name(id)) {
+                            status.stopped = lines;
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (_, status) in out.iter_mut().filter(|(_, s)| s.healthy < s.desired) {
+                        status.stopped = vec![format!("(stopped tasks could not be read: {e})")];
+                    }
+                }
+            }
         }
         if any_running {
             let mut tasks = self.running_tasks().await?;
@@ -625,6 +764,17 @@ impl Compute for EcsCompute {
 
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
         let mut out = Vec::new();
+        // Why tasks stopped comes first: an image that cannot be pulled, a binary that cannot run
+        // or a crash shows there and nowhere in the container's own log.
+        let name = self.ctx.service_name(id);
+        match self.stopped_tasks(std::slice::from_ref(&name)).await {
+            Ok(mut stopped) => {
+                for line in stopped.remove(&name).unwrap_or_default() {
+                    out.push(format!("[stopped] {line}"));
+                }
+            }
+            Err(e) => out.push(format!("[stopped] stopped tasks could not be read: {e}")),
+        }
         if let Some(s) = self.describe_one(id).await? {
             for e in s.events().iter().take(SERVICE_EVENTS).rev() {
                 if let Some(m) = e.message() {
@@ -682,5 +832,55 @@ impl Compute for EcsCompute {
         let skip = events.len().saturating_sub(lines);
         out.extend(events.into_iter().skip(skip));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ecs::types::{Container, TaskStopCode};
+    use aws_smithy_types::DateTime;
+
+    use super::*;
+
+    #[test]
+    fn a_stopped_task_says_why_in_one_line() {
+        let arn = "arn:aws:ecs:us-east-1:123456789012:task/flotilla-shop/0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let check = |task: Task, want: &str| assert_eq!(describe_stopped(&task), want);
+        check(
+            Task::builder()
+                .task_arn(arn)
+                .stopped_at(DateTime::from_secs(1_796_000_000))
+                .stopped_reason("Essential container in task exited")
+                .stop_code(TaskStopCode::EssentialContainerExited)
+                .containers(
+                    Container::builder()
+                        .name("app")
+                        .exit_code(127)
+                        .reason("exec /usr/local/bin/flotilla: exec format error")
+                        .build(),
+                )
+                .build(),
+            "task 0f1e2d3c stopped at 2026-11-30T00:53:20Z: Essential container in task exited \
+             (EssentialContainerExited); app exited with code 127: exec /usr/local/bin/flotilla: \
+             exec format error",
+        );
+        check(
+            Task::builder()
+                .task_arn(arn)
+                .stopped_reason(
+                    "CannotPullContainerError: pull image manifest has been retried 5 time(s)",
+                )
+                .stop_code(TaskStopCode::TaskFailedToStart)
+                .containers(Container::builder().name("app").build())
+                .build(),
+            "task 0f1e2d3c stopped: CannotPullContainerError: pull image manifest has been \
+             retried 5 time(s) (TaskFailedToStart)",
+        );
+        check(
+            Task::builder()
+                .containers(Container::builder().name("app").exit_code(0).build())
+                .build(),
+            "task ? stopped; app exited with code 0",
+        );
     }
 }

@@ -125,6 +125,11 @@ pub struct ComputeStatus {
     /// Live sessions across the instances, where the provider can count them (the host router can;
     /// on AWS each agent reports only its readiness).
     pub sessions: Option<u64>,
+    /// Why instances of this version stopped recently, newest first, one line each (on AWS the
+    /// stopped tasks' `stoppedReason`, `stopCode` and each container's exit code and reason).
+    /// Filled in where the provider knows, for a version with fewer healthy instances than asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<String>,
 }
 
 /// Creates, scales, observes and deletes the instances of versions.
