@@ -562,6 +562,8 @@ impl Compute for EcsCompute {
                     .build(),
             )
             .health_check_grace_period_seconds(self.ctx.task.health_check_grace_seconds as i32)
+            // No shell into running tasks unless someone decides so on purpose.
+            .enable_execute_command(false)
             .enable_ecs_managed_tags(true)
             .propagate_tags(PropagateTags::Service)
             .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))
