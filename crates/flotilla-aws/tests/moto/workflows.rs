@@ -110,7 +110,6 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
     assert_eq!(s.load_balancers()[0].container_port(), Some(8000));
     // ECS leaves a new task's failing health checks alone as long as a deploy waits for it.
     assert_eq!(s.health_check_grace_period_seconds(), Some(300));
-    assert!(!s.enable_execute_command(), "ECS exec is off");
     let net = s
         .network_configuration()
         .and_then(|n| n.awsvpc_configuration())
