@@ -435,8 +435,7 @@ async fn foreign_rule_to(w: &World, id: &flotilla_core::DeploymentId, priority: 
             Action::builder()
                 .r#type(ActionTypeEnum::Forward)
                 .target_group_arn(tg)
-                .build()
-                .expect("action"),
+                .build(),
         )
         .send()
         .await

@@ -612,13 +612,17 @@ fn the_init_template_documents_every_key_and_validates() {
             }
             // Every value written out equals the default the resolver would use anyway, except
             // the ones init chose.
+            let mut defaults = layers::defaults();
+            if provider == ProviderKind::Aws {
+                layers::aws_defaults(&mut defaults);
+            }
             for source in &config.sources {
                 if !matches!(
                     source.key.as_str(),
                     "name" | "provider" | "host.command" | "host.build"
                 ) && source.value.is_some()
                 {
-                    let default = layers::defaults().get(&source.key).map(|s| s.val.clone());
+                    let default = defaults.get(&source.key).map(|s| s.val.clone());
                     assert_eq!(source.value, default, "{}", source.key);
                 }
             }
