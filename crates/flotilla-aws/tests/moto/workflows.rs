@@ -108,8 +108,6 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
         tgd.target_group_arn()
     );
     assert_eq!(s.load_balancers()[0].container_port(), Some(8000));
-    // ECS leaves a new task's failing health checks alone as long as a deploy waits for it.
-    assert_eq!(s.health_check_grace_period_seconds(), Some(300));
     let net = s
         .network_configuration()
         .and_then(|n| n.awsvpc_configuration())
@@ -561,4 +559,75 @@ async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
         matches!(&err, EngineError::NotHealthy { id, .. } if *id == v2),
         "{err}"
     );
+}
+
+/// Keeps every `CreateService` request the ECS client sends (moto does not echo the health-check
+/// grace period or ECS exec back, so the request is where they show).
+#[derive(Clone, Debug, Default)]
+struct CreateServiceSpy(
+    std::sync::Arc<std::sync::Mutex<Vec<aws_sdk_ecs::operation::create_service::CreateServiceInput>>>,
+);
+
+impl aws_sdk_ecs::config::Intercept for CreateServiceSpy {
+    fn name(&self) -> &'static str {
+        "create-service-spy"
+    }
+
+    fn read_before_serialization(
+        &self,
+        context: &aws_sdk_ecs::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _: &aws_sdk_ecs::config::RuntimeComponents,
+        _: &mut aws_sdk_ecs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ecs::error::BoxError> {
+        if let Some(input) = context
+            .input()
+            .downcast_ref::<aws_sdk_ecs::operation::create_service::CreateServiceInput>()
+        {
+            self.0.lock().expect("not poisoned").push(input.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_wait_out_a_slow_first_start_and_have_no_ecs_exec() {
+    let mut w = World::new("shop").await;
+    let spy = CreateServiceSpy::default();
+    let ecs = aws_sdk_ecs::Client::from_conf(
+        w.clients
+            .ecs
+            .config()
+            .to_builder()
+            .interceptor(spy.clone())
+            .build(),
+    );
+    let clients = flotilla_aws::Clients {
+        ecs,
+        ..w.clients.clone()
+    };
+    let deploy = |w: &World, clients: &flotilla_aws::Clients| {
+        let ports =
+            flotilla_aws::connect_with(&w.settings, clients.clone(), flotilla_aws::Needs::Deploy)
+                .expect("ports");
+        flotilla_engine::Engine::new(ports, w.engine_settings("alice", eager_policy(2)))
+    };
+    // By default ECS leaves a new task's failing health checks alone for 300 s, as long as an
+    // AWS deploy waits for health (an image pull through NAT comes first).
+    w.deploy(&deploy(&w, &clients), &next_id())
+        .await
+        .expect("deploy");
+    // Set from the config ([aws] health_check_grace_seconds or app.health_timeout_seconds).
+    w.settings.task.health_check_grace_seconds = 600;
+    w.deploy(&deploy(&w, &clients), &next_id())
+        .await
+        .expect("deploy");
+    let sent = spy.0.lock().expect("not poisoned").clone();
+    let graces: Vec<Option<i32>> = sent
+        .iter()
+        .map(|i| i.health_check_grace_period_seconds())
+        .collect();
+    assert_eq!(graces, [Some(300), Some(600)]);
+    for input in &sent {
+        assert_eq!(input.enable_execute_command(), Some(false), "ECS exec is off");
+    }
 }
