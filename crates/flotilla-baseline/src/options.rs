@@ -131,6 +131,20 @@ impl Architecture {
     }
 }
 
+/// The web ACL in front of the load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WafOptions {
+    /// Requests one client IP address may make in any five minutes before it is blocked for a
+    /// while (AWS WAF's rate-based rule: 10 to 2,000,000,000).
+    pub rate_limit: u32,
+}
+
+impl Default for WafOptions {
+    fn default() -> Self {
+        WafOptions { rate_limit: 2000 }
+    }
+}
+
 /// Where the load balancer writes its access logs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessLogs {
@@ -225,6 +239,8 @@ pub struct BaselineOptions {
     pub reaper: ReaperOptions,
     /// Alarms and who hears about them.
     pub alarms: AlarmOptions,
+    /// A web application firewall in front of the load balancer, or `None` for none.
+    pub waf: Option<WafOptions>,
 }
 
 impl BaselineOptions {
@@ -247,6 +263,7 @@ impl BaselineOptions {
             keep_images: 30,
             reaper: ReaperOptions::default(),
             alarms: AlarmOptions::default(),
+            waf: None,
         }
     }
 
@@ -350,6 +367,19 @@ impl BaselineOptions {
             }
         }
 
+        if let Some(waf) = &self.waf
+            && !(10..=2_000_000_000).contains(&waf.rate_limit)
+        {
+            problem(
+                "aws.waf_rate_limit",
+                format!(
+                    "{} is outside 10..=2000000000, the requests per IP address in five minutes \
+                     an AWS WAF rate rule accepts",
+                    waf.rate_limit
+                ),
+            );
+        }
+
         if self.container_port == 0 {
             problem(
                 "aws.container_port",
@@ -362,12 +392,14 @@ impl BaselineOptions {
             && self
                 .affinity_header
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !header_ok {
             problem(
                 "app.affinity_header",
                 format!(
-                    "{:?} is not a header name an ALB rule can match (1-40 letters, digits, `-`, `_`)",
+                    "{:?} is not a header name an ALB rule can match (1-40 letters, digits and \
+                     `-`; the load balancer drops headers with `_` or other characters in their \
+                     name)",
                     self.affinity_header
                 ),
             );

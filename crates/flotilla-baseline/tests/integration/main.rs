@@ -7,12 +7,12 @@ mod properties;
 mod template;
 
 use flotilla_baseline::{
-    AccessLogs, BaselineOptions, NatMode, Notifications, Template, TlsMode, build,
+    AccessLogs, BaselineOptions, NatMode, Notifications, Template, TlsMode, WafOptions, build,
 };
 use flotilla_core::DeploymentName;
 
 /// The variants every check runs on: HTTPS with a requested certificate, HTTP-only, and one NAT
-/// gateway per zone with a certificate the user brings.
+/// gateway per zone with a certificate the user brings (and the optional web ACL).
 pub fn variants() -> Vec<(&'static str, BaselineOptions)> {
     let name = DeploymentName::new("prod").expect("valid name");
 
@@ -42,6 +42,8 @@ pub fn variants() -> Vec<(&'static str, BaselineOptions)> {
     });
     per_az.alarms.notifications =
         Notifications::Topic("arn:aws:sns:eu-west-1:123456789012:ops-alerts".into());
+    // The linters see the web ACL here.
+    per_az.waf = Some(WafOptions { rate_limit: 1500 });
 
     vec![
         ("https", https),

@@ -660,3 +660,57 @@ fn invalid_options_build_nothing() {
     let fields: Vec<&str> = err.problems.iter().map(|p| p.field).collect();
     assert_eq!(fields, ["aws.domain", "aws.container_port"]);
 }
+
+#[test]
+fn the_optional_web_acl_rate_limits_and_runs_the_managed_rules_on_the_load_balancer() {
+    // Off by default.
+    for label in ["https", "http-only"] {
+        let t = json_of(&variant(label));
+        assert!(resources_of_type(&t, "AWS::WAFv2::WebACL").is_empty(), "{label}");
+        assert!(
+            resources_of_type(&t, "AWS::WAFv2::WebACLAssociation").is_empty(),
+            "{label}"
+        );
+    }
+    let t = json_of(&variant("per-az"));
+    let acl = props(&t, "WebAcl");
+    assert_eq!(acl["Scope"], "REGIONAL");
+    assert_eq!(acl["DefaultAction"], json!({ "Allow": {} }));
+    let rules = acl["Rules"].as_array().expect("rules");
+    let rate = &rules[0]["Statement"]["RateBasedStatement"];
+    assert_eq!(rate["Limit"], 1500);
+    assert_eq!(rate["AggregateKeyType"], "IP");
+    assert_eq!(rules[0]["Action"], json!({ "Block": {} }));
+    let managed: Vec<&str> = rules[1..]
+        .iter()
+        .map(|r| {
+            assert_eq!(r["Statement"]["ManagedRuleGroupStatement"]["VendorName"], "AWS");
+            r["Statement"]["ManagedRuleGroupStatement"]["Name"]
+                .as_str()
+                .expect("name")
+        })
+        .collect();
+    assert_eq!(
+        managed,
+        [
+            "AWSManagedRulesCommonRuleSet",
+            "AWSManagedRulesKnownBadInputsRuleSet"
+        ]
+    );
+    let priorities: BTreeSet<u64> = rules
+        .iter()
+        .map(|r| r["Priority"].as_u64().expect("priority"))
+        .collect();
+    assert_eq!(priorities.len(), rules.len(), "distinct priorities");
+    let association = props(&t, "WebAclAssociation");
+    assert_eq!(association["ResourceArn"], json!({ "Ref": "LoadBalancer" }));
+    assert_eq!(
+        association["WebACLArn"],
+        json!({ "Fn::GetAtt": ["WebAcl", "Arn"] })
+    );
+
+    let mut bad = variant("per-az");
+    bad.waf = Some(flotilla_baseline::WafOptions { rate_limit: 5 });
+    let err = flotilla_baseline::build(&bad).expect_err("rate limit too low");
+    assert!(err.to_string().contains("aws.waf_rate_limit"), "{err}");
+}

@@ -353,6 +353,10 @@ pub struct AwsConfig {
     pub access_logs_bucket: Option<String>,
     /// The ALB access logs' key prefix.
     pub access_logs_prefix: Option<String>,
+    /// Whether the baseline puts a WAF web ACL in front of the load balancer.
+    pub waf: bool,
+    /// The WAF's per-IP limit of requests in five minutes.
+    pub waf_rate_limit: u32,
     /// Seconds ECS ignores failing health checks of a new task; `None` means the deploy's health
     /// timeout (see [`Config::health_check_grace_seconds`]).
     pub health_check_grace_seconds: Option<u32>,

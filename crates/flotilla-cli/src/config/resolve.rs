@@ -610,6 +610,8 @@ impl Resolver<'_> {
             non_empty("aws.access_logs_bucket"),
         );
         let access_logs_prefix = self.opt_str("aws.access_logs_prefix");
+        let waf = self.bool("aws.waf");
+        let waf_rate_limit = self.u32("aws.waf_rate_limit", 10..=2_000_000_000);
         let health_check_grace_seconds = self
             .setting("aws.health_check_grace_seconds")
             .is_some()
@@ -644,6 +646,8 @@ impl Resolver<'_> {
             alarm_5xx_percent,
             access_logs_bucket,
             access_logs_prefix,
+            waf,
+            waf_rate_limit,
             health_check_grace_seconds,
             listener_arn,
             subnets,

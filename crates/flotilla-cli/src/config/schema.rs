@@ -496,6 +496,23 @@ pub const KEYS: &[Key] = &[
         "A key prefix for the access logs in that bucket (no leading or trailing /).",
         "\"shop\"",
     ),
+    key(
+        "aws",
+        "waf",
+        Ty::Bool,
+        Bool(false),
+        "Put an AWS WAF web ACL in front of the load balancer: a per-IP rate limit \
+         (waf_rate_limit) and AWS's managed common and known-bad-inputs rules. AWS bills the web \
+         ACL, its rules and the requests it inspects.",
+    ),
+    key(
+        "aws",
+        "waf_rate_limit",
+        Ty::Int,
+        Int(2000),
+        "With waf = true: requests one IP address may make in any 5 minutes before the WAF blocks \
+         it for a while (10 to 2000000000).",
+    ),
     key_ex(
         "aws",
         "health_check_grace_seconds",

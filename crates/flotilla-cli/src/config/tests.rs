@@ -81,7 +81,7 @@ fn unknown_keys_suggest_the_closest_valid_key() {
              `certificate_arn`, `nat`, `command`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
              `alarm_topic_arn`, `alarm_5xx_percent`, `access_logs_bucket`, `access_logs_prefix`, \
-             `health_check_grace_seconds`, `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
+             `waf`, `waf_rate_limit`, `health_check_grace_seconds`, `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
              `execution_role_arn`, `task_role_arn`",
         ),
         (
