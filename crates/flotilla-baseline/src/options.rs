@@ -709,6 +709,21 @@ mod tests {
     }
 
     #[test]
+    fn an_affinity_header_the_alb_would_drop_is_refused() {
+        for (header, ok) in [
+            ("X-Flotilla-Deployment", true),
+            ("X_Flotilla_Deployment", false),
+            ("X.Version", false),
+            ("", false),
+        ] {
+            let mut opts = BaselineOptions::new(name(), TlsMode::HttpOnly);
+            opts.affinity_header = header.to_owned();
+            let want: &[&str] = if ok { &[] } else { &["app.affinity_header"] };
+            assert_eq!(fields(&opts), want, "{header:?}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let mut opts = BaselineOptions::new(
             name(),
