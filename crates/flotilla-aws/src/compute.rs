@@ -18,8 +18,8 @@ use aws_sdk_ecs::types::{
     NetworkMode, PortMapping, PropagateTags, Service, ServiceField, SortOrder, Tag, Task,
     TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
 };
-use aws_smithy_types::date_time::Format;
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
+use aws_smithy_types::date_time::Format;
 use flotilla_core::{DeploymentId, InstanceId};
 use flotilla_engine::ports::{Compute, ComputeStatus, ErrorKind, PortError, VersionSpec};
 
@@ -191,7 +191,10 @@ impl EcsCompute {
                 "FLOTILLA_APP_STOP_TIMEOUT_SECONDS",
                 t.stop_timeout_seconds.to_string(),
             ))
-            .environment(env("FLOTILLA_AGENT_KEEPALIVE_SECONDS", t.agent_keepalive_seconds().to_string()))
+            .environment(env(
+                "FLOTILLA_AGENT_KEEPALIVE_SECONDS",
+                t.agent_keepalive_seconds().to_string(),
+            ))
             .environment(env("PORT", t.app_port.to_string()))
             .environment(env("AWS_REGION", self.ctx.region.clone()))
             .set_command(Some(t.container_command()))

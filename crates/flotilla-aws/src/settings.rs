@@ -641,7 +641,9 @@ mod tests {
         s.routing.affinity_header = "X_Version".to_owned();
         let problems = s.problems(Needs::Deploy);
         assert!(
-            problems.iter().any(|p| p.contains("`X_Version`") && p.contains("`_`")),
+            problems
+                .iter()
+                .any(|p| p.contains("`X_Version`") && p.contains("`_`")),
             "{problems:?}"
         );
         assert!(

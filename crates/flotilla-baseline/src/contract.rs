@@ -352,7 +352,11 @@ mod tests {
         }
         let s = ReaperSettings::from_env(|k| env.get(k).cloned()).expect("required ones present");
         assert_eq!((s.log_group, s.repository), (None, None));
-        assert_eq!(s.timeout, Duration::from_secs(110), "from the 120 s interval");
+        assert_eq!(
+            s.timeout,
+            Duration::from_secs(110),
+            "from the 120 s interval"
+        );
         assert_eq!(s.affinity_header, DEFAULT_AFFINITY_HEADER);
         assert_eq!(s.affinity_query, DEFAULT_AFFINITY_QUERY);
     }

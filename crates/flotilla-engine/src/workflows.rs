@@ -1030,12 +1030,8 @@ impl Engine {
             }
             ReapAction::RetireRouting { .. } => self.retire_routing(id, progress).await,
             ReapAction::ScaleToZero { .. } => self.scale_to_zero(id, progress).await,
-            ReapAction::DeleteResources { .. } => {
-                self.remove_resources(id, routed, progress).await
-            }
-            ReapAction::CleanUpFailed { .. } => {
-                self.remove_version(record, routed, progress).await
-            }
+            ReapAction::DeleteResources { .. } => self.remove_resources(id, routed, progress).await,
+            ReapAction::CleanUpFailed { .. } => self.remove_version(record, routed, progress).await,
         }
     }
 
@@ -1277,11 +1273,7 @@ impl Engine {
         let on_err = step(progress, id, "deleting its instances");
         self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "removing its routing");
-        self.ports
-            .routing
-            .remove_affinity(id)
-            .await
-            .map_err(on_err)
+        self.ports.routing.remove_affinity(id).await.map_err(on_err)
     }
 
     /// Moves `record` to `to` and stores it; nothing happens if it is already there.

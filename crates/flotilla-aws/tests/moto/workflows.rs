@@ -515,12 +515,7 @@ async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
         "the reason comes first: {logs:#?}"
     );
     // `flotilla logs` of the removed version still says why (ECS keeps stopped tasks a while).
-    let logs = w
-        .ports()
-        .compute
-        .recent_logs(&v1, 20)
-        .await
-        .expect("logs");
+    let logs = w.ports().compute.recent_logs(&v1, 20).await.expect("logs");
     assert!(logs.iter().any(|l| l.contains(PULL_ERROR)), "{logs:#?}");
 
     // A version short of healthy targets shows its stopped tasks in observe and in status.
@@ -546,15 +541,14 @@ async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
             .expect("the deploying version has compute");
         let stopped = &v.compute.as_ref().expect("compute").stopped;
         assert!(
-            stopped.iter().any(|l| l.contains(PULL_ERROR) && l.contains("stopped")),
+            stopped
+                .iter()
+                .any(|l| l.contains(PULL_ERROR) && l.contains("stopped")),
             "{stopped:#?}"
         );
         v.record.version.id.clone()
     };
-    let err = deploying
-        .await
-        .expect("joined")
-        .expect_err("never healthy");
+    let err = deploying.await.expect("joined").expect_err("never healthy");
     assert!(
         matches!(&err, EngineError::NotHealthy { id, .. } if *id == v2),
         "{err}"
@@ -565,7 +559,9 @@ async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
 /// grace period or ECS exec back, so the request is where they show).
 #[derive(Clone, Debug, Default)]
 struct CreateServiceSpy(
-    std::sync::Arc<std::sync::Mutex<Vec<aws_sdk_ecs::operation::create_service::CreateServiceInput>>>,
+    std::sync::Arc<
+        std::sync::Mutex<Vec<aws_sdk_ecs::operation::create_service::CreateServiceInput>>,
+    >,
 );
 
 impl aws_sdk_ecs::config::Intercept for CreateServiceSpy {
@@ -581,8 +577,8 @@ impl aws_sdk_ecs::config::Intercept for CreateServiceSpy {
     ) -> Result<(), aws_sdk_ecs::error::BoxError> {
         if let Some(input) = context
             .input()
-            .downcast_ref::<aws_sdk_ecs::operation::create_service::CreateServiceInput>()
-        {
+            .downcast_ref::<aws_sdk_ecs::operation::create_service::CreateServiceInput>(
+        ) {
             self.0.lock().expect("not poisoned").push(input.clone());
         }
         Ok(())
@@ -628,6 +624,10 @@ async fn services_wait_out_a_slow_first_start_and_have_no_ecs_exec() {
         .collect();
     assert_eq!(graces, [Some(300), Some(600)]);
     for input in &sent {
-        assert_eq!(input.enable_execute_command(), Some(false), "ECS exec is off");
+        assert_eq!(
+            input.enable_execute_command(),
+            Some(false),
+            "ECS exec is off"
+        );
     }
 }

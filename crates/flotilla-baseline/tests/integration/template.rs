@@ -282,7 +282,11 @@ fn allowed(t: &Value, role: &str) -> BTreeSet<(String, String)> {
         {
             for a in s["Action"].as_array().expect("actions") {
                 for r in s["Resource"].as_array().expect("resources") {
-                    let r = r["Fn::Sub"].as_str().or(r.as_str()).unwrap_or("").to_owned();
+                    let r = r["Fn::Sub"]
+                        .as_str()
+                        .or(r.as_str())
+                        .unwrap_or("")
+                        .to_owned();
                     out.insert((a.as_str().expect("action").to_owned(), r));
                 }
             }
@@ -316,8 +320,17 @@ fn the_reaper_role_may_recreate_a_missing_rule_when_it_retires_a_version() {
     let text =
         flotilla_baseline::deployer_policy(&flotilla_baseline::DeployerPolicyOptions::new(name))
             .to_string();
-    for action in ["CreateRule", "AddTags", "ModifyRule", "DeleteRule", "DeleteTargetGroup"] {
-        assert!(text.contains(&format!("elasticloadbalancing:{action}")), "deployer lacks {action}");
+    for action in [
+        "CreateRule",
+        "AddTags",
+        "ModifyRule",
+        "DeleteRule",
+        "DeleteTargetGroup",
+    ] {
+        assert!(
+            text.contains(&format!("elasticloadbalancing:{action}")),
+            "deployer lacks {action}"
+        );
     }
 }
 
@@ -666,7 +679,10 @@ fn the_optional_web_acl_rate_limits_and_runs_the_managed_rules_on_the_load_balan
     // Off by default.
     for label in ["https", "http-only"] {
         let t = json_of(&variant(label));
-        assert!(resources_of_type(&t, "AWS::WAFv2::WebACL").is_empty(), "{label}");
+        assert!(
+            resources_of_type(&t, "AWS::WAFv2::WebACL").is_empty(),
+            "{label}"
+        );
         assert!(
             resources_of_type(&t, "AWS::WAFv2::WebACLAssociation").is_empty(),
             "{label}"
@@ -684,7 +700,10 @@ fn the_optional_web_acl_rate_limits_and_runs_the_managed_rules_on_the_load_balan
     let managed: Vec<&str> = rules[1..]
         .iter()
         .map(|r| {
-            assert_eq!(r["Statement"]["ManagedRuleGroupStatement"]["VendorName"], "AWS");
+            assert_eq!(
+                r["Statement"]["ManagedRuleGroupStatement"]["VendorName"],
+                "AWS"
+            );
             r["Statement"]["ManagedRuleGroupStatement"]["Name"]
                 .as_str()
                 .expect("name")

@@ -420,9 +420,9 @@ impl Config {
     /// health_check_grace_seconds`, or else as long as a deploy waits for health, so ECS never
     /// replaces a slow first start (an image pull through NAT) while the deploy still waits.
     pub fn health_check_grace_seconds(&self) -> u32 {
-        self.aws.health_check_grace_seconds.unwrap_or_else(|| {
-            u32::try_from(self.app.health_timeout.as_secs()).unwrap_or(u32::MAX)
-        })
+        self.aws
+            .health_check_grace_seconds
+            .unwrap_or_else(|| u32::try_from(self.app.health_timeout.as_secs()).unwrap_or(u32::MAX))
     }
 
     /// Instances each version runs on the configured provider.

@@ -654,7 +654,11 @@ fn aws_waits_longer_for_health_and_ecs_grace_follows_the_wait() {
     );
     assert_eq!(flagged.app.health_timeout, Duration::from_secs(300));
     // A health timeout set anywhere wins, and the grace period follows it.
-    let config = ok(&format!("{aws}[app]\nhealth_timeout_seconds = 600\n"), &[], &none);
+    let config = ok(
+        &format!("{aws}[app]\nhealth_timeout_seconds = 600\n"),
+        &[],
+        &none,
+    );
     assert_eq!(config.app.health_timeout, Duration::from_secs(600));
     assert_eq!(config.health_check_grace_seconds(), 600);
     let config = ok(aws, &[("FLOTILLA_APP_HEALTH_TIMEOUT_SECONDS", "90")], &none);
@@ -671,7 +675,9 @@ fn aws_waits_longer_for_health_and_ecs_grace_follows_the_wait() {
         &format!("{aws}[aws]\nhealth_check_grace_seconds = -1\n"),
         &[],
         &none,
-        &["flotilla.toml:4:30: `aws.health_check_grace_seconds` must be between 0 and 86400, not -1"],
+        &[
+            "flotilla.toml:4:30: `aws.health_check_grace_seconds` must be between 0 and 86400, not -1",
+        ],
     );
     // `init` writes the provider's own default.
     let rendered = |provider| {

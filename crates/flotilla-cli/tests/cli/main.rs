@@ -333,7 +333,9 @@ fn the_guides_dockerfiles_have_no_comments_after_an_instruction() {
         for (n, line) in text.lines().enumerate() {
             let trimmed = line.trim_start();
             if trimmed.starts_with("```") {
-                in_dockerfile = trimmed.trim_start_matches('`').eq_ignore_ascii_case("dockerfile");
+                in_dockerfile = trimmed
+                    .trim_start_matches('`')
+                    .eq_ignore_ascii_case("dockerfile");
                 continue;
             }
             if in_dockerfile && !trimmed.starts_with('#') {
