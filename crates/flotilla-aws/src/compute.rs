@@ -3,10 +3,9 @@
 //!
 //! Observation is batched: one `DescribeServices` (tags included) per ten services, one
 //! `DescribeTargetHealth` per version that should run, and one cluster-wide `ListTasks` +
-//! `DescribeTasks` per hundred tasks for the task ids, never a call per task. For a version with
-//! fewer healthy targets than tasks asked for, one `ListTasks` of stopped tasks (plus
-//! `DescribeTasks`) says why its tasks stopped: pull errors, exec format errors and exit codes
-//! show only there.
+//! `DescribeTasks` per hundred tasks for the task ids, never a call per task. Why tasks stopped
+//! (pull errors, exec format errors and exit codes show only there) costs one `ListTasks` of
+//! stopped tasks plus `DescribeTasks`, asked by `status` and `recent_logs` only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -689,29 +688,6 @@ impl Compute for EcsCompute {
                 },
             );
         }
-        // Why the tasks of a version short of healthy targets stopped. Observing must go on
-        // without it (the reaper depends on the rest), so a failure becomes the one line.
-        let short: Vec<String> = out
-            .iter()
-            .filter(|(_, s)| s.healthy < s.desired)
-            .map(|(id, _)| self.ctx.service_name(id))
-            .collect();
-        if !short.is_empty() {
-            match self.stopped_tasks(&short).await {
-                Ok(mut stopped) => {
-                    for (id, status) in out.iter_mut() {
-                        if let Some(lines) = stopped.remove(&self.ctx.service_name(id)) {
-                            status.stopped = lines;
-                        }
-                    }
-                }
-                Err(e) => {
-                    for (_, status) in out.iter_mut().filter(|(_, s)| s.healthy < s.desired) {
-                        status.stopped = vec![format!("(stopped tasks could not be read: {e})")];
-                    }
-                }
-            }
-        }
         if any_running {
             let mut tasks = self.running_tasks().await?;
             for (id, status) in out.iter_mut() {
@@ -765,6 +741,19 @@ impl Compute for EcsCompute {
         ids.sort();
         ids.dedup();
         Ok(ids)
+    }
+
+    async fn stopped(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let names: Vec<String> = ids.iter().map(|id| self.ctx.service_name(id)).collect();
+        let mut by_service = self.stopped_tasks(&names).await?;
+        Ok(ids
+            .iter()
+            .zip(&names)
+            .filter_map(|(id, name)| Some((id.clone(), by_service.remove(name)?)))
+            .collect())
     }
 
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {

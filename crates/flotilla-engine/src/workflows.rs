@@ -442,7 +442,8 @@ impl Engine {
         let with_compute = self.compute_ids().await?;
         let records = self.records().await?;
         let ids: Vec<DeploymentId> = records.iter().map(|r| r.version.id.clone()).collect();
-        let observed = self.observe(&ids).await?;
+        let mut observed = self.observe(&ids).await?;
+        self.add_stopped(&mut observed).await;
         let readiness = self.readiness(&ids).await?;
         let lock = self
             .ports
@@ -481,6 +482,35 @@ impl Engine {
             lock,
             orphans,
         })
+    }
+
+    /// Adds why instances stopped to the versions short of healthy instances. `status` must
+    /// report the rest without it, so a failure becomes that one line.
+    async fn add_stopped(&self, observed: &mut BTreeMap<DeploymentId, ComputeStatus>) {
+        let short: Vec<DeploymentId> = observed
+            .iter()
+            .filter(|(_, c)| c.healthy < c.desired)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if short.is_empty() {
+            return;
+        }
+        match self.ports.compute.stopped(&short).await {
+            Ok(mut stopped) => {
+                for (id, status) in observed.iter_mut() {
+                    if let Some(lines) = stopped.remove(id) {
+                        status.stopped = lines;
+                    }
+                }
+            }
+            Err(e) => {
+                for id in &short {
+                    if let Some(status) = observed.get_mut(id) {
+                        status.stopped = vec![format!("(why instances stopped is unknown: {e})")];
+                    }
+                }
+            }
+        }
     }
 
     // ---- deploy -------------------------------------------------------------------------------

@@ -518,7 +518,7 @@ async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
     let logs = w.ports().compute.recent_logs(&v1, 20).await.expect("logs");
     assert!(logs.iter().any(|l| l.contains(PULL_ERROR)), "{logs:#?}");
 
-    // A version short of healthy targets shows its stopped tasks in observe and in status.
+    // A version short of healthy targets shows its stopped tasks in status.
     let v2 = next_id();
     let failer = fail_a_task_of(&w, names::service_name(&w.name, &v2)).await;
     let engine = w.engine("bob");
