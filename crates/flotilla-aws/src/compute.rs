@@ -3,7 +3,9 @@
 //!
 //! Observation is batched: one `DescribeServices` (tags included) per ten services, one
 //! `DescribeTargetHealth` per version that should run, and one cluster-wide `ListTasks` +
-//! `DescribeTasks` per hundred tasks for the task ids, never a call per task.
+//! `DescribeTasks` per hundred tasks for the task ids, never a call per task. Why tasks stopped
+//! (pull errors, exec format errors and exit codes show only there) costs one `ListTasks` of
+//! stopped tasks plus `DescribeTasks`, asked by `status` and `recent_logs` only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, DesiredStatus,
     KeyValuePair, LaunchType, LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration,
-    NetworkMode, PortMapping, PropagateTags, Secret, Service, ServiceField, SortOrder, Tag,
+    NetworkMode, PortMapping, PropagateTags, Secret, Service, ServiceField, SortOrder, Tag, Task,
     TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
+use aws_smithy_types::date_time::Format;
 use flotilla_core::{DeploymentId, InstanceId};
 use flotilla_engine::ports::{
     Compute, ComputeStatus, ErrorKind, PortError, SecretSource, VersionSpec,
@@ -48,6 +51,12 @@ const DESCRIBE_TASKS_BATCH: usize = 100;
 /// Service events included in `recent_logs`.
 const SERVICE_EVENTS: usize = 5;
 
+/// Stopped tasks described per version (newest first).
+const STOPPED_TASKS: usize = 5;
+
+/// Pages of stopped tasks read at most (ECS keeps a stopped task for about an hour).
+const STOPPED_PAGES: usize = 5;
+
 /// The [`Compute`] port over ECS.
 pub struct EcsCompute {
     ctx: Arc<Ctx>,
@@ -59,6 +68,35 @@ fn ecs_tag(key: &str, value: &str) -> Tag {
 
 fn exists(service: &Service) -> bool {
     matches!(service.status(), Some("ACTIVE") | Some("DRAINING"))
+}
+
+/// One line saying why a task stopped: when, ECS's `stoppedReason` and `stopCode`, and each
+/// container's exit code and reason (where a pull error or a missing binary shows).
+pub fn describe_stopped(task: &Task) -> String {
+    let id = task.task_arn().map(arn_tail).unwrap_or("?");
+    let short: String = id.chars().take(8).collect();
+    let mut line = format!("task {short} stopped");
+    if let Some(at) = task.stopped_at().and_then(|t| t.fmt(Format::DateTime).ok()) {
+        line.push_str(&format!(" at {at}"));
+    }
+    match (task.stopped_reason(), task.stop_code()) {
+        (Some(reason), Some(code)) => line.push_str(&format!(": {reason} ({})", code.as_str())),
+        (Some(reason), None) => line.push_str(&format!(": {reason}")),
+        (None, Some(code)) => line.push_str(&format!(" ({})", code.as_str())),
+        (None, None) => {}
+    }
+    for c in task.containers() {
+        let name = c.name().unwrap_or("container");
+        match (c.exit_code(), c.reason()) {
+            (Some(code), Some(reason)) => {
+                line.push_str(&format!("; {name} exited with code {code}: {reason}"))
+            }
+            (Some(code), None) => line.push_str(&format!("; {name} exited with code {code}")),
+            (None, Some(reason)) => line.push_str(&format!("; {name}: {reason}")),
+            (None, None) => {}
+        }
+    }
+    line
 }
 
 impl EcsCompute {
@@ -175,6 +213,10 @@ impl EcsCompute {
             .environment(env(
                 "FLOTILLA_APP_STOP_TIMEOUT_SECONDS",
                 t.stop_timeout_seconds.to_string(),
+            ))
+            .environment(env(
+                "FLOTILLA_AGENT_KEEPALIVE_SECONDS",
+                t.agent_keepalive_seconds().to_string(),
             ))
             .environment(env("PORT", t.app_port.to_string()))
             .environment(env("AWS_REGION", self.ctx.region.clone()))
@@ -392,8 +434,87 @@ impl EcsCompute {
         Ok(by_service)
     }
 
-    async fn healthy_targets(&self, tg_arn: &str) -> Result<u32, PortError> {
-        let out = self
+    /// Why each of `services`' recently stopped tasks stopped, newest first, at most
+    /// [`STOPPED_TASKS`] per service: one `ListTasks` (by service when there is one) and one
+    /// `DescribeTasks` per hundred stopped tasks.
+    async fn stopped_tasks(
+        &self,
+        services: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, PortError> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        if services.is_empty() {
+            return Ok(out);
+        }
+        // By service when there is one; a deleted service (a deploy that just gave up) is not
+        // found by name any more, but its stopped tasks are still in the cluster for a while.
+        let arns = match services {
+            [only] => match self.stopped_task_arns(Some(only)).await {
+                Err(e) if e.kind == ErrorKind::NotFound => self.stopped_task_arns(None).await?,
+                other => other?,
+            },
+            _ => self.stopped_task_arns(None).await?,
+        };
+        let mut tasks: Vec<(String, Task)> = Vec::new();
+        for batch in arns.chunks(DESCRIBE_TASKS_BATCH) {
+            let described = self
+                .ctx
+                .clients
+                .ecs
+                .describe_tasks()
+                .cluster(self.cluster())
+                .set_tasks(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| port_error("describe stopped tasks", self.cluster(), e))?;
+            for task in described.tasks() {
+                let Some(service) = task.group().and_then(|g| g.strip_prefix("service:")) else {
+                    continue;
+                };
+                if services.iter().any(|s| s == service) {
+                    tasks.push((service.to_owned(), task.clone()));
+                }
+            }
+        }
+        let when = |t: &Task| t.stopped_at().or(t.created_at()).map(|d| d.as_nanos());
+        tasks.sort_by_key(|(_, t)| std::cmp::Reverse(when(t)));
+        for (service, task) in tasks {
+            let lines = out.entry(service).or_default();
+            if lines.len() < STOPPED_TASKS {
+                lines.push(describe_stopped(&task));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ARNs of stopped tasks, of one service or the whole cluster, at most
+    /// [`STOPPED_PAGES`] pages.
+    async fn stopped_task_arns(&self, service: Option<&str>) -> Result<Vec<String>, PortError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ctx
+            .clients
+            .ecs
+            .list_tasks()
+            .cluster(self.cluster())
+            .desired_status(DesiredStatus::Stopped)
+            .set_service_name(service.map(str::to_owned))
+            .into_paginator()
+            .send();
+        for _ in 0..STOPPED_PAGES {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            let page = page.map_err(|e| port_error("list stopped tasks", self.cluster(), e))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        Ok(arns)
+    }
+
+    /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
+    /// by a removal that stopped half way): that version has no healthy targets, and every reaper
+    /// pass and `status` must go on rather than fail on it until someone notices.
+    async fn healthy_targets(&self, tg_arn: &str) -> Result<Option<u32>, PortError> {
+        let out = match self
             .ctx
             .clients
             .elb
@@ -401,14 +522,26 @@ impl EcsCompute {
             .target_group_arn(tg_arn)
             .send()
             .await
-            .map_err(|e| port_error("describe target health", tg_arn, e))?;
-        Ok(out
-            .target_health_descriptions()
-            .iter()
-            .filter(|d| {
-                d.target_health().and_then(|h| h.state()) == Some(&TargetHealthStateEnum::Healthy)
-            })
-            .count() as u32)
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = port_error("describe target health", tg_arn, e);
+                return if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        Ok(Some(
+            out.target_health_descriptions()
+                .iter()
+                .filter(|d| {
+                    d.target_health().and_then(|h| h.state())
+                        == Some(&TargetHealthStateEnum::Healthy)
+                })
+                .count() as u32,
+        ))
     }
 }
 
@@ -489,6 +622,8 @@ impl Compute for EcsCompute {
                     .build(),
             )
             .health_check_grace_period_seconds(self.ctx.task.health_check_grace_seconds as i32)
+            // No shell into running tasks unless someone decides so on purpose.
+            .enable_execute_command(false)
             .enable_ecs_managed_tags(true)
             .propagate_tags(PropagateTags::Service)
             .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))
@@ -587,10 +722,16 @@ impl Compute for EcsCompute {
                 .first()
                 .and_then(|lb| lb.target_group_arn())
             {
-                Some(tg) if desired > 0 || running > 0 => {
-                    self.ctx.remember_tg(id, tg);
-                    self.healthy_targets(tg).await?
-                }
+                Some(tg) if desired > 0 || running > 0 => match self.healthy_targets(tg).await? {
+                    Some(healthy) => {
+                        self.ctx.remember_tg(id, tg);
+                        healthy
+                    }
+                    None => {
+                        self.ctx.forget_tg(id);
+                        0
+                    }
+                },
                 _ => 0,
             };
             out.insert(
@@ -601,6 +742,7 @@ impl Compute for EcsCompute {
                     healthy,
                     instances: Vec::new(),
                     sessions: None,
+                    stopped: Vec::new(),
                 },
             );
         }
@@ -659,8 +801,32 @@ impl Compute for EcsCompute {
         Ok(ids)
     }
 
+    async fn stopped(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let names: Vec<String> = ids.iter().map(|id| self.ctx.service_name(id)).collect();
+        let mut by_service = self.stopped_tasks(&names).await?;
+        Ok(ids
+            .iter()
+            .zip(&names)
+            .filter_map(|(id, name)| Some((id.clone(), by_service.remove(name)?)))
+            .collect())
+    }
+
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
         let mut out = Vec::new();
+        // Why tasks stopped comes first: an image that cannot be pulled, a binary that cannot run
+        // or a crash shows there and nowhere in the container's own log.
+        let name = self.ctx.service_name(id);
+        match self.stopped_tasks(std::slice::from_ref(&name)).await {
+            Ok(mut stopped) => {
+                for line in stopped.remove(&name).unwrap_or_default() {
+                    out.push(format!("[stopped] {line}"));
+                }
+            }
+            Err(e) => out.push(format!("[stopped] stopped tasks could not be read: {e}")),
+        }
         if let Some(s) = self.describe_one(id).await? {
             for e in s.events().iter().take(SERVICE_EVENTS).rev() {
                 if let Some(m) = e.message() {
@@ -718,5 +884,55 @@ impl Compute for EcsCompute {
         let skip = events.len().saturating_sub(lines);
         out.extend(events.into_iter().skip(skip));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ecs::types::{Container, TaskStopCode};
+    use aws_smithy_types::DateTime;
+
+    use super::*;
+
+    #[test]
+    fn a_stopped_task_says_why_in_one_line() {
+        let arn = "arn:aws:ecs:us-east-1:123456789012:task/flotilla-shop/0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let check = |task: Task, want: &str| assert_eq!(describe_stopped(&task), want);
+        check(
+            Task::builder()
+                .task_arn(arn)
+                .stopped_at(DateTime::from_secs(1_796_000_000))
+                .stopped_reason("Essential container in task exited")
+                .stop_code(TaskStopCode::EssentialContainerExited)
+                .containers(
+                    Container::builder()
+                        .name("app")
+                        .exit_code(127)
+                        .reason("exec /usr/local/bin/flotilla: exec format error")
+                        .build(),
+                )
+                .build(),
+            "task 0f1e2d3c stopped at 2026-11-30T00:53:20Z: Essential container in task exited \
+             (EssentialContainerExited); app exited with code 127: exec /usr/local/bin/flotilla: \
+             exec format error",
+        );
+        check(
+            Task::builder()
+                .task_arn(arn)
+                .stopped_reason(
+                    "CannotPullContainerError: pull image manifest has been retried 5 time(s)",
+                )
+                .stop_code(TaskStopCode::TaskFailedToStart)
+                .containers(Container::builder().name("app").build())
+                .build(),
+            "task 0f1e2d3c stopped: CannotPullContainerError: pull image manifest has been \
+             retried 5 time(s) (TaskFailedToStart)",
+        );
+        check(
+            Task::builder()
+                .containers(Container::builder().name("app").exit_code(0).build())
+                .build(),
+            "task ? stopped; app exited with code 0",
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! | `FLOTILLA_REAPER_MAX_AGE_SECONDS` | retire after draining this long | required |
 //! | `FLOTILLA_REAPER_CONSECUTIVE_PASSES` | all-ready passes before retiring | required |
 //! | `FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS` | clean up a deploy stuck this long | required |
+//! | `FLOTILLA_REAPER_TIMEOUT_SECONDS` | the function's timeout, and its lock's lifetime | interval - 10 s, 30 s to 300 s |
 //! | `FLOTILLA_AFFINITY_HEADER` / `FLOTILLA_AFFINITY_QUERY` | the affinity keys | the defaults |
 //! | `FLOTILLA_RULE_PRIORITY_BASE` | lowest rule priority flotilla uses | 1000 |
 //!
@@ -37,9 +38,6 @@ use crate::error::AwsError;
 use crate::sdk::{Clients, sdk_config};
 use crate::settings::{AwsSettings, BaselineOutputs, Needs};
 
-/// How long the reaper's lock lives if an invocation dies holding it.
-const REAPER_LOCK_TTL: Duration = Duration::from_secs(300);
-
 /// Whether this process was started by the Lambda service.
 pub fn is_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
@@ -52,6 +50,9 @@ pub struct ReaperConfig {
     pub settings: AwsSettings,
     /// When the reaper may act.
     pub policy: ReapPolicy,
+    /// How long the reaper's lock lives: the function's timeout, so the lock of an invocation
+    /// killed by the timeout lapses as it dies instead of blocking deploys for longer.
+    pub lock_ttl: Duration,
 }
 
 impl ReaperConfig {
@@ -92,6 +93,7 @@ impl ReaperConfig {
         Ok(ReaperConfig {
             settings,
             policy: base.policy,
+            lock_ttl: base.timeout,
         })
     }
 
@@ -104,7 +106,7 @@ impl ReaperConfig {
             },
             health_timeout: Duration::from_secs(120),
             health_poll: Duration::from_secs(5),
-            lock_ttl: REAPER_LOCK_TTL,
+            lock_ttl: self.lock_ttl,
             lock_owner: format!("reaper lambda (request {request_id})"),
         }
     }
@@ -187,6 +189,9 @@ mod tests {
         assert_eq!(c.policy.min_age, Duration::from_secs(120));
         assert_eq!(c.policy.consecutive_ready_passes, 3);
         assert_eq!(c.policy.max_age, Duration::from_secs(172_800));
+        // A pass killed by the 50 s timeout of a one-minute schedule holds the lock no longer.
+        assert_eq!(c.lock_ttl, Duration::from_secs(50));
+        assert_eq!(c.engine_settings("r").lock_ttl, Duration::from_secs(50));
         assert!(!c.settings.read_baseline_file);
         assert_eq!(
             c.settings.baseline_overrides.cluster.as_deref(),
@@ -200,7 +205,9 @@ mod tests {
         ));
         with_extras.push(("FLOTILLA_AFFINITY_HEADER", "X-Version"));
         with_extras.push(("FLOTILLA_RULE_PRIORITY_BASE", "500"));
+        with_extras.push(("FLOTILLA_REAPER_TIMEOUT_SECONDS", "40"));
         let c = ReaperConfig::from_vars(vars(&with_extras)).expect("complete");
+        assert_eq!(c.lock_ttl, Duration::from_secs(40));
         assert_eq!(c.settings.routing.affinity_header, "X-Version");
         assert_eq!(c.settings.routing.priority_base, 500);
         assert_eq!(

@@ -34,6 +34,9 @@ const MAX_PRIORITY: u32 = 50_000;
 /// Attempts at creating a rule when another writer takes the priority we picked.
 const PRIORITY_ATTEMPTS: usize = 20;
 
+/// How often a target group still in use is tried again.
+const TG_IN_USE_POLL: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `DescribeTags` takes at most 20 ARNs.
 const TAGS_BATCH: usize = 20;
 
@@ -319,6 +322,50 @@ impl AlbRouting {
             .map_err(|e| port_error("set target group attributes", &name, e))?;
         self.ctx.remember_tg(id, &arn);
         Ok(arn)
+    }
+
+    /// Deletes `id`'s target group `tg`. For a while after its rules and its service are deleted,
+    /// ELB may still answer `ResourceInUse`; that is retried every few seconds for up to
+    /// `target_group_in_use_wait` (a minute by default) before it is reported.
+    async fn delete_target_group(&self, id: &DeploymentId, tg: &str) -> Result<(), PortError> {
+        let wait = self.ctx.routing.target_group_in_use_wait;
+        let started = std::time::Instant::now();
+        loop {
+            let err = match self
+                .ctx
+                .clients
+                .elb
+                .delete_target_group()
+                .target_group_arn(tg)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if code_of(&e) == Some("ResourceInUse") => {
+                    let left = wait.saturating_sub(started.elapsed());
+                    if !left.is_zero() {
+                        tracing::debug!(%id, "target group still in use; trying again");
+                        tokio::time::sleep(TG_IN_USE_POLL.min(left)).await;
+                        continue;
+                    }
+                    port_error("delete target group", &self.ctx.target_group_name(id), e)
+                }
+                Err(e) => port_error("delete target group", &self.ctx.target_group_name(id), e),
+            };
+            return match err.kind {
+                ErrorKind::NotFound => Ok(()),
+                ErrorKind::Conflict => Err(PortError {
+                    message: format!(
+                        "{}; it is still used by a listener rule or action after {}s; remove \
+                         whatever else forwards to it and run the command again",
+                        err.message,
+                        wait.as_secs()
+                    ),
+                    ..err
+                }),
+                _ => Err(err),
+            };
+        }
     }
 
     /// Fails when creating `needed` more rules would exceed the listener's budget.
@@ -618,33 +665,7 @@ impl Routing for AlbRouting {
         let Some(tg) = self.ctx.find_tg(id).await? else {
             return Ok(());
         };
-        match self
-            .ctx
-            .clients
-            .elb
-            .delete_target_group()
-            .target_group_arn(&tg)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                let err = port_error("delete target group", &self.ctx.target_group_name(id), e);
-                match err.kind {
-                    ErrorKind::NotFound => {}
-                    ErrorKind::Conflict => {
-                        return Err(PortError {
-                            message: format!(
-                                "{}; it is still used by a listener rule or action",
-                                err.message
-                            ),
-                            ..err
-                        });
-                    }
-                    _ => return Err(err),
-                }
-            }
-        }
+        self.delete_target_group(id, &tg).await?;
         self.ctx.forget_tg(id);
         Ok(())
     }

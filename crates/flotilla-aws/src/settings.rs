@@ -15,6 +15,9 @@ use crate::error::AwsError;
 /// Fargate's ceiling for a container's stop timeout, in seconds.
 pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 120;
 
+/// How much longer than the load balancer's idle timeout the agent keeps an idle connection.
+pub const KEEPALIVE_MARGIN_SECONDS: u64 = 10;
+
 /// Everything the AWS provider needs for one deployment name.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
@@ -134,6 +137,18 @@ impl AwsSettings {
                 r.affinity_header
             ));
         }
+        if !r
+            .affinity_header
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            out.push(format!(
+                "affinity header `{}` may hold only letters, digits and hyphens: the load balancer \
+                 drops headers with other characters in their name (`_` included), so affinity \
+                 would never match",
+                r.affinity_header
+            ));
+        }
         if r.affinity_query.is_empty() || r.affinity_query.len() > 128 {
             out.push(format!(
                 "affinity query parameter `{}` must be 1 to 128 characters",
@@ -189,6 +204,9 @@ pub struct TaskSettings {
     pub health_check_grace_seconds: u32,
     /// Whether the agent adds the browser client's script tag to HTML pages (`[app] inject_client`).
     pub inject_client: bool,
+    /// The load balancer's idle timeout (`[aws] idle_timeout_seconds`): the agent keeps idle
+    /// client connections open longer than this (see [`TaskSettings::agent_keepalive_seconds`]).
+    pub lb_idle_timeout_seconds: u32,
 }
 
 impl Default for TaskSettings {
@@ -203,8 +221,11 @@ impl Default for TaskSettings {
             drain_poll_seconds: 5,
             drain_grace_seconds: 30,
             stop_timeout_seconds: 30,
-            health_check_grace_seconds: 30,
+            // As long as a deploy waits for health by default: a Fargate task pulls its image
+            // through NAT before the app starts, and ECS must not replace it meanwhile.
+            health_check_grace_seconds: 300,
             inject_client: false,
+            lb_idle_timeout_seconds: 120,
         }
     }
 }
@@ -213,6 +234,13 @@ impl TaskSettings {
     /// The agent's listen port for an app on `app_port`: 8000, or 8001 when the app uses 8000.
     pub fn default_container_port(app_port: u16) -> u16 {
         if app_port == 8000 { 8001 } else { 8000 }
+    }
+
+    /// The agent's keep-alive for idle client connections (`FLOTILLA_AGENT_KEEPALIVE_SECONDS`):
+    /// longer than the load balancer's idle timeout, so the agent never closes a connection the
+    /// load balancer is about to reuse (the load balancer would answer that request with a 502).
+    pub fn agent_keepalive_seconds(&self) -> u64 {
+        u64::from(self.lb_idle_timeout_seconds) + KEEPALIVE_MARGIN_SECONDS
     }
 
     /// The container's full command: the agent wrapping the app.
@@ -255,6 +283,9 @@ pub struct RoutingSettings {
     pub priority_base: u32,
     /// Listener rules allowed on the listener (the ALB's 100 unless lowered).
     pub rule_limit: u32,
+    /// How long removing a version keeps trying to delete its target group while ELB answers
+    /// `ResourceInUse` (it does for a while after the rules and the service that used it go).
+    pub target_group_in_use_wait: std::time::Duration,
 }
 
 impl Default for RoutingSettings {
@@ -271,6 +302,7 @@ impl Default for RoutingSettings {
             stickiness_seconds: 86_400,
             priority_base: 1000,
             rule_limit: flotilla_core::routing::ALB_RULE_LIMIT,
+            target_group_in_use_wait: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -629,7 +661,14 @@ mod tests {
         s.task.stop_timeout_seconds = 300;
         s.task.container_port = s.task.app_port;
         s.routing.health_interval_seconds = 2;
+        s.routing.affinity_header = "X_Version".to_owned();
         let problems = s.problems(Needs::Deploy);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("`X_Version`") && p.contains("`_`")),
+            "{problems:?}"
+        );
         assert!(
             problems.iter().any(|p| p.contains("at most 120")),
             "{problems:?}"
@@ -669,6 +708,20 @@ mod tests {
         );
         assert_eq!(TaskSettings::default_container_port(8000), 8001);
         assert_eq!(TaskSettings::default_container_port(3000), 8000);
+    }
+
+    #[test]
+    fn agent_keepalive_outlasts_the_load_balancer_idle_timeout() {
+        let check = |idle: u32, want: u64| {
+            let t = TaskSettings {
+                lb_idle_timeout_seconds: idle,
+                ..Default::default()
+            };
+            assert_eq!(t.agent_keepalive_seconds(), want, "idle {idle}");
+        };
+        check(120, 130);
+        check(900, 910);
+        check(4000, 4010);
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub mod env {
     pub const MAX_AGE_SECONDS: &str = "FLOTILLA_REAPER_MAX_AGE_SECONDS";
     /// Seconds after which a version still deploying is cleaned up.
     pub const DEPLOYING_TIMEOUT_SECONDS: &str = "FLOTILLA_REAPER_DEPLOYING_TIMEOUT_SECONDS";
+    /// The function's timeout in seconds (the template's `Timeout`): how long the reaper's lock
+    /// lives, so a pass killed by the timeout never blocks deploys for longer than it could run
+    /// (optional; derived from the interval otherwise).
+    pub const TIMEOUT_SECONDS: &str = "FLOTILLA_REAPER_TIMEOUT_SECONDS";
     /// The application log group (optional).
     pub const LOG_GROUP: &str = "FLOTILLA_LOG_GROUP";
     /// The ECR repository's URI (`<account>.dkr.ecr.<region>.amazonaws.com/flotilla/<name>`), so
@@ -127,6 +131,7 @@ pub mod env {
         MIN_AGE_SECONDS,
         MAX_AGE_SECONDS,
         DEPLOYING_TIMEOUT_SECONDS,
+        TIMEOUT_SECONDS,
         LOG_GROUP,
         REPOSITORY,
         AFFINITY_HEADER,
@@ -145,6 +150,8 @@ pub struct ReaperSettings {
     pub listener_arn: String,
     /// Time between passes.
     pub interval: Duration,
+    /// The function's timeout: a pass never runs longer, so its lock lives this long.
+    pub timeout: Duration,
     /// The reap policy.
     pub policy: ReapPolicy,
     /// The application log group, when given.
@@ -189,6 +196,7 @@ impl ReaperSettings {
         m.insert(env::CLUSTER, self.cluster.clone());
         m.insert(env::LISTENER_ARN, self.listener_arn.clone());
         m.extend(policy_env(self.interval, &self.policy));
+        m.insert(env::TIMEOUT_SECONDS, self.timeout.as_secs().to_string());
         if let Some(g) = &self.log_group {
             m.insert(env::LOG_GROUP, g.clone());
         }
@@ -234,11 +242,17 @@ impl ReaperSettings {
                     problem: "is not a whole number".to_owned(),
                 })?
         };
+        let interval = Duration::from_secs(secs(env::INTERVAL_SECONDS)?);
+        let timeout = match lookup(env::TIMEOUT_SECONDS).filter(|v| !v.is_empty()) {
+            Some(_) => Duration::from_secs(secs(env::TIMEOUT_SECONDS)?),
+            None => reaper_timeout(interval),
+        };
         Ok(ReaperSettings {
             deployment_name,
             cluster: get(env::CLUSTER)?,
             listener_arn: get(env::LISTENER_ARN)?,
-            interval: Duration::from_secs(secs(env::INTERVAL_SECONDS)?),
+            interval,
+            timeout,
             policy: ReapPolicy {
                 min_age: Duration::from_secs(secs(env::MIN_AGE_SECONDS)?),
                 max_age: Duration::from_secs(secs(env::MAX_AGE_SECONDS)?),
@@ -257,6 +271,13 @@ impl ReaperSettings {
     }
 }
 
+/// The reaper Lambda's timeout for a schedule of `interval`: ten seconds short of the interval
+/// (so passes never overlap through the schedule), between 30 seconds and five minutes. The
+/// template's `Timeout` and the reaper's lock lifetime both come from here.
+pub fn reaper_timeout(interval: Duration) -> Duration {
+    Duration::from_secs(interval.as_secs().saturating_sub(10).clamp(30, 300))
+}
+
 /// The policy part of the environment (the template fills in the cluster and listener itself).
 pub(crate) fn policy_env(
     interval: Duration,
@@ -264,6 +285,10 @@ pub(crate) fn policy_env(
 ) -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
     m.insert(env::INTERVAL_SECONDS, interval.as_secs().to_string());
+    m.insert(
+        env::TIMEOUT_SECONDS,
+        reaper_timeout(interval).as_secs().to_string(),
+    );
     m.insert(
         env::CONSECUTIVE_PASSES,
         policy.consecutive_ready_passes.to_string(),
@@ -287,6 +312,7 @@ mod tests {
             cluster: "flotilla-prod".into(),
             listener_arn: "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/x/y/z".into(),
             interval: Duration::from_secs(120),
+            timeout: Duration::from_secs(110),
             policy: ReapPolicy {
                 min_age: Duration::from_secs(60),
                 max_age: Duration::from_secs(7200),
@@ -316,6 +342,7 @@ mod tests {
     fn optional_variables_have_defaults() {
         let mut env = settings().to_env();
         for k in [
+            env::TIMEOUT_SECONDS,
             env::LOG_GROUP,
             env::REPOSITORY,
             env::AFFINITY_HEADER,
@@ -325,6 +352,11 @@ mod tests {
         }
         let s = ReaperSettings::from_env(|k| env.get(k).cloned()).expect("required ones present");
         assert_eq!((s.log_group, s.repository), (None, None));
+        assert_eq!(
+            s.timeout,
+            Duration::from_secs(110),
+            "from the 120 s interval"
+        );
         assert_eq!(s.affinity_header, DEFAULT_AFFINITY_HEADER);
         assert_eq!(s.affinity_query, DEFAULT_AFFINITY_QUERY);
     }

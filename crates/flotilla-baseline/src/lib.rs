@@ -32,7 +32,7 @@ pub use contract::{ReaperCode, ReaperSettings};
 pub use deployer::{DeployerPolicyOptions, deployer_policy};
 pub use options::{
     AccessLogs, AlarmOptions, Architecture, BaselineOptions, NatMode, Notifications, OptionsError,
-    ReaperOptions, SecretGrants, TlsMode,
+    ReaperOptions, SecretGrants, TlsMode, WafOptions,
 };
 pub use outputs::{BaselineOutputs, Mode, OutputsError};
 pub use stack::build;

@@ -36,6 +36,12 @@ pub fn reaper_function_name(name: &DeploymentName) -> String {
     format!("flotilla-{name}-reaper")
 }
 
+/// The web ACL in front of the load balancer: `flotilla-<name>` (limit 128; letters, digits, `-`
+/// and `_`), also the prefix of its CloudWatch metric names.
+pub fn web_acl_name(name: &DeploymentName) -> String {
+    format!("flotilla-{name}")
+}
+
 /// The reaper's log group, created by the stack so that it has a retention and goes with it.
 pub fn reaper_log_group_name(name: &DeploymentName) -> String {
     format!("/aws/lambda/{}", reaper_function_name(name))

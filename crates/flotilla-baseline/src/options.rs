@@ -131,6 +131,20 @@ impl Architecture {
     }
 }
 
+/// The web ACL in front of the load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WafOptions {
+    /// Requests one client IP address may make in any five minutes before it is blocked for a
+    /// while (AWS WAF's rate-based rule: 10 to 2,000,000,000).
+    pub rate_limit: u32,
+}
+
+impl Default for WafOptions {
+    fn default() -> Self {
+        WafOptions { rate_limit: 2000 }
+    }
+}
+
 /// Where the load balancer writes its access logs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessLogs {
@@ -225,6 +239,8 @@ pub struct BaselineOptions {
     pub reaper: ReaperOptions,
     /// Alarms and who hears about them.
     pub alarms: AlarmOptions,
+    /// A web application firewall in front of the load balancer, or `None` for none.
+    pub waf: Option<WafOptions>,
     /// The app's secrets the execution role may read when a task starts: exactly these.
     #[serde(default)]
     pub secrets: SecretGrants,
@@ -268,6 +284,7 @@ impl BaselineOptions {
             reaper: ReaperOptions::default(),
             alarms: AlarmOptions::default(),
             secrets: SecretGrants::default(),
+            waf: None,
         }
     }
 
@@ -371,6 +388,19 @@ impl BaselineOptions {
             }
         }
 
+        if let Some(waf) = &self.waf
+            && !(10..=2_000_000_000).contains(&waf.rate_limit)
+        {
+            problem(
+                "aws.waf_rate_limit",
+                format!(
+                    "{} is outside 10..=2000000000, the requests per IP address in five minutes \
+                     an AWS WAF rate rule accepts",
+                    waf.rate_limit
+                ),
+            );
+        }
+
         if self.container_port == 0 {
             problem(
                 "aws.container_port",
@@ -383,12 +413,14 @@ impl BaselineOptions {
             && self
                 .affinity_header
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !header_ok {
             problem(
                 "app.affinity_header",
                 format!(
-                    "{:?} is not a header name an ALB rule can match (1-40 letters, digits, `-`, `_`)",
+                    "{:?} is not a header name an ALB rule can match (1-40 letters, digits and \
+                     `-`; the load balancer drops headers with `_` or other characters in their \
+                     name)",
                     self.affinity_header
                 ),
             );
@@ -694,6 +726,21 @@ mod tests {
             let opts = BaselineOptions::new(name(), tls);
             let range = opts.validate().expect("defaults are valid");
             assert_eq!(range.cidr(), "10.0.0.0/16");
+        }
+    }
+
+    #[test]
+    fn an_affinity_header_the_alb_would_drop_is_refused() {
+        for (header, ok) in [
+            ("X-Flotilla-Deployment", true),
+            ("X_Flotilla_Deployment", false),
+            ("X.Version", false),
+            ("", false),
+        ] {
+            let mut opts = BaselineOptions::new(name(), TlsMode::HttpOnly);
+            opts.affinity_header = header.to_owned();
+            let want: &[&str] = if ok { &[] } else { &["app.affinity_header"] };
+            assert_eq!(fields(&opts), want, "{header:?}");
         }
     }
 

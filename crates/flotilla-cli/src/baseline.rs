@@ -104,6 +104,9 @@ pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, St
     o.affinity_query = config.app.affinity_query.clone();
     o.log_retention_days = aws.log_retention_days;
     o.keep_images = aws.keep_images;
+    o.waf = aws.waf.then_some(flotilla_baseline::WafOptions {
+        rate_limit: aws.waf_rate_limit,
+    });
     o.reaper = ReaperOptions {
         interval: config.reaper.interval,
         policy: ReapPolicy {
@@ -836,7 +839,7 @@ mod tests {
              nat = \"per-az\"\nvpc_cidr = \"10.8.0.0/20\"\nidle_timeout_seconds = 900\n\
              log_retention_days = 14\nkeep_images = 12\nalarm_email = \"ops@example.com\"\n\
              alarm_5xx_percent = 2\naccess_logs_bucket = \"my-logs\"\naccess_logs_prefix = \"shop\"\n\
-             command = \"/app/server\"\n"
+             command = \"/app/server\"\nwaf = true\nwaf_rate_limit = 500\n"
         ))
         .expect("valid");
         let o = options(&c).expect("valid options");
@@ -875,6 +878,10 @@ mod tests {
         assert_eq!(o.reaper.interval, Duration::from_secs(120));
         assert_eq!(o.reaper.policy.consecutive_ready_passes, 3);
         assert_eq!(c.aws.command.as_deref(), Some("/app/server"));
+        assert_eq!(
+            o.waf,
+            Some(flotilla_baseline::WafOptions { rate_limit: 500 })
+        );
     }
 
     #[test]
@@ -889,6 +896,7 @@ mod tests {
         assert_eq!(o.keep_images, defaults.keep_images);
         assert_eq!(o.alarms, defaults.alarms);
         assert_eq!(o.container_port, defaults.container_port);
+        assert_eq!(o.waf, None, "no WAF unless asked for");
         let with_cert = config(&format!(
             "{AWS}[aws]\ncertificate_arn = \"arn:aws:acm:eu-west-1:123456789012:certificate/abc\"\n"
         ))

@@ -193,6 +193,18 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             lock.owner, lock.acquired_at, lock.expires_at
         ));
     }
+    for v in &report.versions {
+        let Some(c) = v.compute.as_ref().filter(|c| !c.stopped.is_empty()) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{} has {} of {} instances healthy; recently stopped:\n",
+            v.record.version.id, c.healthy, c.desired
+        ));
+        for line in &c.stopped {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     if !report.orphans.is_empty() {
         let ids: Vec<String> = report.orphans.iter().map(ToString::to_string).collect();
         out.push_str(&format!(
@@ -442,6 +454,7 @@ mod tests {
                 healthy,
                 instances: vec![],
                 sessions,
+                stopped: vec![],
             }),
             weight: 0,
             affinity: Some(Affinity::Serving),
@@ -474,6 +487,13 @@ mod tests {
             VersionState::Draining,
             Some((1, 2, Some(0))),
         );
+        if let Some(c) = draining.compute.as_mut() {
+            c.stopped = vec![
+                "task 0f1e2d3c stopped at 2026-11-25T19:05:00Z: Essential container in task \
+                 exited (EssentialContainerExited); app exited with code 127"
+                    .to_owned(),
+            ];
+        }
         draining.readiness = BTreeMap::from([
             (
                 InstanceId::new("i1").expect("valid"),
@@ -510,6 +530,8 @@ mod tests {
             20261125-190633-k3x9  active    100%    2/2      3         5m     -
 
             listener rules: 6 of 100 in use
+            20261124-101500-a1b2 has 1 of 2 instances healthy; recently stopped:
+              task 0f1e2d3c stopped at 2026-11-25T19:05:00Z: Essential container in task exited (EssentialContainerExited); app exited with code 127
             orphaned resources (no record): 20261101-000000-dead; `flotilla reap` removes them
         "#]]
         .assert_eq(&status_text(&report, "host", now));

@@ -345,6 +345,8 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()])
         .unwrap_or_default();
     s.task.inject_client = config.app.inject_client;
+    s.task.lb_idle_timeout_seconds = a.idle_timeout_seconds;
+    s.task.health_check_grace_seconds = config.health_check_grace_seconds();
     s.task.drain_poll_seconds = config.drain.poll.as_secs();
     s.task.drain_grace_seconds = config.drain.grace.as_secs();
     s.task.stop_timeout_seconds =

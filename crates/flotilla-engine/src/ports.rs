@@ -181,6 +181,12 @@ pub struct ComputeStatus {
     /// Live sessions across the instances, where the provider can count them (the host router can;
     /// on AWS each agent reports only its readiness).
     pub sessions: Option<u64>,
+    /// Why instances of this version stopped recently, newest first, one line each (on AWS the
+    /// stopped tasks' `stoppedReason`, `stopCode` and each container's exit code and reason).
+    /// `observe` leaves it empty; `Engine::status` fills it from [`Compute::stopped`] for a version
+    /// with fewer healthy instances than asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<String>,
 }
 
 /// Creates, scales, observes and deletes the instances of versions.
@@ -202,6 +208,16 @@ pub trait Compute: Send + Sync {
     async fn list(&self) -> Result<Vec<DeploymentId>, PortError>;
     /// The last `lines` log lines of `id`'s instances, most useful first (a failing one's).
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError>;
+    /// Why recently stopped instances of each of `ids` stopped, newest first, one line each
+    /// (versions without any may be left out). Only `status` asks, so deploys and reaper passes
+    /// pay nothing for it. Providers that cannot tell return nothing.
+    async fn stopped(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let _ = ids;
+        Ok(BTreeMap::new())
+    }
 }
 
 /// Installs and removes the routing of versions: affinity rules and the default forward.

@@ -557,6 +557,7 @@ impl Service {
             ),
             instances: running.iter().map(|i| i.id.clone()).collect(),
             sessions: Some(running.iter().map(|i| i.sessions).sum()),
+            stopped: Vec::new(),
         }
     }
 

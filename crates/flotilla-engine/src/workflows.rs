@@ -225,6 +225,11 @@ fn ids_list(ids: &[&DeploymentId]) -> String {
 }
 
 /// Ids that have compute, affinity or a default share but no record.
+/// Whether `id`'s affinity still forwards to it (so removing it starts with a 410).
+fn serves_affinity(table: &RoutingTable, id: &DeploymentId) -> bool {
+    table.affinity(id) == Some(Affinity::Serving)
+}
+
 fn orphan_ids(
     table: &RoutingTable,
     with_compute: &[DeploymentId],
@@ -439,7 +444,8 @@ impl Engine {
         let with_compute = self.compute_ids().await?;
         let records = self.records().await?;
         let ids: Vec<DeploymentId> = records.iter().map(|r| r.version.id.clone()).collect();
-        let observed = self.observe(&ids).await?;
+        let mut observed = self.observe(&ids).await?;
+        self.add_stopped(&mut observed).await;
         let readiness = self.readiness(&ids).await?;
         let lock = self
             .ports
@@ -478,6 +484,35 @@ impl Engine {
             lock,
             orphans,
         })
+    }
+
+    /// Adds why instances stopped to the versions short of healthy instances. `status` must
+    /// report the rest without it, so a failure becomes that one line.
+    async fn add_stopped(&self, observed: &mut BTreeMap<DeploymentId, ComputeStatus>) {
+        let short: Vec<DeploymentId> = observed
+            .iter()
+            .filter(|(_, c)| c.healthy < c.desired)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if short.is_empty() {
+            return;
+        }
+        match self.ports.compute.stopped(&short).await {
+            Ok(mut stopped) => {
+                for (id, status) in observed.iter_mut() {
+                    if let Some(lines) = stopped.remove(id) {
+                        status.stopped = lines;
+                    }
+                }
+            }
+            Err(e) => {
+                for id in &short {
+                    if let Some(status) = observed.get_mut(id) {
+                        status.stopped = vec![format!("(why instances stopped is unknown: {e})")];
+                    }
+                }
+            }
+        }
     }
 
     // ---- deploy -------------------------------------------------------------------------------
@@ -545,7 +580,8 @@ impl Engine {
                 progress,
                 format!("removing {other}: its deploy was interrupted before it took traffic"),
             );
-            self.remove_version(record, progress).await?;
+            let routed = serves_affinity(&table, &other);
+            self.remove_version(record, routed, progress).await?;
             removed.push(other);
         }
         records.retain(|r| !removed.contains(&r.version.id));
@@ -707,7 +743,8 @@ impl Engine {
             Ok(lines) => lines,
             Err(e) => vec![format!("(the logs could not be fetched: {e})")],
         };
-        if let Err(e) = self.remove_version(record, progress).await {
+        // Its affinity was installed before its instances were created.
+        if let Err(e) = self.remove_version(record, true, progress).await {
             return match e {
                 EngineError::Port { step, source } => EngineError::Port {
                     step: format!(
@@ -947,7 +984,10 @@ impl Engine {
         let plan = plan_reap(&fleet, self.now(), &self.settings.policy);
         for action in plan {
             if !dry_run {
-                if let Err(e) = self.carry_out(&action, &mut records, progress).await {
+                if let Err(e) = self
+                    .carry_out(&action, &mut records, &table, progress)
+                    .await
+                {
                     note(progress, format!("{e}; the next reaper pass tries again"));
                     report.failed.push((action, e.to_string()));
                     continue;
@@ -977,7 +1017,10 @@ impl Engine {
                 report.orphans_failed.push((id, why));
                 continue;
             }
-            match self.remove_orphan(&id, progress).await {
+            match self
+                .remove_orphan(&id, serves_affinity(&table, &id), progress)
+                .await
+            {
                 Ok(()) => report.orphans_removed.push(id),
                 Err(e) => {
                     note(progress, format!("{e}; the next reaper pass tries again"));
@@ -993,8 +1036,10 @@ impl Engine {
         &self,
         action: &ReapAction,
         records: &mut [VersionRecord],
+        table: &RoutingTable,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
+        let routed = serves_affinity(table, action.id());
         let id = action.id();
         let Some(record) = records.iter_mut().find(|r| &r.version.id == id) else {
             return Err(self.unknown(id));
@@ -1018,8 +1063,8 @@ impl Engine {
             }
             ReapAction::RetireRouting { .. } => self.retire_routing(id, progress).await,
             ReapAction::ScaleToZero { .. } => self.scale_to_zero(id, progress).await,
-            ReapAction::DeleteResources { .. } => self.remove_resources(id, progress).await,
-            ReapAction::CleanUpFailed { .. } => self.remove_version(record, progress).await,
+            ReapAction::DeleteResources { .. } => self.remove_resources(id, routed, progress).await,
+            ReapAction::CleanUpFailed { .. } => self.remove_version(record, routed, progress).await,
         }
     }
 
@@ -1084,7 +1129,9 @@ impl Engine {
                     );
                     self.ports.routing.set_default(&[]).await.map_err(on_err)?;
                 }
-                self.remove_version(&mut records[pos], progress).await?;
+                let routed = serves_affinity(&table, &id);
+                self.remove_version(&mut records[pos], routed, progress)
+                    .await?;
                 report.removed.push(id);
             }
             TeardownTarget::All => {
@@ -1109,11 +1156,13 @@ impl Engine {
                         )))?;
                 }
                 for record in &mut records {
-                    self.remove_version(record, progress).await?;
+                    let routed = serves_affinity(&table, &record.version.id);
+                    self.remove_version(record, routed, progress).await?;
                     report.removed.push(record.version.id.clone());
                 }
                 for id in orphans {
-                    self.remove_orphan(&id, progress).await?;
+                    self.remove_orphan(&id, serves_affinity(&table, &id), progress)
+                        .await?;
                     report.orphans_removed.push(id);
                 }
             }
@@ -1173,10 +1222,12 @@ impl Engine {
     }
 
     /// Records the version on its way out (`retired`, or `failed` if it never served), then
-    /// removes its routing, compute, image and record.
+    /// removes its resources ([`Engine::remove_resources`]; `routed`: its affinity still forwards
+    /// to it).
     async fn remove_version(
         &self,
         record: &mut VersionRecord,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         let path: &[VersionState] = match record.version.state {
@@ -1199,24 +1250,32 @@ impl Engine {
                 .await?;
             *record = updated;
         }
-        self.remove_resources(&record.version.id, progress).await
+        self.remove_resources(&record.version.id, routed, progress)
+            .await
     }
 
-    /// Removes a version's routing, compute, image and record, in that order. Each step succeeds
-    /// if its resource is already gone.
+    /// Removes a version's resources, each step succeeding if its resource is already gone:
+    /// first its affinity answers 410 Gone (when `routed`, it still forwards to the version), so
+    /// no request meets a version whose instances are stopping; then its instances are scaled to
+    /// zero and deleted; then its rules and target group go (the provider waits out a target group
+    /// still briefly in use); then its image and, last, its record.
     async fn remove_resources(
         &self,
         id: &DeploymentId,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
+        if routed {
+            self.retire_routing(id, progress).await?;
+        }
+        let on_err = step(progress, id, "deleting its instances");
+        self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "removing its routing");
         self.ports
             .routing
             .remove_affinity(id)
             .await
             .map_err(on_err)?;
-        let on_err = step(progress, id, "deleting its instances");
-        self.ports.compute.delete(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "discarding its image");
         self.ports.images.discard(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "deleting its record");
@@ -1225,10 +1284,12 @@ impl Engine {
 
     /// Removes resources that no record owns. Orphans are found by their compute and routing, and
     /// images cannot be listed, so the image and readiness go first: an interrupted removal still
-    /// leaves something that leads the next pass back here.
+    /// leaves something that leads the next pass back here. Then the same order as
+    /// [`Engine::remove_resources`]: 410 (when `routed`), instances, routing.
     async fn remove_orphan(
         &self,
         id: &DeploymentId,
+        routed: bool,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         note(
@@ -1239,14 +1300,13 @@ impl Engine {
         self.ports.images.discard(id).await.map_err(on_err)?;
         let on_err = step(progress, id, "deleting its instance readiness");
         self.ports.state.delete(id).await.map_err(on_err)?;
-        let on_err = step(progress, id, "removing its routing");
-        self.ports
-            .routing
-            .remove_affinity(id)
-            .await
-            .map_err(on_err)?;
+        if routed {
+            self.retire_routing(id, progress).await?;
+        }
         let on_err = step(progress, id, "deleting its instances");
-        self.ports.compute.delete(id).await.map_err(on_err)
+        self.ports.compute.delete(id).await.map_err(on_err)?;
+        let on_err = step(progress, id, "removing its routing");
+        self.ports.routing.remove_affinity(id).await.map_err(on_err)
     }
 
     /// Moves `record` to `to` and stores it; nothing happens if it is already there.

@@ -355,3 +355,140 @@ async fn connect_refuses_an_incomplete_baseline_before_any_call() {
     flotilla_aws::connect_with(&settings, w.clients.clone(), flotilla_aws::Needs::Operate)
         .expect("enough to operate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_group_counts_as_no_healthy_targets_in_observe_status_and_reap() {
+    let w = World::new("shop").await;
+    let engine = w.engine("alice");
+    let (v1, v2) = (next_id(), next_id());
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+    w.ecs().settle().await;
+    // Someone deletes v1's rules and target group by hand; its service stays and still names it.
+    w.ports()
+        .routing
+        .remove_affinity(&v1)
+        .await
+        .expect("remove v1's rules and target group");
+    assert!(
+        !w.inventory()
+            .await
+            .target_groups
+            .contains(&names::target_group_name(&w.name, &v1))
+    );
+
+    let observed = w
+        .ports()
+        .compute
+        .observe(&[v1.clone(), v2.clone()])
+        .await
+        .expect("observe goes on without the target group");
+    assert_eq!(observed[&v1].healthy, 0, "{observed:?}");
+    assert!(observed[&v1].desired > 0, "{observed:?}");
+    assert!(observed[&v2].healthy > 0, "{observed:?}");
+    let status = engine.status().await.expect("status goes on");
+    let v1_status = status
+        .versions
+        .iter()
+        .find(|v| v.record.version.id == v1)
+        .expect("v1 listed");
+    assert_eq!(v1_status.compute.as_ref().map(|c| c.healthy), Some(0));
+    w.ecs()
+        .while_settling(engine.reap(false, &flotilla_engine::events::Silent))
+        .await
+        .expect("a reaper pass goes on");
+}
+
+/// Adds a rule of someone else's (a path pattern) that forwards to `id`'s target group.
+async fn foreign_rule_to(w: &World, id: &flotilla_core::DeploymentId, priority: i32) -> String {
+    use aws_sdk_elasticloadbalancingv2::types::{
+        Action, ActionTypeEnum, PathPatternConditionConfig, RuleCondition,
+    };
+    let tg = w
+        .clients
+        .elb
+        .describe_target_groups()
+        .names(names::target_group_name(&w.name, id))
+        .send()
+        .await
+        .expect("target group")
+        .target_groups()[0]
+        .target_group_arn()
+        .expect("arn")
+        .to_owned();
+    w.clients
+        .elb
+        .create_rule()
+        .listener_arn(&w.listener_arn)
+        .priority(priority)
+        .conditions(
+            RuleCondition::builder()
+                .field("path-pattern")
+                .path_pattern_config(
+                    PathPatternConditionConfig::builder()
+                        .values("/elsewhere/*")
+                        .build(),
+                )
+                .build(),
+        )
+        .actions(
+            Action::builder()
+                .r#type(ActionTypeEnum::Forward)
+                .target_group_arn(tg)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("foreign rule")
+        .rules()[0]
+        .rule_arn()
+        .expect("rule arn")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_affinity_waits_out_a_target_group_still_in_use() {
+    let mut w = World::new("shop").await;
+    w.settings.routing.target_group_in_use_wait = Duration::from_secs(20);
+    let ports = w.ports();
+    let v1 = next_id();
+    ports.routing.install_affinity(&v1).await.expect("install");
+    let foreign = foreign_rule_to(&w, &v1, 10).await;
+    // The other rule goes two seconds in: the removal waits for it, then deletes the group.
+    let elb = w.clients.elb.clone();
+    let remover = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        elb.delete_rule().rule_arn(foreign).send().await
+    });
+    let started = std::time::Instant::now();
+    ports
+        .routing
+        .remove_affinity(&v1)
+        .await
+        .expect("removed once the target group is free");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    remover.await.expect("joined").expect("deleted the rule");
+    let inv = w.inventory().await;
+    assert!(
+        !inv.target_groups
+            .contains(&names::target_group_name(&w.name, &v1)),
+        "{inv:#?}"
+    );
+    assert!(inv.rules.is_empty(), "{inv:#?}");
+
+    // A group that stays in use is reported once the wait is over, saying what to do.
+    w.settings.routing.target_group_in_use_wait = Duration::from_secs(2);
+    let ports = w.ports();
+    let v2 = next_id();
+    ports.routing.install_affinity(&v2).await.expect("install");
+    foreign_rule_to(&w, &v2, 11).await;
+    let started = std::time::Instant::now();
+    let err = ports
+        .routing
+        .remove_affinity(&v2)
+        .await
+        .expect_err("still in use");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    assert!(err.message.contains("still used by"), "{err}");
+}

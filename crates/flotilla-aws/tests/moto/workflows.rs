@@ -149,6 +149,8 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
     assert!(env["FLOTILLA_APP_HEALTH_PATH"].starts_with('/'));
     assert_eq!(env["FLOTILLA_APP_INJECT_CLIENT"], "false");
     assert!(env.contains_key("FLOTILLA_APP_STOP_TIMEOUT_SECONDS"));
+    // The agent's keep-alive outlasts the load balancer's idle timeout (120 s by default).
+    assert_eq!(env["FLOTILLA_AGENT_KEEPALIVE_SECONDS"], "130");
     assert!(container.stop_timeout().is_some_and(|t| t <= 120));
     let logs = container.log_configuration().expect("logs");
     assert_eq!(
@@ -423,4 +425,209 @@ async fn the_reaper_lambda_handler_runs_one_pass() {
         inv.services.contains_key(&svc1),
         "deleted only on the next pass"
     );
+}
+
+const PULL_ERROR: &str = "CannotPullContainerError: pull image manifest has been retried 5 time(s): \
+                          failed to resolve ref registry.example/app:v2: not found";
+
+/// Starts a task in `service`'s group and stops it as ECS does when its image cannot be pulled,
+/// once the service exists (within 20 s). Returns whether it did.
+async fn fail_a_task_of(w: &World, service: String) -> tokio::task::JoinHandle<bool> {
+    let ecs = w.clients.ecs.clone();
+    let cluster = w.cluster.clone();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            let described = ecs
+                .describe_services()
+                .cluster(&cluster)
+                .services(&service)
+                .send()
+                .await
+                .expect("describe services");
+            if described
+                .services()
+                .iter()
+                .any(|s| s.status() == Some("ACTIVE"))
+            {
+                let td = ecs
+                    .register_task_definition()
+                    .family("failing")
+                    .container_definitions(
+                        aws_sdk_ecs::types::ContainerDefinition::builder()
+                            .name("app")
+                            .image("registry.example/app:v2")
+                            .memory(512)
+                            .cpu(256)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .expect("task definition");
+                let arn = td
+                    .task_definition()
+                    .and_then(|t| t.task_definition_arn())
+                    .expect("arn")
+                    .to_owned();
+                let run = ecs
+                    .run_task()
+                    .cluster(&cluster)
+                    .task_definition(arn)
+                    .group(format!("service:{service}"))
+                    .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+                    .send()
+                    .await
+                    .expect("run task");
+                let task = run.tasks()[0].task_arn().expect("task arn").to_owned();
+                ecs.stop_task()
+                    .cluster(&cluster)
+                    .task(task)
+                    .reason(PULL_ERROR)
+                    .send()
+                    .await
+                    .expect("stop task");
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
+    let w = World::new("shop").await;
+    let v1 = next_id();
+    let failer = fail_a_task_of(&w, names::service_name(&w.name, &v1)).await;
+    let mut settings = w.engine_settings("alice", eager_policy(2));
+    settings.health_timeout = Duration::from_secs(4);
+    let impatient = flotilla_engine::Engine::new(w.ports(), settings);
+    let err = impatient
+        .deploy(World::request(&v1), &Silent)
+        .await
+        .expect_err("never healthy");
+    assert!(failer.await.expect("joined"), "the service never appeared");
+    let EngineError::NotHealthy { logs, .. } = &err else {
+        panic!("expected NotHealthy, got {err}");
+    };
+    assert!(
+        logs.first()
+            .is_some_and(|l| l.starts_with("[stopped] task ") && l.contains(PULL_ERROR)),
+        "the reason comes first: {logs:#?}"
+    );
+    // `flotilla logs` of the removed version still says why (ECS keeps stopped tasks a while).
+    let logs = w.ports().compute.recent_logs(&v1, 20).await.expect("logs");
+    assert!(logs.iter().any(|l| l.contains(PULL_ERROR)), "{logs:#?}");
+
+    // A version short of healthy targets shows its stopped tasks in status.
+    let v2 = next_id();
+    let failer = fail_a_task_of(&w, names::service_name(&w.name, &v2)).await;
+    let engine = w.engine("bob");
+    let deploying = tokio::spawn({
+        let engine = flotilla_engine::Engine::new(w.ports(), {
+            let mut s = w.engine_settings("bob", eager_policy(2));
+            s.health_timeout = Duration::from_secs(6);
+            s
+        });
+        async move { engine.deploy(World::request(&v2), &Silent).await }
+    });
+    assert!(failer.await.expect("joined"), "the service never appeared");
+    let v2 = {
+        // The deploy is waiting for health now: status shows why its task stopped.
+        let status = engine.status().await.expect("status");
+        let v = status
+            .versions
+            .iter()
+            .find(|v| v.compute.is_some())
+            .expect("the deploying version has compute");
+        let stopped = &v.compute.as_ref().expect("compute").stopped;
+        assert!(
+            stopped
+                .iter()
+                .any(|l| l.contains(PULL_ERROR) && l.contains("stopped")),
+            "{stopped:#?}"
+        );
+        v.record.version.id.clone()
+    };
+    let err = deploying.await.expect("joined").expect_err("never healthy");
+    assert!(
+        matches!(&err, EngineError::NotHealthy { id, .. } if *id == v2),
+        "{err}"
+    );
+}
+
+/// Keeps every `CreateService` request the ECS client sends (moto does not echo the health-check
+/// grace period or ECS exec back, so the request is where they show).
+#[derive(Clone, Debug, Default)]
+struct CreateServiceSpy(
+    std::sync::Arc<
+        std::sync::Mutex<Vec<aws_sdk_ecs::operation::create_service::CreateServiceInput>>,
+    >,
+);
+
+impl aws_sdk_ecs::config::Intercept for CreateServiceSpy {
+    fn name(&self) -> &'static str {
+        "create-service-spy"
+    }
+
+    fn read_before_serialization(
+        &self,
+        context: &aws_sdk_ecs::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _: &aws_sdk_ecs::config::RuntimeComponents,
+        _: &mut aws_sdk_ecs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ecs::error::BoxError> {
+        if let Some(input) = context
+            .input()
+            .downcast_ref::<aws_sdk_ecs::operation::create_service::CreateServiceInput>(
+        ) {
+            self.0.lock().expect("not poisoned").push(input.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_wait_out_a_slow_first_start_and_have_no_ecs_exec() {
+    let mut w = World::new("shop").await;
+    let spy = CreateServiceSpy::default();
+    let ecs = aws_sdk_ecs::Client::from_conf(
+        w.clients
+            .ecs
+            .config()
+            .to_builder()
+            .interceptor(spy.clone())
+            .build(),
+    );
+    let clients = flotilla_aws::Clients {
+        ecs,
+        ..w.clients.clone()
+    };
+    let deploy = |w: &World, clients: &flotilla_aws::Clients| {
+        let ports =
+            flotilla_aws::connect_with(&w.settings, clients.clone(), flotilla_aws::Needs::Deploy)
+                .expect("ports");
+        flotilla_engine::Engine::new(ports, w.engine_settings("alice", eager_policy(2)))
+    };
+    // By default ECS leaves a new task's failing health checks alone for 300 s, as long as an
+    // AWS deploy waits for health (an image pull through NAT comes first).
+    w.deploy(&deploy(&w, &clients), &next_id())
+        .await
+        .expect("deploy");
+    // Set from the config ([aws] health_check_grace_seconds or app.health_timeout_seconds).
+    w.settings.task.health_check_grace_seconds = 600;
+    w.deploy(&deploy(&w, &clients), &next_id())
+        .await
+        .expect("deploy");
+    let sent = spy.0.lock().expect("not poisoned").clone();
+    let graces: Vec<Option<i32>> = sent
+        .iter()
+        .map(|i| i.health_check_grace_period_seconds())
+        .collect();
+    assert_eq!(graces, [Some(300), Some(600)]);
+    for input in &sent {
+        assert_eq!(
+            input.enable_execute_command(),
+            Some(false),
+            "ECS exec is off"
+        );
+    }
 }

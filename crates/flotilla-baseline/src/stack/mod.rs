@@ -6,12 +6,14 @@
 //! - `compute`: the ECS cluster, ECR repository, log group, task roles and artefact bucket.
 //! - `reaper`: the reaper Lambda, its role, log group and schedule.
 //! - `observability`: the dashboard, the alarms and their notification topic.
+//! - `waf`: the optional web ACL (rate limit, AWS managed rules) on the load balancer.
 
 mod compute;
 mod load_balancer;
 mod network;
 mod observability;
 mod reaper;
+pub mod waf;
 
 use serde_json::json;
 
@@ -107,6 +109,10 @@ pub mod ids {
     pub const NO_TASKS_ALARM: &str = "NoRunningTasksAlarm";
     /// The reaper-errors alarm.
     pub const REAPER_ERRORS_ALARM: &str = "ReaperErrorsAlarm";
+    /// The web ACL (only with a WAF).
+    pub const WEB_ACL: &str = "WebAcl";
+    /// Its association with the load balancer.
+    pub const WEB_ACL_ASSOCIATION: &str = "WebAclAssociation";
 
     /// Condition: the reaper's code key parameter is set.
     pub const HAS_REAPER_CODE: &str = "HasReaperCode";
@@ -177,6 +183,7 @@ pub fn build(options: &BaselineOptions) -> Result<Template, OptionsError> {
     compute::add(&mut t, options);
     reaper::add(&mut t, options);
     observability::add(&mut t, options);
+    waf::add(&mut t, options);
     add_outputs(&mut t, options, mode);
     Ok(t)
 }

@@ -19,10 +19,10 @@ use crate::policy::{PolicyDocument, Statement, service_trust};
 /// The reaper's memory, in MiB (a pass is a few dozen API calls).
 const MEMORY_MIB: u32 = 256;
 
-/// The Lambda timeout for a schedule of `interval_secs`: ten seconds short of the interval (so
-/// passes never overlap through the schedule), at most five minutes.
+/// The Lambda timeout for a schedule of `interval_secs` ([`contract::reaper_timeout`], which the
+/// reaper's lock lifetime follows too).
 pub(crate) fn timeout_seconds(interval_secs: u64) -> u64 {
-    interval_secs.saturating_sub(10).clamp(30, 300)
+    contract::reaper_timeout(std::time::Duration::from_secs(interval_secs)).as_secs()
 }
 
 /// The EventBridge schedule expression for an interval in whole minutes.
@@ -101,6 +101,30 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 "elasticloadbalancing:ModifyRule",
                 "elasticloadbalancing:DeleteRule",
             ],
+            vec![arn(
+                "elasticloadbalancing",
+                &format!(
+                    "listener-rule/${{{}.LoadBalancerFullName}}/*",
+                    ids::LOAD_BALANCER
+                ),
+            )],
+        ),
+        // Retiring a version whose rule went missing recreates that rule as a 410 (`CreateRule`
+        // on the listener), tagged with the deployment name (`AddTags` on the new rule).
+        Statement::allow(
+            "RecreateRetiredRules",
+            &["elasticloadbalancing:CreateRule"],
+            vec![arn(
+                "elasticloadbalancing",
+                &format!(
+                    "listener/${{{}.LoadBalancerFullName}}/*",
+                    ids::LOAD_BALANCER
+                ),
+            )],
+        ),
+        Statement::allow(
+            "TagRecreatedRules",
+            &["elasticloadbalancing:AddTags"],
             vec![arn(
                 "elasticloadbalancing",
                 &format!(

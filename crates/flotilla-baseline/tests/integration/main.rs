@@ -7,12 +7,13 @@ mod properties;
 mod template;
 
 use flotilla_baseline::{
-    AccessLogs, BaselineOptions, NatMode, Notifications, SecretGrants, Template, TlsMode, build,
+    AccessLogs, BaselineOptions, NatMode, Notifications, SecretGrants, Template, TlsMode,
+    WafOptions, build,
 };
 use flotilla_core::DeploymentName;
 
 /// The variants every check runs on: HTTPS with a requested certificate, HTTP-only, and one NAT
-/// gateway per zone with a certificate the user brings.
+/// gateway per zone with a certificate the user brings (and the optional web ACL).
 pub fn variants() -> Vec<(&'static str, BaselineOptions)> {
     let name = DeploymentName::new("prod").expect("valid name");
 
@@ -52,6 +53,8 @@ pub fn variants() -> Vec<(&'static str, BaselineOptions)> {
             "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-auth-AbC123".into(),
         ],
     };
+    // The linters see the web ACL here.
+    per_az.waf = Some(WafOptions { rate_limit: 1500 });
 
     vec![
         ("https", https),

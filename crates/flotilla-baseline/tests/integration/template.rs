@@ -272,6 +272,68 @@ fn the_task_role_reads_the_deployment_and_writes_only_task_readiness() {
     );
 }
 
+/// `(action, resource as written)` pairs a role's policies allow.
+fn allowed(t: &Value, role: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for policy in props(t, role)["Policies"].as_array().expect("policies") {
+        for s in policy["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+        {
+            for a in s["Action"].as_array().expect("actions") {
+                for r in s["Resource"].as_array().expect("resources") {
+                    let r = r["Fn::Sub"]
+                        .as_str()
+                        .or(r.as_str())
+                        .unwrap_or("")
+                        .to_owned();
+                    out.insert((a.as_str().expect("action").to_owned(), r));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_reaper_role_may_recreate_a_missing_rule_when_it_retires_a_version() {
+    // retire_affinity creates a missing rule as a 410 (CreateRule on the listener, with tags:
+    // AddTags on the new rule), modifies the other, and removal deletes both and the target group.
+    let t = json_of(&variant("https"));
+    let allowed = allowed(&t, "ReaperRole");
+    let lb = "${LoadBalancer.LoadBalancerFullName}";
+    let elb = "arn:${AWS::Partition}:elasticloadbalancing:${AWS::Region}:${AWS::AccountId}";
+    for (action, resource) in [
+        ("CreateRule", format!("{elb}:listener/{lb}/*")),
+        ("AddTags", format!("{elb}:listener-rule/{lb}/*")),
+        ("ModifyRule", format!("{elb}:listener-rule/{lb}/*")),
+        ("DeleteRule", format!("{elb}:listener-rule/{lb}/*")),
+    ] {
+        let action = format!("elasticloadbalancing:{action}");
+        assert!(
+            allowed.contains(&(action.clone(), resource.clone())),
+            "the reaper may not {action} on {resource}: {allowed:#?}"
+        );
+    }
+    // The deployer can do whatever the reaper does to the listener (a `flotilla reap` run by hand).
+    let name = DeploymentName::new("prod").expect("valid");
+    let text =
+        flotilla_baseline::deployer_policy(&flotilla_baseline::DeployerPolicyOptions::new(name))
+            .to_string();
+    for action in [
+        "CreateRule",
+        "AddTags",
+        "ModifyRule",
+        "DeleteRule",
+        "DeleteTargetGroup",
+    ] {
+        assert!(
+            text.contains(&format!("elasticloadbalancing:{action}")),
+            "deployer lacks {action}"
+        );
+    }
+}
+
 #[test]
 fn no_role_grants_a_wildcard_action() {
     for (label, options) in variants() {
@@ -430,6 +492,8 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
     let settings = ReaperSettings::from_env(|k| resolved.get(k).cloned()).expect("complete");
     assert_eq!(settings.policy, options.reaper.policy);
     assert_eq!(settings.interval, options.reaper.interval);
+    // The reaper's lock lives exactly as long as the function may run.
+    assert_eq!(Some(settings.timeout.as_secs()), p["Timeout"].as_u64());
     assert_eq!(settings.cluster, "flotilla-prod");
     assert_eq!(settings.listener_arn, "arn:listener");
     assert_eq!(settings.log_group.as_deref(), Some("/flotilla/prod/app"));
@@ -657,4 +721,64 @@ fn the_execution_role_may_read_exactly_the_apps_secrets() {
             .map(Vec::len),
         Some(2)
     );
+}
+
+#[test]
+fn the_optional_web_acl_rate_limits_and_runs_the_managed_rules_on_the_load_balancer() {
+    // Off by default.
+    for label in ["https", "http-only"] {
+        let t = json_of(&variant(label));
+        assert!(
+            resources_of_type(&t, "AWS::WAFv2::WebACL").is_empty(),
+            "{label}"
+        );
+        assert!(
+            resources_of_type(&t, "AWS::WAFv2::WebACLAssociation").is_empty(),
+            "{label}"
+        );
+    }
+    let t = json_of(&variant("per-az"));
+    let acl = props(&t, "WebAcl");
+    assert_eq!(acl["Scope"], "REGIONAL");
+    assert_eq!(acl["DefaultAction"], json!({ "Allow": {} }));
+    let rules = acl["Rules"].as_array().expect("rules");
+    let rate = &rules[0]["Statement"]["RateBasedStatement"];
+    assert_eq!(rate["Limit"], 1500);
+    assert_eq!(rate["AggregateKeyType"], "IP");
+    assert_eq!(rules[0]["Action"], json!({ "Block": {} }));
+    let managed: Vec<&str> = rules[1..]
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r["Statement"]["ManagedRuleGroupStatement"]["VendorName"],
+                "AWS"
+            );
+            r["Statement"]["ManagedRuleGroupStatement"]["Name"]
+                .as_str()
+                .expect("name")
+        })
+        .collect();
+    assert_eq!(
+        managed,
+        [
+            "AWSManagedRulesCommonRuleSet",
+            "AWSManagedRulesKnownBadInputsRuleSet"
+        ]
+    );
+    let priorities: BTreeSet<u64> = rules
+        .iter()
+        .map(|r| r["Priority"].as_u64().expect("priority"))
+        .collect();
+    assert_eq!(priorities.len(), rules.len(), "distinct priorities");
+    let association = props(&t, "WebAclAssociation");
+    assert_eq!(association["ResourceArn"], json!({ "Ref": "LoadBalancer" }));
+    assert_eq!(
+        association["WebACLArn"],
+        json!({ "Fn::GetAtt": ["WebAcl", "Arn"] })
+    );
+
+    let mut bad = variant("per-az");
+    bad.waf = Some(flotilla_baseline::WafOptions { rate_limit: 5 });
+    let err = flotilla_baseline::build(&bad).expect_err("rate limit too low");
+    assert!(err.to_string().contains("aws.waf_rate_limit"), "{err}");
 }

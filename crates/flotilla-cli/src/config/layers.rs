@@ -49,7 +49,7 @@ pub struct Setting {
 /// Settings by dotted key path (`app.port`); later layers replace earlier ones.
 pub type Settings = BTreeMap<String, Setting>;
 
-/// The defaults of every key that has one.
+/// The defaults of every key that has one, on the host provider (see [`aws_defaults`]).
 pub fn defaults() -> Settings {
     let mut settings = Settings::new();
     for key in schema::KEYS {
@@ -68,6 +68,30 @@ pub fn defaults() -> Settings {
         );
     }
     settings
+}
+
+/// Replaces the defaults that differ on the AWS provider, where no layer set the key.
+pub fn aws_defaults(settings: &mut Settings) {
+    for (path, default) in schema::AWS_DEFAULTS {
+        let val = match *default {
+            schema::DefaultValue::Int(n) => Val::Int(n),
+            schema::DefaultValue::Str(s) => Val::Str(s.to_owned()),
+            schema::DefaultValue::Bool(b) => Val::Bool(b),
+            schema::DefaultValue::Required | schema::DefaultValue::Unset => continue,
+        };
+        let unset = settings
+            .get(*path)
+            .is_none_or(|s| s.origin == Origin::Default);
+        if unset {
+            settings.insert(
+                (*path).to_owned(),
+                Setting {
+                    val,
+                    origin: Origin::Default,
+                },
+            );
+        }
+    }
 }
 
 /// Line and column (both from 1, the column counted in characters) of a byte offset.

@@ -372,6 +372,13 @@ pub struct AwsConfig {
     pub access_logs_bucket: Option<String>,
     /// The ALB access logs' key prefix.
     pub access_logs_prefix: Option<String>,
+    /// Whether the baseline puts a WAF web ACL in front of the load balancer.
+    pub waf: bool,
+    /// The WAF's per-IP limit of requests in five minutes.
+    pub waf_rate_limit: u32,
+    /// Seconds ECS ignores failing health checks of a new task; `None` means the deploy's health
+    /// timeout (see [`Config::health_check_grace_seconds`]).
+    pub health_check_grace_seconds: Option<u32>,
     /// Baseline override: listener.
     pub listener_arn: Option<String>,
     /// Baseline override: private subnets.
@@ -430,6 +437,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Seconds ECS ignores failing load balancer health checks of a new task: `[aws]
+    /// health_check_grace_seconds`, or else as long as a deploy waits for health, so ECS never
+    /// replaces a slow first start (an image pull through NAT) while the deploy still waits.
+    pub fn health_check_grace_seconds(&self) -> u32 {
+        self.aws
+            .health_check_grace_seconds
+            .unwrap_or_else(|| u32::try_from(self.app.health_timeout.as_secs()).unwrap_or(u32::MAX))
+    }
+
     /// Instances each version runs on the configured provider.
     pub fn instances(&self) -> u32 {
         match self.provider {

@@ -89,6 +89,15 @@ pub fn resolve(
         );
     }
 
+    // A few defaults depend on the provider; it is known once every layer is in.
+    let aws = matches!(
+        settings.get("provider").map(|s| &s.val),
+        Some(Val::Str(p)) if p == ProviderKind::Aws.as_str()
+    );
+    if aws {
+        layers::aws_defaults(&mut settings);
+    }
+
     let mut r = Resolver {
         settings: &settings,
         problems,
@@ -370,17 +379,7 @@ impl Resolver<'_> {
             })
             .unwrap_or_default();
         let affinity_header = self
-            .checked("app.affinity_header", |s| {
-                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-                if s.is_empty() || s.len() > 40 || !s.chars().all(token) {
-                    Err(format!(
-                        "`app.affinity_header` must be an HTTP header name of 1 to 40 letters, digits \
-                         or -_. (an ALB limit), not {s:?}"
-                    ))
-                } else {
-                    Ok(())
-                }
-            })
+            .checked("app.affinity_header", affinity_header_problem)
             .unwrap_or_default();
         let affinity_query = self
             .checked("app.affinity_query", |s| {
@@ -705,6 +704,12 @@ impl Resolver<'_> {
             non_empty("aws.access_logs_bucket"),
         );
         let access_logs_prefix = self.opt_str("aws.access_logs_prefix");
+        let waf = self.bool("aws.waf");
+        let waf_rate_limit = self.u32("aws.waf_rate_limit", 10..=2_000_000_000);
+        let health_check_grace_seconds = self
+            .setting("aws.health_check_grace_seconds")
+            .is_some()
+            .then(|| self.u32("aws.health_check_grace_seconds", 0..=86_400));
         let listener_arn = self.checked("aws.listener_arn", arn("aws.listener_arn"));
         let subnets = self.opt_list("aws.subnets", "subnet-", "a subnet");
         let security_groups = self.opt_list("aws.security_groups", "sg-", "a security group");
@@ -735,6 +740,9 @@ impl Resolver<'_> {
             alarm_5xx_percent,
             access_logs_bucket,
             access_logs_prefix,
+            waf,
+            waf_rate_limit,
+            health_check_grace_seconds,
             listener_arn,
             subnets,
             security_groups,
@@ -813,6 +821,32 @@ impl Resolver<'_> {
             );
         }
     }
+}
+
+/// What is wrong with an affinity header name, if anything. Only letters, digits and hyphens
+/// are safe: an ALB set to drop invalid header fields (the baseline's is) removes every header
+/// whose name has anything else, `_` included, before its rules see it, so affinity would
+/// silently never match; and its header conditions take at most 40 characters.
+fn affinity_header_problem(s: &str) -> Result<(), String> {
+    let what = "`app.affinity_header` must be an HTTP header name of 1 to 40 letters, digits and \
+                hyphens, such as \"X-Flotilla-Deployment\"";
+    if s.is_empty() || s.len() > 40 {
+        return Err(format!("{what}, not {s:?} ({} characters)", s.len()));
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        let why = if bad == '_' {
+            "the load balancer drops headers whose name contains `_`, so affinity would \
+             silently never match; use `-` instead"
+                .to_owned()
+        } else {
+            format!("{bad:?} is not allowed in a header name the load balancer keeps")
+        };
+        return Err(format!("{what}, not {s:?}: {why}"));
+    }
+    Ok(())
 }
 
 fn non_empty(key: &'static str) -> impl Fn(&str) -> Result<(), String> {

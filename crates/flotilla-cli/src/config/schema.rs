@@ -220,7 +220,8 @@ pub const KEYS: &[Key] = &[
         Ty::Int,
         Int(120),
         "How long a deploy waits for min_healthy healthy instances before it gives up, removes the \
-         new version and leaves traffic where it was.",
+         new version and leaves traffic where it was. Default 120 on the host provider, 300 on \
+         AWS (a Fargate task pulls its image through NAT before it starts).",
     ),
     key(
         "app",
@@ -506,6 +507,33 @@ pub const KEYS: &[Key] = &[
         "A key prefix for the access logs in that bucket (no leading or trailing /).",
         "\"shop\"",
     ),
+    key(
+        "aws",
+        "waf",
+        Ty::Bool,
+        Bool(false),
+        "Put an AWS WAF web ACL in front of the load balancer: a per-IP rate limit \
+         (waf_rate_limit) and AWS's managed common and known-bad-inputs rules. AWS bills the web \
+         ACL, its rules and the requests it inspects.",
+    ),
+    key(
+        "aws",
+        "waf_rate_limit",
+        Ty::Int,
+        Int(2000),
+        "With waf = true: requests one IP address may make in any 5 minutes before the WAF blocks \
+         it for a while (10 to 2000000000).",
+    ),
+    key_ex(
+        "aws",
+        "health_check_grace_seconds",
+        Ty::Int,
+        Unset,
+        "Seconds ECS ignores failing load balancer health checks of a new task before it replaces \
+         the task. Unset: app.health_timeout_seconds, so a slow first start is not killed while \
+         the deploy still waits for it.",
+        "300",
+    ),
     key_ex(
         "aws",
         "listener_arn",
@@ -571,6 +599,20 @@ pub const KEYS: &[Key] = &[
         "\"arn:aws:iam::123456789012:role/...\"",
     ),
 ];
+
+/// Defaults that differ on the AWS provider, by dotted path: they replace the key's own default
+/// (the host provider's) when `provider = "aws"`.
+pub const AWS_DEFAULTS: &[(&str, DefaultValue)] = &[("app.health_timeout_seconds", Int(300))];
+
+/// The default of `key` on `provider`.
+pub fn default_on(key: &Key, provider: super::ProviderKind) -> DefaultValue {
+    if provider == super::ProviderKind::Aws {
+        if let Some((_, value)) = AWS_DEFAULTS.iter().find(|(path, _)| *path == key.path()) {
+            return *value;
+        }
+    }
+    key.default
+}
 
 /// The key at `section`.`name`, if it exists.
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {

@@ -93,8 +93,8 @@ pub fn toml_string(s: &str) -> String {
     out
 }
 
-fn default_literal(key: &Key) -> Option<String> {
-    match key.default {
+fn default_literal(key: &Key, provider: ProviderKind) -> Option<String> {
+    match schema::default_on(key, provider) {
         schema::DefaultValue::Int(n) => Some(n.to_string()),
         schema::DefaultValue::Str(s) => Some(toml_string(s)),
         schema::DefaultValue::Bool(b) => Some(b.to_string()),
@@ -171,7 +171,7 @@ pub fn render(values: &InitValues) -> String {
         match set
             .get(key.path().as_str())
             .cloned()
-            .or_else(|| default_literal(key))
+            .or_else(|| default_literal(key, values.provider))
         {
             Some(literal) => out.push_str(&format!("{} = {literal}\n", key.name)),
             None => {

@@ -81,7 +81,7 @@ fn unknown_keys_suggest_the_closest_valid_key() {
              `certificate_arn`, `nat`, `command`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
              `alarm_topic_arn`, `alarm_5xx_percent`, `access_logs_bucket`, `access_logs_prefix`, \
-             `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
+             `waf`, `waf_rate_limit`, `health_check_grace_seconds`, `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \
              `execution_role_arn`, `task_role_arn`",
         ),
         (
@@ -162,7 +162,21 @@ fn invalid_values_are_reported_at_their_line() {
         (
             "[app]\naffinity_header = \"X Flotilla\"",
             "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
-             letters, digits or -_. (an ALB limit), not \"X Flotilla\"",
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \"X Flotilla\": \
+             ' ' is not allowed in a header name the load balancer keeps",
+        ),
+        (
+            "[app]\naffinity_header = \"X_Flotilla_Deployment\"",
+            "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \
+             \"X_Flotilla_Deployment\": the load balancer drops headers whose name contains `_`, \
+             so affinity would silently never match; use `-` instead",
+        ),
+        (
+            "[app]\naffinity_header = \"X.Version\"",
+            "flotilla.toml:5:19: `app.affinity_header` must be an HTTP header name of 1 to 40 \
+             letters, digits and hyphens, such as \"X-Flotilla-Deployment\", not \"X.Version\": \
+             '.' is not allowed in a header name the load balancer keeps",
         ),
         (
             "[app]\ninject_client = \"true\"",
@@ -599,13 +613,17 @@ fn the_init_template_documents_every_key_and_validates() {
             }
             // Every value written out equals the default the resolver would use anyway, except
             // the ones init chose.
+            let mut defaults = layers::defaults();
+            if provider == ProviderKind::Aws {
+                layers::aws_defaults(&mut defaults);
+            }
             for source in &config.sources {
                 if !matches!(
                     source.key.as_str(),
                     "name" | "provider" | "host.command" | "host.build"
                 ) && source.value.is_some()
                 {
-                    let default = layers::defaults().get(&source.key).map(|s| s.val.clone());
+                    let default = defaults.get(&source.key).map(|s| s.val.clone());
                     assert_eq!(source.value, default, "{}", source.key);
                 }
             }
@@ -708,4 +726,67 @@ fn a_secrets_file_inside_the_app_directory_is_refused() {
         Some(Path::new("/srv/shop-secrets.env"))
     );
     ok(&text(".flotilla/secrets.env"), &[], &Overrides::default());
+}
+
+#[test]
+fn aws_waits_longer_for_health_and_ecs_grace_follows_the_wait() {
+    let none = Overrides::default();
+    let aws = "name = \"shop\"\nprovider = \"aws\"\n";
+    // Fargate pulls the image through NAT first: 300 s on AWS, 120 s on the host.
+    let config = ok(aws, &[], &none);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(300));
+    assert_eq!(origin_of(&config, "app.health_timeout_seconds"), "default");
+    assert_eq!(config.health_check_grace_seconds(), 300);
+    assert_eq!(
+        ok(BASE, &[], &none).app.health_timeout,
+        Duration::from_secs(120)
+    );
+    // The provider chosen by a flag picks the defaults too.
+    let flagged = ok(
+        "name = \"shop\"\n",
+        &[],
+        &Overrides {
+            provider: Some(ProviderKind::Aws),
+            ..Default::default()
+        },
+    );
+    assert_eq!(flagged.app.health_timeout, Duration::from_secs(300));
+    // A health timeout set anywhere wins, and the grace period follows it.
+    let config = ok(
+        &format!("{aws}[app]\nhealth_timeout_seconds = 600\n"),
+        &[],
+        &none,
+    );
+    assert_eq!(config.app.health_timeout, Duration::from_secs(600));
+    assert_eq!(config.health_check_grace_seconds(), 600);
+    let config = ok(aws, &[("FLOTILLA_APP_HEALTH_TIMEOUT_SECONDS", "90")], &none);
+    assert_eq!(config.health_check_grace_seconds(), 90);
+    // The grace period alone.
+    let config = ok(
+        &format!("{aws}[aws]\nhealth_check_grace_seconds = 45\n"),
+        &[],
+        &none,
+    );
+    assert_eq!(config.health_check_grace_seconds(), 45);
+    assert_eq!(config.app.health_timeout, Duration::from_secs(300));
+    check(
+        &format!("{aws}[aws]\nhealth_check_grace_seconds = -1\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:30: `aws.health_check_grace_seconds` must be between 0 and 86400, not -1",
+        ],
+    );
+    // `init` writes the provider's own default.
+    let rendered = |provider| {
+        template::render(&InitValues {
+            name: "shop".into(),
+            provider,
+            command: "./run".into(),
+            build: None,
+            detected: "",
+        })
+    };
+    assert!(rendered(ProviderKind::Aws).contains("\nhealth_timeout_seconds = 300\n"));
+    assert!(rendered(ProviderKind::Host).contains("\nhealth_timeout_seconds = 120\n"));
 }

@@ -320,3 +320,33 @@ fn usage_errors_exit_2() {
     assert_eq!(unconfirmed.code, 2, "{unconfirmed:?}");
     assert!(unconfirmed.stderr.contains("pass --yes"), "{unconfirmed:?}");
 }
+
+#[test]
+fn the_guides_dockerfiles_have_no_comments_after_an_instruction() {
+    // Docker takes `#` as a comment only at the start of a line: after an instruction it becomes
+    // part of the instruction (`COPY a b # note` copies files named `#` and `note`).
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let mut checked = 0;
+    for guide in ["aws.md"] {
+        let text = std::fs::read_to_string(docs.join(guide)).expect("guide");
+        let mut in_dockerfile = false;
+        for (n, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("```") {
+                in_dockerfile = trimmed
+                    .trim_start_matches('`')
+                    .eq_ignore_ascii_case("dockerfile");
+                continue;
+            }
+            if in_dockerfile && !trimmed.starts_with('#') {
+                checked += 1;
+                assert!(
+                    !line.contains(" #"),
+                    "docs/{guide}:{}: a comment after an instruction breaks the build: {line}",
+                    n + 1
+                );
+            }
+        }
+    }
+    assert!(checked > 0, "the guide has a Dockerfile example");
+}

@@ -962,3 +962,82 @@ fn secret_values_never_show_in_debug_output() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("DB_PASSWORD"), "{shown}");
 }
+
+/// The port calls that touch `id`'s routing or instances, in order, without reads.
+fn removal_calls(w: &World, id: &flotilla_core::DeploymentId) -> Vec<String> {
+    w.sim
+        .call_log()
+        .into_iter()
+        .filter(|c| c.ends_with(id.as_str()))
+        .filter_map(|c| c.split_whitespace().next().map(str::to_owned))
+        .filter(|op| {
+            [
+                "routing.retire_affinity",
+                "routing.remove_affinity",
+                "compute.scale",
+                "compute.delete",
+            ]
+            .contains(&op.as_str())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn removing_a_version_stops_routing_then_deletes_instances_then_rules_and_target_group() {
+    // Teardown of a version that still serves its affinity.
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    w.sim.advance(MIN);
+    let v2 = w.deployed(&alice).await;
+    let before = w.sim.call_log().len();
+    alice
+        .teardown(TeardownTarget::One(v1.clone()), false, &Silent)
+        .await
+        .expect("removes v1");
+    assert_eq!(
+        removal_calls(&w, &v1),
+        [
+            "routing.retire_affinity",
+            "compute.delete",
+            "routing.remove_affinity"
+        ],
+        "{:?}",
+        &w.sim.call_log()[before..]
+    );
+    assert_converged(&w.view(), "after teardown of v1");
+
+    // A deploy that never gets healthy is removed the same way.
+    let v3 = w.next_id();
+    w.sim.set_behavior(&v3, Behavior::Crash);
+    w.deploy(&alice, &v3).await.expect_err("never healthy");
+    let calls = removal_calls(&w, &v3);
+    assert_eq!(
+        calls,
+        [
+            "routing.retire_affinity",
+            "compute.delete",
+            "routing.remove_affinity"
+        ]
+    );
+    assert_eq!(w.view().fresh_target(), Some(v2));
+
+    // The reaper: 410 and scale to zero when it retires, and later instances before routing.
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    w.sim.advance(MIN);
+    w.deployed(&alice).await;
+    w.sim.set_readiness(&v1, Some(Readiness::ShutdownReady));
+    w.settle().await;
+    assert_eq!(w.state(&v1), None, "the reaper removed v1");
+    assert_eq!(
+        removal_calls(&w, &v1),
+        [
+            "routing.retire_affinity",
+            "compute.scale",
+            "compute.delete",
+            "routing.remove_affinity"
+        ]
+    );
+}

@@ -133,6 +133,12 @@ impl Compute for Faulty {
             self.inner.compute.recent_logs(id, lines)
         )
     }
+    async fn stopped(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        call!(self, "compute.stopped", self.inner.compute.stopped(ids))
+    }
 }
 
 #[async_trait]
