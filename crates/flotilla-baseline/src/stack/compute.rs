@@ -220,7 +220,7 @@ fn with_secret_grants(
     mut policy: PolicyDocument,
     grants: &crate::options::SecretGrants,
 ) -> PolicyDocument {
-    let subs = |arns: &[String]| arns.iter().map(sub).collect::<Vec<_>>();
+    let subs = |arns: &[String]| arns.iter().map(|a| sub_if_needed(a)).collect::<Vec<_>>();
     if !grants.ssm_parameters.is_empty() {
         policy.statements.push(Statement::allow(
             "ReadAppSecretsFromParameterStore",
@@ -236,4 +236,13 @@ fn with_secret_grants(
         ));
     }
     policy
+}
+
+/// `resource` as it is, or as a `Fn::Sub` when it uses `${...}` variables.
+pub(super) fn sub_if_needed(resource: &str) -> serde_json::Value {
+    if resource.contains("${") {
+        sub(resource)
+    } else {
+        json!(resource)
+    }
 }

@@ -358,7 +358,7 @@ fn add_outputs(t: &mut Template, options: &BaselineOptions, mode: Mode) {
         .ssm_parameters
         .iter()
         .chain(&options.secrets.secrets_manager)
-        .map(|a| sub(a.as_str()))
+        .map(|a| compute::sub_if_needed(a))
         .collect();
     t.output(
         outputs::SECRET_GRANTS,

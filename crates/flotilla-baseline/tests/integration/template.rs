@@ -712,7 +712,7 @@ fn the_execution_role_may_read_exactly_the_apps_secrets() {
     assert_eq!(sm["Action"], json!(["secretsmanager:GetSecretValue"]));
     assert_eq!(
         sm["Resource"],
-        json!([{"Fn::Sub": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-auth-AbC123"}])
+        json!(["arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod-auth-AbC123"])
     );
     // Deploys read the grants back from the stack's outputs.
     assert_eq!(
