@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, DesiredStatus,
-    KeyValuePair, LaunchType, LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration,
-    NetworkMode, PortMapping, PropagateTags, Secret, Service, ServiceField, SortOrder, Tag, Task,
-    TaskDefinitionField, TaskDefinitionStatus, TransportProtocol,
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerCondition, ContainerDefinition,
+    ContainerDependency, CpuArchitecture, DesiredStatus, KeyValuePair, LaunchType, LoadBalancer,
+    LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, OsFamily,
+    PortMapping, PropagateTags, RuntimePlatform, Secret, Service, ServiceField, SortOrder, Tag,
+    Task, TaskDefinitionField, TaskDefinitionStatus, TransportProtocol, Volume,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use aws_smithy_types::date_time::Format;
@@ -26,7 +27,9 @@ use flotilla_engine::ports::{
 
 use crate::ctx::{Ctx, TAG_ID, TAG_NAME, TAG_STATE, arn_tail};
 use crate::error::{code_of, port_error};
+use crate::images::{EcrImages, TaskImages};
 use crate::secrets::SecretRef;
+use crate::settings::{AGENT_DIR, AGENT_PATH};
 
 /// The ARN partition of `region`.
 pub fn partition_of(region: &str) -> &'static str {
@@ -39,8 +42,17 @@ pub fn partition_of(region: &str) -> &'static str {
     }
 }
 
-/// The container's name in every task definition.
+/// The app container's name in every task definition.
 pub const CONTAINER_NAME: &str = "app";
+
+/// The init container that copies the static agent into [`AGENT_VOLUME`].
+pub const AGENT_CONTAINER_NAME: &str = "flotilla-agent";
+
+/// The task volume holding the agent, mounted at [`AGENT_DIR`].
+pub const AGENT_VOLUME: &str = "flotilla-agent";
+
+/// The task volume mounted at `/tmp` when the root filesystem is read-only.
+pub const TMP_VOLUME: &str = "tmp";
 
 /// `DescribeServices` takes at most ten services.
 const DESCRIBE_SERVICES_BATCH: usize = 10;
@@ -140,25 +152,57 @@ impl EcsCompute {
             .remove(&name))
     }
 
-    fn container(&self, spec: &VersionSpec) -> Result<ContainerDefinition, PortError> {
-        let t = &self.ctx.task;
-        let env = |k: &str, v: String| KeyValuePair::builder().name(k).value(v).build();
+    /// The container that puts the static agent into the shared volume and exits: the app
+    /// container starts once it has succeeded.
+    fn agent_init_container(
+        &self,
+        images: &TaskImages,
+        logs: &LogConfiguration,
+    ) -> ContainerDefinition {
+        ContainerDefinition::builder()
+            .name(AGENT_CONTAINER_NAME)
+            .image(&images.agent_image)
+            .essential(false)
+            .set_command(Some(vec!["install".to_owned(), AGENT_PATH.to_owned()]))
+            .mount_points(
+                MountPoint::builder()
+                    .source_volume(AGENT_VOLUME)
+                    .container_path(AGENT_DIR)
+                    .read_only(false)
+                    .build(),
+            )
+            .readonly_root_filesystem(true)
+            .log_configuration(logs.clone())
+            .build()
+    }
+
+    fn logs(&self, spec: &VersionSpec) -> Result<LogConfiguration, PortError> {
         let mut logs = LogConfiguration::builder().log_driver(LogDriver::Awslogs);
         if let Some(group) = &self.ctx.baseline.log_group {
             logs = logs
                 .options("awslogs-group", group)
                 .options("awslogs-region", &self.ctx.region)
-                // Streams are `<id>/app/<task id>`: one prefix per version.
+                // Streams are `<id>/<container>/<task id>`: one prefix per version.
                 .options("awslogs-stream-prefix", spec.id.as_str());
         }
-        let logs = logs.build().map_err(|e| {
+        logs.build().map_err(|e| {
             PortError::new(
                 ErrorKind::Invalid,
                 "define task",
                 spec.id.as_str(),
                 e.to_string(),
             )
-        })?;
+        })
+    }
+
+    fn container(
+        &self,
+        spec: &VersionSpec,
+        images: &TaskImages,
+        logs: &LogConfiguration,
+    ) -> Result<ContainerDefinition, PortError> {
+        let t = &self.ctx.task;
+        let env = |k: &str, v: String| KeyValuePair::builder().name(k).value(v).build();
         let mut app_env = Vec::new();
         for (name, value) in &spec.env.vars {
             app_env.push(env(name, value.clone()));
@@ -167,12 +211,48 @@ impl EcsCompute {
         for (name, source) in &spec.env.secrets {
             secrets.push(self.secret(spec, name, source)?);
         }
+        let mut mounts = vec![
+            MountPoint::builder()
+                .source_volume(AGENT_VOLUME)
+                .container_path(AGENT_DIR)
+                .read_only(true)
+                .build(),
+        ];
+        if t.read_only_root {
+            mounts.push(
+                MountPoint::builder()
+                    .source_volume(TMP_VOLUME)
+                    .container_path("/tmp")
+                    .read_only(false)
+                    .build(),
+            );
+        }
         Ok(ContainerDefinition::builder()
             .name(CONTAINER_NAME)
             .set_environment(Some(app_env))
             .set_secrets(Some(secrets))
             .image(&spec.image.0)
             .essential(true)
+            .depends_on(
+                ContainerDependency::builder()
+                    .container_name(AGENT_CONTAINER_NAME)
+                    .condition(ContainerCondition::Success)
+                    .build()
+                    .map_err(|e| {
+                        PortError::new(
+                            ErrorKind::Invalid,
+                            "define task",
+                            spec.id.as_str(),
+                            e.to_string(),
+                        )
+                    })?,
+            )
+            .set_mount_points(Some(mounts))
+            .readonly_root_filesystem(t.read_only_root)
+            .set_user(t.user.clone())
+            // The agent wraps whatever the image would run (or [aws] command).
+            .set_entry_point(Some(t.agent_entry_point()))
+            .set_command(Some(images.app_command.clone()))
             .cpu(t.cpu as i32)
             .memory(t.memory as i32)
             .port_mappings(
@@ -220,8 +300,7 @@ impl EcsCompute {
             ))
             .environment(env("PORT", t.app_port.to_string()))
             .environment(env("AWS_REGION", self.ctx.region.clone()))
-            .set_command(Some(t.container_command()))
-            .log_configuration(logs)
+            .log_configuration(logs.clone())
             .stop_timeout(t.stop_timeout_seconds as i32)
             .build())
     }
@@ -313,6 +392,18 @@ impl EcsCompute {
     async fn register(&self, spec: &VersionSpec) -> Result<String, PortError> {
         let b = &self.ctx.baseline;
         let family = flotilla_core::names::task_family(&self.ctx.name);
+        let images = EcrImages::new(self.ctx.clone())
+            .task_images(&spec.id, &spec.image.0)
+            .await?;
+        let logs = self.logs(spec)?;
+        let mut volumes = vec![Volume::builder().name(AGENT_VOLUME).build()];
+        if self.ctx.task.read_only_root {
+            volumes.push(Volume::builder().name(TMP_VOLUME).build());
+        }
+        let platform = RuntimePlatform::builder()
+            .cpu_architecture(CpuArchitecture::from(self.ctx.task.architecture.as_ecs()))
+            .operating_system_family(OsFamily::Linux)
+            .build();
         let out = self
             .ctx
             .clients
@@ -325,7 +416,10 @@ impl EcsCompute {
             .memory(self.ctx.task.memory.to_string())
             .set_execution_role_arn(b.execution_role_arn.clone())
             .set_task_role_arn(b.task_role_arn.clone())
-            .container_definitions(self.container(spec)?)
+            .container_definitions(self.agent_init_container(&images, &logs))
+            .container_definitions(self.container(spec, &images, &logs)?)
+            .set_volumes(Some(volumes))
+            .runtime_platform(platform)
             .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))
             .tags(ecs_tag(TAG_ID, spec.id.as_str()))
             .send()
@@ -623,7 +717,7 @@ impl Compute for EcsCompute {
             )
             .health_check_grace_period_seconds(self.ctx.task.health_check_grace_seconds as i32)
             // No shell into running tasks unless someone decides so on purpose.
-            .enable_execute_command(false)
+            .enable_execute_command(self.ctx.task.enable_execute_command)
             .enable_ecs_managed_tags(true)
             .propagate_tags(PropagateTags::Service)
             .tags(ecs_tag(TAG_NAME, self.ctx.name.as_str()))

@@ -24,8 +24,12 @@ pub(crate) struct Ctx {
     pub task: TaskSettings,
     pub routing: RoutingSettings,
     pub region: String,
+    /// The docker executable that builds, inspects and pushes images.
+    pub docker: String,
     tg_arns: Mutex<HashMap<DeploymentId, String>>,
     vpc: tokio::sync::OnceCell<String>,
+    /// What each version's task runs, worked out when its image was prepared.
+    task_images: Mutex<HashMap<DeploymentId, crate::images::TaskImages>>,
 }
 
 impl Ctx {
@@ -36,6 +40,7 @@ impl Ctx {
         task: TaskSettings,
         routing: RoutingSettings,
         region: String,
+        docker: String,
     ) -> Self {
         Ctx {
             name,
@@ -44,8 +49,20 @@ impl Ctx {
             task,
             routing,
             region,
+            docker,
             tg_arns: Mutex::new(HashMap::new()),
             vpc: tokio::sync::OnceCell::new(),
+            task_images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cached_task_images(&self, id: &DeploymentId) -> Option<crate::images::TaskImages> {
+        self.task_images.lock().ok()?.get(id).cloned()
+    }
+
+    pub fn remember_task_images(&self, id: &DeploymentId, images: &crate::images::TaskImages) {
+        if let Ok(mut m) = self.task_images.lock() {
+            m.insert(id.clone(), images.clone());
         }
     }
 

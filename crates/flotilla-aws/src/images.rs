@@ -13,8 +13,111 @@ use flotilla_engine::ports::{ErrorKind, ImageRef, ImageRequest, ImageSource, Por
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use flotilla_baseline::Architecture;
+
 use crate::ctx::Ctx;
 use crate::error::port_error;
+
+/// A fresh private directory for an image's build context.
+fn tempfile_dir() -> Result<std::path::PathBuf, PortError> {
+    let dir = std::env::temp_dir().join(format!(
+        "flotilla-agent-image-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        PortError::new(
+            ErrorKind::Transient,
+            "build agent image",
+            dir.display().to_string(),
+            e.to_string(),
+        )
+    })?;
+    Ok(dir)
+}
+
+fn set_executable(path: &Path) -> Result<(), PortError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+        PortError::new(
+            ErrorKind::Transient,
+            "build agent image",
+            path.display().to_string(),
+            e.to_string(),
+        )
+    })
+}
+
+/// What a version's task runs besides the app image: the app's command inside it (after the
+/// agent's `--`) and the agent's image for the init container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskImages {
+    /// The app's command: `[aws] command` through `/bin/sh -c`, or the image's ENTRYPOINT + CMD.
+    pub app_command: Vec<String>,
+    /// The agent image (FROM scratch with the static agent).
+    pub agent_image: String,
+}
+
+/// The parts of an image's config flotilla reads (`docker image inspect`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ImageConfig {
+    /// `Architecture`: `amd64`, `arm64`, ...
+    #[serde(rename = "Architecture", default)]
+    pub architecture: String,
+    /// `Config.Entrypoint`.
+    #[serde(skip)]
+    pub entrypoint: Vec<String>,
+    /// `Config.Cmd`.
+    #[serde(skip)]
+    pub cmd: Vec<String>,
+}
+
+impl ImageConfig {
+    /// Parses `docker image inspect`'s JSON (an array of one object).
+    pub fn from_inspect(text: &str) -> Option<ImageConfig> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let first = value.as_array()?.first()?;
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(ImageConfig {
+            architecture: first["Architecture"].as_str().unwrap_or("").to_owned(),
+            entrypoint: strings(&first["Config"]["Entrypoint"]),
+            cmd: strings(&first["Config"]["Cmd"]),
+        })
+    }
+
+    /// What the container runs when neither entryPoint nor command is overridden.
+    pub fn command(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}
+
+/// The agent image's tag for `binary`'s bytes: the flotilla version, the architecture and a
+/// digest of the executable, so a rebuilt agent gets a new tag in an immutable repository.
+pub fn agent_tag(binary: &[u8], architecture: Architecture) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(binary));
+    format!(
+        "flotilla-agent-{}-{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        architecture.as_lambda(),
+        &digest[..12]
+    )
+}
+
+/// The Dockerfile of the agent image: nothing but the static agent.
+pub const AGENT_DOCKERFILE: &str = "FROM scratch\nCOPY flotilla-aws-agent /flotilla-aws-agent\n\
+                                    ENTRYPOINT [\"/flotilla-aws-agent\"]\n";
 
 /// The [`ImageSource`] port: prebuilt URIs, or docker build + ECR push.
 pub struct EcrImages {
@@ -23,7 +126,8 @@ pub struct EcrImages {
 }
 
 impl EcrImages {
-    pub(crate) fn new(ctx: Arc<Ctx>, docker: String) -> Self {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        let docker = ctx.docker.clone();
         EcrImages { ctx, docker }
     }
 
@@ -122,8 +226,8 @@ impl EcrImages {
         }
     }
 
-    /// Whether the repository already has an image tagged `id` (a re-run after a crash).
-    async fn pushed(&self, repository: &str, id: &DeploymentId) -> Result<bool, PortError> {
+    /// Whether the repository already has an image tagged `tag` (a re-run after a crash).
+    async fn pushed(&self, repository: &str, tag: &str) -> Result<bool, PortError> {
         let name = repository_name(repository);
         match self
             .ctx
@@ -131,13 +235,13 @@ impl EcrImages {
             .ecr
             .describe_images()
             .repository_name(name)
-            .image_ids(ImageIdentifier::builder().image_tag(id.as_str()).build())
+            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
             .send()
             .await
         {
             Ok(out) => Ok(!out.image_details().is_empty()),
             Err(e) => {
-                let err = port_error("look up image", &format!("{repository}:{id}"), e);
+                let err = port_error("look up image", &format!("{repository}:{tag}"), e);
                 if err.kind == ErrorKind::NotFound {
                     Ok(false)
                 } else {
@@ -145,6 +249,169 @@ impl EcrImages {
                 }
             }
         }
+    }
+
+    /// The config of `image` for the task's architecture: inspected locally, or pulled first
+    /// (for a prebuilt image). An image of another architecture is refused.
+    pub(crate) async fn inspect(&self, image: &str) -> Result<ImageConfig, PortError> {
+        let arch = self.ctx.task.architecture;
+        let local = self
+            .docker(&["image", "inspect", image], None, "inspect image")
+            .await;
+        let text = match local {
+            Ok(text) => text,
+            Err(e) if e.kind == ErrorKind::Unavailable => return Err(e),
+            Err(_) => {
+                if let Some(repository) = self.ctx.baseline.repository.as_deref()
+                    && image.starts_with(repository)
+                {
+                    self.login(repository).await?;
+                }
+                self.docker(
+                    &["pull", "--platform", arch.as_platform(), image],
+                    None,
+                    "pull image",
+                )
+                .await?;
+                self.docker(&["image", "inspect", image], None, "inspect image")
+                    .await?
+            }
+        };
+        let config = ImageConfig::from_inspect(&text).ok_or_else(|| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "inspect image",
+                image,
+                "docker image inspect printed no image config",
+            )
+        })?;
+        if Architecture::parse(&config.architecture) != Some(arch) {
+            return Err(PortError::new(
+                ErrorKind::Invalid,
+                "use image",
+                image,
+                format!(
+                    "the image is for {}, but [aws] architecture is {}: build it with \
+                     `docker build --platform {}`, or set [aws] architecture to match",
+                    if config.architecture.is_empty() {
+                        "an unknown architecture"
+                    } else {
+                        &config.architecture
+                    },
+                    arch.as_lambda(),
+                    arch.as_platform()
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The agent image of the task's architecture in the baseline repository, built from the
+    /// static agent and pushed unless a configured one is given or it is there already.
+    async fn agent_image(&self, id: &DeploymentId) -> Result<String, PortError> {
+        let task = &self.ctx.task;
+        if let Some(image) = &task.agent_image {
+            return Ok(image.clone());
+        }
+        let binary = task.agent_binary.as_deref().ok_or_else(|| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "build agent image",
+                id.as_str(),
+                format!(
+                    "no static agent for {}; run `scripts/build-static.sh {}` or set [aws] \
+                     agent_image",
+                    task.architecture.as_lambda(),
+                    task.architecture.as_lambda()
+                ),
+            )
+        })?;
+        let bytes = std::fs::read(binary).map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "build agent image",
+                binary.display().to_string(),
+                format!("cannot read the static agent: {e}"),
+            )
+        })?;
+        let repository = self.repository(id)?.to_owned();
+        let tag = agent_tag(&bytes, task.architecture);
+        let image = format!("{repository}:{tag}");
+        if self.pushed(&repository, &tag).await? {
+            return Ok(image);
+        }
+        self.check_docker().await?;
+        let dir = tempfile_dir()?;
+        let write = |name: &str, data: &[u8]| {
+            std::fs::write(dir.join(name), data).map_err(|e| {
+                PortError::new(
+                    ErrorKind::Transient,
+                    "build agent image",
+                    name,
+                    e.to_string(),
+                )
+            })
+        };
+        write("Dockerfile", AGENT_DOCKERFILE.as_bytes())?;
+        write("flotilla-aws-agent", &bytes)?;
+        set_executable(&dir.join("flotilla-aws-agent"))?;
+        let dir_str = dir.to_string_lossy().into_owned();
+        let built = self
+            .docker(
+                &[
+                    "build",
+                    "--platform",
+                    task.architecture.as_platform(),
+                    "--tag",
+                    &image,
+                    &dir_str,
+                ],
+                None,
+                "build agent image",
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        built?;
+        self.login(&repository).await?;
+        self.docker(&["push", &image], None, "push agent image")
+            .await?;
+        Ok(image)
+    }
+
+    /// What `id`'s task runs beside `image`: its app command and the agent image.
+    pub(crate) async fn task_images(
+        &self,
+        id: &DeploymentId,
+        image: &str,
+    ) -> Result<TaskImages, PortError> {
+        if let Some(known) = self.ctx.cached_task_images(id) {
+            return Ok(known);
+        }
+        let app_command = if self.ctx.task.app_command.is_empty() {
+            let command = self.inspect(image).await?.command();
+            if command.is_empty() {
+                return Err(PortError::new(
+                    ErrorKind::Invalid,
+                    "use image",
+                    image,
+                    "the image has neither ENTRYPOINT nor CMD; set [aws] command to the app's \
+                     start command",
+                ));
+            }
+            command
+        } else {
+            if self.ctx.task.agent_image.is_none() || self.check_docker().await.is_ok() {
+                // The architecture still matters with a command of our own.
+                self.inspect(image).await?;
+            }
+            self.ctx.task.app_command.clone()
+        };
+        let images = TaskImages {
+            app_command,
+            agent_image: self.agent_image(id).await?,
+        };
+        self.ctx.remember_task_images(id, &images);
+        Ok(images)
     }
 
     async fn login(&self, repository: &str) -> Result<(), PortError> {
@@ -217,6 +484,7 @@ impl ImageSource for EcrImages {
                         "not an image URI; pass --image REGISTRY/REPOSITORY:TAG",
                     ));
                 }
+                self.task_images(id, uri).await?;
                 return Ok(ImageRef(uri.clone()));
             }
             ImageRequest::Build(dir) => dir,
@@ -231,15 +499,20 @@ impl ImageSource for EcrImages {
                 "the app directory does not exist",
             ));
         }
-        if self.pushed(&repository, id).await? {
-            return Ok(ImageRef(image));
-        }
-        self.check_docker().await?;
-        let dir_str = dir.to_string_lossy().into_owned();
-        self.docker(&["build", "--tag", &image, &dir_str], None, "build image")
+        if !self.pushed(&repository, id.as_str()).await? {
+            self.check_docker().await?;
+            let dir_str = dir.to_string_lossy().into_owned();
+            let platform = self.ctx.task.architecture.as_platform();
+            self.docker(
+                &["build", "--platform", platform, "--tag", &image, &dir_str],
+                None,
+                "build image",
+            )
             .await?;
-        self.login(&repository).await?;
-        self.docker(&["push", &image], None, "push image").await?;
+            self.login(&repository).await?;
+            self.docker(&["push", &image], None, "push image").await?;
+        }
+        self.task_images(id, &image).await?;
         Ok(ImageRef(image))
     }
 

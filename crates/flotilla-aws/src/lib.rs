@@ -86,12 +86,13 @@ pub fn connect_with(
         settings.task.clone(),
         settings.routing.clone(),
         region,
+        settings.docker.clone(),
     ));
     Ok(Ports {
         compute: Arc::new(compute::EcsCompute::new(ctx.clone())),
         routing: Arc::new(routing::AlbRouting::new(ctx.clone())),
         state: Arc::new(state::SsmStateStore::new(ctx.clone())),
-        images: Arc::new(images::EcrImages::new(ctx, settings.docker.clone())),
+        images: Arc::new(images::EcrImages::new(ctx)),
         clock: Arc::new(clock::SystemClock),
     })
 }

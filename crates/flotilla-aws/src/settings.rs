@@ -6,11 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
+use flotilla_baseline::Architecture;
 use flotilla_core::DeploymentName;
 use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::AwsError;
+
+/// Where the agent's init container puts the agent, in a volume the app container mounts.
+pub const AGENT_DIR: &str = "/flotilla";
+
+/// The agent executable inside [`AGENT_DIR`].
+pub const AGENT_PATH: &str = "/flotilla/agent";
 
 /// Fargate's ceiling for a container's stop timeout, in seconds.
 pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 120;
@@ -91,15 +98,13 @@ impl AwsSettings {
                 t.app_port
             ));
         }
-        if needs == Needs::Deploy && t.app_command.is_empty() {
-            out.push(
-                "no app command: the agent must know how to start the app inside the image \
-                 (set [aws] command, e.g. [\"/app/server\"])"
-                    .to_owned(),
-            );
-        }
-        if t.agent_command.is_empty() {
-            out.push("the agent command is empty".to_owned());
+        if needs == Needs::Deploy && t.agent_image.is_none() && t.agent_binary.is_none() {
+            out.push(format!(
+                "no static agent for {}: build it with `scripts/build-static.sh {}` (flotilla \
+                 looks beside itself and in target/static/), or set [aws] agent_image",
+                t.architecture.as_lambda(),
+                t.architecture.as_lambda()
+            ));
         }
         if self.max_attempts == 0 {
             out.push("max_attempts must be at least 1".to_owned());
@@ -189,11 +194,23 @@ pub struct TaskSettings {
     pub app_port: u16,
     /// The port the agent listens on: the container port the target group sends traffic to.
     pub container_port: u16,
-    /// How the agent is started: the container's command begins with this, then
-    /// `--listen 0.0.0.0:<container_port> --app-port <app_port> --` and the app command.
-    pub agent_command: Vec<String>,
-    /// How the app is started inside the image (after `--`).
+    /// How the app is started inside the image (after the agent's `--`); empty means the image's
+    /// own ENTRYPOINT and CMD, read from the image's config.
     pub app_command: Vec<String>,
+    /// The CPU architecture tasks run on (Fargate: x86_64, or arm64 on Graviton).
+    pub architecture: Architecture,
+    /// The agent's image (FROM scratch with the static agent), if given; otherwise flotilla
+    /// builds it from [`TaskSettings::agent_binary`] and pushes it to the baseline repository.
+    pub agent_image: Option<String>,
+    /// The static agent executable of [`TaskSettings::architecture`] to build the agent image
+    /// from, when no agent image is given.
+    pub agent_binary: Option<PathBuf>,
+    /// Whether the app container's root filesystem is read-only (with a writable `/tmp`).
+    pub read_only_root: bool,
+    /// The user (`name`, `uid` or `uid:gid`) the app container runs as; `None`: the image's.
+    pub user: Option<String>,
+    /// Whether ECS Exec (a shell into running tasks) is allowed.
+    pub enable_execute_command: bool,
     /// How often the agent polls its version's state.
     pub drain_poll_seconds: u64,
     /// How long a draining agent waits before it may report ready.
@@ -216,8 +233,13 @@ impl Default for TaskSettings {
             memory: 512,
             app_port: 3000,
             container_port: 8000,
-            agent_command: vec!["flotilla".to_owned(), "agent".to_owned()],
             app_command: Vec::new(),
+            architecture: Architecture::X86_64,
+            agent_image: None,
+            agent_binary: None,
+            read_only_root: true,
+            user: None,
+            enable_execute_command: false,
             drain_poll_seconds: 5,
             drain_grace_seconds: 30,
             stop_timeout_seconds: 30,
@@ -243,18 +265,17 @@ impl TaskSettings {
         u64::from(self.lb_idle_timeout_seconds) + KEEPALIVE_MARGIN_SECONDS
     }
 
-    /// The container's full command: the agent wrapping the app.
-    pub fn container_command(&self) -> Vec<String> {
-        let mut cmd = self.agent_command.clone();
-        cmd.extend([
+    /// The app container's `entryPoint`: the agent, from the volume its init container filled,
+    /// up to the `--` after which the container's `command` (the app) follows.
+    pub fn agent_entry_point(&self) -> Vec<String> {
+        vec![
+            AGENT_PATH.to_owned(),
             "--listen".to_owned(),
             format!("0.0.0.0:{}", self.container_port),
             "--app-port".to_owned(),
             self.app_port.to_string(),
             "--".to_owned(),
-        ]);
-        cmd.extend(self.app_command.iter().cloned());
-        cmd
+        ]
     }
 }
 
@@ -678,7 +699,9 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems.iter().any(|p| p.contains("no app command")),
+            problems
+                .iter()
+                .any(|p| p.contains("no static agent for x86_64")),
             "{problems:?}"
         );
         assert!(
@@ -686,7 +709,7 @@ mod tests {
             "{problems:?}"
         );
         let mut ok = AwsSettings::new(name());
-        ok.task.app_command = vec!["/app/server".to_owned()];
+        ok.task.agent_image = Some("registry.example/flotilla-agent:1".to_owned());
         assert_eq!(ok.problems(Needs::Deploy), Vec::<String>::new());
         assert_eq!(
             AwsSettings::new(name()).problems(Needs::Operate),
@@ -695,16 +718,15 @@ mod tests {
     }
 
     #[test]
-    fn container_command_wraps_the_app_in_the_agent() {
+    fn the_entry_point_is_the_agent_from_its_volume() {
         let t = TaskSettings {
             app_port: 3000,
             container_port: 8000,
-            app_command: vec!["node".to_owned(), "server.js".to_owned()],
             ..Default::default()
         };
         assert_eq!(
-            t.container_command().join(" "),
-            "flotilla agent --listen 0.0.0.0:8000 --app-port 3000 -- node server.js"
+            t.agent_entry_point().join(" "),
+            "/flotilla/agent --listen 0.0.0.0:8000 --app-port 3000 --"
         );
         assert_eq!(TaskSettings::default_container_port(8000), 8001);
         assert_eq!(TaskSettings::default_container_port(3000), 8000);

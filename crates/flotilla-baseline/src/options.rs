@@ -129,6 +129,39 @@ impl Architecture {
             Architecture::Arm64 => "arm64",
         }
     }
+
+    /// The name ECS uses in a task definition's `runtimePlatform.cpuArchitecture`.
+    pub fn as_ecs(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "X86_64",
+            Architecture::Arm64 => "ARM64",
+        }
+    }
+
+    /// The architecture as an image's config names it (`docker image inspect`'s `Architecture`).
+    pub fn as_image(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "amd64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The platform for `docker build --platform` and `docker pull --platform`.
+    pub fn as_platform(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "linux/amd64",
+            Architecture::Arm64 => "linux/arm64",
+        }
+    }
+
+    /// Parses `x86_64` (also `amd64`) or `arm64` (also `aarch64`).
+    pub fn parse(text: &str) -> Option<Architecture> {
+        match text {
+            "x86_64" | "amd64" => Some(Architecture::X86_64),
+            "arm64" | "aarch64" => Some(Architecture::Arm64),
+            _ => None,
+        }
+    }
 }
 
 /// The web ACL in front of the load balancer.

@@ -304,6 +304,22 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
     })
 }
 
+/// The static agent for `arch` that `scripts/build-static.sh` made: beside the running binary
+/// (a release archive ships them together), or in `target/static/` when it runs from
+/// `target/<profile>/`.
+pub(crate) fn find_static_agent(
+    running: &std::path::Path,
+    arch: flotilla_baseline::Architecture,
+) -> Option<std::path::PathBuf> {
+    let name = format!("flotilla-aws-agent-{}", arch.as_lambda());
+    let dir = running.parent()?;
+    let mut candidates = vec![dir.join(&name)];
+    if let Some(target) = dir.parent() {
+        candidates.push(target.join("static").join(&name));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
 /// The AWS provider's settings from the resolved config.
 pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     let a = &config.aws;
@@ -344,6 +360,16 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         .as_ref()
         .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()])
         .unwrap_or_default();
+    s.task.architecture = a.architecture;
+    s.task.read_only_root = a.read_only_root;
+    s.task.user = a.user.clone();
+    s.task.enable_execute_command = a.enable_execute_command;
+    s.task.agent_image = a.agent_image.clone();
+    if s.task.agent_image.is_none() {
+        s.task.agent_binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| find_static_agent(&exe, a.architecture));
+    }
     s.task.inject_client = config.app.inject_client;
     s.task.lb_idle_timeout_seconds = a.idle_timeout_seconds;
     s.task.health_check_grace_seconds = config.health_check_grace_seconds();

@@ -156,3 +156,81 @@ async fn a_secret_the_execution_role_may_not_read_stops_the_deploy_before_anythi
         .push(SM_ARN.to_owned());
     flotilla_aws::connect_with(&w.settings, w.clients.clone(), Needs::Deploy).expect("granted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_comes_from_an_init_container_and_wraps_the_app_on_the_chosen_architecture() {
+    use aws_sdk_ecs::types::{ContainerCondition, CpuArchitecture};
+    let mut w = World::new("shop").await;
+    w.settings.task.architecture = flotilla_baseline::Architecture::Arm64;
+    w.settings.task.user = Some("1000:1000".to_owned());
+    let engine = w.engine("alice");
+    let id = next_id();
+    w.deploy(&engine, &id).await.expect("deploy");
+    let service = flotilla_core::names::service_name(&w.name, &id);
+    let described = w
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(&w.cluster)
+        .services(&service)
+        .send()
+        .await
+        .expect("describe service");
+    let svc = &described.services()[0];
+    let td = w
+        .clients
+        .ecs
+        .describe_task_definition()
+        .task_definition(svc.task_definition().expect("td"))
+        .send()
+        .await
+        .expect("describe task definition");
+    let td = td.task_definition().expect("td");
+    assert_eq!(
+        td.runtime_platform().and_then(|p| p.cpu_architecture()),
+        Some(&CpuArchitecture::Arm64)
+    );
+    let volumes: Vec<&str> = td.volumes().iter().filter_map(|v| v.name()).collect();
+    assert_eq!(volumes, vec!["flotilla-agent", "tmp"]);
+    let by_name = |n: &str| {
+        td.container_definitions()
+            .iter()
+            .find(|c| c.name() == Some(n))
+            .unwrap_or_else(|| panic!("no container {n}"))
+            .clone()
+    };
+    let init = by_name("flotilla-agent");
+    assert_eq!(init.image(), Some(crate::support::AGENT_IMAGE));
+    assert_eq!(init.essential(), Some(false));
+    assert_eq!(init.command(), ["install", "/flotilla/agent"]);
+    let app = by_name("app");
+    assert_eq!(app.essential(), Some(true));
+    assert_eq!(
+        app.entry_point().join(" "),
+        "/flotilla/agent --listen 0.0.0.0:8000 --app-port 3000 --"
+    );
+    assert_eq!(app.command(), ["/app/server"]);
+    let dep = &app.depends_on()[0];
+    assert_eq!(dep.container_name(), "flotilla-agent");
+    assert_eq!(dep.condition(), &ContainerCondition::Success);
+    assert_eq!(app.readonly_root_filesystem(), Some(true));
+    assert_eq!(app.user(), Some("1000:1000"));
+    let mounts: Vec<(String, String, bool)> = app
+        .mount_points()
+        .iter()
+        .map(|m| {
+            (
+                m.source_volume().unwrap_or("").to_owned(),
+                m.container_path().unwrap_or("").to_owned(),
+                m.read_only().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            ("flotilla-agent".to_owned(), "/flotilla".to_owned(), true),
+            ("tmp".to_owned(), "/tmp".to_owned(), false),
+        ]
+    );
+}

@@ -31,7 +31,7 @@ use flotilla_engine::events::Silent;
 use flotilla_engine::workflows::TeardownTarget;
 use flotilla_engine::{Engine, Settings};
 
-use crate::support::{EcsStandIn, Moto, REGION, World, eager_policy, next_id};
+use crate::support::{AGENT_IMAGE, EcsStandIn, Moto, REGION, World, eager_policy, next_id};
 
 /// Collects every notice.
 #[derive(Default)]
@@ -87,6 +87,8 @@ impl Site {
         settings.task.app_port = 8000;
         settings.task.container_port = 8001;
         settings.task.app_command = vec!["/app/server".to_owned()];
+        // A prebuilt agent image: these tests run no container (the Docker tests do).
+        settings.task.agent_image = Some(AGENT_IMAGE.to_owned());
         settings.routing.health_interval_seconds = 5;
         settings.routing.health_timeout_seconds = 2;
         let config = flotilla_aws::sdk_config_with(&settings, |l| {

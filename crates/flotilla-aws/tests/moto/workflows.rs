@@ -129,10 +129,14 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
         td.network_mode(),
         Some(&aws_sdk_ecs::types::NetworkMode::Awsvpc)
     );
-    let container = &td.container_definitions()[0];
+    let container = td
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some(flotilla_aws::compute::CONTAINER_NAME))
+        .expect("the app container");
     assert_eq!(
-        container.command().join(" "),
-        "flotilla agent --listen 0.0.0.0:8000 --app-port 3000 -- /app/server"
+        container.entry_point().join(" ") + " " + &container.command().join(" "),
+        "/flotilla/agent --listen 0.0.0.0:8000 --app-port 3000 -- /app/server"
     );
     let env: std::collections::BTreeMap<_, _> = container
         .environment()

@@ -379,6 +379,16 @@ pub struct AwsConfig {
     /// Seconds ECS ignores failing health checks of a new task; `None` means the deploy's health
     /// timeout (see [`Config::health_check_grace_seconds`]).
     pub health_check_grace_seconds: Option<u32>,
+    /// The tasks' CPU architecture.
+    pub architecture: flotilla_baseline::Architecture,
+    /// Whether the app container's root filesystem is read-only.
+    pub read_only_root: bool,
+    /// The app container's user.
+    pub user: Option<String>,
+    /// Whether ECS Exec is allowed.
+    pub enable_execute_command: bool,
+    /// A prebuilt agent image.
+    pub agent_image: Option<String>,
     /// Baseline override: listener.
     pub listener_arn: Option<String>,
     /// Baseline override: private subnets.

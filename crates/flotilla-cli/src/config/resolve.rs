@@ -689,6 +689,17 @@ impl Resolver<'_> {
             })
             .unwrap_or(Nat::Single);
         let command = self.checked("aws.command", non_empty("aws.command"));
+        let architecture = self
+            .parsed("aws.architecture", |s| {
+                flotilla_baseline::Architecture::parse(s).ok_or_else(|| {
+                    format!("`aws.architecture` must be \"x86_64\" or \"arm64\", not {s:?}")
+                })
+            })
+            .unwrap_or_default();
+        let read_only_root = self.bool("aws.read_only_root");
+        let user = self.checked("aws.user", non_empty("aws.user"));
+        let enable_execute_command = self.bool("aws.enable_execute_command");
+        let agent_image = self.checked("aws.agent_image", non_empty("aws.agent_image"));
         let hosted_zone_id = self.checked("aws.hosted_zone_id", non_empty("aws.hosted_zone_id"));
         let vpc_cidr = self
             .checked("aws.vpc_cidr", non_empty("aws.vpc_cidr"))
@@ -743,6 +754,11 @@ impl Resolver<'_> {
             waf,
             waf_rate_limit,
             health_check_grace_seconds,
+            architecture,
+            read_only_root,
+            user,
+            enable_execute_command,
+            agent_image,
             listener_arn,
             subnets,
             security_groups,

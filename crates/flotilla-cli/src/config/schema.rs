@@ -424,9 +424,51 @@ pub const KEYS: &[Key] = &[
         "command",
         Ty::Str,
         Unset,
-        "Your app's start command inside the image, run by the agent with `sh -c` (the agent \
-         tells it its port in $PORT). Needed to deploy.",
+        "Your app's start command inside the image, run by the agent with `/bin/sh -c` (the \
+         agent tells it its port in $PORT). Unset: the agent runs the image's own ENTRYPOINT and \
+         CMD, read from the image.",
         "\"/app/server\"",
+    ),
+    key(
+        "aws",
+        "architecture",
+        Ty::Str,
+        Str("x86_64"),
+        "The CPU tasks run on: \"x86_64\", or \"arm64\" (Graviton, cheaper). Images are built \
+         for it (docker build --platform) and a prebuilt image of another architecture is refused.",
+    ),
+    key(
+        "aws",
+        "read_only_root",
+        Ty::Bool,
+        Bool(true),
+        "Run the app container with a read-only root filesystem and a writable /tmp. Set false \
+         for an app that writes elsewhere in its image.",
+    ),
+    key_ex(
+        "aws",
+        "user",
+        Ty::Str,
+        Unset,
+        "The user the app container runs as (a name, uid or uid:gid); unset: the image's USER.",
+        "\"1000:1000\"",
+    ),
+    key(
+        "aws",
+        "enable_execute_command",
+        Ty::Bool,
+        Bool(false),
+        "Allow ECS Exec (`aws ecs execute-command`, a shell inside running tasks). Off by default.",
+    ),
+    key_ex(
+        "aws",
+        "agent_image",
+        Ty::Str,
+        Unset,
+        "A prebuilt agent image (FROM scratch with the static flotilla-aws-agent at \
+         /flotilla-aws-agent). Unset: flotilla builds it from the static agent beside itself \
+         (scripts/build-static.sh) and pushes it to the baseline repository.",
+        "\"123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/shop:flotilla-agent-0.1.0\"",
     ),
     key_ex(
         "aws",

@@ -78,7 +78,8 @@ fn unknown_keys_suggest_the_closest_valid_key() {
             "[aws]\ncolour = 1\n",
             "flotilla.toml:5:1: unknown key `colour` in [aws]; keys of [aws] are `region`, \
              `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `domain`, \
-             `certificate_arn`, `nat`, `command`, `hosted_zone_id`, `vpc_cidr`, \
+             `certificate_arn`, `nat`, `command`, `architecture`, `read_only_root`, `user`, \
+             `enable_execute_command`, `agent_image`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
              `alarm_topic_arn`, `alarm_5xx_percent`, `access_logs_bucket`, `access_logs_prefix`, \
              `waf`, `waf_rate_limit`, `health_check_grace_seconds`, `listener_arn`, `subnets`, `security_groups`, `cluster`, `log_group`, `repository`, \

@@ -27,6 +27,9 @@ use flotilla_engine::{Engine, EngineError, Ports, Settings};
 pub use server::Moto;
 
 pub const REGION: &str = "us-east-1";
+
+/// The agent image the task definitions name.
+pub const AGENT_IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/agent:test";
 pub const IMAGE: &str = "public.ecr.aws/docker/library/nginx:latest";
 
 /// Ids made from the wall clock plus a per-process counter, so ids never repeat.
@@ -81,6 +84,8 @@ impl World {
         settings.read_baseline_file = false;
         settings.task.app_port = 3000;
         settings.task.app_command = vec!["/app/server".to_owned()];
+        // A prebuilt agent image: these tests run no container (the Docker tests do).
+        settings.task.agent_image = Some(AGENT_IMAGE.to_owned());
         settings.routing.health_interval_seconds = 5;
         settings.routing.health_timeout_seconds = 2;
         let config = flotilla_aws::sdk_config_with(&settings, |l| {
