@@ -7,4 +7,5 @@ mod baseline;
 mod faults;
 mod ports;
 mod support;
+mod task_in_docker;
 mod workflows;

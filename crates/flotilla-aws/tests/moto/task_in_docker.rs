@@ -1,0 +1,329 @@
+//! The task definition a deploy registers, executed for real: the deploy builds the app image and
+//! the agent image with a private Docker Engine and pushes them to a private registry named as the
+//! baseline's repository; the task definition registered in moto then runs in that Docker as ECS
+//! would (init container, shared volume, entryPoint and command, environment, secrets resolved from
+//! moto's SSM, read-only root with `/tmp`), with the agent talking to moto's SSM.
+//!
+//! The app image is a Debian base without CA certificates, with its own ENTRYPOINT and CMD and no
+//! trace of flotilla in it. Needs root (dockerd), Debian's docker.io, docker-registry and
+//! busybox-static (`scripts/docker.sh`), and the static agent (`scripts/build-static.sh x86_64`,
+//! run here if the agent is missing).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::types::ParameterType;
+use flotilla_engine::ports::{AppEnv, ImageRequest, SecretSource};
+use flotilla_engine::workflows::DeployRequest;
+use flotilla_testkit::docker::{DebianSuite, Docker, Registry};
+use flotilla_testkit::ecs_exec::{RunOptions, TaskDefinition, run_task};
+
+use crate::support::{World, next_id};
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The static x86_64 agent, built by the project's script when it is not there yet.
+fn static_agent() -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let agent = target.join("static/flotilla-aws-agent-x86_64");
+    if !agent.is_file() {
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-static.sh"))
+            .arg("x86_64")
+            .status()
+            .expect("run scripts/build-static.sh");
+        assert!(status.success(), "scripts/build-static.sh x86_64 failed");
+    }
+    assert!(agent.is_file(), "no static agent at {}", agent.display());
+    agent
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `curl`'s status code and body for a GET on loopback.
+fn get(url: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", "-w", "\n%{http_code}", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_owned()))
+}
+
+fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The task definition as `describe-task-definition` prints it, straight from moto's API.
+fn task_definition_json(moto_url: &str, arn: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            moto_url,
+            "-H",
+            "X-Amz-Target: AmazonEC2ContainerServiceV20141113.DescribeTaskDefinition",
+            "-H",
+            "Content-Type: application/x-amz-json-1.1",
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecs/aws4_request, SignedHeaders=host, Signature=x",
+            "-d",
+            &format!("{{\"taskDefinition\": \"{arn}\"}}"),
+        ])
+        .output()
+        .expect("curl moto");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_its_own() {
+    let agent = static_agent();
+    let docker = Docker::shared().expect("private dockerd");
+    let registry = Registry::shared().expect("private registry");
+    let base = docker
+        .debian_image(DebianSuite::Bookworm)
+        .expect("debian base image without CA certificates");
+
+    // `docker` as flotilla runs it: the private daemon, a private client config for the login.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let wrapper = scratch.path().join("docker");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport DOCKER_HOST={}\nexport DOCKER_CONFIG={}\nexport DOCKER_BUILDKIT=0\nexec /usr/bin/docker \"$@\"\n",
+            docker.host(),
+            scratch.path().join("config").display()
+        ),
+    )
+    .expect("write wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+
+    // The app: busybox's httpd behind a start script, ENTRYPOINT and CMD of its own.
+    let app = scratch.path().join("app");
+    std::fs::create_dir_all(app.join("www")).expect("mkdir");
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY busybox /bin/busybox\nCOPY www /www\nCOPY start.sh /start.sh\n\
+             ENTRYPOINT [\"/start.sh\"]\nCMD [\"serve\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    std::fs::copy("/bin/busybox", app.join("busybox")).expect("copy busybox");
+    std::fs::write(app.join("www/healthz"), "ok\n").expect("healthz");
+    std::fs::write(app.join("www/index.html"), "<p>hello</p>\n").expect("index");
+    std::fs::write(
+        app.join("start.sh"),
+        "#!/bin/busybox sh\necho \"app saw feature=$FEATURE token=$DB_TOKEN args=$* port=$PORT\"\n\
+         /bin/busybox touch /tmp/writable && echo 'tmp is writable'\n\
+         /bin/busybox touch /not-writable 2>/dev/null || echo 'root is read-only'\n\
+         exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www\n",
+    )
+    .expect("start.sh");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["start.sh", "busybox"] {
+            std::fs::set_permissions(app.join(f), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+    }
+
+    let mut w = World::new("dock").await;
+    let repository = registry.reference("dock");
+    w.clients
+        .ecr
+        .create_repository()
+        .repository_name("dock")
+        .send()
+        .await
+        .expect("ECR repository in moto");
+    w.settings.baseline_overrides.repository = Some(repository.clone());
+    w.settings.docker = wrapper.display().to_string();
+    w.settings.task.agent_image = None;
+    w.settings.task.agent_binary = Some(agent);
+    w.settings.task.app_command = Vec::new();
+    w.settings.task.app_port = free_port();
+    w.settings.task.container_port = free_port();
+    w.clients
+        .ssm
+        .put_parameter()
+        .name("/dock/token")
+        .value("s3cret-token")
+        .r#type(ParameterType::SecureString)
+        .send()
+        .await
+        .expect("secret in moto");
+
+    let engine = w.engine("alice");
+    let id = next_id();
+    let request = DeployRequest {
+        image: ImageRequest::Build(app.clone()),
+        env: AppEnv {
+            vars: [("FEATURE".to_owned(), "one".to_owned())].into(),
+            secrets: [(
+                "DB_TOKEN".to_owned(),
+                SecretSource::Reference("ssm:/dock/token".to_owned()),
+            )]
+            .into(),
+        },
+        ..World::request(&id)
+    };
+    w.deploy_request(&engine, request).await.expect("deploy");
+    let tags = registry.tags("dock").expect("registry tags");
+    assert!(tags.contains(&id.to_string()), "app image pushed: {tags:?}");
+    assert!(
+        tags.iter().any(|t| t.starts_with("flotilla-agent-")),
+        "agent image pushed: {tags:?}"
+    );
+
+    let service = flotilla_core::names::service_name(&w.name, &id);
+    let described = w
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(&w.cluster)
+        .services(&service)
+        .send()
+        .await
+        .expect("service");
+    let td_arn = described.services()[0]
+        .task_definition()
+        .expect("td")
+        .to_owned();
+    let task = TaskDefinition::from_json(&task_definition_json(&w.moto.url(), &td_arn))
+        .expect("the registered task definition parses");
+    let task_id = w
+        .ecs()
+        .tasks()
+        .await
+        .into_iter()
+        .find(|(_, svc)| svc == &service)
+        .map(|(arn, _)| arn.rsplit('/').next().unwrap_or("").to_owned())
+        .expect("a task of the service");
+
+    let ssm = w.clients.ssm.clone();
+    let handle = tokio::runtime::Handle::current();
+    let resolve = |secret: &flotilla_testkit::ecs_exec::Secret| -> Result<String, String> {
+        let name = secret
+            .value_from
+            .split_once(":parameter")
+            .map(|(_, n)| n.to_owned())
+            .ok_or_else(|| format!("not an SSM ARN: {}", secret.value_from))?;
+        let ssm = ssm.clone();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                handle.block_on(async {
+                    ssm.get_parameter()
+                        .name(&name)
+                        .with_decryption(true)
+                        .send()
+                        .await
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|o| {
+                            o.parameter()
+                                .and_then(|p| p.value())
+                                .map(str::to_owned)
+                                .ok_or_else(|| "no value".to_owned())
+                        })
+                })
+            })
+            .join()
+            .map_err(|_| "resolver panicked".to_owned())?
+        })
+    };
+    let options = RunOptions {
+        extra_env: vec![
+            ("AWS_ENDPOINT_URL".to_owned(), w.moto.url()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+            ("FLOTILLA_DRAIN_SOURCE".to_owned(), "ssm".to_owned()),
+            ("FLOTILLA_INSTANCE".to_owned(), task_id.clone()),
+        ],
+        ..RunOptions::default()
+    };
+    let running = tokio::task::block_in_place(|| run_task(docker, &task, &options, resolve))
+        .expect("the task starts as ECS would start it");
+
+    let agent_url = format!("http://127.0.0.1:{}", w.settings.task.container_port);
+    let health = wait_until("the agent answers health", Duration::from_secs(60), || {
+        get(&format!("{agent_url}/healthz")).filter(|(code, _)| *code == 200)
+    });
+    let page = get(&format!("{agent_url}/")).expect("the app answers through the agent");
+    assert_eq!(page.0, 200, "{page:?}");
+    assert!(page.1.contains("hello"), "{page:?}");
+    let logs = running.logs("app").expect("app logs");
+    let text = logs.to_string();
+    assert!(
+        text.contains(&format!(
+            "app saw feature=one token=s3cret-token args=serve port={}",
+            w.settings.task.app_port
+        )),
+        "the app gets its variables, its secret and its own CMD: {text}"
+    );
+    assert!(text.contains("tmp is writable") && text.contains("root is read-only"), "{text}");
+    let _ = health;
+
+    // Draining reaches the agent through moto's SSM, and it reports readiness there.
+    w.clients
+        .ssm
+        .put_parameter()
+        .name(flotilla_core::names::state_parameter(&w.name, &id))
+        .value("draining")
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("mark draining");
+    let instance = flotilla_core::InstanceId::new(&task_id).expect("a task id is an instance id");
+    let readiness = flotilla_core::names::task_parameter(&w.name, &id, &instance);
+    let ssm = w.clients.ssm.clone();
+    let handle = tokio::runtime::Handle::current();
+    let reported = tokio::task::block_in_place(|| {
+        wait_until("the agent reports readiness", Duration::from_secs(90), || {
+            handle
+                .block_on(ssm.get_parameter().name(&readiness).send())
+                .ok()
+                .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_owned))
+        })
+    });
+    assert!(!reported.is_empty(), "{reported}");
+
+    // `docker stop` is the SIGTERM sequence: the agent stops the app and exits.
+    let codes = tokio::task::block_in_place(|| running.stop()).expect("stop");
+    let agent_log = running.logs("app").expect("logs").to_string();
+    assert!(
+        agent_log.contains("SIGTERM") || agent_log.contains("stopping"),
+        "the agent logs its stop: {agent_log}"
+    );
+    assert!(
+        codes.iter().any(|(name, _)| name == "app"),
+        "the app container stopped: {codes:?}"
+    );
+}
