@@ -39,10 +39,12 @@ impl SsmDrainSource {
     }
 
     /// A source configured the way a task sees AWS: the standard credential chain (the task
-    /// role), `AWS_REGION` from the task definition, `AWS_ENDPOINT_URL` when set, and
-    /// [`AGENT_MAX_ATTEMPTS`] attempts per call.
+    /// role), `AWS_REGION` from the task definition, `AWS_ENDPOINT_URL` when set, TLS trusting
+    /// the image's roots and built-in ones ([`crate::tls`]: an image without a CA bundle still
+    /// reaches SSM), and [`AGENT_MAX_ATTEMPTS`] attempts per call.
     pub async fn from_env() -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(crate::tls::default_http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(AGENT_MAX_ATTEMPTS))
             .load()
             .await;
