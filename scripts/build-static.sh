@@ -131,7 +131,7 @@ for arch in "${arches[@]}"; do
         dest="$out/$bin-$arch"
         cp "$built" "$dest.tmp"
         mv "$dest.tmp" "$dest"
-        size="$(stat -c %s "$dest")"
+        size="$(wc -c <"$dest" | tr -d " ")"
         awk -v f="$dest" -v s="$size" -v a="$arch" \
             'BEGIN { printf "%s\t%d bytes (%.1f MiB)\tstatic, stripped, %s\n", f, s, s / 1048576, a }'
     done
