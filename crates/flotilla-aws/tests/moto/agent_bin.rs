@@ -346,9 +346,10 @@ fn a_tls_failure_without_a_ca_bundle_shows_as_persistent_in_the_health_document(
     let error = source["error"].as_str().unwrap_or_default();
     assert!(error.contains(&format!("/apps/shop/{ID}/state")), "{doc:#}");
     assert!(
-        error.to_lowercase().contains("certificate"),
+        error.contains("invalid peer certificate: UnknownIssuer"),
         "the error names the TLS failure: {doc:#}"
     );
+    assert!(error.contains("SSL_CERT_FILE"), "and what to do: {doc:#}");
     // The app is fine, so the load balancer still sees a healthy task.
     assert_eq!(doc["app"]["healthy"], true, "{doc:#}");
     agent.log_until("the drain source keeps failing");
