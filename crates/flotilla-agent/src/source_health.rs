@@ -143,10 +143,7 @@ mod tests {
         }
         assert_eq!(changes.last(), Some(&SourceChange::StillFailing));
         assert_eq!(
-            changes
-                .iter()
-                .filter(|c| **c != SourceChange::None)
-                .count(),
+            changes.iter().filter(|c| **c != SourceChange::None).count(),
             1,
             "repeated only every {REPEAT_EVERY} polls: {changes:?}"
         );

@@ -141,7 +141,10 @@ mod tests {
     fn an_untrusted_certificate_says_what_to_do() {
         let said = explain("dispatch failure: invalid peer certificate: UnknownIssuer".into());
         assert!(said.contains("SSL_CERT_FILE"), "{said}");
-        assert_eq!(explain("AccessDeniedException".into()), "AccessDeniedException");
+        assert_eq!(
+            explain("AccessDeniedException".into()),
+            "AccessDeniedException"
+        );
     }
 
     #[test]

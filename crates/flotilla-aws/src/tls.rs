@@ -123,9 +123,7 @@ pub fn http_client(roots: &Roots) -> SharedHttpClient {
         if let Some(components) = components {
             connector.set_sleep_impl(components.sleep_impl());
         }
-        connector.set_proxy_config(Some(
-            aws_smithy_http_client::proxy::ProxyConfig::from_env(),
-        ));
+        connector.set_proxy_config(Some(aws_smithy_http_client::proxy::ProxyConfig::from_env()));
         connector.build()
     })
 }
@@ -143,7 +141,9 @@ mod tests {
     fn subjects(roots: &Roots) -> Vec<Vec<u8>> {
         let mut store = rustls::RootCertStore::empty();
         for cert in &roots.certificates {
-            store.add(cert.clone()).expect("every trusted root is usable");
+            store
+                .add(cert.clone())
+                .expect("every trusted root is usable");
         }
         store
             .roots
@@ -171,7 +171,11 @@ mod tests {
         // AWS endpoints chain to Amazon Root CA 1-4 (and Starfield Services G2 for older
         // clients): they must be among the anchors rustls builds from the PEM the SDK gets.
         let subjects = subjects(&roots);
-        for name in ["Amazon Root CA 1", "Amazon Root CA 3", "Starfield Services Root"] {
+        for name in [
+            "Amazon Root CA 1",
+            "Amazon Root CA 3",
+            "Starfield Services Root",
+        ] {
             assert!(
                 subjects.iter().any(|s| contains(s, name.as_bytes())),
                 "{name} is trusted"

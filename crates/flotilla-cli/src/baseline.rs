@@ -204,8 +204,7 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
         } => {
             require_aws(config, "baseline up")?;
             let options = options_or_usage(config)?;
-            let running =
-                std::env::current_exe().context("cannot find this flotilla binary")?;
+            let running = std::env::current_exe().context("cannot find this flotilla binary")?;
             let source = flotilla_aws::stack::artefact::choose(
                 reaper_binary.as_deref(),
                 &running,

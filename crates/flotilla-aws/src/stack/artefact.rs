@@ -274,7 +274,11 @@ mod tests {
         std::fs::write(&path, &ok).expect("write");
         let artefact = ReaperArtefact::from_binary(&path).expect("2.34 runs on al2023");
         assert!(!artefact.is_static);
-        assert!(artefact.summary().contains("glibc"), "{}", artefact.summary());
+        assert!(
+            artefact.summary().contains("glibc"),
+            "{}",
+            artefact.summary()
+        );
     }
 
     #[test]

@@ -351,7 +351,13 @@ pub(crate) mod tests {
         };
         out.extend(section(0, 0, 0, 0, 0));
         out.extend(section(3, strtab_off, strtab.len() as u64, 0, 0));
-        out.extend(section(SHT_DYNAMIC, dynamic_off, dynamic.len() as u64, 1, 0));
+        out.extend(section(
+            SHT_DYNAMIC,
+            dynamic_off,
+            dynamic.len() as u64,
+            1,
+            0,
+        ));
         out.extend(section(
             SHT_GNU_VERNEED,
             vr_off,
@@ -445,7 +451,12 @@ pub(crate) mod tests {
         bits32[4] = 1;
         check(&bits32, "64-bit");
         // Section headers pointing past the end of the file.
-        let mut cut = build_elf(0x3e, None, &["libc.so.6"], &[("libc.so.6", &["GLIBC_2.17"])]);
+        let mut cut = build_elf(
+            0x3e,
+            None,
+            &["libc.so.6"],
+            &[("libc.so.6", &["GLIBC_2.17"])],
+        );
         cut.truncate(cut.len() - 30);
         check(&cut, "truncated");
     }
@@ -462,10 +473,7 @@ pub(crate) mod tests {
         assert_eq!(info.architecture, want);
         if info.interpreter.is_some() && cfg!(target_env = "gnu") {
             assert!(info.needed.iter().any(|n| n == "libc.so.6"), "{info:?}");
-            assert!(
-                info.newest_glibc().is_some_and(|v| v >= (2, 2)),
-                "{info:?}"
-            );
+            assert!(info.newest_glibc().is_some_and(|v| v >= (2, 2)), "{info:?}");
         }
     }
 }

@@ -2,6 +2,10 @@
 //! transitions, readiness, the SIGTERM sequence), `install` (what an init container without `cp`
 //! runs), SSM against moto, and a persistent SSM failure (a TLS handshake that fails in an image
 //! without a CA bundle) shown in the health document.
+//!
+//! They run the debug build of `flotilla-aws-agent`, or the executable named by
+//! `FLOTILLA_TEST_AGENT_BIN` (e.g. `target/static/flotilla-aws-agent-x86_64` after
+//! `scripts/build-static.sh x86_64`, to run the same checks on the static musl build).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,7 +16,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::server::Moto;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_flotilla-aws-agent");
+/// The agent executable under test.
+fn agent() -> PathBuf {
+    std::env::var_os("FLOTILLA_TEST_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flotilla-aws-agent")))
+}
 const ID: &str = "20261125-190633-k3x9";
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -40,7 +49,7 @@ impl Running {
     /// the test app.
     fn start(env: &[(&str, &str)]) -> Running {
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(AGENT);
+        let mut cmd = Command::new(agent());
         for key in [
             "ECS_CONTAINER_METADATA_URI_V4",
             "FLOTILLA_DRAIN_STATE_URL",
@@ -93,7 +102,11 @@ impl Running {
 
     /// Polls the health document until `want` holds, failing after [`LIMIT`] with the last
     /// document and the log.
-    fn health_until(&self, what: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    fn health_until(
+        &self,
+        what: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + LIMIT;
         let mut last = serde_json::Value::Null;
         while Instant::now() < deadline {
@@ -105,7 +118,10 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("{what}: not seen in {LIMIT:?}; last health {last:#}\nlog:\n{}", self.log());
+        panic!(
+            "{what}: not seen in {LIMIT:?}; last health {last:#}\nlog:\n{}",
+            self.log()
+        );
     }
 
     fn log_until(&self, needle: &str) {
@@ -129,7 +145,11 @@ impl Running {
                 std::thread::sleep(Duration::from_millis(200));
                 return status;
             }
-            assert!(Instant::now() < deadline, "the agent did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -177,16 +197,18 @@ fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
 }
 
 fn ssm_put(moto: &Moto, name: &str, value: &str) {
-    let body = format!(
-        r#"{{"Name":"{name}","Value":"{value}","Type":"String","Overwrite":true}}"#
-    );
-    let (status, out) = moto.http("POST", "/", &ssm_headers("PutParameter").as_refs(), &body).expect("ssm");
+    let body = format!(r#"{{"Name":"{name}","Value":"{value}","Type":"String","Overwrite":true}}"#);
+    let (status, out) = moto
+        .http("POST", "/", &ssm_headers("PutParameter").as_refs(), &body)
+        .expect("ssm");
     assert_eq!(status, 200, "PutParameter: {out}");
 }
 
 fn ssm_get(moto: &Moto, name: &str) -> Option<String> {
     let body = format!(r#"{{"Name":"{name}"}}"#);
-    let (status, out) = moto.http("POST", "/", &ssm_headers("GetParameter").as_refs(), &body).expect("ssm");
+    let (status, out) = moto
+        .http("POST", "/", &ssm_headers("GetParameter").as_refs(), &body)
+        .expect("ssm");
     if status != 200 {
         return None;
     }
@@ -262,7 +284,7 @@ fn install_copies_the_agent_with_mode_0755_and_the_copy_runs() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
     let to = dir.path().join("agent");
-    let out = Command::new(AGENT)
+    let out = Command::new(agent())
         .args(["install", &to.display().to_string()])
         .output()
         .expect("run install");
@@ -273,12 +295,15 @@ fn install_copies_the_agent_with_mode_0755_and_the_copy_runs() {
     );
     assert_eq!(
         std::fs::read(&to).expect("copied"),
-        std::fs::read(AGENT).expect("original"),
+        std::fs::read(agent()).expect("original"),
         "a byte-for-byte copy"
     );
     let mode = std::fs::metadata(&to).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
-    let version = Command::new(&to).arg("--version").output().expect("run the copy");
+    let version = Command::new(&to)
+        .arg("--version")
+        .output()
+        .expect("run the copy");
     assert!(version.status.success(), "{version:?}");
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
@@ -287,7 +312,7 @@ fn install_copies_the_agent_with_mode_0755_and_the_copy_runs() {
 
     // A missing volume is named, with exit code 1.
     let missing = dir.path().join("no-volume/agent");
-    let out = Command::new(AGENT)
+    let out = Command::new(agent())
         .args(["install", &missing.display().to_string()])
         .output()
         .expect("run install");
@@ -315,7 +340,11 @@ fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
         ssm_get(&moto, &format!("/apps/shop/{ID}/tasks/task-1")).as_deref(),
         Some("draining")
     );
-    assert!(agent.log().contains(&format!("SSM {state}")), "{}", agent.log());
+    assert!(
+        agent.log().contains(&format!("SSM {state}")),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -341,7 +370,12 @@ fn a_tls_failure_without_a_ca_bundle_shows_as_persistent_in_the_health_document(
     });
     let source = &doc["drain_source"];
     assert_eq!(source["ok"], false, "{doc:#}");
-    assert!(source["consecutive_failures"].as_u64().is_some_and(|n| n >= 3), "{doc:#}");
+    assert!(
+        source["consecutive_failures"]
+            .as_u64()
+            .is_some_and(|n| n >= 3),
+        "{doc:#}"
+    );
     assert!(source["failing_since_ms"].as_u64().is_some(), "{doc:#}");
     let error = source["error"].as_str().unwrap_or_default();
     assert!(error.contains(&format!("/apps/shop/{ID}/state")), "{doc:#}");

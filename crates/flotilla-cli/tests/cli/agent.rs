@@ -23,7 +23,14 @@ fn flotilla_agent_logs_its_start_drain_transitions_and_exit_to_stderr() {
     let run = flotilla(
         dir.path(),
         &[
-            "agent", "--listen", &listen, "--app-port", &app_port, "--", "sh", "-c",
+            "agent",
+            "--listen",
+            &listen,
+            "--app-port",
+            &app_port,
+            "--",
+            "sh",
+            "-c",
             "sleep 3; exit 3",
         ],
         &[

@@ -317,7 +317,9 @@ fn s3_get(moto: &Moto, path: &str) -> (u16, Vec<u8>) {
         .expect("a header block");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     let status = head
@@ -337,7 +339,11 @@ fn static_elf(payload: &[u8]) -> Vec<u8> {
     b[5] = 1;
     b[6] = 1;
     b[16] = 2;
-    let machine: u16 = if cfg!(target_arch = "aarch64") { 0xb7 } else { 0x3e };
+    let machine: u16 = if cfg!(target_arch = "aarch64") {
+        0xb7
+    } else {
+        0x3e
+    };
     b[18..20].copy_from_slice(&machine.to_le_bytes());
     b.extend_from_slice(payload);
     b
@@ -366,7 +372,11 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
     if std::fs::hard_link(env!("CARGO_BIN_EXE_flotilla"), &exe).is_err() {
         std::fs::copy(env!("CARGO_BIN_EXE_flotilla"), &exe).expect("copy flotilla");
     }
-    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "x86_64" };
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "x86_64"
+    };
     std::fs::create_dir_all(target.path().join("static")).expect("mkdir");
     let reaper = target
         .path()
@@ -395,7 +405,10 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
         reaper.display()
     );
     assert!(up.stderr.contains(&said), "{up:?}");
-    assert!(up.stderr.contains("-> uploading the reaper's code"), "{up:?}");
+    assert!(
+        up.stderr.contains("-> uploading the reaper's code"),
+        "{up:?}"
+    );
 
     // What was uploaded is that reaper, as `bootstrap`.
     let cache = dir.path().join(".flotilla/shop/baseline.json");
@@ -410,7 +423,10 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
         .nth(1)
         .and_then(|s| s.split("</Key>").next())
         .unwrap_or_else(|| panic!("no object in {bucket}: {listing}"));
-    assert!(key.starts_with("reaper/") && key.ends_with("/bootstrap.zip"), "{key}");
+    assert!(
+        key.starts_with("reaper/") && key.ends_with("/bootstrap.zip"),
+        "{key}"
+    );
     let (status, zip) = s3_get(&moto, &format!("/{bucket}/{key}"));
     assert_eq!(status, 200);
     let zip_path = dir.path().join("uploaded.zip");
@@ -426,9 +442,18 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
         .output()
         .expect("python3 unzips");
     assert!(unzipped.status.success(), "{unzipped:?}");
-    let (mode, body) = unzipped
-        .stdout
-        .split_at(unzipped.stdout.iter().position(|&b| b == b'\n').expect("mode line") + 1);
+    let (mode, body) = unzipped.stdout.split_at(
+        unzipped
+            .stdout
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("mode line")
+            + 1,
+    );
     assert_eq!(mode, b"0o755\n");
-    assert_eq!(body, reaper_bytes.as_slice(), "the uploaded bootstrap is the static reaper");
+    assert_eq!(
+        body,
+        reaper_bytes.as_slice(),
+        "the uploaded bootstrap is the static reaper"
+    );
 }
