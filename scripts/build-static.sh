@@ -15,6 +15,7 @@
 # where <arch> is x86_64 or arm64.
 #
 # Usage: scripts/build-static.sh [x86_64|arm64|all]   (default: all)
+#        (CARGO_TARGET_DIR is honoured for the build; the artefacts still go to target/static/)
 #        scripts/build-static.sh --install-only        only install the toolchain
 set -euo pipefail
 
@@ -115,6 +116,7 @@ install_tools
 
 # cargo-zigbuild runs `python3 -m ziglang` when no `zig` is on PATH: the venv's python has it.
 export PATH="$venv/bin:$PATH"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
 out="$root/target/static"
 mkdir -p "$out"
 bin_args=()
@@ -126,7 +128,7 @@ for arch in "${arches[@]}"; do
     cargo zigbuild --locked --profile "$PROFILE" --target "$triple" \
         -p flotilla-aws --no-default-features "${bin_args[@]}" >&2
     for bin in "${BINS[@]}"; do
-        built="$root/target/$triple/$PROFILE/$bin"
+        built="$target_dir/$triple/$PROFILE/$bin"
         check_elf "$built" "$arch"
         dest="$out/$bin-$arch"
         cp "$built" "$dest.tmp"
