@@ -4,6 +4,10 @@
 //! `200` with `{"deployment_id","state","draining","sessions",...}` while the app answers 2xx,
 //! draining or not (the load balancer must not replace a draining task: the reaper retires it);
 //! `503` with the same document and an `error` when the app answers otherwise or not at all.
+//! `drain_source` says whether the drain source works (see [`crate::source_health`]): a persistent
+//! failure (`persistent_failure: true`, with the error) does not turn the answer into a `503`,
+//! since replacing the task would not fix it and would cut its sessions; it is there for
+//! `flotilla status` and for whoever reads the document.
 //! An app may put a `sessions` number in its own health JSON; the agent adds it to the sessions
 //! it counts itself.
 
@@ -16,6 +20,7 @@ use flotilla_proxy::{Body, json_response};
 use serde_json::json;
 
 use crate::http::HttpClient;
+use crate::source_health::SourceHealth;
 use crate::state::{LiveState, SessionCounts};
 
 /// What a probe of the app's health path found.
@@ -111,6 +116,10 @@ pub struct HealthFacts<'a> {
     pub counts: SessionCounts,
     /// What the probe of the app found.
     pub app: &'a AppHealth,
+    /// The drain source, as described for logs.
+    pub source_name: &'a str,
+    /// The drain source's recent record.
+    pub source: &'a SourceHealth,
 }
 
 /// The health status and JSON document for `facts`.
@@ -132,6 +141,7 @@ pub fn health_document(facts: &HealthFacts<'_>) -> (StatusCode, serde_json::Valu
         "ready_to_stop": facts.ready,
         "counts": facts.counts,
         "app": app,
+        "drain_source": facts.source.to_json(facts.source_name),
     });
     let status = if facts.app.is_healthy() {
         StatusCode::OK
@@ -163,7 +173,10 @@ pub(crate) async fn respond(
 ) -> Response<Body> {
     let health = probe_and_record(state, client, app, path, timeout).await;
     let version = state.version_state();
+    let source = state.source_health();
     let facts = HealthFacts {
+        source_name: &state.source_name,
+        source: &source,
         deployment_id: state.identity.id.as_str(),
         instance: state.identity.instance.as_str(),
         state: version.map(|s| s.as_str()),
@@ -212,6 +225,16 @@ mod tests {
             status: 200,
             sessions: Some(4),
         };
+        let mut failing = SourceHealth::default();
+        failing.failed(
+            &crate::DrainError::new(
+                crate::DrainErrorKind::Permanent,
+                "read drain state",
+                "/apps/shop/20261125-190633-k3x9/state",
+                "AccessDeniedException",
+            ),
+            flotilla_core::Timestamp::from_millis(7),
+        );
         let facts = HealthFacts {
             deployment_id: "20261125-190633-k3x9",
             instance: "i1",
@@ -221,6 +244,8 @@ mod tests {
             ready: false,
             counts,
             app: &healthy,
+            source_name: "SSM /apps/shop/20261125-190633-k3x9/state",
+            source: &failing,
         };
         let (status, doc) = health_document(&facts);
         // Draining stays 200: the load balancer must not replace a draining task.
@@ -230,6 +255,14 @@ mod tests {
         assert_eq!(doc["draining"], true);
         assert_eq!(doc["sessions"], 7);
         assert!(doc.get("error").is_none());
+        // A failing drain source shows, without turning the answer into a 503.
+        assert_eq!(doc["drain_source"]["persistent_failure"], true);
+        assert_eq!(doc["drain_source"]["failing_since_ms"], 7);
+        assert!(
+            doc["drain_source"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("AccessDeniedException"))
+        );
 
         let down = AppHealth::Unreachable {
             error: "connection refused".into(),

@@ -45,10 +45,12 @@
 //! - [`settings`]: [`AgentSettings`] and how they are read from `FLOTILLA_*` variables.
 //! - [`identity`]: deployment, version and instance ids; the ECS task id from task metadata.
 //! - [`source`]: the [`DrainSource`] trait and the file, HTTP and static sources.
+//! - [`source_health`]: whether the drain source works; persistent failures.
 //! - [`poll`]: the poll loop, its back-off and the EMF line.
 //! - [`health`]: probing the app and the health document.
 //! - `gate`: the routing policy (health, draining refusals, forwarding).
 //! - `state`: the live state shared by the parts, and [`SessionCounts`].
+//! - [`launch`]: what every agent executable shares: logging, arguments, `install`.
 //! - [`child`]: the app process, signals and exit codes.
 //! - [`http`]: a small HTTP client for probes, metadata and the HTTP source.
 //! - [`run`](mod@run): the life of the agent and the stop sequence.
@@ -59,10 +61,12 @@ mod gate;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod launch;
 pub mod poll;
 pub mod run;
 pub mod settings;
 pub mod source;
+pub mod source_health;
 mod state;
 
 pub use child::{StopSignal, exit_code};

@@ -20,7 +20,8 @@ use tokio::sync::watch;
 use crate::health;
 use crate::http::HttpClient;
 use crate::identity::Identity;
-use crate::source::{DrainErrorKind, DrainSource};
+use crate::source::{DrainError, DrainErrorKind, DrainSource};
+use crate::source_health::{PERSISTENT_AFTER, SourceChange};
 use crate::state::{LiveState, takes_new_sessions};
 
 /// The longest wait between polls while backing off (unless `poll` itself is longer).
@@ -117,6 +118,9 @@ pub(crate) async fn run(
             return;
         }
         let mut throttled = false;
+        // The first failure of this poll, if any: the poll counts as failed for the health
+        // document.
+        let mut failed: Option<DrainError> = None;
         match source.read_state(&who).await {
             Ok(read) => {
                 let before = state.version_state();
@@ -143,6 +147,7 @@ pub(crate) async fn run(
                     DrainErrorKind::Throttled | DrainErrorKind::Transient
                 );
                 log_error(&mut last_error, &err.to_string());
+                failed = Some(err);
             }
         }
         health::probe_and_record(
@@ -179,12 +184,14 @@ pub(crate) async fn run(
                         DrainErrorKind::Throttled | DrainErrorKind::Transient
                     );
                     log_error(&mut last_error, &err.to_string());
+                    failed.get_or_insert(err);
                 }
             }
         }
         if throttled {
             failures = failures.saturating_add(1);
         }
+        record_source_health(&state, failed.as_ref(), at);
         if config.emf {
             let line = emf_line(&who, status.ready, at);
             let mut out = std::io::stdout().lock();
@@ -196,6 +203,41 @@ pub(crate) async fn run(
             () = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+/// Records the poll's outcome in the drain source's health and logs what changed: a failure that
+/// becomes persistent at `error` (and again every `REPEAT_EVERY` failed polls while it lasts), a
+/// recovery at `info`.
+fn record_source_health(state: &LiveState, failed: Option<&DrainError>, at: Timestamp) {
+    let change = state.update_source_health(|health| match failed {
+        Some(err) => health.failed(err, at),
+        None => health.succeeded(at),
+    });
+    let health = state.source_health();
+    match change {
+        SourceChange::Persistent | SourceChange::StillFailing => {
+            let error = health
+                .last_error
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::error!(
+                source = %state.source_name,
+                consecutive_failures = health.consecutive_failures,
+                error = %error,
+                "the drain source keeps failing ({} poll(s) in a row, persistent after {} or at                  once when it needs a human): this instance cannot learn that its version drains                  nor report readiness, so the reaper retires the version only at its maximum                  drain age; the health document shows it under `drain_source`",
+                health.consecutive_failures,
+                PERSISTENT_AFTER,
+            );
+        }
+        SourceChange::Recovered { failures } => {
+            tracing::info!(
+                source = %state.source_name,
+                "the drain source works again after {failures} failed poll(s)"
+            );
+        }
+        SourceChange::Failing | SourceChange::None => {}
     }
 }
 

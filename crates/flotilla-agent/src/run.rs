@@ -152,7 +152,11 @@ pub async fn run(
         .map_err(|e| SettingsError {
             problems: vec![e.to_string()],
         })?;
-    let state = Arc::new(LiveState::new(identity.clone(), stats));
+    let state = Arc::new(LiveState::new(
+        identity.clone(),
+        stats,
+        source.describe(&identity),
+    ));
     let gate = Gate {
         state: state.clone(),
         target: Arc::new(target),

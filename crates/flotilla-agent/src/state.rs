@@ -9,6 +9,7 @@ use flotilla_proxy::InstanceStats;
 use serde::Serialize;
 
 use crate::identity::Identity;
+use crate::source_health::SourceHealth;
 
 /// Whether a version in `state` takes new sessions. `None` (no state recorded) does: a version
 /// is only ever drained explicitly.
@@ -56,11 +57,16 @@ pub(crate) struct LiveState {
     stopping: AtomicBool,
     ready: AtomicBool,
     app_sessions: AtomicU64,
+    /// The drain source as described for logs (`SSM /apps/...`).
+    pub(crate) source_name: String,
+    source_health: Mutex<SourceHealth>,
 }
 
 impl LiveState {
-    pub(crate) fn new(identity: Identity, stats: Arc<InstanceStats>) -> Self {
+    pub(crate) fn new(identity: Identity, stats: Arc<InstanceStats>, source_name: String) -> Self {
         LiveState {
+            source_name,
+            source_health: Mutex::new(SourceHealth::default()),
             identity,
             stats,
             version: Mutex::new(None),
@@ -116,6 +122,24 @@ impl LiveState {
     /// Whether the last poll found this instance ready to stop.
     pub(crate) fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Changes the drain source's record (the poll loop does, once per poll).
+    pub(crate) fn update_source_health<T>(&self, change: impl FnOnce(&mut SourceHealth) -> T) -> T {
+        change(
+            &mut self
+                .source_health
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// The drain source's record as of the last poll.
+    pub(crate) fn source_health(&self) -> SourceHealth {
+        self.source_health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_app_sessions(&self, sessions: u64) {

@@ -39,10 +39,12 @@ impl SsmDrainSource {
     }
 
     /// A source configured the way a task sees AWS: the standard credential chain (the task
-    /// role), `AWS_REGION` from the task definition, `AWS_ENDPOINT_URL` when set, and
-    /// [`AGENT_MAX_ATTEMPTS`] attempts per call.
+    /// role), `AWS_REGION` from the task definition, `AWS_ENDPOINT_URL` when set, TLS trusting
+    /// the image's roots and built-in ones ([`crate::tls`]: an image without a CA bundle still
+    /// reaches SSM), and [`AGENT_MAX_ATTEMPTS`] attempts per call.
     pub async fn from_env() -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(crate::tls::default_http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(AGENT_MAX_ATTEMPTS))
             .load()
             .await;
@@ -62,6 +64,20 @@ pub fn drain_kind(kind: ErrorKind) -> DrainErrorKind {
     }
 }
 
+/// `message` with what to do when it is a certificate the agent does not trust: the SDK's text
+/// says only `invalid peer certificate: UnknownIssuer`.
+pub fn explain(message: String) -> String {
+    if message.contains("invalid peer certificate") {
+        format!(
+            "{message}; the endpoint's TLS certificate is not signed by a root the agent trusts \
+             (the image's CA bundle, SSL_CERT_FILE / SSL_CERT_DIR, and the built-in Mozilla \
+             roots): a proxy that intercepts TLS needs its CA in SSL_CERT_FILE"
+        )
+    } else {
+        message
+    }
+}
+
 #[async_trait]
 impl DrainSource for SsmDrainSource {
     fn describe(&self, who: &Identity) -> String {
@@ -78,7 +94,12 @@ impl DrainSource for SsmDrainSource {
                 if err.kind == ErrorKind::NotFound {
                     return Ok(None);
                 }
-                return Err(DrainError::new(drain_kind(err.kind), OP, name, err.message));
+                return Err(DrainError::new(
+                    drain_kind(err.kind),
+                    OP,
+                    name,
+                    explain(err.message),
+                ));
             }
         };
         let Some(value) = out.parameter().and_then(|p| p.value()) else {
@@ -106,7 +127,7 @@ impl DrainSource for SsmDrainSource {
             .await
             .map_err(|err| {
                 let err = port_error(OP, &name, err);
-                DrainError::new(drain_kind(err.kind), OP, name.clone(), err.message)
+                DrainError::new(drain_kind(err.kind), OP, name.clone(), explain(err.message))
             })?;
         Ok(())
     }
@@ -115,6 +136,16 @@ impl DrainSource for SsmDrainSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_certificate_says_what_to_do() {
+        let said = explain("dispatch failure: invalid peer certificate: UnknownIssuer".into());
+        assert!(said.contains("SSL_CERT_FILE"), "{said}");
+        assert_eq!(
+            explain("AccessDeniedException".into()),
+            "AccessDeniedException"
+        );
+    }
 
     #[test]
     fn throttling_backs_off_and_misconfiguration_does_not() {

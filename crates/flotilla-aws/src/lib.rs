@@ -15,8 +15,14 @@
 //! - [`clock`]: the system clock.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
 //! - [`agent_ssm`]: the in-container agent's drain source over SSM.
-//! - [`stack`]: the baseline stack's lifecycle on CloudFormation (`flotilla baseline up|show|down`),
-//!   the reaper's code upload, the cached outputs.
+//! - `stack` (feature `stack`, on by default): the baseline stack's lifecycle on CloudFormation
+//!   (`flotilla baseline up|show|down`), the reaper's code (chosen, checked, zipped, uploaded),
+//!   the cached outputs.
+//! - [`tls`]: the HTTPS client of every SDK client: the system's roots and built-in ones.
+//!
+//! Binaries (built static by `scripts/build-static.sh`): `flotilla-aws-agent`, the agent with
+//! the SSM drain source, delivered into tasks; `flotilla-aws-reaper`, the reaper Lambda's
+//! `bootstrap`.
 #![forbid(unsafe_code)]
 
 pub mod agent_ssm;
@@ -30,8 +36,10 @@ pub mod routing;
 pub mod sdk;
 pub mod secrets;
 pub mod settings;
+#[cfg(feature = "stack")]
 pub mod stack;
 pub mod state;
+pub mod tls;
 
 use std::sync::Arc;
 

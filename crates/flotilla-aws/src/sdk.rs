@@ -16,7 +16,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use crate::settings::AwsSettings;
 
 /// Builds the SDK configuration: the standard credential chain, the profile, the region, the
-/// endpoint override (else `AWS_ENDPOINT_URL`), and standard retries with `max_attempts`.
+/// endpoint override (else `AWS_ENDPOINT_URL`), standard retries with `max_attempts`, and the
+/// HTTPS client of [`crate::tls`] (system and built-in roots).
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     sdk_config_with(settings, |loader| loader).await
 }
@@ -27,6 +28,7 @@ pub async fn sdk_config_with(
     adjust: impl FnOnce(ConfigLoader) -> ConfigLoader,
 ) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::tls::default_http_client())
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
     if let Some(profile) = &settings.profile {
         loader = loader.profile_name(profile);

@@ -14,6 +14,7 @@
 //! This module prints nothing: it reports through [`StackProgress`] and returns reports.
 
 pub mod artefact;
+pub mod elf;
 pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
@@ -277,9 +278,9 @@ impl StackError {
             StackError::Outputs { .. } => {
                 "run `flotilla baseline up` to bring the stack up to date".to_owned()
             }
-            StackError::Artefact { .. } => "the reaper runs the flotilla binary itself on \
-                 Lambda (Linux, x86_64 or arm64): pass a Linux release build with \
-                 `flotilla baseline up --reaper-binary PATH`"
+            StackError::Artefact { .. } => "the reaper Lambda runs a Linux executable (x86_64 \
+                 or arm64): build the static one with `scripts/build-static.sh` (then `baseline \
+                 up` finds it), or pass one with `flotilla baseline up --reaper-binary PATH`"
                 .to_owned(),
             StackError::Refused { hint, .. } | StackError::Failed { hint, .. } => hint.clone(),
             StackError::TimedOut { .. } => "CloudFormation carries on without flotilla: follow \

@@ -233,12 +233,18 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
         } => {
             require_aws(config, "baseline up")?;
             let options = options_or_usage(config)?;
-            let binary = match reaper_binary {
-                Some(path) => path.clone(),
-                None => std::env::current_exe()
-                    .context("cannot find this flotilla binary for the reaper")?,
-            };
-            let artefact = ReaperArtefact::from_binary(&binary)?;
+            let running = std::env::current_exe().context("cannot find this flotilla binary")?;
+            let source = flotilla_aws::stack::artefact::choose(
+                reaper_binary.as_deref(),
+                &running,
+                options.reaper.architecture,
+            );
+            let artefact = ReaperArtefact::from_binary(source.path())?;
+            out.note(&format!(
+                "reaper: {}; {}",
+                source.describe(),
+                artefact.summary()
+            ));
             let desired = Desired::new(&options, artefact)?;
             let stack = stack_for(config, Some(*timeout)).await;
             let printer = NoticePrinter;

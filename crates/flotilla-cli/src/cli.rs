@@ -448,10 +448,14 @@ pub enum BaselineCommand {
             first (a CloudFormation change set) and asks on a terminal; does nothing when nothing \
             changed. Waits with the stack's events as progress, prints the DNS records a \
             requested certificate needs, and caches the outputs in .flotilla/<name>/baseline.json.\n\n\
-            The reaper Lambda runs this flotilla binary (Linux, x86_64 or arm64); elsewhere, \
-            pass a Linux build with --reaper-binary. Needs administrator rights.",
+            The reaper Lambda runs, in this order: --reaper-binary PATH; else the static \
+            reaper `flotilla-aws-reaper-<arch>` that scripts/build-static.sh builds, found next \
+            to this binary or in target/static/; else this flotilla binary, if it is a Linux \
+            build Lambda can run (glibc 2.34 at most). The choice and its size are printed. \
+            Needs administrator rights.",
         after_help = "Examples:\n  flotilla baseline up\n  flotilla baseline up --yes --json\n  \
-            flotilla baseline up --reaper-binary target/x86_64-unknown-linux-gnu/release/flotilla\n  \
+            scripts/build-static.sh x86_64 && flotilla baseline up\n  \
+            flotilla baseline up --reaper-binary target/static/flotilla-aws-reaper-arm64\n  \
             flotilla baseline up --continue-rollback --skip PrivateSubnetA"
     )]
     Up(BaselineUpArgs),
@@ -486,7 +490,8 @@ pub struct BaselineUpArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
-    /// The Linux flotilla binary the reaper Lambda runs [default: this flotilla]
+    /// The Linux executable the reaper Lambda runs [default: the static reaper from
+    /// scripts/build-static.sh beside this binary or in target/static/, else this flotilla]
     #[arg(long, value_name = "PATH")]
     pub reaper_binary: Option<PathBuf>,
 

@@ -452,6 +452,8 @@ pub struct AgentRequest {
 /// process exits with. `config` is `None` when no `flotilla.toml` is present (inside a container
 /// the configuration usually comes from `FLOTILLA_*` variables alone).
 pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8> {
+    // In a container stderr is the task's log: everything the agent decides goes there.
+    flotilla_agent::launch::init_logging();
     let env = |key: &str| std::env::var(key).ok();
     // A config file, when present, already holds the FLOTILLA_APP_* and FLOTILLA_DRAIN_* values of
     // the environment; its app port is passed as if it were the flag so that the agent's own
@@ -479,6 +481,11 @@ pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8
             }
             None => std::sync::Arc::new(flotilla_agent::StaticSource::active()),
         };
+    tracing::info!(
+        program = "flotilla agent",
+        version = env!("CARGO_PKG_VERSION"),
+        "starting the flotilla agent"
+    );
     let outcome = flotilla_agent::run_with_signals(settings, source).await?;
     Ok(outcome.exit_code)
 }

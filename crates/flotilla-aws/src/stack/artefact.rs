@@ -1,6 +1,12 @@
-//! The reaper's code: the `flotilla` binary itself zipped as `bootstrap` (the name a Lambda custom
-//! runtime starts), deterministically, so the same binary always gives the same zip, the same
-//! SHA-256 and so the same S3 key (`reaper/<sha256>/bootstrap.zip`).
+//! The reaper's code: which executable it is, checked for what Lambda can run, zipped as
+//! `bootstrap` (the name a Lambda custom runtime starts), deterministically, so the same binary
+//! always gives the same zip, the same SHA-256 and so the same S3 key
+//! (`reaper/<sha256>/bootstrap.zip`).
+//!
+//! Which executable ([`choose`]): an explicit `--reaper-binary`; else the static
+//! `flotilla-aws-reaper-<arch>` that `scripts/build-static.sh` builds, found next to the running
+//! `flotilla` or in `target/static/` beside its build directory; else the running `flotilla`
+//! itself, if Lambda's `provided.al2023` can run it (see [`elf::ElfInfo::lambda_problem`]).
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -11,12 +17,83 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use super::StackError;
+use super::elf;
 
 /// The largest unzipped function code Lambda accepts (250 MB, code and layers together).
 pub const LAMBDA_UNZIPPED_MAX: u64 = 250 * 1024 * 1024;
 
+/// The largest zip Lambda accepts uploaded directly (50 MB); flotilla keeps under it although it
+/// uploads through S3, so the same artefact can be deployed either way.
+pub const LAMBDA_ZIPPED_MAX: u64 = 50 * 1024 * 1024;
+
 /// The name Lambda's custom runtime (`provided.al2023`) starts.
 pub const BOOTSTRAP: &str = "bootstrap";
+
+/// The static reaper's file name for `arch`, as `scripts/build-static.sh` names it.
+pub fn static_reaper_name(arch: Architecture) -> String {
+    let arch = match arch {
+        Architecture::X86_64 => "x86_64",
+        Architecture::Arm64 => "arm64",
+    };
+    format!("flotilla-aws-reaper-{arch}")
+}
+
+/// Where the reaper's executable came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReaperSource {
+    /// `--reaper-binary PATH`.
+    Explicit(PathBuf),
+    /// A static reaper found next to the running binary or in the static build's output.
+    Static(PathBuf),
+    /// The running `flotilla` binary.
+    Running(PathBuf),
+}
+
+impl ReaperSource {
+    /// The executable's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            ReaperSource::Explicit(p) | ReaperSource::Static(p) | ReaperSource::Running(p) => p,
+        }
+    }
+
+    /// How it was chosen, in words.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ReaperSource::Explicit(_) => "given with --reaper-binary",
+            ReaperSource::Static(_) => "the static reaper built by scripts/build-static.sh",
+            ReaperSource::Running(_) => "this flotilla binary",
+        }
+    }
+}
+
+/// The places a static reaper for `arch` is looked for, given the running binary `running`:
+/// beside it (a release archive ships them together), and in `target/static/` when it runs from
+/// `target/<profile>/` (where `scripts/build-static.sh` puts it).
+pub fn static_candidates(running: &Path, arch: Architecture) -> Vec<PathBuf> {
+    let name = static_reaper_name(arch);
+    let mut out = Vec::new();
+    if let Some(dir) = running.parent() {
+        out.push(dir.join(&name));
+        if let Some(target) = dir.parent() {
+            out.push(target.join("static").join(&name));
+        }
+    }
+    out
+}
+
+/// Chooses the reaper's executable: `explicit` if given; else the first static reaper for
+/// `arch` that exists among [`static_candidates`] of `running`; else `running`.
+pub fn choose(explicit: Option<&Path>, running: &Path, arch: Architecture) -> ReaperSource {
+    if let Some(path) = explicit {
+        return ReaperSource::Explicit(path.to_owned());
+    }
+    static_candidates(running, arch)
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(ReaperSource::Static)
+        .unwrap_or_else(|| ReaperSource::Running(running.to_owned()))
+}
 
 /// The reaper's code zip, ready to upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,42 +108,76 @@ pub struct ReaperArtefact {
     pub unzipped_size: u64,
     /// The CPU the binary is built for, read from its ELF header.
     pub architecture: Architecture,
+    /// Whether the binary is static (no dynamic loader, no shared libraries).
+    pub is_static: bool,
 }
 
 impl ReaperArtefact {
     /// Zips the Linux executable at `path` as `bootstrap`.
     ///
     /// Refuses what Lambda could not run: a file that is not a 64-bit little-endian Linux ELF
-    /// executable for x86_64 or arm64, or one over Lambda's 250 MB unzipped limit.
+    /// executable for x86_64 or arm64, a glibc build that needs a newer glibc (or a library)
+    /// than `provided.al2023` has, and one over Lambda's 250 MB unzipped or 50 MB zipped.
     pub fn from_binary(path: &Path) -> Result<ReaperArtefact, StackError> {
         let problem = |problem: String| StackError::Artefact {
             path: path.to_owned(),
             problem,
         };
         let binary = std::fs::read(path).map_err(|e| problem(format!("cannot be read: {e}")))?;
-        let architecture = elf_architecture(&binary).map_err(problem)?;
+        let info = elf::inspect(&binary).map_err(problem)?;
+        if let Some(why) = info.lambda_problem() {
+            return Err(problem(format!(
+                "cannot run on Lambda: it {why}. Build the static reaper with \
+                 `scripts/build-static.sh` (then `baseline up` finds it), or pass one with \
+                 --reaper-binary"
+            )));
+        }
         let unzipped_size = binary.len() as u64;
         if unzipped_size > LAMBDA_UNZIPPED_MAX {
             return Err(problem(format!(
-                "is {} MB; Lambda accepts at most 250 MB unzipped. Use a release build \
-                 (`cargo build --release -p flotilla-cli`), which is much smaller",
+                "is {} MB; Lambda accepts at most 250 MB unzipped. Build the static reaper \
+                 with `scripts/build-static.sh` (a few MB), or a release build \
+                 (`cargo build --release -p flotilla-cli`, stripped)",
                 unzipped_size / (1024 * 1024)
             )));
         }
         let zip = zip_bootstrap(&binary).map_err(|e| problem(format!("cannot be zipped: {e}")))?;
+        if zip.len() as u64 > LAMBDA_ZIPPED_MAX {
+            return Err(problem(format!(
+                "zips to {} MB; Lambda accepts at most 50 MB zipped. Build the static reaper \
+                 with `scripts/build-static.sh`",
+                zip.len() / (1024 * 1024)
+            )));
+        }
         let sha256 = hex::encode(Sha256::digest(&zip));
         Ok(ReaperArtefact {
             source: path.to_owned(),
             zip,
             sha256,
             unzipped_size,
-            architecture,
+            architecture: info.architecture,
+            is_static: info.is_static(),
         })
     }
 
     /// The S3 key the zip is uploaded under.
     pub fn key(&self) -> String {
         flotilla_baseline::contract::reaper_code_key(&self.sha256)
+    }
+
+    /// One line for the user: what, how big unzipped and zipped.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ({}, {}), {:.1} MB unzipped, {:.1} MB zipped (Lambda allows 250 and 50)",
+            self.source.display(),
+            match self.architecture {
+                Architecture::X86_64 => "x86_64",
+                Architecture::Arm64 => "arm64",
+            },
+            if self.is_static { "static" } else { "glibc" },
+            self.unzipped_size as f64 / 1_048_576.0,
+            self.zip.len() as f64 / 1_048_576.0,
+        )
     }
 }
 
@@ -81,27 +192,6 @@ fn zip_bootstrap(binary: &[u8]) -> zip::result::ZipResult<Vec<u8>> {
     writer.start_file(BOOTSTRAP, options)?;
     writer.write_all(binary)?;
     Ok(writer.finish()?.into_inner())
-}
-
-/// The Lambda architecture of a 64-bit little-endian ELF executable, or what is wrong with it.
-pub fn elf_architecture(binary: &[u8]) -> Result<Architecture, String> {
-    if binary.len() < 20 || &binary[..4] != b"\x7fELF" {
-        return Err(format!(
-            "is not a Linux executable; the reaper runs on Lambda's Linux, so on {} pass a \
-             Linux build of flotilla with --reaper-binary",
-            std::env::consts::OS
-        ));
-    }
-    if binary[4] != 2 || binary[5] != 1 {
-        return Err("is not a 64-bit little-endian executable; Lambda runs x86_64 or arm64".into());
-    }
-    match u16::from_le_bytes([binary[18], binary[19]]) {
-        0x3e => Ok(Architecture::X86_64),
-        0xb7 => Ok(Architecture::Arm64),
-        other => Err(format!(
-            "is built for ELF machine {other:#x}; Lambda runs x86_64 (0x3e) or arm64 (0xb7)"
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -119,25 +209,76 @@ mod tests {
     }
 
     #[test]
-    fn architectures_from_elf_headers() {
-        let check = |bytes: &[u8], want: Result<Architecture, &str>| {
-            let got = elf_architecture(bytes);
-            match want {
-                Ok(arch) => assert_eq!(got, Ok(arch)),
-                Err(needle) => {
-                    let msg = got.expect_err("refused");
-                    assert!(msg.contains(needle), "{msg}");
-                }
-            }
-        };
-        check(&elf(0x3e), Ok(Architecture::X86_64));
-        check(&elf(0xb7), Ok(Architecture::Arm64));
-        check(&elf(0x28), Err("ELF machine 0x28"));
-        check(b"#!/bin/sh\necho hi\n", Err("not a Linux executable"));
-        check(b"", Err("not a Linux executable"));
-        let mut bits32 = elf(0x3e);
-        bits32[4] = 1;
-        check(&bits32, Err("64-bit"));
+    fn choose_prefers_explicit_then_static_then_running() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let release = dir.path().join("target/release");
+        std::fs::create_dir_all(&release).expect("mkdir");
+        let running = release.join("flotilla");
+        std::fs::write(&running, elf(0x3e)).expect("write");
+
+        let choice = choose(None, &running, Architecture::X86_64);
+        assert_eq!(choice, ReaperSource::Running(running.clone()));
+        assert_eq!(choice.describe(), "this flotilla binary");
+
+        // The static build's output beside the build directory.
+        let static_dir = dir.path().join("target/static");
+        std::fs::create_dir_all(&static_dir).expect("mkdir");
+        let built = static_dir.join("flotilla-aws-reaper-x86_64");
+        std::fs::write(&built, elf(0x3e)).expect("write");
+        assert_eq!(
+            choose(None, &running, Architecture::X86_64),
+            ReaperSource::Static(built.clone())
+        );
+        // Not for the other architecture.
+        assert_eq!(
+            choose(None, &running, Architecture::Arm64),
+            ReaperSource::Running(running.clone())
+        );
+        // One right beside the binary wins (a release archive ships them together).
+        let beside = release.join("flotilla-aws-reaper-x86_64");
+        std::fs::write(&beside, elf(0x3e)).expect("write");
+        assert_eq!(
+            choose(None, &running, Architecture::X86_64),
+            ReaperSource::Static(beside)
+        );
+        // An explicit path always wins.
+        let explicit = dir.path().join("mine");
+        assert_eq!(
+            choose(Some(&explicit), &running, Architecture::X86_64),
+            ReaperSource::Explicit(explicit)
+        );
+    }
+
+    #[test]
+    fn a_glibc_binary_newer_than_lambdas_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("flotilla");
+        let newer = elf::tests::build_elf(
+            0x3e,
+            Some("/lib64/ld-linux-x86-64.so.2"),
+            &["libc.so.6"],
+            &[("libc.so.6", &["GLIBC_2.2.5", "GLIBC_2.38"])],
+        );
+        std::fs::write(&path, &newer).expect("write");
+        let err = ReaperArtefact::from_binary(&path).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("GLIBC_2.38"), "{text}");
+        assert!(text.contains("scripts/build-static.sh"), "{text}");
+
+        let ok = elf::tests::build_elf(
+            0x3e,
+            Some("/lib64/ld-linux-x86-64.so.2"),
+            &["libc.so.6"],
+            &[("libc.so.6", &["GLIBC_2.2.5", "GLIBC_2.34"])],
+        );
+        std::fs::write(&path, &ok).expect("write");
+        let artefact = ReaperArtefact::from_binary(&path).expect("2.34 runs on al2023");
+        assert!(!artefact.is_static);
+        assert!(
+            artefact.summary().contains("glibc"),
+            "{}",
+            artefact.summary()
+        );
     }
 
     #[test]

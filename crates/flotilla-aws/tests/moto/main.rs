@@ -2,6 +2,7 @@
 //! port (installed into `.venv/moto` by `scripts/moto.sh` if missing), builds a baseline by hand,
 //! and drives the real ports and the real engine over the real SDK.
 
+mod agent_bin;
 mod app_env;
 mod baseline;
 mod faults;

@@ -296,3 +296,164 @@ fn baseline_up_show_and_down_through_the_binary() {
         "{again:?}"
     );
 }
+
+/// The body of `GET path` on moto as bytes (an S3 object), signed for S3 as moto routes it.
+fn s3_get(moto: &Moto, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nAuthorization: \
+         AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+         SignedHeaders=host, Signature=0\r\n\r\n",
+        moto.port
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, raw[split + 4..].to_vec())
+}
+
+/// A static ELF executable for this machine's architecture (no program headers, so no dynamic
+/// loader), padded with `payload`: what `baseline up` must recognise as a static reaper.
+fn static_elf(payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = 1;
+    b[6] = 1;
+    b[16] = 2;
+    let machine: u16 = if cfg!(target_arch = "aarch64") {
+        0xb7
+    } else {
+        0x3e
+    };
+    b[18..20].copy_from_slice(&machine.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+    // A build tree like cargo's: target/release/flotilla, and the static build's output in
+    // target/static/ (scripts/build-static.sh). The binary is linked there (same file system as
+    // the build) so that it really runs from that directory.
+    let target = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp target");
+    let release = target.path().join("release");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    let exe = release.join("flotilla");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_flotilla"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_flotilla"), &exe).expect("copy flotilla");
+    }
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "x86_64"
+    };
+    std::fs::create_dir_all(target.path().join("static")).expect("mkdir");
+    let reaper = target
+        .path()
+        .join("static")
+        .join(format!("flotilla-aws-reaper-{arch}"));
+    let reaper_bytes = static_elf(&[7u8; 4096]);
+    std::fs::write(&reaper, &reaper_bytes).expect("write reaper");
+
+    let out = Command::new(&exe)
+        .args(["baseline", "up"])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(env())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flotilla");
+    let up = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(up.code, 0, "{up:?}");
+    let said = format!(
+        "reaper: the static reaper built by scripts/build-static.sh; {} ({arch}, static), 0.0 MB \
+         unzipped",
+        reaper.display()
+    );
+    assert!(up.stderr.contains(&said), "{up:?}");
+    assert!(
+        up.stderr.contains("-> uploading the reaper's code"),
+        "{up:?}"
+    );
+
+    // What was uploaded is that reaper, as `bootstrap`.
+    let cache = dir.path().join(".flotilla/shop/baseline.json");
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).expect("cached")).expect("json");
+    let bucket = cached["artefact_bucket"].as_str().expect("artefact bucket");
+    let (status, listing) = s3_get(&moto, &format!("/{bucket}?list-type=2"));
+    assert_eq!(status, 200);
+    let listing = String::from_utf8_lossy(&listing);
+    let key = listing
+        .split("<Key>")
+        .nth(1)
+        .and_then(|s| s.split("</Key>").next())
+        .unwrap_or_else(|| panic!("no object in {bucket}: {listing}"));
+    assert!(
+        key.starts_with("reaper/") && key.ends_with("/bootstrap.zip"),
+        "{key}"
+    );
+    let (status, zip) = s3_get(&moto, &format!("/{bucket}/{key}"));
+    assert_eq!(status, 200);
+    let zip_path = dir.path().join("uploaded.zip");
+    std::fs::write(&zip_path, &zip).expect("write zip");
+    let unzipped = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+             i = z.getinfo('bootstrap'); print(oct(i.external_attr >> 16 & 0o777)); \
+             sys.stdout.flush(); sys.stdout.buffer.write(z.read('bootstrap'))",
+        ])
+        .arg(&zip_path)
+        .output()
+        .expect("python3 unzips");
+    assert!(unzipped.status.success(), "{unzipped:?}");
+    let (mode, body) = unzipped.stdout.split_at(
+        unzipped
+            .stdout
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("mode line")
+            + 1,
+    );
+    assert_eq!(mode, b"0o755\n");
+    assert_eq!(
+        body,
+        reaper_bytes.as_slice(),
+        "the uploaded bootstrap is the static reaper"
+    );
+}

@@ -1,6 +1,7 @@
 //! Integration tests of the `flotilla` binary: each runs the real binary in a temporary
 //! directory, with a clean environment, and checks what a user would see and the exit code.
 
+mod agent;
 mod baseline;
 mod baseline_moto;
 

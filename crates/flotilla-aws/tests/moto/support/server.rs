@@ -48,13 +48,28 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Self::start_with(false)
+    }
+
+    /// moto over TLS with a self-signed certificate made at start (`moto_server --ssl`): an
+    /// endpoint no trusted root vouches for. Its plain-HTTP helpers do not work; use
+    /// [`Moto::https_url`].
+    pub fn start_tls() -> Moto {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Moto {
         let server = moto_server();
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("addr").port()
         };
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(server);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if tls {
+            cmd.arg("--ssl");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,7 +78,12 @@ impl Moto {
         let moto = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok((200, _)) = moto.http("GET", "/moto-api/", &[], "") {
+            let up = if tls {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                matches!(moto.http("GET", "/moto-api/", &[], ""), Ok((200, _)))
+            };
+            if up {
                 break;
             }
             assert!(
@@ -77,6 +97,11 @@ impl Moto {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The endpoint of a server started with [`Moto::start_tls`].
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// Clears every resource.
