@@ -21,7 +21,10 @@ set -euo pipefail
 
 ZIGLANG_VERSION="0.15.2"
 CARGO_ZIGBUILD_VERSION="0.24.1"
-PROFILE="static"
+# FLOTILLA_STATIC_PROFILE=static-test builds the same binaries unoptimised (minutes instead of a
+# release build's tens of minutes) into target/static-test/: what scripts/test.sh uses, so a
+# test build never stands where `baseline up` looks for a release one.
+PROFILE="${FLOTILLA_STATIC_PROFILE:-static}"
 BINS=(flotilla-aws-agent flotilla-aws-reaper)
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,7 +120,7 @@ install_tools
 # cargo-zigbuild runs `python3 -m ziglang` when no `zig` is on PATH: the venv's python has it.
 export PATH="$venv/bin:$PATH"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-out="$root/target/static"
+out="$root/target/$PROFILE"
 mkdir -p "$out"
 bin_args=()
 for bin in "${BINS[@]}"; do bin_args+=(--bin "$bin"); done
@@ -134,7 +137,7 @@ for arch in "${arches[@]}"; do
         cp "$built" "$dest.tmp"
         mv "$dest.tmp" "$dest"
         size="$(wc -c <"$dest" | tr -d " ")"
-        awk -v f="$dest" -v s="$size" -v a="$arch" \
-            'BEGIN { printf "%s\t%d bytes (%.1f MiB)\tstatic, stripped, %s\n", f, s, s / 1048576, a }'
+        awk -v f="$dest" -v s="$size" -v a="$arch" -v p="$PROFILE" \
+            'BEGIN { printf "%s\t%d bytes (%.1f MiB)\tstatic, stripped, %s, profile %s\n", f, s, s / 1048576, a, p }'
     done
 done

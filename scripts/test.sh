@@ -5,6 +5,8 @@
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
 #   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
+#   - zig and cargo-zigbuild into .venv/zig, and the static x86_64 agent built with them
+#     (scripts/build-static.sh, profile static-test, into target/static-test/)
 # Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
 # processes, AWS against moto, and the browser tests in headless Chromium.
 #
@@ -21,6 +23,8 @@ scripts/docker.sh
 # Built once and cached under .cache/images/ (minutes the first time): the tests that run task
 # definitions in Docker import them.
 scripts/base-images.sh bookworm bullseye
+# The static (musl) agent the Docker tests deliver into tasks, built unoptimised for speed.
+FLOTILLA_STATIC_PROFILE=static-test scripts/build-static.sh x86_64
 
 # Build the binaries the end-to-end tests drive before the tests start, so no test times out
 # while cargo builds.

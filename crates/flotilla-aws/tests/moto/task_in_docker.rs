@@ -28,23 +28,30 @@ fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// The static x86_64 agent, built by the project's script when it is not there yet.
+/// The static x86_64 agent: the test build `scripts/test.sh` makes (or a release one), built
+/// here by the project's script when neither is there yet.
 fn static_agent() -> PathBuf {
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let agent = target.join("static/flotilla-aws-agent-x86_64");
-    if !agent.is_file() {
-        let status = Command::new("bash")
-            .arg(root.join("scripts/build-static.sh"))
-            .arg("x86_64")
-            .status()
-            .expect("run scripts/build-static.sh");
-        assert!(status.success(), "scripts/build-static.sh x86_64 failed");
+    let candidates = [
+        root.join("target/static-test/flotilla-aws-agent-x86_64"),
+        root.join("target/static/flotilla-aws-agent-x86_64"),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return found.clone();
     }
-    assert!(agent.is_file(), "no static agent at {}", agent.display());
-    agent
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-static.sh"))
+        .arg("x86_64")
+        .env("FLOTILLA_STATIC_PROFILE", "static-test")
+        .status()
+        .expect("run scripts/build-static.sh");
+    assert!(status.success(), "scripts/build-static.sh x86_64 failed");
+    assert!(
+        candidates[0].is_file(),
+        "no static agent at {}",
+        candidates[0].display()
+    );
+    candidates[0].clone()
 }
 
 fn free_port() -> u16 {
@@ -98,14 +105,40 @@ fn task_definition_json(moto_url: &str, arn: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The base images an app may be built on.
+enum Base {
+    /// Debian minbase of this suite, without CA certificates.
+    Debian(DebianSuite),
+    /// Nothing: no libc, no shell but the app's own busybox.
+    Scratch,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_its_own() {
+async fn a_task_on_debian_without_ca_certificates_runs_with_the_agent_wrapping_its_entrypoint() {
+    run_scenario(Base::Debian(DebianSuite::Bookworm), "dock").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_an_old_glibc_runs_with_the_static_agent() {
+    run_scenario(Base::Debian(DebianSuite::Bullseye), "dockold").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_from_scratch_runs_with_the_static_agent() {
+    run_scenario(Base::Scratch, "dockscratch").await;
+}
+
+/// Deploys an app built on `base` as deployment `name` and runs its task definition in Docker.
+async fn run_scenario(base: Base, name: &str) {
     let agent = static_agent();
     let docker = Docker::shared().expect("private dockerd");
     let registry = Registry::shared().expect("private registry");
-    let base = docker
-        .debian_image(DebianSuite::Bookworm)
-        .expect("debian base image without CA certificates");
+    let base = match base {
+        Base::Debian(suite) => docker
+            .debian_image(suite)
+            .expect("debian base image without CA certificates"),
+        Base::Scratch => "scratch".to_owned(),
+    };
 
     // `docker` as flotilla runs it: the private daemon, a private client config for the login.
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -121,8 +154,7 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
     .expect("write wrapper");
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
     // The app: busybox's httpd behind a start script, ENTRYPOINT and CMD of its own.
@@ -155,12 +187,12 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
         }
     }
 
-    let mut w = World::new("dock").await;
-    let repository = registry.reference("dock");
+    let mut w = World::new(name).await;
+    let repository = registry.reference(name);
     w.clients
         .ecr
         .create_repository()
-        .repository_name("dock")
+        .repository_name(name)
         .send()
         .await
         .expect("ECR repository in moto");
@@ -174,7 +206,7 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
     w.clients
         .ssm
         .put_parameter()
-        .name("/dock/token")
+        .name(format!("/{name}/token"))
         .value("s3cret-token")
         .r#type(ParameterType::SecureString)
         .send()
@@ -189,14 +221,14 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
             vars: [("FEATURE".to_owned(), "one".to_owned())].into(),
             secrets: [(
                 "DB_TOKEN".to_owned(),
-                SecretSource::Reference("ssm:/dock/token".to_owned()),
+                SecretSource::Reference(format!("ssm:/{name}/token")),
             )]
             .into(),
         },
         ..World::request(&id)
     };
     w.deploy_request(&engine, request).await.expect("deploy");
-    let tags = registry.tags("dock").expect("registry tags");
+    let tags = registry.tags(name).expect("registry tags");
     assert!(tags.contains(&id.to_string()), "app image pushed: {tags:?}");
     assert!(
         tags.iter().any(|t| t.starts_with("flotilla-agent-")),
@@ -287,7 +319,10 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
         )),
         "the app gets its variables, its secret and its own CMD: {text}"
     );
-    assert!(text.contains("tmp is writable") && text.contains("root is read-only"), "{text}");
+    assert!(
+        text.contains("tmp is writable") && text.contains("root is read-only"),
+        "{text}"
+    );
     let _ = health;
 
     // Draining reaches the agent through moto's SSM, and it reports readiness there.
@@ -306,12 +341,16 @@ async fn the_registered_task_runs_in_docker_with_the_agent_wrapping_an_image_of_
     let ssm = w.clients.ssm.clone();
     let handle = tokio::runtime::Handle::current();
     let reported = tokio::task::block_in_place(|| {
-        wait_until("the agent reports readiness", Duration::from_secs(90), || {
-            handle
-                .block_on(ssm.get_parameter().name(&readiness).send())
-                .ok()
-                .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_owned))
-        })
+        wait_until(
+            "the agent reports readiness",
+            Duration::from_secs(90),
+            || {
+                handle
+                    .block_on(ssm.get_parameter().name(&readiness).send())
+                    .ok()
+                    .and_then(|o| o.parameter().and_then(|p| p.value()).map(str::to_owned))
+            },
+        )
     });
     assert!(!reported.is_empty(), "{reported}");
 
