@@ -502,6 +502,23 @@ impl EcsCompute {
             arns.extend(page.task_arns().iter().cloned());
         }
         let mut by_service: HashMap<String, Vec<InstanceId>> = HashMap::new();
+        for task in self.describe_tasks(&arns, "describe tasks").await? {
+            let (Some(group), Some(arn)) = (task.group(), task.task_arn()) else {
+                continue;
+            };
+            let Some(service) = group.strip_prefix("service:") else {
+                continue;
+            };
+            if let Ok(id) = InstanceId::new(arn_tail(arn)) {
+                by_service.entry(service.to_owned()).or_default().push(id);
+            }
+        }
+        Ok(by_service)
+    }
+
+    /// The tasks of `arns`, one `DescribeTasks` per hundred.
+    async fn describe_tasks(&self, arns: &[String], what: &str) -> Result<Vec<Task>, PortError> {
+        let mut tasks = Vec::new();
         for batch in arns.chunks(DESCRIBE_TASKS_BATCH) {
             let out = self
                 .ctx
@@ -512,20 +529,10 @@ impl EcsCompute {
                 .set_tasks(Some(batch.to_vec()))
                 .send()
                 .await
-                .map_err(|e| port_error("describe tasks", self.cluster(), e))?;
-            for task in out.tasks() {
-                let (Some(group), Some(arn)) = (task.group(), task.task_arn()) else {
-                    continue;
-                };
-                let Some(service) = group.strip_prefix("service:") else {
-                    continue;
-                };
-                if let Ok(id) = InstanceId::new(arn_tail(arn)) {
-                    by_service.entry(service.to_owned()).or_default().push(id);
-                }
-            }
+                .map_err(|e| port_error(what, self.cluster(), e))?;
+            tasks.extend(out.tasks().iter().cloned());
         }
-        Ok(by_service)
+        Ok(tasks)
     }
 
     /// Why each of `services`' recently stopped tasks stopped, newest first, at most
@@ -549,24 +556,12 @@ impl EcsCompute {
             _ => self.stopped_task_arns(None).await?,
         };
         let mut tasks: Vec<(String, Task)> = Vec::new();
-        for batch in arns.chunks(DESCRIBE_TASKS_BATCH) {
-            let described = self
-                .ctx
-                .clients
-                .ecs
-                .describe_tasks()
-                .cluster(self.cluster())
-                .set_tasks(Some(batch.to_vec()))
-                .send()
-                .await
-                .map_err(|e| port_error("describe stopped tasks", self.cluster(), e))?;
-            for task in described.tasks() {
-                let Some(service) = task.group().and_then(|g| g.strip_prefix("service:")) else {
-                    continue;
-                };
-                if services.iter().any(|s| s == service) {
-                    tasks.push((service.to_owned(), task.clone()));
-                }
+        for task in self.describe_tasks(&arns, "describe stopped tasks").await? {
+            let Some(service) = task.group().and_then(|g| g.strip_prefix("service:")) else {
+                continue;
+            };
+            if services.iter().any(|s| s == service) {
+                tasks.push((service.to_owned(), task.clone()));
             }
         }
         let when = |t: &Task| t.stopped_at().or(t.created_at()).map(|d| d.as_nanos());

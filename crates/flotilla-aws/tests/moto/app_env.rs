@@ -32,31 +32,8 @@ async fn container_env(
     w: &World,
     id: &flotilla_core::DeploymentId,
 ) -> (Vec<(String, String)>, Vec<(String, String)>) {
-    let service = flotilla_core::names::service_name(&w.name, id);
-    let described = w
-        .clients
-        .ecs
-        .describe_services()
-        .cluster(&w.cluster)
-        .services(&service)
-        .send()
-        .await
-        .expect("describe service");
-    let td = described.services()[0]
-        .task_definition()
-        .expect("task definition")
-        .to_owned();
-    let td = w
-        .clients
-        .ecs
-        .describe_task_definition()
-        .task_definition(td)
-        .send()
-        .await
-        .expect("describe task definition");
+    let td = w.task_definition(id).await;
     let app = td
-        .task_definition()
-        .expect("td")
         .container_definitions()
         .iter()
         .find(|c| c.name() == Some(flotilla_aws::compute::CONTAINER_NAME))
@@ -166,26 +143,7 @@ async fn the_agent_comes_from_an_init_container_and_wraps_the_app_on_the_chosen_
     let engine = w.engine("alice");
     let id = next_id();
     w.deploy(&engine, &id).await.expect("deploy");
-    let service = flotilla_core::names::service_name(&w.name, &id);
-    let described = w
-        .clients
-        .ecs
-        .describe_services()
-        .cluster(&w.cluster)
-        .services(&service)
-        .send()
-        .await
-        .expect("describe service");
-    let svc = &described.services()[0];
-    let td = w
-        .clients
-        .ecs
-        .describe_task_definition()
-        .task_definition(svc.task_definition().expect("td"))
-        .send()
-        .await
-        .expect("describe task definition");
-    let td = td.task_definition().expect("td");
+    let td = w.task_definition(&id).await;
     assert_eq!(
         td.runtime_platform().and_then(|p| p.cpu_architecture()),
         Some(&CpuArchitecture::Arm64)

@@ -236,19 +236,7 @@ async fn run_scenario(base: Base, name: &str) {
     );
 
     let service = flotilla_core::names::service_name(&w.name, &id);
-    let described = w
-        .clients
-        .ecs
-        .describe_services()
-        .cluster(&w.cluster)
-        .services(&service)
-        .send()
-        .await
-        .expect("service");
-    let td_arn = described.services()[0]
-        .task_definition()
-        .expect("td")
-        .to_owned();
+    let td_arn = w.task_definition_arn(&id).await;
     let task = TaskDefinition::from_json(&task_definition_json(&w.moto.url(), &td_arn))
         .expect("the registered task definition parses");
     let task_id = w

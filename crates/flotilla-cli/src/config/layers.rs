@@ -186,22 +186,39 @@ impl<'a> FileReader<'a> {
         self
     }
 
+    /// Records where `section` is and returns its table, or reports that it is not one (`under`
+    /// says what belongs under its header).
+    fn section_table<'v, 't>(
+        &mut self,
+        section: &str,
+        key_span: Range<usize>,
+        value: &'v Spanned<DeValue<'t>>,
+        under: &str,
+    ) -> Option<&'v DeTable<'t>> {
+        let location = self.location(key_span.clone());
+        self.sections.insert(section.to_owned(), location);
+        match value.get_ref() {
+            DeValue::Table(table) => Some(table),
+            other => {
+                self.problem(
+                    key_span,
+                    format!(
+                        "`{section}` must be a table ([{section}] with {under} under it), not {}",
+                        type_name(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn read_section(
         &mut self,
         section: &str,
         key_span: Range<usize>,
         value: &Spanned<DeValue<'_>>,
     ) {
-        let location = self.location(key_span.clone());
-        self.sections.insert(section.to_owned(), location);
-        let DeValue::Table(table) = value.get_ref() else {
-            self.problem(
-                key_span,
-                format!(
-                    "`{section}` must be a table ([{section}] with keys under it), not {}",
-                    type_name(value.get_ref())
-                ),
-            );
+        let Some(table) = self.section_table(section, key_span, value, "keys") else {
             return;
         };
         for (key, value) in table.iter() {
@@ -222,17 +239,8 @@ impl<'a> FileReader<'a> {
         key_span: Range<usize>,
         value: &Spanned<DeValue<'_>>,
     ) {
-        let location = self.location(key_span.clone());
-        self.sections.insert(section.to_owned(), location);
-        let DeValue::Table(table) = value.get_ref() else {
-            self.problem(
-                key_span,
-                format!(
-                    "`{section}` must be a table ([{section}] with NAME = \"...\" lines under it), \
-                     not {}",
-                    type_name(value.get_ref())
-                ),
-            );
+        let Some(table) = self.section_table(section, key_span, value, "NAME = \"...\" lines")
+        else {
             return;
         };
         for (key, value) in table.iter() {

@@ -315,6 +315,39 @@ impl World {
         out
     }
 
+    /// The task definition ARN the service of `id` runs.
+    pub async fn task_definition_arn(&self, id: &DeploymentId) -> String {
+        let service = flotilla_core::names::service_name(&self.name, id);
+        let described = self
+            .clients
+            .ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&service)
+            .send()
+            .await
+            .expect("describe service");
+        described.services()[0]
+            .task_definition()
+            .expect("the service names its task definition")
+            .to_owned()
+    }
+
+    /// The task definition the service of `id` runs.
+    pub async fn task_definition(&self, id: &DeploymentId) -> aws_sdk_ecs::types::TaskDefinition {
+        let arn = self.task_definition_arn(id).await;
+        self.clients
+            .ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+            .expect("describe task definition")
+            .task_definition()
+            .expect("a task definition")
+            .clone()
+    }
+
     /// The ECS stand-in.
     pub fn ecs(&self) -> EcsStandIn {
         EcsStandIn {
