@@ -50,10 +50,13 @@ where
             let (m, hit, calls) = one(moto, k, crash).await;
             moto = m;
             if !hit {
-                assert_eq!(
-                    k - 1,
-                    calls,
-                    "{what}: every call of a clean run is a fault point"
+                // The run got past every call before k without meeting the fault, so calls
+                // 1..k-1 were each a fault point in an earlier run. How many calls a deploy makes
+                // depends on how many health polls it waits for, which varies with the machine's
+                // load, so the clean run may make fewer calls than the run before it did.
+                assert!(
+                    calls < k,
+                    "{what}: a run of {calls} calls did not meet a fault at call {k}"
                 );
                 eprintln!("{what} (crash={crash}): {calls} fault points");
                 break;
