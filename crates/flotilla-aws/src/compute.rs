@@ -487,20 +487,9 @@ impl EcsCompute {
 
     /// Running task ids per service name, from one cluster-wide listing.
     async fn running_tasks(&self) -> Result<HashMap<String, Vec<InstanceId>>, PortError> {
-        let mut arns = Vec::new();
-        let mut pages = self
-            .ctx
-            .clients
-            .ecs
-            .list_tasks()
-            .cluster(self.cluster())
-            .desired_status(DesiredStatus::Running)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| port_error("list tasks", self.cluster(), e))?;
-            arns.extend(page.task_arns().iter().cloned());
-        }
+        let arns = self
+            .task_arns(DesiredStatus::Running, None, usize::MAX, "list tasks")
+            .await?;
         let mut by_service: HashMap<String, Vec<InstanceId>> = HashMap::new();
         for task in self.describe_tasks(&arns, "describe tasks").await? {
             let (Some(group), Some(arn)) = (task.group(), task.task_arn()) else {
@@ -578,6 +567,24 @@ impl EcsCompute {
     /// The ARNs of stopped tasks, of one service or the whole cluster, at most
     /// [`STOPPED_PAGES`] pages.
     async fn stopped_task_arns(&self, service: Option<&str>) -> Result<Vec<String>, PortError> {
+        self.task_arns(
+            DesiredStatus::Stopped,
+            service,
+            STOPPED_PAGES,
+            "list stopped tasks",
+        )
+        .await
+    }
+
+    /// The ARNs of the cluster's tasks in `status`, of one service or all, at most `max_pages`
+    /// pages of `ListTasks`.
+    async fn task_arns(
+        &self,
+        status: DesiredStatus,
+        service: Option<&str>,
+        max_pages: usize,
+        what: &str,
+    ) -> Result<Vec<String>, PortError> {
         let mut arns = Vec::new();
         let mut pages = self
             .ctx
@@ -585,15 +592,15 @@ impl EcsCompute {
             .ecs
             .list_tasks()
             .cluster(self.cluster())
-            .desired_status(DesiredStatus::Stopped)
+            .desired_status(status)
             .set_service_name(service.map(str::to_owned))
             .into_paginator()
             .send();
-        for _ in 0..STOPPED_PAGES {
+        for _ in 0..max_pages {
             let Some(page) = pages.next().await else {
                 break;
             };
-            let page = page.map_err(|e| port_error("list stopped tasks", self.cluster(), e))?;
+            let page = page.map_err(|e| port_error(what, self.cluster(), e))?;
             arns.extend(page.task_arns().iter().cloned());
         }
         Ok(arns)
