@@ -312,12 +312,9 @@ pub(crate) fn find_static_agent(
     arch: flotilla_baseline::Architecture,
 ) -> Option<std::path::PathBuf> {
     let name = format!("flotilla-aws-agent-{}", arch.as_lambda());
-    let dir = running.parent()?;
-    let mut candidates = vec![dir.join(&name)];
-    if let Some(target) = dir.parent() {
-        candidates.push(target.join("static").join(&name));
-    }
-    candidates.into_iter().find(|p| p.is_file())
+    flotilla_aws::stack::artefact::static_candidates_named(running, &name)
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// The AWS provider's settings from the resolved config.

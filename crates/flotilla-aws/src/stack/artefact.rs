@@ -71,12 +71,17 @@ impl ReaperSource {
 /// beside it (a release archive ships them together), and in `target/static/` when it runs from
 /// `target/<profile>/` (where `scripts/build-static.sh` puts it).
 pub fn static_candidates(running: &Path, arch: Architecture) -> Vec<PathBuf> {
-    let name = static_reaper_name(arch);
+    static_candidates_named(running, &static_reaper_name(arch))
+}
+
+/// The places a static executable `name` from `scripts/build-static.sh` is looked for, given the
+/// running binary `running` (see [`static_candidates`]); the agent is found the same way.
+pub fn static_candidates_named(running: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(dir) = running.parent() {
-        out.push(dir.join(&name));
+        out.push(dir.join(name));
         if let Some(target) = dir.parent() {
-            out.push(target.join("static").join(&name));
+            out.push(target.join("static").join(name));
         }
     }
     out
