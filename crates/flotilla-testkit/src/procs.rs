@@ -58,13 +58,17 @@ mod tests {
             .spawn()
             .expect("sleep runs");
         let pid = child.id();
-        // On a loaded machine /proc can show the new child a moment after spawn returns.
+        // Between fork and exec the child already has its working directory but still the
+        // parent's environment, and on a loaded machine that window is long enough to observe:
+        // wait until the child has exec'd `sleep` before reading either.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut under = processes_under(&root);
-        while under.is_empty() && std::time::Instant::now() < deadline {
+        let execd = || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        };
+        while !execd() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            under = processes_under(&root);
         }
+        let under = processes_under(&root);
         if under != vec![pid] {
             child.kill().ok();
             child.wait().ok();
