@@ -21,7 +21,7 @@ use crate::health;
 use crate::http::HttpClient;
 use crate::identity::Identity;
 use crate::source::{DrainError, DrainErrorKind, DrainSource};
-use crate::source_health::{PERSISTENT_AFTER, SourceChange};
+use crate::source_health::{self, PERSISTENT_AFTER, SourceChange};
 use crate::state::{LiveState, takes_new_sessions};
 
 /// The longest wait between polls while backing off (unless `poll` itself is longer).
@@ -222,17 +222,23 @@ fn record_source_health(state: &LiveState, failed: Option<&DrainError>, at: Time
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
+            // `error` stays the last field: `flotilla status` reads everything after `error=`.
             tracing::error!(
+                flotilla_drain_source = %source_health::LOG_FAILING,
                 source = %state.source_name,
                 consecutive_failures = health.consecutive_failures,
                 error = %error,
-                "the drain source keeps failing ({} poll(s) in a row, persistent after {} or at                  once when it needs a human): this instance cannot learn that its version drains                  nor report readiness, so the reaper retires the version only at its maximum                  drain age; the health document shows it under `drain_source`",
+                "the drain source keeps failing ({} poll(s) in a row, persistent after {} or at \
+                 once when it needs a human): this instance cannot learn that its version drains \
+                 nor report readiness, so the reaper retires the version only at its maximum \
+                 drain age; the health document shows it under `drain_source`",
                 health.consecutive_failures,
                 PERSISTENT_AFTER,
             );
         }
         SourceChange::Recovered { failures } => {
             tracing::info!(
+                flotilla_drain_source = %source_health::LOG_RECOVERED,
                 source = %state.source_name,
                 "the drain source works again after {failures} failed poll(s)"
             );
@@ -304,6 +310,68 @@ mod tests {
         check(Some(Retired), None, Some(Retired));
         check(Some(Failed), None, Some(Failed));
         check(Some(Draining), Some(Active), Some(Active));
+    }
+
+    /// The lines `flotilla status` looks for in a task's log: the marker field, and the error as
+    /// the last field, exactly as the agent's logging (`launch::init_logging`'s format) prints.
+    #[test]
+    fn a_persistent_failure_and_its_recovery_are_logged_with_the_marker_status_reads() {
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let who = Identity {
+            name: DeploymentName::new("shop").expect("valid"),
+            id: DeploymentId::new("20261125-190633-k3x9").expect("valid"),
+            instance: InstanceId::new("158d1c8083dd49d6b527399fd6414f5c").expect("valid"),
+        };
+        let state = LiveState::new(
+            who,
+            Arc::new(flotilla_proxy::InstanceStats::new()),
+            "ssm".to_owned(),
+        );
+        let err = DrainError::new(
+            crate::source::DrainErrorKind::Transient,
+            "read drain state",
+            "/apps/shop/20261125-190633-k3x9/state",
+            "dispatch failure: connection refused",
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..PERSISTENT_AFTER {
+                record_source_health(&state, Some(&err), Timestamp::from_secs(100 + u64::from(i)));
+            }
+            record_source_health(&state, None, Timestamp::from_secs(200));
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let failing = format!(
+            "{}={}",
+            source_health::LOG_FIELD,
+            source_health::LOG_FAILING
+        );
+        assert!(lines[0].contains(&failing), "{}", lines[0]);
+        assert!(lines[0].ends_with(&format!(" error={err}")), "{}", lines[0]);
+        let recovered = format!(
+            "{}={}",
+            source_health::LOG_FIELD,
+            source_health::LOG_RECOVERED
+        );
+        assert!(lines[1].contains(&recovered), "{}", lines[1]);
     }
 
     #[test]

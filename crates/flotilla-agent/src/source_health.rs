@@ -15,6 +15,16 @@ use flotilla_core::Timestamp;
 
 use crate::source::{DrainError, DrainErrorKind};
 
+/// The field every log line about the drain source's health carries, with the value
+/// [`LOG_FAILING`] or [`LOG_RECOVERED`]: `flotilla status` on AWS finds these lines in the task's
+/// log (which reaches CloudWatch even when the agent cannot reach AWS itself) to say which tasks
+/// cannot learn their drain state. One term, so one CloudWatch filter pattern finds both.
+pub const LOG_FIELD: &str = "flotilla_drain_source";
+/// [`LOG_FIELD`]'s value on a line that says the failure is persistent (and on its repeats).
+pub const LOG_FAILING: &str = "failing";
+/// [`LOG_FIELD`]'s value on a line that says the source works again.
+pub const LOG_RECOVERED: &str = "recovered";
+
 /// Failed polls in a row after which a throttled or transient failure counts as persistent.
 pub const PERSISTENT_AFTER: u32 = 3;
 

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
@@ -20,11 +21,13 @@ use aws_sdk_ecs::types::{
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use aws_smithy_types::date_time::Format;
-use flotilla_core::{DeploymentId, InstanceId};
+use flotilla_core::{DeploymentId, InstanceId, Timestamp};
 use flotilla_engine::ports::{
-    Compute, ComputeStatus, ErrorKind, PortError, SecretSource, VersionSpec,
+    Clock, Compute, ComputeStatus, ErrorKind, PortError, SecretSource, VersionSpec,
 };
 
+use crate::agent_reports;
+use crate::clock::SystemClock;
 use crate::ctx::{Ctx, TAG_ID, TAG_NAME, TAG_STATE, arn_tail};
 use crate::error::{code_of, port_error};
 use crate::images::{EcrImages, TaskImages};
@@ -68,6 +71,9 @@ const STOPPED_TASKS: usize = 5;
 
 /// Pages of stopped tasks read at most (ECS keeps a stopped task for about an hour).
 const STOPPED_PAGES: usize = 5;
+
+/// Pages of the agents' drain-source reports read per version by `status`.
+const AGENT_REPORT_PAGES: usize = 5;
 
 /// The [`Compute`] port over ECS.
 pub struct EcsCompute {
@@ -609,6 +615,52 @@ impl EcsCompute {
     /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
     /// by a removal that stopped half way): that version has no healthy targets, and every reaper
     /// pass and `status` must go on rather than fail on it until someone notices.
+    /// The agents' drain-source reports in `id`'s log streams since `earliest` (milliseconds):
+    /// one filtered read, a few pages at most. A missing log group reads as no reports.
+    async fn agent_reports(
+        &self,
+        group: &str,
+        id: &DeploymentId,
+        earliest: u64,
+    ) -> Result<Vec<agent_reports::LogEvent>, PortError> {
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..AGENT_REPORT_PAGES {
+            let resp = self
+                .ctx
+                .clients
+                .logs
+                .filter_log_events()
+                .log_group_name(group)
+                .log_stream_name_prefix(format!("{id}/"))
+                .filter_pattern(agent_reports::filter_pattern())
+                .start_time(i64::try_from(earliest).unwrap_or(i64::MAX))
+                .set_next_token(token.take())
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = port_error("read the agents' reports in", group, e);
+                    if err.kind == ErrorKind::NotFound {
+                        return Ok(events);
+                    }
+                    return Err(err);
+                }
+            };
+            events.extend(resp.events().iter().map(|e| agent_reports::LogEvent {
+                stream: e.log_stream_name().unwrap_or("").to_owned(),
+                at: Timestamp::from_millis(e.timestamp().map_or(0, |t| t.max(0) as u64)),
+                message: e.message().unwrap_or("").to_owned(),
+            }));
+            match resp.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(events)
+    }
+
     async fn healthy_targets(&self, tg_arn: &str) -> Result<Option<u32>, PortError> {
         let out = match self
             .ctx
@@ -839,6 +891,7 @@ impl Compute for EcsCompute {
                     instances: Vec::new(),
                     sessions: None,
                     stopped: Vec::new(),
+                    problems: Vec::new(),
                 },
             );
         }
@@ -908,6 +961,30 @@ impl Compute for EcsCompute {
             .zip(&names)
             .filter_map(|(id, name)| Some((id.clone(), by_service.remove(name)?)))
             .collect())
+    }
+
+    async fn problems(
+        &self,
+        running: &BTreeMap<DeploymentId, Vec<InstanceId>>,
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let Some(group) = self.ctx.baseline.log_group.as_deref() else {
+            return Ok(BTreeMap::new());
+        };
+        let window = agent_reports::lookback(Duration::from_secs(self.ctx.task.drain_poll_seconds));
+        let now = SystemClock.now();
+        let mut out = BTreeMap::new();
+        for (id, instances) in running {
+            let earliest = id.created_at().as_millis().max(
+                now.as_millis()
+                    .saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)),
+            );
+            let events = self.agent_reports(group, id, earliest).await?;
+            let lines = agent_reports::drain_source_problems(&events, instances);
+            if !lines.is_empty() {
+                out.insert(id.clone(), lines);
+            }
+        }
+        Ok(out)
     }
 
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {

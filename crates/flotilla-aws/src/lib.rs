@@ -25,6 +25,7 @@
 //! `bootstrap`.
 #![forbid(unsafe_code)]
 
+pub mod agent_reports;
 pub mod agent_ssm;
 pub mod clock;
 pub mod compute;

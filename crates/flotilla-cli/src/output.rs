@@ -205,6 +205,20 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             out.push_str(&format!("  {line}\n"));
         }
     }
+    for v in &report.versions {
+        let Some(c) = v.compute.as_ref().filter(|c| !c.problems.is_empty()) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{}: {} of {} running instance(s) report a problem:\n",
+            v.record.version.id,
+            c.problems.len(),
+            c.running
+        ));
+        for line in &c.problems {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     if !report.orphans.is_empty() {
         let ids: Vec<String> = report.orphans.iter().map(ToString::to_string).collect();
         out.push_str(&format!(
@@ -455,6 +469,7 @@ mod tests {
                 instances: vec![],
                 sessions,
                 stopped: vec![],
+                problems: vec![],
             }),
             weight: 0,
             affinity: Some(Affinity::Serving),
@@ -501,6 +516,13 @@ mod tests {
             ),
             (InstanceId::new("i2").expect("valid"), Readiness::Healthy),
         ]);
+        if let Some(c) = active.compute.as_mut() {
+            c.problems = vec![
+                "task 158d1c80: the agent's drain source keeps failing (said at \
+                 2026-11-25T19:10:00Z): read drain state: connection refused"
+                    .to_owned(),
+            ];
+        }
         let mut retired = version("20261120-080000-zz99", VersionState::Retired, None);
         retired.affinity = Some(Affinity::Retired);
         let mut routing = RoutingTable::new();
@@ -532,6 +554,8 @@ mod tests {
             listener rules: 6 of 100 in use
             20261124-101500-a1b2 has 1 of 2 instances healthy; recently stopped:
               task 0f1e2d3c stopped at 2026-11-25T19:05:00Z: Essential container in task exited (EssentialContainerExited); app exited with code 127
+            20261125-190633-k3x9: 1 of 2 running instance(s) report a problem:
+              task 158d1c80: the agent's drain source keeps failing (said at 2026-11-25T19:10:00Z): read drain state: connection refused
             orphaned resources (no record): 20261101-000000-dead; `flotilla reap` removes them
         "#]]
         .assert_eq(&status_text(&report, "host", now));

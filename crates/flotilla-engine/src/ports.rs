@@ -187,6 +187,11 @@ pub struct ComputeStatus {
     /// with fewer healthy instances than asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,
+    /// What running instances report is wrong with them, one line each (on AWS an agent whose
+    /// drain source keeps failing). `observe` leaves it empty; `Engine::status` fills it from
+    /// [`Compute::problems`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Creates, scales, observes and deletes the instances of versions.
@@ -216,6 +221,18 @@ pub trait Compute: Send + Sync {
         ids: &[DeploymentId],
     ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
         let _ = ids;
+        Ok(BTreeMap::new())
+    }
+    /// What running instances of each of `ids` report is wrong with them, one line each, for
+    /// versions that have any (on AWS: an agent whose drain source keeps failing, so it can
+    /// neither learn that its version drains nor report readiness). `running` holds each
+    /// version's running instances. Only `status` asks. Providers whose instances report nothing
+    /// of the kind return nothing.
+    async fn problems(
+        &self,
+        running: &BTreeMap<DeploymentId, Vec<InstanceId>>,
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let _ = running;
         Ok(BTreeMap::new())
     }
 }

@@ -353,6 +353,14 @@ impl Sim {
         }
     }
 
+    /// Makes `id`'s running instances report these problems (as an agent whose drain source
+    /// keeps failing would), until set again.
+    pub fn set_problems(&self, id: &DeploymentId, lines: &[&str]) {
+        if let Some(service) = self.world().compute.get_mut(id) {
+            service.problems = lines.iter().map(|l| (*l).to_owned()).collect();
+        }
+    }
+
     /// Schedules another process to take the deploy lock at `at`, as `acquire_lock` without force
     /// would (it only succeeds if the lock has lapsed or is free by then).
     pub fn schedule_lock_takeover(&self, at: Timestamp, owner: &str, ttl: Duration) {
@@ -501,6 +509,7 @@ struct Service {
     behavior: Behavior,
     extra_logs: Vec<String>,
     env: AppEnv,
+    problems: Vec<String>,
 }
 
 struct Instance {
@@ -558,6 +567,7 @@ impl Service {
             instances: running.iter().map(|i| i.id.clone()).collect(),
             sessions: Some(running.iter().map(|i| i.sessions).sum()),
             stopped: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -728,6 +738,7 @@ impl World {
             next_instance: 0,
             behavior,
             extra_logs: Vec::new(),
+            problems: Vec::new(),
             env: spec.env.clone(),
         };
         for _ in 0..spec.instances {
@@ -880,6 +891,22 @@ impl Compute for SimPort {
         let all = w.compute.get(id).map(|s| s.logs(now)).unwrap_or_default();
         let skip = all.len().saturating_sub(lines);
         Ok(all.into_iter().skip(skip).collect())
+    }
+
+    async fn problems(
+        &self,
+        running: &BTreeMap<DeploymentId, Vec<InstanceId>>,
+    ) -> Result<BTreeMap<DeploymentId, Vec<String>>, PortError> {
+        let mut w = self.world();
+        let ids: Vec<DeploymentId> = running.keys().cloned().collect();
+        w.enter("compute.problems", &ids_text(&ids))?;
+        Ok(running
+            .keys()
+            .filter_map(|id| {
+                let service = w.compute.get(id)?;
+                (!service.problems.is_empty()).then(|| (id.clone(), service.problems.clone()))
+            })
+            .collect())
     }
 }
 

@@ -446,6 +446,7 @@ impl Engine {
         let ids: Vec<DeploymentId> = records.iter().map(|r| r.version.id.clone()).collect();
         let mut observed = self.observe(&ids).await?;
         self.add_stopped(&mut observed).await;
+        self.add_problems(&mut observed).await;
         let readiness = self.readiness(&ids).await?;
         let lock = self
             .ports
@@ -509,6 +510,36 @@ impl Engine {
                 for id in &short {
                     if let Some(status) = observed.get_mut(id) {
                         status.stopped = vec![format!("(why instances stopped is unknown: {e})")];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds what running instances report is wrong with them. Like [`Self::add_stopped`], a
+    /// failure to find out becomes one line instead of failing `status`.
+    async fn add_problems(&self, observed: &mut BTreeMap<DeploymentId, ComputeStatus>) {
+        let running: BTreeMap<DeploymentId, Vec<InstanceId>> = observed
+            .iter()
+            .filter(|(_, c)| !c.instances.is_empty())
+            .map(|(id, c)| (id.clone(), c.instances.clone()))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        match self.ports.compute.problems(&running).await {
+            Ok(mut problems) => {
+                for (id, status) in observed.iter_mut() {
+                    if let Some(lines) = problems.remove(id) {
+                        status.problems = lines;
+                    }
+                }
+            }
+            Err(e) => {
+                for id in running.keys() {
+                    if let Some(status) = observed.get_mut(id) {
+                        status.problems =
+                            vec![format!("(what the instances report is unknown: {e})")];
                     }
                 }
             }

@@ -113,23 +113,45 @@ enum Base {
     Scratch,
 }
 
+/// What a scenario checks once its task is up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The agent reaches moto's SSM: it drains when told and `docker stop` stops it.
+    Drains,
+    /// The agent's drain source is a closed port: the failure shows in its health document and,
+    /// once its log reaches CloudWatch as the awslogs driver would ship it, in `status`.
+    SourceUnreachable,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_debian_without_ca_certificates_runs_with_the_agent_wrapping_its_entrypoint() {
-    run_scenario(Base::Debian(DebianSuite::Bookworm), "dock").await;
+    run_scenario(Base::Debian(DebianSuite::Bookworm), "dock", Check::Drains).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_an_old_glibc_runs_with_the_static_agent() {
-    run_scenario(Base::Debian(DebianSuite::Bullseye), "dockold").await;
+    run_scenario(
+        Base::Debian(DebianSuite::Bullseye),
+        "dockold",
+        Check::Drains,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_from_scratch_runs_with_the_static_agent() {
-    run_scenario(Base::Scratch, "dockscratch").await;
+    run_scenario(Base::Scratch, "dockscratch", Check::Drains).await;
 }
 
 /// Deploys an app built on `base` as deployment `name` and runs its task definition in Docker.
-async fn run_scenario(base: Base, name: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_cannot_reach_its_drain_source_says_so_in_health_and_status() {
+    run_scenario(Base::Scratch, "docknossm", Check::SourceUnreachable).await;
+}
+
+/// Deploys an app built on `base` as deployment `name`, runs its task definition in Docker and
+/// checks what `check` says.
+async fn run_scenario(base: Base, name: &str, check: Check) {
     let agent = static_agent();
     let docker = Docker::shared().expect("private dockerd");
     let registry = Registry::shared().expect("private registry");
@@ -203,6 +225,11 @@ async fn run_scenario(base: Base, name: &str) {
     w.settings.task.app_command = Vec::new();
     w.settings.task.app_port = free_port();
     w.settings.task.container_port = free_port();
+    if check == Check::SourceUnreachable {
+        // Three failed polls make the failure persistent; at one second apart (then backing
+        // off) that is seconds, not the default's half a minute.
+        w.settings.task.drain_poll_seconds = 1;
+    }
     w.clients
         .ssm
         .put_parameter()
@@ -278,9 +305,14 @@ async fn run_scenario(base: Base, name: &str) {
             .map_err(|_| "resolver panicked".to_owned())?
         })
     };
+    // The agent's AWS endpoint: moto, or a port nothing listens on.
+    let agent_endpoint = match check {
+        Check::Drains => w.moto.url(),
+        Check::SourceUnreachable => format!("http://127.0.0.1:{}", free_port()),
+    };
     let options = RunOptions {
         extra_env: vec![
-            ("AWS_ENDPOINT_URL".to_owned(), w.moto.url()),
+            ("AWS_ENDPOINT_URL".to_owned(), agent_endpoint),
             ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
             ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
             ("FLOTILLA_DRAIN_SOURCE".to_owned(), "ssm".to_owned()),
@@ -312,6 +344,12 @@ async fn run_scenario(base: Base, name: &str) {
         "{text}"
     );
     let _ = health;
+    if check == Check::SourceUnreachable {
+        let status = drain_source_failure_in_status(&w, &engine, &running, &id, &task_id).await;
+        let _ = tokio::task::block_in_place(|| running.stop());
+        let _ = status;
+        return;
+    }
 
     // Draining reaches the agent through moto's SSM, and it reports readiness there.
     w.clients
@@ -353,4 +391,96 @@ async fn run_scenario(base: Base, name: &str) {
         codes.iter().any(|(name, _)| name == "app"),
         "the app container stopped: {codes:?}"
     );
+}
+
+/// The agent's health document says its drain source fails persistently; its container log,
+/// shipped to the version's CloudWatch stream as the awslogs driver would, makes `status` name the
+/// task and the error. Returns the status line.
+async fn drain_source_failure_in_status(
+    w: &World,
+    engine: &flotilla_engine::workflows::Engine,
+    running: &flotilla_testkit::ecs_exec::RunningTask<'_>,
+    id: &flotilla_core::DeploymentId,
+    task_id: &str,
+) -> String {
+    let agent_url = format!("http://127.0.0.1:{}", w.settings.task.container_port);
+    let doc = wait_until(
+        "the health document shows a persistent drain-source failure",
+        Duration::from_secs(90),
+        || {
+            let (_, body) = get(&format!("{agent_url}/healthz"))?;
+            let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (doc["drain_source"]["persistent_failure"] == true).then_some(doc)
+        },
+    );
+    assert!(
+        doc["drain_source"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{doc}"
+    );
+    // The awslogs driver: every line of the app container (the agent's log is its stderr) into
+    // the stream `<prefix>/<container>/<task id>` of the baseline's log group.
+    let log = running.logs("app").expect("app container log").to_string();
+    assert!(log.contains("flotilla_drain_source=failing"), "{log}");
+    let group = w
+        .settings
+        .baseline_overrides
+        .log_group
+        .clone()
+        .expect("the test baseline has a log group");
+    let stream = format!("{id}/{}/{task_id}", flotilla_aws::compute::CONTAINER_NAME);
+    w.clients
+        .logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .send()
+        .await
+        .expect("log stream in moto");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let events: Vec<_> = log
+        .lines()
+        .map(|line| {
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(now)
+                .message(line)
+                .build()
+                .expect("log event")
+        })
+        .collect();
+    w.clients
+        .logs
+        .put_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .set_log_events(Some(events))
+        .send()
+        .await
+        .expect("put the container's log");
+
+    let status = engine.status().await.expect("status");
+    let version = status
+        .versions
+        .iter()
+        .find(|v| &v.record.version.id == id)
+        .expect("the version in status");
+    let problems = version
+        .compute
+        .as_ref()
+        .map(|c| c.problems.clone())
+        .unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let short: String = task_id.chars().take(8).collect();
+    assert!(
+        problems[0].starts_with(&format!(
+            "task {short}: the agent's drain source keeps failing"
+        )),
+        "{problems:?}"
+    );
+    assert!(problems[0].contains("read drain state"), "{problems:?}");
+    problems[0].clone()
 }

@@ -1041,3 +1041,34 @@ async fn removing_a_version_stops_routing_then_deletes_instances_then_rules_and_
         ]
     );
 }
+
+#[tokio::test]
+async fn status_shows_what_running_instances_report_and_survives_not_knowing() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    let problem = "task i0: the agent's drain source keeps failing: connection refused";
+    w.sim.set_problems(&v1, &[problem]);
+    let status = alice.status().await.expect("status");
+    assert_eq!(
+        status.versions[0]
+            .compute
+            .as_ref()
+            .map(|c| c.problems.clone()),
+        Some(vec![problem.to_owned()])
+    );
+    // Finding out fails: status still reports everything else, with the failure as the line.
+    w.sim.arm(
+        Trigger::Operation("compute.problems".into()),
+        FaultMode::Fail(ErrorKind::Transient),
+    );
+    let status = alice.status().await.expect("status without the reports");
+    let c = status.versions[0].compute.as_ref().expect("compute");
+    assert_eq!(c.healthy, 2);
+    assert_eq!(c.problems.len(), 1);
+    assert!(
+        c.problems[0].starts_with("(what the instances report is unknown: "),
+        "{:?}",
+        c.problems
+    );
+}
