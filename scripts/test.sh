@@ -5,6 +5,8 @@
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
 #   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
+#   - cargo-lambda into .venv/cargo-lambda, whose Lambda Runtime API emulator the reaper's zip
+#     runs against                                       (scripts/lambda-emulator.sh)
 #   - zig and cargo-zigbuild into .venv/zig, and the static x86_64 agent built with them
 #     (scripts/build-static.sh, profile static-test, into target/static-test/)
 # Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
@@ -20,6 +22,7 @@ scripts/moto.sh
 scripts/cfn-tools.sh
 scripts/install-browser.sh
 scripts/docker.sh
+scripts/lambda-emulator.sh
 # Built once and cached under .cache/images/ (minutes the first time): the tests that run task
 # definitions in Docker import them.
 scripts/base-images.sh bookworm bullseye

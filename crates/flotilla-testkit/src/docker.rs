@@ -94,7 +94,7 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DockerError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DockerError {
         let what = what.into();
         move |source| DockerError::Io { what, source }
     }
@@ -124,7 +124,7 @@ fn running_as_root() -> bool {
 
 /// A fresh directory `/tmp/<prefix>-<pid>-<n>`. Short on purpose: Unix socket paths (dockerd's,
 /// containerd's under the exec root) must stay under 108 bytes.
-fn private_dir(prefix: &str) -> Result<PathBuf> {
+pub(crate) fn private_dir(prefix: &str) -> Result<PathBuf> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
@@ -137,7 +137,7 @@ fn private_dir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -208,7 +208,7 @@ rm -rf "$dir"
 /// A service process (dockerd, a registry) and the watchdog that stops it and deletes its
 /// directory.
 #[derive(Debug)]
-struct Supervised {
+pub(crate) struct Supervised {
     child: Child,
     watchdog: Child,
     dir: PathBuf,
@@ -219,7 +219,12 @@ impl Supervised {
     /// Starts `cmd` in its own process group (so a terminal's Ctrl-C or a test runner's signal to
     /// the test's group reaches the watchdog's orderly stop, not the service directly), its output
     /// in `<dir>/<log>`, and a watchdog that runs `pre_stop` before stopping it.
-    fn spawn(mut cmd: Command, dir: &Path, log: &str, pre_stop: Vec<OsString>) -> Result<Self> {
+    pub(crate) fn spawn(
+        mut cmd: Command,
+        dir: &Path,
+        log: &str,
+        pre_stop: Vec<OsString>,
+    ) -> Result<Self> {
         let log_path = dir.join(log);
         let log_file = std::fs::File::create(&log_path)
             .map_err(DockerError::io(format!("create {}", log_path.display())))?;
@@ -266,7 +271,7 @@ impl Supervised {
     }
 
     /// The service's exit status if it has already exited.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 

@@ -10,10 +10,13 @@
 //! - [`ecs_exec`]: runs an ECS task definition (as `describe-task-definition` returns it) in that
 //!   Docker the way Fargate would: dependency order, volumes, entryPoint and command, environment
 //!   and secrets, user, read-only root, stop timeout.
+//! - [`lambda`]: a Lambda Runtime API emulator (cargo-lambda's) to run a custom runtime's
+//!   `bootstrap` against, and invoking it.
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
 #![forbid(unsafe_code)]
 
 pub mod docker;
 pub mod ecs_exec;
 pub mod elf;
+pub mod lambda;
 pub mod procs;

@@ -147,7 +147,17 @@ impl Site {
         options: &BaselineOptions,
         notes: &Notes,
     ) -> (Plan, flotilla_aws::stack::UpReport) {
-        let desired = Desired::new(options, reaper_artefact()).expect("a template");
+        self.up_with(options, reaper_artefact(), notes).await
+    }
+
+    /// `baseline up` with the reaper's code from `artefact`.
+    async fn up_with(
+        &self,
+        options: &BaselineOptions,
+        artefact: ReaperArtefact,
+        notes: &Notes,
+    ) -> (Plan, flotilla_aws::stack::UpReport) {
+        let desired = Desired::new(options, artefact).expect("a template");
         let stack = self.stack();
         let plan = stack.plan(&desired, notes).await.expect("plan");
         let report = stack.apply(&plan, &desired, notes).await.expect("apply");
@@ -541,4 +551,200 @@ async fn a_failed_delete_is_reported_and_the_cache_kept() {
         "outputs stay cached until the stack is gone"
     );
     assert!(site.vpc_exists(&vpc));
+}
+
+/// The function's environment as the Lambda API reports it (moto resolved the template's
+/// references): what the reaper reads at start.
+fn function_environment(moto_url: &str, function: &str) -> Vec<(String, String)> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            &format!("{moto_url}/2015-03-31/functions/{function}/configuration"),
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=x",
+        ])
+        .output()
+        .expect("curl moto");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the function's configuration is JSON");
+    doc["Environment"]["Variables"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no environment in {doc}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// The zip `baseline up` uploads, run as Lambda would run it: its `bootstrap` unpacked into an
+/// image with nothing else in it (no libc, no shell, no CA bundle), started with the function's
+/// environment from moto against cargo-lambda's Runtime API emulator, and invoked once. The pass
+/// retires a drained version in moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_zip_runs_from_scratch_under_a_lambda_runtime_and_retires_a_drained_version() {
+    use flotilla_testkit::docker::{ContextFile, Docker};
+    use flotilla_testkit::lambda::LambdaRuntime;
+
+    let site = Site::new("reapzip").await;
+    let notes = Notes::default();
+    let mut options = BaselineOptions::new(site.name.clone(), TlsMode::HttpOnly);
+    options.reaper.policy = eager_policy(1);
+    let artefact =
+        ReaperArtefact::from_binary(&crate::support::static_binary("flotilla-aws-reaper"))
+            .expect("the static reaper zips");
+    let (_, report) = site.up_with(&options, artefact, &notes).await;
+    let outputs = report.outputs.clone();
+    let function = outputs
+        .reaper_function_name
+        .clone()
+        .expect("the stack has the reaper");
+
+    // The zip as uploaded, and its one file.
+    let key = report.reaper_code_key.clone().expect("a code key");
+    let object = site
+        .clients
+        .s3
+        .get_object()
+        .bucket(&outputs.artefact_bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("the zip in the artefact bucket");
+    let zip_bytes = object.body.collect().await.expect("zip body").into_bytes();
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(zip_bytes.to_vec())).expect("a zip archive");
+    assert_eq!(archive.len(), 1, "only the bootstrap");
+    let mut entry = archive.by_name("bootstrap").expect("bootstrap in the zip");
+    assert_eq!(
+        entry.unix_mode().map(|m| m & 0o111),
+        Some(0o111),
+        "bootstrap is executable"
+    );
+    let mut bootstrap = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut bootstrap).expect("unzip bootstrap");
+    drop(entry);
+
+    // Two versions: the first drains, and each of its tasks has reported ready.
+    let engine = site.engine();
+    let ecs = EcsStandIn::for_cluster(site.provider().clone(), &outputs.cluster_name).await;
+    let v1 = next_id();
+    ecs.while_settling(engine.deploy(World::request(&v1), &Silent))
+        .await
+        .expect("first deploy");
+    let v2 = next_id();
+    ecs.while_settling(engine.deploy(World::request(&v2), &Silent))
+        .await
+        .expect("second deploy");
+    let service = names::service_name(&site.name, &v1);
+    let tasks: Vec<String> = ecs
+        .tasks()
+        .await
+        .into_iter()
+        .filter(|(_, svc)| svc == &service)
+        .map(|(arn, _)| arn.rsplit('/').next().unwrap_or_default().to_owned())
+        .collect();
+    assert!(!tasks.is_empty(), "the first version runs");
+    for task in &tasks {
+        let instance = flotilla_core::InstanceId::new(task).expect("a task id is an instance id");
+        site.provider()
+            .ssm
+            .put_parameter()
+            .name(names::task_parameter(&site.name, &v1, &instance))
+            .value("draining")
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("report ready");
+    }
+
+    // The image Lambda's provided runtime amounts to here: the bootstrap and nothing else.
+    let docker = Docker::shared().expect("private dockerd");
+    let image = "flotilla-reaper-under-test:latest";
+    docker
+        .build(
+            image,
+            "FROM scratch\nCOPY bootstrap /var/task/bootstrap\nENTRYPOINT [\"/var/task/bootstrap\"]\n",
+            &[ContextFile::bytes("bootstrap", bootstrap).mode(0o755)],
+        )
+        .expect("build the function image");
+    let runtime = LambdaRuntime::start().expect("the Lambda Runtime API emulator");
+    let mut env = function_environment(&site.moto.url(), &function);
+    assert!(
+        env.iter().any(|(k, _)| k == "FLOTILLA_LISTENER_ARN"),
+        "the stack gives the reaper its listener: {env:?}"
+    );
+    env.extend(runtime.function_env());
+    env.extend([
+        ("AWS_ENDPOINT_URL".to_owned(), site.moto.url()),
+        ("AWS_REGION".to_owned(), REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+    ]);
+    let container = format!("flotilla-reaper-{}", std::process::id());
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        container.clone(),
+        "--network".into(),
+        "host".into(),
+        "--read-only".into(),
+    ];
+    for (k, v) in &env {
+        args.push("-e".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(image.into());
+    docker.run(&args).expect("start the function's container");
+
+    let invoked = ecs
+        .while_settling(async {
+            tokio::task::block_in_place(|| runtime.invoke("{}", Duration::from_secs(120)))
+        })
+        .await;
+    let logs = docker
+        .run(["logs", container.as_str()])
+        .unwrap_or_else(|e| format!("(no logs: {e})"));
+    let _ = docker.run(["rm", "-f", container.as_str()]);
+    let invoked = invoked.unwrap_or_else(|e| {
+        panic!(
+            "invoke failed: {e}\nfunction log:\n{logs}\nemulator:\n{}",
+            runtime.log_tail(20)
+        )
+    });
+    assert_eq!(invoked.status, 200, "{invoked:?}\n{logs}");
+    let pass: serde_json::Value = serde_json::from_str(&invoked.body)
+        .unwrap_or_else(|e| panic!("the pass's report is JSON ({e}): {invoked:?}\n{logs}"));
+    assert!(
+        pass.to_string().contains(v1.as_str()),
+        "the pass acted on the drained version: {pass}\n{logs}"
+    );
+    let state = site
+        .provider()
+        .ssm
+        .get_parameter()
+        .name(names::state_parameter(&site.name, &v1))
+        .send()
+        .await
+        .expect("the first version's state")
+        .parameter()
+        .and_then(|p| p.value())
+        .map(str::to_owned);
+    assert_eq!(state.as_deref(), Some("retired"), "{pass}\n{logs}");
+    let state = site
+        .provider()
+        .ssm
+        .get_parameter()
+        .name(names::state_parameter(&site.name, &v2))
+        .send()
+        .await
+        .expect("the second version's state")
+        .parameter()
+        .and_then(|p| p.value())
+        .map(str::to_owned);
+    assert_eq!(
+        state.as_deref(),
+        Some("active"),
+        "the active version is untouched"
+    );
 }

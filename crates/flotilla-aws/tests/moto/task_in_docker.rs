@@ -21,37 +21,9 @@ use flotilla_testkit::ecs_exec::{RunOptions, TaskDefinition, run_task};
 
 use crate::support::{World, next_id};
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-/// The static x86_64 agent: the test build `scripts/test.sh` makes (or a release one), built
-/// here by the project's script when neither is there yet.
+/// The static x86_64 agent: the test build `scripts/test.sh` makes (or a release one).
 fn static_agent() -> PathBuf {
-    let root = workspace_root();
-    let candidates = [
-        root.join("target/static-test/flotilla-aws-agent-x86_64"),
-        root.join("target/static/flotilla-aws-agent-x86_64"),
-    ];
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return found.clone();
-    }
-    let status = Command::new("bash")
-        .arg(root.join("scripts/build-static.sh"))
-        .arg("x86_64")
-        .env("FLOTILLA_STATIC_PROFILE", "static-test")
-        .status()
-        .expect("run scripts/build-static.sh");
-    assert!(status.success(), "scripts/build-static.sh x86_64 failed");
-    assert!(
-        candidates[0].is_file(),
-        "no static agent at {}",
-        candidates[0].display()
-    );
-    candidates[0].clone()
+    crate::support::static_binary("flotilla-aws-agent")
 }
 
 fn free_port() -> u16 {

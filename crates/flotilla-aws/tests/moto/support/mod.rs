@@ -779,3 +779,33 @@ impl EcsStandIn {
 pub fn faulty(ports: Ports, plan: Arc<faults::Plan>) -> Ports {
     faults::wrap(ports, plan)
 }
+
+/// The static x86_64 executable `name` (`flotilla-aws-agent`, `flotilla-aws-reaper`): the test
+/// build `scripts/test.sh` makes, or a release one, built here by the project's script when
+/// neither is there yet.
+pub fn static_binary(name: &str) -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    let candidates = [
+        root.join(format!("target/static-test/{name}-x86_64")),
+        root.join(format!("target/static/{name}-x86_64")),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return found.clone();
+    }
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-static.sh"))
+        .arg("x86_64")
+        .env("FLOTILLA_STATIC_PROFILE", "static-test")
+        .status()
+        .expect("run scripts/build-static.sh");
+    assert!(status.success(), "scripts/build-static.sh x86_64 failed");
+    assert!(
+        candidates[0].is_file(),
+        "no static {name} at {}",
+        candidates[0].display()
+    );
+    candidates[0].clone()
+}
