@@ -378,6 +378,7 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     s.routing.health_path = config.app.health_path.clone();
     s.routing.affinity_header = config.app.affinity_header.clone();
     s.routing.affinity_query = config.app.affinity_query.clone();
+    s.routing.stale_status = config.app.stale.status;
     s
 }
 
