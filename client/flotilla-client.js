@@ -49,6 +49,8 @@
  *    that is not a plausible key (1 to 64 characters of A-Z a-z 0-9 - _) is replaced. Without
  *    sessionStorage the key lives only as long as the page. It is a routing hint, not a secret
  *    and not an identity: do not authorise anything with it.
+ *    A page without this client gets instance stickiness from the host router's per-version
+ *    instance cookie instead (shared by the browser's tabs; see docs/sessions.md).
  *    Known limit: a browser that duplicates a tab (or opens a window with `window.open` from
  *    it) copies its sessionStorage, so the copy starts with the same key and shares the
  *    original's instance. Both still work; they only share an instance, which is harmless.

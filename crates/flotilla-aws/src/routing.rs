@@ -174,8 +174,7 @@ impl AlbRouting {
             // Either stale status counts, so changing `stale_status` leaves rules retired
             // before the change as they are.
             [a] if a.r#type() == Some(&ActionTypeEnum::FixedResponse)
-                && a
-                    .fixed_response_config()
+                && a.fixed_response_config()
                     .and_then(|c| c.status_code())
                     .is_some_and(|s| STALE_STATUSES.iter().any(|t| t.to_string() == s)) =>
             {
@@ -809,8 +808,7 @@ mod tests {
     #[test]
     fn retired_body_is_the_documented_json() {
         let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
-        let body: serde_json::Value =
-            serde_json::from_str(&retired_body(&id, 410)).expect("json");
+        let body: serde_json::Value = serde_json::from_str(&retired_body(&id, 410)).expect("json");
         assert_eq!(
             body,
             serde_json::json!({

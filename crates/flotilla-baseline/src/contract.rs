@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use flotilla_core::DeploymentName;
 use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
-use flotilla_core::stale::{DEFAULT_STALE_STATUS, StaleSignals};
 use flotilla_core::reaper::ReapPolicy;
+use flotilla_core::stale::{DEFAULT_STALE_STATUS, StaleSignals};
 
 /// The stack parameter naming the bucket that holds the reaper's code zip; empty (the default)
 /// means the stack's own artefact bucket.

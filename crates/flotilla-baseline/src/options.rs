@@ -732,6 +732,11 @@ fn is_arn_of(arn: &str, service: &str, resource_prefix: &str) -> bool {
         && parts[5].len() > resource_prefix.len()
 }
 
+/// The stale status of options written before `stale_status` existed.
+fn default_stale_status() -> u16 {
+    flotilla_core::stale::DEFAULT_STALE_STATUS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -934,8 +939,4 @@ mod tests {
             "certificate/"
         ));
     }
-}
-
-fn default_stale_status() -> u16 {
-    flotilla_core::stale::DEFAULT_STALE_STATUS
 }

@@ -193,7 +193,10 @@ mod tests {
             let got = got.as_ref().map(|h| (h.name.as_str(), h.value.as_str()));
             assert_eq!(got, want, "{text:?}");
         }
-        check("x-pulse-stale-affinity: 1", Some(("x-pulse-stale-affinity", "1")));
+        check(
+            "x-pulse-stale-affinity: 1",
+            Some(("x-pulse-stale-affinity", "1")),
+        );
         check("X-Stale:yes please", Some(("x-stale", "yes please")));
         check("x-stale", None);
         check(": 1", None);
@@ -242,7 +245,10 @@ mod tests {
     fn statuses_and_messages() {
         assert_eq!(StaleSignals::check_status(409), Ok(409));
         assert_eq!(StaleSignals::check_status(410), Ok(410));
-        assert_eq!(StaleSignals::check_status(404), Err(StaleError::Status(404)));
+        assert_eq!(
+            StaleSignals::check_status(404),
+            Err(StaleError::Status(404))
+        );
         assert!(retired_message(409).starts_with("409 "));
         assert!(retired_message(410).starts_with("410 "));
         assert_eq!(StaleSignals::default().status, 410);

@@ -42,9 +42,7 @@ use flotilla_core::stale::{
     QueryPair, STALE_CLOSE_CODE, STALE_CLOSE_REASON, StaleError, StaleSignals,
 };
 use flotilla_core::{DeploymentId, InstanceId};
-use flotilla_proxy::{
-    Decision, RequestHead, Route, Sessions, SocketClose, Target, json_response,
-};
+use flotilla_proxy::{Decision, RequestHead, Route, Sessions, SocketClose, Target, json_response};
 use http::header::{ACCEPT, COOKIE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, SET_COOKIE};
 use http::{Response, StatusCode};
 
@@ -316,7 +314,8 @@ impl Router {
             let Some(id) = name.strip_prefix(INSTANCE_COOKIE_PREFIX) else {
                 continue;
             };
-            let gone = DeploymentId::new(id).map_or(true, |id| !snapshot.versions.contains_key(&id));
+            let gone =
+                DeploymentId::new(id).map_or(true, |id| !snapshot.versions.contains_key(&id));
             if gone {
                 headers.append(SET_COOKIE, set_cookie(name, "", secure, true));
             }
@@ -766,7 +765,11 @@ mod tests {
     fn a_request_without_a_tab_key_gets_the_instance_cookie_of_its_instance() {
         let (r, _) = router();
         let (target, cookies) = forwarded(decide(&r, "/", &[])).expect("forwarded");
-        let instance = if target.addr().port() == 2001 { "i1" } else { "i2" };
+        let instance = if target.addr().port() == 2001 {
+            "i1"
+        } else {
+            "i2"
+        };
         assert_eq!(
             cookies,
             vec![format!(
@@ -837,16 +840,25 @@ mod tests {
         let v1 = id(1).to_string();
         // An instance that does not exist.
         let cookie = format!("{}=i9; {}=i1", cookie_name(1), cookie_name(7));
-        let (t, cookies) =
-            forwarded(decide(&r, "/", &[("x-flotilla-deployment", &v1), ("cookie", &cookie)]))
-                .expect("forwarded");
+        let (t, cookies) = forwarded(decide(
+            &r,
+            "/",
+            &[("x-flotilla-deployment", &v1), ("cookie", &cookie)],
+        ))
+        .expect("forwarded");
         let instance = if t.addr().port() == 1001 { "i1" } else { "i2" };
         assert_eq!(
             cookies,
             vec![
-                format!("{}={instance}; Path=/; HttpOnly; SameSite=Lax", cookie_name(1)),
+                format!(
+                    "{}={instance}; Path=/; HttpOnly; SameSite=Lax",
+                    cookie_name(1)
+                ),
                 // A cookie of a version that no longer runs is removed.
-                format!("{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0", cookie_name(7)),
+                format!(
+                    "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
+                    cookie_name(7)
+                ),
             ]
         );
         // An instance that went unhealthy: its browsers move to the other one, and are told.
@@ -861,13 +873,19 @@ mod tests {
         .expect("valid");
         r.publish(&t, &[], &views);
         let cookie = format!("{}=i1", cookie_name(1));
-        let (t, cookies) =
-            forwarded(decide(&r, "/", &[("x-flotilla-deployment", &v1), ("cookie", &cookie)]))
-                .expect("forwarded");
+        let (t, cookies) = forwarded(decide(
+            &r,
+            "/",
+            &[("x-flotilla-deployment", &v1), ("cookie", &cookie)],
+        ))
+        .expect("forwarded");
         assert_eq!(t.addr().port(), 1002);
         assert_eq!(
             cookies,
-            vec![format!("{}=i2; Path=/; HttpOnly; SameSite=Lax", cookie_name(1))]
+            vec![format!(
+                "{}=i2; Path=/; HttpOnly; SameSite=Lax",
+                cookie_name(1)
+            )]
         );
     }
 
@@ -927,7 +945,9 @@ mod tests {
                 flotilla_core::stale::StaleHeader::parse("x-pulse-stale-affinity: 1")
                     .expect("valid"),
             ),
-            socket_reroute: Some(QueryPair::parse("pulse_reload_on_stale_affinity=1").expect("valid")),
+            socket_reroute: Some(
+                QueryPair::parse("pulse_reload_on_stale_affinity=1").expect("valid"),
+            ),
         };
         let r = Router::new("X-Flotilla-Deployment", "pulse_deployment")
             .expect("valid")
@@ -948,7 +968,9 @@ mod tests {
             Decision::Respond(resp) => {
                 assert_eq!(resp.status().as_u16(), 409);
                 assert_eq!(
-                    resp.headers().get("x-pulse-stale-affinity").map(|v| v.as_bytes()),
+                    resp.headers()
+                        .get("x-pulse-stale-affinity")
+                        .map(|v| v.as_bytes()),
                     Some(&b"1"[..])
                 );
             }
@@ -969,7 +991,10 @@ mod tests {
                 Decision::CloseSocket(close) => {
                     assert_eq!(close.code, 4410);
                     assert_eq!(
-                        close.headers.get("x-pulse-stale-affinity").map(|v| v.as_bytes()),
+                        close
+                            .headers
+                            .get("x-pulse-stale-affinity")
+                            .map(|v| v.as_bytes()),
                         Some(&b"1"[..])
                     );
                     assert_eq!(close.otherwise.status().as_u16(), 409);

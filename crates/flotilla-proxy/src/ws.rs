@@ -178,7 +178,11 @@ mod tests {
                     HeaderValue::from_str(v).expect("value"),
                 );
             }
-            assert_eq!(handshake_accept(&method, &headers).is_some(), ok, "{pairs:?}");
+            assert_eq!(
+                handshake_accept(&method, &headers).is_some(),
+                ok,
+                "{pairs:?}"
+            );
         }
         let good = [
             ("connection", "keep-alive, Upgrade"),
@@ -202,7 +206,10 @@ mod tests {
     fn first_protocol_is_echoed() {
         let mut headers = HeaderMap::new();
         assert_eq!(first_protocol(&headers), None);
-        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(" chat , superchat"));
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(" chat , superchat"),
+        );
         assert_eq!(first_protocol(&headers).expect("one"), "chat");
     }
 }

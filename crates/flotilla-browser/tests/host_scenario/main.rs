@@ -885,7 +885,11 @@ const ARM_STALE_PATH: &str = "
     return true;";
 
 /// A raw `GET` through the router: the status line's code and the header lines.
-async fn raw_get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+async fn raw_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -922,7 +926,11 @@ async fn check_stale_path(tab: &Tab, name: &str, path: &str, visibility: &str, v
     }
     let now = page(tab).await;
     assert_eq!(
-        (str_of(&now["client"]), str_of(&now["stored"]), str_of(&now["socketId"])),
+        (
+            str_of(&now["client"]),
+            str_of(&now["stored"]),
+            str_of(&now["socketId"])
+        ),
         (v2, v2, v2),
         "the {name} tab is on v2 everywhere: {now}"
     );
@@ -947,7 +955,10 @@ async fn check_stale_path(tab: &Tab, name: &str, path: &str, visibility: &str, v
         _ => (0, "409 Conflict: this version is no longer available"),
     };
     assert_eq!(
-        (record["sockets"].as_u64(), str_of(&record["detail"]["message"])),
+        (
+            record["sockets"].as_u64(),
+            str_of(&record["detail"]["message"])
+        ),
         (Some(sockets), message),
         "{name}: {record}"
     );
@@ -989,7 +1000,11 @@ async fn every_stale_path_lands_a_tab_on_the_current_version_in_the_foreground_a
                 version_in(s, &v1).is_none_or(|v| state_of(&v) == "retired")
             })
         });
-        assert!(retired, "v1 is retired: {status}\n{}", env.daemon_log_tail());
+        assert!(
+            retired,
+            "v1 is retired: {status}\n{}",
+            env.daemon_log_tail()
+        );
         let (code, answer) = raw_get(env.listen, "/api/state", &[(HEADER, &v1)]).await;
         assert_eq!(code, 409, "{answer}");
         assert!(

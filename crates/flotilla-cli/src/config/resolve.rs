@@ -428,21 +428,23 @@ impl Resolver<'_> {
     fn stale(&mut self) -> StaleSignals {
         let defaults = StaleSignals::default();
         let status = match self.setting("app.stale_status").cloned() {
-            Some(setting @ Setting { val: Val::Int(n), .. }) => {
-                match u16::try_from(n).map(StaleSignals::check_status) {
-                    Ok(Ok(status)) => status,
-                    _ => {
-                        self.problem_at(
-                            &setting,
-                            format!(
-                                "`app.stale_status` must be 409 or 410, not {n} (410 Gone is the \
+            Some(
+                setting @ Setting {
+                    val: Val::Int(n), ..
+                },
+            ) => match u16::try_from(n).map(StaleSignals::check_status) {
+                Ok(Ok(status)) => status,
+                _ => {
+                    self.problem_at(
+                        &setting,
+                        format!(
+                            "`app.stale_status` must be 409 or 410, not {n} (410 Gone is the \
                                  default; 409 Conflict is what some frameworks expect)"
-                            ),
-                        );
-                        defaults.status
-                    }
+                        ),
+                    );
+                    defaults.status
                 }
-            }
+            },
             // Not an integer: `int` says so.
             Some(_) => {
                 let _ = self.int("app.stale_status", 409..=410, "");

@@ -397,7 +397,10 @@ fn defaults_match_the_brief() {
     assert_eq!(config.app.affinity_header, "X-Flotilla-Deployment");
     assert_eq!(config.app.affinity_query, "flotilla_deployment");
     assert!(!config.app.inject_client);
-    assert_eq!(config.app.stale, flotilla_core::stale::StaleSignals::default());
+    assert_eq!(
+        config.app.stale,
+        flotilla_core::stale::StaleSignals::default()
+    );
     assert_eq!(config.app.stale.status, 410);
     assert_eq!(config.app.min_healthy, 1);
     assert_eq!(config.app.health_timeout, Duration::from_secs(120));
@@ -817,7 +820,13 @@ fn stale_signals_are_read_from_the_file_and_the_environment() {
     let config = ok(text, &[], &Overrides::default());
     assert_eq!(config.app.stale.status, 409);
     assert_eq!(
-        config.app.stale.header.as_ref().map(ToString::to_string).as_deref(),
+        config
+            .app
+            .stale
+            .header
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
         Some("x-pulse-stale-affinity: 1")
     );
     assert_eq!(

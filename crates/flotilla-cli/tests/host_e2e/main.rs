@@ -708,11 +708,18 @@ fn without_a_tab_key_the_instance_cookie_keeps_a_browser_on_one_instance() {
     let (ws1, at1, set1) = rt.block_on(socket_with_cookie(env.listen, Some(&cookie)));
     let (ws2, at2, set2) = rt.block_on(socket_with_cookie(env.listen, Some(&cookie)));
     assert_eq!((at1.as_str(), at2.as_str()), (x.as_str(), x.as_str()));
-    assert_eq!((set1, set2), (None, None), "a valid cookie is not set again");
+    assert_eq!(
+        (set1, set2),
+        (None, None),
+        "a valid cookie is not set again"
+    );
     // The control: a socket without the cookie goes to the instance with fewer sessions, and is
     // given the cookie naming it.
     let (ws3, y, set3) = rt.block_on(socket_with_cookie(env.listen, None));
-    assert_ne!(y, x, "without the cookie the other instance (no sessions) is chosen");
+    assert_ne!(
+        y, x,
+        "without the cookie the other instance (no sessions) is chosen"
+    );
     assert_eq!(
         set3.as_deref(),
         Some(format!("{cookie_name}={y}; Path=/; HttpOnly; SameSite=Lax").as_str())
@@ -762,4 +769,58 @@ fn without_a_tab_key_the_instance_cookie_keeps_a_browser_on_one_instance() {
         assert_eq!(instance_of(&pinned), x);
     }
     eprintln!("instance cookie: v1 browser stuck to {x}; control socket went to {y}");
+}
+
+#[test]
+fn a_stale_socket_is_closed_with_4410_or_rerouted_to_the_current_version_when_marked() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 20,
+    });
+    let path = env.app().join("flotilla.toml");
+    let text = std::fs::read_to_string(&path).expect("read").replace(
+        "[app]\n",
+        "[app]\nstale_socket_reroute_query = \"reload_on_stale=1\"\n",
+    );
+    std::fs::write(&path, text).expect("write");
+    let rt = runtime();
+    let v1 = env.deploy();
+    let v2 = env.deploy();
+    let gone = eventually(Duration::from_secs(20), || {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        (r.status == 410).then_some(r)
+    })
+    .expect("v1 is retired");
+    assert!(gone.body.contains("version_retired"), "{gone:?}");
+
+    // A socket pinned to v1: accepted, then closed at once with 4410 and its reason.
+    let url = format!("ws://{}/ws?flotilla_deployment={v1}", env.listen);
+    let (mut ws, response) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("the router completes the handshake");
+    assert_eq!(response.status().as_u16(), 101);
+    let frame = rt.block_on(ws.next()).expect("a frame").expect("no error");
+    let Message::Close(Some(close)) = frame else {
+        panic!("expected a close frame, got {frame:?}");
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4410, "version_retired")
+    );
+
+    // The same socket marked for rerouting reaches v2 instead.
+    let url = format!(
+        "ws://{}/ws?flotilla_deployment={v1}&reload_on_stale=1",
+        env.listen
+    );
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("a rerouted socket");
+    let greeting = rt.block_on(ws.next()).expect("greeting").expect("frame");
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().expect("text")).expect("json");
+    assert_eq!(greeting["deployment_id"], v2.as_str(), "{greeting}");
+    let _ = rt.block_on(ws.close(None));
 }
