@@ -64,6 +64,8 @@ struct Instance {
     /// A stable hash of the instance id, mixed with tab keys for rendezvous hashing.
     seed: u64,
     target: Arc<Target>,
+    /// The `Set-Cookie` values naming this instance, without and with `Secure`, built once.
+    set_cookie: [HeaderValue; 2],
 }
 
 /// One version's instances as the router sees them.
@@ -202,10 +204,15 @@ impl Router {
                 });
             version.total += 1;
             if view.state.running() && view.state.healthy() {
+                let instance = view.state.instance.as_str();
                 version.healthy.push(Instance {
                     id: view.state.instance.clone(),
-                    seed: stable_hash(view.state.instance.as_str()),
+                    seed: stable_hash(instance),
                     target,
+                    set_cookie: [
+                        set_cookie(&version.cookie, instance, false, false),
+                        set_cookie(&version.cookie, instance, true, false),
+                    ],
                 });
             }
         }
@@ -305,10 +312,7 @@ impl Router {
         }
         let mut headers = HeaderMap::new();
         let secure = head.secure();
-        headers.append(
-            SET_COOKIE,
-            set_cookie(&version.cookie, chosen.id.as_str(), secure, false),
-        );
+        headers.append(SET_COOKIE, chosen.set_cookie[usize::from(secure)].clone());
         // Cookies of versions that no longer run go with it, so they do not pile up.
         for name in cookie_names(head.headers) {
             let Some(id) = name.strip_prefix(INSTANCE_COOKIE_PREFIX) else {
@@ -402,9 +406,10 @@ fn set_cookie(name: &str, value: &str, secure: bool, remove: bool) -> HeaderValu
     if remove {
         let _ = write!(text, "; Max-Age=0");
     }
-    // Names are this router's prefix plus a valid deployment id (or a cookie name the browser
-    // sent); values are instance ids: all visible ASCII.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_str(&text).expect(
+        "names are this router's prefix and a deployment id, or a name read from a valid Cookie \
+         header value; values are instance ids: all visible ASCII",
+    )
 }
 
 impl Route for Router {
