@@ -17,6 +17,13 @@ use flotilla_host::supervisor::{InstanceState, InstanceView};
 use flotilla_proxy::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use flotilla_proxy::{Decision, RequestHead, Route};
 
+/// One request shape: its name, its path and its headers.
+struct Shape {
+    name: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let calls: u64 = match std::env::args().nth(1) {
         Some(n) => n.parse()?,
@@ -49,36 +56,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cookie = format!("flotilla_instance_{v2}=i1");
     let many = format!("theme=dark; session=abc123; {cookie}; other=1");
-    let shapes: [(&str, &str, Vec<(&str, String)>); 4] = [
-        (
-            "pinned, tab key",
-            "/api/state",
-            vec![
+    let shapes = [
+        Shape {
+            name: "pinned, tab key",
+            path: "/api/state",
+            headers: vec![
                 ("x-flotilla-deployment", v1.to_string()),
                 (
                     "x-flotilla-tab",
                     "0b6c2f4e-8d1a-4c3b-9f7e-2a5d6c8b1e0f".into(),
                 ),
             ],
-        ),
-        ("fresh, no cookie (sets it)", "/", vec![]),
-        (
-            "fresh, instance cookie",
-            "/",
-            vec![("cookie", cookie.clone())],
-        ),
-        (
-            "upgrade, cookie among others",
-            "/ws",
-            vec![
+        },
+        Shape {
+            name: "fresh, no cookie (sets it)",
+            path: "/",
+            headers: vec![],
+        },
+        Shape {
+            name: "fresh, instance cookie",
+            path: "/",
+            headers: vec![("cookie", cookie.clone())],
+        },
+        Shape {
+            name: "upgrade, cookie among others",
+            path: "/ws",
+            headers: vec![
                 ("connection", "Upgrade".into()),
                 ("upgrade", "websocket".into()),
                 ("cookie", many.clone()),
             ],
-        ),
+        },
     ];
     println!("{:<30} {:>12}", "request", "ns/decision");
-    for (name, path, headers) in shapes {
+    for Shape {
+        name,
+        path,
+        headers,
+    } in shapes
+    {
         let uri: Uri = path.parse()?;
         let mut map = HeaderMap::new();
         for (k, v) in &headers {
