@@ -49,6 +49,8 @@
  *    that is not a plausible key (1 to 64 characters of A-Z a-z 0-9 - _) is replaced. Without
  *    sessionStorage the key lives only as long as the page. It is a routing hint, not a secret
  *    and not an identity: do not authorise anything with it.
+ *    A page without this client gets instance stickiness from the host router's per-version
+ *    instance cookie instead (shared by the browser's tabs; see docs/sessions.md).
  *    Known limit: a browser that duplicates a tab (or opens a window with `window.open` from
  *    it) copies its sessionStorage, so the copy starts with the same key and shares the
  *    original's instance. Both still work; they only share an instance, which is harmless.
@@ -68,11 +70,14 @@
  *    the tab key loses nothing but instance stickiness.
  *
  * 4. Retired versions. A same-origin fetch/XHR response is a retirement signal when its status is
- *    410 AND its body is this JSON object (Content-Type application/json; the body is what counts):
+ *    410 or 409 (`[app] stale_status`) AND its body is this JSON object (Content-Type
+ *    application/json; the body is what counts):
  *      {"error":"version_retired","retired":"<id>","current":"<id or null>","message":"..."}
  *    A bare 410 is NOT enough, not even one carrying the deployment header: the agent stamps that
  *    header on every response, including an application's own legitimate 410s, and an ALB
  *    fixed-response rule cannot add headers at all, so the body is the only reliable marker.
+ *    A same-origin WebSocket closed with code 4410 (the router accepts a stale upgrade only to
+ *    close it with that code and the reason "version_retired") is a retirement signal too.
  *    On the first signal of a page, a cancelable `flotilla:stale` CustomEvent is dispatched on
  *    `window` with `detail = {retired, current, message, url}`. Unless a listener calls
  *    `event.preventDefault()`, its default action removes the stored id and reloads the page,
@@ -81,10 +86,11 @@
  *    default action does not reload again and logs a console warning instead; the key
  *    `flotilla:stale-reload` in sessionStorage remembers the last such reload.
  *
- * 5. What JavaScript cannot see. A WebSocket upgrade answered 410 surfaces only as `error` plus
- *    `close` code 1006, and an EventSource answered 410 only as `error` with readyState CLOSED; the
- *    status and body are hidden from scripts. So when a same-origin WebSocket closes without ever
- *    opening or with code 1006, or a same-origin EventSource fails permanently, this client sends
+ * 5. What JavaScript cannot see. A WebSocket upgrade answered 410 (an ALB fixed response) surfaces
+ *    only as `error` plus `close` code 1006, and an EventSource answered 410 only as `error` with
+ *    readyState CLOSED; the status and body are hidden from scripts. So when a same-origin
+ *    WebSocket closes without ever opening or with code 1006 (and not with 4410, which says it
+ *    all), or a same-origin EventSource fails permanently, this client sends
  *    one probe, `GET <this page's URL>` with the affinity header (at most one every 2 seconds;
  *    a failure within that time is probed when it is over; aborted once the status shows the
  *    version alive), and applies rule 4 to the probe's answer.
@@ -115,6 +121,8 @@
   var TIMING_NAME = "flotilla-deployment";
   var STALE_EVENT = "flotilla:stale";
   var RETIRED_ERROR = "version_retired";
+  var STALE_STATUSES = { 409: true, 410: true };
+  var STALE_CLOSE_CODE = 4410;
   var PROBE_INTERVAL_MS = 2000;
   var RELOAD_KEY = "flotilla:stale-reload";
   var RELOAD_LOOP_MS = 30000;
@@ -375,8 +383,12 @@
 
   // ---- retirement ------------------------------------------------------------------------------
 
+  function isStaleStatus(status) {
+    return STALE_STATUSES[status] === true;
+  }
+
   function retiredSignal(status, text) {
-    if (status !== 410 || typeof text !== "string") {
+    if (!isStaleStatus(status) || typeof text !== "string") {
       return null;
     }
     var body;
@@ -435,10 +447,10 @@
     }
   }
 
-  // Learns the id from a response when the page has none yet. A 410 names a retired version, which
-  // is never worth learning.
+  // Learns the id from a response when the page has none yet. A stale answer names a retired
+  // version, which is never worth learning.
   function learn(status, headerValue) {
-    if (status !== 410 && !state.id) {
+    if (!isStaleStatus(status) && !state.id) {
       var id = nonEmpty(headerValue);
       if (id) {
         setId(id, "response");
@@ -472,12 +484,13 @@
       }
       return nativeFetch.call(window, request).then(function (response) {
         learn(response.status, response.headers.get(HEADER));
-        if (response.status === 410 && !state.staleFired) {
+        if (isStaleStatus(response.status) && !state.staleFired) {
+          var status = response.status;
           response
             .clone()
             .text()
             .then(function (text) {
-              var body = retiredSignal(410, text);
+              var body = retiredSignal(status, text);
               if (body) {
                 stale(body, request.url);
               }
@@ -533,9 +546,10 @@
         return;
       }
       learn(xhr.status, xhr.getResponseHeader(HEADER));
-      if (xhr.status === 410 && !state.staleFired) {
+      if (isStaleStatus(xhr.status) && !state.staleFired) {
+        var status = xhr.status;
         xhrBodyText(xhr, function (text) {
-          var body = retiredSignal(410, text);
+          var body = retiredSignal(status, text);
           if (body) {
             stale(body, info.url);
           }
@@ -617,7 +631,7 @@
     window
       .fetch(target, { cache: "no-store", signal: controller ? controller.signal : undefined })
       .then(function (response) {
-        if (response.status !== 410 && controller) {
+        if (!isStaleStatus(response.status) && controller) {
           controller.abort();
         }
       })
@@ -641,8 +655,11 @@
           this.addEventListener("open", function () {
             opened = true;
           });
+          var socketUrl = pinned || String(url);
           this.addEventListener("close", function (event) {
-            if (!opened || event.code === 1006) {
+            if (event.code === STALE_CLOSE_CODE) {
+              stale({ retired: state.id, current: null, message: event.reason || null }, socketUrl);
+            } else if (!opened || event.code === 1006) {
               probe();
             }
           });

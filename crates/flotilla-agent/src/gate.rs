@@ -137,6 +137,7 @@ mod tests {
                 uri: &uri,
                 headers: &map,
                 peer: "127.0.0.1:1".parse().expect("addr"),
+                tls: false,
             };
             assert_eq!(
                 has_affinity(&head, &header, "flotilla_deployment", id),

@@ -83,6 +83,7 @@ impl ReaperConfig {
         if let Some(q) = var("FLOTILLA_AFFINITY_QUERY") {
             settings.routing.affinity_query = q;
         }
+        settings.routing.stale_status = base.stale_status;
         if let Some(v) = var("FLOTILLA_RULE_PRIORITY_BASE") {
             settings.routing.priority_base = v.trim().parse().map_err(|_| {
                 AwsError::LambdaEnv(format!(

@@ -18,7 +18,8 @@ use aws_sdk_elasticloadbalancingv2::types::{
     TargetTypeEnum,
 };
 use flotilla_core::DeploymentId;
-use flotilla_core::routing::{RETIRED_MESSAGE, RoutingTable, WeightedTarget, validate_default};
+use flotilla_core::routing::{RoutingTable, WeightedTarget, validate_default};
+use flotilla_core::stale::{STALE_CLOSE_REASON, STALE_STATUSES, retired_message};
 use flotilla_engine::ports::{ErrorKind, PortError, Routing};
 
 use crate::ctx::{Ctx, TAG_ID, TAG_NAME, tg_name_of_arn};
@@ -170,8 +171,12 @@ impl AlbRouting {
                     _ => RuleAction::Other,
                 }
             }
+            // Either stale status counts, so changing `stale_status` leaves rules retired
+            // before the change as they are.
             [a] if a.r#type() == Some(&ActionTypeEnum::FixedResponse)
-                && a.fixed_response_config().and_then(|c| c.status_code()) == Some("410") =>
+                && a.fixed_response_config()
+                    .and_then(|c| c.status_code())
+                    .is_some_and(|s| STALE_STATUSES.iter().any(|t| t.to_string() == s)) =>
             {
                 RuleAction::Retired
             }
@@ -578,19 +583,25 @@ fn no_version() -> Action {
     )
 }
 
-/// The JSON body a retired version's affinity answers with (status 410).
-pub fn retired_body(id: &DeploymentId) -> String {
+/// The JSON body a retired version's affinity answers with `status` (409 or 410).
+pub fn retired_body(id: &DeploymentId, status: u16) -> String {
     serde_json::json!({
-        "error": "version_retired",
+        "error": STALE_CLOSE_REASON,
         "retired": id.as_str(),
         "current": null,
-        "message": RETIRED_MESSAGE,
+        "message": retired_message(status),
     })
     .to_string()
 }
 
-fn retired(id: &DeploymentId) -> Action {
-    fixed_response("410", "application/json", retired_body(id))
+/// A retired version's fixed response. An ALB fixed response cannot add headers, so
+/// `[app] stale_header` does not apply here.
+fn retired(id: &DeploymentId, status: u16) -> Action {
+    fixed_response(
+        &status.to_string(),
+        "application/json",
+        retired_body(id, status),
+    )
 }
 
 #[async_trait]
@@ -626,11 +637,15 @@ impl Routing for AlbRouting {
             .filter(|k| !existing.contains_key(k))
             .count() as u32;
         self.check_budget(&view, missing)?;
+        let status = self.ctx.routing.stale_status;
         for kind in RuleKind::BOTH {
             match existing.get(&kind) {
                 Some(rule) if rule.action == RuleAction::Retired => {}
-                Some(rule) => self.modify_rule(rule, retired(id)).await?,
-                None => self.create_rule(&mut view, kind, id, retired(id)).await?,
+                Some(rule) => self.modify_rule(rule, retired(id, status)).await?,
+                None => {
+                    self.create_rule(&mut view, kind, id, retired(id, status))
+                        .await?
+                }
             }
         }
         Ok(())
@@ -793,7 +808,7 @@ mod tests {
     #[test]
     fn retired_body_is_the_documented_json() {
         let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
-        let body: serde_json::Value = serde_json::from_str(&retired_body(&id)).expect("json");
+        let body: serde_json::Value = serde_json::from_str(&retired_body(&id, 410)).expect("json");
         assert_eq!(
             body,
             serde_json::json!({
@@ -804,9 +819,18 @@ mod tests {
             })
         );
         assert!(
-            retired_body(&id).len() <= 1024,
+            retired_body(&id, 410).len() <= 1024,
             "ALB fixed responses hold 1024 characters"
         );
+        let conflict: serde_json::Value =
+            serde_json::from_str(&retired_body(&id, 409)).expect("json");
+        assert_eq!(
+            conflict["message"],
+            "409 Conflict: this version is no longer available"
+        );
+        let action = retired(&id, 409);
+        let config = action.fixed_response_config().expect("fixed response");
+        assert_eq!(config.status_code(), Some("409"));
     }
 
     #[test]

@@ -160,6 +160,12 @@ impl AwsSettings {
                 r.affinity_query
             ));
         }
+        if flotilla_core::stale::StaleSignals::check_status(r.stale_status).is_err() {
+            out.push(format!(
+                "stale status {} must be 409 or 410",
+                r.stale_status
+            ));
+        }
         if !r.health_path.starts_with('/') {
             out.push(format!(
                 "health path `{}` must start with `/`",
@@ -300,6 +306,8 @@ pub struct RoutingSettings {
     pub deregistration_delay_seconds: u32,
     /// Lifetime of the `lb_cookie` that keeps a browser on one task within a version.
     pub stickiness_seconds: u32,
+    /// The status a retired version's rules answer with: 409 or 410 (`[app] stale_status`).
+    pub stale_status: u16,
     /// The lowest listener-rule priority flotilla allocates.
     pub priority_base: u32,
     /// Listener rules allowed on the listener (the ALB's 100 unless lowered).
@@ -321,6 +329,7 @@ impl Default for RoutingSettings {
             unhealthy_threshold: 3,
             deregistration_delay_seconds: 15,
             stickiness_seconds: 86_400,
+            stale_status: flotilla_core::stale::DEFAULT_STALE_STATUS,
             priority_base: 1000,
             rule_limit: flotilla_core::routing::ALB_RULE_LIMIT,
             target_group_in_use_wait: std::time::Duration::from_secs(60),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use flotilla_core::DeploymentName;
 use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use flotilla_core::reaper::ReapPolicy;
+use flotilla_core::stale::{DEFAULT_STALE_STATUS, StaleSignals};
 
 /// The stack parameter naming the bucket that holds the reaper's code zip; empty (the default)
 /// means the stack's own artefact bucket.
@@ -120,6 +121,8 @@ pub mod env {
     /// The affinity query parameter the versions' rules match (optional; the core's default
     /// otherwise).
     pub const AFFINITY_QUERY: &str = "FLOTILLA_AFFINITY_QUERY";
+    /// The status a retired version's rules answer with, 409 or 410 (optional; 410 otherwise).
+    pub const STALE_STATUS: &str = "FLOTILLA_STALE_STATUS";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -136,6 +139,7 @@ pub mod env {
         REPOSITORY,
         AFFINITY_HEADER,
         AFFINITY_QUERY,
+        STALE_STATUS,
     ];
 }
 
@@ -162,6 +166,8 @@ pub struct ReaperSettings {
     pub affinity_header: String,
     /// The affinity query parameter the rules match.
     pub affinity_query: String,
+    /// The status a retired version's rules answer with (`[app] stale_status`).
+    pub stale_status: u16,
 }
 
 /// Why the reaper's environment is unusable.
@@ -205,6 +211,7 @@ impl ReaperSettings {
         }
         m.insert(env::AFFINITY_HEADER, self.affinity_header.clone());
         m.insert(env::AFFINITY_QUERY, self.affinity_query.clone());
+        m.insert(env::STALE_STATUS, self.stale_status.to_string());
         m
     }
 
@@ -242,6 +249,19 @@ impl ReaperSettings {
                     problem: "is not a whole number".to_owned(),
                 })?
         };
+        let stale_status = match lookup(env::STALE_STATUS).filter(|v| !v.is_empty()) {
+            None => DEFAULT_STALE_STATUS,
+            Some(value) => value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| StaleSignals::check_status(s).ok())
+                .ok_or_else(|| SettingsError::Invalid {
+                    name: env::STALE_STATUS,
+                    value,
+                    problem: "is not 409 or 410".to_owned(),
+                })?,
+        };
         let interval = Duration::from_secs(secs(env::INTERVAL_SECONDS)?);
         let timeout = match lookup(env::TIMEOUT_SECONDS).filter(|v| !v.is_empty()) {
             Some(_) => Duration::from_secs(secs(env::TIMEOUT_SECONDS)?),
@@ -267,6 +287,7 @@ impl ReaperSettings {
             affinity_query: lookup(env::AFFINITY_QUERY)
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| DEFAULT_AFFINITY_QUERY.to_owned()),
+            stale_status,
         })
     }
 }
@@ -323,6 +344,7 @@ mod tests {
             repository: Some("123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/prod".into()),
             affinity_header: "X-Flotilla-Deployment".into(),
             affinity_query: "flotilla_deployment".into(),
+            stale_status: 409,
         }
     }
 
@@ -347,6 +369,7 @@ mod tests {
             env::REPOSITORY,
             env::AFFINITY_HEADER,
             env::AFFINITY_QUERY,
+            env::STALE_STATUS,
         ] {
             env.remove(k);
         }
@@ -359,6 +382,7 @@ mod tests {
         );
         assert_eq!(s.affinity_header, DEFAULT_AFFINITY_HEADER);
         assert_eq!(s.affinity_query, DEFAULT_AFFINITY_QUERY);
+        assert_eq!(s.stale_status, 410);
     }
 
     #[test]

@@ -264,6 +264,10 @@ pub struct BaselineOptions {
     pub affinity_header: String,
     /// The query parameter carrying a tab's version (`[app] affinity_query`).
     pub affinity_query: String,
+    /// The status a retired version's rules answer with (`[app] stale_status`, 409 or 410), set
+    /// on the reaper, which retires versions.
+    #[serde(default = "default_stale_status")]
+    pub stale_status: u16,
     /// How long application and reaper logs are kept; one of [`LOG_RETENTION_DAYS`].
     pub log_retention_days: u32,
     /// How many tagged images the ECR lifecycle policy keeps (untagged ones go after a day).
@@ -312,6 +316,7 @@ impl BaselineOptions {
             container_port: crate::contract::default_container_port(DEFAULT_APP_PORT),
             affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
             affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
+            stale_status: flotilla_core::stale::DEFAULT_STALE_STATUS,
             log_retention_days: 30,
             keep_images: 30,
             reaper: ReaperOptions::default(),
@@ -725,6 +730,11 @@ fn is_arn_of(arn: &str, service: &str, resource_prefix: &str) -> bool {
         && parts[4].chars().all(|c| c.is_ascii_digit())
         && parts[5].starts_with(resource_prefix)
         && parts[5].len() > resource_prefix.len()
+}
+
+/// The stale status of options written before `stale_status` existed.
+fn default_stale_status() -> u16 {
+    flotilla_core::stale::DEFAULT_STALE_STATUS
 }
 
 #[cfg(test)]

@@ -458,6 +458,16 @@ impl Tab {
         Ok(cookies.iter().map(|c| c.name().to_string()).collect())
     }
 
+    /// Deletes every cookie the browser holds for the page's URL (HttpOnly ones included).
+    pub async fn delete_cookies(&self) -> Result<(), BrowserError> {
+        let _focus = self.focus().await?;
+        self.shared
+            .client
+            .delete_all_cookies()
+            .await
+            .map_err(BrowserError::command("delete cookies"))
+    }
+
     /// A PNG screenshot of the tab's viewport.
     pub async fn screenshot_png(&self) -> Result<Vec<u8>, BrowserError> {
         let _focus = self.focus().await?;

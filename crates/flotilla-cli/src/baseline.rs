@@ -102,6 +102,7 @@ pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, St
     o.container_port = contract::default_container_port(config.app.port);
     o.affinity_header = config.app.affinity_header.clone();
     o.affinity_query = config.app.affinity_query.clone();
+    o.stale_status = config.app.stale.status;
     o.log_retention_days = aws.log_retention_days;
     o.keep_images = aws.keep_images;
     o.waf = aws.waf.then_some(flotilla_baseline::WafOptions {

@@ -174,7 +174,7 @@ pub enum Command {
         long_about = "Run one reaper pass now (the host daemon and the AWS schedule also run it \
             every [reaper] interval_seconds). A draining version whose instances all reported \
             ready for [reaper] consecutive_passes passes, or that is older than max_age_seconds, \
-            is retired: its affinity answers 410 Gone and it is scaled to zero. A retired version \
+            is retired: its affinity answers 410 Gone (or [app] stale_status) and it is scaled to zero. A retired version \
             with nothing running is removed completely. Active versions, and versions younger \
             than min_age_seconds, are never touched.",
         after_help = "Examples:\n  flotilla reap --dry-run\n  flotilla reap --json"
@@ -199,7 +199,8 @@ pub enum Command {
             by the active version (named in the X-Flotilla-Deployment response header, or \
             [app] affinity_header); for every live version, a request carrying its id in the \
             header and one carrying it in the query parameter must be answered by that version; \
-            a retired version's id must get 410 Gone. Exits 7 on any mismatch.",
+            a retired version's id must get the stale answer (410 Gone, or 409 with [app] \
+            stale_status). Exits 7 on any mismatch.",
         after_help = "Examples:\n  flotilla verify\n  flotilla verify --json\n  \
             flotilla verify --url http://shop.internal:8080 --path /healthz"
     )]

@@ -195,6 +195,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.affinity_header = config.app.affinity_header.clone();
     s.affinity_query = config.app.affinity_query.clone();
     s.inject_client = config.app.inject_client;
+    s.stale = config.app.stale.clone();
     s.health_timeout = config.app.health_timeout;
     s.stop_timeout = config.app.stop_timeout;
     s.drain_poll = config.drain.poll;
@@ -377,6 +378,7 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     s.routing.health_path = config.app.health_path.clone();
     s.routing.affinity_header = config.app.affinity_header.clone();
     s.routing.affinity_query = config.app.affinity_query.clone();
+    s.routing.stale_status = config.app.stale.status;
     s
 }
 

@@ -12,6 +12,8 @@
 //! - [`lifecycle`]: the version states and the transitions allowed between them.
 //! - [`routing`]: the routing table, the pure `route` decision and the listener-rule budget.
 //! - [`drain`]: per-instance drain readiness.
+//! - [`stale`]: how a request pinned to a retired version is answered (status, header, WebSocket
+//!   close code, socket reroute).
 //! - [`reaper`]: the reaper as a pure plan over a fleet of versions.
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod reaper;
 pub mod routing;
+pub mod stale;
 pub mod time;
 
 pub use ids::{DeploymentId, DeploymentName, InstanceId};

@@ -662,6 +662,8 @@ pub async fn serve(
     let store = Arc::new(Store::open(&settings.database_path(), &settings.name)?);
     let router = Arc::new(
         Router::new(&settings.affinity_header, &settings.affinity_query)
+            .map_err(|e| HostError::Protocol(e.to_string()))?
+            .with_stale(&settings.stale)
             .map_err(|e| HostError::Protocol(e.to_string()))?,
     );
     let routing = store.load_routing()?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use flotilla_core::DeploymentName;
 use flotilla_core::names::{DEFAULT_AFFINITY_HEADER, DEFAULT_AFFINITY_QUERY};
 use flotilla_core::reaper::ReapPolicy;
+use flotilla_core::stale::StaleSignals;
 use serde::{Deserialize, Serialize};
 
 /// Everything the host provider needs for one deployment name.
@@ -42,6 +43,10 @@ pub struct HostSettings {
     pub affinity_query: String,
     /// Whether the router injects the browser client into HTML responses.
     pub inject_client: bool,
+    /// How the router answers requests pinned to a retired version (`[app] stale_status`,
+    /// `stale_header`, `stale_socket_reroute_query`).
+    #[serde(default)]
+    pub stale: StaleSignals,
     /// How long a deploy waits for health (used by the daemon's own engine for the reaper).
     pub health_timeout: Duration,
     /// How often instance readiness is observed (`[drain] poll_seconds`).
@@ -80,6 +85,7 @@ impl HostSettings {
             affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),
             affinity_query: DEFAULT_AFFINITY_QUERY.to_owned(),
             inject_client: false,
+            stale: StaleSignals::default(),
             health_timeout: Duration::from_secs(120),
             drain_poll: Duration::from_secs(5),
             drain_grace: Duration::from_secs(30),

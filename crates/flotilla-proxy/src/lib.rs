@@ -38,6 +38,7 @@
 //!   shutdown ([`ShutdownReport`]).
 //! - `proxy`: the per-request path: header rewriting, forwarding, stamping, session accounting,
 //!   upgrade tunnels.
+//! - `ws`: accepting a WebSocket handshake only to close it with a code scripts can see.
 //! - `headers`: pure header rules: hop-by-hop (RFC 9110 §7.6.1), `X-Forwarded-*`, content types
 //!   and codings.
 //! - `inject`: streaming insertion of the client `<script>` tag into HTML, through gzip/deflate.
@@ -58,12 +59,13 @@ mod proxy;
 mod route;
 mod server;
 mod stats;
+mod ws;
 
 pub use body::{Body, BodyError};
 pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
-pub use route::{Decision, DecisionFuture, RequestHead, Route, Target};
+pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
 pub use server::{ShutdownReport, serve};
 pub use stats::{InstanceStats, Sessions, StatsSnapshot};
 

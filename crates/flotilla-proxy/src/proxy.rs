@@ -64,12 +64,15 @@ pub(crate) async fn handle<R: Route>(
         uri: req.uri(),
         headers: req.headers(),
         peer: conn.peer,
+        tls: shared.config.forwarded_proto == Scheme::HTTPS,
     });
     let mut deferrals = 0;
-    let target = loop {
+    let (target, extra) = loop {
         match decision {
-            Decision::Forward(target) => break target,
+            Decision::Forward(target) => break (target, None),
+            Decision::ForwardWith(target, headers) => break (target, Some(headers)),
             Decision::Respond(response) => return Ok(response),
+            Decision::CloseSocket(close) => return Ok(crate::ws::close(conn, req, *close)),
             Decision::Defer(later) => {
                 deferrals += 1;
                 if deferrals > MAX_DEFERRALS {
@@ -88,7 +91,14 @@ pub(crate) async fn handle<R: Route>(
             }
         }
     };
-    Ok(forward(&conn, req, target).await)
+    let mut response = forward(&conn, req, target).await;
+    if let Some(extra) = extra {
+        let headers = response.headers_mut();
+        for (name, value) in &extra {
+            headers.append(name, value.clone());
+        }
+    }
+    Ok(response)
 }
 
 /// Forwards a routed request to `target` and shapes the response.

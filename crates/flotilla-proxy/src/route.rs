@@ -31,6 +31,9 @@ pub struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     /// The address of the TCP peer (the browser, or the load balancer in front of the proxy).
     pub peer: SocketAddr,
+    /// Whether clients reach this proxy over TLS ([`crate::ProxyConfig::forwarded_proto`] is
+    /// `https`: TLS is terminated in front of it). See also [`RequestHead::secure`].
+    pub tls: bool,
 }
 
 impl<'a> RequestHead<'a> {
@@ -48,6 +51,18 @@ impl<'a> RequestHead<'a> {
     /// Whether this request asks for a protocol upgrade (a WebSocket handshake).
     pub fn is_upgrade(&self) -> bool {
         crate::headers::upgrade_protocol(self.headers).is_some()
+    }
+
+    /// Whether the browser reached us over TLS: the proxy's listener is behind TLS
+    /// ([`RequestHead::tls`]), or the request says so in `X-Forwarded-Proto` (a TLS-terminating
+    /// proxy in front). A client can lie about the latter; only use this for what a lie cannot
+    /// turn into harm, such as a cookie's `Secure` attribute.
+    pub fn secure(&self) -> bool {
+        self.tls
+            || self
+                .header_str("x-forwarded-proto")
+                .and_then(|v| v.split(',').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
     }
 }
 
@@ -152,6 +167,15 @@ pub type DecisionFuture = Pin<Box<dyn Future<Output = Decision> + Send + 'static
 pub enum Decision {
     /// Forward the request to this upstream instance.
     Forward(Arc<Target>),
+    /// Forward the request to this upstream instance and add these headers to the response the
+    /// client gets (a WebSocket's `101` and a gateway error included), such as a `Set-Cookie`.
+    /// They are appended after the upstream's own headers.
+    ForwardWith(Arc<Target>, HeaderMap),
+    /// Accept a WebSocket handshake and close the connection at once with a close frame, so a
+    /// page's script sees [`SocketClose::code`] and [`SocketClose::reason`] (a refused upgrade
+    /// shows scripts only close code 1006). A request that is not a WebSocket handshake gets
+    /// [`SocketClose::otherwise`].
+    CloseSocket(Box<SocketClose>),
     /// Answer the client with this response without contacting any upstream (a `410` for a
     /// retired version, a `503` while draining, a health document...). The proxy does not stamp
     /// it; set whatever headers you need.
@@ -165,12 +189,36 @@ impl fmt::Debug for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Decision::Forward(target) => f.debug_tuple("Forward").field(target).finish(),
+            Decision::ForwardWith(target, headers) => f
+                .debug_tuple("ForwardWith")
+                .field(target)
+                .field(headers)
+                .finish(),
+            Decision::CloseSocket(close) => f
+                .debug_tuple("CloseSocket")
+                .field(&close.code)
+                .field(&close.reason)
+                .finish(),
             Decision::Respond(response) => {
                 f.debug_tuple("Respond").field(&response.status()).finish()
             }
             Decision::Defer(_) => f.write_str("Defer(..)"),
         }
     }
+}
+
+/// A WebSocket handshake to accept and close at once (see [`Decision::CloseSocket`]).
+pub struct SocketClose {
+    /// The close code: 1000, or one of the 3000–4999 codes registered for libraries and left to
+    /// applications (RFC 6455 §7.4.2).
+    pub code: u16,
+    /// The close reason, at most 123 bytes of UTF-8 (longer is cut at a character boundary).
+    pub reason: String,
+    /// Extra headers on the `101` answer.
+    pub headers: HeaderMap,
+    /// The answer to a request that is not a WebSocket handshake (an HTTP request, another
+    /// upgrade protocol, or a handshake missing its key or version).
+    pub otherwise: Response<Body>,
 }
 
 /// The caller's routing policy.

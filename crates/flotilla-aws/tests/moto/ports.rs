@@ -492,3 +492,67 @@ async fn removing_affinity_waits_out_a_target_group_still_in_use() {
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
     assert!(err.message.contains("still used by"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_rules_answer_the_configured_stale_status() {
+    let mut w = World::new("shop").await;
+    w.settings.routing.stale_status = 409;
+    let ports = w.ports();
+    let (v1, v2) = (next_id(), next_id());
+    for id in [&v1, &v2] {
+        ports.routing.install_affinity(id).await.expect("install");
+    }
+    ports
+        .routing
+        .set_default(&[WeightedTarget {
+            id: v2.clone(),
+            weight: 100,
+        }])
+        .await
+        .expect("default");
+    ports.routing.retire_affinity(&v1).await.expect("retire");
+    let inv = w.inventory().await;
+    for (cond, (_, action)) in &inv.rules {
+        if cond.ends_with(v1.as_str()) {
+            assert_eq!(action, "fixed 409", "{cond}");
+        }
+    }
+    let rules = w
+        .clients
+        .elb
+        .describe_rules()
+        .listener_arn(&w.listener_arn)
+        .send()
+        .await
+        .expect("rules");
+    let body = rules
+        .rules()
+        .iter()
+        .filter_map(|r| r.actions().first()?.fixed_response_config())
+        .find(|f| f.status_code() == Some("409"))
+        .and_then(|f| f.message_body())
+        .expect("a 409 rule with a body")
+        .to_owned();
+    assert!(body.contains("\"version_retired\""), "{body}");
+    assert!(body.contains("409 Conflict"), "{body}");
+    // Read back as retired, by this configuration and by one that has gone back to 410.
+    let table = ports.routing.snapshot().await.expect("snapshot");
+    assert_eq!(table.affinity(&v1), Some(Affinity::Retired));
+    w.settings.routing.stale_status = 410;
+    let table = w.ports().routing.snapshot().await.expect("snapshot");
+    assert_eq!(table.affinity(&v1), Some(Affinity::Retired));
+    w.ports()
+        .routing
+        .retire_affinity(&v1)
+        .await
+        .expect("already retired: no change");
+    let inv = w.inventory().await;
+    assert_eq!(
+        inv.rules
+            .iter()
+            .filter(|(cond, (_, action))| cond.ends_with(v1.as_str()) && action == "fixed 409")
+            .count(),
+        2,
+        "{inv:#?}"
+    );
+}

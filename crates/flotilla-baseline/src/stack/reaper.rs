@@ -206,6 +206,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     variables.insert(env::REPOSITORY, get_att(ids::REPOSITORY, "RepositoryUri"));
     variables.insert(env::AFFINITY_HEADER, json!(options.affinity_header));
     variables.insert(env::AFFINITY_QUERY, json!(options.affinity_query));
+    variables.insert(env::STALE_STATUS, json!(options.stale_status.to_string()));
 
     let interval = options.reaper.interval.as_secs();
     t.add(

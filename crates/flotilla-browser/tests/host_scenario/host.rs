@@ -64,6 +64,8 @@ pub struct AppConfig {
     pub build: String,
     /// `[host] command`.
     pub command: String,
+    /// More `[app]` lines, as TOML.
+    pub app_extra: String,
 }
 
 /// Drain and reaper timings small enough for a test: poll 1 s, grace 2 s, reaper every second,
@@ -102,6 +104,7 @@ health_path = "/healthz"
 inject_client = {inject}
 health_timeout_seconds = 30
 stop_timeout_seconds = 3
+{app_extra}
 [drain]
 poll_seconds = {POLL_SECONDS}
 grace_seconds = {GRACE_SECONDS}
@@ -122,6 +125,7 @@ command = {command:?}
             instances = app.instances,
             build = app.build,
             command = app.command,
+            app_extra = app.app_extra,
         );
         env.write("flotilla.toml", &text);
         env

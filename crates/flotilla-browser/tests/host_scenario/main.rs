@@ -65,6 +65,7 @@ fn sessions_app() -> AppConfig {
         instances: 2,
         build: format!("cp {} ./sessions", bin.display()),
         command: "exec ./sessions".into(),
+        app_extra: String::new(),
     }
 }
 
@@ -126,6 +127,16 @@ async fn fetch_state(tab: &Tab) -> Value {
     tab.eval_async("return await window.sessions.refresh();")
         .await
         .expect("fetch /api/state from the page")
+}
+
+/// Version affinity never uses cookies: the only ones are the router's per-version instance
+/// cookies (set on answers to requests without a tab key, such as page loads).
+async fn only_instance_cookies(tab: &Tab) {
+    let names = tab.cookie_names().await.expect("cookies");
+    assert!(
+        names.iter().all(|n| n.starts_with("flotilla_instance_")),
+        "only instance cookies: {names:?}"
+    );
 }
 
 fn str_of(v: &Value) -> &str {
@@ -237,7 +248,9 @@ async fn a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when
         // the flotilla client leaves as the page wrote it and the router reads as none), opened
         // while A's socket lives, goes to v1's other instance (the one with fewer sessions). So
         // both v1 instances serve, and what brings A's reconnects back to its instance is the
-        // tab key.
+        // tab key. The page's own load (a navigation, so without a tab key) set v1's instance
+        // cookie, which a socket without a tab key would follow: delete it first.
+        a.delete_cookies().await.expect("delete tab A's cookies");
         let keyless = a
             .eval_async(
                 "const ws = new WebSocket('ws://' + location.host + '/ws?flotilla_tab=');
@@ -432,11 +445,7 @@ async fn a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when
             .await
             .expect("screenshot tabs A, B and C");
         for tab in [&a, &b, &c] {
-            assert_eq!(
-                tab.cookie_names().await.expect("cookies"),
-                Vec::<String>::new(),
-                "affinity never uses cookies"
-            );
+            only_instance_cookies(tab).await;
         }
         browser.close().await.expect("close the browser");
         tokio::task::block_in_place(|| drop(env));
@@ -520,6 +529,7 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
                 instances: 2,
                 build: format!("cp {} ./plain", bin.display()),
                 command: "exec ./plain".into(),
+                app_extra: String::new(),
             },
         );
         env.write("label.txt", "one\n");
@@ -561,7 +571,10 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
         // The control: a socket pinned to v1 that asks for no stickiness (an empty flotilla_tab,
         // which the client leaves as written and the router reads as no key), opened while A's
         // socket lives, goes to v1's other process (the one with fewer sessions). So both v1
-        // processes serve, and what keeps tab A on its process is the client's tab key.
+        // processes serve, and what keeps tab A on its process is the client's tab key. The page's
+        // own load set v1's instance cookie, which a socket without a tab key would follow:
+        // delete it first.
+        a.delete_cookies().await.expect("delete tab A's cookies");
         let keyless = a
             .eval_async(
                 "const ws = new WebSocket('ws://' + location.host + '/ws?tab=control&flotilla_tab=');
@@ -676,11 +689,7 @@ async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injec
             "{a3}"
         );
         for tab in [&a, &b] {
-            assert_eq!(
-                tab.cookie_names().await.expect("cookies"),
-                Vec::<String>::new(),
-                "affinity never uses cookies"
-            );
+            only_instance_cookies(tab).await;
         }
         browser.close().await.expect("close the browser");
         tokio::task::block_in_place(|| drop(env));
@@ -761,6 +770,7 @@ async fn a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_it
                           --listen 127.0.0.1:$PORT --app-port $(python3 free_port.py) \
                           -- python3 app.py"
                     .into(),
+                app_extra: String::new(),
             },
         );
         let v1 = env.deploy();
@@ -838,6 +848,237 @@ async fn a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_it
             (v2.as_str(), v2.as_str()),
             "{a4}"
         );
+        browser.close().await.expect("close the browser");
+        tokio::task::block_in_place(|| drop(env));
+    })
+    .await;
+}
+
+/// The ways a tab pinned to a retired version meets it: its page's fetch, an XMLHttpRequest, an
+/// EventSource, a WebSocket, and a page navigation.
+const STALE_PATHS: [&str; 5] = ["fetch", "xhr", "eventsource", "websocket", "navigation"];
+
+/// Arms a session page to take one stale path after a delay (`arguments`: the record's name, the
+/// path, the delay in ms). Its `flotilla:stale` event is recorded in localStorage (shared by the
+/// origin's tabs, so a foreground tab can watch background ones) under `test:stale:<name>`, with
+/// the tab's visibility then and how many WebSockets the page had opened since it was armed; a
+/// navigation records the same just before it navigates.
+const ARM_STALE_PATH: &str = "
+    const [name, path, delay] = arguments;
+    let sockets = 0;
+    const Socket = window.WebSocket;
+    window.WebSocket = class extends Socket {
+      constructor(...args) { sockets += 1; super(...args); }
+    };
+    const record = (extra) => localStorage.setItem('test:stale:' + name, JSON.stringify(
+      Object.assign({ visibility: document.visibilityState, sockets: sockets, at: Date.now() },
+                    extra)));
+    window.addEventListener('flotilla:stale', (event) => record({ detail: event.detail }));
+    const act = {
+      fetch: () => window.sessions.refresh().catch(() => {}),
+      xhr: () => { const x = new XMLHttpRequest(); x.open('GET', '/api/state'); x.send(); },
+      eventsource: () => { new EventSource('/events'); },
+      websocket: () => window.sessions.connect(),
+      navigation: () => { record({ navigation: true }); location.assign('/?navigated=1'); },
+    }[path];
+    setTimeout(act, delay);
+    return true;";
+
+/// A raw `GET` through the router: the status line's code and the header lines.
+async fn raw_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Checks what a tab recorded when it met its stale signal, and that it now runs v2's page.
+async fn check_stale_path(tab: &Tab, name: &str, path: &str, visibility: &str, v1: &str, v2: &str) {
+    let landed = tab
+        .wait_for(
+            &format!("the {name} tab to land on v2"),
+            &format!(
+                "const s = window.sessions && window.sessions.state;
+                 return !!s && s.pageId === '{v2}' && s.socket === 'open';"
+            ),
+            WAIT,
+        )
+        .await;
+    if let Err(e) = landed {
+        panic!("{e}: {}", page(tab).await);
+    }
+    let now = page(tab).await;
+    assert_eq!(
+        (
+            str_of(&now["client"]),
+            str_of(&now["stored"]),
+            str_of(&now["socketId"])
+        ),
+        (v2, v2, v2),
+        "the {name} tab is on v2 everywhere: {now}"
+    );
+    let record = tab
+        .eval_with(
+            "return JSON.parse(localStorage.getItem('test:stale:' + arguments[0]));",
+            vec![json!(name)],
+        )
+        .await
+        .expect("read the record");
+    assert_eq!(record["visibility"], visibility, "{name}: {record}");
+    if path == "navigation" {
+        assert_eq!(record["navigation"], true, "{name}: {record}");
+        return;
+    }
+    assert_eq!(str_of(&record["detail"]["retired"]), v1, "{name}: {record}");
+    // One try: the first stale answer is the signal (a WebSocket: the first socket, closed with
+    // 4410 and its reason; the others: the 409 body's message, via the client's probe for an
+    // EventSource).
+    let (sockets, message) = match path {
+        "websocket" => (1, "version_retired"),
+        _ => (0, "409 Conflict: this version is no longer available"),
+    };
+    assert_eq!(
+        (
+            record["sockets"].as_u64(),
+            str_of(&record["detail"]["message"])
+        ),
+        (Some(sockets), message),
+        "{name}: {record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stale_path_lands_a_tab_on_the_current_version_in_the_foreground_and_background() {
+    bounded(async {
+        let mut app = sessions_app();
+        app.instances = 1;
+        app.app_extra = "stale_status = 409\nstale_header = \"x-test-stale: 1\"".into();
+        let env = HostEnv::new("stale", &app);
+        let v1 = env.deploy();
+        let browser = launch().await;
+
+        // Ten tabs on v1, one per path and mode; each closes its socket, so v1 can be retired.
+        let mut tabs: Vec<(String, &str, Tab)> = Vec::new();
+        for mode in ["background", "foreground"] {
+            for path in STALE_PATHS {
+                let tab = if tabs.is_empty() {
+                    browser.first_tab()
+                } else {
+                    browser.new_tab().await.expect("open a tab")
+                };
+                tab.goto(&env.url("/")).await.expect("load the page");
+                let name = format!("{mode}-{path}");
+                let loaded = socket_ready(&tab, &format!("the {name} tab on v1"), 1, 0).await;
+                assert_eq!(str_of(&loaded["page"]), v1, "{loaded}");
+                tab.eval("window.sessions.disconnect(); return true;")
+                    .await
+                    .expect("disconnect");
+                tabs.push((name, path, tab));
+            }
+        }
+
+        let v2 = env.deploy();
+        let (retired, status) = tokio::task::block_in_place(|| {
+            env.status_until(Duration::from_secs(30), |s| {
+                version_in(s, &v1).is_none_or(|v| state_of(&v) == "retired")
+            })
+        });
+        assert!(
+            retired,
+            "v1 is retired: {status}\n{}",
+            env.daemon_log_tail()
+        );
+        let (code, answer) = raw_get(env.listen, "/api/state", &[(HEADER, &v1)]).await;
+        assert_eq!(code, 409, "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("x-test-stale: 1"),
+            "the configured header: {answer}"
+        );
+
+        // Background: each tab takes its path 1.5 s after a fresh tab has come to the front; the
+        // front tab watches their records, then waits for their reloads to start.
+        for (name, path, tab) in tabs.iter().filter(|t| t.0.starts_with("background")) {
+            tab.eval_with(ARM_STALE_PATH, vec![json!(name), json!(path), json!(1500)])
+                .await
+                .expect("arm a background tab");
+        }
+        let front = browser.new_tab().await.expect("open the front tab");
+        front.goto(&env.url("/")).await.expect("load the front tab");
+        let hidden = front
+            .eval("return document.visibilityState;")
+            .await
+            .expect("front tab visibility");
+        assert_eq!(hidden, "visible");
+        let names: Vec<String> = STALE_PATHS
+            .iter()
+            .map(|p| format!("background-{p}"))
+            .collect();
+        let all_met = front
+            .wait_for(
+                "every background tab to meet its stale signal",
+                "return ['fetch', 'xhr', 'eventsource', 'websocket', 'navigation'].every(
+                          (p) => localStorage.getItem('test:stale:background-' + p) !== null);",
+                WAIT,
+            )
+            .await;
+        if let Err(e) = all_met {
+            panic!("{e}: {names:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let back_at = front
+            .eval("return Date.now();")
+            .await
+            .expect("the front tab's clock")
+            .as_f64()
+            .expect("a number");
+        for (name, path, tab) in tabs.iter().filter(|t| t.0.starts_with("background")) {
+            check_stale_path(tab, name, path, "hidden", &v1, &v2).await;
+            let started = tab
+                .eval("return performance.timeOrigin;")
+                .await
+                .expect("timeOrigin")
+                .as_f64()
+                .expect("a number");
+            assert!(
+                started < back_at,
+                "the {name} tab loaded v2's page while in the background ({started} < {back_at})"
+            );
+        }
+
+        // Foreground: each tab takes its path while it is the one in front.
+        for (name, path, tab) in tabs.iter().filter(|t| t.0.starts_with("foreground")) {
+            tab.eval_with(ARM_STALE_PATH, vec![json!(name), json!(path), json!(0)])
+                .await
+                .expect("arm a foreground tab");
+            check_stale_path(tab, name, path, "visible", &v1, &v2).await;
+        }
+        eprintln!(
+            "every stale path (fetch, XHR, EventSource, WebSocket, navigation) landed its tab on \
+             v2 within one try, in the background and in the foreground"
+        );
+        let shot = artifact_path("host-stale-paths.png").expect("artefact path");
+        let all: Vec<&Tab> = tabs.iter().map(|t| &t.2).collect();
+        browser
+            .screenshot_tabs(&all[..4], &shot)
+            .await
+            .expect("screenshot");
         browser.close().await.expect("close the browser");
         tokio::task::block_in_place(|| drop(env));
     })

@@ -266,6 +266,9 @@ pub struct AppConfig {
     pub affinity_query: String,
     /// Whether to insert the browser script into HTML responses.
     pub inject_client: bool,
+    /// How requests pinned to a retired version are answered (`stale_status`, `stale_header`,
+    /// `stale_socket_reroute_query`).
+    pub stale: flotilla_core::stale::StaleSignals,
     /// Healthy instances needed before fresh traffic switches.
     pub min_healthy: u32,
     /// How long a deploy waits for health.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_core::DeploymentName;
+use flotilla_core::stale::{QueryPair, StaleHeader, StaleSignals};
 
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
@@ -395,6 +396,7 @@ impl Resolver<'_> {
             })
             .unwrap_or_default();
         let inject_client = self.bool("app.inject_client");
+        let stale = self.stale();
         let min_healthy = self.u32("app.min_healthy", 1..=1000);
         let health_timeout = self.seconds("app.health_timeout_seconds", 1..=86_400);
         let stop_max = match provider {
@@ -415,9 +417,51 @@ impl Resolver<'_> {
             affinity_header,
             affinity_query,
             inject_client,
+            stale,
             min_healthy,
             health_timeout,
             stop_timeout,
+        }
+    }
+
+    /// `[app] stale_status`, `stale_header` and `stale_socket_reroute_query`.
+    fn stale(&mut self) -> StaleSignals {
+        let defaults = StaleSignals::default();
+        let status = match self.setting("app.stale_status").cloned() {
+            Some(
+                setting @ Setting {
+                    val: Val::Int(n), ..
+                },
+            ) => match u16::try_from(n).map(StaleSignals::check_status) {
+                Ok(Ok(status)) => status,
+                _ => {
+                    self.problem_at(
+                        &setting,
+                        format!(
+                            "`app.stale_status` must be 409 or 410, not {n} (410 Gone is the \
+                                 default; 409 Conflict is what some frameworks expect)"
+                        ),
+                    );
+                    defaults.status
+                }
+            },
+            // Not an integer: `int` says so.
+            Some(_) => {
+                let _ = self.int("app.stale_status", 409..=410, "");
+                defaults.status
+            }
+            None => defaults.status,
+        };
+        let header = self.parsed("app.stale_header", |s| {
+            StaleHeader::parse(s).map_err(|e| format!("`app.stale_header`: {e}"))
+        });
+        let socket_reroute = self.parsed("app.stale_socket_reroute_query", |s| {
+            QueryPair::parse(s).map_err(|e| format!("`app.stale_socket_reroute_query`: {e}"))
+        });
+        StaleSignals {
+            status,
+            header,
+            socket_reroute,
         }
     }
 

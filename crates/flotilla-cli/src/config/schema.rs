@@ -208,6 +208,34 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "app",
+        "stale_status",
+        Ty::Int,
+        Int(410),
+        "The status answered to a request pinned to a retired version: 410 (Gone) or 409 \
+         (Conflict). Its body is always the JSON the browser client recognises. A WebSocket \
+         upgrade is instead accepted and closed with code 4410, which scripts can see.",
+    ),
+    key_ex(
+        "app",
+        "stale_header",
+        Ty::Str,
+        Unset,
+        "An extra `name: value` header on those answers, for a framework that reloads on it \
+         (host provider only: an ALB fixed response cannot carry headers).",
+        "\"x-pulse-stale-affinity: 1\"",
+    ),
+    key_ex(
+        "app",
+        "stale_socket_reroute_query",
+        Ty::Str,
+        Unset,
+        "A query parameter `name=value` marking WebSocket URLs that should go to the current \
+         version instead of being closed when their version is retired, for a framework that \
+         reloads itself when its socket lands on a new version (host provider only).",
+        "\"pulse_reload_on_stale_affinity=1\"",
+    ),
+    key(
+        "app",
         "min_healthy",
         Ty::Int,
         Int(1),

@@ -185,6 +185,22 @@ fn invalid_values_are_reported_at_their_line() {
              (write true without quotes)",
         ),
         (
+            "[app]\nstale_status = 404",
+            "flotilla.toml:5:16: `app.stale_status` must be 409 or 410, not 404 (410 Gone is the \
+             default; 409 Conflict is what some frameworks expect)",
+        ),
+        (
+            "[app]\nstale_header = \"x-pulse-stale-affinity\"",
+            "flotilla.toml:5:16: `app.stale_header`: the stale header must be `name: value`, a \
+             header name of letters, digits and !#$%&'*+-.^_`|~ then a value of visible ASCII \
+             characters and spaces, not \"x-pulse-stale-affinity\"",
+        ),
+        (
+            "[app]\nstale_socket_reroute_query = \"reload on stale\"",
+            "flotilla.toml:5:30: `app.stale_socket_reroute_query`: the stale socket query must be \
+             `name=value` (or `name` alone), of letters, digits and -._~, not \"reload on stale\"",
+        ),
+        (
             "[app]\nmin_healthy = 3",
             "flotilla.toml:5:15: `app.min_healthy` (3) is more than `host.instances` (2, default): \
              a deploy could never get healthy; lower min_healthy or run more instances",
@@ -381,6 +397,11 @@ fn defaults_match_the_brief() {
     assert_eq!(config.app.affinity_header, "X-Flotilla-Deployment");
     assert_eq!(config.app.affinity_query, "flotilla_deployment");
     assert!(!config.app.inject_client);
+    assert_eq!(
+        config.app.stale,
+        flotilla_core::stale::StaleSignals::default()
+    );
+    assert_eq!(config.app.stale.status, 410);
     assert_eq!(config.app.min_healthy, 1);
     assert_eq!(config.app.health_timeout, Duration::from_secs(120));
     assert_eq!(config.app.stop_timeout, Duration::from_secs(30));
@@ -790,4 +811,36 @@ fn aws_waits_longer_for_health_and_ecs_grace_follows_the_wait() {
     };
     assert!(rendered(ProviderKind::Aws).contains("\nhealth_timeout_seconds = 300\n"));
     assert!(rendered(ProviderKind::Host).contains("\nhealth_timeout_seconds = 120\n"));
+}
+
+#[test]
+fn stale_signals_are_read_from_the_file_and_the_environment() {
+    let text = "name = \"shop\"\n[app]\nstale_status = 409\nstale_header = \"X-Pulse-Stale-Affinity: 1\"\n\
+                stale_socket_reroute_query = \"pulse_reload_on_stale_affinity=1\"\n[host]\ncommand = \"./run\"\n";
+    let config = ok(text, &[], &Overrides::default());
+    assert_eq!(config.app.stale.status, 409);
+    assert_eq!(
+        config
+            .app
+            .stale
+            .header
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("x-pulse-stale-affinity: 1")
+    );
+    assert_eq!(
+        config
+            .app
+            .stale
+            .socket_reroute
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("pulse_reload_on_stale_affinity=1")
+    );
+    assert_eq!(origin_of(&config, "app.stale_status"), "flotilla.toml:3:16");
+    let env = [("FLOTILLA_APP_STALE_STATUS", "410")];
+    let config = ok(text, &env, &Overrides::default());
+    assert_eq!(config.app.stale.status, 410);
 }

@@ -632,3 +632,195 @@ fn each_version_runs_with_the_environment_its_deploy_declared_and_no_value_is_lo
         }
     }
 }
+
+/// The instance that answered a `GET /` of the example app.
+fn instance_of(reply: &util::Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["instance"]
+        .as_str()
+        .expect("instance")
+        .to_owned()
+}
+
+/// A WebSocket to `/ws` carrying `cookie` (if any), its greeting's instance and the
+/// `Set-Cookie` of its `101`.
+async fn socket_with_cookie(
+    addr: SocketAddr,
+    cookie: Option<&str>,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+    Option<String>,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().expect("header value"));
+    }
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket through the router");
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let greeting = ws.next().await.expect("greeting").expect("frame");
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().expect("text")).expect("json");
+    let instance = greeting["instance"].as_str().expect("instance").to_owned();
+    (ws, instance, set_cookie)
+}
+
+#[test]
+fn without_a_tab_key_the_instance_cookie_keeps_a_browser_on_one_instance() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 20,
+    });
+    let rt = runtime();
+    let v1 = env.deploy();
+    let cookie_name = format!("flotilla_instance_{v1}");
+    // Both instances serve (requests without a cookie are spread round-robin).
+    let both = eventually(Duration::from_secs(15), || {
+        let a = instance_of(&env.get("/", &[]));
+        let b = instance_of(&env.get("/", &[]));
+        (a != b).then_some(())
+    });
+    assert!(both.is_some(), "both v1 instances get healthy");
+
+    // A first request without a tab key gets the cookie naming the instance that served it.
+    let first = env.get("/", &[]);
+    let x = instance_of(&first);
+    assert_eq!(
+        first.header("set-cookie"),
+        Some(format!("{cookie_name}={x}; Path=/; HttpOnly; SameSite=Lax").as_str()),
+        "{first:?}"
+    );
+    let cookie = format!("{cookie_name}={x}");
+
+    // Sockets carrying it reach that instance, even when the other has fewer sessions.
+    let (ws1, at1, set1) = rt.block_on(socket_with_cookie(env.listen, Some(&cookie)));
+    let (ws2, at2, set2) = rt.block_on(socket_with_cookie(env.listen, Some(&cookie)));
+    assert_eq!((at1.as_str(), at2.as_str()), (x.as_str(), x.as_str()));
+    assert_eq!(
+        (set1, set2),
+        (None, None),
+        "a valid cookie is not set again"
+    );
+    // The control: a socket without the cookie goes to the instance with fewer sessions, and is
+    // given the cookie naming it.
+    let (ws3, y, set3) = rt.block_on(socket_with_cookie(env.listen, None));
+    assert_ne!(
+        y, x,
+        "without the cookie the other instance (no sessions) is chosen"
+    );
+    assert_eq!(
+        set3.as_deref(),
+        Some(format!("{cookie_name}={y}; Path=/; HttpOnly; SameSite=Lax").as_str())
+    );
+    // Plain requests with the cookie stay too (round-robin otherwise).
+    for _ in 0..6 {
+        let reply = env.get("/", &[("Cookie", &cookie)]);
+        assert_eq!(instance_of(&reply), x);
+        assert_eq!(reply.header("set-cookie"), None);
+    }
+    // A reconnect with the cookie, while x holds two sessions and y one, still reaches x.
+    let (ws4, at4, _) = rt.block_on(socket_with_cookie(env.listen, Some(&cookie)));
+    assert_eq!(at4, x);
+
+    // A cookie naming no instance of the version is ignored and replaced; over TLS (a proxy in
+    // front says so) the cookie is Secure.
+    let stale = env.get(
+        "/",
+        &[
+            ("Cookie", &format!("{cookie_name}=i9")),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    );
+    let z = instance_of(&stale);
+    assert_eq!(
+        stale.header("set-cookie"),
+        Some(format!("{cookie_name}={z}; Path=/; HttpOnly; SameSite=Lax; Secure").as_str())
+    );
+    for ws in [ws1, ws2, ws3, ws4] {
+        let mut ws = ws;
+        let _ = rt.block_on(ws.close(None));
+    }
+
+    // The cookie never chooses the version: after a deploy a fresh request carrying v1's cookie
+    // reaches v2 (and gets v2's cookie), while a request pinned to v1 still uses it.
+    let v2 = env.deploy();
+    let fresh = env.get("/", &[("Cookie", &cookie)]);
+    assert_eq!(served_by(&fresh), v2);
+    let set = fresh.header("set-cookie").unwrap_or_default();
+    assert!(
+        set.starts_with(&format!("flotilla_instance_{v2}=")),
+        "{fresh:?}"
+    );
+    for _ in 0..4 {
+        let pinned = env.get("/", &[("Cookie", &cookie), (HEADER, &v1)]);
+        assert_eq!(served_by(&pinned), v1);
+        assert_eq!(instance_of(&pinned), x);
+    }
+    eprintln!("instance cookie: v1 browser stuck to {x}; control socket went to {y}");
+}
+
+#[test]
+fn a_stale_socket_is_closed_with_4410_or_rerouted_to_the_current_version_when_marked() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 20,
+    });
+    let path = env.app().join("flotilla.toml");
+    let text = std::fs::read_to_string(&path).expect("read").replace(
+        "[app]\n",
+        "[app]\nstale_socket_reroute_query = \"reload_on_stale=1\"\n",
+    );
+    std::fs::write(&path, text).expect("write");
+    let rt = runtime();
+    let v1 = env.deploy();
+    let v2 = env.deploy();
+    let gone = eventually(Duration::from_secs(20), || {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        (r.status == 410).then_some(r)
+    })
+    .expect("v1 is retired");
+    assert!(gone.body.contains("version_retired"), "{gone:?}");
+
+    // A socket pinned to v1: accepted, then closed at once with 4410 and its reason.
+    let url = format!("ws://{}/ws?flotilla_deployment={v1}", env.listen);
+    let (mut ws, response) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("the router completes the handshake");
+    assert_eq!(response.status().as_u16(), 101);
+    let frame = rt.block_on(ws.next()).expect("a frame").expect("no error");
+    let Message::Close(Some(close)) = frame else {
+        panic!("expected a close frame, got {frame:?}");
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4410, "version_retired")
+    );
+
+    // The same socket marked for rerouting reaches v2 instead.
+    let url = format!(
+        "ws://{}/ws?flotilla_deployment={v1}&reload_on_stale=1",
+        env.listen
+    );
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("a rerouted socket");
+    let greeting = rt.block_on(ws.next()).expect("greeting").expect("frame");
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().expect("text")).expect("json");
+    assert_eq!(greeting["deployment_id"], v2.as_str(), "{greeting}");
+    let _ = rt.block_on(ws.close(None));
+}

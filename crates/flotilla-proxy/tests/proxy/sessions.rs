@@ -187,3 +187,103 @@ async fn silent_event_stream_session_ends_when_the_client_leaves() {
     // No bytes flow after the first event, so only noticing the client's FIN can end it.
     event_stream_session("/sse?silent").await;
 }
+
+#[tokio::test]
+async fn a_closed_socket_completes_the_handshake_then_closes_with_the_routers_code() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let url = format!("ws://{}/closed?flotilla_deployment=web-0", proxy.addr);
+    let (mut ws, response) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("the proxy completes the handshake itself");
+    assert_eq!(response.status().as_u16(), 101);
+    assert_eq!(
+        response.headers().get("x-router").map(|v| v.as_bytes()),
+        Some(&b"closed"[..])
+    );
+    let frame = within("the close frame", ws.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    let Message::Close(Some(close)) = frame else {
+        panic!("expected a close frame, got {frame:?}");
+    };
+    assert_eq!(u16::from(close.code), 4410);
+    assert_eq!(close.reason.as_str(), "version_retired");
+    // The client's answering close ends the connection; nothing reached the upstream.
+    let _ = within("the end of the connection", ws.next()).await;
+    assert_eq!(proxy.stats.snapshot().requests_total, 0);
+    assert_eq!(proxy.stats.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_plain_request_to_a_closed_socket_gets_the_fallback_answer() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let plain = crate::util::raw(
+        proxy.addr,
+        "GET /closed HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(plain.status, 410);
+    assert!(plain.text().contains("version_retired"), "{}", plain.text());
+    // An upgrade to something other than WebSocket is not a handshake the proxy can complete.
+    let h2c = crate::util::raw(
+        proxy.addr,
+        "GET /closed HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert_eq!(h2c.status, 410);
+}
+
+#[tokio::test]
+async fn forwarded_responses_and_upgrades_carry_the_routers_extra_headers() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let plain = crate::util::raw(
+        proxy.addr,
+        "GET /headers?cookie HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("set-cookie"), Some("which=one; Path=/"));
+    assert_eq!(plain.header("x-secure"), Some("no"));
+    assert_eq!(plain.header("x-flotilla-deployment"), Some("web-1"));
+    let forwarded = crate::util::raw(
+        proxy.addr,
+        "GET /headers?cookie HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(forwarded.header("x-secure"), Some("yes"));
+    let url = format!("ws://{}/ws?cookie", proxy.addr);
+    let (mut ws, response) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("handshake through the proxy");
+    assert_eq!(
+        response.headers().get("set-cookie").map(|v| v.as_bytes()),
+        Some(&b"which=one; Path=/"[..])
+    );
+    echo(&mut ws, "still a tunnel").await;
+
+    // With TLS in front of the proxy every request is secure.
+    let tls = Proxy::start(
+        upstream,
+        ProxyConfig {
+            forwarded_proto: flotilla_proxy::http::uri::Scheme::HTTPS,
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    let over_tls = crate::util::raw(
+        tls.addr,
+        "GET /headers?cookie HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(over_tls.header("x-secure"), Some("yes"));
+}

@@ -14,9 +14,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_proxy::http::{HeaderValue, Request, Response, StatusCode, header};
+use flotilla_proxy::http::{self, HeaderValue, Request, Response, StatusCode, header};
 use flotilla_proxy::{
-    Decision, InstanceStats, ProxyConfig, RequestHead, ShutdownReport, Target, json_response, serve,
+    Decision, InstanceStats, ProxyConfig, RequestHead, ShutdownReport, SocketClose, Target,
+    json_response, serve,
 };
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
@@ -328,7 +329,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy routing everything to `upstream` as deployment `web-1`, except `/gone`
-    /// (answered 410 by the router) and `/defer/...` (routed through a deferred decision).
+    /// (answered 410 by the router), `/closed` (a WebSocket accepted and closed with 4410, or a
+    /// 410), any path with `cookie` in its query (forwarded with a `Set-Cookie` and `x-secure`
+    /// added) and `/defer/...` (routed through a deferred decision).
     pub async fn start(upstream: SocketAddr, config: ProxyConfig) -> Proxy {
         let stats = Arc::new(InstanceStats::new());
         let target = Arc::new(
@@ -350,6 +353,29 @@ impl Proxy {
                     .headers_mut()
                     .insert("x-router", HeaderValue::from_static("yes"));
                 return Decision::Respond(response);
+            }
+            if path == "/closed" {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("x-router", HeaderValue::from_static("closed"));
+                return Decision::CloseSocket(Box::new(SocketClose {
+                    code: 4410,
+                    reason: "version_retired".to_owned(),
+                    headers,
+                    otherwise: json_response(
+                        StatusCode::GONE,
+                        r#"{"error":"version_retired","retired":"web-0","current":"web-1"}"#,
+                    ),
+                }));
+            }
+            if head.uri.query().is_some_and(|q| q.contains("cookie")) {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(
+                    http::header::SET_COOKIE,
+                    HeaderValue::from_static("which=one; Path=/"),
+                );
+                let secure = if head.secure() { "yes" } else { "no" };
+                headers.insert("x-secure", HeaderValue::from_static(secure));
+                return Decision::ForwardWith(target.clone(), headers);
             }
             if path.starts_with("/defer") {
                 let target = target.clone();
