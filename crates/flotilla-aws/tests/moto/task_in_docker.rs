@@ -596,8 +596,8 @@ async fn start_task(
     agent_endpoint: String,
 ) -> (flotilla_testkit::ecs_exec::RunningTask<'static>, String) {
     let docker = Docker::shared().expect("private dockerd");
-    let service = flotilla_core::names::service_name(&w.name, &id);
-    let td_arn = w.task_definition_arn(&id).await;
+    let service = flotilla_core::names::service_name(&w.name, id);
+    let td_arn = w.task_definition_arn(id).await;
     let task = TaskDefinition::from_json(&task_definition_json(&w.moto.url(), &td_arn))
         .expect("the registered task definition parses");
     let task_id = w
