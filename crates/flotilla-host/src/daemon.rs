@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::drain::{DrainTracker, Readiness};
+use flotilla_core::drain::{DrainTracker, Readiness, Sessions};
 use flotilla_core::routing::{RoutingTable, RuleBudget, WeightedTarget};
 use flotilla_core::{DeploymentId, InstanceId, Timestamp, VersionState};
 use flotilla_engine::events::{Event, Progress};
@@ -283,8 +283,10 @@ impl Host {
         Ok(())
     }
 
-    /// One drain observation: each running instance's readiness from its live sessions (counted
-    /// by the router, plus what the app reports in its health JSON) and its version's state.
+    /// One drain observation: each running instance's readiness from its sessions (counted by the
+    /// router, plus what the app reports in its health JSON) and its version's state. The grace
+    /// period counts from the observation that first saw no session (see
+    /// `flotilla_core::drain`); a daemon that restarted starts it again at its first observation.
     fn observe_drain(&self) -> Result<(), HostError> {
         let now = self.clock.now();
         let records: HashMap<DeploymentId, VersionState> = self
@@ -307,11 +309,16 @@ impl Host {
                     continue;
                 }
                 let key = (view.id.clone(), view.state.instance.clone());
-                let live = self.router.sessions(&view.id, &view.state.instance)
-                    + view.state.app_sessions().unwrap_or(0);
+                let routed = self.router.stats().snapshot_of(&key).unwrap_or_default();
+                // The router's running total of sessions catches a tab that reconnected and left
+                // again between two observations; the app's own count has no such total.
+                let sessions = Sessions {
+                    live: routed.sessions + view.state.app_sessions().unwrap_or(0),
+                    started: routed.sessions_total,
+                };
                 let status = trackers.entry(key.clone()).or_default().observe(
                     matches!(state, VersionState::Draining | VersionState::Retired),
-                    live,
+                    sessions,
                     now,
                     self.settings.drain_grace,
                 );

@@ -243,8 +243,8 @@ pub const KEYS: &[Key] = &[
         "grace_seconds",
         Ty::Int,
         Int(30),
-        "How long an instance keeps running after it starts draining and has no live sessions, \
-         for tabs that are only reconnecting.",
+        "How long a draining instance keeps running after its last session ended, so that a tab \
+         that is only reconnecting finds its version again; it starts over when a session returns.",
     ),
     // [reaper]
     key(
