@@ -632,3 +632,130 @@ fn each_version_runs_with_the_environment_its_deploy_declared_and_no_value_is_lo
         }
     }
 }
+
+/// Opens a WebSocket pinned to `id` by the query parameter and returns it with the deployment
+/// that greeted it; an `Err` carries the HTTP status of a refused upgrade.
+fn pinned_websocket(
+    rt: &tokio::runtime::Runtime,
+    env: &HostEnv,
+    id: &str,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    ),
+    String,
+> {
+    let url = format!("ws://{}/ws?flotilla_deployment={id}", env.listen);
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("HTTP {}", r.status()),
+            other => other.to_string(),
+        })?;
+    let greeting = rt
+        .block_on(ws.next())
+        .ok_or("no greeting")?
+        .map_err(|e| e.to_string())?;
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let by = greeting["deployment_id"]
+        .as_str()
+        .ok_or("greeting without deployment_id")?
+        .to_owned();
+    Ok((ws, by))
+}
+
+/// The measured bug: with `grace_seconds = 10`, 25 s into a drain a tab's socket dropped for 3 s;
+/// the version was retired 2.7 s after the drop (the grace was counted from the drain's start)
+/// and the reconnect got 410. Here, scaled down: a session open well past the grace period drops,
+/// reconnects within the grace period and reaches the same version; the version is retired only a
+/// whole grace period after its last session ended, and then it is.
+#[test]
+fn a_tab_reconnecting_within_grace_long_into_a_drain_reaches_its_version() {
+    let timing = Timing {
+        poll: 1,
+        grace: 3,
+        interval: 1,
+        health_timeout: 30,
+    };
+    let grace = Duration::from_secs(timing.grace);
+    let env = HostEnv::new(timing);
+    let rt = runtime();
+    let v1 = env.deploy();
+    let (ws, by) = pinned_websocket(&rt, &env, &v1).expect("WebSocket to v1");
+    assert_eq!(by, v1);
+    let v2 = env.deploy();
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+
+    // Well into the drain: twice the grace period with the tab open.
+    std::thread::sleep(grace * 2);
+    assert_eq!(
+        served_by(&env.get("/", &[(HEADER, &v1)])),
+        v1,
+        "v1 is kept while its session lives"
+    );
+
+    // The socket drops. Under the old rule v1 was ready at the next observation and retired by
+    // the next reaper pass (within poll + interval = 2 s); the tab comes back after 2.2 s, within
+    // the 3 s grace period, and v1 must still answer all along.
+    rt.block_on(async move {
+        let mut ws = ws;
+        ws.close(None).await.expect("close the WebSocket");
+    });
+    let dropped = Instant::now();
+    while dropped.elapsed() < Duration::from_millis(2200) {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        assert_eq!(
+            r.status,
+            200,
+            "v1 answered {} {:?} after its last session ended, within the grace period: {}",
+            r.status,
+            dropped.elapsed(),
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (mut ws, by) = pinned_websocket(&rt, &env, &v1)
+        .unwrap_or_else(|e| panic!("the reconnect {:?} after the drop: {e}", dropped.elapsed()));
+    assert_eq!(by, v1, "the reconnecting tab reaches its own version");
+    rt.block_on(ws.send(Message::text("back again")))
+        .expect("send on the WebSocket");
+    let echo = rt.block_on(ws.next()).expect("echo").expect("frame");
+    let echo: serde_json::Value =
+        serde_json::from_str(echo.to_text().expect("text")).expect("json");
+    assert_eq!(echo["deployment_id"], v1.as_str());
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The tab leaves for good: v1 stays a whole grace period after that, then it is retired.
+    rt.block_on(ws.close(None)).expect("close the WebSocket");
+    drop(ws);
+    let left = Instant::now();
+    let budget = Duration::from_secs(timing.grace + timing.poll + timing.interval + 1);
+    let retired = eventually(budget + Duration::from_secs(5), || {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        if r.status != 410 {
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        (r.status == 410).then(|| left.elapsed())
+    })
+    .expect("v1 is retired once its last session has been gone for the grace period");
+    assert!(
+        retired >= grace,
+        "v1 was retired {retired:?} after its last session ended, before the grace period {grace:?}"
+    );
+    assert!(
+        retired <= budget,
+        "v1 was retired {retired:?} after its last session ended, more than {budget:?}"
+    );
+    let r = env.get(&format!("/ws?flotilla_deployment={v1}"), &[]);
+    assert_eq!(r.status, 410, "a reconnect after that is told v1 is gone");
+    let stopped = eventually(Duration::from_secs(10), || {
+        env.processes_of(&v1).is_empty().then_some(())
+    });
+    assert!(stopped.is_some(), "v1's processes stop once it is retired");
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+}
