@@ -314,7 +314,8 @@ pub const KEYS: &[Key] = &[
         Ty::Str,
         Unset,
         "A command run once inside each new release directory before its instances start, \
-         e.g. \"cargo build --release\" or \"npm ci\".",
+         e.g. \"cargo build --release\" or \"npm ci\". `deploy` shows its output as it runs; it \
+         is also kept in .flotilla/host/logs/build-<id>.log.",
         "\"npm ci\"",
     ),
     key(
