@@ -171,9 +171,11 @@ impl DrainTracker {
 mod tests {
     use super::*;
 
-    /// Observes `(draining, live, started, now)` in turn, checking readiness and the start of the
-    /// quiet period after each.
-    fn check(tracker: &mut DrainTracker, steps: &[(bool, u64, u64, u64, bool, Option<u64>)]) {
+    /// One observation `(draining, live, started, now)` and what must follow: `(ready, idle_since)`.
+    type Step = (bool, u64, u64, u64, bool, Option<u64>);
+
+    /// Observes each step in turn, checking readiness and the start of the quiet period after each.
+    fn check(tracker: &mut DrainTracker, steps: &[Step]) {
         let grace = Duration::from_secs(20);
         for &(draining, live, started, now, ready, idle) in steps {
             let status = tracker.observe(

@@ -247,7 +247,7 @@ impl Host {
                 .await;
                 match made {
                     Ok(path) => Ok(ImageRef(path.display().to_string())),
-                    Err(ReleaseError::Build { .. }) | Err(ReleaseError::Walk { .. }) => {
+                    Err(ReleaseError::Build(_)) | Err(ReleaseError::Walk { .. }) => {
                         Err(PortError::new(
                             ErrorKind::Invalid,
                             op,

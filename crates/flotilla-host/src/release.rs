@@ -48,21 +48,26 @@ pub enum ReleaseError {
         message: String,
     },
     /// The build command failed.
-    #[error("the build command `{command}` failed ({status}) after {:.1}s in {}; its last output:\n{tail}\nits whole output is in {}", .elapsed.as_secs_f64(), .dir.display(), .log.display())]
-    Build {
-        /// The command.
-        command: String,
-        /// How it ended.
-        status: String,
-        /// How long it ran.
-        elapsed: Duration,
-        /// The release directory it ran in.
-        dir: PathBuf,
-        /// Its last lines of output, each indented as `  | line`.
-        tail: String,
-        /// The file with its whole output.
-        log: PathBuf,
-    },
+    #[error(transparent)]
+    Build(Box<BuildFailure>),
+}
+
+/// How a build command failed, with what the user needs to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("the build command `{command}` failed ({status}) after {:.1}s in {}; its last output:\n{tail}\nits whole output is in {}", .elapsed.as_secs_f64(), .dir.display(), .log.display())]
+pub struct BuildFailure {
+    /// The command.
+    pub command: String,
+    /// How it ended.
+    pub status: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// The release directory it ran in.
+    pub dir: PathBuf,
+    /// Its last lines of output, each indented as `  | line`.
+    pub tail: String,
+    /// The file with its whole output.
+    pub log: PathBuf,
 }
 
 /// The release directory of `id`.
@@ -257,7 +262,7 @@ async fn run_build(
         return Ok(());
     }
     let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
-    Err(ReleaseError::Build {
+    Err(ReleaseError::Build(Box::new(BuildFailure {
         command: build.command.to_owned(),
         status: status.to_string(),
         elapsed,
@@ -268,7 +273,7 @@ async fn run_build(
             tail.join("\n")
         },
         log: log.to_path_buf(),
-    })
+    })))
 }
 
 /// Sends each line read from `from` (without its line ending; invalid UTF-8 replaced) until it
