@@ -751,6 +751,10 @@ fn a_tab_reconnecting_within_grace_long_into_a_drain_reaches_its_version() {
         retired <= budget,
         "v1 was retired {retired:?} after its last session ended, more than {budget:?}"
     );
+    eprintln!(
+        "v1 retired {retired:?} after its last session ended (grace {}s, poll {}s, reaper every {}s)",
+        timing.grace, timing.poll, timing.interval
+    );
     let r = env.get(&format!("/ws?flotilla_deployment={v1}"), &[]);
     assert_eq!(r.status, 410, "a reconnect after that is told v1 is gone");
     let stopped = eventually(Duration::from_secs(10), || {
