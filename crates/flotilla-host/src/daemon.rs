@@ -977,21 +977,29 @@ async fn rpc_connection(
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
-                // Progress events are written as they come, ahead of the reply.
+                // Progress events are written as they come, ahead of the reply. A client that
+                // went away does not stop the request (a build runs to its end, as it would
+                // without events); its events are dropped.
                 let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
                 let progress = ChannelProgress(tx);
                 let dispatch = host.dispatch(request, &stop_tx, &progress);
                 tokio::pin!(dispatch);
+                let mut client_gone = false;
                 let result = loop {
                     tokio::select! {
                         result = &mut dispatch => break result,
                         Some(event) = events.recv() => {
-                            write_reply(&mut write, &Reply::Event(event)).await?;
+                            if !client_gone {
+                                client_gone =
+                                    write_reply(&mut write, &Reply::Event(event)).await.is_err();
+                            }
                         }
                     }
                 };
                 while let Ok(event) = events.try_recv() {
-                    write_reply(&mut write, &Reply::Event(event)).await?;
+                    if !client_gone {
+                        client_gone = write_reply(&mut write, &Reply::Event(event)).await.is_err();
+                    }
                 }
                 match result {
                     Ok(value) => Reply::Ok(value),
