@@ -110,7 +110,7 @@ mod tests {
     fn running(tasks: &[&str]) -> Vec<InstanceId> {
         tasks
             .iter()
-            .map(|t| InstanceId::new(*t).expect("valid"))
+            .map(|t| InstanceId::new(t).expect("valid"))
             .collect()
     }
 
