@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::Timestamp;
-use flotilla_core::drain::{DrainTracker, Readiness};
+use flotilla_core::drain::{DrainTracker, Readiness, Sessions};
 use flotilla_core::lifecycle::VersionState;
 use serde_json::json;
 use tokio::sync::watch;
@@ -162,7 +162,11 @@ pub(crate) async fn run(
         let counts = state.counts();
         let status = tracker.observe(
             state.version_draining(),
-            counts.sessions(),
+            Sessions {
+                live: counts.sessions(),
+                // Catches a tab that reconnected and left again between two polls.
+                started: state.stats.snapshot().sessions_total,
+            },
             at,
             config.grace,
         );

@@ -74,7 +74,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "FLOTILLA_DRAIN_GRACE_SECONDS",
-        "grace before a draining, idle instance reports ready (default 30)",
+        "how long a draining instance must have had no session before it reports ready (default 30)",
     ),
     (
         "FLOTILLA_AGENT_KEEPALIVE_SECONDS",
@@ -111,7 +111,8 @@ pub struct AgentSettings {
     pub inject_client: bool,
     /// How often the version's drain state is read (jittered by ±20 %).
     pub drain_poll: Duration,
-    /// How long a draining instance with no sessions waits before reporting ready.
+    /// How long a draining instance must have had no session (counted from the last one seen)
+    /// before it reports ready.
     pub drain_grace: Duration,
     /// On SIGTERM, how long live sessions may continue before they are cut.
     pub session_wait: Duration,

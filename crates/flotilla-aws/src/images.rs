@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_ecr::types::ImageIdentifier;
 use flotilla_core::DeploymentId;
+use flotilla_engine::Progress;
 use flotilla_engine::ports::{ErrorKind, ImageRef, ImageRequest, ImageSource, PortError};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -473,6 +474,7 @@ impl ImageSource for EcrImages {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        _progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let dir = match request {
             ImageRequest::Prebuilt(uri) => {

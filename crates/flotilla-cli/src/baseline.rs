@@ -500,7 +500,7 @@ async fn down(
     }
     if !running.is_empty() {
         let opened = providers::open(config, "teardown").await?;
-        let printer = ProgressPrinter::new(out.verbose);
+        let printer = ProgressPrinter::for_output(out);
         let report = opened
             .engine
             .teardown(TeardownTarget::All, false, &printer)

@@ -104,7 +104,8 @@ pub struct Global {
 /// `--json`, for commands that report.
 #[derive(Debug, Args, Clone, Copy, Default)]
 pub struct JsonFlag {
-    /// Print one JSON document on stdout instead of text (progress still goes to stderr)
+    /// Print one JSON document on stdout instead of text; progress goes to stderr as one JSON
+    /// event per line
     #[arg(long)]
     pub json: bool,
 }
@@ -128,13 +129,16 @@ pub enum Command {
     #[command(
         long_about = "Deploy a new version; switch fresh traffic to it once it is healthy.\n\n\
             Steps: take the deploy lock, prepare the image (host: snapshot this directory and \
-            run [host] build; AWS: docker build and push, unless --image is given), install the \
-            new version's affinity, start its instances, wait until [app] min_healthy of them \
-            pass the health check, switch fresh traffic to it, and mark older versions draining. \
-            Tabs already open stay on the version they started on.\n\n\
-            If it never gets healthy within [app] health_timeout_seconds, everything it created \
-            is removed and traffic stays where it was (exit code 5). If it is interrupted, run \
-            the same command with the same --id to resume.",
+            run [host] build, showing its output as it runs, how long it took and its log file \
+            under .flotilla/host/logs; AWS: docker build and push, unless --image is given), \
+            install the new version's affinity, start its instances, wait until [app] \
+            min_healthy of them pass the health check, switch fresh traffic to it, and mark older \
+            versions draining. Tabs already open stay on the version they started on.\n\n\
+            If the build fails, the deploy stops with its exit status, last lines and log file, \
+            nothing of the new version is kept and traffic stays where it was (exit code 1). If \
+            it never gets healthy within [app] health_timeout_seconds, everything it created is \
+            removed and traffic stays where it was (exit code 5). If it is interrupted, run the \
+            same command with the same --id to resume.",
         after_help = "Examples:\n  flotilla deploy\n  flotilla deploy --json\n  \
             flotilla deploy --image 1234.dkr.ecr.eu-west-1.amazonaws.com/shop:v7\n  \
             flotilla deploy --id 20261125-190633-k3x9    # resume an interrupted deploy"

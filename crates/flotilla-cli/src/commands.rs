@@ -36,7 +36,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
         Command::Status(args) => status(global, args, out).await,
         Command::Drain(args) => {
             let (config, opened) = open(global, "drain", out).await?;
-            let printer = ProgressPrinter::new(out.verbose);
+            let printer = ProgressPrinter::for_output(out);
             opened
                 .engine
                 .drain(args.id.clone(), &printer)
@@ -56,7 +56,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
         }
         Command::Rollback(args) => {
             let (config, opened) = open(global, "rollback", out).await?;
-            let printer = ProgressPrinter::new(out.verbose);
+            let printer = ProgressPrinter::for_output(out);
             let outcome = opened
                 .engine
                 .rollback(args.id.clone(), &printer)
@@ -76,7 +76,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
         }
         Command::Reap(args) => {
             let (config, opened) = open(global, "reap", out).await?;
-            let printer = ProgressPrinter::new(out.verbose);
+            let printer = ProgressPrinter::for_output(out);
             let report = opened
                 .engine
                 .reap(args.dry_run, &printer)
@@ -403,7 +403,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         break_lock: args.break_lock,
         env,
     };
-    let printer = ProgressPrinter::new(out.verbose);
+    let printer = ProgressPrinter::for_output(out);
     let outcome = tokio::select! {
         result = opened.engine.deploy(request, &printer) => {
             printer.finish();
@@ -591,7 +591,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         Some(id) => TeardownTarget::One(id.clone()),
         None => TeardownTarget::All,
     };
-    let printer = ProgressPrinter::new(out.verbose);
+    let printer = ProgressPrinter::for_output(out);
     let resume = match &args.id {
         Some(id) => format!("flotilla teardown {id} --yes"),
         None => "flotilla teardown --all --yes".to_owned(),

@@ -239,6 +239,14 @@ fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
             Some("run `flotilla status` to see every version's state".to_owned()),
         ),
         EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source))),
+        EngineError::ImageFailed { .. } => (
+            Exit::Failure,
+            Some(
+                "fix the build (its output is above and in its log) or the image, then run \
+                 `flotilla deploy` again"
+                    .to_owned(),
+            ),
+        ),
     }
 }
 
@@ -311,6 +319,18 @@ mod tests {
                 logs: vec![],
             },
             Exit::NotHealthy,
+        );
+        check(
+            EngineError::ImageFailed {
+                id: id.clone(),
+                source: PortError::new(
+                    ErrorKind::Invalid,
+                    "prepare release",
+                    id.as_str(),
+                    "the build command `false` failed (exit status: 1)",
+                ),
+            },
+            Exit::Failure,
         );
         check(
             EngineError::IdInUse {

@@ -2,8 +2,8 @@
 //! documents, and errors with their causes and a last line saying what to do next.
 //!
 //! Results go to stdout (a table, a bare id, or one JSON document with `--json`); progress,
-//! warnings and errors go to stderr, so that `flotilla deploy --json | jq` and
-//! `ID=$(flotilla deploy)` work.
+//! warnings and errors go to stderr (progress as one JSON event per line with `--json`), so that
+//! `flotilla deploy --json | jq` and `ID=$(flotilla deploy)` work.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -261,10 +261,13 @@ pub fn describe_action(action: &ReapAction, dry_run: bool) -> String {
 /// Renders engine events as progress lines on stderr.
 ///
 /// On a terminal, waiting for health is one line updated in place; elsewhere (CI logs) a line is
-/// printed when the counts change, and at most every ten seconds otherwise.
+/// printed when the counts change, and at most every ten seconds otherwise. A build's output is
+/// shown line by line, indented under the step, then how long it took and where its log is.
+/// With `--json`, every event is one JSON object per line instead (stdout keeps the result).
 pub struct ProgressPrinter {
     tty: bool,
     verbose: u8,
+    json: bool,
     state: Mutex<WaitState>,
 }
 
@@ -282,7 +285,16 @@ impl ProgressPrinter {
         ProgressPrinter {
             tty: std::io::stderr().is_terminal(),
             verbose,
+            json: false,
             state: Mutex::new(WaitState::default()),
+        }
+    }
+
+    /// A printer for stderr that follows the command's output flags: JSON lines with `--json`.
+    pub fn for_output(out: Output) -> Self {
+        ProgressPrinter {
+            json: out.json,
+            ..Self::new(out.verbose)
         }
     }
 
@@ -304,6 +316,12 @@ impl ProgressPrinter {
 
 impl Progress for ProgressPrinter {
     fn event(&self, event: Event) {
+        if self.json {
+            if let Ok(json) = serde_json::to_string(&event) {
+                self.line(&json);
+            }
+            return;
+        }
         if self.verbose >= 2 {
             if let Ok(json) = serde_json::to_string(&event) {
                 self.line(&format!("event: {json}"));
@@ -352,6 +370,14 @@ impl Progress for ProgressPrinter {
                 }
             }
             Event::Note { message } => self.line(&format!("  note: {message}")),
+            Event::BuildStarted { id, command, log } => self.line(&format!(
+                "  {id}: running the build command `{command}` (its output is also in {log})"
+            )),
+            Event::BuildOutput { line, .. } => self.line(&format!("    | {line}")),
+            Event::BuildFinished { id, elapsed, log } => self.line(&format!(
+                "  {id}: built in {:.1}s (log: {log})",
+                elapsed.as_secs_f64()
+            )),
         }
     }
 }

@@ -333,6 +333,53 @@ mod tests {
     }
 
     #[test]
+    fn a_returning_session_restarts_the_count_of_ready_passes() {
+        // Three passes in a row are needed; a session returns after two of them.
+        let policy = ReapPolicy {
+            min_age: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
+            consecutive_ready_passes: 3,
+            deploying_timeout: Duration::from_secs(900),
+        };
+        let mut v = view(VersionState::Draining, 600, 300);
+        let id = v.version.id.clone();
+        let ready = vec![Some(Readiness::ShutdownReady); 2];
+        let back = vec![Some(Readiness::ShutdownReady), Some(Readiness::Healthy)];
+        let mut pass = |instances: &Vec<Option<Readiness>>| {
+            v.instances = instances.clone();
+            let plan = plan_reap(std::slice::from_ref(&v), Timestamp::from_secs(NOW), &policy);
+            for action in &plan {
+                if let ReapAction::RecordReadyPasses { passes, .. } = action {
+                    v.ready_passes = *passes;
+                }
+            }
+            plan
+        };
+        let record = |passes| {
+            vec![ReapAction::RecordReadyPasses {
+                id: id.clone(),
+                passes,
+            }]
+        };
+        assert_eq!(pass(&ready), record(1));
+        assert_eq!(pass(&ready), record(2));
+        assert_eq!(pass(&back), record(0), "the count starts over");
+        assert_eq!(
+            pass(&ready),
+            record(1),
+            "not retired on the strength of old passes"
+        );
+        assert_eq!(pass(&ready), record(2));
+        assert_eq!(
+            pass(&ready),
+            vec![ReapAction::Retire {
+                id: id.clone(),
+                reason: RetireReason::SessionsEnded
+            }]
+        );
+    }
+
+    #[test]
     fn max_age_forces_retirement() {
         let v = view(VersionState::Draining, 7200, 3600);
         let id = v.version.id.clone();

@@ -61,6 +61,19 @@ pub enum EngineError {
         /// The last log lines of a failing instance.
         logs: Vec<String>,
     },
+    /// The new version's image could not be made (its build failed, or the image is unusable);
+    /// nothing of the version was kept and traffic stayed where it was. The source says why.
+    #[error(
+        "the image of version {id} could not be made; nothing of it was kept and traffic stays \
+         where it was"
+    )]
+    ImageFailed {
+        /// The version.
+        id: DeploymentId,
+        /// What the provider said (for a build: its exit status, last lines and log file).
+        #[source]
+        source: PortError,
+    },
     /// The rule budget has no room for another version.
     #[error(transparent)]
     Budget(#[from] BudgetError),

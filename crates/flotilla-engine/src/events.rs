@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use flotilla_core::DeploymentId;
 use flotilla_core::reaper::ReapAction;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One thing a workflow did or is waiting for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A step is starting.
@@ -32,6 +32,31 @@ pub enum Event {
         elapsed: Duration,
         /// The deadline.
         timeout: Duration,
+    },
+    /// A build command the provider runs for a version (the host's `[host] build`) started.
+    BuildStarted {
+        /// The version.
+        id: DeploymentId,
+        /// The shell command.
+        command: String,
+        /// The file that keeps its whole output.
+        log: String,
+    },
+    /// One line the build printed (stdout and stderr together, in the order they came).
+    BuildOutput {
+        /// The version.
+        id: DeploymentId,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The build command succeeded.
+    BuildFinished {
+        /// The version.
+        id: DeploymentId,
+        /// How long it ran.
+        elapsed: Duration,
+        /// The file that keeps its whole output.
+        log: String,
     },
     /// A reaper action was taken (or, in a dry run, would be).
     Reaped {

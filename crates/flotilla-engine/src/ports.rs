@@ -16,6 +16,8 @@ use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Progress;
+
 /// The broad class of a port failure, which decides what a caller may do about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -321,11 +323,13 @@ pub trait StateStore: Send + Sync {
 /// Turns an [`ImageRequest`] into a runnable build.
 #[async_trait]
 pub trait ImageSource: Send + Sync {
-    /// Builds or resolves the image for `id`. Idempotent per id.
+    /// Builds or resolves the image for `id`, telling `progress` what a build prints while it
+    /// runs. Idempotent per id.
     async fn prepare(
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError>;
     /// Removes what `prepare` made for `id`, if anything is worth removing. Succeeds if gone.
     async fn discard(&self, id: &DeploymentId) -> Result<(), PortError>;

@@ -26,6 +26,7 @@ use flotilla_core::routing::{
 };
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, VersionState};
 
+use crate::events::Progress;
 use crate::ports::{
     AppEnv, Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource,
     LockInfo, LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
@@ -1039,6 +1040,7 @@ impl ImageSource for SimPort {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        _progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let mut w = self.world();
         w.enter("images.prepare", id.as_str())?;

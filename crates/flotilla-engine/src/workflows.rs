@@ -659,12 +659,31 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let id = record.version.id.clone();
         let on_err = step(progress, &id, "preparing the image");
-        let image = self
+        let image = match self
             .ports
             .images
-            .prepare(&id, &request.image)
+            .prepare(&id, &request.image, progress)
             .await
-            .map_err(on_err)?;
+        {
+            Ok(image) => image,
+            // A build that failed fails again the same way: nothing of the version is kept
+            // (it has no routing nor instances yet), so that no half-made version is left
+            // behind. Other failures leave the record for `flotilla deploy --id` to resume.
+            Err(source) if source.kind == ErrorKind::Invalid => {
+                let error = EngineError::ImageFailed {
+                    id: id.clone(),
+                    source,
+                };
+                if let Err(cleanup) = self.remove_version(record, false, progress).await {
+                    note(
+                        progress,
+                        format!("{cleanup}; `flotilla reap` finishes removing {id}"),
+                    );
+                }
+                return Err(error);
+            }
+            Err(e) => return Err(on_err(e)),
+        };
         if record.image.as_ref() != Some(&image) {
             let updated = VersionRecord {
                 image: Some(image.clone()),

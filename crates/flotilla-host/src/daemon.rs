@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::drain::{DrainTracker, Readiness};
+use flotilla_core::drain::{DrainTracker, Readiness, Sessions};
 use flotilla_core::routing::{RoutingTable, RuleBudget, WeightedTarget};
 use flotilla_core::{DeploymentId, InstanceId, Timestamp, VersionState};
-use flotilla_engine::events::{Event, Progress};
+use flotilla_engine::events::{Event, Progress, Silent};
 use flotilla_engine::ports::{
     Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
     LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
@@ -212,6 +212,7 @@ impl Host {
         id: &DeploymentId,
         request: &ImageRequest,
         build: Option<&str>,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let op = "prepare release";
         match request {
@@ -233,17 +234,20 @@ impl Host {
                 } else {
                     dir.clone()
                 };
+                let log = release::build_log(&self.settings.logs_dir(), id);
+                let build = build.map(|command| release::Build { command, log: &log });
                 let made = release::prepare(
                     &app_dir,
                     &self.settings.state_dir,
                     &self.settings.releases_dir(),
                     id,
                     build,
+                    progress,
                 )
                 .await;
                 match made {
                     Ok(path) => Ok(ImageRef(path.display().to_string())),
-                    Err(ReleaseError::Build { .. }) | Err(ReleaseError::Walk { .. }) => {
+                    Err(ReleaseError::Build(_)) | Err(ReleaseError::Walk { .. }) => {
                         Err(PortError::new(
                             ErrorKind::Invalid,
                             op,
@@ -283,8 +287,10 @@ impl Host {
         Ok(())
     }
 
-    /// One drain observation: each running instance's readiness from its live sessions (counted
-    /// by the router, plus what the app reports in its health JSON) and its version's state.
+    /// One drain observation: each running instance's readiness from its sessions (counted by the
+    /// router, plus what the app reports in its health JSON) and its version's state. The grace
+    /// period counts from the observation that first saw no session (see
+    /// `flotilla_core::drain`); a daemon that restarted starts it again at its first observation.
     fn observe_drain(&self) -> Result<(), HostError> {
         let now = self.clock.now();
         let records: HashMap<DeploymentId, VersionState> = self
@@ -307,11 +313,16 @@ impl Host {
                     continue;
                 }
                 let key = (view.id.clone(), view.state.instance.clone());
-                let live = self.router.sessions(&view.id, &view.state.instance)
-                    + view.state.app_sessions().unwrap_or(0);
+                let routed = self.router.stats().snapshot_of(&key).unwrap_or_default();
+                // The router's running total of sessions catches a tab that reconnected and left
+                // again between two observations; the app's own count has no such total.
+                let sessions = Sessions {
+                    live: routed.sessions + view.state.app_sessions().unwrap_or(0),
+                    started: routed.sessions_total,
+                };
                 let status = trackers.entry(key.clone()).or_default().observe(
                     matches!(state, VersionState::Draining | VersionState::Retired),
-                    live,
+                    sessions,
                     now,
                     self.settings.drain_grace,
                 );
@@ -356,10 +367,12 @@ impl Host {
         self.info()
     }
 
+    /// Carries out one request. `progress` receives the events of a request that asked for them.
     async fn dispatch(
         &self,
         request: Request,
         shutdown: &watch::Sender<bool>,
+        progress: &dyn Progress,
     ) -> Result<serde_json::Value, PortError> {
         fn json<T: Serialize>(value: T) -> Result<serde_json::Value, PortError> {
             Ok(serde_json::to_value(value).expect("port results serialise to JSON"))
@@ -447,8 +460,17 @@ impl Host {
                     .lock_info()
                     .map_err(st("read", "deploy lock".into()))?,
             ),
-            Request::ImagePrepare { id, request, build } => {
-                json(self.prepare(&id, &request, build.as_deref()).await?)
+            Request::ImagePrepare {
+                id,
+                request,
+                build,
+                events,
+            } => {
+                let progress = if events { progress } else { &Silent };
+                json(
+                    self.prepare(&id, &request, build.as_deref(), progress)
+                        .await?,
+                )
             }
             Request::ImageDiscard { id } => json(self.discard(&id).await?),
             Request::Shutdown => {
@@ -590,9 +612,12 @@ impl ImageSource for LocalPorts {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let build = self.0.settings.build.clone();
-        self.0.prepare(id, request, build.as_deref()).await
+        self.0
+            .prepare(id, request, build.as_deref(), progress)
+            .await
     }
     async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
         self.0.discard(id).await
@@ -953,10 +978,36 @@ async fn rpc_connection(
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => match host.dispatch(request, &stop_tx).await {
-                Ok(value) => Reply::Ok(value),
-                Err(e) => Reply::Err(e),
-            },
+            Ok(request) => {
+                // Progress events are written as they come, ahead of the reply. A client that
+                // went away does not stop the request (a build runs to its end, as it would
+                // without events); its events are dropped.
+                let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+                let progress = ChannelProgress(tx);
+                let dispatch = host.dispatch(request, &stop_tx, &progress);
+                tokio::pin!(dispatch);
+                let mut client_gone = false;
+                let result = loop {
+                    tokio::select! {
+                        result = &mut dispatch => break result,
+                        Some(event) = events.recv() => {
+                            if !client_gone {
+                                client_gone =
+                                    write_reply(&mut write, &Reply::Event(event)).await.is_err();
+                            }
+                        }
+                    }
+                };
+                while let Ok(event) = events.try_recv() {
+                    if !client_gone {
+                        client_gone = write_reply(&mut write, &Reply::Event(event)).await.is_err();
+                    }
+                }
+                match result {
+                    Ok(value) => Reply::Ok(value),
+                    Err(e) => Reply::Err(e),
+                }
+            }
             Err(e) => Reply::Err(PortError::new(
                 ErrorKind::Invalid,
                 "decode request",
@@ -964,9 +1015,27 @@ async fn rpc_connection(
                 e.to_string(),
             )),
         };
-        let mut text = serde_json::to_string(&reply).expect("replies serialise to JSON");
-        text.push('\n');
-        write.write_all(text.as_bytes()).await?;
+        write_reply(&mut write, &reply).await?;
     }
     Ok(())
+}
+
+/// Writes one reply line.
+async fn write_reply(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(reply).expect("replies serialise to JSON");
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Passes a request's progress events to the connection that asked for them.
+struct ChannelProgress(tokio::sync::mpsc::UnboundedSender<Event>);
+
+impl Progress for ChannelProgress {
+    fn event(&self, event: Event) {
+        // The connection is gone when this fails; the request still runs to its end.
+        let _ = self.0.send(event);
+    }
 }

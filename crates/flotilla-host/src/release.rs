@@ -1,13 +1,22 @@
 //! Releases: a snapshot of the app directory (respecting `.gitignore`) under
 //! `<state_dir>/releases/<id>`, with the optional build command run inside it.
 //!
+//! The build's output (stdout and stderr, line by line in the order they come) goes to its log
+//! file, kept outside the release so that it outlives a failed one, and to the caller as
+//! progress events while the build runs; a failure carries the exit status, the last lines and
+//! the log's path.
+//!
 //! A release is complete once its marker file exists; a half-made one (the daemon died while
 //! copying or building) is removed and made again, so `prepare` is idempotent per id.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use flotilla_core::DeploymentId;
+use flotilla_engine::events::{Event, Progress};
+use tokio::sync::mpsc;
 
 use crate::error::HostError;
 
@@ -16,6 +25,13 @@ pub const COMPLETE_MARKER: &str = ".flotilla-release";
 
 /// Lines of build output kept in an error.
 const BUILD_TAIL_LINES: usize = 30;
+
+/// Characters of one output line passed on as an event (the log keeps the whole line).
+const MAX_EVENT_LINE: usize = 2000;
+
+/// How long output still pending is read after the build command exited (a process it left in
+/// the background may hold its output open).
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// Why a release could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +48,26 @@ pub enum ReleaseError {
         message: String,
     },
     /// The build command failed.
-    #[error("the build command `{command}` failed ({status}) in {}; its last output:\n{tail}\nfix the build and deploy again", .dir.display())]
-    Build {
-        /// The command.
-        command: String,
-        /// How it ended.
-        status: String,
-        /// The release directory it ran in.
-        dir: PathBuf,
-        /// Its last lines of output.
-        tail: String,
-    },
+    #[error(transparent)]
+    Build(Box<BuildFailure>),
+}
+
+/// How a build command failed, with what the user needs to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("the build command `{command}` failed ({status}) after {:.1}s in {}; its last output:\n{tail}\nits whole output is in {}", .elapsed.as_secs_f64(), .dir.display(), .log.display())]
+pub struct BuildFailure {
+    /// The command.
+    pub command: String,
+    /// How it ended.
+    pub status: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// The release directory it ran in.
+    pub dir: PathBuf,
+    /// Its last lines of output, each indented as `  | line`.
+    pub tail: String,
+    /// The file with its whole output.
+    pub log: PathBuf,
 }
 
 /// The release directory of `id`.
@@ -50,7 +75,22 @@ pub fn release_dir(releases: &Path, id: &DeploymentId) -> PathBuf {
     releases.join(id.as_str())
 }
 
-/// Makes the release of `id` from `app_dir` (unless it is complete already) and returns its path.
+/// A build command to run in a release, and the file that keeps its output.
+#[derive(Clone, Copy, Debug)]
+pub struct Build<'a> {
+    /// The shell command (`[host] build`).
+    pub command: &'a str,
+    /// Its log file (created or truncated when it starts).
+    pub log: &'a Path,
+}
+
+/// The build log of `id` under the logs directory: `<logs>/build-<id>.log`.
+pub fn build_log(logs_dir: &Path, id: &DeploymentId) -> PathBuf {
+    logs_dir.join(format!("build-{id}.log"))
+}
+
+/// Makes the release of `id` from `app_dir` (unless it is complete already) and returns its path,
+/// telling `progress` when the build starts, each line it prints, and when it finished.
 ///
 /// Never copies `state_dir` (it usually lives inside the app directory) nor `.git`.
 pub async fn prepare(
@@ -58,7 +98,8 @@ pub async fn prepare(
     state_dir: &Path,
     releases: &Path,
     id: &DeploymentId,
-    build: Option<&str>,
+    build: Option<Build<'_>>,
+    progress: &dyn Progress,
 ) -> Result<PathBuf, ReleaseError> {
     let dir = release_dir(releases, id);
     if dir.join(COMPLETE_MARKER).exists() {
@@ -76,8 +117,8 @@ pub async fn prepare(
             dir: app_dir.to_path_buf(),
             message: e.to_string(),
         })??;
-    if let Some(command) = build {
-        run_build(command, app_dir, &dir).await?;
+    if let Some(build) = build {
+        run_build(build, app_dir, &dir, id, progress).await?;
     }
     tokio::fs::write(dir.join(COMPLETE_MARKER), id.as_str())
         .await
@@ -134,36 +175,126 @@ fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<(), ReleaseError> {
     Ok(())
 }
 
-async fn run_build(command: &str, app_dir: &Path, dir: &Path) -> Result<(), ReleaseError> {
-    let log = dir.join(".flotilla-build.log");
-    let file = std::fs::File::create(&log).map_err(HostError::io("create build log", &log))?;
-    let err_file = file
+async fn run_build(
+    build: Build<'_>,
+    app_dir: &Path,
+    dir: &Path,
+    id: &DeploymentId,
+    progress: &dyn Progress,
+) -> Result<(), ReleaseError> {
+    let log = build.log;
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent).map_err(HostError::io("create log directory", parent))?;
+    }
+    let mut file = std::fs::File::create(log).map_err(HostError::io("create build log", log))?;
+    progress.event(Event::BuildStarted {
+        id: id.clone(),
+        command: build.command.to_owned(),
+        log: log.display().to_string(),
+    });
+    let started = Instant::now();
+    // One pipe for stdout and stderr, so that the lines keep the order the build printed them
+    // in. Close-on-exec, so that no other process the daemon starts meanwhile holds it open.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| HostError::io("create a pipe for the build in", dir)(e.into()))?;
+    let err_end = write_end
         .try_clone()
-        .map_err(HostError::io("open build log", &log))?;
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
-        .env("FLOTILLA_APP_DIR", app_dir)
-        .env("FLOTILLA_RELEASE_DIR", dir)
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err_file)
-        .process_group(0)
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(HostError::io("run build command in", dir))?;
+        .map_err(HostError::io("create a pipe for the build in", dir))?;
+    let mut child = {
+        // The command holds the pipe's write ends until it is dropped here, right after the
+        // spawn: the output ends when the build (and whatever it left running) closes them.
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(build.command)
+            .current_dir(dir)
+            .env("FLOTILLA_APP_DIR", app_dir)
+            .env("FLOTILLA_RELEASE_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::from(err_end))
+            .process_group(0)
+            .kill_on_drop(true);
+        command
+            .spawn()
+            .map_err(HostError::io("run build command in", dir))?
+    };
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    // A blocking reader: it ends at end of file, even when nobody waits for it any more.
+    std::thread::spawn(move || read_lines(std::fs::File::from(read_end), tx));
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(BUILD_TAIL_LINES);
+    let mut on_line = |line: String| {
+        use std::io::Write as _;
+        // A log that cannot be written must not fail the build; the events still show it.
+        let _ = writeln!(file, "{line}");
+        if tail.len() == BUILD_TAIL_LINES {
+            tail.pop_front();
+        }
+        let shown = match line.char_indices().nth(MAX_EVENT_LINE) {
+            Some((cut, _)) => format!("{}…", &line[..cut]),
+            None => line.clone(),
+        };
+        tail.push_back(shown.clone());
+        progress.event(Event::BuildOutput {
+            id: id.clone(),
+            line: shown,
+        });
+    };
+    let status = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => on_line(line),
+            status = child.wait() => break status.map_err(HostError::io("wait for build command in", dir))?,
+        }
+    };
+    let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
+        while let Some(line) = lines.recv().await {
+            on_line(line);
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
     if status.success() {
+        progress.event(Event::BuildFinished {
+            id: id.clone(),
+            elapsed,
+            log: log.display().to_string(),
+        });
         return Ok(());
     }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    Err(ReleaseError::Build {
-        command: command.to_owned(),
+    let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
+    Err(ReleaseError::Build(Box::new(BuildFailure {
+        command: build.command.to_owned(),
         status: status.to_string(),
+        elapsed,
         dir: dir.to_path_buf(),
-        tail: tail_lines(&text, BUILD_TAIL_LINES).join("\n"),
-    })
+        tail: if tail.is_empty() {
+            "  (it printed nothing)".to_owned()
+        } else {
+            tail.join("\n")
+        },
+        log: log.to_path_buf(),
+    })))
+}
+
+/// Sends each line read from `from` (without its line ending; invalid UTF-8 replaced) until it
+/// closes or nobody listens any more.
+fn read_lines(from: std::fs::File, to: mpsc::UnboundedSender<String>) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(from);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']).to_owned();
+                if to.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The last `n` lines of `text`.
@@ -209,6 +340,7 @@ pub fn prune(
 mod tests {
     use super::*;
     use flotilla_core::Timestamp;
+    use flotilla_engine::events::{Recorder, Silent};
 
     fn id(n: u64) -> DeploymentId {
         DeploymentId::generate(Timestamp::from_secs(1_764_000_000 + n), n)
@@ -228,15 +360,14 @@ mod tests {
         std::fs::write(app.join("debug.log"), "x").expect("write");
         std::fs::write(app.join(".env.example"), "A=1").expect("write");
         let releases = state.join("releases");
-        let dir = prepare(
-            &app,
-            &state,
-            &releases,
-            &id(1),
-            Some("echo built > out.txt"),
-        )
-        .await
-        .expect("prepare");
+        let log = state.join("logs/build.log");
+        let build = Build {
+            command: "echo built > out.txt",
+            log: &log,
+        };
+        let dir = prepare(&app, &state, &releases, &id(1), Some(build), &Silent)
+            .await
+            .expect("prepare");
         assert_eq!(
             std::fs::read_to_string(dir.join("src/main.txt")).expect("copied"),
             "hi"
@@ -251,39 +382,141 @@ mod tests {
         );
         // Idempotent: a complete release is reused, not rebuilt.
         std::fs::write(dir.join("out.txt"), "kept").expect("write");
-        prepare(
-            &app,
-            &state,
-            &releases,
-            &id(1),
-            Some("echo built > out.txt"),
-        )
-        .await
-        .expect("again");
+        let recorder = Recorder::default();
+        prepare(&app, &state, &releases, &id(1), Some(build), &recorder)
+            .await
+            .expect("again");
+        assert_eq!(recorder.0.lock().expect("lock").len(), 0, "no build ran");
         assert_eq!(
             std::fs::read_to_string(dir.join("out.txt")).expect("kept"),
             "kept"
         );
     }
 
+    fn events(recorder: &Recorder) -> Vec<Event> {
+        recorder.0.lock().expect("lock").clone()
+    }
+
     #[tokio::test]
-    async fn failing_build_reports_its_output() {
+    async fn a_build_streams_its_output_and_says_how_long_it_took() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
         let state = tmp.path().join("state");
+        let log = state.join("logs/build.log");
+        let command = "echo compiling; echo 'a warning' >&2; printf 'no newline'";
+        let recorder = Recorder::default();
+        let build = Build { command, log: &log };
+        prepare(
+            &app,
+            &state,
+            &state.join("releases"),
+            &id(3),
+            Some(build),
+            &recorder,
+        )
+        .await
+        .expect("prepare");
+        let events = events(&recorder);
+        assert_eq!(
+            events.first(),
+            Some(&Event::BuildStarted {
+                id: id(3),
+                command: command.to_owned(),
+                log: log.display().to_string(),
+            })
+        );
+        let lines: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::BuildOutput { line, .. } => Some(line.clone()),
+                _ => None,
+            })
+            .collect();
+        // stdout and stderr share one pipe: the lines keep the order they were printed in.
+        assert_eq!(lines, ["compiling", "a warning", "no newline"]);
+        assert!(
+            matches!(events.last(), Some(Event::BuildFinished { log: l, .. }) if *l == log.display().to_string()),
+            "{events:?}"
+        );
+        let logged = std::fs::read_to_string(&log).expect("log");
+        assert_eq!(
+            logged, "compiling\na warning\nno newline\n",
+            "the log keeps every line"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_build_that_leaves_a_process_holding_its_output_still_ends() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let app = tmp.path().join("app");
+        std::fs::create_dir_all(&app).expect("mkdir");
+        let state = tmp.path().join("state");
+        let log = state.join("logs/build.log");
+        let build = Build {
+            command: "sleep 6 & echo started a server",
+            log: &log,
+        };
+        let recorder = Recorder::default();
+        let started = Instant::now();
+        prepare(
+            &app,
+            &state,
+            &state.join("releases"),
+            &id(4),
+            Some(build),
+            &recorder,
+        )
+        .await
+        .expect("prepare");
+        assert!(
+            started.elapsed() < OUTPUT_AFTER_EXIT + Duration::from_secs(2),
+            "waited {:?} for output after the build exited",
+            started.elapsed()
+        );
+        assert!(events(&recorder).contains(&Event::BuildOutput {
+            id: id(4),
+            line: "started a server".to_owned()
+        }));
+    }
+
+    #[tokio::test]
+    async fn failing_build_reports_its_tail_status_and_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let app = tmp.path().join("app");
+        std::fs::create_dir_all(&app).expect("mkdir");
+        let state = tmp.path().join("state");
+        let log = state.join("logs/build.log");
+        let build = Build {
+            command: "for i in $(seq 1 40); do echo line $i; done; echo compile error here; exit 3",
+            log: &log,
+        };
+        let recorder = Recorder::default();
         let err = prepare(
             &app,
             &state,
             &state.join("releases"),
             &id(2),
-            Some("echo compile error here; exit 3"),
+            Some(build),
+            &recorder,
         )
         .await
         .expect_err("build fails");
         let text = err.to_string();
-        assert!(text.contains("compile error here"), "{text}");
+        assert!(text.contains("  | compile error here"), "{text}");
+        assert!(text.contains("  | line 40"), "{text}");
+        assert!(!text.contains("line 11\n"), "only the tail: {text}");
         assert!(text.contains("exit status: 3"), "{text}");
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        let logged = std::fs::read_to_string(&log).expect("log");
+        assert!(logged.starts_with("line 1\n") && logged.contains("compile error here"));
+        assert_eq!(
+            events(&recorder)
+                .iter()
+                .filter(|e| matches!(e, Event::BuildOutput { .. }))
+                .count(),
+            41
+        );
         assert!(
             !state
                 .join("releases")

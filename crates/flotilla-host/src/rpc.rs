@@ -2,7 +2,10 @@
 //! engine's [`Ports`] whose every call is one request to the daemon.
 //!
 //! Framing: one JSON object per line. The client writes a [`Request`] line and reads one
-//! [`Reply`] line; a connection may carry several requests in turn. Every port method has its own
+//! [`Reply`] line; a connection may carry several requests in turn. A request that asks for them
+//! (`ImagePrepare` with `events`) is answered by progress lines (`{"event": ...}`, such as each
+//! line a build prints) before its reply; a daemon never sends them unasked, so an older client
+//! keeps working. Every port method has its own
 //! request, so the daemon implements the ports and the CLI's engine drives them unchanged.
 
 use std::collections::BTreeMap;
@@ -15,6 +18,7 @@ use async_trait::async_trait;
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp};
+use flotilla_engine::events::{Event, Progress, Silent};
 use flotilla_engine::ports::{
     Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
     LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
@@ -142,6 +146,9 @@ pub enum Request {
         request: ImageRequest,
         /// The build command to run in the release, if any.
         build: Option<String>,
+        /// Send progress events (the build's output) before the reply.
+        #[serde(default)]
+        events: bool,
     },
     /// `ImageSource::discard`.
     ImageDiscard {
@@ -160,6 +167,8 @@ pub enum Reply {
     Ok(serde_json::Value),
     /// Failure.
     Err(PortError),
+    /// Progress while the request runs; the reply follows.
+    Event(Event),
 }
 
 /// What the daemon says about itself in answer to [`Request::Hello`].
@@ -414,6 +423,12 @@ fn reply_value<T: DeserializeOwned>(reply: Reply) -> Result<T, PortError> {
             )
         }),
         Reply::Err(e) => Err(e),
+        Reply::Event(event) => Err(PortError::new(
+            ErrorKind::Invalid,
+            "decode reply",
+            "flotilla host daemon",
+            format!("a progress event where the reply was expected: {event:?}"),
+        )),
     }
 }
 
@@ -426,6 +441,16 @@ struct Client {
 
 impl Client {
     async fn call_raw(&self, request: &Request) -> Result<Reply, HostError> {
+        self.call_with_events(request, &Silent).await
+    }
+
+    /// Sends `request` and returns its reply, passing the progress events that come before it
+    /// to `progress`.
+    async fn call_with_events(
+        &self,
+        request: &Request,
+        progress: &dyn Progress,
+    ) -> Result<Reply, HostError> {
         let unavailable = |message: String| HostError::Unavailable {
             socket: self.socket.clone(),
             log: self.log.clone(),
@@ -442,17 +467,24 @@ impl Client {
             .await
             .map_err(|e| unavailable(format!("cannot send: {e}")))?;
         let mut reader = BufReader::new(read);
-        let mut answer = String::new();
-        let n = reader
-            .read_line(&mut answer)
-            .await
-            .map_err(|e| unavailable(format!("cannot read the answer: {e}")))?;
-        if n == 0 {
-            return Err(unavailable(
-                "it closed the connection without answering (did it stop or crash?)".to_owned(),
-            ));
+        loop {
+            let mut answer = String::new();
+            let n = reader
+                .read_line(&mut answer)
+                .await
+                .map_err(|e| unavailable(format!("cannot read the answer: {e}")))?;
+            if n == 0 {
+                return Err(unavailable(
+                    "it closed the connection without answering (did it stop or crash?)".to_owned(),
+                ));
+            }
+            match serde_json::from_str(&answer)
+                .map_err(|e| HostError::Protocol(format!("{e} in {answer:?}")))?
+            {
+                Reply::Event(event) => progress.event(event),
+                reply => return Ok(reply),
+            }
         }
-        serde_json::from_str(&answer).map_err(|e| HostError::Protocol(format!("{e} in {answer:?}")))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -662,13 +694,19 @@ impl ImageSource for Client {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let request = Request::ImagePrepare {
             id: id.clone(),
             request: request.clone(),
             build: self.settings.build.clone(),
+            events: true,
         };
-        self.call(request, "prepare release", id.as_str()).await
+        let reply = self
+            .call_with_events(&request, progress)
+            .await
+            .map_err(|e| e.into_port("prepare release", id.as_str()))?;
+        reply_value(reply)
     }
 
     async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
@@ -716,5 +754,30 @@ mod tests {
         let back: Reply =
             serde_json::from_str(&serde_json::to_string(&err).expect("json")).expect("json");
         assert!(matches!(back, Reply::Err(e) if e.kind == ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn progress_lines_come_before_the_reply_only_when_asked_for() {
+        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
+        let event = Reply::Event(Event::BuildOutput {
+            id: id.clone(),
+            line: "compiling".to_owned(),
+        });
+        let text = serde_json::to_string(&event).expect("json");
+        assert_eq!(
+            text,
+            r#"{"event":{"event":"build_output","id":"20261125-190633-k3x9","line":"compiling"}}"#
+        );
+        let back: Reply = serde_json::from_str(&text).expect("json");
+        assert!(
+            matches!(back, Reply::Event(Event::BuildOutput { line, .. }) if line == "compiling")
+        );
+        // A request from a client that does not know about events never asks for them.
+        let old = r#"{"op":"image_prepare","id":"20261125-190633-k3x9","request":{"build":"."},"build":null}"#;
+        let request: Request = serde_json::from_str(old).expect("an older client's request");
+        assert!(matches!(
+            request,
+            Request::ImagePrepare { events: false, .. }
+        ));
     }
 }

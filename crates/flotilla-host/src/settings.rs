@@ -51,7 +51,8 @@ pub struct HostSettings {
     pub health_timeout: Duration,
     /// How often instance readiness is observed (`[drain] poll_seconds`).
     pub drain_poll: Duration,
-    /// How long a draining instance waits before it may report ready (`[drain] grace_seconds`).
+    /// How long a draining instance must have had no session, counted from the last one, before
+    /// it may report ready (`[drain] grace_seconds`).
     pub drain_grace: Duration,
     /// How long a stopping instance gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,

@@ -187,6 +187,67 @@ async fn readiness_is_written_after_grace_with_no_sessions_and_taken_back_when_o
     .await;
 }
 
+/// The measured bug: a tab open long past the grace period lost its socket for a moment, and the
+/// instance reported ready at once (the grace was counted from the drain's start), so its version
+/// was retired under the reconnecting tab.
+#[tokio::test]
+async fn a_tab_that_reconnects_within_grace_long_into_a_drain_keeps_its_instance() {
+    use std::time::{Duration, Instant};
+    let grace = Duration::from_millis(1500);
+    let mut settings = util::settings(&[]);
+    settings.drain_grace = grace;
+    let agent = Agent::with_files(settings).await;
+    agent.set_state("active");
+    let path = format!("/ws?flotilla_deployment={ID}");
+    let mut ws = websocket(agent.addr, &path).await.expect("ws");
+    agent.set_state("draining");
+    health_until(agent.addr, "draining", |_, doc| doc["draining"] == true).await;
+    // Well into the drain, past twice the grace period, with the tab still open.
+    tokio::time::sleep(grace * 2).await;
+    assert_eq!(
+        agent.readiness(),
+        None,
+        "nothing written while the tab is open"
+    );
+
+    // The socket drops; for the grace period after that the instance is kept (polls every
+    // 100 ms, so a premature report would show within this window).
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let dropped = Instant::now();
+    health_until(agent.addr, "no session", |_, d| d["sessions"] == 0).await;
+    while dropped.elapsed() < grace * 2 / 3 {
+        assert_eq!(
+            agent.readiness(),
+            None,
+            "ready {:?} after the last session ended, grace {grace:?}",
+            dropped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The tab reconnects within the grace period: same instance, and the window starts over.
+    let mut back = websocket(agent.addr, &path).await.expect("reconnect");
+    util::echo(&mut back, "still here").await;
+    tokio::time::sleep(grace).await;
+    assert_eq!(
+        agent.readiness(),
+        None,
+        "nothing written while the tab is back"
+    );
+    back.close(None).await.expect("close");
+    drop(back);
+    let left = Instant::now();
+    util::eventually("readiness draining", || async {
+        (agent.readiness().as_deref() == Some("draining")).then_some(())
+    })
+    .await;
+    assert!(
+        left.elapsed() >= grace,
+        "ready {:?} after the last session ended, before the grace period {grace:?}",
+        left.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn inject_client_puts_the_script_into_html_pages() {
     let mut settings = util::settings(&[]);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{Affinity, WeightedTarget};
 use flotilla_core::{Timestamp, Version, VersionState, names};
+use flotilla_engine::events::Silent;
 use flotilla_engine::ports::{ErrorKind, ImageRequest, LockOutcome, VersionRecord};
 
 use crate::support::{World, next_id};
@@ -253,7 +254,11 @@ async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
     let ports = w.ports();
     let img = ports
         .images
-        .prepare(&id, &ImageRequest::Prebuilt("example.com/app:v1".into()))
+        .prepare(
+            &id,
+            &ImageRequest::Prebuilt("example.com/app:v1".into()),
+            &Silent,
+        )
         .await
         .expect("prebuilt");
     assert_eq!(img.0, "example.com/app:v1");
@@ -263,7 +268,7 @@ async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
     let err = w
         .ports()
         .images
-        .prepare(&id, &ImageRequest::Build(dir.clone()))
+        .prepare(&id, &ImageRequest::Build(dir.clone()), &Silent)
         .await
         .expect_err("no docker");
     assert_eq!(err.kind, ErrorKind::Unavailable);
@@ -275,7 +280,7 @@ async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
     let err = w
         .ports()
         .images
-        .prepare(&id, &ImageRequest::Build(dir))
+        .prepare(&id, &ImageRequest::Build(dir), &Silent)
         .await
         .expect_err("no engine");
     assert_eq!(err.kind, ErrorKind::Unavailable);

@@ -282,7 +282,8 @@ pub struct AppConfig {
 pub struct DrainConfig {
     /// How often an instance polls its version's state.
     pub poll: Duration,
-    /// How long it waits with zero sessions before reporting ready.
+    /// How long a draining instance must have had no session (counted from the last one) before
+    /// it reports ready.
     pub grace: Duration,
 }
 

@@ -271,8 +271,8 @@ pub const KEYS: &[Key] = &[
         "grace_seconds",
         Ty::Int,
         Int(30),
-        "How long an instance keeps running after it starts draining and has no live sessions, \
-         for tabs that are only reconnecting.",
+        "How long a draining instance keeps running after its last session ended, so that a tab \
+         that is only reconnecting finds its version again; it starts over when a session returns.",
     ),
     // [reaper]
     key(
@@ -342,7 +342,8 @@ pub const KEYS: &[Key] = &[
         Ty::Str,
         Unset,
         "A command run once inside each new release directory before its instances start, \
-         e.g. \"cargo build --release\" or \"npm ci\".",
+         e.g. \"cargo build --release\" or \"npm ci\". `deploy` shows its output as it runs; it \
+         is also kept in .flotilla/host/logs/build-<id>.log.",
         "\"npm ci\"",
     ),
     key(

@@ -824,3 +824,361 @@ fn a_stale_socket_is_closed_with_4410_or_rerouted_to_the_current_version_when_ma
     assert_eq!(greeting["deployment_id"], v2.as_str(), "{greeting}");
     let _ = rt.block_on(ws.close(None));
 }
+
+/// Opens a WebSocket pinned to `id` by the query parameter and returns it with the deployment
+/// that greeted it; an `Err` carries the HTTP status of a refused upgrade.
+fn pinned_websocket(
+    rt: &tokio::runtime::Runtime,
+    env: &HostEnv,
+    id: &str,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    ),
+    String,
+> {
+    let url = format!("ws://{}/ws?flotilla_deployment={id}", env.listen);
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("HTTP {}", r.status()),
+            other => other.to_string(),
+        })?;
+    let greeting = rt
+        .block_on(ws.next())
+        .ok_or("no greeting")?
+        .map_err(|e| e.to_string())?;
+    let greeting: serde_json::Value =
+        serde_json::from_str(greeting.to_text().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let by = greeting["deployment_id"]
+        .as_str()
+        .ok_or("greeting without deployment_id")?
+        .to_owned();
+    Ok((ws, by))
+}
+
+/// The measured bug: with `grace_seconds = 10`, 25 s into a drain a tab's socket dropped for 3 s;
+/// the version was retired 2.7 s after the drop (the grace was counted from the drain's start)
+/// and the reconnect got 410. Here, scaled down: a session open well past the grace period drops,
+/// reconnects within the grace period and reaches the same version; the version is retired only a
+/// whole grace period after its last session ended, and then it is.
+#[test]
+fn a_tab_reconnecting_within_grace_long_into_a_drain_reaches_its_version() {
+    let timing = Timing {
+        poll: 1,
+        grace: 3,
+        interval: 1,
+        health_timeout: 30,
+    };
+    let grace = Duration::from_secs(timing.grace);
+    let env = HostEnv::new(timing);
+    let rt = runtime();
+    let v1 = env.deploy();
+    let (ws, by) = pinned_websocket(&rt, &env, &v1).expect("WebSocket to v1");
+    assert_eq!(by, v1);
+    let v2 = env.deploy();
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+
+    // Well into the drain: twice the grace period with the tab open.
+    std::thread::sleep(grace * 2);
+    assert_eq!(
+        served_by(&env.get("/", &[(HEADER, &v1)])),
+        v1,
+        "v1 is kept while its session lives"
+    );
+
+    // The socket drops. Under the old rule v1 was ready at the next observation and retired by
+    // the next reaper pass (within poll + interval = 2 s); the tab comes back after 2.2 s, within
+    // the 3 s grace period, and v1 must still answer all along.
+    rt.block_on(async move {
+        let mut ws = ws;
+        ws.close(None).await.expect("close the WebSocket");
+    });
+    let dropped = Instant::now();
+    while dropped.elapsed() < Duration::from_millis(2200) {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        assert_eq!(
+            r.status,
+            200,
+            "v1 answered {} {:?} after its last session ended, within the grace period: {}",
+            r.status,
+            dropped.elapsed(),
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (mut ws, by) = pinned_websocket(&rt, &env, &v1)
+        .unwrap_or_else(|e| panic!("the reconnect {:?} after the drop: {e}", dropped.elapsed()));
+    assert_eq!(by, v1, "the reconnecting tab reaches its own version");
+    rt.block_on(ws.send(Message::text("back again")))
+        .expect("send on the WebSocket");
+    let echo = rt.block_on(ws.next()).expect("echo").expect("frame");
+    let echo: serde_json::Value =
+        serde_json::from_str(echo.to_text().expect("text")).expect("json");
+    assert_eq!(echo["deployment_id"], v1.as_str());
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The tab leaves for good: v1 stays a whole grace period after that, then it is retired.
+    rt.block_on(ws.close(None)).expect("close the WebSocket");
+    drop(ws);
+    let left = Instant::now();
+    let budget = Duration::from_secs(timing.grace + timing.poll + timing.interval + 1);
+    let retired = eventually(budget + Duration::from_secs(5), || {
+        let r = env.get("/", &[(HEADER, &v1)]);
+        if r.status != 410 {
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        (r.status == 410).then(|| left.elapsed())
+    })
+    .expect("v1 is retired once its last session has been gone for the grace period");
+    assert!(
+        retired >= grace,
+        "v1 was retired {retired:?} after its last session ended, before the grace period {grace:?}"
+    );
+    assert!(
+        retired <= budget,
+        "v1 was retired {retired:?} after its last session ended, more than {budget:?}"
+    );
+    eprintln!(
+        "v1 retired {retired:?} after its last session ended (grace {}s, poll {}s, reaper every {}s)",
+        timing.grace, timing.poll, timing.interval
+    );
+    let r = env.get(&format!("/ws?flotilla_deployment={v1}"), &[]);
+    assert_eq!(r.status, 410, "a reconnect after that is told v1 is gone");
+    let stopped = eventually(Duration::from_secs(10), || {
+        env.processes_of(&v1).is_empty().then_some(())
+    });
+    assert!(stopped.is_some(), "v1's processes stop once it is retired");
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+}
+
+/// Runs `flotilla ARGS` in the app directory, timing each line of its stderr as it arrives.
+fn flotilla_timed(env: &HostEnv, args: &[&str]) -> (Option<i32>, String, Vec<(Duration, String)>) {
+    use std::io::{BufRead, Read};
+    let mut cmd = std::process::Command::new(util::flotilla_bin());
+    cmd.args(args)
+        .current_dir(env.app())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLOTILLA_")) {
+        cmd.env_remove(k);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("run flotilla");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().expect("stderr")).lines() {
+        let Ok(line) = line else { break };
+        lines.push((started.elapsed(), line));
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "flotilla {args:?} runs too long"
+        );
+    }
+    let status = child.wait().expect("wait for flotilla");
+    (status.code(), reader.join().expect("stdout reader"), lines)
+}
+
+#[test]
+fn a_build_shows_its_output_while_it_runs_then_its_duration_and_log() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 30,
+    });
+    let hello = util::hello_bin();
+    env.configure(
+        &format!(
+            "echo fetching dependencies; echo 'warning: something old' >&2; sleep 1.5; \
+             echo bundling; cp {} ./hello",
+            hello.display()
+        ),
+        "exec ./hello",
+    );
+    let (code, stdout, lines) = flotilla_timed(&env, &["deploy"]);
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(code, Some(0), "{text:#?}");
+    let id = stdout.trim();
+    let at = |wanted: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(wanted))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("no line with {wanted:?} in {text:#?}"))
+    };
+    let log = env
+        .app()
+        .join(format!(".flotilla/host/logs/build-{id}.log"));
+    let log = std::fs::canonicalize(&log).unwrap_or(log);
+    let started = at("running the build command `echo fetching dependencies;");
+    assert!(
+        text.iter().any(|l| l.contains(&log.display().to_string())),
+        "the log's path is shown: {text:#?}"
+    );
+    let first = at("    | fetching dependencies");
+    let warning = at("    | warning: something old");
+    let last = at("    | bundling");
+    let index = |wanted: &str| text.iter().position(|l| l.ends_with(wanted));
+    assert!(
+        index("| fetching dependencies") < index("| warning: something old")
+            && index("| warning: something old") < index("| bundling"),
+        "stdout and stderr lines keep their order: {text:#?}"
+    );
+    assert!(warning <= last);
+    let done = at(&format!("{id}: built in "));
+    assert!(
+        started <= first && first <= last && last <= done,
+        "{lines:#?}"
+    );
+    // The first lines are shown while the build still runs, not all at its end.
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "the output was not shown as it came: {lines:#?}"
+    );
+    let finished = text
+        .iter()
+        .find(|l| l.contains("built in "))
+        .expect("duration line");
+    let secs: f64 = finished
+        .split("built in ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a duration in {finished:?}"));
+    assert!(
+        (1.5..30.0).contains(&secs),
+        "the build took at least its 1.5 s sleep: {finished}"
+    );
+    assert!(
+        finished.contains(&format!("(log: {})", log.display())),
+        "{finished}"
+    );
+    let logged = std::fs::read_to_string(&log).expect("the build log exists");
+    for wanted in [
+        "fetching dependencies",
+        "warning: something old",
+        "bundling",
+    ] {
+        assert!(logged.contains(wanted), "{wanted:?} in the log:\n{logged}");
+    }
+    assert_eq!(served_by(&env.get("/", &[])), id);
+}
+
+#[test]
+fn a_failing_build_shows_its_tail_status_and_log_and_creates_no_version() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 30,
+    });
+    let hello = util::hello_bin();
+    let v1 = env.deploy();
+
+    // With --json, progress is one JSON event per line on stderr; stdout stays one document.
+    env.configure(
+        &format!("echo compiling; cp {} ./hello", hello.display()),
+        "exec ./hello",
+    );
+    let (code, stdout, lines) = flotilla_timed(&env, &["deploy", "--json"]);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let v2 = doc["deployment_id"].as_str().expect("id").to_owned();
+    // The CLI's own notes ("deploying ...") stay text; every engine event is a JSON line.
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with('{'))
+        .map(|(_, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines.iter().all(|(_, l)| !l.starts_with("  ")),
+        "no progress line is text: {lines:#?}"
+    );
+    assert!(events.iter().all(|e| e["event"].is_string()), "{events:#?}");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(kinds.contains(&"step"), "{kinds:?}");
+    let output: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "build_output")
+        .collect();
+    assert_eq!(output.len(), 1, "{events:#?}");
+    assert_eq!(output[0]["line"], "compiling");
+    assert_eq!(output[0]["id"], v2.as_str());
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "build_finished")
+        .expect("a build_finished event");
+    assert!(finished["elapsed"].is_object(), "{finished}");
+    assert!(
+        finished["log"]
+            .as_str()
+            .is_some_and(|l| l.ends_with(&format!("build-{v2}.log"))),
+        "{finished}"
+    );
+
+    // A failing build: its last lines, its exit status and its log; no version is left.
+    let steps: String = (1..=50).map(|n| format!("echo step {n}; ")).collect();
+    env.configure(
+        &format!("{steps}echo 'error: missing semicolon' >&2; exit 7"),
+        "exec ./hello",
+    );
+    let before = env.processes();
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code 1:\n{stderr}");
+    assert!(stderr.contains("    | step 1\n"), "streamed:\n{stderr}");
+    let error = &stderr[stderr.find("\nerror: deploy of ").expect("an error line")..];
+    assert!(
+        error.contains("could not be made; nothing of it was kept"),
+        "{error}"
+    );
+    assert!(error.contains("exit status: 7"), "{error}");
+    assert!(error.contains("  | error: missing semicolon"), "{error}");
+    assert!(error.contains("  | step 50"), "{error}");
+    assert!(!error.contains("  | step 1\n"), "only the tail: {error}");
+    assert!(error.contains("hint: fix the build"), "{error}");
+    let log_line = error
+        .lines()
+        .find(|l| l.contains("its whole output is in "))
+        .expect("the log's path");
+    let log = log_line
+        .split("its whole output is in ")
+        .nth(1)
+        .expect("path")
+        .trim();
+    let logged = std::fs::read_to_string(log).expect("the log exists after the failure");
+    assert!(logged.starts_with("step 1\n") && logged.contains("error: missing semicolon"));
+
+    let status = env.flotilla(&["status", "--json"]);
+    let report = String::from_utf8_lossy(&status.stdout);
+    let failed_id = log
+        .rsplit("build-")
+        .next()
+        .and_then(|f| f.strip_suffix(".log"))
+        .expect("the id in the log's name");
+    assert!(
+        !report.contains(failed_id),
+        "no record of {failed_id}: {report}"
+    );
+    assert!(report.contains(&v2), "{report}");
+    assert_eq!(
+        served_by(&env.get("/", &[])),
+        v2,
+        "traffic stays where it was"
+    );
+    assert_eq!(served_by(&env.get("/", &[(HEADER, &v1)])), v1);
+    assert_eq!(env.processes(), before, "no process started or stopped");
+}

@@ -1,6 +1,8 @@
 //! Property tests for the core's invariants over random fleets and random histories.
 //!
 //! One test binary, one module per area:
+//! - `drain`: random histories of one instance's observations (sessions coming and going, blips
+//!   between observations, rollbacks, restarts) against a reference for when it may stop.
 //! - `reaper`: single reaper passes over random fleets, and whole histories of passes over a small
 //!   world model until everything that should go is gone.
 //! - `lifecycle`: random sequences of deploys, activations, rollbacks, retirements and deletions,
@@ -9,6 +11,7 @@
 //!
 //! Case counts are kept moderate so that `cargo test -p flotilla-core` stays quick in debug builds.
 
+mod drain;
 mod lifecycle;
 mod names;
 mod reaper;

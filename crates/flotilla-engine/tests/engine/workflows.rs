@@ -1072,3 +1072,36 @@ async fn status_shows_what_running_instances_report_and_survives_not_knowing() {
         c.problems
     );
 }
+
+#[tokio::test]
+async fn a_failed_build_keeps_nothing_of_the_version_and_traffic_where_it_was() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    let v2 = w.next_id();
+    w.sim.arm(
+        Trigger::Operation("images.prepare".into()),
+        FaultMode::Fail(ErrorKind::Invalid),
+    );
+    let err = w.deploy(&alice, &v2).await.expect_err("the build fails");
+    assert!(
+        matches!(&err, EngineError::ImageFailed { id, source } if id == &v2 && source.kind == ErrorKind::Invalid),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.state(&v2),
+        None,
+        "no record of the failed version is left"
+    );
+    assert_eq!(
+        assert_converged(&w.view(), "after a failed build"),
+        Some(v1.clone())
+    );
+    assert_eq!(w.state(&v1), Some(VersionState::Active));
+    // The next deploy goes ahead as if nothing had happened.
+    let v3 = w.deployed(&alice).await;
+    assert_eq!(
+        assert_converged(&w.view(), "after the next deploy"),
+        Some(v3)
+    );
+}

@@ -11,11 +11,11 @@ use async_trait::async_trait;
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, InstanceId, Timestamp};
-use flotilla_engine::Ports;
 use flotilla_engine::ports::{
     Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockOutcome, PortError,
     Routing, StateStore, VersionRecord, VersionSpec,
 };
+use flotilla_engine::{Ports, Progress};
 
 /// How the armed call misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,11 +227,12 @@ impl ImageSource for Faulty {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         call!(
             self,
             "images.prepare",
-            self.inner.images.prepare(id, request)
+            self.inner.images.prepare(id, request, progress)
         )
     }
     async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
