@@ -15,7 +15,7 @@ use flotilla_agent::poll::MAX_BACKOFF;
 use flotilla_agent::source_health::{LOG_FAILING, LOG_FIELD, LOG_RECOVERED, REPEAT_EVERY};
 use flotilla_core::{InstanceId, Timestamp};
 
-/// One log event of a version's log streams.
+/// One log event of a version's log streams (what `logs` shows, and where agents report).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEvent {
     /// The stream, `<deployment id>/<container>/<task id>` with the awslogs driver.

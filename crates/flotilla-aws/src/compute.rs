@@ -72,6 +72,9 @@ const STOPPED_TASKS: usize = 5;
 /// Pages of stopped tasks read at most (ECS keeps a stopped task for about an hour).
 const STOPPED_PAGES: usize = 5;
 
+/// Pages of a version's log read for the tail `logs` and a failed deploy show.
+const LOG_PAGES: usize = 5;
+
 /// Pages of the agents' drain-source reports read per version by `status`.
 const AGENT_REPORT_PAGES: usize = 5;
 
@@ -612,20 +615,20 @@ impl EcsCompute {
         Ok(arns)
     }
 
-    /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
-    /// by a removal that stopped half way): that version has no healthy targets, and every reaper
-    /// pass and `status` must go on rather than fail on it until someone notices.
-    /// The agents' drain-source reports in `id`'s log streams since `earliest` (milliseconds):
-    /// one filtered read, a few pages at most. A missing log group reads as no reports.
-    async fn agent_reports(
+    /// The events of `id`'s log streams in `group` since `earliest` (milliseconds), oldest first,
+    /// those matching `pattern` (a CloudWatch filter pattern) when one is given: at most `pages`
+    /// pages. `None` when the log group does not exist.
+    async fn log_events(
         &self,
         group: &str,
         id: &DeploymentId,
         earliest: u64,
-    ) -> Result<Vec<agent_reports::LogEvent>, PortError> {
+        pattern: Option<&str>,
+        pages: usize,
+    ) -> Result<Option<Vec<agent_reports::LogEvent>>, PortError> {
         let mut events = Vec::new();
         let mut token: Option<String> = None;
-        for _ in 0..AGENT_REPORT_PAGES {
+        for _ in 0..pages {
             let resp = self
                 .ctx
                 .clients
@@ -633,7 +636,7 @@ impl EcsCompute {
                 .filter_log_events()
                 .log_group_name(group)
                 .log_stream_name_prefix(format!("{id}/"))
-                .filter_pattern(agent_reports::filter_pattern())
+                .set_filter_pattern(pattern.map(str::to_owned))
                 .start_time(i64::try_from(earliest).unwrap_or(i64::MAX))
                 .set_next_token(token.take())
                 .send()
@@ -641,9 +644,9 @@ impl EcsCompute {
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = port_error("read the agents' reports in", group, e);
+                    let err = port_error("read logs", group, e);
                     if err.kind == ErrorKind::NotFound {
-                        return Ok(events);
+                        return Ok(None);
                     }
                     return Err(err);
                 }
@@ -658,9 +661,12 @@ impl EcsCompute {
                 _ => break,
             }
         }
-        Ok(events)
+        Ok(Some(events))
     }
 
+    /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
+    /// by a removal that stopped half way): that version has no healthy targets, and every reaper
+    /// pass and `status` must go on rather than fail on it until someone notices.
     async fn healthy_targets(&self, tg_arn: &str) -> Result<Option<u32>, PortError> {
         let out = match self
             .ctx
@@ -978,7 +984,17 @@ impl Compute for EcsCompute {
                 now.as_millis()
                     .saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)),
             );
-            let events = self.agent_reports(group, id, earliest).await?;
+            // One filtered read; a missing log group reads as no reports.
+            let events = self
+                .log_events(
+                    group,
+                    id,
+                    earliest,
+                    Some(agent_reports::filter_pattern()),
+                    AGENT_REPORT_PAGES,
+                )
+                .await?
+                .unwrap_or_default();
             let lines = agent_reports::drain_source_problems(&events, instances);
             if !lines.is_empty() {
                 out.insert(id.clone(), lines);
@@ -1011,46 +1027,21 @@ impl Compute for EcsCompute {
             out.push("[logs] no log group configured; container logs are not available".to_owned());
             return Ok(out);
         };
-        let prefix = format!("{id}/");
-        let mut events: Vec<String> = Vec::new();
-        let mut token: Option<String> = None;
         // A few pages are plenty for the tail of a failing deploy's logs.
-        for _ in 0..5 {
-            let resp = self
-                .ctx
-                .clients
-                .logs
-                .filter_log_events()
-                .log_group_name(group)
-                .log_stream_name_prefix(&prefix)
-                .start_time(id.created_at().as_millis() as i64)
-                .set_next_token(token.take())
-                .send()
-                .await;
-            let resp = match resp {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = port_error("read logs", group, e);
-                    if err.kind == ErrorKind::NotFound {
-                        out.push(format!("[logs] log group {group} does not exist"));
-                        return Ok(out);
-                    }
-                    return Err(err);
-                }
-            };
-            for e in resp.events() {
-                let stream = e.log_stream_name().map(arn_tail).unwrap_or("?");
-                let short: String = stream.chars().take(8).collect();
-                events.push(format!(
-                    "[{short}] {}",
-                    e.message().unwrap_or("").trim_end()
-                ));
-            }
-            match resp.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
+        let Some(events) = self
+            .log_events(group, id, id.created_at().as_millis(), None, LOG_PAGES)
+            .await?
+        else {
+            out.push(format!("[logs] log group {group} does not exist"));
+            return Ok(out);
+        };
+        let events: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let short: String = arn_tail(&e.stream).chars().take(8).collect();
+                format!("[{short}] {}", e.message.trim_end())
+            })
+            .collect();
         if events.is_empty() {
             out.push(format!("[logs] no container output yet in {group}"));
         }
