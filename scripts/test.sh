@@ -5,6 +5,8 @@
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
 #   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
+#   - Streamlit into .venv/streamlit and pulse-framework into .venv/pulse (Python 3.12+), the real
+#     frameworks the browser tests deploy                  (scripts/frameworks.sh)
 #   - zig and cargo-zigbuild into .venv/zig, and the static x86_64 agent built with them
 #     (scripts/build-static.sh, profile static-test, into target/static-test/)
 # Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
@@ -25,6 +27,9 @@ scripts/docker.sh
 scripts/base-images.sh bookworm bullseye
 # The static (musl) agent the Docker tests deliver into tasks, built unoptimised for speed.
 FLOTILLA_STATIC_PROFILE=static-test scripts/build-static.sh x86_64
+
+# The real frameworks the host browser tests deploy (about 2 min the first time, cached after).
+scripts/frameworks.sh
 
 # Build the binaries the end-to-end tests drive before the tests start, so no test times out
 # while cargo builds.

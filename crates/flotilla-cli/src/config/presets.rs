@@ -59,13 +59,19 @@ pub fn set_by_a_preset(path: &str) -> bool {
         .any(|f| f.preset().iter().any(|(p, _)| *p == path))
 }
 
-/// Pulse. pulse-aws and pulse-railway put `pulse_deployment` on the prerender's and Socket.IO's
-/// URLs and pulse-railway's router reads `x-pulse-deployment` too; pulse-framework serves its
-/// health at `{api_prefix}/health`, `/_pulse/health` by default (pulse-aws's ALB health check).
+/// Pulse. pulse-aws and pulse-railway route on `pulse_deployment` (and pulse-railway on
+/// `x-pulse-deployment` too); pulse-framework serves its health at `{api_prefix}/health`,
+/// `/_pulse/health` by default (pulse-aws's ALB health check). Pulse itself does not put the
+/// version on its requests: its deploy plugins add it to the prerender's directives, from their
+/// own environment variables. Without such a plugin, the injected browser client adds it (under
+/// Pulse's names) to the page's fetches and to Socket.IO's URL, plus the tab key that keeps the
+/// tab on the process holding its render session; a plugin's own `pulse_deployment` is left as
+/// it is.
 const PULSE: &[(&str, DefaultValue)] = &[
     ("app.affinity_header", Str("x-pulse-deployment")),
     ("app.affinity_query", Str("pulse_deployment")),
     ("app.health_path", Str("/_pulse/health")),
+    ("app.inject_client", Bool(true)),
 ];
 
 /// Pulse's stale signals, for the `[app] stale_*` keys that the router's stale-signal work adds.

@@ -803,9 +803,10 @@ fn a_framework_preset_fills_in_its_keys_with_their_origin() {
     assert_eq!(origin_of(&config, "app.framework"), "flotilla.toml:5:13");
     assert_eq!(origin_of(&config, "app.affinity_query"), "preset pulse");
     assert_eq!(origin_of(&config, "app.health_path"), "preset pulse");
+    assert!(config.app.inject_client);
     // Keys the preset does not set keep flotilla's defaults.
-    assert!(!config.app.inject_client);
-    assert_eq!(origin_of(&config, "app.inject_client"), "default");
+    assert_eq!(config.app.port, 8000);
+    assert_eq!(origin_of(&config, "app.port"), "default");
 
     let config = ok(
         &format!("{BASE}[app]\nframework = \"streamlit\"\n"),
