@@ -7,6 +7,8 @@
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
 #   - cargo-lambda into .venv/cargo-lambda, whose Lambda Runtime API emulator the reaper's zip
 #     runs against                                       (scripts/lambda-emulator.sh)
+#   - Streamlit into .venv/streamlit and pulse-framework into .venv/pulse (Python 3.12+), the real
+#     frameworks the browser tests deploy                  (scripts/frameworks.sh)
 #   - zig and cargo-zigbuild into .venv/zig, and the static x86_64 agent built with them
 #     (scripts/build-static.sh, profile static-test, into target/static-test/)
 # Then every test of every crate: unit, property, simulator fault sweeps, host end-to-end with real
@@ -28,6 +30,10 @@ scripts/lambda-emulator.sh
 scripts/base-images.sh bookworm bullseye
 # The static (musl) agent the Docker tests deliver into tasks, built unoptimised for speed.
 FLOTILLA_STATIC_PROFILE=static-test scripts/build-static.sh x86_64
+
+# The real frameworks the host browser tests deploy (about 40 s to 1.5 min the first time; kept
+# while their requirements files are unchanged).
+scripts/frameworks.sh
 
 # Build the binaries the end-to-end tests drive before the tests start, so no test times out
 # while cargo builds.

@@ -34,7 +34,7 @@ pub const AFTER_HELP: &str = "\
 Configuration:
   flotilla.toml is looked for in the current directory, then in each parent directory (like \
 Cargo.toml); --config PATH or FLOTILLA_CONFIG names it instead. Precedence, lowest first: \
-built-in defaults < flotilla.toml < FLOTILLA_<SECTION>_<KEY> environment variables (e.g. \
+built-in defaults < the [app] framework preset (pulse, streamlit) < flotilla.toml < FLOTILLA_<SECTION>_<KEY> environment variables (e.g. \
 FLOTILLA_NAME, FLOTILLA_APP_PORT, FLOTILLA_HOST_LISTEN) < flags (--name, --provider). \
 `flotilla config check` shows every value and where it came from.
 

@@ -88,6 +88,34 @@ pub struct HostEnv {
 impl HostEnv {
     /// A fresh app directory with a `flotilla.toml` for `app`.
     pub fn new(name: &str, app: &AppConfig) -> HostEnv {
+        let app_lines = format!(
+            "health_path = \"/healthz\"\ninject_client = {inject}\n{extra}",
+            inject = app.inject_client,
+            extra = if app.app_extra.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n", app.app_extra.trim_end())
+            },
+        );
+        let host_lines = format!(
+            "instances = {instances}\nbuild = {build:?}\ncommand = {command:?}\n",
+            instances = app.instances,
+            build = app.build,
+            command = app.command,
+        );
+        HostEnv::with_config(name, &app_lines, GRACE_SECONDS, &host_lines, "")
+    }
+
+    /// A fresh app directory whose `flotilla.toml` has the shared timings (except the drain's
+    /// grace), free ports, `app_lines` under `[app]`, `host_lines` under `[host]` and `tail` at
+    /// the end (more sections).
+    pub fn with_config(
+        name: &str,
+        app_lines: &str,
+        grace_seconds: u64,
+        host_lines: &str,
+        tail: &str,
+    ) -> HostEnv {
         let env = HostEnv {
             dir: tempfile::Builder::new()
                 .prefix("flotilla-browser-host-")
@@ -100,14 +128,11 @@ impl HostEnv {
             r#"name = "{name}"
 provider = "host"
 [app]
-health_path = "/healthz"
-inject_client = {inject}
-health_timeout_seconds = 30
+{app_lines}health_timeout_seconds = 30
 stop_timeout_seconds = 3
-{app_extra}
 [drain]
 poll_seconds = {POLL_SECONDS}
-grace_seconds = {GRACE_SECONDS}
+grace_seconds = {grace_seconds}
 [reaper]
 interval_seconds = {REAPER_INTERVAL_SECONDS}
 consecutive_passes = 1
@@ -115,17 +140,9 @@ min_age_seconds = 1
 [host]
 listen = "{listen}"
 admin_listen = "{admin}"
-instances = {instances}
-build = {build:?}
-command = {command:?}
-"#,
-            inject = app.inject_client,
+{host_lines}{tail}"#,
             listen = env.listen,
             admin = env.admin,
-            instances = app.instances,
-            build = app.build,
-            command = app.command,
-            app_extra = app.app_extra,
         );
         env.write("flotilla.toml", &text);
         env

@@ -17,11 +17,14 @@
 //!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
 //!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
 //!   v1 after v2 is deployed, tab B and a reload of A get v2.
+//! - `frameworks`: real Streamlit and Pulse apps with their `[app] framework` presets (see that
+//!   module).
 //!
 //! The binaries must be built first (`cargo build -p flotilla-cli -p flotilla-agent -p
 //! flotilla-example-sessions`; `scripts/test.sh` builds them), and `python3` must be on PATH.
 //! Screenshots go to `test-artifacts/`.
 
+mod frameworks;
 mod host;
 
 use std::future::Future;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::presets::Framework;
 use super::schema::{self, Key, Ty};
 use super::{Location, Origin, Problem};
 
@@ -49,15 +50,22 @@ pub struct Setting {
 /// Settings by dotted key path (`app.port`); later layers replace earlier ones.
 pub type Settings = BTreeMap<String, Setting>;
 
+/// The value a default gives, if it gives one.
+fn default_val(default: schema::DefaultValue) -> Option<Val> {
+    match default {
+        schema::DefaultValue::Int(n) => Some(Val::Int(n)),
+        schema::DefaultValue::Str(s) => Some(Val::Str(s.to_owned())),
+        schema::DefaultValue::Bool(b) => Some(Val::Bool(b)),
+        schema::DefaultValue::Required | schema::DefaultValue::Unset => None,
+    }
+}
+
 /// The defaults of every key that has one, on the host provider (see [`aws_defaults`]).
 pub fn defaults() -> Settings {
     let mut settings = Settings::new();
     for key in schema::KEYS {
-        let val = match key.default {
-            schema::DefaultValue::Int(n) => Val::Int(n),
-            schema::DefaultValue::Str(s) => Val::Str(s.to_owned()),
-            schema::DefaultValue::Bool(b) => Val::Bool(b),
-            schema::DefaultValue::Required | schema::DefaultValue::Unset => continue,
+        let Some(val) = default_val(key.default) else {
+            continue;
         };
         settings.insert(
             key.path(),
@@ -73,11 +81,8 @@ pub fn defaults() -> Settings {
 /// Replaces the defaults that differ on the AWS provider, where no layer set the key.
 pub fn aws_defaults(settings: &mut Settings) {
     for (path, default) in schema::AWS_DEFAULTS {
-        let val = match *default {
-            schema::DefaultValue::Int(n) => Val::Int(n),
-            schema::DefaultValue::Str(s) => Val::Str(s.to_owned()),
-            schema::DefaultValue::Bool(b) => Val::Bool(b),
-            schema::DefaultValue::Required | schema::DefaultValue::Unset => continue,
+        let Some(val) = default_val(*default) else {
+            continue;
         };
         let unset = settings
             .get(*path)
@@ -88,6 +93,30 @@ pub fn aws_defaults(settings: &mut Settings) {
                 Setting {
                     val,
                     origin: Origin::Default,
+                },
+            );
+        }
+    }
+}
+
+/// Puts `framework`'s preset under every layer above the defaults: each key the preset sets
+/// takes the preset's value unless the file, the environment or a flag set it.
+pub fn apply_preset(settings: &mut Settings, framework: Framework) {
+    for (path, value) in framework.preset() {
+        let Some(val) = default_val(*value) else {
+            continue;
+        };
+        let unset = settings
+            .get(*path)
+            .is_none_or(|s| s.origin == Origin::Default);
+        if unset {
+            settings.insert(
+                (*path).to_owned(),
+                Setting {
+                    val,
+                    origin: Origin::Preset {
+                        framework: framework.as_str().to_owned(),
+                    },
                 },
             );
         }

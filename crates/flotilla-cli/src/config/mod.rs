@@ -1,7 +1,8 @@
 //! `flotilla.toml`: finding it, reading it with the place of every value, layering it with the
 //! defaults, the environment and the flags, and validating the result into a [`Config`].
 //!
-//! Precedence, lowest first: built-in defaults < `flotilla.toml` < `FLOTILLA_<SECTION>_<KEY>`
+//! Precedence, lowest first: built-in defaults < the `[app] framework` preset (see [`presets`])
+//! < `flotilla.toml` < `FLOTILLA_<SECTION>_<KEY>`
 //! environment variables (`FLOTILLA_NAME`, `FLOTILLA_APP_PORT`, ...; an empty variable counts as
 //! unset; arrays are comma-separated) < command-line flags (`--name`, `--provider`).
 //!
@@ -15,6 +16,7 @@
 //! variable or a flag); unknown keys come with the closest valid key.
 
 pub mod layers;
+pub mod presets;
 mod resolve;
 pub mod schema;
 pub mod template;
@@ -30,6 +32,7 @@ use flotilla_core::DeploymentName;
 use serde::Serialize;
 
 pub use layers::Val;
+pub use presets::Framework;
 pub use resolve::check_env_name;
 
 /// The file name searched for.
@@ -77,6 +80,11 @@ pub enum Nat {
 pub enum Origin {
     /// flotilla's built-in default.
     Default,
+    /// The `[app] framework` preset.
+    Preset {
+        /// The framework, as spelled in the config: `pulse`.
+        framework: String,
+    },
     /// A line of the config file.
     File {
         /// The file as shown to the user.
@@ -102,6 +110,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Default => f.write_str("default"),
+            Origin::Preset { framework } => write!(f, "preset {framework}"),
             Origin::File { path, line, column } => write!(f, "{path}:{line}:{column}"),
             Origin::Env { var } => write!(f, "environment variable {var}"),
             Origin::Flag { flag } => write!(f, "flag {flag}"),
@@ -145,7 +154,8 @@ impl Location {
     /// Where a value with `origin` is, or `fallback` for a default.
     pub fn of(origin: &Origin, fallback: &Location) -> Location {
         match origin {
-            Origin::Default => fallback.clone(),
+            // A preset's values are flotilla's own; a problem with one is about the whole.
+            Origin::Default | Origin::Preset { .. } => fallback.clone(),
             Origin::File { path, line, column } => Location::File {
                 path: path.clone(),
                 line: *line,
@@ -256,6 +266,8 @@ pub struct Overrides {
 /// `[app]`: the app and how flotilla talks to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AppConfig {
+    /// The framework whose preset filled in the keys below that no layer set.
+    pub framework: Framework,
     /// The port the app listens on in its container.
     pub port: u16,
     /// The health check path, starting with `/`.

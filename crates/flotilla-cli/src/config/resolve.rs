@@ -11,8 +11,8 @@ use flotilla_core::stale::{QueryPair, StaleHeader, StaleSignals};
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
-    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, HostConfig, Location,
-    Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
+    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, Framework, HostConfig,
+    Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
 };
 
 /// The config file being resolved.
@@ -97,6 +97,15 @@ pub fn resolve(
     );
     if aws {
         layers::aws_defaults(&mut settings);
+    }
+    // The preset is a layer of its own under the file; which one is known once every layer is in.
+    // An unknown framework applies none and is reported by the resolver.
+    let framework = match settings.get("app.framework").map(|s| &s.val) {
+        Some(Val::Str(name)) => Framework::parse(name),
+        _ => None,
+    };
+    if let Some(framework) = framework {
+        layers::apply_preset(&mut settings, framework);
     }
 
     let mut r = Resolver {
@@ -367,6 +376,19 @@ impl Resolver<'_> {
     }
 
     fn app(&mut self, provider: ProviderKind) -> AppConfig {
+        let framework = self
+            .parsed("app.framework", |s| {
+                Framework::parse(s).ok_or_else(|| {
+                    let names = Framework::ALL.map(Framework::as_str);
+                    let hint = schema::closest(s, names)
+                        .map(|best| format!("; did you mean \"{best}\"?"))
+                        .unwrap_or_default();
+                    format!(
+                        "`app.framework` must be \"none\", \"pulse\" or \"streamlit\", not {s:?}{hint}"
+                    )
+                })
+            })
+            .unwrap_or(Framework::None);
         let port = u16::try_from(self.int("app.port", 1..=65_535, "")).unwrap_or(0);
         let health_path = self
             .checked("app.health_path", |s| {
@@ -412,6 +434,7 @@ impl Resolver<'_> {
                 .unwrap_or(0),
         );
         AppConfig {
+            framework,
             port,
             health_path,
             affinity_header,

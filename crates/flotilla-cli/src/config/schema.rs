@@ -169,6 +169,15 @@ pub const KEYS: &[Key] = &[
     // [app]
     key(
         "app",
+        "framework",
+        Ty::Str,
+        Str("none"),
+        "Your web framework, for its preset: \"pulse\" or \"streamlit\" set the affinity names, \
+         the health path and the stale signals that framework understands (see \
+         docs/frameworks.md); \"none\" sets nothing. A key written below still wins over the preset.",
+    ),
+    key(
+        "app",
         "port",
         Ty::Int,
         Int(8000),

@@ -148,7 +148,9 @@ pub fn render(values: &InitValues) -> String {
     comment(
         &mut out,
         "Keys written out show their default value; keys commented out are optional and unset \
-         (or, for the other provider's required keys, not needed with this provider).",
+         (or, for the other provider's required keys, not needed with this provider), or show \
+         the default that a framework preset ([app] framework) would replace: uncommenting one \
+         overrides the preset.",
     );
 
     let mut current_section = "";
@@ -168,11 +170,16 @@ pub fn render(values: &InitValues) -> String {
         if key.path() == "host.command" && values.provider == ProviderKind::Host {
             comment(&mut out, values.detected);
         }
+        let preset_sets_it = super::presets::set_by_a_preset(&key.path());
         match set
             .get(key.path().as_str())
             .cloned()
             .or_else(|| default_literal(key, values.provider))
         {
+            // Written out, the default would override a preset chosen later in this file.
+            Some(literal) if preset_sets_it => {
+                out.push_str(&format!("# {} = {literal}\n", key.name))
+            }
             Some(literal) => out.push_str(&format!("{} = {literal}\n", key.name)),
             None => {
                 let example = key.example.unwrap_or("\"\"");

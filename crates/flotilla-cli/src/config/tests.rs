@@ -844,3 +844,121 @@ fn stale_signals_are_read_from_the_file_and_the_environment() {
     let config = ok(text, &env, &Overrides::default());
     assert_eq!(config.app.stale.status, 410);
 }
+
+#[test]
+fn a_framework_preset_fills_in_its_keys_with_their_origin() {
+    let none = Overrides::default();
+    let config = ok(&format!("{BASE}[app]\nframework = \"pulse\"\n"), &[], &none);
+    assert_eq!(config.app.framework, Framework::Pulse);
+    assert_eq!(config.app.affinity_header, "x-pulse-deployment");
+    assert_eq!(config.app.affinity_query, "pulse_deployment");
+    assert_eq!(config.app.health_path, "/_pulse/health");
+    assert_eq!(origin_of(&config, "app.framework"), "flotilla.toml:5:13");
+    assert_eq!(origin_of(&config, "app.affinity_query"), "preset pulse");
+    assert_eq!(origin_of(&config, "app.health_path"), "preset pulse");
+    assert!(config.app.inject_client);
+    // Keys the preset does not set keep flotilla's defaults.
+    assert_eq!(config.app.port, 8000);
+    assert_eq!(origin_of(&config, "app.port"), "default");
+
+    let config = ok(
+        &format!("{BASE}[app]\nframework = \"streamlit\"\n"),
+        &[],
+        &none,
+    );
+    assert_eq!(config.app.health_path, "/_stcore/health");
+    assert!(config.app.inject_client);
+    assert_eq!(origin_of(&config, "app.inject_client"), "preset streamlit");
+    assert_eq!(config.app.affinity_query, "flotilla_deployment");
+    assert_eq!(origin_of(&config, "app.affinity_query"), "default");
+
+    let config = ok(BASE, &[], &none);
+    assert_eq!(config.app.framework, Framework::None);
+    assert_eq!(config.app.health_path, "/healthz");
+    assert_eq!(origin_of(&config, "app.health_path"), "default");
+}
+
+#[test]
+fn every_preset_key_is_overridden_by_the_file_the_environment_and_flags() {
+    let none = Overrides::default();
+    // The file wins over the preset key by key, whichever line comes first.
+    let text = format!("{BASE}[app]\nhealth_path = \"/ready\"\nframework = \"pulse\"\n");
+    let config = ok(&text, &[], &none);
+    assert_eq!(config.app.health_path, "/ready");
+    assert_eq!(origin_of(&config, "app.health_path"), "flotilla.toml:5:15");
+    assert_eq!(config.app.affinity_query, "pulse_deployment");
+    // The environment wins over both, and may choose the preset itself.
+    let config = ok(
+        &text,
+        &[
+            ("FLOTILLA_APP_AFFINITY_QUERY", "tab_version"),
+            ("FLOTILLA_APP_HEALTH_PATH", "/live"),
+        ],
+        &none,
+    );
+    assert_eq!(config.app.affinity_query, "tab_version");
+    assert_eq!(config.app.health_path, "/live");
+    assert_eq!(
+        origin_of(&config, "app.affinity_query"),
+        "environment variable FLOTILLA_APP_AFFINITY_QUERY"
+    );
+    assert_eq!(config.app.affinity_header, "x-pulse-deployment");
+    let config = ok(BASE, &[("FLOTILLA_APP_FRAMEWORK", "streamlit")], &none);
+    assert_eq!(config.app.health_path, "/_stcore/health");
+    assert_eq!(origin_of(&config, "app.health_path"), "preset streamlit");
+    // The environment's framework replaces the file's, and with it the whole preset.
+    let config = ok(&text, &[("FLOTILLA_APP_FRAMEWORK", "none")], &none);
+    assert_eq!(config.app.affinity_query, "flotilla_deployment");
+    assert_eq!(config.app.health_path, "/ready");
+    // Flags (here the provider) still apply on top; the preset holds on either provider.
+    let flags = Overrides {
+        name: Some("other".to_owned()),
+        ..Overrides::default()
+    };
+    let config = ok(&text, &[], &flags);
+    assert_eq!(config.name.as_str(), "other");
+    assert_eq!(config.app.affinity_header, "x-pulse-deployment");
+}
+
+#[test]
+fn an_unknown_framework_is_reported_with_the_closest_one() {
+    let none = Overrides::default();
+    check(
+        &format!("{BASE}[app]\nframework = \"pulze\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:5:13: `app.framework` must be \"none\", \"pulse\" or \"streamlit\", \
+           not \"pulze\"; did you mean \"pulse\"?",
+        ],
+    );
+    check(
+        BASE,
+        &[("FLOTILLA_APP_FRAMEWORK", "django")],
+        &none,
+        &[
+            "environment variable FLOTILLA_APP_FRAMEWORK: `app.framework` must be \"none\", \
+           \"pulse\" or \"streamlit\", not \"django\"",
+        ],
+    );
+}
+
+/// An `init` template writes keys with defaults out; had it written the keys a preset sets, they
+/// would silently override the preset of a framework chosen afterwards.
+#[test]
+fn choosing_a_framework_in_an_init_template_takes_effect() {
+    let text = template::render(&InitValues {
+        name: "my-shop".to_owned(),
+        provider: ProviderKind::Host,
+        command: "./start.sh".to_owned(),
+        build: None,
+        detected: "Guessed for a test.",
+    });
+    let chosen = text.replace("framework = \"none\"", "framework = \"streamlit\"");
+    assert_ne!(chosen, text, "the template writes `framework = \"none\"`");
+    let config = ok(&chosen, &[], &Overrides::default());
+    assert_eq!(config.app.health_path, "/_stcore/health");
+    assert!(config.app.inject_client);
+    assert_eq!(origin_of(&config, "app.health_path"), "preset streamlit");
+    assert!(text.contains("\n# health_path = \"/healthz\"\n"), "{text}");
+}

@@ -260,7 +260,7 @@ fn environment_and_flags_override_the_file() {
     };
     assert_eq!(source("app.port"), "env");
     assert_eq!(source("name"), "flag");
-    assert_eq!(source("app.health_path"), "file");
+    assert_eq!(source("drain.grace_seconds"), "file");
 
     let bad = flotilla(
         dir.path(),
@@ -272,6 +272,45 @@ fn environment_and_flags_override_the_file() {
         bad.stderr
             .contains("environment variable FLOTILLA_APP_PORT: `app.port` must be an integer"),
         "{bad:?}"
+    );
+}
+
+#[test]
+fn config_check_shows_a_presets_values_with_their_origin() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        "name = \"shop\"\n[app]\nframework = \"pulse\"\nhealth_path = \"/ready\"\n\
+         [host]\ncommand = \"./run\"\n",
+    )
+    .expect("write flotilla.toml");
+    let run = flotilla(
+        dir.path(),
+        &["config", "check"],
+        &[("FLOTILLA_APP_AFFINITY_HEADER", "X-Tab-Version")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let row = |key: &str| {
+        run.stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(key))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| panic!("{key} not listed: {run:?}"))
+    };
+    assert_eq!(row("app.framework"), "\"pulse\" flotilla.toml:3:13");
+    assert_eq!(
+        row("app.affinity_query"),
+        "\"pulse_deployment\" preset pulse"
+    );
+    assert_eq!(row("app.health_path"), "\"/ready\" flotilla.toml:4:15");
+    assert_eq!(
+        row("app.affinity_header"),
+        "\"X-Tab-Version\" environment variable FLOTILLA_APP_AFFINITY_HEADER"
     );
 }
 
