@@ -202,6 +202,22 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
         };
         return Some((Exit::Usage, Some(hint.to_owned())));
     }
+    if let Some(host) = cause.downcast_ref::<flotilla_host::error::HostError>() {
+        use flotilla_host::error::HostError;
+        match host {
+            HostError::PortTaken { .. } | HostError::Bind { .. } => {
+                return Some((
+                    Exit::Usage,
+                    Some(
+                        "choose a free address for `[host] listen` / `admin_listen` in \
+                         flotilla.toml, or stop the process named above"
+                            .to_owned(),
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
     if let Some(stack) = cause.downcast_ref::<StackError>() {
         let exit = match stack.class() {
             StackErrorClass::Usage => Exit::Usage,

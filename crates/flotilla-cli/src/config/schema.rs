@@ -318,7 +318,9 @@ pub const KEYS: &[Key] = &[
         "listen",
         Ty::Str,
         Str("127.0.0.1:8080"),
-        "Where the router accepts your users' requests (address:port).",
+        "Where the router accepts your users' requests (address:port). The daemon refuses to \
+         start on a port another process already listens on (another app's daemon included) \
+         and names that process.",
     ),
     key(
         "host",

@@ -1182,3 +1182,57 @@ fn a_failing_build_shows_its_tail_status_and_log_and_creates_no_version() {
     assert_eq!(served_by(&env.get("/", &[(HEADER, &v1)])), v1);
     assert_eq!(env.processes(), before, "no process started or stopped");
 }
+
+#[test]
+fn a_router_port_another_process_listens_on_is_refused_with_its_name() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    // Another app's daemon binds with SO_REUSEPORT, which would let a second daemon join it.
+    let other = std::thread::spawn({
+        let addr = env.listen;
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let s = tokio::net::TcpSocket::new_v4().expect("socket");
+                s.set_reuseport(true).expect("reuseport");
+                s.bind(addr).expect("bind");
+                s.listen(16).expect("listen").into_std().expect("std")
+            })
+        }
+    })
+    .join()
+    .expect("bind the other listener");
+
+    let serve = env.flotilla(&["host", "serve"]);
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(2), "usage exit code:\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {} (router): another process already listens on port {}",
+            env.listen,
+            env.listen.port()
+        )),
+        "{stderr}"
+    );
+
+    let deploy = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&deploy.stderr);
+    assert_eq!(
+        deploy.status.code(),
+        Some(3),
+        "the daemon cannot start: provider exit code:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("already listens on port {}", env.listen.port())),
+        "the daemon's log line names the port:\n{stderr}"
+    );
+    assert!(env.daemon_pid().is_none(), "no daemon runs");
+    drop(other);
+}
