@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -658,17 +658,10 @@ pub async fn serve(
         &settings.app_dir,
     ))?;
     let state_dir = settings.state_dir.clone();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
+    crate::private::private_dir(&state_dir)
         .map_err(HostError::io("create state directory", &state_dir))?;
     let lock_path = settings.daemon_lock_path();
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let lock_file = crate::private::private_append(&lock_path)
         .map_err(HostError::io("open daemon lock", &lock_path))?;
     let daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         HostError::AlreadyRunning {

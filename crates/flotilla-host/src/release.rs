@@ -184,9 +184,11 @@ async fn run_build(
 ) -> Result<(), ReleaseError> {
     let log = build.log;
     if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent).map_err(HostError::io("create log directory", parent))?;
+        crate::private::private_dir(parent)
+            .map_err(HostError::io("create log directory", parent))?;
     }
-    let mut file = std::fs::File::create(log).map_err(HostError::io("create build log", log))?;
+    let mut file =
+        crate::private::private_create(log).map_err(HostError::io("create build log", log))?;
     progress.event(Event::BuildStarted {
         id: id.clone(),
         command: build.command.to_owned(),

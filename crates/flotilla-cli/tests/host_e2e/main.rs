@@ -1236,3 +1236,67 @@ fn a_router_port_another_process_listens_on_is_refused_with_its_name() {
     assert!(env.daemon_pid().is_none(), "no daemon runs");
     drop(other);
 }
+
+#[test]
+fn under_umask_022_the_state_directory_is_0700_and_its_logs_and_database_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    // The CLI starts the daemon, so both run with the umask most shells have.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" deploy --json"])
+        .arg(util::flotilla_bin())
+        .current_dir(env.app())
+        .output()
+        .expect("run flotilla deploy");
+    assert!(
+        out.status.success(),
+        "deploy failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let state = env.app().join(".flotilla/host");
+    assert_eq!(mode(&env.app().join(".flotilla")), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("logs")), 0o700);
+    let mut files = vec![state.join("daemon.log"), state.join("daemon.lock")];
+    for entry in std::fs::read_dir(&state).expect("state dir") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().contains("state.db") {
+            files.push(path);
+        }
+    }
+    // logs/build-<id>.log, and logs/<id>/<instance>.log for each instance.
+    for entry in std::fs::read_dir(state.join("logs")).expect("logs dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+            for inner in std::fs::read_dir(&path).expect("version logs") {
+                files.push(inner.expect("entry").path());
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .count()
+            >= 4,
+        "the daemon's and the instances' logs: {files:?}"
+    );
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+}
