@@ -247,14 +247,14 @@ impl Host {
                 .await;
                 match made {
                     Ok(path) => Ok(ImageRef(path.display().to_string())),
-                    Err(ReleaseError::Build(_)) | Err(ReleaseError::Walk { .. }) => {
-                        Err(PortError::new(
-                            ErrorKind::Invalid,
-                            op,
-                            id.as_str(),
-                            made.err().map(|e| e.to_string()).unwrap_or_default(),
-                        ))
-                    }
+                    Err(ReleaseError::Build(_))
+                    | Err(ReleaseError::Walk { .. })
+                    | Err(ReleaseError::Empty { .. }) => Err(PortError::new(
+                        ErrorKind::Invalid,
+                        op,
+                        id.as_str(),
+                        made.err().map(|e| e.to_string()).unwrap_or_default(),
+                    )),
                     Err(ReleaseError::Host(e)) => Err(e.into_port(op, id.as_str())),
                 }
             }

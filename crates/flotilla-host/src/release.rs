@@ -47,6 +47,20 @@ pub enum ReleaseError {
         /// What went wrong.
         message: String,
     },
+    /// The snapshot holds no file: everything in the app directory is ignored, or the app
+    /// directory lies inside the state directory (which a snapshot never copies).
+    #[error(
+        "the release snapshot of {} is empty: no file there is copied (the state directory {} \
+         and .git are never copied, nor what .gitignore and .ignore exclude); check \
+         `[host] state_dir` and the ignore files",
+        .app_dir.display(), .state_dir.display()
+    )]
+    Empty {
+        /// The app directory.
+        app_dir: PathBuf,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
     /// The build command failed.
     #[error(transparent)]
     Build(Box<BuildFailure>),
@@ -111,12 +125,19 @@ pub async fn prepare(
             .map_err(HostError::io("remove half-made release", &dir))?;
     }
     let (from, to, skip) = (app_dir.to_path_buf(), dir.clone(), state_dir.to_path_buf());
-    tokio::task::spawn_blocking(move || snapshot(&from, &to, &skip))
+    let copied = tokio::task::spawn_blocking(move || snapshot(&from, &to, &skip))
         .await
         .map_err(|e| ReleaseError::Walk {
             dir: app_dir.to_path_buf(),
             message: e.to_string(),
         })??;
+    if copied == 0 {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return Err(ReleaseError::Empty {
+            app_dir: app_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        });
+    }
     if let Some(build) = build {
         run_build(build, app_dir, &dir, id, progress).await?;
     }
@@ -126,8 +147,10 @@ pub async fn prepare(
     Ok(dir)
 }
 
-/// Copies every file of `from` that `.gitignore` rules do not exclude into `to`.
-fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<(), ReleaseError> {
+/// Copies every file of `from` that `.gitignore` rules do not exclude into `to`; returns how many
+/// files and links it copied.
+fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<usize, ReleaseError> {
+    let mut copied = 0;
     std::fs::create_dir_all(to).map_err(HostError::io("create release directory", to))?;
     let skip = skip.to_path_buf();
     let walker = ignore::WalkBuilder::new(from)
@@ -164,15 +187,17 @@ fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<(), ReleaseError> {
                 .map_err(HostError::io("read link", entry.path()))?;
             std::os::unix::fs::symlink(&link, &target)
                 .map_err(HostError::io("create link", &target))?;
+            copied += 1;
         } else if kind.is_file() {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(HostError::io("create directory", parent))?;
             }
             std::fs::copy(entry.path(), &target).map_err(HostError::io("copy", entry.path()))?;
+            copied += 1;
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 async fn run_build(
@@ -395,6 +420,48 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_empty_snapshot_fails_clearly_and_leaves_no_release() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // The state directory contains the app directory (state_dir = ".."): nothing is copied.
+        let state = tmp.path().to_path_buf();
+        let app = state.join("app");
+        std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
+        let releases = state.join("releases");
+        let err = prepare(&app, &state, &releases, &id(7), None, &Silent)
+            .await
+            .expect_err("nothing to copy");
+        assert!(matches!(err, ReleaseError::Empty { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("release snapshot of {} is empty", app.display()))
+                && text.contains("[host] state_dir"),
+            "{text}"
+        );
+        assert!(
+            !release_dir(&releases, &id(7)).exists(),
+            "no half-made release"
+        );
+
+        // Everything ignored: the same clear error.
+        let other = tempfile::tempdir().expect("tempdir");
+        std::fs::write(other.path().join(".ignore"), "*\n").expect("write");
+        std::fs::write(other.path().join("start.sh"), "x").expect("write");
+        let state = tmp.path().join("elsewhere");
+        let err = prepare(
+            other.path(),
+            &state,
+            &state.join("r"),
+            &id(8),
+            None,
+            &Silent,
+        )
+        .await
+        .expect_err("everything ignored");
+        assert!(matches!(err, ReleaseError::Empty { .. }), "{err}");
+    }
+
     fn events(recorder: &Recorder) -> Vec<Event> {
         recorder.0.lock().expect("lock").clone()
     }
@@ -404,6 +471,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let command = "echo compiling; echo 'a warning' >&2; printf 'no newline'";
@@ -453,6 +521,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let build = Build {
@@ -487,6 +556,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let build = Build {

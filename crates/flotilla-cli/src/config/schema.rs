@@ -360,7 +360,9 @@ pub const KEYS: &[Key] = &[
         "state_dir",
         Ty::Str,
         Str(".flotilla/host"),
-        "Where the host provider keeps its database, releases and logs (relative to this file).",
+        "Where the host provider keeps its database, releases and logs (relative to this file). \
+         Not the filesystem root nor a directory that contains this one: a release snapshot \
+         never copies the state directory.",
     ),
     key_ex(
         "host",

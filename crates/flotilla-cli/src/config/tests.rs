@@ -844,3 +844,42 @@ fn stale_signals_are_read_from_the_file_and_the_environment() {
     let config = ok(text, &env, &Overrides::default());
     assert_eq!(config.app.stale.status, 410);
 }
+
+#[test]
+fn a_state_dir_that_is_the_root_or_contains_the_app_directory_is_refused_with_its_line() {
+    let none = Overrides::default();
+    check(
+        &format!("{BASE}state_dir = \"/\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:13: `host.state_dir` \"/\" is the filesystem root; keep the state in \
+           a directory of its own, e.g. \".flotilla/host\"",
+        ],
+    );
+    for (value, dir) in [
+        ("..", "/srv"),
+        ("../..", "/"),
+        (".", "/srv/shop"),
+        ("/srv", "/srv"),
+    ] {
+        let got =
+            resolve(&format!("{BASE}state_dir = \"{value}\"\n"), &[], &none).expect_err("refused");
+        let want = if dir == "/" {
+            format!("flotilla.toml:4:13: `host.state_dir` \"{value}\" is the filesystem root")
+        } else {
+            format!(
+                "flotilla.toml:4:13: `host.state_dir` \"{value}\" is {dir}, which contains the app \
+                 directory /srv/shop; a release snapshot skips the state directory"
+            )
+        };
+        assert!(
+            got.len() == 1 && got[0].starts_with(&want),
+            "{value}: {got:?}"
+        );
+    }
+    // Beside the app directory, or anywhere else, is fine.
+    for value in ["../shop-state", "/var/lib/flotilla/shop", ".flotilla/other"] {
+        ok(&format!("{BASE}state_dir = \"{value}\"\n"), &[], &none);
+    }
+}
