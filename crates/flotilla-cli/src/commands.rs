@@ -407,7 +407,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     let outcome = tokio::select! {
         result = opened.engine.deploy(request, &printer) => {
             printer.finish();
-            result.with_context(|| format!("deploy of {id} failed"))?
+            result.with_context(|| crate::exit::DeployFailed { id: id.clone() })?
         }
         _ = tokio::signal::ctrl_c() => {
             printer.finish();

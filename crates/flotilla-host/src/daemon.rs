@@ -634,6 +634,7 @@ pub fn engine_settings(settings: &HostSettings) -> Settings {
         health_poll: Duration::from_millis(500),
         lock_ttl: REAPER_LOCK_TTL,
         lock_owner: format!("flotilla host daemon (pid {})", std::process::id()),
+        local_holders: None,
     }
 }
 

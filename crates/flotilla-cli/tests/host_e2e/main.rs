@@ -1300,3 +1300,51 @@ fn under_umask_022_the_state_directory_is_0700_and_its_logs_and_database_0600() 
         assert_eq!(mode(file), 0o600, "{}", file.display());
     }
 }
+
+#[test]
+fn after_a_kill_9_of_the_cli_mid_deploy_the_next_deploy_breaks_its_lock_at_once() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    let hello = util::hello_bin();
+    // A slow build, so the CLI is killed while it holds the lock.
+    env.configure(
+        &format!("sleep 2 && cp {} ./hello", hello.display()),
+        "exec ./hello",
+    );
+    let mut cli = std::process::Command::new(util::flotilla_bin())
+        .arg("deploy")
+        .current_dir(env.app())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start flotilla deploy");
+    let logs = env.app().join(".flotilla/host/logs");
+    let building = eventually(Duration::from_secs(30), || {
+        std::fs::read_dir(&logs)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("build-"))
+            .then_some(())
+    });
+    assert!(building.is_some(), "the first deploy reached its build");
+    let dead = cli.id();
+    kill(dead, "-9");
+    let _ = cli.wait();
+
+    env.configure(&format!("cp {} ./hello", hello.display()), "exec ./hello");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the next deploy does not wait for the dead CLI's lock:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("broke the deploy lock of ")
+            && stderr.contains(&format!("(pid {dead}): that process no longer runs")),
+        "{stderr}"
+    );
+}
