@@ -718,6 +718,13 @@ pub async fn serve(
     let admin = TcpListener::bind(settings.admin_listen)
         .await
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
+    if !settings.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            admin = %settings.admin_listen,
+            "the status page listens on a non-loopback address and has no authentication: \
+             anyone who can reach it sees every version, instance and process id"
+        );
+    }
     let socket_path = settings.socket_path();
     match std::fs::remove_file(&socket_path) {
         Ok(()) => {}

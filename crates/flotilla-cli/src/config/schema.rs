@@ -327,7 +327,8 @@ pub const KEYS: &[Key] = &[
         "admin_listen",
         Ty::Str,
         Str("127.0.0.1:8081"),
-        "Where the read-only status page listens (keep it on a loopback address).",
+        "Where the read-only status page listens. It has no authentication: keep it on a \
+         loopback address (`deploy` and `config check` warn when it is not).",
     ),
     key_ex(
         "host",
