@@ -1348,3 +1348,22 @@ fn after_a_kill_9_of_the_cli_mid_deploy_the_next_deploy_breaks_its_lock_at_once(
         "{stderr}"
     );
 }
+
+#[test]
+fn deploy_names_the_files_of_the_release_that_look_like_secrets() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    std::fs::write(env.app().join(".env"), "API_KEY=hunter2\n").expect("write .env");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: the release holds files that look like secrets: .env;"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "no value is shown:\n{stderr}");
+}
