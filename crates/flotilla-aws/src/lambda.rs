@@ -109,6 +109,7 @@ impl ReaperConfig {
             health_poll: Duration::from_secs(5),
             lock_ttl: self.lock_ttl,
             lock_owner: format!("reaper lambda (request {request_id})"),
+            local_holders: None,
         }
     }
 }

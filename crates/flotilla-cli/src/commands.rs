@@ -283,7 +283,8 @@ struct ConfigReport<'a> {
 
 fn config_check(global: &Global, out: Output) -> Result<u8> {
     let config = load(global, out)?;
-    let warnings = config::layers::unknown_env_warnings(std::env::vars().map(|(k, _)| k));
+    let mut warnings = config::layers::unknown_env_warnings(std::env::vars().map(|(k, _)| k));
+    warnings.extend(config.exposure_warnings());
     if out.json {
         out.json(&ConfigReport {
             ok: true,
@@ -379,6 +380,9 @@ struct DeployJson<'a> {
 
 async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     let config = load_with(global, &args.env, &args.secret, out)?;
+    for warning in config.exposure_warnings() {
+        out.warn(&warning);
+    }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
     let opened = providers::open(&config, "deploy").await?;
@@ -407,7 +411,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     let outcome = tokio::select! {
         result = opened.engine.deploy(request, &printer) => {
             printer.finish();
-            result.with_context(|| format!("deploy of {id} failed"))?
+            result.with_context(|| crate::exit::DeployFailed { id: id.clone() })?
         }
         _ = tokio::signal::ctrl_c() => {
             printer.finish();

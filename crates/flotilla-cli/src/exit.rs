@@ -49,7 +49,8 @@ pub const TABLE: &[(Exit, &str, &str)] = &[
     (
         Exit::Provider,
         "provider",
-        "the provider is unreachable or one of its calls failed; run the same command again to resume",
+        "the provider is unreachable or one of its calls failed; run the same command again to \
+         resume (a deploy: `flotilla deploy --id ID`, as its hint says)",
     ),
     (
         Exit::Locked,
@@ -151,14 +152,46 @@ pub struct Interrupted {
     pub resume: String,
 }
 
-/// The exit code for `err` and the line telling the user what to do next.
-pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
-    for cause in err.chain() {
-        if let Some(found) = classify_one(cause) {
-            return found;
+/// The context of a failed deploy: "run the same command again" would start a new version
+/// (with a new id) rather than resume this one, so its hint names the command that resumes.
+#[derive(Debug)]
+pub struct DeployFailed {
+    /// The version being deployed.
+    pub id: flotilla_core::DeploymentId,
+}
+
+impl std::fmt::Display for DeployFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "deploy of {} failed", self.id)
+    }
+}
+
+impl DeployFailed {
+    /// `hint` with its "run the same command again" made true for a deploy.
+    fn hint(&self, hint: String) -> String {
+        const AGAIN: &str = "run the same command again";
+        match hint.find(AGAIN) {
+            Some(at) => format!(
+                "{}run `flotilla deploy --id {id}` to resume this deploy where it stopped \
+                 (a plain `flotilla deploy` starts a new version and first cleans up {id})",
+                &hint[..at],
+                id = self.id
+            ),
+            None => hint,
         }
     }
-    (Exit::Failure, None)
+}
+
+/// The exit code for `err` and the line telling the user what to do next.
+pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
+    let (exit, hint) = err
+        .chain()
+        .find_map(classify_one)
+        .unwrap_or((Exit::Failure, None));
+    match err.downcast_ref::<DeployFailed>() {
+        Some(deploy) => (exit, hint.map(|h| deploy.hint(h))),
+        None => (exit, hint),
+    }
 }
 
 fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Option<String>)> {
@@ -201,6 +234,22 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
             }
         };
         return Some((Exit::Usage, Some(hint.to_owned())));
+    }
+    if let Some(host) = cause.downcast_ref::<flotilla_host::error::HostError>() {
+        use flotilla_host::error::HostError;
+        match host {
+            HostError::PortTaken { .. } | HostError::Bind { .. } => {
+                return Some((
+                    Exit::Usage,
+                    Some(
+                        "choose a free address for `[host] listen` / `admin_listen` in \
+                         flotilla.toml, or stop the process named above"
+                            .to_owned(),
+                    ),
+                ));
+            }
+            _ => {}
+        }
     }
     if let Some(stack) = cause.downcast_ref::<StackError>() {
         let exit = match stack.class() {
@@ -280,6 +329,39 @@ mod tests {
     use flotilla_engine::ports::LockInfo;
 
     use super::*;
+
+    #[test]
+    fn a_failed_deploy_names_the_command_that_resumes_it() {
+        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
+        let port = |kind| EngineError::Port {
+            step: format!("create compute for {id}"),
+            source: PortError::new(kind, "create compute", id.as_str(), "daemon gone"),
+        };
+        for kind in [
+            ErrorKind::Unavailable,
+            ErrorKind::Transient,
+            ErrorKind::Invalid,
+        ] {
+            let err = anyhow::Error::new(port(kind)).context(DeployFailed { id: id.clone() });
+            let (exit, hint) = classify(&err);
+            let hint = hint.expect("a hint");
+            assert_eq!(exit, Exit::Provider);
+            assert!(
+                hint.contains(
+                    "run `flotilla deploy --id 20261125-190633-k3x9` to resume this deploy"
+                ) && hint.contains("a plain `flotilla deploy` starts a new version")
+                    && !hint.contains("same command again"),
+                "{kind:?}: {hint}"
+            );
+            assert_eq!(err.to_string(), "deploy of 20261125-190633-k3x9 failed");
+        }
+        // Other commands keep "run the same command again": for them it is true.
+        let (_, hint) = classify(&anyhow::Error::new(port(ErrorKind::Transient)));
+        assert_eq!(
+            hint.as_deref(),
+            Some("run the same command again: it resumes where it stopped")
+        );
+    }
 
     #[test]
     fn codes_are_distinct_and_all_documented() {

@@ -103,6 +103,10 @@ pub fn engine_settings(config: &Config) -> Settings {
         // A crashed holder's lock still lapses on its own after this.
         lock_ttl: config.app.health_timeout + Duration::from_secs(30 * 60),
         lock_owner: lock_owner(),
+        local_holders: Some(flotilla_engine::workflows::LocalHolders {
+            host: hostname(),
+            alive: pid_alive,
+        }),
     }
 }
 
@@ -111,13 +115,27 @@ pub fn lock_owner() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    flotilla_core::lock::owner(&user, &hostname(), std::process::id())
+}
+
+/// This machine's host name, as written in lock owners.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".to_owned());
-    format!("{user}@{host} (pid {})", std::process::id())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// Whether process `pid` of this host runs (a zombie, dead but not yet reaped, does not).
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// The URL users reach a host router listening on `listen` at: unspecified addresses

@@ -20,6 +20,7 @@
 pub mod drain;
 pub mod ids;
 pub mod lifecycle;
+pub mod lock;
 pub mod names;
 pub mod reaper;
 pub mod routing;

@@ -36,8 +36,21 @@ pub struct Settings {
     pub health_poll: Duration,
     /// How long a lock lives without being released (a crashed holder's lock lapses after this).
     pub lock_ttl: Duration,
-    /// Who this process is, for the lock (`user@host (pid N)`).
+    /// Who this process is, for the lock (`user@host (pid N)`, see `flotilla_core::lock`).
     pub lock_owner: String,
+    /// This host and how to ask whether a process of it runs, when the caller can answer: a lock
+    /// held by a process of this host that no longer runs is broken at once (with a note) rather
+    /// than blocking until it lapses.
+    pub local_holders: Option<LocalHolders>,
+}
+
+/// The edge's answer to "does the process that holds this lock still run?".
+#[derive(Clone, Debug)]
+pub struct LocalHolders {
+    /// This host's name, as written in lock owners.
+    pub host: String,
+    /// Whether process `pid` of this host runs.
+    pub alive: fn(u32) -> bool,
 }
 
 /// What to deploy.
@@ -350,7 +363,7 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<DeployOutcome, EngineError> {
         validate(&request)?;
-        let mut lease = self.lock(request.break_lock).await?;
+        let mut lease = self.lock(request.break_lock, progress).await?;
         let result = self.deploy_locked(&request, &mut lease, progress).await;
         self.unlock(progress).await;
         result
@@ -367,7 +380,7 @@ impl Engine {
         target: Option<DeploymentId>,
         progress: &dyn Progress,
     ) -> Result<RollbackOutcome, EngineError> {
-        self.lock(false).await?;
+        self.lock(false, progress).await?;
         let result = self.rollback_locked(target, progress).await;
         self.unlock(progress).await;
         result
@@ -381,7 +394,7 @@ impl Engine {
         id: DeploymentId,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
-        self.lock(false).await?;
+        self.lock(false, progress).await?;
         let result = self.drain_locked(&id, progress).await;
         self.unlock(progress).await;
         result
@@ -432,7 +445,7 @@ impl Engine {
         break_lock: bool,
         progress: &dyn Progress,
     ) -> Result<TeardownReport, EngineError> {
-        self.lock(break_lock).await?;
+        self.lock(break_lock, progress).await?;
         let result = self.teardown_locked(target, progress).await;
         self.unlock(progress).await;
         result
@@ -1483,16 +1496,41 @@ impl Engine {
 
     // ---- the lock -----------------------------------------------------------------------------
 
-    /// Takes the deploy lock; returns when it was taken.
-    async fn lock(&self, force: bool) -> Result<Timestamp, EngineError> {
+    /// Takes the deploy lock; returns when it was taken. A lock whose holder ran on this host and
+    /// no longer runs (a CLI killed with `kill -9`) is broken, with a note saying whose it was.
+    async fn lock(&self, force: bool, progress: &dyn Progress) -> Result<Timestamp, EngineError> {
         let now = self.now();
         match self.acquire(now, force).await? {
             LockOutcome::Acquired => Ok(now),
+            LockOutcome::Held(lock) if self.holder_is_gone(&lock) => {
+                match self.acquire(now, true).await? {
+                    LockOutcome::Acquired => {
+                        note(
+                            progress,
+                            format!(
+                                "broke the deploy lock of {}: that process no longer runs",
+                                lock.owner
+                            ),
+                        );
+                        Ok(now)
+                    }
+                    LockOutcome::Held(lock) => Err(EngineError::LockHeld {
+                        name: self.settings.name.clone(),
+                        lock,
+                    }),
+                }
+            }
             LockOutcome::Held(lock) => Err(EngineError::LockHeld {
                 name: self.settings.name.clone(),
                 lock,
             }),
         }
+    }
+
+    fn holder_is_gone(&self, lock: &LockInfo) -> bool {
+        self.settings.local_holders.as_ref().is_some_and(|local| {
+            flotilla_core::lock::holder_is_gone(&lock.owner, &local.host, local.alive)
+        })
     }
 
     async fn acquire(&self, now: Timestamp, force: bool) -> Result<LockOutcome, EngineError> {

@@ -60,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             health_poll: Duration::from_millis(200),
             lock_ttl: Duration::from_secs(600),
             lock_owner: format!("bench_router (pid {})", std::process::id()),
+            local_holders: None,
         },
     );
     for label in ["V1", "V2"] {

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -247,14 +247,14 @@ impl Host {
                 .await;
                 match made {
                     Ok(path) => Ok(ImageRef(path.display().to_string())),
-                    Err(ReleaseError::Build(_)) | Err(ReleaseError::Walk { .. }) => {
-                        Err(PortError::new(
-                            ErrorKind::Invalid,
-                            op,
-                            id.as_str(),
-                            made.err().map(|e| e.to_string()).unwrap_or_default(),
-                        ))
-                    }
+                    Err(ReleaseError::Build(_))
+                    | Err(ReleaseError::Walk { .. })
+                    | Err(ReleaseError::Empty { .. }) => Err(PortError::new(
+                        ErrorKind::Invalid,
+                        op,
+                        id.as_str(),
+                        made.err().map(|e| e.to_string()).unwrap_or_default(),
+                    )),
                     Err(ReleaseError::Host(e)) => Err(e.into_port(op, id.as_str())),
                 }
             }
@@ -634,6 +634,7 @@ pub fn engine_settings(settings: &HostSettings) -> Settings {
         health_poll: Duration::from_millis(500),
         lock_ttl: REAPER_LOCK_TTL,
         lock_owner: format!("flotilla host daemon (pid {})", std::process::id()),
+        local_holders: None,
     }
 }
 
@@ -658,17 +659,10 @@ pub async fn serve(
         &settings.app_dir,
     ))?;
     let state_dir = settings.state_dir.clone();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
+    crate::private::private_dir(&state_dir)
         .map_err(HostError::io("create state directory", &state_dir))?;
     let lock_path = settings.daemon_lock_path();
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let lock_file = crate::private::private_append(&lock_path)
         .map_err(HostError::io("open daemon lock", &lock_path))?;
     let daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         HostError::AlreadyRunning {
@@ -719,19 +713,18 @@ pub async fn serve(
     });
     host.refresh();
 
-    let listeners =
-        router_listeners(settings.listen, router_workers()).map_err(|source| HostError::Bind {
-            addr: settings.listen,
-            what: "router",
-            source,
-        })?;
+    let listeners = router_listeners(settings.listen, router_workers())
+        .map_err(|source| HostError::bind(settings.listen, "router", source))?;
     let admin = TcpListener::bind(settings.admin_listen)
         .await
-        .map_err(|source| HostError::Bind {
-            addr: settings.admin_listen,
-            what: "status page",
-            source,
-        })?;
+        .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
+    if !settings.admin_listen.ip().is_loopback() {
+        tracing::warn!(
+            admin = %settings.admin_listen,
+            "the status page listens on a non-loopback address and has no authentication: \
+             anyone who can reach it sees every version, instance and process id"
+        );
+    }
     let socket_path = settings.socket_path();
     match std::fs::remove_file(&socket_path) {
         Ok(()) => {}
@@ -862,7 +855,22 @@ fn router_workers() -> usize {
 
 /// `n` listeners on `addr` sharing the port through `SO_REUSEPORT`, so the kernel spreads new
 /// connections over the router workers. A port of 0 is resolved by the first bind.
+///
+/// `SO_REUSEPORT` would also let this daemon join a port that another process bound with it
+/// (another app's daemon), and the kernel would split traffic between two unrelated apps. So a
+/// probe socket without `SO_REUSEPORT` is bound first: it fails with `AddrInUse` whenever anything
+/// listens on the port, and is closed before the workers' sockets are bound.
 fn router_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        let probe = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+        drop(probe);
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut bind_to = addr;
     for _ in 0..n {
@@ -1037,5 +1045,38 @@ impl Progress for ChannelProgress {
     fn event(&self, event: Event) {
         // The connection is gone when this fails; the request still runs to its end.
         let _ = self.0.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another app's daemon binds its port with `SO_REUSEPORT` too; the kernel would let this
+    /// daemon join it. The probe refuses, and the error names the port.
+    #[tokio::test]
+    async fn a_port_another_process_listens_on_is_refused_even_with_reuseport() {
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other.set_reuseport(true).expect("reuseport");
+        other
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let other = other.listen(16).expect("listen");
+        let addr = other.local_addr().expect("addr");
+
+        let err = router_listeners(addr, 2).expect_err("the port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let text = HostError::bind(addr, "router", err).to_string();
+        assert!(
+            text.contains(&format!("cannot listen on {addr} (router)"))
+                && text.contains(&format!("port {}", addr.port()))
+                && text.contains("does not share a port"),
+            "{text}"
+        );
+
+        // A free port still gets one listener per worker.
+        drop(other);
+        let listeners = router_listeners(addr, 2).expect("the port is free again");
+        assert_eq!(listeners.len(), 2);
     }
 }

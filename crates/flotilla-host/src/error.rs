@@ -53,6 +53,20 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another app's flotilla daemon included) already listens on the port.
+    /// flotilla never shares a port with it, even where the kernel would allow it.
+    #[error(
+        "cannot listen on {addr} ({what}): {holder}; flotilla does not share a port with another \
+         process: choose another `[host] listen` / `admin_listen` in flotilla.toml or stop it"
+    )]
+    PortTaken {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener (router, admin page).
+        what: &'static str,
+        /// What listens there, as far as this user can see.
+        holder: String,
+    },
     /// Another daemon already serves this state directory.
     #[error("a flotilla host daemon already runs for {}; stop it with `flotilla host stop`", .state_dir.display())]
     AlreadyRunning {
@@ -100,6 +114,19 @@ impl HostError {
         }
     }
 
+    /// The error for a failed bind of `what` on `addr`: a port someone else listens on names them.
+    pub fn bind(addr: SocketAddr, what: &'static str, source: std::io::Error) -> HostError {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            HostError::PortTaken {
+                addr,
+                what,
+                holder: crate::port_holder::describe(addr.port()),
+            }
+        } else {
+            HostError::Bind { addr, what, source }
+        }
+    }
+
     /// This error as a port error of `operation` on `resource`.
     pub fn into_port(self, operation: &str, resource: &str) -> PortError {
         let kind = match &self {
@@ -111,9 +138,10 @@ impl HostError {
             HostError::AlreadyRunning { .. } | HostError::NameMismatch { .. } => {
                 ErrorKind::Conflict
             }
-            HostError::Bind { .. } | HostError::Corrupt { .. } | HostError::Protocol(_) => {
-                ErrorKind::Invalid
-            }
+            HostError::Bind { .. }
+            | HostError::PortTaken { .. }
+            | HostError::Corrupt { .. }
+            | HostError::Protocol(_) => ErrorKind::Invalid,
         };
         PortError::new(kind, operation, resource, self.to_string())
     }

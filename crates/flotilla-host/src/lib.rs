@@ -21,6 +21,8 @@ pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod logs;
+pub mod port_holder;
+pub mod private;
 pub mod release;
 pub mod router;
 pub mod rpc;

@@ -47,6 +47,20 @@ pub enum ReleaseError {
         /// What went wrong.
         message: String,
     },
+    /// The snapshot holds no file: everything in the app directory is ignored, or the app
+    /// directory lies inside the state directory (which a snapshot never copies).
+    #[error(
+        "the release snapshot of {} is empty: no file there is copied (the state directory {} \
+         and .git are never copied, nor what .gitignore and .ignore exclude); check \
+         `[host] state_dir` and the ignore files",
+        .app_dir.display(), .state_dir.display()
+    )]
+    Empty {
+        /// The app directory.
+        app_dir: PathBuf,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
     /// The build command failed.
     #[error(transparent)]
     Build(Box<BuildFailure>),
@@ -111,12 +125,24 @@ pub async fn prepare(
             .map_err(HostError::io("remove half-made release", &dir))?;
     }
     let (from, to, skip) = (app_dir.to_path_buf(), dir.clone(), state_dir.to_path_buf());
-    tokio::task::spawn_blocking(move || snapshot(&from, &to, &skip))
+    let copied = tokio::task::spawn_blocking(move || snapshot(&from, &to, &skip))
         .await
         .map_err(|e| ReleaseError::Walk {
             dir: app_dir.to_path_buf(),
             message: e.to_string(),
         })??;
+    if copied.files == 0 {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return Err(ReleaseError::Empty {
+            app_dir: app_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        });
+    }
+    if !copied.secret_like.is_empty() {
+        progress.event(Event::Note {
+            message: secrets_note(&copied.secret_like),
+        });
+    }
     if let Some(build) = build {
         run_build(build, app_dir, &dir, id, progress).await?;
     }
@@ -126,8 +152,73 @@ pub async fn prepare(
     Ok(dir)
 }
 
+/// Whether a file named `name` looks like it holds a secret: `.env` files (not `.env.example`,
+/// `.env.sample`, `.env.template`), private keys and certificates' keys, credential files.
+pub fn looks_like_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if name == ".env" {
+        return true;
+    }
+    if let Some(variant) = name.strip_prefix(".env.") {
+        return !matches!(
+            variant,
+            "example" | "sample" | "template" | "dist" | "defaults"
+        );
+    }
+    if name.ends_with(".env") && name != ".env" {
+        return !name.ends_with(".example.env") && !name.ends_with(".sample.env");
+    }
+    const NAMES: &[&str] = &[
+        "id_rsa",
+        "id_dsa",
+        "id_ecdsa",
+        "id_ed25519",
+        ".netrc",
+        ".npmrc",
+        ".pypirc",
+        "credentials",
+        "credentials.json",
+        "secrets.json",
+        "secrets.yml",
+        "secrets.yaml",
+    ];
+    const EXTENSIONS: &[&str] = &[".pem", ".key", ".p12", ".pfx", ".keystore", ".jks"];
+    NAMES.contains(&name.as_str()) || EXTENSIONS.iter().any(|ext| name.ends_with(ext))
+}
+
+/// The note `deploy` shows for the release's files that look like secrets.
+fn secrets_note(files: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut list = files
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if files.len() > SHOWN {
+        list.push_str(&format!(" and {} more", files.len() - SHOWN));
+    }
+    format!(
+        "the release holds files that look like secrets: {list}; every release snapshot copies \
+         them and the app can read them. Add them to .gitignore (or .ignore) to leave them out, \
+         and give secrets through [host] secrets_file instead"
+    )
+}
+
+/// What a snapshot copied.
+struct Copied {
+    /// Files and links copied.
+    files: usize,
+    /// The relative paths of those that look like secrets, sorted.
+    secret_like: Vec<String>,
+}
+
 /// Copies every file of `from` that `.gitignore` rules do not exclude into `to`.
-fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<(), ReleaseError> {
+fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<Copied, ReleaseError> {
+    let mut copied = Copied {
+        files: 0,
+        secret_like: Vec::new(),
+    };
     std::fs::create_dir_all(to).map_err(HostError::io("create release directory", to))?;
     let skip = skip.to_path_buf();
     let walker = ignore::WalkBuilder::new(from)
@@ -164,15 +255,21 @@ fn snapshot(from: &Path, to: &Path, skip: &Path) -> Result<(), ReleaseError> {
                 .map_err(HostError::io("read link", entry.path()))?;
             std::os::unix::fs::symlink(&link, &target)
                 .map_err(HostError::io("create link", &target))?;
+            copied.files += 1;
         } else if kind.is_file() {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(HostError::io("create directory", parent))?;
             }
             std::fs::copy(entry.path(), &target).map_err(HostError::io("copy", entry.path()))?;
+            copied.files += 1;
+            if looks_like_secret(&entry.file_name().to_string_lossy()) {
+                copied.secret_like.push(rel.display().to_string());
+            }
         }
     }
-    Ok(())
+    copied.secret_like.sort();
+    Ok(copied)
 }
 
 async fn run_build(
@@ -184,9 +281,11 @@ async fn run_build(
 ) -> Result<(), ReleaseError> {
     let log = build.log;
     if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent).map_err(HostError::io("create log directory", parent))?;
+        crate::private::private_dir(parent)
+            .map_err(HostError::io("create log directory", parent))?;
     }
-    let mut file = std::fs::File::create(log).map_err(HostError::io("create build log", log))?;
+    let mut file =
+        crate::private::private_create(log).map_err(HostError::io("create build log", log))?;
     progress.event(Event::BuildStarted {
         id: id.clone(),
         command: build.command.to_owned(),
@@ -393,6 +492,114 @@ mod tests {
         );
     }
 
+    #[test]
+    fn secret_looking_names_are_recognised_and_examples_are_not() {
+        for name in [
+            ".env",
+            ".env.local",
+            ".env.production",
+            "prod.env",
+            "id_rsa",
+            "id_ed25519",
+            "server.pem",
+            "tls.KEY",
+            "cert.p12",
+            ".npmrc",
+            "credentials.json",
+        ] {
+            assert!(looks_like_secret(name), "{name}");
+        }
+        for name in [
+            ".env.example",
+            ".env.sample",
+            ".env.template",
+            "id_rsa.pub",
+            "main.rs",
+            "README",
+            "environment.ts",
+            "keys.txt",
+        ] {
+            assert!(!looks_like_secret(name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deploy_is_told_which_files_of_the_release_look_like_secrets() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let app = tmp.path().join("app");
+        std::fs::create_dir_all(app.join("config")).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "x").expect("write");
+        std::fs::write(app.join(".env"), "SECRET=1").expect("write");
+        std::fs::write(app.join(".env.example"), "SECRET=").expect("write");
+        std::fs::write(app.join("config/server.pem"), "x").expect("write");
+        let state = tmp.path().join("state");
+        let recorder = Recorder::default();
+        prepare(&app, &state, &state.join("r"), &id(9), None, &recorder)
+            .await
+            .expect("prepare");
+        let notes: Vec<Event> = events(&recorder);
+        assert_eq!(
+            notes,
+            vec![Event::Note {
+                message: "the release holds files that look like secrets: .env, \
+                          config/server.pem; every release snapshot copies them and the app can \
+                          read them. Add them to .gitignore (or .ignore) to leave them out, and \
+                          give secrets through [host] secrets_file instead"
+                    .to_owned()
+            }]
+        );
+
+        // Ignored, they are neither copied nor named.
+        std::fs::write(app.join(".gitignore"), ".env\n*.pem\n").expect("write");
+        let recorder = Recorder::default();
+        prepare(&app, &state, &state.join("r"), &id(10), None, &recorder)
+            .await
+            .expect("prepare");
+        assert!(events(&recorder).is_empty(), "{:?}", events(&recorder));
+    }
+
+    #[tokio::test]
+    async fn an_empty_snapshot_fails_clearly_and_leaves_no_release() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // The state directory contains the app directory (state_dir = ".."): nothing is copied.
+        let state = tmp.path().to_path_buf();
+        let app = state.join("app");
+        std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
+        let releases = state.join("releases");
+        let err = prepare(&app, &state, &releases, &id(7), None, &Silent)
+            .await
+            .expect_err("nothing to copy");
+        assert!(matches!(err, ReleaseError::Empty { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("release snapshot of {} is empty", app.display()))
+                && text.contains("[host] state_dir"),
+            "{text}"
+        );
+        assert!(
+            !release_dir(&releases, &id(7)).exists(),
+            "no half-made release"
+        );
+
+        // Everything ignored: the same clear error.
+        let other = tempfile::tempdir().expect("tempdir");
+        std::fs::write(other.path().join(".ignore"), "*\n").expect("write");
+        std::fs::write(other.path().join("start.sh"), "x").expect("write");
+        let state = tmp.path().join("elsewhere");
+        let err = prepare(
+            other.path(),
+            &state,
+            &state.join("r"),
+            &id(8),
+            None,
+            &Silent,
+        )
+        .await
+        .expect_err("everything ignored");
+        assert!(matches!(err, ReleaseError::Empty { .. }), "{err}");
+    }
+
     fn events(recorder: &Recorder) -> Vec<Event> {
         recorder.0.lock().expect("lock").clone()
     }
@@ -402,6 +609,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let command = "echo compiling; echo 'a warning' >&2; printf 'no newline'";
@@ -451,6 +659,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let build = Build {
@@ -485,6 +694,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let app = tmp.path().join("app");
         std::fs::create_dir_all(&app).expect("mkdir");
+        std::fs::write(app.join("start.sh"), "exec ./app\n").expect("write");
         let state = tmp.path().join("state");
         let log = state.join("logs/build.log");
         let build = Build {

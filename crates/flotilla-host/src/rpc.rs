@@ -333,13 +333,10 @@ fn port_to_host(e: PortError, client: &Client) -> HostError {
 }
 
 async fn start_daemon(settings: &HostSettings) -> Result<StartedDaemon, HostError> {
-    std::fs::create_dir_all(&settings.state_dir)
+    crate::private::private_dir(&settings.state_dir)
         .map_err(HostError::io("create state directory", &settings.state_dir))?;
     let log_path = settings.daemon_log_path();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = crate::private::private_append(&log_path)
         .map_err(HostError::io("open daemon log", &log_path))?;
     let err_log = log
         .try_clone()

@@ -507,13 +507,9 @@ impl Monitor {
 
     fn log_line(&self, message: &str) {
         if let Some(parent) = self.state.log_path.parent() {
-            let _ = std::fs::create_dir_all(parent);
+            let _ = crate::private::private_dir(parent);
         }
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.state.log_path)
-        {
+        if let Ok(mut f) = crate::private::private_append(&self.state.log_path) {
             let _ = writeln!(f, "flotilla: {message}");
         }
     }
@@ -526,13 +522,10 @@ impl Monitor {
         self.state.port.store(port, Ordering::Relaxed);
         let log_path = self.state.log_path.clone();
         if let Some(parent) = log_path.parent() {
-            std::fs::create_dir_all(parent)
+            crate::private::private_dir(parent)
                 .map_err(HostError::io("create log directory", parent))?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = crate::private::private_append(&log_path)
             .map_err(HostError::io("open instance log", &log_path))?;
         let err_log = log
             .try_clone()

@@ -137,6 +137,7 @@ impl Site {
                 health_poll: Duration::from_millis(200),
                 lock_ttl: Duration::from_secs(600),
                 lock_owner: "baseline test".to_owned(),
+                local_holders: None,
             },
         )
     }

@@ -463,6 +463,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// What this configuration exposes that the user may not mean to: today, a host status page
+    /// reachable from other machines (it has no authentication and lists every version, instance
+    /// and pid).
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let admin = self.host.admin_listen;
+        if self.provider == ProviderKind::Host && !admin.ip().is_loopback() {
+            out.push(format!(
+                "`host.admin_listen` {admin} is not a loopback address: the status page has no \
+                 authentication and shows every version, instance and process id to anyone who \
+                 can reach that port; use 127.0.0.1:{port} unless other machines must see it",
+                port = admin.port()
+            ));
+        }
+        out
+    }
+
     /// Seconds ECS ignores failing load balancer health checks of a new task: `[aws]
     /// health_check_grace_seconds`, or else as long as a deploy waits for health, so ECS never
     /// replaces a slow first start (an image pull through NAT) while the deploy still waits.

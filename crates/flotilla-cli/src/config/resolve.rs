@@ -602,7 +602,23 @@ impl Resolver<'_> {
         let state_dir = self
             .checked("host.state_dir", |s| {
                 if s.trim().is_empty() {
-                    Err("`host.state_dir` is empty".to_owned())
+                    return Err("`host.state_dir` is empty".to_owned());
+                }
+                let dir = normalise(&root.join(s));
+                if dir.parent().is_none() {
+                    Err(format!(
+                        "`host.state_dir` {s:?} is the filesystem root; keep the state in a \
+                         directory of its own, e.g. \".flotilla/host\""
+                    ))
+                } else if root.starts_with(&dir) {
+                    Err(format!(
+                        "`host.state_dir` {s:?} is {}, which contains the app directory {}; \
+                         a release snapshot skips the state directory, so it would come out \
+                         empty: use a directory inside the app directory (e.g. \".flotilla/host\") \
+                         or beside it",
+                        dir.display(),
+                        root.display()
+                    ))
                 } else {
                     Ok(())
                 }

@@ -327,14 +327,17 @@ pub const KEYS: &[Key] = &[
         "listen",
         Ty::Str,
         Str("127.0.0.1:8080"),
-        "Where the router accepts your users' requests (address:port).",
+        "Where the router accepts your users' requests (address:port). The daemon refuses to \
+         start on a port another process already listens on (another app's daemon included) \
+         and names that process.",
     ),
     key(
         "host",
         "admin_listen",
         Ty::Str,
         Str("127.0.0.1:8081"),
-        "Where the read-only status page listens (keep it on a loopback address).",
+        "Where the read-only status page listens. It has no authentication: keep it on a \
+         loopback address (`deploy` and `config check` warn when it is not).",
     ),
     key_ex(
         "host",
@@ -367,7 +370,9 @@ pub const KEYS: &[Key] = &[
         "state_dir",
         Ty::Str,
         Str(".flotilla/host"),
-        "Where the host provider keeps its database, releases and logs (relative to this file).",
+        "Where the host provider keeps its database, releases and logs (relative to this file). \
+         Not the filesystem root nor a directory that contains this one: a release snapshot \
+         never copies the state directory.",
     ),
     key_ex(
         "host",

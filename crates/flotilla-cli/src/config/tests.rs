@@ -962,3 +962,68 @@ fn choosing_a_framework_in_an_init_template_takes_effect() {
     assert_eq!(origin_of(&config, "app.health_path"), "preset streamlit");
     assert!(text.contains("\n# health_path = \"/healthz\"\n"), "{text}");
 }
+
+#[test]
+fn a_state_dir_that_is_the_root_or_contains_the_app_directory_is_refused_with_its_line() {
+    let none = Overrides::default();
+    check(
+        &format!("{BASE}state_dir = \"/\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:13: `host.state_dir` \"/\" is the filesystem root; keep the state in \
+           a directory of its own, e.g. \".flotilla/host\"",
+        ],
+    );
+    for (value, dir) in [
+        ("..", "/srv"),
+        ("../..", "/"),
+        (".", "/srv/shop"),
+        ("/srv", "/srv"),
+    ] {
+        let got =
+            resolve(&format!("{BASE}state_dir = \"{value}\"\n"), &[], &none).expect_err("refused");
+        let want = if dir == "/" {
+            format!("flotilla.toml:4:13: `host.state_dir` \"{value}\" is the filesystem root")
+        } else {
+            format!(
+                "flotilla.toml:4:13: `host.state_dir` \"{value}\" is {dir}, which contains the app \
+                 directory /srv/shop; a release snapshot skips the state directory"
+            )
+        };
+        assert!(
+            got.len() == 1 && got[0].starts_with(&want),
+            "{value}: {got:?}"
+        );
+    }
+    // Beside the app directory, or anywhere else, is fine.
+    for value in ["../shop-state", "/var/lib/flotilla/shop", ".flotilla/other"] {
+        ok(&format!("{BASE}state_dir = \"{value}\"\n"), &[], &none);
+    }
+}
+
+#[test]
+fn a_status_page_reachable_from_other_machines_is_warned_about() {
+    let none = Overrides::default();
+    let local = ok(BASE, &[], &none);
+    assert!(local.exposure_warnings().is_empty());
+    for addr in ["0.0.0.0:9000", "192.0.2.7:9000", "[::]:9000"] {
+        let exposed = ok(&format!("{BASE}admin_listen = \"{addr}\"\n"), &[], &none);
+        let warnings = exposed.exposure_warnings();
+        assert_eq!(warnings.len(), 1, "{addr}: {warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "`host.admin_listen` {addr} is not a loopback address: the status page has no \
+                 authentication"
+            )) && warnings[0].ends_with("use 127.0.0.1:9000 unless other machines must see it"),
+            "{}",
+            warnings[0]
+        );
+    }
+    let v6_loopback = ok(
+        &format!("{BASE}admin_listen = \"[::1]:9000\"\n"),
+        &[],
+        &none,
+    );
+    assert!(v6_loopback.exposure_warnings().is_empty());
+}

@@ -1182,3 +1182,188 @@ fn a_failing_build_shows_its_tail_status_and_log_and_creates_no_version() {
     assert_eq!(served_by(&env.get("/", &[(HEADER, &v1)])), v1);
     assert_eq!(env.processes(), before, "no process started or stopped");
 }
+
+#[test]
+fn a_router_port_another_process_listens_on_is_refused_with_its_name() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    // Another app's daemon binds with SO_REUSEPORT, which would let a second daemon join it.
+    let other = std::thread::spawn({
+        let addr = env.listen;
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let s = tokio::net::TcpSocket::new_v4().expect("socket");
+                s.set_reuseport(true).expect("reuseport");
+                s.bind(addr).expect("bind");
+                s.listen(16).expect("listen").into_std().expect("std")
+            })
+        }
+    })
+    .join()
+    .expect("bind the other listener");
+
+    let serve = env.flotilla(&["host", "serve"]);
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(2), "usage exit code:\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {} (router): another process already listens on port {}",
+            env.listen,
+            env.listen.port()
+        )),
+        "{stderr}"
+    );
+
+    let deploy = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&deploy.stderr);
+    assert_eq!(
+        deploy.status.code(),
+        Some(3),
+        "the daemon cannot start: provider exit code:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("already listens on port {}", env.listen.port())),
+        "the daemon's log line names the port:\n{stderr}"
+    );
+    assert!(env.daemon_pid().is_none(), "no daemon runs");
+    drop(other);
+}
+
+#[test]
+fn under_umask_022_the_state_directory_is_0700_and_its_logs_and_database_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    // The CLI starts the daemon, so both run with the umask most shells have.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" deploy --json"])
+        .arg(util::flotilla_bin())
+        .current_dir(env.app())
+        .output()
+        .expect("run flotilla deploy");
+    assert!(
+        out.status.success(),
+        "deploy failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let state = env.app().join(".flotilla/host");
+    assert_eq!(mode(&env.app().join(".flotilla")), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("logs")), 0o700);
+    let mut files = vec![state.join("daemon.log"), state.join("daemon.lock")];
+    for entry in std::fs::read_dir(&state).expect("state dir") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().contains("state.db") {
+            files.push(path);
+        }
+    }
+    // logs/build-<id>.log, and logs/<id>/<instance>.log for each instance.
+    for entry in std::fs::read_dir(state.join("logs")).expect("logs dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+            for inner in std::fs::read_dir(&path).expect("version logs") {
+                files.push(inner.expect("entry").path());
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .count()
+            >= 4,
+        "the daemon's and the instances' logs: {files:?}"
+    );
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn after_a_kill_9_of_the_cli_mid_deploy_the_next_deploy_breaks_its_lock_at_once() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    let hello = util::hello_bin();
+    // A slow build, so the CLI is killed while it holds the lock.
+    env.configure(
+        &format!("sleep 2 && cp {} ./hello", hello.display()),
+        "exec ./hello",
+    );
+    let mut cli = std::process::Command::new(util::flotilla_bin())
+        .arg("deploy")
+        .current_dir(env.app())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start flotilla deploy");
+    let logs = env.app().join(".flotilla/host/logs");
+    let building = eventually(Duration::from_secs(30), || {
+        std::fs::read_dir(&logs)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("build-"))
+            .then_some(())
+    });
+    assert!(building.is_some(), "the first deploy reached its build");
+    let dead = cli.id();
+    kill(dead, "-9");
+    let _ = cli.wait();
+
+    env.configure(&format!("cp {} ./hello", hello.display()), "exec ./hello");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the next deploy does not wait for the dead CLI's lock:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("broke the deploy lock of ")
+            && stderr.contains(&format!("(pid {dead}): that process no longer runs")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn deploy_names_the_files_of_the_release_that_look_like_secrets() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 10,
+    });
+    std::fs::write(env.app().join(".env"), "API_KEY=hunter2\n").expect("write .env");
+    let out = env.flotilla(&["deploy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: the release holds files that look like secrets: .env;"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "no value is shown:\n{stderr}");
+}

@@ -50,6 +50,7 @@ impl World {
             health_poll: Duration::from_secs(5),
             lock_ttl: LOCK_TTL,
             lock_owner: owner.to_owned(),
+            local_holders: None,
         }
     }
 

@@ -1105,3 +1105,66 @@ async fn a_failed_build_keeps_nothing_of_the_version_and_traffic_where_it_was() 
         Some(v3)
     );
 }
+
+#[tokio::test]
+async fn a_lock_whose_holder_on_this_host_no_longer_runs_is_broken_with_a_note() {
+    use flotilla_engine::workflows::LocalHolders;
+    let w = World::new();
+    let dead = "alice@box (pid 11)";
+    let alice = w.engine(dead);
+    let v1 = w.deployed(&alice).await;
+    w.sim.advance(MIN);
+    // alice's CLI is killed mid-deploy: its lock stays.
+    let v2 = w.next_id();
+    w.sim.arm(
+        Trigger::Operation("compute.create".into()),
+        FaultMode::CrashAfter,
+    );
+    w.deploy(&alice, &v2).await.expect_err("the process died");
+    w.sim.revive();
+
+    let on = |owner: &str, host: &str, alive: fn(u32) -> bool| {
+        let mut settings = w.settings(owner);
+        settings.local_holders = Some(LocalHolders {
+            host: host.to_owned(),
+            alive,
+        });
+        Engine::new(w.sim.ports(), settings)
+    };
+    // Another host cannot tell whether pid 11 runs; a live holder keeps its lock.
+    let elsewhere = on("bob@other (pid 12)", "other", |_| false);
+    let err = w.deploy(&elsewhere, &w.next_id()).await.expect_err("held");
+    assert!(matches!(err, EngineError::LockHeld { .. }), "{err:?}");
+    let alive = on("bob@box (pid 12)", "box", |_| true);
+    let err = w.deploy(&alive, &w.next_id()).await.expect_err("held");
+    assert!(matches!(err, EngineError::LockHeld { .. }), "{err:?}");
+
+    // On the same host, with pid 11 gone, a new deploy breaks the lock and says so.
+    let bob = on("bob@box (pid 12)", "box", |pid| pid != 11);
+    let recorder = Recorder::default();
+    let v3 = w.next_id();
+    let outcome = bob
+        .deploy(request(&v3, false), &recorder)
+        .await
+        .expect("the dead holder's lock is broken");
+    assert_eq!(outcome.deployment_id, v3);
+    let notes: Vec<String> = recorder
+        .0
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter_map(|e| match e {
+            Event::Note { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        notes.iter().any(
+            |n| n == "broke the deploy lock of alice@box (pid 11): that process no longer runs"
+        ),
+        "{notes:?}"
+    );
+    assert_eq!(w.view().fresh_target(), Some(v3.clone()));
+    assert_ne!(w.state(&v2), Some(VersionState::Deploying), "v2 cleaned up");
+    assert_eq!(outcome.draining, vec![v1]);
+}

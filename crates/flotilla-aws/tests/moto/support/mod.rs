@@ -264,6 +264,7 @@ impl World {
             health_poll: Duration::from_millis(200),
             lock_ttl: Duration::from_secs(600),
             lock_owner: owner.to_owned(),
+            local_holders: None,
         }
     }
 
