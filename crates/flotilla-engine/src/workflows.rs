@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_core::drain::Readiness;
-use flotilla_core::reaper::{ComputeCounts, ReapAction, ReapPolicy, VersionView, plan_reap};
+use flotilla_core::reaper::{
+    ComputeCounts, ReapAction, ReapPolicy, VersionView, Waiting, plan_pass,
+};
 use flotilla_core::routing::{Affinity, RoutingTable, RuleBudget, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version, VersionState};
 use serde::Serialize;
@@ -88,6 +90,8 @@ pub struct ReapReport {
     pub actions: Vec<ReapAction>,
     /// Actions that failed, with the error; the next pass retries them.
     pub failed: Vec<(ReapAction, String)>,
+    /// Draining versions the pass left draining, with what each waits for.
+    pub waiting: Vec<Waiting>,
     /// Whether the pass was skipped because another operation held the lock.
     pub skipped_locked: Option<LockInfo>,
     /// Versions whose records were brought in line with the default forward first (a deploy or
@@ -387,7 +391,7 @@ impl Engine {
         result
     }
 
-    /// One reaper pass: observe, plan with `flotilla_core::reaper::plan_reap`, carry the plan out
+    /// One reaper pass: observe, plan with `flotilla_core::reaper::plan_pass`, carry the plan out
     /// (unless `dry_run`). Skipped, not failed, when another operation holds the lock.
     ///
     /// Before planning, records are brought in line with the default forward (a deploy or rollback
@@ -1031,8 +1035,9 @@ impl Engine {
             .iter()
             .map(|r| version_view(r, &observed, &readiness, &table))
             .collect();
-        let plan = plan_reap(&fleet, self.now(), &self.settings.policy);
-        for action in plan {
+        let plan = plan_pass(&fleet, self.now(), &self.settings.policy);
+        report.waiting = plan.waiting;
+        for action in plan.actions {
             if !dry_run {
                 if let Err(e) = self
                     .carry_out(&action, &mut records, &table, progress)
