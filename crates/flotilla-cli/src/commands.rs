@@ -165,6 +165,15 @@ fn inputs_env(key: &str) -> Option<String> {
 }
 
 /// Loads and validates the configuration.
+/// The provider of the configuration this run loaded, once it has loaded one.
+static PROVIDER_IN_USE: std::sync::OnceLock<ProviderKind> = std::sync::OnceLock::new();
+
+/// The provider of the configuration this run loaded, so that a failure's hint names it; `None`
+/// when the command failed before reading its configuration.
+pub fn provider_in_use() -> Option<ProviderKind> {
+    PROVIDER_IN_USE.get().copied()
+}
+
 fn load(global: &Global, out: Output) -> Result<Config> {
     load_with(global, &[], &[], out)
 }
@@ -185,6 +194,8 @@ fn load_with(global: &Global, env: &[String], secrets: &[String], out: Output) -
         env: &inputs_env,
         overrides: &overrides,
     })?;
+    // A run loads one configuration; a second load of it names the same provider.
+    let _ = PROVIDER_IN_USE.set(config.provider);
     match &config.file {
         Some(file) => out.verbose(&format!("using {}", file.display())),
         None => out.verbose("no flotilla.toml: configured by the environment and flags alone"),

@@ -7,7 +7,7 @@ use flotilla_aws::stack::{StackError, StackErrorClass};
 use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ProviderKind};
 
 /// A documented exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,17 +151,21 @@ pub struct Interrupted {
     pub resume: String,
 }
 
-/// The exit code for `err` and the line telling the user what to do next.
-pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
+/// The exit code for `err` and the line telling the user what to do next; hints about the
+/// provider (how to start it, which permissions it needs) name only the provider in use.
+pub fn classify_for(err: &anyhow::Error, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
     for cause in err.chain() {
-        if let Some(found) = classify_one(cause) {
+        if let Some(found) = classify_one(cause, provider) {
             return found;
         }
     }
     (Exit::Failure, None)
 }
 
-fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Option<String>)> {
+fn classify_one(
+    cause: &(dyn std::error::Error + 'static),
+    provider: Option<ProviderKind>,
+) -> Option<(Exit, Option<String>)> {
     if let Some(reported) = cause.downcast_ref::<Reported>() {
         return Some((reported.exit, reported.hint.clone()));
     }
@@ -212,15 +216,15 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
         return Some((exit, Some(stack.hint())));
     }
     if let Some(engine) = cause.downcast_ref::<EngineError>() {
-        return Some(classify_engine(engine));
+        return Some(classify_engine(engine, provider));
     }
     if let Some(port) = cause.downcast_ref::<PortError>() {
-        return Some((Exit::Provider, Some(port_hint(port))));
+        return Some((Exit::Provider, Some(port_hint(port, provider))));
     }
     None
 }
 
-fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
+fn classify_engine(err: &EngineError, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
     match err {
         // The engine's messages already end with what to do; a hint would repeat them.
         EngineError::LockHeld { .. } => (Exit::Locked, None),
@@ -238,7 +242,7 @@ fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
             Exit::Refused,
             Some("run `flotilla status` to see every version's state".to_owned()),
         ),
-        EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source))),
+        EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source, provider))),
         EngineError::ImageFailed { .. } => (
             Exit::Failure,
             Some(
@@ -250,18 +254,31 @@ fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
     }
 }
 
-fn port_hint(err: &PortError) -> String {
+fn port_hint(err: &PortError, provider: Option<ProviderKind>) -> String {
+    const AGAIN: &str = "then run the same command again: it resumes where it stopped";
     match err.kind {
-        ErrorKind::AccessDenied => {
-            "the credentials lack a permission; `flotilla aws deployer-policy` \
-             prints the policy a deploying user needs, then run the same command again"
-                .to_owned()
-        }
-        ErrorKind::Unavailable => {
-            "the provider cannot be reached; check that it runs (host: `flotilla host serve`), \
-             then run the same command again: it resumes where it stopped"
-                .to_owned()
-        }
+        ErrorKind::AccessDenied => match provider {
+            Some(ProviderKind::Aws) => format!(
+                "the credentials lack a permission; `flotilla aws deployer-policy` prints the \
+                 policy a deploying user needs, {AGAIN}"
+            ),
+            Some(ProviderKind::Host) => format!(
+                "a file of the host provider is not accessible: run flotilla as the user who owns \
+                 the state directory ([host] state_dir), {AGAIN}"
+            ),
+            None => format!("grant the permission named above, {AGAIN}"),
+        },
+        ErrorKind::Unavailable => match provider {
+            Some(ProviderKind::Aws) => format!(
+                "AWS cannot be reached: check the network, the region and [aws] endpoint_url if \
+                 set, {AGAIN}"
+            ),
+            Some(ProviderKind::Host) => format!(
+                "the host daemon cannot be reached: check that it runs (`flotilla host serve`), \
+                 {AGAIN}"
+            ),
+            None => format!("the provider cannot be reached: check that it runs, {AGAIN}"),
+        },
         ErrorKind::Invalid => "the provider rejected the request; check the configuration with \
              `flotilla config check`, then run the same command again"
             .to_owned(),
@@ -297,7 +314,7 @@ mod tests {
         let name = DeploymentName::new("shop").expect("valid");
         let check = |err: EngineError, want: Exit| {
             let err = anyhow::Error::new(err).context("deploy failed");
-            assert_eq!(classify(&err).0, want, "{err:#}");
+            assert_eq!(classify_for(&err, None).0, want, "{err:#}");
         };
         check(
             EngineError::LockHeld {
@@ -361,6 +378,41 @@ mod tests {
             Exit::Provider,
         );
         let other = anyhow::anyhow!("something else");
-        assert_eq!(classify(&other), (Exit::Failure, None));
+        assert_eq!(classify_for(&other, None), (Exit::Failure, None));
+    }
+
+    /// After a failed deploy or `verify` on AWS, the hint once said to run `flotilla host serve`.
+    #[test]
+    fn provider_hints_name_only_the_provider_in_use() {
+        let hint = |kind: ErrorKind, provider: Option<ProviderKind>| {
+            let err = EngineError::Port {
+                step: "create".to_owned(),
+                source: PortError::new(kind, "connect", "x", "refused"),
+            };
+            let err = anyhow::Error::new(err).context("deploy failed");
+            classify_for(&err, provider).1.expect("a hint")
+        };
+        for kind in [ErrorKind::Unavailable, ErrorKind::AccessDenied] {
+            let aws = hint(kind, Some(ProviderKind::Aws));
+            assert!(!aws.contains("host"), "{kind:?}: {aws}");
+            let host = hint(kind, Some(ProviderKind::Host));
+            assert!(
+                !host.contains("aws") && !host.contains("AWS"),
+                "{kind:?}: {host}"
+            );
+            let unknown = hint(kind, None);
+            assert!(
+                !unknown.contains("host") && !unknown.contains("aws"),
+                "{kind:?}: {unknown}"
+            );
+        }
+        assert!(
+            hint(ErrorKind::Unavailable, Some(ProviderKind::Host)).contains("flotilla host serve")
+        );
+        assert!(
+            hint(ErrorKind::AccessDenied, Some(ProviderKind::Aws))
+                .contains("flotilla aws deployer-policy")
+        );
+        assert!(hint(ErrorKind::Unavailable, Some(ProviderKind::Aws)).contains("endpoint_url"));
     }
 }
