@@ -330,6 +330,7 @@ mod tests {
         check(
             EngineError::NotHealthy {
                 id: id.clone(),
+                previous: None,
                 healthy: 0,
                 needed: 1,
                 waited: Duration::from_secs(5),

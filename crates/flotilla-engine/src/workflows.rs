@@ -637,7 +637,13 @@ impl Engine {
             }
         };
         if mode != DeployMode::Finish {
-            self.bring_up(&mut record, request, lease, progress).await?;
+            let previous = table
+                .default_targets()
+                .iter()
+                .map(|t| t.id.clone())
+                .find(|t| t != id);
+            self.bring_up(&mut record, request, previous, lease, progress)
+                .await?;
         }
         self.record_state(&mut record, VersionState::Active, progress)
             .await?;
@@ -658,6 +664,7 @@ impl Engine {
         &self,
         record: &mut VersionRecord,
         request: &DeployRequest,
+        previous: Option<DeploymentId>,
         lease: &mut Timestamp,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
@@ -716,7 +723,9 @@ impl Engine {
         self.ports.compute.create(&spec).await.map_err(on_err)?;
         let needed = request.min_healthy.min(record.instances);
         if let Err(unhealthy) = self.wait_healthy(&id, needed, lease, progress).await? {
-            return Err(self.give_up(record, needed, unhealthy, progress).await);
+            return Err(self
+                .give_up(record, needed, unhealthy, previous, progress)
+                .await);
         }
         let on_err = step(progress, &id, "switching fresh traffic to it");
         self.ports
@@ -786,6 +795,7 @@ impl Engine {
         record: &mut VersionRecord,
         needed: u32,
         unhealthy: Unhealthy,
+        previous: Option<DeploymentId>,
         progress: &dyn Progress,
     ) -> EngineError {
         let id = record.version.id.clone();
@@ -813,6 +823,7 @@ impl Engine {
         }
         EngineError::NotHealthy {
             id,
+            previous,
             healthy: unhealthy.healthy,
             needed,
             waited: unhealthy.waited,

@@ -112,6 +112,7 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
         let err = w.deploy(&alice, &v2).await.expect_err("never healthy");
         let EngineError::NotHealthy {
             id,
+            previous,
             healthy,
             needed,
             waited,
@@ -121,6 +122,7 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
             panic!("expected NotHealthy, got {err:?}");
         };
         assert_eq!((id, *healthy, *needed), (&v2, 0, 1));
+        assert_eq!(previous.as_ref(), Some(&v1));
         assert_eq!(*waited, Duration::from_secs(120));
         assert_eq!(
             w.sim.now().since(started),
@@ -131,10 +133,9 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
             logs.iter().any(|l| l.contains(log_line)),
             "{behavior:?}: {logs:?}"
         );
-        assert!(
-            err.to_string()
-                .contains("traffic stays on the previous version")
-        );
+        assert!(err.to_string().contains(&format!(
+            "fresh traffic stays on the previous version, {v1}"
+        )));
         let view = w.view();
         assert_eq!(view.fresh_target(), Some(v1.clone()));
         assert_eq!(w.state(&v1), Some(VersionState::Active));
@@ -143,6 +144,27 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
         assert_eq!(w.state(&v2), None);
         assert_converged(&view, "after a failed deploy");
     }
+}
+
+/// A first deploy that never got healthy once said "traffic stays on the previous version".
+#[tokio::test]
+async fn a_failed_first_deploy_does_not_speak_of_a_previous_version() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.next_id();
+    w.sim.set_behavior(&v1, Behavior::Crash);
+    let err = w.deploy(&alice, &v1).await.expect_err("never healthy");
+    assert!(
+        matches!(&err, EngineError::NotHealthy { previous: None, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("previous"), "{text}");
+    assert!(
+        text.contains("no version serves yet (this was the first deploy)"),
+        "{text}"
+    );
+    assert_eq!(w.view().fresh_target(), None);
 }
 
 #[tokio::test]
