@@ -121,7 +121,9 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
         .map(|t| u32::from(t.weight))
         .sum();
     let any_readiness = report.versions.iter().any(|v| !v.readiness.is_empty());
-    let mut headers = vec!["ID", "STATE", "WEIGHT", "HEALTHY", "SESSIONS", "AGE"];
+    let mut headers = vec![
+        "ID", "STATE", "WEIGHT", "RUNNING", "HEALTHY", "SESSIONS", "AGE",
+    ];
     if any_readiness {
         headers.push("READY");
     }
@@ -139,9 +141,14 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             if version.state == VersionState::Retired && v.affinity == Some(Affinity::Serving) {
                 state.push_str(" (routing still serving)");
             }
-            let healthy = match &v.compute {
-                Some(c) => format!("{}/{}", c.healthy, c.desired),
-                None => "-".to_owned(),
+            // Both against the instances asked for: a version scaling down to zero shows
+            // `RUNNING 2/0` until its instances stop.
+            let (running, healthy) = match &v.compute {
+                Some(c) => (
+                    format!("{}/{}", c.running, c.desired),
+                    format!("{}/{}", c.healthy, c.desired),
+                ),
+                None => ("-".to_owned(), "-".to_owned()),
             };
             let sessions = v
                 .compute
@@ -152,6 +159,7 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
                 version.id.to_string(),
                 state,
                 weight,
+                running,
                 healthy,
                 sessions,
                 age(version.age(now)),
@@ -623,10 +631,10 @@ mod tests {
         expect![[r#"
             shop on the host provider
 
-            ID                    STATE     WEIGHT  HEALTHY  SESSIONS  AGE    READY
-            20261120-080000-zz99  retired   -       -        -         5d11h  -
-            20261124-101500-a1b2  draining  -       1/2      0         1d08h  1/2
-            20261125-190633-k3x9  active    100%    2/2      3         5m     -
+            ID                    STATE     WEIGHT  RUNNING  HEALTHY  SESSIONS  AGE    READY
+            20261120-080000-zz99  retired   -       -        -        -         5d11h  -
+            20261124-101500-a1b2  draining  -       2/2      1/2      0         1d08h  1/2
+            20261125-190633-k3x9  active    100%    2/2      2/2      3         5m     -
 
             listener rules: 6 of 100 in use
             20261124-101500-a1b2 has 1 of 2 instances healthy; recently stopped:

@@ -82,7 +82,7 @@ async fn two_deploys_render_as_status_and_plan_verify_checks() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(line(&v2)[1..4], ["active", "100%", "2/2"], "{text}");
+    assert_eq!(line(&v2)[1..5], ["active", "100%", "2/2", "2/2"], "{text}");
     assert_eq!(line(&v1)[1..3], ["draining", "-"], "{text}");
 
     let checks = verify::plan(&report);
