@@ -35,6 +35,19 @@ pub enum AwsError {
         /// The cache file that was consulted.
         path: PathBuf,
     },
+    /// Outputs are present but cannot be what they name (not an ARN, or unresolved template
+    /// text): the cache was written by something else, or by hand.
+    #[error(
+        "the AWS baseline outputs (in {} or the [aws] section of flotilla.toml) are malformed: {}; \
+         run `flotilla baseline up` again to rewrite the cache from the stack, or fix them under [aws]",
+        path.display(), problems.join("; ")
+    )]
+    MalformedBaseline {
+        /// Each malformed output, with its value.
+        problems: Vec<String>,
+        /// The cache file that was consulted.
+        path: PathBuf,
+    },
     /// The settings break AWS limits or contradict each other.
     #[error("invalid AWS settings: {}", problems.join("; "))]
     Settings {

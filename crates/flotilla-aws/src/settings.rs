@@ -473,6 +473,54 @@ impl BaselineOutputs {
     }
 }
 
+/// Every output whose value cannot be what it names: an ARN that does not start with `arn:`, or
+/// any value with characters no AWS id, name or ARN has (whitespace, quotes, braces), such as the
+/// unresolved text `{'Fn::GetAtt': [...]}` of a template output copied by hand or by an old tool.
+fn malformed(outputs: &BaselineOutputs) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |key: &str, value: &str, arn: bool| {
+        let odd = value.is_empty()
+            || value
+                .chars()
+                .any(|c| c.is_whitespace() || "{}[]'\"`".contains(c));
+        if odd || (arn && !value.starts_with("arn:")) {
+            let what = if arn { "an ARN" } else { "an AWS id or name" };
+            problems.push(format!("{key} is `{value}`, not {what}"));
+        }
+    };
+    let arns = [
+        ("listener_arn", &outputs.listener_arn),
+        ("execution_role_arn", &outputs.execution_role_arn),
+        ("task_role_arn", &outputs.task_role_arn),
+    ];
+    for (key, value) in arns {
+        if let Some(value) = value {
+            check(key, value, true);
+        }
+    }
+    let ids = [
+        ("cluster", &outputs.cluster),
+        ("log_group", &outputs.log_group),
+        ("repository", &outputs.repository),
+        ("vpc_id", &outputs.vpc_id),
+    ];
+    for (key, value) in ids {
+        if let Some(value) = value {
+            check(key, value, false);
+        }
+    }
+    let lists = [
+        ("subnets", &outputs.subnets),
+        ("security_groups", &outputs.security_groups),
+    ];
+    for (key, values) in lists {
+        for value in values.iter().flatten() {
+            check(key, value, false);
+        }
+    }
+    problems
+}
+
 /// What a caller will do with the ports, which decides the baseline outputs it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
@@ -542,6 +590,13 @@ impl Baseline {
         if !missing.is_empty() {
             return Err(AwsError::MissingBaseline {
                 missing,
+                path: source.to_owned(),
+            });
+        }
+        let problems = malformed(&outputs);
+        if !problems.is_empty() {
+            return Err(AwsError::MalformedBaseline {
+                problems,
                 path: source.to_owned(),
             });
         }
@@ -774,5 +829,39 @@ mod tests {
         .expect("enough to operate");
         assert_eq!(b.account_id(), Some("123456789012"));
         assert_eq!(b.cluster_name(), "flotilla-prod");
+    }
+
+    /// A cached output holding the unresolved template text `{'Fn::GetAtt': ...}` was once
+    /// accepted and failed later, far from its cause.
+    #[test]
+    fn resolve_refuses_outputs_that_are_not_ids_or_arns() {
+        let outputs = BaselineOutputs {
+            listener_arn: Some("{'Fn::GetAtt': ['HttpsListener', 'ListenerArn']}".to_owned()),
+            cluster: Some("flotilla-prod".to_owned()),
+            subnets: Some(vec![
+                "subnet-1".to_owned(),
+                "{'Ref': 'Private2'}".to_owned(),
+            ]),
+            security_groups: Some(vec!["sg-1".to_owned()]),
+            log_group: Some("/flotilla/prod".to_owned()),
+            execution_role_arn: Some("role/exec".to_owned()),
+            task_role_arn: Some("arn:aws:iam::1:role/task".to_owned()),
+            ..Default::default()
+        };
+        let err =
+            Baseline::resolve(outputs, Needs::Deploy, Path::new("b.json")).expect_err("malformed");
+        let text = err.to_string();
+        for want in [
+            "listener_arn is `{'Fn::GetAtt'",
+            "subnets is `{'Ref': 'Private2'}`",
+            "execution_role_arn is `role/exec`, not an ARN",
+            "b.json",
+            "`flotilla baseline up`",
+        ] {
+            assert!(text.contains(want), "{text} lacks {want}");
+        }
+        for fine in ["task_role_arn", "cluster", "log_group", "sg-1"] {
+            assert!(!text.contains(fine), "{text} names {fine}");
+        }
     }
 }

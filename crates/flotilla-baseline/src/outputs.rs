@@ -288,6 +288,27 @@ impl BaselineOutputs {
             return Err(OutputsError::Missing(missing));
         }
         let opt = |name: &str| map.get(name).filter(|v| !v.is_empty()).cloned();
+        // An output CloudFormation (or an emulator) left unresolved reads as template text such
+        // as `{'Fn::GetAtt': [...]}`; caching it would fail every later command far from here.
+        for (name, value) in [
+            (LISTENER_ARN, &listener_arn),
+            (HTTP_LISTENER_ARN, &http_listener_arn),
+            (LOAD_BALANCER_ARN, &load_balancer_arn),
+            (CLUSTER_ARN, &cluster_arn),
+            (EXECUTION_ROLE_ARN, &execution_role_arn),
+            (TASK_ROLE_ARN, &task_role_arn),
+        ] {
+            let template_text = value
+                .chars()
+                .any(|c| c.is_whitespace() || "{}[]'\"".contains(c));
+            if template_text || !value.starts_with("arn:") {
+                return Err(OutputsError::Invalid {
+                    name,
+                    value: value.clone(),
+                    problem: "is not an ARN (an unresolved template value?)",
+                });
+            }
+        }
 
         let mode = match mode.as_str() {
             "https" => Mode::Https,
@@ -541,6 +562,13 @@ mod tests {
         check(CONTAINER_PORT, "eighty", CONTAINER_PORT);
         check(CONTAINER_PORT, "0", CONTAINER_PORT);
         check(PRIVATE_SUBNET_IDS, " , ", PRIVATE_SUBNET_IDS);
+        // Unresolved template text is never cached as if it were the listener.
+        check(
+            LISTENER_ARN,
+            "{'Fn::GetAtt': ['HttpsListener', 'ListenerArn']}",
+            LISTENER_ARN,
+        );
+        check(TASK_ROLE_ARN, "flotilla-prod-task", TASK_ROLE_ARN);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
             if out.json {
                 out.json(&report)?;
             } else {
-                out.result(&reap_text(&report, args.dry_run));
+                out.result(&output::reap_text(&report, args.dry_run));
             }
             if !report.failed.is_empty() {
                 return Err(Reported {
@@ -165,6 +165,15 @@ fn inputs_env(key: &str) -> Option<String> {
 }
 
 /// Loads and validates the configuration.
+/// The provider of the configuration this run loaded, once it has loaded one.
+static PROVIDER_IN_USE: std::sync::OnceLock<ProviderKind> = std::sync::OnceLock::new();
+
+/// The provider of the configuration this run loaded, so that a failure's hint names it; `None`
+/// when the command failed before reading its configuration.
+pub fn provider_in_use() -> Option<ProviderKind> {
+    PROVIDER_IN_USE.get().copied()
+}
+
 fn load(global: &Global, out: Output) -> Result<Config> {
     load_with(global, &[], &[], out)
 }
@@ -185,6 +194,8 @@ fn load_with(global: &Global, env: &[String], secrets: &[String], out: Output) -
         env: &inputs_env,
         overrides: &overrides,
     })?;
+    // A run loads one configuration; a second load of it names the same provider.
+    let _ = PROVIDER_IN_USE.set(config.provider);
     match &config.file {
         Some(file) => out.verbose(&format!("using {}", file.display())),
         None => out.verbose("no flotilla.toml: configured by the environment and flags alone"),
@@ -492,33 +503,6 @@ async fn status(global: &Global, args: &StatusArgs, out: Output) -> Result<u8> {
             _ = tokio::signal::ctrl_c() => return Ok(0),
         }
     }
-}
-
-fn reap_text(report: &flotilla_engine::workflows::ReapReport, dry_run: bool) -> String {
-    let mut lines = Vec::new();
-    if let Some(lock) = &report.skipped_locked {
-        lines.push(format!(
-            "skipped: {} holds the lock (since {}); the next pass will run",
-            lock.owner, lock.acquired_at
-        ));
-    }
-    let visible: Vec<String> = report
-        .actions
-        .iter()
-        .filter(|a| a.is_visible())
-        .map(|a| output::describe_action(a, dry_run))
-        .collect();
-    if visible.is_empty() && report.skipped_locked.is_none() {
-        lines.push("nothing to reap".to_owned());
-    }
-    lines.extend(visible);
-    for (action, error) in &report.failed {
-        lines.push(format!(
-            "FAILED: {}: {error}",
-            output::describe_action(action, false)
-        ));
-    }
-    lines.join("\n")
 }
 
 /// Asks on the terminal; `Ok(false)` if the answer is not the expected one.

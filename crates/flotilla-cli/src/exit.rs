@@ -7,7 +7,7 @@ use flotilla_aws::stack::{StackError, StackErrorClass};
 use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ProviderKind};
 
 /// A documented exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,11 +182,12 @@ impl DeployFailed {
     }
 }
 
-/// The exit code for `err` and the line telling the user what to do next.
-pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
+/// The exit code for `err` and the line telling the user what to do next; hints about the
+/// provider (how to start it, which permissions it needs) name only the provider in use.
+pub fn classify_for(err: &anyhow::Error, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
     let (exit, hint) = err
         .chain()
-        .find_map(classify_one)
+        .find_map(|cause| classify_one(cause, provider))
         .unwrap_or((Exit::Failure, None));
     match err.downcast_ref::<DeployFailed>() {
         Some(deploy) => (exit, hint.map(|h| deploy.hint(h))),
@@ -194,7 +195,10 @@ pub fn classify(err: &anyhow::Error) -> (Exit, Option<String>) {
     }
 }
 
-fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Option<String>)> {
+fn classify_one(
+    cause: &(dyn std::error::Error + 'static),
+    provider: Option<ProviderKind>,
+) -> Option<(Exit, Option<String>)> {
     if let Some(reported) = cause.downcast_ref::<Reported>() {
         return Some((reported.exit, reported.hint.clone()));
     }
@@ -261,15 +265,15 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(Exit, Opti
         return Some((exit, Some(stack.hint())));
     }
     if let Some(engine) = cause.downcast_ref::<EngineError>() {
-        return Some(classify_engine(engine));
+        return Some(classify_engine(engine, provider));
     }
     if let Some(port) = cause.downcast_ref::<PortError>() {
-        return Some((Exit::Provider, Some(port_hint(port))));
+        return Some((Exit::Provider, Some(port_hint(port, provider))));
     }
     None
 }
 
-fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
+fn classify_engine(err: &EngineError, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
     match err {
         // The engine's messages already end with what to do; a hint would repeat them.
         EngineError::LockHeld { .. } => (Exit::Locked, None),
@@ -287,7 +291,7 @@ fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
             Exit::Refused,
             Some("run `flotilla status` to see every version's state".to_owned()),
         ),
-        EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source))),
+        EngineError::Port { source, .. } => (Exit::Provider, Some(port_hint(source, provider))),
         EngineError::ImageFailed { .. } => (
             Exit::Failure,
             Some(
@@ -299,18 +303,31 @@ fn classify_engine(err: &EngineError) -> (Exit, Option<String>) {
     }
 }
 
-fn port_hint(err: &PortError) -> String {
+fn port_hint(err: &PortError, provider: Option<ProviderKind>) -> String {
+    const AGAIN: &str = "then run the same command again: it resumes where it stopped";
     match err.kind {
-        ErrorKind::AccessDenied => {
-            "the credentials lack a permission; `flotilla aws deployer-policy` \
-             prints the policy a deploying user needs, then run the same command again"
-                .to_owned()
-        }
-        ErrorKind::Unavailable => {
-            "the provider cannot be reached; check that it runs (host: `flotilla host serve`), \
-             then run the same command again: it resumes where it stopped"
-                .to_owned()
-        }
+        ErrorKind::AccessDenied => match provider {
+            Some(ProviderKind::Aws) => format!(
+                "the credentials lack a permission; `flotilla aws deployer-policy` prints the \
+                 policy a deploying user needs, {AGAIN}"
+            ),
+            Some(ProviderKind::Host) => format!(
+                "a file of the host provider is not accessible: run flotilla as the user who owns \
+                 the state directory ([host] state_dir), {AGAIN}"
+            ),
+            None => format!("grant the permission named above, {AGAIN}"),
+        },
+        ErrorKind::Unavailable => match provider {
+            Some(ProviderKind::Aws) => format!(
+                "AWS cannot be reached: check the network, the region and [aws] endpoint_url if \
+                 set, {AGAIN}"
+            ),
+            Some(ProviderKind::Host) => format!(
+                "the host daemon cannot be reached: check that it runs (`flotilla host serve`), \
+                 {AGAIN}"
+            ),
+            None => format!("the provider cannot be reached: check that it runs, {AGAIN}"),
+        },
         ErrorKind::Invalid => "the provider rejected the request; check the configuration with \
              `flotilla config check`, then run the same command again"
             .to_owned(),
@@ -331,39 +348,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_deploy_names_the_command_that_resumes_it() {
-        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
-        let port = |kind| EngineError::Port {
-            step: format!("create compute for {id}"),
-            source: PortError::new(kind, "create compute", id.as_str(), "daemon gone"),
-        };
-        for kind in [
-            ErrorKind::Unavailable,
-            ErrorKind::Transient,
-            ErrorKind::Invalid,
-        ] {
-            let err = anyhow::Error::new(port(kind)).context(DeployFailed { id: id.clone() });
-            let (exit, hint) = classify(&err);
-            let hint = hint.expect("a hint");
-            assert_eq!(exit, Exit::Provider);
-            assert!(
-                hint.contains(
-                    "run `flotilla deploy --id 20261125-190633-k3x9` to resume this deploy"
-                ) && hint.contains("a plain `flotilla deploy` starts a new version")
-                    && !hint.contains("same command again"),
-                "{kind:?}: {hint}"
-            );
-            assert_eq!(err.to_string(), "deploy of 20261125-190633-k3x9 failed");
-        }
-        // Other commands keep "run the same command again": for them it is true.
-        let (_, hint) = classify(&anyhow::Error::new(port(ErrorKind::Transient)));
-        assert_eq!(
-            hint.as_deref(),
-            Some("run the same command again: it resumes where it stopped")
-        );
-    }
-
-    #[test]
     fn codes_are_distinct_and_all_documented() {
         let codes: BTreeSet<u8> = TABLE.iter().map(|(e, _, _)| e.code()).collect();
         assert_eq!(codes.len(), TABLE.len());
@@ -379,7 +363,7 @@ mod tests {
         let name = DeploymentName::new("shop").expect("valid");
         let check = |err: EngineError, want: Exit| {
             let err = anyhow::Error::new(err).context("deploy failed");
-            assert_eq!(classify(&err).0, want, "{err:#}");
+            assert_eq!(classify_for(&err, None).0, want, "{err:#}");
         };
         check(
             EngineError::LockHeld {
@@ -395,6 +379,7 @@ mod tests {
         check(
             EngineError::NotHealthy {
                 id: id.clone(),
+                previous: None,
                 healthy: 0,
                 needed: 1,
                 waited: Duration::from_secs(5),
@@ -443,6 +428,74 @@ mod tests {
             Exit::Provider,
         );
         let other = anyhow::anyhow!("something else");
-        assert_eq!(classify(&other), (Exit::Failure, None));
+        assert_eq!(classify_for(&other, None), (Exit::Failure, None));
+    }
+
+    /// After a failed deploy or `verify` on AWS, the hint once said to run `flotilla host serve`.
+    #[test]
+    fn provider_hints_name_only_the_provider_in_use() {
+        let hint = |kind: ErrorKind, provider: Option<ProviderKind>| {
+            let err = EngineError::Port {
+                step: "create".to_owned(),
+                source: PortError::new(kind, "connect", "x", "refused"),
+            };
+            let err = anyhow::Error::new(err).context("deploy failed");
+            classify_for(&err, provider).1.expect("a hint")
+        };
+        for kind in [ErrorKind::Unavailable, ErrorKind::AccessDenied] {
+            let aws = hint(kind, Some(ProviderKind::Aws));
+            assert!(!aws.contains("host"), "{kind:?}: {aws}");
+            let host = hint(kind, Some(ProviderKind::Host));
+            assert!(
+                !host.contains("aws") && !host.contains("AWS"),
+                "{kind:?}: {host}"
+            );
+            let unknown = hint(kind, None);
+            assert!(
+                !unknown.contains("host") && !unknown.contains("aws"),
+                "{kind:?}: {unknown}"
+            );
+        }
+        assert!(
+            hint(ErrorKind::Unavailable, Some(ProviderKind::Host)).contains("flotilla host serve")
+        );
+        assert!(
+            hint(ErrorKind::AccessDenied, Some(ProviderKind::Aws))
+                .contains("flotilla aws deployer-policy")
+        );
+        assert!(hint(ErrorKind::Unavailable, Some(ProviderKind::Aws)).contains("endpoint_url"));
+    }
+
+    #[test]
+    fn a_failed_deploy_names_the_command_that_resumes_it() {
+        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
+        let port = |kind| EngineError::Port {
+            step: format!("create compute for {id}"),
+            source: PortError::new(kind, "create compute", id.as_str(), "daemon gone"),
+        };
+        for kind in [
+            ErrorKind::Unavailable,
+            ErrorKind::Transient,
+            ErrorKind::Invalid,
+        ] {
+            let err = anyhow::Error::new(port(kind)).context(DeployFailed { id: id.clone() });
+            let (exit, hint) = classify_for(&err, None);
+            let hint = hint.expect("a hint");
+            assert_eq!(exit, Exit::Provider);
+            assert!(
+                hint.contains(
+                    "run `flotilla deploy --id 20261125-190633-k3x9` to resume this deploy"
+                ) && hint.contains("a plain `flotilla deploy` starts a new version")
+                    && !hint.contains("same command again"),
+                "{kind:?}: {hint}"
+            );
+            assert_eq!(err.to_string(), "deploy of 20261125-190633-k3x9 failed");
+        }
+        // Other commands keep "run the same command again": for them it is true.
+        let (_, hint) = classify_for(&anyhow::Error::new(port(ErrorKind::Transient)), None);
+        assert_eq!(
+            hint.as_deref(),
+            Some("run the same command again: it resumes where it stopped")
+        );
     }
 }

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 }
 
 fn report(err: &anyhow::Error, json: bool) -> ExitCode {
-    let (exit, hint) = exit::classify(err);
+    let (exit, hint) = exit::classify_for(err, commands::provider_in_use());
     output::print_error(err, exit, hint.as_deref(), json);
     exit.into()
 }

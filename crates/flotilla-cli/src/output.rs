@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason};
+use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason, WaitReason, Waiting};
 use flotilla_core::routing::Affinity;
 use flotilla_core::{Timestamp, VersionState};
 use flotilla_engine::workflows::StatusReport;
@@ -121,7 +121,9 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
         .map(|t| u32::from(t.weight))
         .sum();
     let any_readiness = report.versions.iter().any(|v| !v.readiness.is_empty());
-    let mut headers = vec!["ID", "STATE", "WEIGHT", "HEALTHY", "SESSIONS", "AGE"];
+    let mut headers = vec![
+        "ID", "STATE", "WEIGHT", "RUNNING", "HEALTHY", "SESSIONS", "AGE",
+    ];
     if any_readiness {
         headers.push("READY");
     }
@@ -139,9 +141,14 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             if version.state == VersionState::Retired && v.affinity == Some(Affinity::Serving) {
                 state.push_str(" (routing still serving)");
             }
-            let healthy = match &v.compute {
-                Some(c) => format!("{}/{}", c.healthy, c.desired),
-                None => "-".to_owned(),
+            // Both against the instances asked for: a version scaling down to zero shows
+            // `RUNNING 2/0` until its instances stop.
+            let (running, healthy) = match &v.compute {
+                Some(c) => (
+                    format!("{}/{}", c.running, c.desired),
+                    format!("{}/{}", c.healthy, c.desired),
+                ),
+                None => ("-".to_owned(), "-".to_owned()),
             };
             let sessions = v
                 .compute
@@ -152,6 +159,7 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
                 version.id.to_string(),
                 state,
                 weight,
+                running,
                 healthy,
                 sessions,
                 age(version.age(now)),
@@ -227,6 +235,57 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
         ));
     }
     out
+}
+
+/// A reaper pass in words: what it did (or would do), what failed, and one line per draining
+/// version it left draining, saying what that version waits for.
+pub fn reap_text(report: &flotilla_engine::workflows::ReapReport, dry_run: bool) -> String {
+    let mut lines = Vec::new();
+    if let Some(lock) = &report.skipped_locked {
+        lines.push(format!(
+            "skipped: {} holds the lock (since {}); the next pass will run",
+            lock.owner, lock.acquired_at
+        ));
+    }
+    let visible: Vec<String> = report
+        .actions
+        .iter()
+        .filter(|a| a.is_visible())
+        .map(|a| describe_action(a, dry_run))
+        .collect();
+    if visible.is_empty() && report.skipped_locked.is_none() {
+        lines.push("nothing to reap".to_owned());
+    }
+    lines.extend(visible);
+    lines.extend(report.waiting.iter().map(describe_wait));
+    for (action, error) in &report.failed {
+        lines.push(format!(
+            "FAILED: {}: {error}",
+            describe_action(action, false)
+        ));
+    }
+    lines.join("\n")
+}
+
+/// What a draining version waits for, in words.
+pub fn describe_wait(wait: &Waiting) -> String {
+    let id = &wait.id;
+    let what = match wait.reason {
+        WaitReason::InDefault => {
+            return format!("{id} draining: fresh traffic still goes to it, so it stays");
+        }
+        WaitReason::TooYoung { until } => format!("younger than the minimum age until {until}"),
+        WaitReason::InstancesNotReady { ready, instances } => {
+            format!("sessions remain, {ready}/{instances} instance(s) ready to stop")
+        }
+        WaitReason::ReadyPasses { passes, needed } => {
+            format!("all instances ready to stop, pass {passes} of {needed} in a row")
+        }
+    };
+    format!(
+        "{id} draining: {what} (retired by {} at the latest)",
+        wait.retire_by
+    )
 }
 
 /// A reaper action in words.
@@ -462,7 +521,7 @@ mod tests {
     use flotilla_core::routing::{RoutingTable, WeightedTarget};
     use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Version};
     use flotilla_engine::ports::{ComputeStatus, VersionRecord};
-    use flotilla_engine::workflows::VersionStatus;
+    use flotilla_engine::workflows::{ReapReport, VersionStatus};
 
     use super::*;
 
@@ -572,10 +631,10 @@ mod tests {
         expect![[r#"
             shop on the host provider
 
-            ID                    STATE     WEIGHT  HEALTHY  SESSIONS  AGE    READY
-            20261120-080000-zz99  retired   -       -        -         5d11h  -
-            20261124-101500-a1b2  draining  -       1/2      0         1d08h  1/2
-            20261125-190633-k3x9  active    100%    2/2      3         5m     -
+            ID                    STATE     WEIGHT  RUNNING  HEALTHY  SESSIONS  AGE    READY
+            20261120-080000-zz99  retired   -       -        -        -         5d11h  -
+            20261124-101500-a1b2  draining  -       2/2      1/2      0         1d08h  1/2
+            20261125-190633-k3x9  active    100%    2/2      2/2      3         5m     -
 
             listener rules: 6 of 100 in use
             20261124-101500-a1b2 has 1 of 2 instances healthy; recently stopped:
@@ -620,5 +679,66 @@ mod tests {
             describe_action(&ReapAction::DeleteResources { id: v }, true),
             "would delete everything of 20261124-101500-a1b2 (nothing of it runs)"
         );
+    }
+
+    #[test]
+    fn reap_explains_every_draining_version() {
+        let t = |s: &str| id(s).created_at();
+        let retire_by = t("20261127-190000-0000");
+        let report = ReapReport {
+            actions: vec![
+                ReapAction::RecordReadyPasses {
+                    id: id("20261124-101500-a1b2"),
+                    passes: 1,
+                },
+                ReapAction::DeleteResources {
+                    id: id("20261120-080000-zz99"),
+                },
+            ],
+            waiting: vec![
+                Waiting {
+                    id: id("20261124-101500-a1b2"),
+                    reason: WaitReason::ReadyPasses {
+                        passes: 1,
+                        needed: 2,
+                    },
+                    retire_by,
+                },
+                Waiting {
+                    id: id("20261125-180000-c3d4"),
+                    reason: WaitReason::InstancesNotReady {
+                        ready: 0,
+                        instances: 2,
+                    },
+                    retire_by,
+                },
+                Waiting {
+                    id: id("20261125-190600-e5f6"),
+                    reason: WaitReason::TooYoung {
+                        until: t("20261125-190700-0000"),
+                    },
+                    retire_by,
+                },
+                Waiting {
+                    id: id("20261125-190633-k3x9"),
+                    reason: WaitReason::InDefault,
+                    retire_by,
+                },
+            ],
+            ..ReapReport::default()
+        };
+        expect![[r#"
+            would delete everything of 20261120-080000-zz99 (nothing of it runs)
+            20261124-101500-a1b2 draining: all instances ready to stop, pass 1 of 2 in a row (retired by 2026-11-27T19:00:00Z at the latest)
+            20261125-180000-c3d4 draining: sessions remain, 0/2 instance(s) ready to stop (retired by 2026-11-27T19:00:00Z at the latest)
+            20261125-190600-e5f6 draining: younger than the minimum age until 2026-11-25T19:07:00Z (retired by 2026-11-27T19:00:00Z at the latest)
+            20261125-190633-k3x9 draining: fresh traffic still goes to it, so it stays"#]].assert_eq(&reap_text(&report, true));
+        let quiet = ReapReport {
+            waiting: report.waiting[1..2].to_vec(),
+            ..ReapReport::default()
+        };
+        expect![[r#"
+            nothing to reap
+            20261125-180000-c3d4 draining: sessions remain, 0/2 instance(s) ready to stop (retired by 2026-11-27T19:00:00Z at the latest)"#]].assert_eq(&reap_text(&quiet, false));
     }
 }

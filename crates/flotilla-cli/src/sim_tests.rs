@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use flotilla_core::{DeploymentId, Timestamp, VersionState};
-use flotilla_engine::ports::ImageRequest;
+use flotilla_engine::ports::{ErrorKind, ImageRequest};
 use flotilla_engine::sim::{Behavior, Sim};
 use flotilla_engine::workflows::DeployRequest;
 use flotilla_engine::{Engine, EngineError};
 
-use crate::config::{self, Overrides};
+use crate::config::{self, Overrides, ProviderKind};
 use crate::exit::{self, Exit};
 use crate::output::{self, ProgressPrinter};
 use crate::providers;
@@ -53,7 +53,7 @@ fn request(config: &config::Config, id: &DeploymentId) -> DeployRequest {
 }
 
 fn classify(err: EngineError) -> Exit {
-    exit::classify(&anyhow::Error::new(err).context("command failed")).0
+    exit::classify_for(&anyhow::Error::new(err).context("command failed"), None).0
 }
 
 #[tokio::test]
@@ -82,7 +82,7 @@ async fn two_deploys_render_as_status_and_plan_verify_checks() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(line(&v2)[1..4], ["active", "100%", "2/2"], "{text}");
+    assert_eq!(line(&v2)[1..5], ["active", "100%", "2/2", "2/2"], "{text}");
     assert_eq!(line(&v1)[1..3], ["draining", "-"], "{text}");
 
     let checks = verify::plan(&report);
@@ -151,4 +151,29 @@ async fn a_held_lock_exits_4_and_an_unknown_version_exits_6() {
         .await
         .expect_err("no such version");
     assert_eq!(classify(err), Exit::Refused);
+}
+
+/// A deploy on AWS that could not reach its provider once ended with a hint to run
+/// `flotilla host serve`.
+#[tokio::test]
+async fn an_unreachable_provider_gets_the_hint_of_the_provider_in_use() {
+    let (config, sim, engine) = setup();
+    sim.fail_call(1, ErrorKind::Unavailable);
+    let id = DeploymentId::generate(sim.now(), 5);
+    let err = anyhow::Error::new(
+        engine
+            .deploy(request(&config, &id), &ProgressPrinter::new(0))
+            .await
+            .expect_err("unreachable"),
+    )
+    .context("deploy failed");
+    let (code, aws) = exit::classify_for(&err, Some(ProviderKind::Aws));
+    assert_eq!(code, Exit::Provider);
+    let aws = aws.expect("a hint");
+    assert!(!aws.contains("host"), "{aws}");
+    assert!(aws.contains("AWS cannot be reached"), "{aws}");
+    let host = exit::classify_for(&err, Some(ProviderKind::Host))
+        .1
+        .expect("a hint");
+    assert!(host.contains("flotilla host serve"), "{host}");
 }

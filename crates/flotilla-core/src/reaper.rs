@@ -4,6 +4,9 @@
 //! Retirement takes two passes: a pass that retires a version makes its affinity answer 410 and
 //! scales it to zero; a later pass deletes its resources once nothing of it runs.
 //!
+//! Besides its actions, a pass explains every draining version it leaves draining: what it waits
+//! for ([`Waiting`]), so that "nothing to reap" is never the whole answer.
+//!
 //! Architecture invariant: the plan never touches a version that is active, that fresh traffic
 //! still goes to, that is deploying within its timeout, or that is younger than `min_age`.
 
@@ -152,12 +155,80 @@ impl ReapAction {
     }
 }
 
+/// What keeps a draining version from being retired in this pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// Fresh traffic still goes to it (the default forward names it).
+    InDefault,
+    /// It is younger than the policy's `min_age`; it may be retired from `until` on.
+    TooYoung {
+        /// When it reaches `min_age`.
+        until: Timestamp,
+    },
+    /// Not every running instance has reported that its sessions have ended.
+    InstancesNotReady {
+        /// Instances that reported ready to stop.
+        ready: u32,
+        /// Instances: the running count, or the number of reports if more have reported.
+        instances: u32,
+    },
+    /// Every instance is ready, but not yet for the required number of passes in a row.
+    ReadyPasses {
+        /// Passes in a row counted so far, this one included.
+        passes: u32,
+        /// Passes in a row needed.
+        needed: u32,
+    },
+}
+
+/// One draining version the pass leaves draining, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The version.
+    pub id: DeploymentId,
+    /// What it waits for.
+    #[serde(flatten)]
+    pub reason: WaitReason,
+    /// When `max_age` retires it whatever its sessions do (unless fresh traffic still reaches it).
+    pub retire_by: Timestamp,
+}
+
+/// One reaper pass: the actions to take and the draining versions left waiting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapPlan {
+    /// The actions, in order.
+    pub actions: Vec<ReapAction>,
+    /// Every draining version not retired by `actions`, with what it waits for.
+    pub waiting: Vec<Waiting>,
+}
+
 /// Plans one reaper pass over every version of one deployment name.
 pub fn plan_reap(fleet: &[VersionView], now: Timestamp, policy: &ReapPolicy) -> Vec<ReapAction> {
+    plan_pass(fleet, now, policy).actions
+}
+
+/// Plans one reaper pass and explains every draining version it leaves draining.
+pub fn plan_pass(fleet: &[VersionView], now: Timestamp, policy: &ReapPolicy) -> ReapPlan {
     let mut actions = Vec::new();
+    let mut waiting = Vec::new();
     for view in fleet {
         let v = &view.version;
         if view.in_default || v.age(now) < policy.min_age {
+            if v.state == VersionState::Draining {
+                let reason = if view.in_default {
+                    WaitReason::InDefault
+                } else {
+                    WaitReason::TooYoung {
+                        until: v.created_at.plus(policy.min_age),
+                    }
+                };
+                waiting.push(Waiting {
+                    id: v.id.clone(),
+                    reason,
+                    retire_by: retire_by(view, policy),
+                });
+            }
             continue;
         }
         let id = || v.id.clone();
@@ -177,7 +248,15 @@ pub fn plan_reap(fleet: &[VersionView], now: Timestamp, policy: &ReapPolicy) -> 
                     reason: CleanupReason::Failed,
                 });
             }
-            VersionState::Draining => plan_draining(view, now, policy, &mut actions),
+            VersionState::Draining => {
+                if let Some(reason) = plan_draining(view, now, policy, &mut actions) {
+                    waiting.push(Waiting {
+                        id: id(),
+                        reason,
+                        retire_by: retire_by(view, policy),
+                    });
+                }
+            }
             VersionState::Retired => {
                 let counts = view.compute.unwrap_or(ComputeCounts {
                     desired: 0,
@@ -196,22 +275,29 @@ pub fn plan_reap(fleet: &[VersionView], now: Timestamp, policy: &ReapPolicy) -> 
             }
         }
     }
-    actions
+    ReapPlan { actions, waiting }
 }
 
+/// When `max_age` retires a draining version.
+fn retire_by(view: &VersionView, policy: &ReapPolicy) -> Timestamp {
+    view.version.state_changed_at.plus(policy.max_age)
+}
+
+/// Plans a draining version old enough to act on; returns what it still waits for, or `None`
+/// when it is retired in this pass.
 fn plan_draining(
     view: &VersionView,
     now: Timestamp,
     policy: &ReapPolicy,
     actions: &mut Vec<ReapAction>,
-) {
+) -> Option<WaitReason> {
     let v = &view.version;
     if v.time_in_state(now) >= policy.max_age {
         actions.push(ReapAction::Retire {
             id: v.id.clone(),
             reason: RetireReason::MaxAge,
         });
-        return;
+        return None;
     }
     let running = view.compute.map_or(0, |c| c.running);
     // Every running instance must have reported ready; one that has not reported is not ready.
@@ -229,17 +315,34 @@ fn plan_draining(
                 id: v.id.clone(),
                 reason: RetireReason::SessionsEnded,
             });
+            None
         } else {
             actions.push(ReapAction::RecordReadyPasses {
                 id: v.id.clone(),
                 passes,
             });
+            Some(WaitReason::ReadyPasses {
+                passes,
+                needed: policy.consecutive_ready_passes,
+            })
         }
-    } else if view.ready_passes != 0 {
-        actions.push(ReapAction::RecordReadyPasses {
-            id: v.id.clone(),
-            passes: 0,
-        });
+    } else {
+        if view.ready_passes != 0 {
+            actions.push(ReapAction::RecordReadyPasses {
+                id: v.id.clone(),
+                passes: 0,
+            });
+        }
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let ready = view
+            .instances
+            .iter()
+            .filter(|r| **r == Some(Readiness::ShutdownReady))
+            .count();
+        Some(WaitReason::InstancesNotReady {
+            ready: count(ready),
+            instances: count(view.instances.len()).max(running),
+        })
     }
 }
 
@@ -376,6 +479,91 @@ mod tests {
                 id: id.clone(),
                 reason: RetireReason::SessionsEnded
             }]
+        );
+    }
+
+    fn waits(views: &[VersionView]) -> Vec<(DeploymentId, WaitReason)> {
+        let policy = ReapPolicy {
+            min_age: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
+            consecutive_ready_passes: 2,
+            deploying_timeout: Duration::from_secs(900),
+        };
+        plan_pass(views, Timestamp::from_secs(NOW), &policy)
+            .waiting
+            .into_iter()
+            .map(|w| (w.id, w.reason))
+            .collect()
+    }
+
+    #[test]
+    fn draining_versions_say_what_they_wait_for() {
+        let young = view(VersionState::Draining, 30, 30);
+        let young_id = young.version.id.clone();
+        assert_eq!(
+            waits(&[young]),
+            vec![(
+                young_id,
+                WaitReason::TooYoung {
+                    until: Timestamp::from_secs(NOW + 30)
+                }
+            )]
+        );
+
+        let mut v = view(VersionState::Draining, 600, 300);
+        let id = v.version.id.clone();
+        v.instances = vec![Some(Readiness::ShutdownReady), None];
+        assert_eq!(
+            waits(&[v.clone()]),
+            vec![(
+                id.clone(),
+                WaitReason::InstancesNotReady {
+                    ready: 1,
+                    instances: 2
+                }
+            )],
+            "one instance has not reported"
+        );
+        v.instances = vec![Some(Readiness::ShutdownReady); 2];
+        assert_eq!(
+            waits(&[v.clone()]),
+            vec![(
+                id.clone(),
+                WaitReason::ReadyPasses {
+                    passes: 1,
+                    needed: 2
+                }
+            )],
+            "pass 1 of 2"
+        );
+        v.ready_passes = 1;
+        assert_eq!(waits(&[v.clone()]), vec![], "retired: nothing to wait for");
+
+        v.in_default = true;
+        assert_eq!(waits(&[v.clone()]), vec![(id, WaitReason::InDefault)]);
+
+        let plan = plan_pass(
+            &[view(VersionState::Draining, 600, 300)],
+            Timestamp::from_secs(NOW),
+            &ReapPolicy {
+                max_age: Duration::from_secs(3600),
+                ..ReapPolicy::default()
+            },
+        );
+        assert_eq!(
+            plan.waiting[0].retire_by,
+            Timestamp::from_secs(NOW - 300 + 3600),
+            "max age counts from the start of the drain"
+        );
+
+        // Versions in other states are not explained: they are not draining.
+        assert_eq!(
+            waits(&[
+                view(VersionState::Active, 600, 600),
+                view(VersionState::Deploying, 120, 120),
+                view(VersionState::Retired, 600, 10),
+            ]),
+            vec![]
         );
     }
 

@@ -46,12 +46,15 @@ pub enum EngineError {
     /// stayed where it was.
     #[error(
         "version {id} did not become healthy within {}s ({healthy} of {needed} instances healthy); \
-         it was removed and traffic stays on the previous version; check the logs below and the health path",
-        .waited.as_secs()
+         it was removed and {}; check the logs below and the health path",
+        .waited.as_secs(),
+        where_traffic_stays(.previous.as_ref())
     )]
     NotHealthy {
         /// The version.
         id: DeploymentId,
+        /// The version fresh traffic stays on, or `None` on a first deploy (nothing serves).
+        previous: Option<DeploymentId>,
         /// Healthy instances at the deadline.
         healthy: u32,
         /// Healthy instances required.
@@ -107,5 +110,14 @@ impl EngineError {
     pub fn port(step: impl Into<String>) -> impl FnOnce(PortError) -> EngineError {
         let step = step.into();
         move |source| EngineError::Port { step, source }
+    }
+}
+
+/// Where fresh traffic is after a deploy that gave up: on the version that served before, or
+/// nowhere when the deploy was the first.
+fn where_traffic_stays(previous: Option<&DeploymentId>) -> String {
+    match previous {
+        Some(previous) => format!("fresh traffic stays on the previous version, {previous}"),
+        None => "no version serves yet (this was the first deploy)".to_owned(),
     }
 }

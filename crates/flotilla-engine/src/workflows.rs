@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_core::drain::Readiness;
-use flotilla_core::reaper::{ComputeCounts, ReapAction, ReapPolicy, VersionView, plan_reap};
+use flotilla_core::reaper::{
+    ComputeCounts, ReapAction, ReapPolicy, VersionView, Waiting, plan_pass,
+};
 use flotilla_core::routing::{Affinity, RoutingTable, RuleBudget, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version, VersionState};
 use serde::Serialize;
@@ -101,6 +103,8 @@ pub struct ReapReport {
     pub actions: Vec<ReapAction>,
     /// Actions that failed, with the error; the next pass retries them.
     pub failed: Vec<(ReapAction, String)>,
+    /// Draining versions the pass left draining, with what each waits for.
+    pub waiting: Vec<Waiting>,
     /// Whether the pass was skipped because another operation held the lock.
     pub skipped_locked: Option<LockInfo>,
     /// Versions whose records were brought in line with the default forward first (a deploy or
@@ -400,7 +404,7 @@ impl Engine {
         result
     }
 
-    /// One reaper pass: observe, plan with `flotilla_core::reaper::plan_reap`, carry the plan out
+    /// One reaper pass: observe, plan with `flotilla_core::reaper::plan_pass`, carry the plan out
     /// (unless `dry_run`). Skipped, not failed, when another operation holds the lock.
     ///
     /// Before planning, records are brought in line with the default forward (a deploy or rollback
@@ -646,7 +650,13 @@ impl Engine {
             }
         };
         if mode != DeployMode::Finish {
-            self.bring_up(&mut record, request, lease, progress).await?;
+            let previous = table
+                .default_targets()
+                .iter()
+                .map(|t| t.id.clone())
+                .find(|t| t != id);
+            self.bring_up(&mut record, request, previous, lease, progress)
+                .await?;
         }
         self.record_state(&mut record, VersionState::Active, progress)
             .await?;
@@ -667,6 +677,7 @@ impl Engine {
         &self,
         record: &mut VersionRecord,
         request: &DeployRequest,
+        previous: Option<DeploymentId>,
         lease: &mut Timestamp,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
@@ -725,7 +736,9 @@ impl Engine {
         self.ports.compute.create(&spec).await.map_err(on_err)?;
         let needed = request.min_healthy.min(record.instances);
         if let Err(unhealthy) = self.wait_healthy(&id, needed, lease, progress).await? {
-            return Err(self.give_up(record, needed, unhealthy, progress).await);
+            return Err(self
+                .give_up(record, needed, unhealthy, previous, progress)
+                .await);
         }
         let on_err = step(progress, &id, "switching fresh traffic to it");
         self.ports
@@ -795,6 +808,7 @@ impl Engine {
         record: &mut VersionRecord,
         needed: u32,
         unhealthy: Unhealthy,
+        previous: Option<DeploymentId>,
         progress: &dyn Progress,
     ) -> EngineError {
         let id = record.version.id.clone();
@@ -822,6 +836,7 @@ impl Engine {
         }
         EngineError::NotHealthy {
             id,
+            previous,
             healthy: unhealthy.healthy,
             needed,
             waited: unhealthy.waited,
@@ -1044,8 +1059,9 @@ impl Engine {
             .iter()
             .map(|r| version_view(r, &observed, &readiness, &table))
             .collect();
-        let plan = plan_reap(&fleet, self.now(), &self.settings.policy);
-        for action in plan {
+        let plan = plan_pass(&fleet, self.now(), &self.settings.policy);
+        report.waiting = plan.waiting;
+        for action in plan.actions {
             if !dry_run {
                 if let Err(e) = self
                     .carry_out(&action, &mut records, &table, progress)

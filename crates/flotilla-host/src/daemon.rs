@@ -808,6 +808,9 @@ pub async fn serve(
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // What draining versions waited for at the last pass: logged only when it changes, so
+            // that a version draining for hours does not log a line every pass.
+            let mut waiting = Vec::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
@@ -815,6 +818,12 @@ pub async fn serve(
                             Ok(report) => {
                                 for (action, error) in &report.failed {
                                     tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
+                                }
+                                if report.skipped_locked.is_none() && report.waiting != waiting {
+                                    for w in &report.waiting {
+                                        tracing::info!(id = %w.id, reason = ?w.reason, retire_by = %w.retire_by, "draining version not retired yet");
+                                    }
+                                    waiting = report.waiting;
                                 }
                             }
                             Err(e) => tracing::error!(error = %e, "reaper pass failed"),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use flotilla_core::drain::Readiness;
 use flotilla_core::reaper::{
-    CleanupReason, ComputeCounts, ReapAction, ReapPolicy, RetireReason, VersionView, plan_reap,
+    CleanupReason, ComputeCounts, ReapAction, ReapPolicy, RetireReason, VersionView, WaitReason,
+    plan_pass, plan_reap,
 };
 use flotilla_core::routing::Affinity;
 use flotilla_core::{DeploymentId, Timestamp, Version, VersionState};
@@ -298,6 +299,63 @@ proptest! {
             .flat_map(|v| plan_reap(std::slice::from_ref(v), now, &policy))
             .collect();
         prop_assert_eq!(plan, one_by_one);
+    }
+
+    /// Every draining version is either retired by the pass or explained, never both, and the
+    /// explanation agrees with the facts: "nothing to reap" never leaves a draining version
+    /// unaccounted for.
+    #[test]
+    fn every_draining_version_is_retired_or_explained((fleet, policy) in fleet_and_policy()) {
+        let now = Timestamp::from_millis(NOW_MS);
+        let pass = plan_pass(&fleet, now, &policy);
+        prop_assert_eq!(&pass.actions, &plan_reap(&fleet, now, &policy));
+        for view in &fleet {
+            let v = &view.version;
+            let waits: Vec<&WaitReason> = pass
+                .waiting
+                .iter()
+                .filter(|w| w.id == v.id)
+                .map(|w| &w.reason)
+                .collect();
+            if v.state != VersionState::Draining {
+                prop_assert!(waits.is_empty(), "explained a {} version", v.state);
+                continue;
+            }
+            let retired = pass
+                .actions
+                .iter()
+                .any(|a| matches!(a, ReapAction::Retire { id, .. } if *id == v.id));
+            prop_assert_eq!(
+                waits.len() + usize::from(retired),
+                1,
+                "{} retired: {}, explained {:?}",
+                v.id,
+                retired,
+                waits
+            );
+            let Some(reason) = waits.first() else { continue };
+            match reason {
+                WaitReason::InDefault => prop_assert!(view.in_default),
+                WaitReason::TooYoung { until } => {
+                    prop_assert!(!view.in_default);
+                    prop_assert!(v.age(now) < policy.min_age);
+                    prop_assert!(*until > now);
+                }
+                WaitReason::InstancesNotReady { ready, instances } => {
+                    prop_assert!(!all_reported_ready(view));
+                    prop_assert!(ready < instances, "{ready} of {instances} ready yet not all");
+                }
+                WaitReason::ReadyPasses { passes, needed } => {
+                    prop_assert!(all_reported_ready(view));
+                    prop_assert!(passes < needed);
+                    let record = ReapAction::RecordReadyPasses {
+                        id: v.id.clone(),
+                        passes: *passes,
+                    };
+                    prop_assert!(pass.actions.contains(&record), "the count shown is the one stored");
+                }
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flotilla_core::VersionState;
 use flotilla_core::drain::Readiness;
-use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason};
+use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason, WaitReason};
 use flotilla_core::routing::{Affinity, RouteDecision, RouteRequest, RuleBudget, route};
 use flotilla_engine::events::{Event, Recorder, Silent};
 use flotilla_engine::ports::{AppEnv, ErrorKind, ImageRequest, LockOutcome, SecretSource};
@@ -112,6 +112,7 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
         let err = w.deploy(&alice, &v2).await.expect_err("never healthy");
         let EngineError::NotHealthy {
             id,
+            previous,
             healthy,
             needed,
             waited,
@@ -121,6 +122,7 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
             panic!("expected NotHealthy, got {err:?}");
         };
         assert_eq!((id, *healthy, *needed), (&v2, 0, 1));
+        assert_eq!(previous.as_ref(), Some(&v1));
         assert_eq!(*waited, Duration::from_secs(120));
         assert_eq!(
             w.sim.now().since(started),
@@ -131,10 +133,9 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
             logs.iter().any(|l| l.contains(log_line)),
             "{behavior:?}: {logs:?}"
         );
-        assert!(
-            err.to_string()
-                .contains("traffic stays on the previous version")
-        );
+        assert!(err.to_string().contains(&format!(
+            "fresh traffic stays on the previous version, {v1}"
+        )));
         let view = w.view();
         assert_eq!(view.fresh_target(), Some(v1.clone()));
         assert_eq!(w.state(&v1), Some(VersionState::Active));
@@ -143,6 +144,27 @@ async fn a_deploy_that_never_gets_healthy_removes_itself_and_keeps_traffic() {
         assert_eq!(w.state(&v2), None);
         assert_converged(&view, "after a failed deploy");
     }
+}
+
+/// A first deploy that never got healthy once said "traffic stays on the previous version".
+#[tokio::test]
+async fn a_failed_first_deploy_does_not_speak_of_a_previous_version() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.next_id();
+    w.sim.set_behavior(&v1, Behavior::Crash);
+    let err = w.deploy(&alice, &v1).await.expect_err("never healthy");
+    assert!(
+        matches!(&err, EngineError::NotHealthy { previous: None, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("previous"), "{text}");
+    assert!(
+        text.contains("no version serves yet (this was the first deploy)"),
+        "{text}"
+    );
+    assert_eq!(w.view().fresh_target(), None);
 }
 
 #[tokio::test]
@@ -513,6 +535,63 @@ async fn reaper_retires_after_consecutive_ready_passes_then_deletes() {
     );
     assert_eq!(w.state(&v1), None);
     assert_eq!(assert_converged(&w.view(), "after reaping"), Some(v2));
+}
+
+/// `reap` once said only "nothing to reap" whether a version was too young, its instances were
+/// not ready, or it was on pass 1 of 2.
+#[tokio::test]
+async fn reap_reports_what_each_draining_version_waits_for() {
+    let w = World::new();
+    let alice = w.engine("alice");
+    let v1 = w.deployed(&alice).await;
+    w.sim.advance(10 * MIN);
+    let v2 = w.deployed(&alice).await;
+    let v3 = w.deployed(&alice).await;
+    let waits = |report: flotilla_engine::workflows::ReapReport| -> Vec<_> {
+        report
+            .waiting
+            .into_iter()
+            .map(|w| (w.id, w.reason))
+            .collect()
+    };
+    let not_ready = WaitReason::InstancesNotReady {
+        ready: 0,
+        instances: 2,
+    };
+    let young = WaitReason::TooYoung {
+        until: v2.created_at().plus(MIN),
+    };
+    let dry = alice.reap(true, &Silent).await.expect("dry run");
+    assert_eq!(dry.actions, vec![]);
+    assert_eq!(
+        waits(dry),
+        vec![(v1.clone(), not_ready), (v2.clone(), young)],
+        "a dry run explains too"
+    );
+    w.sim.advance(Duration::from_secs(61));
+    assert_eq!(
+        waits(alice.reap(false, &Silent).await.expect("reaps")),
+        vec![
+            (
+                v1.clone(),
+                WaitReason::ReadyPasses {
+                    passes: 1,
+                    needed: 2
+                }
+            ),
+            (
+                v2.clone(),
+                WaitReason::ReadyPasses {
+                    passes: 1,
+                    needed: 2
+                }
+            ),
+        ]
+    );
+    let report = alice.reap(false, &Silent).await.expect("reaps");
+    assert_eq!(report.actions.len(), 2, "{:?}", report.actions);
+    assert_eq!(waits(report), vec![], "both retired: nothing waits");
+    assert_eq!(w.view().fresh_target(), Some(v3));
 }
 
 #[tokio::test]
