@@ -401,7 +401,14 @@ fn outputs_as_the_stack_reports_them_parse_into_baseline_outputs() {
                 let v = match &o["Value"] {
                     Value::String(s) => s.clone(),
                     Value::Object(m) if m.contains_key("Fn::Join") => "subnet-1,subnet-2".into(),
-                    other => format!("resolved:{other}"),
+                    // A reference resolves to a physical id: an ARN for the `...Arn` outputs.
+                    _ if k.ends_with("Arn") => {
+                        format!(
+                            "arn:aws:made-up:us-east-1:123456789012:{}",
+                            k.to_lowercase()
+                        )
+                    }
+                    _ => format!("{}-0123456789abcdef", k.to_lowercase()),
                 };
                 (k.clone(), v)
             })
