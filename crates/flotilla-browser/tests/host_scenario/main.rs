@@ -918,8 +918,9 @@ async fn check_stale_path(tab: &Tab, name: &str, path: &str, visibility: &str, v
         .wait_for(
             &format!("the {name} tab to land on v2"),
             &format!(
+                // The socket's id arrives in its first message, a moment after it opens.
                 "const s = window.sessions && window.sessions.state;
-                 return !!s && s.pageId === '{v2}' && s.socket === 'open';"
+                 return !!s && s.pageId === '{v2}' && s.socket === 'open' && s.socketId === '{v2}';"
             ),
             WAIT,
         )
