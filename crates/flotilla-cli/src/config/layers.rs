@@ -80,29 +80,24 @@ pub fn defaults() -> Settings {
 
 /// Replaces the defaults that differ on the AWS provider, where no layer set the key.
 pub fn aws_defaults(settings: &mut Settings) {
-    for (path, default) in schema::AWS_DEFAULTS {
-        let Some(val) = default_val(*default) else {
-            continue;
-        };
-        let unset = settings
-            .get(*path)
-            .is_none_or(|s| s.origin == Origin::Default);
-        if unset {
-            settings.insert(
-                (*path).to_owned(),
-                Setting {
-                    val,
-                    origin: Origin::Default,
-                },
-            );
-        }
-    }
+    fill_unset(settings, schema::AWS_DEFAULTS, || Origin::Default);
 }
 
 /// Puts `framework`'s preset under every layer above the defaults: each key the preset sets
 /// takes the preset's value unless the file, the environment or a flag set it.
 pub fn apply_preset(settings: &mut Settings, framework: Framework) {
-    for (path, value) in framework.preset() {
+    fill_unset(settings, framework.preset(), || Origin::Preset {
+        framework: framework.as_str().to_owned(),
+    });
+}
+
+/// Sets each of `values` with `origin` where only a built-in default holds the key.
+fn fill_unset(
+    settings: &mut Settings,
+    values: &[(&str, schema::DefaultValue)],
+    origin: impl Fn() -> Origin,
+) {
+    for (path, value) in values {
         let Some(val) = default_val(*value) else {
             continue;
         };
@@ -114,9 +109,7 @@ pub fn apply_preset(settings: &mut Settings, framework: Framework) {
                 (*path).to_owned(),
                 Setting {
                     val,
-                    origin: Origin::Preset {
-                        framework: framework.as_str().to_owned(),
-                    },
+                    origin: origin(),
                 },
             );
         }
