@@ -59,13 +59,13 @@ mod tests {
             .expect("sleep runs");
         let pid = child.id();
         // Between fork and exec the child already has its working directory but still the
-        // parent's environment, and on a loaded machine that window is long enough to observe:
-        // wait until the child has exec'd `sleep` before reading either.
+        // parent's environment; inside exec, the kernel names the new program before it records
+        // where the new environment lies (/proc shows none meanwhile). On a loaded machine both
+        // windows are long enough to observe: wait until /proc shows the child's own environment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let execd = || {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        };
-        while !execd() && std::time::Instant::now() < deadline {
+        while running_version(vec![pid], "20261125-190633-k3x9").is_empty()
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let under = processes_under(&root);
