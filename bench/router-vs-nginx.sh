@@ -41,7 +41,9 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 echo "building flotilla and the example app (release)" >&2
-cargo build --release --quiet -p flotilla-host --example bench_router -p flotilla-example-hello
+# Two commands: `--example` would otherwise select only examples in every package named.
+cargo build --release --quiet -p flotilla-host --example bench_router
+cargo build --release --quiet -p flotilla-example-hello
 HARNESS="$root/target/release/examples/bench_router"
 HELLO="$root/target/release/flotilla-example-hello"
 
