@@ -218,20 +218,7 @@ async fn a_second_deploy_drains_the_first_and_the_reaper_removes_it_completely()
             assert_eq!(action, "fixed 410", "{cond}");
         }
     }
-    let rule_body = w
-        .clients
-        .elb
-        .describe_rules()
-        .listener_arn(&w.listener_arn)
-        .send()
-        .await
-        .expect("rules");
-    let retired = rule_body
-        .rules()
-        .iter()
-        .filter_map(|r| r.actions().first()?.fixed_response_config())
-        .find(|f| f.status_code() == Some("410"))
-        .expect("a 410 rule");
+    let retired = w.fixed_response("410").await.expect("a 410 rule");
     assert_eq!(retired.content_type(), Some("application/json"));
     assert!(
         retired

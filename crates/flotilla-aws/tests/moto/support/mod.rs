@@ -810,3 +810,26 @@ pub fn static_binary(name: &str) -> std::path::PathBuf {
     );
     candidates[0].clone()
 }
+
+impl World {
+    /// The first listener rule whose fixed response answers `status` (a retired version's).
+    pub async fn fixed_response(
+        &self,
+        status: &str,
+    ) -> Option<aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig> {
+        let rules = self
+            .clients
+            .elb
+            .describe_rules()
+            .listener_arn(&self.listener_arn)
+            .send()
+            .await
+            .expect("rules");
+        rules
+            .rules()
+            .iter()
+            .filter_map(|r| r.actions().first()?.fixed_response_config())
+            .find(|f| f.status_code() == Some(status))
+            .cloned()
+    }
+}
