@@ -246,6 +246,42 @@ pub enum Command {
     /// AWS helpers
     #[command(subcommand)]
     Aws(AwsCommand),
+
+    /// Print a shell completion script
+    #[command(
+        long_about = "Print the completion script for SHELL on stdout. Install it where your \
+            shell looks for completions.",
+        after_help = "Examples:\n  \
+            flotilla completions bash > ~/.local/share/bash-completion/completions/flotilla\n  \
+            flotilla completions zsh > \"${fpath[1]}/_flotilla\"\n  \
+            flotilla completions fish > ~/.config/fish/completions/flotilla.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Write the manual pages (man 1)
+    #[command(
+        long_about = "Write one manual page per command (flotilla.1, flotilla-deploy.1, \
+            flotilla-baseline-up.1, ...) into DIR, from the same text as --help.",
+        after_help = "Examples:\n  flotilla man ~/.local/share/man/man1 && man flotilla-deploy\n  \
+            sudo flotilla man /usr/local/share/man/man1"
+    )]
+    Man(ManArgs),
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `init`.

@@ -122,6 +122,26 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
             };
             providers::agent(config.as_ref(), &request).await
         }
+        Command::Completions(args) => {
+            // Generated into memory, then written: a closed pipe (`| head`) ends it quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(
+                args.shell,
+                &mut crate::cli::command(),
+                "flotilla",
+                &mut script,
+            );
+            match std::io::stdout().write_all(&script) {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(err).context("writing the completion script"))
+                }
+                _ => Ok(0),
+            }
+        }
+        Command::Man(args) => {
+            write_manual(&args.dir, out)?;
+            Ok(0)
+        }
         Command::Baseline(command) => {
             let config = load(global, out)?;
             let minutes = |m: u64| Duration::from_secs(m.saturating_mul(60));
@@ -749,4 +769,25 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `flotilla man DIR`: one page per command, from the same definition as `--help`.
+fn write_manual(dir: &std::path::Path, out: Output) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(crate::cli::command(), dir))
+        .map_err(|err| {
+            anyhow::Error::new(crate::exit::UsageError {
+                message: format!(
+                    "cannot write the manual pages into {}: {err}",
+                    dir.display()
+                ),
+                hint: "name a directory you can write to".to_owned(),
+            })
+        })?;
+    out.note(&format!(
+        "wrote the manual pages into {}; read one with `man -l {}/flotilla.1`",
+        dir.display(),
+        dir.display()
+    ));
+    Ok(())
 }

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use flotilla_aws::stack::{StackError, StackErrorClass};
 use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
@@ -239,30 +238,8 @@ fn classify_one(
         };
         return Some((Exit::Usage, Some(hint.to_owned())));
     }
-    if let Some(host) = cause.downcast_ref::<flotilla_host::error::HostError>() {
-        use flotilla_host::error::HostError;
-        match host {
-            HostError::PortTaken { .. } | HostError::Bind { .. } => {
-                return Some((
-                    Exit::Usage,
-                    Some(
-                        "choose a free address for `[host] listen` / `admin_listen` in \
-                         flotilla.toml, or stop the process named above"
-                            .to_owned(),
-                    ),
-                ));
-            }
-            _ => {}
-        }
-    }
-    if let Some(stack) = cause.downcast_ref::<StackError>() {
-        let exit = match stack.class() {
-            StackErrorClass::Usage => Exit::Usage,
-            StackErrorClass::Refused => Exit::Refused,
-            StackErrorClass::Provider => Exit::Provider,
-            StackErrorClass::Failed => Exit::Failure,
-        };
-        return Some((exit, Some(stack.hint())));
+    if let Some(classified) = crate::providers::classify_error(cause) {
+        return Some(classified);
     }
     if let Some(engine) = cause.downcast_ref::<EngineError>() {
         return Some(classify_engine(engine, provider));

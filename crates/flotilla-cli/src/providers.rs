@@ -302,6 +302,7 @@ impl LogSource for HostLogs {
     }
 }
 
+#[cfg(feature = "aws")]
 async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<Opened> {
     // A deploy needs every baseline output; the other commands only the cluster and listener.
     let needs = if command == "deploy" {
@@ -326,6 +327,7 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
 /// The static agent for `arch` that `scripts/build-static.sh` made: beside the running binary
 /// (a release archive ships them together), or in `target/static/` when it runs from
 /// `target/<profile>/`.
+#[cfg(feature = "aws")]
 pub(crate) fn find_static_agent(
     running: &std::path::Path,
     arch: flotilla_baseline::Architecture,
@@ -337,6 +339,7 @@ pub(crate) fn find_static_agent(
 }
 
 /// The AWS provider's settings from the resolved config.
+#[cfg(feature = "aws")]
 pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     let a = &config.aws;
     let mut s = flotilla_aws::AwsSettings::new(config.name.clone());
@@ -401,6 +404,7 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
 }
 
 /// `url` from the baseline's cached outputs, if the file exists.
+#[cfg(feature = "aws")]
 fn aws_base_url(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -493,9 +497,12 @@ pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8
     let source: std::sync::Arc<dyn flotilla_agent::DrainSource> =
         match flotilla_agent::local_source_from_env(env)? {
             Some(local) => local,
+            #[cfg(feature = "aws")]
             None if flotilla_agent::on_ecs(env) => {
                 std::sync::Arc::new(flotilla_aws::agent_ssm::SsmDrainSource::from_env().await)
             }
+            #[cfg(not(feature = "aws"))]
+            None if flotilla_agent::on_ecs(env) => return Err(without_aws::error()),
             None => std::sync::Arc::new(flotilla_agent::StaticSource::active()),
         };
     tracing::info!(
@@ -551,6 +558,7 @@ pub enum BaselineRequest {
 
 /// `flotilla baseline ...`: the stack's lifecycle lives in `crate::baseline` over
 /// `flotilla_aws::stack`.
+#[cfg(feature = "aws")]
 pub async fn baseline(
     config: &Config,
     request: &BaselineRequest,
@@ -560,11 +568,13 @@ pub async fn baseline(
 }
 
 /// `flotilla teardown --all --baseline`: after every version is gone, delete the baseline stack.
+#[cfg(feature = "aws")]
 pub async fn teardown_baseline(config: &Config, out: crate::output::Output) -> Result<()> {
     crate::baseline::teardown(config, out).await
 }
 
 /// `flotilla aws deployer-policy`: the IAM policy a deploying user or CI role needs, as JSON.
+#[cfg(feature = "aws")]
 pub async fn aws_deployer_policy(
     config: Option<&Config>,
     account_id: Option<&str>,
@@ -572,13 +582,110 @@ pub async fn aws_deployer_policy(
     crate::baseline::deployer_policy(config, account_id).await
 }
 
+/// The exit code and hint of an error a provider crate defines, if `cause` is one (the rest of
+/// `crate::exit` knows only the engine's and the CLI's own errors).
+pub(crate) fn classify_error(
+    cause: &(dyn std::error::Error + 'static),
+) -> Option<(crate::exit::Exit, Option<String>)> {
+    use crate::exit::Exit;
+    use flotilla_host::error::HostError;
+    if let Some(HostError::PortTaken { .. } | HostError::Bind { .. }) =
+        cause.downcast_ref::<HostError>()
+    {
+        return Some((
+            Exit::Usage,
+            Some(
+                "choose a free address for `[host] listen` / `admin_listen` in flotilla.toml, or \
+                 stop the process named above"
+                    .to_owned(),
+            ),
+        ));
+    }
+    #[cfg(feature = "aws")]
+    if let Some(stack) = cause.downcast_ref::<flotilla_aws::stack::StackError>() {
+        use flotilla_aws::stack::StackErrorClass;
+        let exit = match stack.class() {
+            StackErrorClass::Usage => Exit::Usage,
+            StackErrorClass::Refused => Exit::Refused,
+            StackErrorClass::Provider => Exit::Provider,
+            StackErrorClass::Failed => Exit::Failure,
+        };
+        return Some((exit, Some(stack.hint())));
+    }
+    None
+}
+
+/// Whether `value` is a secret reference the AWS provider can read (`ssm:/path`, or an SSM or
+/// Secrets Manager ARN); the error says what is wrong with it. Without the AWS provider built in
+/// every value passes here (the configuration is refused at `provider` instead).
+pub(crate) fn check_aws_secret_reference(value: &str) -> std::result::Result<(), String> {
+    #[cfg(feature = "aws")]
+    return flotilla_aws::secrets::SecretRef::parse(value).map(|_| ());
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = value;
+        Ok(())
+    }
+}
+
 /// The environment variable whose presence means the binary runs as an AWS Lambda custom runtime.
 pub const LAMBDA_RUNTIME_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
 
 /// Runs the reaper as an AWS Lambda custom runtime (called by `main` instead of parsing the
 /// command line when [`LAMBDA_RUNTIME_VAR`] is set).
+#[cfg(feature = "aws")]
 pub async fn run_lambda() -> Result<()> {
     Ok(flotilla_aws::lambda::run().await?)
+}
+
+#[cfg(not(feature = "aws"))]
+use without_aws::open_aws;
+#[cfg(not(feature = "aws"))]
+pub use without_aws::{aws_deployer_policy, baseline, run_lambda, teardown_baseline};
+
+/// The AWS entry points of a binary built without the `aws` feature: each refuses with the same
+/// usage error, which says how to get a build that has them.
+#[cfg(not(feature = "aws"))]
+mod without_aws {
+    use super::{BaselineRequest, Config, Opened, Result, Settings};
+
+    /// The error every AWS entry point of this build returns.
+    pub(super) fn error() -> anyhow::Error {
+        anyhow::Error::new(crate::exit::UsageError {
+            message: "this flotilla was built without the AWS provider (the `aws` cargo feature)"
+                .to_owned(),
+            hint: "install a build that has it (`cargo install --path crates/flotilla-cli`, whose \
+                   default features include `aws`), or use `provider = \"host\"`"
+                .to_owned(),
+        })
+    }
+
+    pub(super) async fn open_aws(_: &Config, _: Settings, _: &str) -> Result<Opened> {
+        Err(error())
+    }
+
+    /// `flotilla baseline ...` without the AWS provider.
+    pub async fn baseline(_: &Config, _: &BaselineRequest, _: crate::output::Output) -> Result<()> {
+        Err(error())
+    }
+
+    /// `flotilla teardown --all --baseline` without the AWS provider.
+    pub async fn teardown_baseline(_: &Config, _: crate::output::Output) -> Result<()> {
+        Err(error())
+    }
+
+    /// `flotilla aws deployer-policy` without the AWS provider.
+    pub async fn aws_deployer_policy(
+        _: Option<&Config>,
+        _: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        Err(error())
+    }
+
+    /// The reaper's Lambda runtime without the AWS provider.
+    pub async fn run_lambda() -> Result<()> {
+        Err(error())
+    }
 }
 
 #[cfg(test)]
@@ -595,5 +702,33 @@ mod tests {
         check("0.0.0.0:80", "http://127.0.0.1:80");
         check("[::]:8080", "http://[::1]:8080");
         check("192.168.1.5:9000", "http://192.168.1.5:9000");
+    }
+
+    /// Without the `aws` feature (`.ci/run` runs this with `--no-default-features`), every AWS
+    /// entry point refuses with a usage error that says how to get a build that has it.
+    #[cfg(not(feature = "aws"))]
+    #[tokio::test]
+    async fn without_the_aws_feature_every_aws_entry_point_says_how_to_get_one() {
+        use crate::exit::{Exit, classify_for};
+        let errors = [
+            run_lambda().await.expect_err("no Lambda runtime"),
+            aws_deployer_policy(None, None)
+                .await
+                .expect_err("no deployer policy"),
+        ];
+        for err in errors {
+            let (exit, hint) = classify_for(&err, Some(ProviderKind::Aws));
+            assert_eq!(exit, Exit::Usage);
+            assert!(
+                err.to_string().contains("built without the AWS provider"),
+                "{err}"
+            );
+            let hint = hint.expect("a hint");
+            assert!(
+                hint.contains("cargo install --path crates/flotilla-cli"),
+                "{hint}"
+            );
+        }
+        assert_eq!(check_aws_secret_reference("not a reference"), Ok(()));
     }
 }
