@@ -456,6 +456,24 @@ struct JsonError<'a> {
     logs: Option<&'a [String]>,
 }
 
+/// The causes after the first message of an error chain, leaving out each one whose text the
+/// message above it already shows (an error that writes its source into its own message and also
+/// returns it as `source()`), so the chain says everything once.
+fn new_causes(chain: impl Iterator<Item = String>) -> Vec<String> {
+    let mut chain = chain;
+    let Some(mut above) = chain.next() else {
+        return Vec::new();
+    };
+    let mut causes = Vec::new();
+    for cause in chain {
+        if !above.contains(&cause) {
+            causes.push(cause.clone());
+        }
+        above = cause;
+    }
+    causes
+}
+
 /// Prints `err` on stderr as `error:` then each `caused by:`, any logs the error carries, and the
 /// hint last; with `json`, also prints a JSON document describing it on stdout (unless the command
 /// already printed its own document about the failure).
@@ -465,7 +483,7 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
     if let Some(first) = chain.next() {
         text.push_str(&format!("error: {first}\n"));
     }
-    let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+    let causes = new_causes(err.chain().map(ToString::to_string));
     for cause in &causes {
         text.push_str(&format!("caused by: {cause}\n"));
     }
@@ -515,6 +533,31 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_cause_already_in_the_message_above_is_not_repeated() {
+        let chain = |lines: &[&str]| super::new_causes(lines.iter().map(|s| (*s).to_owned()));
+        assert_eq!(
+            chain(&[
+                "cannot bind the router to 127.0.0.1:80: permission denied",
+                "permission denied",
+            ]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            chain(&[
+                "deploy failed",
+                "the daemon stopped: connection reset",
+                "connection reset"
+            ]),
+            vec!["the daemon stopped: connection reset".to_owned()]
+        );
+        assert_eq!(
+            chain(&["a", "b", "c"]),
+            vec!["b".to_owned(), "c".to_owned()]
+        );
+        assert!(chain(&[]).is_empty());
+    }
 
     use expect_test::expect;
     use flotilla_core::drain::Readiness;
