@@ -499,7 +499,7 @@ async fn down(
         }
     }
     if !running.is_empty() {
-        let opened = providers::open(config, "teardown").await?;
+        let opened = providers::open(config, "teardown", out).await?;
         let printer = ProgressPrinter::for_output(out);
         let report = opened
             .engine

@@ -239,7 +239,7 @@ fn load_optional(global: &Global, out: Output) -> Result<Option<Config>> {
 
 async fn open(global: &Global, command: &str, out: Output) -> Result<(Config, providers::Opened)> {
     let config = load(global, out)?;
-    let opened = providers::open(&config, command).await?;
+    let opened = providers::open(&config, command, out).await?;
     Ok((config, opened))
 }
 
@@ -416,7 +416,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
-    let opened = providers::open(&config, "deploy").await?;
+    let opened = providers::open(&config, "deploy", out).await?;
     let now = opened.engine.ports().clock.now();
     let id = args
         .id

@@ -41,9 +41,10 @@ impl Output {
         stdout_line(text);
     }
 
-    /// Prints a progress or information line on stderr.
+    /// Prints a progress or information line on stderr (with `--json`, as a `note` event line
+    /// like the engine's events, so that stderr is all JSON lines).
     pub fn note(&self, text: &str) {
-        eprintln!("{text}");
+        eprintln!("{}", self.stderr_line("note", text));
     }
 
     /// Prints a line on stderr only with `-v`.
@@ -53,9 +54,21 @@ impl Output {
         }
     }
 
-    /// Prints a warning on stderr.
+    /// Prints a warning on stderr (with `--json`, as a `warning` event line).
     pub fn warn(&self, text: &str) {
-        eprintln!("warning: {text}");
+        eprintln!("{}", self.stderr_line("warning", text));
+    }
+
+    /// What `note` and `warn` print: the text, or one JSON object `{"event": kind, "message":
+    /// text}` with `--json`.
+    fn stderr_line(&self, kind: &str, text: &str) -> String {
+        if self.json {
+            serde_json::json!({ "event": kind, "message": text }).to_string()
+        } else if kind == "warning" {
+            format!("warning: {text}")
+        } else {
+            text.to_owned()
+        }
     }
 }
 
@@ -533,6 +546,24 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    #[test]
+    fn notes_and_warnings_are_json_lines_with_json() {
+        let text = super::Output {
+            json: false,
+            verbose: 0,
+        };
+        let json = super::Output {
+            json: true,
+            verbose: 0,
+        };
+        assert_eq!(text.stderr_line("note", "started"), "started");
+        assert_eq!(text.stderr_line("warning", "odd"), "warning: odd");
+        assert_eq!(
+            json.stderr_line("warning", "a \"quoted\" word"),
+            r#"{"event":"warning","message":"a \"quoted\" word"}"#
+        );
+    }
 
     #[test]
     fn a_cause_already_in_the_message_above_is_not_repeated() {

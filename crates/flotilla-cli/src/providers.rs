@@ -149,38 +149,34 @@ pub fn host_base_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
-/// Opens the configured provider for `command` (the command's name, for messages).
-pub async fn open(config: &Config, command: &str) -> Result<Opened> {
+/// Opens the configured provider for `command` (the command's name, for messages); what it
+/// says on the way (a daemon it started) follows `out`.
+pub async fn open(config: &Config, command: &str, out: crate::output::Output) -> Result<Opened> {
     let settings = engine_settings(config);
     match config.provider {
-        ProviderKind::Host => open_host(config, settings, command).await,
+        ProviderKind::Host => open_host(config, settings, out).await,
         ProviderKind::Aws => open_aws(config, settings, command).await,
     }
 }
 
-async fn open_host(config: &Config, engine_settings: Settings, command: &str) -> Result<Opened> {
-    let _ = command;
+async fn open_host(
+    config: &Config,
+    engine_settings: Settings,
+    out: crate::output::Output,
+) -> Result<Opened> {
     let settings = host_settings(config)?;
     let connection = flotilla_host::connect_reporting(&settings)
         .await
         .map_err(|e| anyhow::Error::new(e.into_port("connect to", "the flotilla host daemon")))?;
     if let Some(started) = &connection.started {
-        crate::output::Output {
-            json: false,
-            verbose: 0,
-        }
-        .note(&format!(
+        out.note(&format!(
             "started the flotilla host daemon (pid {}) in the background; its log is {}",
             started.pid,
             started.log.display()
         ));
     }
     for warning in &connection.warnings {
-        crate::output::Output {
-            json: false,
-            verbose: 0,
-        }
-        .warn(warning);
+        out.warn(warning);
     }
     let logs_dir = settings
         .resolved()
