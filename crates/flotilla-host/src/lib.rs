@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod logs;
+pub mod metrics;
 pub mod port_holder;
 pub mod private;
 pub mod release;
