@@ -366,9 +366,11 @@ mod tests {
             lock: None,
             orphans: vec![],
         };
-        let mut traffic = StatsSnapshot::default();
-        traffic.sessions = 3;
-        traffic.responses_by_class = [0, 7, 0, 1, 2];
+        let mut traffic = StatsSnapshot {
+            sessions: 3,
+            responses_by_class: [0, 7, 0, 1, 2],
+            ..StatsSnapshot::default()
+        };
         traffic.latency_buckets[0] = 6; // <= 5 ms
         traffic.latency_buckets[4] = 3; // <= 100 ms
         traffic.latency_buckets[11] = 1; // > 10 s
