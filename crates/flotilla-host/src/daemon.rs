@@ -66,6 +66,8 @@ pub struct Host {
     tombstones: Mutex<Vec<DeploymentId>>,
     trackers: Mutex<HashMap<InstanceKey, DrainTracker>>,
     clock: SystemClock,
+    /// What the reaper loop has done, for `/metrics`.
+    reaper_meter: crate::metrics::ReaperMeter,
 }
 
 fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortError {
@@ -360,6 +362,11 @@ impl Host {
     /// The supervisor, for the status page.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
+    }
+
+    /// What the reaper loop has done since the daemon started, for `/metrics`.
+    pub fn reaper_meter(&self) -> &crate::metrics::ReaperMeter {
+        &self.reaper_meter
     }
 
     /// What the daemon says about itself.
@@ -709,6 +716,7 @@ pub async fn serve(
             tombstones: Mutex::new(tombstones),
             trackers: Mutex::new(HashMap::new()),
             clock: SystemClock,
+            reaper_meter: crate::metrics::ReaperMeter::default(),
         }
     });
     host.refresh();
@@ -802,6 +810,7 @@ pub async fn serve(
     };
     let reaper_task = {
         let engine = engine.clone();
+        let host = host.clone();
         let interval = settings.reaper_interval;
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -816,6 +825,7 @@ pub async fn serve(
                     _ = tick.tick() => {
                         match engine.reap(false, &LogProgress).await {
                             Ok(report) => {
+                                host.reaper_meter.record(&report);
                                 for (action, error) in &report.failed {
                                     tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
                                 }

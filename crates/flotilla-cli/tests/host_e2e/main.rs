@@ -1367,3 +1367,76 @@ fn deploy_names_the_files_of_the_release_that_look_like_secrets() {
     );
     assert!(!stderr.contains("hunter2"), "no value is shown:\n{stderr}");
 }
+
+#[test]
+fn the_status_page_serves_prometheus_metrics_per_version() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 1,
+        health_timeout: 20,
+    });
+    let id = env.deploy();
+    for _ in 0..5 {
+        assert_eq!(env.get("/", &[]).status, 200);
+    }
+    assert_eq!(env.get("/no-such-page", &[]).status, 404);
+
+    let metrics = util::get(env.admin, "/metrics", &[]).expect("the admin listener answers");
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{metrics:?}"
+    );
+    let value = |sample: &str| -> u64 {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample}:\n{}", metrics.body))
+    };
+    let app = "app=\"e2e\"";
+    let labels = format!("{app},version=\"{id}\"");
+    assert_eq!(
+        value(&format!(
+            "flotilla_version_info{{{labels},state=\"active\"}}"
+        )),
+        1
+    );
+    assert_eq!(value(&format!("flotilla_version_weight{{{labels}}}")), 100);
+    assert!(
+        value(&format!(
+            "flotilla_responses_total{{{labels},class=\"2xx\"}}"
+        )) >= 5
+    );
+    assert_eq!(
+        value(&format!(
+            "flotilla_responses_total{{{labels},class=\"4xx\"}}"
+        )),
+        1
+    );
+    let count = value(&format!("flotilla_response_head_seconds_count{{{labels}}}"));
+    assert_eq!(
+        value(&format!(
+            "flotilla_response_head_seconds_bucket{{{labels},le=\"+Inf\"}}"
+        )),
+        count
+    );
+    assert!(value(&format!("flotilla_instances_healthy{{{labels}}}")) >= 1);
+    // The reaper runs every second here.
+    let passes = util::eventually(Duration::from_secs(10), || {
+        let body = util::get(env.admin, "/metrics", &[]).ok()?.body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("flotilla_reaper_passes_total{{{app}}} ")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    });
+    assert!(passes.is_some(), "the reaper's passes are counted");
+    let page = util::get(env.admin, "/", &[]).expect("status page");
+    assert!(
+        page.body.contains("href=\"/metrics\""),
+        "the status page links the metrics"
+    );
+}
