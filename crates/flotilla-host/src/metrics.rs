@@ -25,7 +25,6 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use flotilla_core::DeploymentId;
-use flotilla_core::reaper::ReapAction;
 use flotilla_engine::workflows::{ReapReport, StatusReport};
 use flotilla_proxy::{LATENCY_BOUNDS_US, StatsSnapshot};
 
@@ -34,7 +33,7 @@ use flotilla_proxy::{LATENCY_BOUNDS_US, StatsSnapshot};
 pub struct ReaperTotals {
     /// Passes that ran (not skipped for the lock).
     pub passes: u64,
-    /// Visible actions taken, by kind (see [`action_name`]).
+    /// Visible actions taken, by kind ([`flotilla_core::reaper::ReapAction::name`]).
     pub actions: BTreeMap<&'static str, u64>,
     /// Actions that failed (retried by a later pass).
     pub failed: u64,
@@ -55,7 +54,7 @@ impl ReaperMeter {
         let mut totals = self.0.lock().unwrap_or_else(|p| p.into_inner());
         totals.passes += 1;
         for action in report.actions.iter().filter(|a| a.is_visible()) {
-            *totals.actions.entry(action_name(action)).or_default() += 1;
+            *totals.actions.entry(action.name()).or_default() += 1;
         }
         totals.failed += report.failed.len() as u64;
         totals.waiting = report.waiting.len() as u64;
@@ -64,18 +63,6 @@ impl ReaperMeter {
     /// A copy of the totals.
     pub fn totals(&self) -> ReaperTotals {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// The `action` label of a reaper action.
-pub fn action_name(action: &ReapAction) -> &'static str {
-    match action {
-        ReapAction::RecordReadyPasses { .. } => "record_ready_passes",
-        ReapAction::Retire { .. } => "retire",
-        ReapAction::RetireRouting { .. } => "retire_routing",
-        ReapAction::ScaleToZero { .. } => "scale_to_zero",
-        ReapAction::DeleteResources { .. } => "delete_resources",
-        ReapAction::CleanUpFailed { .. } => "clean_up_failed",
     }
 }
 
@@ -316,7 +303,7 @@ mod tests {
 
     use flotilla_core::DeploymentName;
     use flotilla_core::lifecycle::{Version, VersionState};
-    use flotilla_core::reaper::RetireReason;
+    use flotilla_core::reaper::{ReapAction, RetireReason};
     use flotilla_core::routing::RoutingTable;
     use flotilla_engine::ports::{ComputeStatus, VersionRecord};
     use flotilla_engine::workflows::VersionStatus;
