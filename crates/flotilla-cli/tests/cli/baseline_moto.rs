@@ -193,6 +193,11 @@ fn baseline_up_show_and_down_through_the_binary() {
     let cached: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cache).expect("cached")).expect("json");
     assert_eq!(cached["reaper_function_name"], "flotilla-shop-reaper");
+    // The cache is this machine's: `.flotilla/` keeps itself out of the app's repository.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".flotilla/.gitignore")).expect("a .gitignore"),
+        "*\n"
+    );
 
     // Again: nothing to change.
     let again = run(
