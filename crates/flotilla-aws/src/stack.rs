@@ -518,6 +518,30 @@ pub struct BaselineStack {
     stack_name: String,
 }
 
+/// What [`BaselineStack::check_cache`] found, and what it did to the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheCheck {
+    /// The stack is complete and the cache, if any, already holds its outputs: whatever failed,
+    /// the cache is not the cause.
+    Matches,
+    /// The stack is complete and the cache differed from its outputs: it now holds them.
+    Refreshed,
+    /// The stack is gone or holds no working baseline; its cache was removed.
+    Unusable {
+        /// The stack's status; `None` when there is no stack.
+        status: Option<String>,
+        /// Its phase ([`Phase::Missing`] when there is no stack).
+        phase: Phase,
+        /// The cache file removed, if there was one.
+        removed: Option<PathBuf>,
+    },
+    /// An operation is running on the stack (or a failed update waits): the cache was left.
+    Unsettled {
+        /// The stack's status.
+        status: String,
+    },
+}
+
 impl BaselineStack {
     /// The stack of `settings.name` (`flotilla-<name>`), its outputs cached at
     /// `settings.baseline_path()`.
@@ -609,6 +633,48 @@ impl BaselineStack {
         }
         self.write_cache(&outputs)?;
         Ok(Some(outputs))
+    }
+
+    /// Checks the cached outputs against the stack, after something they name turned out not to
+    /// exist: a complete stack's outputs replace a cache that differs; a stack that is gone or
+    /// holds no working baseline (deleted, deleted part-way, never created) takes its cache with
+    /// it; a stack in the middle of an operation leaves the cache alone.
+    pub async fn check_cache(&self) -> Result<CacheCheck, StackError> {
+        let stack = self.describe().await?;
+        let phase = stack.as_ref().map_or(Phase::Missing, StackInfo::phase);
+        let status = stack.as_ref().map(|s| s.status.clone());
+        match status::cache_verdict(phase) {
+            status::CacheVerdict::Keep => Ok(CacheCheck::Unsettled {
+                status: status.unwrap_or_default(),
+            }),
+            status::CacheVerdict::Discard => Ok(CacheCheck::Unusable {
+                status,
+                phase,
+                removed: self.remove_cache()?,
+            }),
+            status::CacheVerdict::Compare => {
+                let Some(stack) = stack else {
+                    return Ok(CacheCheck::Matches);
+                };
+                let mut fresh =
+                    flotilla_baseline::BaselineOutputs::from_stack_outputs(stack.outputs.clone())
+                        .map_err(|source| StackError::Outputs {
+                        stack: self.stack_name.clone(),
+                        source,
+                    })?;
+                // A cache that cannot be read differs, and is rewritten.
+                let old = self.cached().ok().flatten();
+                if let Some(old) = &old {
+                    fresh.certificate_validation_records =
+                        old.certificate_validation_records.clone();
+                }
+                if old.as_ref() == Some(&fresh) || !self.cache_path().exists() {
+                    return Ok(CacheCheck::Matches);
+                }
+                self.write_cache(&fresh)?;
+                Ok(CacheCheck::Refreshed)
+            }
+        }
     }
 
     /// Works out what `baseline up` would do, without changing anything but a change set.

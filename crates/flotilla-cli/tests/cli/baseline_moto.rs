@@ -110,6 +110,33 @@ impl Moto {
         )
     }
 
+    fn cloudformation(&self, form: &str) -> (u16, String) {
+        self.call(
+            "cloudformation",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("Version=2010-05-15&{form}"),
+        )
+    }
+
+    /// Deletes the route tables of `vpc` that can be deleted: what CloudFormation deletes on AWS
+    /// and moto's does not, so that deleting the VPC succeeds.
+    fn delete_route_tables(&self, vpc: &str) {
+        let (_, tables) = self.ec2(&format!(
+            "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
+        ));
+        let mut ids: Vec<&str> = tables
+            .split("<routeTableId>")
+            .skip(1)
+            .filter_map(|s| s.split("</routeTableId>").next())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            // The main table refuses; it goes with the VPC.
+            let _ = self.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
+        }
+    }
+
     fn ssm(&self, action: &str, body: &str) -> (u16, String) {
         self.call(
             "ssm",
@@ -266,21 +293,7 @@ fn baseline_up_show_and_down_through_the_binary() {
     assert_eq!(deleted.0, 200, "{deleted:?}");
 
     // What CloudFormation deletes on AWS and moto's does not: the stack's route tables.
-    let vpc = cached["vpc_id"].as_str().expect("vpc id");
-    let (_, tables) = moto.ec2(&format!(
-        "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
-    ));
-    let mut ids: Vec<&str> = tables
-        .split("<routeTableId>")
-        .skip(1)
-        .filter_map(|s| s.split("</routeTableId>").next())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        // The main table refuses; it goes with the VPC.
-        let _ = moto.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
-    }
+    moto.delete_route_tables(cached["vpc_id"].as_str().expect("vpc id"));
 
     let down = run(dir.path(), &["baseline", "down", "--yes"]);
     assert_eq!(down.code, 0, "{down:?}");
@@ -461,4 +474,127 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
         reaper_bytes.as_slice(),
         "the uploaded bootstrap is the static reaper"
     );
+}
+
+/// The stack's status as moto's DescribeStacks gives it, or `None` when there is none.
+fn stack_status(moto: &Moto, name: &str) -> Option<String> {
+    let (code, body) = moto.cloudformation(&format!("Action=DescribeStacks&StackName={name}"));
+    if code != 200 {
+        return None;
+    }
+    body.split("<StackStatus>")
+        .nth(1)
+        .and_then(|s| s.split("</StackStatus>").next())
+        .map(str::to_owned)
+}
+
+/// Issue 11 item 10: a stack deletion that failed (moto's, started behind the cache's back,
+/// stops at the VPC with DependencyViolation and leaves no stack) left cached outputs naming a
+/// listener that is gone; every command then failed with `ListenerNotFound`, the rerun of
+/// `teardown --all --baseline` too, and only `baseline down`, which no hint named, cleared it.
+/// Now a command that meets a missing resource checks the cache against the stack, refreshes or
+/// removes it, and each hint, followed literally, converges.
+#[test]
+fn a_stack_deleted_behind_the_cache_is_not_trusted_and_every_hint_converges() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+    let up = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true"],
+    );
+    assert_eq!(up.code, 0, "{up:?}");
+    let cache = dir.path().join(".flotilla/shop/baseline.json");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+
+    // A cache that differs from the stack (a listener that is not the stack's) is refreshed,
+    // and "run the same command again" is then true.
+    let text = std::fs::read_to_string(&cache).expect("cached");
+    let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let listener = doc["listener_arn"].as_str().expect("listener").to_owned();
+    let (head, _) = listener
+        .rsplit_once('/')
+        .expect("an ARN with a listener id");
+    doc["listener_arn"] = serde_json::Value::String(format!("{head}/0000000000000000"));
+    std::fs::write(&cache, doc.to_string()).expect("write cache");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 6, "{status:?}");
+    assert!(
+        status.stderr.contains(
+            "the baseline's outputs cached in .flotilla/shop/baseline.json did not match stack \
+             flotilla-shop; they were refreshed from it"
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.stderr.contains("run the same command again"),
+        "{status:?}"
+    );
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+
+    // The stack deleted behind the cache's back; moto stops at the VPC and keeps no stack.
+    let (code, body) = moto.cloudformation("Action=DeleteStack&StackName=flotilla-shop");
+    assert!(
+        code == 200 || body.contains("DependencyViolation"),
+        "{body}"
+    );
+    assert_eq!(
+        stack_status(&moto, "flotilla-shop"),
+        None,
+        "moto's deletion"
+    );
+    assert!(
+        cache.exists(),
+        "nothing flotilla ran has touched the cache yet"
+    );
+
+    // `status` no longer fails on the listener again and again: it says the stack is gone,
+    // removes the cache, and names what brings the baseline back.
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 6, "{status:?}");
+    assert!(
+        status.stderr.contains(
+            "stack flotilla-shop no longer exists, so the resources its outputs cached in \
+             .flotilla/shop/baseline.json named are gone; removed .flotilla/shop/baseline.json"
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.stderr.contains(
+            "run `flotilla baseline up` to create the baseline again, then run the same command \
+             again"
+        ),
+        "{status:?}"
+    );
+    assert!(!cache.exists());
+
+    // The rerun of `teardown --all --baseline` that looped: nothing is left, which is not an
+    // error, and again the same.
+    for _ in 0..2 {
+        let teardown = run(dir.path(), &["teardown", "--all", "--baseline", "--yes"]);
+        assert_eq!(teardown.code, 0, "{teardown:?}");
+        assert!(
+            teardown.stderr.contains("there is no stack flotilla-shop"),
+            "{teardown:?}"
+        );
+    }
+
+    // The hint `status` gave, followed: the baseline again, then `status` again.
+    let up = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true"],
+    );
+    assert_eq!(up.code, 0, "{up:?}");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
 }
