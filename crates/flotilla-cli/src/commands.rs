@@ -780,7 +780,7 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         }
         return Ok(0);
     }
-    if args.follow {
+    if args.follow && config.provider != ProviderKind::Aws {
         return Err(UsageError {
             message: format!("the {} provider cannot follow logs", config.provider),
             hint: "run without --follow to see the latest lines".to_owned(),
@@ -800,6 +800,26 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
             .map(|v| v.record.version.id)
             .collect(),
     };
+    if args.follow {
+        let (tx, mut rx) = mpsc::channel::<providers::LogLine>(1024);
+        let printer = async {
+            while let Some(line) = rx.recv().await {
+                out.result(&format!("{} | {}", line.id, line.line));
+            }
+        };
+        let follow =
+            providers::aws_follow_logs(&config, args.id.clone(), ids, args.lines, tx, |notice| {
+                out.note(notice)
+            });
+        // Ctrl-C ends following; that is how it is meant to end, so the exit code is 0.
+        tokio::select! {
+            (result, ()) = async { tokio::join!(follow, printer) } => {
+                result.with_context(|| format!("could not follow the logs of `{}`", config.name))?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(0);
+    }
     if ids.is_empty() {
         out.note("no version runs; nothing to show");
     }

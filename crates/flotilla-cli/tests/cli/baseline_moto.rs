@@ -598,3 +598,157 @@ fn a_stack_deleted_behind_the_cache_is_not_trusted_and_every_hint_converges() {
     let status = run(dir.path(), &["status"]);
     assert_eq!(status.code, 0, "{status:?}");
 }
+
+/// A CloudWatch Logs call on moto (JSON protocol).
+fn logs_call(moto: &Moto, action: &str, body: &str) -> (u16, String) {
+    moto.call(
+        "logs",
+        &[
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", &format!("Logs_20140328.{action}")),
+        ],
+        body,
+    )
+}
+
+fn put_lines(moto: &Moto, stream: &str, lines: &[&str]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!({ "timestamp": now + i as u128, "message": l }))
+        .collect();
+    let body = serde_json::json!({
+        "logGroupName": "/flotilla/shop",
+        "logStreamName": stream,
+        "logEvents": events,
+    });
+    let (code, text) = logs_call(moto, "PutLogEvents", &body.to_string());
+    assert_eq!(code, 200, "{text}");
+}
+
+/// Issue 11 item 12: `logs --follow` on AWS was refused (exit 2). Now it prints a version's last
+/// lines, then lines written while it runs, each once, until Ctrl-C, which ends it with exit 0.
+/// The binary runs as a child process against moto; lines are written to moto's log group while
+/// it follows; it is stopped by SIGINT to its PID. Which path followed (Live Tail, or polling
+/// where Live Tail is unavailable) is what its notice on stderr says.
+#[test]
+fn logs_follow_prints_new_lines_once_until_ctrl_c() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    // Outputs given in flotilla.toml: following needs only the log group (the cluster and
+    // listener are what every command's provider is opened with, and are not called here).
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\nlistener_arn = \"arn:aws:elasticloadbalancing:us-east-1:\
+             123456789012:listener/app/shop/0123456789abcdef/0123456789abcdef\"\n\
+             cluster = \"flotilla-shop\"\nlog_group = \"/flotilla/shop\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let id =
+        flotilla_core::DeploymentId::generate(flotilla_core::Timestamp::from_secs(now - 60), 7);
+    let stream = format!("{id}/app/0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let (code, text) = logs_call(
+        &moto,
+        "CreateLogGroup",
+        r#"{"logGroupName":"/flotilla/shop"}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = logs_call(
+        &moto,
+        "CreateLogStream",
+        &format!(r#"{{"logGroupName":"/flotilla/shop","logStreamName":"{stream}"}}"#),
+    );
+    assert_eq!(code, 200, "{text}");
+    put_lines(&moto, &stream, &["old-1", "old-2", "old-3"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["logs", id.as_str(), "--follow", "--lines", "2"])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flotilla logs --follow");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut wait_for = |want: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.iter().any(|l| l.ends_with(want)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line ending in {want:?} within 30 s; got {seen:?}"),
+            }
+        }
+    };
+    wait_for("old-3", &mut seen);
+    put_lines(&moto, &stream, &["new-1", "new-2"]);
+    wait_for("new-2", &mut seen);
+    // A few more rounds of following: nothing is printed twice.
+    std::thread::sleep(Duration::from_secs(3));
+    while let Ok(line) = rx.try_recv() {
+        seen.push(line);
+    }
+
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = reader.join();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let prefix = format!("{id} | [0f1e2d3c] ");
+    let expected: Vec<String> = ["old-2", "old-3", "new-1", "new-2"]
+        .iter()
+        .map(|l| format!("{prefix}{l}"))
+        .collect();
+    assert_eq!(seen, expected, "{stderr}");
+    assert!(
+        stderr.contains("following with CloudWatch Logs Live Tail")
+            || stderr.contains("polling FilterLogEvents"),
+        "{stderr}"
+    );
+    eprintln!("how it followed: {stderr}");
+}
