@@ -460,8 +460,14 @@ impl EcsCompute {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = port_error("deregister task definition", arn, e);
+                // Already deregistered, or already deleted by an earlier removal that stopped
+                // before the service's record was gone (the service still names the revision).
+                let message = err.message.to_ascii_lowercase();
                 let gone = err.kind == ErrorKind::NotFound
-                    || err.message.to_ascii_lowercase().contains("inactive");
+                    || message.contains("inactive")
+                    || message.contains("does not exist")
+                    || message.contains("delete_in_progress")
+                    || message.contains("unable to describe task definition");
                 if gone { Ok(()) } else { Err(err) }
             }
         }
