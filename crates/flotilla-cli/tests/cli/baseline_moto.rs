@@ -698,7 +698,7 @@ fn logs_follow_prints_new_lines_once_until_ctrl_c() {
         }
     });
     let mut seen: Vec<String> = Vec::new();
-    let mut wait_for = |want: &str, seen: &mut Vec<String>| {
+    let wait_for = |want: &str, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !seen.iter().any(|l| l.ends_with(want)) {
             let left = deadline.saturating_duration_since(Instant::now());
