@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flotilla_core::{DeploymentId, DeploymentName};
-use flotilla_engine::ports::ImageRequest;
+use flotilla_engine::ports::{ErrorKind, ImageRequest, PortError};
 use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -28,6 +28,49 @@ use crate::verify;
 
 /// Runs the parsed command line; returns the exit code of a command that did its job.
 pub async fn run(cli: Cli, out: Output) -> Result<u8> {
+    let uses_baseline = matches!(
+        cli.command,
+        Command::Deploy(_)
+            | Command::Status(_)
+            | Command::Drain(_)
+            | Command::Rollback(_)
+            | Command::Reap(_)
+            | Command::Teardown(_)
+            | Command::Verify(_)
+            | Command::Logs(_)
+    );
+    match dispatch(&cli, out).await {
+        Err(err) if uses_baseline => Err(check_cached_baseline(&cli.global, err, out).await),
+        other => other,
+    }
+}
+
+/// A command that failed because AWS says something does not exist may have trusted baseline
+/// outputs cached for a stack that has changed or gone: the cache is checked against the stack
+/// (refreshed or removed), and what was found leads the report, with a hint that is true now.
+async fn check_cached_baseline(global: &Global, err: anyhow::Error, out: Output) -> anyhow::Error {
+    let not_found = err.chain().any(|cause| {
+        let port = cause.downcast_ref::<PortError>().or_else(|| match cause
+            .downcast_ref::<flotilla_engine::EngineError>(
+        ) {
+            Some(flotilla_engine::EngineError::Port { source, .. }) => Some(source),
+            _ => None,
+        });
+        port.is_some_and(|p| p.kind == ErrorKind::NotFound)
+    });
+    if provider_in_use() != Some(ProviderKind::Aws) || !not_found {
+        return err;
+    }
+    let Ok(config) = load(global, out) else {
+        return err;
+    };
+    match crate::baseline::recheck_cache(&config).await {
+        Some(reported) => err.context(reported),
+        None => err,
+    }
+}
+
+async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
     let global = &cli.global;
     match &cli.command {
         Command::Init(args) => init(global, args.force, out),
@@ -560,40 +603,27 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
             }
             .into());
         }
+        // A stack that is gone or was deleted part-way runs no version, and its cached outputs
+        // name resources that are gone: finish with the stack instead of failing on them.
+        if args.id.is_none()
+            && let Some(found) = crate::baseline::stack_unusable_for_teardown(&config).await?
+        {
+            if !args.yes && !confirm_teardown(&config, args)? {
+                return Err(not_confirmed());
+            }
+            out.note(&found);
+            providers::teardown_baseline(&config, out).await?;
+            if out.json {
+                out.json(&serde_json::json!({ "removed": [], "baseline_removed": true }))?;
+            } else {
+                out.result("nothing to remove: no version can run without the baseline");
+            }
+            return Ok(0);
+        }
     }
     let (config, opened) = open(global, "teardown", out).await?;
-    if !args.yes {
-        let confirmed = match &args.id {
-            Some(id) => confirm(
-                &format!(
-                    "Remove version {id} of `{}` ({} provider) and everything it uses? [y/N] ",
-                    config.name, config.provider
-                ),
-                &["y", "yes"],
-            )?,
-            None => {
-                let what = if args.baseline {
-                    "every version AND the baseline stack"
-                } else {
-                    "every version"
-                };
-                confirm(
-                    &format!(
-                        "Remove {what} of `{}` ({} provider)? Fresh requests will get \"no \
-                         version deployed\". Type the deployment name to confirm: ",
-                        config.name, config.provider
-                    ),
-                    &[config.name.as_str()],
-                )?
-            }
-        };
-        if !confirmed {
-            return Err(UsageError {
-                message: "teardown not confirmed; nothing was removed".to_owned(),
-                hint: "run it again and confirm, or pass --yes".to_owned(),
-            }
-            .into());
-        }
+    if !args.yes && !confirm_teardown(&config, args)? {
+        return Err(not_confirmed());
     }
     let target = match &args.id {
         Some(id) => TeardownTarget::One(id.clone()),
@@ -602,6 +632,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
     let printer = ProgressPrinter::for_output(out);
     let resume = match &args.id {
         Some(id) => format!("flotilla teardown {id} --yes"),
+        None if args.baseline => "flotilla teardown --all --baseline --yes".to_owned(),
         None => "flotilla teardown --all --yes".to_owned(),
     };
     let report = tokio::select! {
@@ -630,6 +661,42 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         out.result(&format!("removed {}", ids.join(", ")));
     }
     Ok(0)
+}
+
+/// Asks on the terminal whether to go ahead with `teardown`.
+fn confirm_teardown(config: &Config, args: &TeardownArgs) -> Result<bool> {
+    match &args.id {
+        Some(id) => confirm(
+            &format!(
+                "Remove version {id} of `{}` ({} provider) and everything it uses? [y/N] ",
+                config.name, config.provider
+            ),
+            &["y", "yes"],
+        ),
+        None => {
+            let what = if args.baseline {
+                "every version AND the baseline stack"
+            } else {
+                "every version"
+            };
+            confirm(
+                &format!(
+                    "Remove {what} of `{}` ({} provider)? Fresh requests will get \"no version \
+                     deployed\". Type the deployment name to confirm: ",
+                    config.name, config.provider
+                ),
+                &[config.name.as_str()],
+            )
+        }
+    }
+}
+
+fn not_confirmed() -> anyhow::Error {
+    UsageError {
+        message: "teardown not confirmed; nothing was removed".to_owned(),
+        hint: "run it again and confirm, or pass --yes".to_owned(),
+    }
+    .into()
 }
 
 async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
@@ -733,7 +800,7 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         }
         return Ok(0);
     }
-    if args.follow {
+    if args.follow && config.provider != ProviderKind::Aws {
         return Err(UsageError {
             message: format!("the {} provider cannot follow logs", config.provider),
             hint: "run without --follow to see the latest lines".to_owned(),
@@ -753,6 +820,26 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
             .map(|v| v.record.version.id)
             .collect(),
     };
+    if args.follow {
+        let (tx, mut rx) = mpsc::channel::<providers::LogLine>(1024);
+        let printer = async {
+            while let Some(line) = rx.recv().await {
+                out.result(&format!("{} | {}", line.id, line.line));
+            }
+        };
+        let follow =
+            providers::aws_follow_logs(&config, args.id.clone(), ids, args.lines, tx, |notice| {
+                out.note(notice)
+            });
+        // Ctrl-C ends following; that is how it is meant to end, so the exit code is 0.
+        tokio::select! {
+            (result, ()) = async { tokio::join!(follow, printer) } => {
+                result.with_context(|| format!("could not follow the logs of `{}`", config.name))?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(0);
+    }
     if ids.is_empty() {
         out.note("no version runs; nothing to show");
     }

@@ -184,6 +184,10 @@ impl DeployFailed {
 /// The exit code for `err` and the line telling the user what to do next; hints about the
 /// provider (how to start it, which permissions it needs) name only the provider in use.
 pub fn classify_for(err: &anyhow::Error, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
+    // A report added as context (what a command found after its failure) decides.
+    if let Some(reported) = err.downcast_ref::<Reported>() {
+        return (reported.exit, reported.hint.clone());
+    }
     let (exit, hint) = err
         .chain()
         .find_map(|cause| classify_one(cause, provider))

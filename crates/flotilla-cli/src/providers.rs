@@ -320,6 +320,59 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
     })
 }
 
+/// `flotilla logs --follow` on AWS: the last `lines` lines of each of `history`, then every new
+/// line of `only` (or of every version) until `out` is closed; how it follows goes to `notice`.
+pub async fn aws_follow_logs(
+    config: &Config,
+    only: Option<DeploymentId>,
+    history: Vec<DeploymentId>,
+    lines: usize,
+    out: mpsc::Sender<LogLine>,
+    notice: impl Fn(&str),
+) -> Result<()> {
+    use flotilla_aws::logtail::{TailScope, Tailed};
+    let aws = aws_settings(config);
+    let sdk = flotilla_aws::sdk_config(&aws).await;
+    let Some(tail) = flotilla_aws::log_tail(&aws, &flotilla_aws::Clients::new(&sdk))? else {
+        return Err(crate::exit::UsageError {
+            message: "no log group is configured to follow".to_owned(),
+            hint: "run `flotilla baseline up`, or set [aws] log_group".to_owned(),
+        }
+        .into());
+    };
+    let scope = TailScope {
+        only,
+        history,
+        lines,
+        interval: Duration::from_secs(1),
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let follow = async move {
+        let result = tail.follow(&scope, &tx).await;
+        drop(tx);
+        result
+    };
+    let forward = async {
+        while let Some(tailed) = rx.recv().await {
+            match tailed {
+                Tailed::Line { id, task, message } => {
+                    let line = LogLine {
+                        id,
+                        instance: None,
+                        line: format!("[{task}] {message}"),
+                    };
+                    if out.send(line).await.is_err() {
+                        break;
+                    }
+                }
+                Tailed::Notice(text) => notice(&text),
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(follow, forward);
+    Ok(result?)
+}
+
 /// The static agent for `arch` that `scripts/build-static.sh` made: beside the running binary
 /// (a release archive ships them together), or in `target/static/` when it runs from
 /// `target/<profile>/`.
