@@ -64,7 +64,7 @@ async fn check_cached_baseline(global: &Global, err: anyhow::Error, out: Output)
     let Ok(config) = load(global, out) else {
         return err;
     };
-    match crate::baseline::recheck_cache(&config).await {
+    match providers::recheck_aws_cache(&config).await {
         Some(reported) => err.context(reported),
         None => err,
     }
@@ -606,7 +606,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         // A stack that is gone or was deleted part-way runs no version, and its cached outputs
         // name resources that are gone: finish with the stack instead of failing on them.
         if args.id.is_none()
-            && let Some(found) = crate::baseline::stack_unusable_for_teardown(&config).await?
+            && let Some(found) = providers::aws_stack_unusable_for_teardown(&config).await?
         {
             if !args.yes && !confirm_teardown(&config, args)? {
                 return Err(not_confirmed());

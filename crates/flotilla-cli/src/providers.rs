@@ -320,8 +320,23 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
     })
 }
 
+/// After an AWS command failed on something that was not found: the cached baseline outputs
+/// checked against the stack (refreshed or removed), as a report to put before the error.
+#[cfg(feature = "aws")]
+pub async fn recheck_aws_cache(config: &Config) -> Option<crate::exit::Reported> {
+    crate::baseline::recheck_cache(config).await
+}
+
+/// Before `teardown --all --baseline`: what makes the stack unusable (gone, or deleted part-way),
+/// in which case the versions are skipped and only the stack is finished.
+#[cfg(feature = "aws")]
+pub async fn aws_stack_unusable_for_teardown(config: &Config) -> Result<Option<String>> {
+    crate::baseline::stack_unusable_for_teardown(config).await
+}
+
 /// `flotilla logs --follow` on AWS: the last `lines` lines of each of `history`, then every new
 /// line of `only` (or of every version) until `out` is closed; how it follows goes to `notice`.
+#[cfg(feature = "aws")]
 pub async fn aws_follow_logs(
     config: &Config,
     only: Option<DeploymentId>,
@@ -690,7 +705,10 @@ pub async fn run_lambda() -> Result<()> {
 #[cfg(not(feature = "aws"))]
 use without_aws::open_aws;
 #[cfg(not(feature = "aws"))]
-pub use without_aws::{aws_deployer_policy, baseline, run_lambda, teardown_baseline};
+pub use without_aws::{
+    aws_deployer_policy, aws_follow_logs, aws_stack_unusable_for_teardown, baseline,
+    recheck_aws_cache, run_lambda, teardown_baseline,
+};
 
 /// The AWS entry points of a binary built without the `aws` feature: each refuses with the same
 /// usage error, which says how to get a build that has them.
@@ -733,6 +751,28 @@ mod without_aws {
 
     /// The reaper's Lambda runtime without the AWS provider.
     pub async fn run_lambda() -> Result<()> {
+        Err(error())
+    }
+
+    /// No cache of baseline outputs to check without the AWS provider.
+    pub async fn recheck_aws_cache(_: &Config) -> Option<crate::exit::Reported> {
+        None
+    }
+
+    /// `teardown --all --baseline` without the AWS provider.
+    pub async fn aws_stack_unusable_for_teardown(_: &Config) -> Result<Option<String>> {
+        Err(error())
+    }
+
+    /// `logs --follow` on AWS without the AWS provider.
+    pub async fn aws_follow_logs(
+        _: &Config,
+        _: Option<flotilla_core::DeploymentId>,
+        _: Vec<flotilla_core::DeploymentId>,
+        _: usize,
+        _: tokio::sync::mpsc::Sender<super::LogLine>,
+        _: impl Fn(&str),
+    ) -> Result<()> {
         Err(error())
     }
 }
