@@ -411,7 +411,9 @@ fn aws_base_url(path: &std::path::Path) -> Option<String> {
     doc.get("url")?.as_str().map(str::to_owned)
 }
 
-/// `flotilla host serve`: runs the host daemon in the foreground until SIGTERM or Ctrl-C.
+/// `flotilla host serve`: runs the host daemon in the foreground. SIGTERM (a service manager's
+/// stop or restart, an upgrade) makes it exit and leave the app's instances running for the next
+/// daemon to adopt; Ctrl-C (SIGINT, someone at the terminal) and `flotilla host stop` stop them.
 pub async fn host_serve(config: &Config) -> Result<()> {
     let settings = host_settings(config)?;
     // The daemon logs to stderr (the background daemon's stderr is its log file).
@@ -423,21 +425,22 @@ pub async fn host_serve(config: &Config) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
+    use flotilla_host::OnExit;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(_) => {
                     let _ = tokio::signal::ctrl_c().await;
-                    return;
+                    return OnExit::StopInstances;
                 }
             };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => OnExit::LeaveRunning,
+            _ = tokio::signal::ctrl_c() => OnExit::StopInstances,
         }
     };
-    flotilla_host::serve(&settings, shutdown).await?;
+    flotilla_host::serve_until(&settings, shutdown).await?;
     Ok(())
 }
 

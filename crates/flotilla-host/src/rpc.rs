@@ -383,11 +383,7 @@ async fn wait_for_daemon(
             Err(HostError::Unavailable { .. }) => {}
             Err(e) => return Err(e),
         }
-        let exited = !Path::new(&format!("/proc/{}", started.pid)).exists()
-            || std::fs::read_to_string(format!("/proc/{}/stat", started.pid)).is_ok_and(|s| {
-                s.rfind(')')
-                    .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z'))
-            });
+        let exited = !crate::procfs::alive(started.pid);
         if exited || tokio::time::Instant::now() >= deadline {
             let text = std::fs::read_to_string(&started.log).unwrap_or_default();
             let why = if exited {
