@@ -461,6 +461,111 @@ pub async fn host_stop(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// What `flotilla host install` / `uninstall` were asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    /// A user unit instead of a system unit.
+    pub user: bool,
+    /// Run `systemctl` (enable and start, or disable and stop) when systemd runs.
+    pub systemctl: bool,
+    /// The user a system unit runs as.
+    pub run_as: Option<String>,
+}
+
+/// What `host install` / `uninstall` did, as printed (`--json` prints it whole).
+pub type ServiceOutcome = flotilla_host::service::Outcome;
+
+/// Which systemd manager a unit is for.
+pub type ServiceScope = flotilla_host::service::Scope;
+
+fn service_scope_and_dir(
+    request: &ServiceRequest,
+) -> Result<(flotilla_host::service::Scope, std::path::PathBuf)> {
+    use flotilla_host::service::{Scope, unit_dir};
+    let scope = if request.user {
+        Scope::User
+    } else {
+        Scope::System
+    };
+    let xdg = std::env::var_os("XDG_CONFIG_HOME").map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let dir = unit_dir(scope, xdg.as_deref(), home.as_deref()).ok_or_else(|| {
+        crate::exit::UsageError {
+            message: "neither XDG_CONFIG_HOME nor HOME is set: no place for a user unit".to_owned(),
+            hint: "set HOME, or install a system unit (without --user, as root)".to_owned(),
+        }
+    })?;
+    Ok((scope, dir))
+}
+
+/// A unit file that cannot be written for lack of permission is a usage problem: say how to
+/// get one that can.
+fn service_error(e: flotilla_host::service::ServiceError, user: bool) -> anyhow::Error {
+    use flotilla_host::service::ServiceError;
+    match e {
+        ServiceError::File { ref source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied && !user =>
+        {
+            crate::exit::UsageError {
+                message: e.to_string(),
+                hint: "a system unit needs root: run `sudo flotilla host install` (or \
+                       uninstall), or use --user for a unit of your own"
+                    .to_owned(),
+            }
+            .into()
+        }
+        ServiceError::NotOurs { .. } => crate::exit::UsageError {
+            message: e.to_string(),
+            hint: "another app with the same deployment name has that unit: give this app \
+                   another `name` in flotilla.toml, or uninstall the other app's service first"
+                .to_owned(),
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// `flotilla host install`: writes this app's systemd unit and, when asked and systemd runs,
+/// enables and starts it.
+pub fn host_install(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    host_settings(config)?;
+    let Some(file) = &config.file else {
+        return Err(crate::exit::UsageError {
+            message: "`flotilla host install` needs a flotilla.toml: the service reads it"
+                .to_owned(),
+            hint: "run `flotilla init` in the app directory (or pass --config FILE), then install"
+                .to_owned(),
+        }
+        .into());
+    };
+    let config_file = std::fs::canonicalize(file)?;
+    let working_dir = std::fs::canonicalize(&config.root)?;
+    let (scope, dir) = service_scope_and_dir(request)?;
+    let user = request
+        .run_as
+        .clone()
+        .or_else(|| flotilla_host::service::owner(&working_dir));
+    let spec = flotilla_host::service::UnitSpec {
+        name: config.name.clone(),
+        exe: std::env::current_exe()?,
+        config: config_file,
+        working_dir,
+        user,
+        path_env: std::env::var("PATH").ok(),
+        stop_timeout_secs: config.app.stop_timeout.as_secs() + 30,
+        scope,
+    };
+    flotilla_host::service::install(&spec, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
+}
+
+/// `flotilla host uninstall`: disables and stops this app's systemd unit and removes it.
+pub fn host_uninstall(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    let (scope, dir) = service_scope_and_dir(request)?;
+    flotilla_host::service::uninstall(&config.name, scope, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
+}
+
 /// What `flotilla agent` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentRequest {
@@ -592,6 +697,21 @@ pub(crate) fn classify_error(
 ) -> Option<(crate::exit::Exit, Option<String>)> {
     use crate::exit::Exit;
     use flotilla_host::error::HostError;
+    if let Some(HostError::AlreadyRunning { .. }) = cause.downcast_ref::<HostError>() {
+        // A service unit's RestartPreventExitStatus names this code: retrying cannot help.
+        debug_assert_eq!(
+            Exit::Refused.code(),
+            flotilla_host::service::ALREADY_RUNNING_EXIT
+        );
+        return Some((
+            Exit::Refused,
+            Some(
+                "another daemon already serves this app's state directory: use it, or stop it \
+                 with `flotilla host stop` first"
+                    .to_owned(),
+            ),
+        ));
+    }
     if let Some(HostError::PortTaken { .. } | HostError::Bind { .. }) =
         cause.downcast_ref::<HostError>()
     {

@@ -14,6 +14,7 @@
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod procfs;
 pub mod release;
 pub mod router;
 pub mod rpc;
+pub mod service;
 pub mod settings;
 pub mod state;
 pub mod supervisor;

@@ -384,23 +384,20 @@ fn failed_deploys_exit_non_zero_with_logs_and_leave_the_previous_version_serving
     assert_eq!(env.processes_of(&v1).len(), 2);
 }
 
-#[test]
-fn a_daemon_killed_with_sigkill_comes_back_with_the_same_routing_and_no_duplicates() {
-    let env = HostEnv::new(Timing {
-        poll: 1,
-        grace: 600,
-        interval: 1,
-        health_timeout: 30,
-    });
-    let v1 = env.deploy();
-    let v2 = env.deploy();
-    let old: Vec<u32> = [env.processes_of(&v1), env.processes_of(&v2)].concat();
-    assert_eq!(old.len(), 4);
-    let daemon = env.daemon_pid().expect("the daemon runs");
-    kill(daemon, "-9");
-    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+/// Every process of the versions `ids`, by version.
+fn version_processes(env: &HostEnv, ids: &[&str]) -> BTreeMap<String, Vec<u32>> {
+    ids.iter()
+        .map(|id| {
+            let mut pids = env.processes_of(id);
+            pids.sort();
+            ((*id).to_owned(), pids)
+        })
+        .collect()
+}
 
-    // Any command starts the daemon again.
+/// Runs `flotilla status` (which starts the daemon) and returns how long until the router served
+/// fresh, header-pinned and query-pinned requests as before, and what served them.
+fn restart_and_time_routing(env: &HostEnv, v1: &str) -> (Duration, (String, String, String)) {
     let restarted = Instant::now();
     let out = env.flotilla(&["status"]);
     assert!(
@@ -411,35 +408,102 @@ fn a_daemon_killed_with_sigkill_comes_back_with_the_same_routing_and_no_duplicat
     assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
     let routed = eventually(Duration::from_secs(15), || {
         let fresh = env.get("/", &[]);
-        let pinned = env.get("/", &[(HEADER, &v1)]);
+        let pinned = env.get("/", &[(HEADER, v1)]);
         let query = env.get(&format!("/?flotilla_deployment={v1}"), &[]);
         (fresh.status == 200 && pinned.status == 200 && query.status == 200)
             .then(|| (served_by(&fresh), served_by(&pinned), served_by(&query)))
     })
     .expect("service comes back");
+    (restarted.elapsed(), routed)
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_adopts_its_running_instances_and_routes_again_within_two_seconds() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let v2 = env.deploy();
+    let before = version_processes(&env, &[&v1, &v2]);
+    assert_eq!(
+        before.values().map(Vec::len).sum::<usize>(),
+        4,
+        "{before:?}"
+    );
+    let leaders: Vec<u32> = [env.instance_pids(&v1), env.instance_pids(&v2)].concat();
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    kill(daemon, "-9");
+    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+    assert!(
+        leaders.iter().all(|p| alive(*p)),
+        "the apps outlive their daemon"
+    );
+
+    // Any command starts the daemon again; it adopts the instances instead of restarting them.
+    let (took, routed) = restart_and_time_routing(&env, &v1);
+    println!(
+        "after kill -9: routing resumed {} ms after `flotilla status` started the daemon",
+        took.as_millis()
+    );
     assert_eq!(
         routed,
         (v2.clone(), v1.clone(), v1.clone()),
         "same routing as before the crash"
     );
     assert!(
-        restarted.elapsed() < Duration::from_secs(15),
-        "serving again within seconds"
+        took < Duration::from_secs(2),
+        "routing resumed after {took:?}"
     );
+    assert_eq!(
+        version_processes(&env, &[&v1, &v2]),
+        before,
+        "the same app processes serve: adopted, not restarted nor duplicated"
+    );
+    let mut adopted = [env.instance_pids(&v1), env.instance_pids(&v2)].concat();
+    adopted.sort();
+    let mut leaders = leaders;
+    leaders.sort();
+    assert_eq!(adopted, leaders, "the new daemon reports the same pids");
+
+    // SIGTERM (a service manager's restart, an upgrade) ends the daemon and leaves the apps
+    // running; the next daemon adopts them the same way.
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    kill(daemon, "-TERM");
+    assert!(eventually(Duration::from_secs(15), || (!alive(daemon)).then_some(())).is_some());
+    assert_eq!(
+        version_processes(&env, &[&v1, &v2]),
+        before,
+        "SIGTERM leaves the apps running"
+    );
+    let (took, routed) = restart_and_time_routing(&env, &v1);
+    println!(
+        "after SIGTERM: routing resumed {} ms after `flotilla status` started the daemon",
+        took.as_millis()
+    );
+    assert_eq!(routed, (v2.clone(), v1.clone(), v1.clone()));
     assert!(
-        old.iter().all(|p| !alive(*p)),
-        "the dead daemon's instances were stopped, not duplicated"
+        took < Duration::from_secs(2),
+        "routing resumed after {took:?}"
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        env.processes_of(&v1).len(),
-        2,
-        "v1 runs two instances, no more"
-    );
-    assert_eq!(
-        env.processes_of(&v2).len(),
-        2,
-        "v2 runs two instances, no more"
+    assert_eq!(version_processes(&env, &[&v1, &v2]), before);
+
+    // A killed adopted instance is noticed and restarted, with its version's values.
+    let victim = env.instance_pids(&v1)[0];
+    kill(victim, "-9");
+    let replaced = eventually(Duration::from_secs(15), || {
+        let pids = env.instance_pids(&v1);
+        (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
+    });
+    assert!(replaced.is_some(), "the killed instance was started again");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let r = env.get("/", &[(HEADER, &v1)]);
+            (r.status == 200 && served_by(&r) == v1).then_some(())
+        })
+        .is_some()
     );
 
     // A graceful stop stops everything; the next command brings the same versions back.
