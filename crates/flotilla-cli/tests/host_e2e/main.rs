@@ -1431,3 +1431,152 @@ fn deploy_names_the_files_of_the_release_that_look_like_secrets() {
     );
     assert!(!stderr.contains("hunter2"), "no value is shown:\n{stderr}");
 }
+
+/// `flotilla ARGS` in `env`'s app directory with `home` as HOME (and its `cfg` as
+/// XDG_CONFIG_HOME), so a user unit goes there.
+fn flotilla_with_home(
+    env: &HostEnv,
+    home: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(util::flotilla_bin());
+    cmd.args(args)
+        .current_dir(env.app())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("cfg"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run flotilla")
+}
+
+#[test]
+fn host_install_writes_a_unit_systemd_accepts_whose_command_serves_the_app_and_uninstall_removes_it()
+ {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 60,
+        health_timeout: 30,
+    });
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = flotilla_with_home(
+        &env,
+        home.path(),
+        &["host", "install", "--user", "--no-enable", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let unit_path = home.path().join("cfg/systemd/user/flotilla-e2e.service");
+    assert_eq!(done["unit"], "flotilla-e2e.service");
+    assert_eq!(done["scope"], "user");
+    assert_eq!(done["path"], unit_path.display().to_string());
+    assert_eq!(done["ran"], serde_json::json!([]));
+    assert_eq!(
+        done["commands"],
+        serde_json::json!([
+            "systemctl --user daemon-reload",
+            "systemctl --user enable --now flotilla-e2e.service"
+        ])
+    );
+
+    // systemd accepts it (verify needs the ExecStart binary: the real flotilla).
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .arg(&unit_path)
+        .env("XDG_RUNTIME_DIR", home.path())
+        .output()
+        .expect("systemd-analyze runs (scripts/systemd.sh installs it)");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !complaints.contains("flotilla-e2e.service"),
+        "{complaints}"
+    );
+
+    // Its command line, run the way systemd would, serves this app.
+    let text = std::fs::read_to_string(&unit_path).expect("unit written");
+    let app = std::fs::canonicalize(env.app()).expect("canonical");
+    let exe = std::fs::canonicalize(util::flotilla_bin()).expect("canonical");
+    let exec_start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        exec_start,
+        format!(
+            "{} --config {}/flotilla.toml --name e2e --provider host host serve",
+            exe.display(),
+            app.display()
+        )
+    );
+    assert!(
+        text.contains(&format!("WorkingDirectory={}\n", app.display())),
+        "{text}"
+    );
+    assert!(text.contains("KillMode=process\n") && text.contains("Restart=on-failure\n"));
+    let argv: Vec<&str> = exec_start.split(' ').collect();
+    let mut service = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(&app)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the unit's command");
+    let up = eventually(Duration::from_secs(30), || {
+        util::get(env.admin, "/status.json", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(up.is_some(), "the unit's daemon serves the status page");
+    // The CLI uses the daemon that answers instead of starting another.
+    let out = env.flotilla(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
+    assert_eq!(env.daemon_pid(), Some(service.id()));
+    // A second daemon for the same app exits with the code the unit does not retry on.
+    let second = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(&app)
+        .output()
+        .expect("run a second daemon");
+    assert_eq!(
+        second.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(text.contains("RestartPreventExitStatus=6\n"));
+    kill(service.id(), "-TERM");
+    let _ = service.wait();
+
+    let out = flotilla_with_home(
+        &env,
+        home.path(),
+        &["host", "uninstall", "--user", "--no-disable", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(
+        done["commands"],
+        serde_json::json!([
+            "systemctl --user disable --now flotilla-e2e.service",
+            "systemctl --user daemon-reload"
+        ])
+    );
+    assert!(!unit_path.exists(), "the unit file is gone");
+}
