@@ -3,9 +3,10 @@
 //! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
 //!
 //! Start-up order: take the daemon lock → open state → publish the saved routing table (so
-//! retired ids answer 410 at once) → bind the router, the status page and the socket → stop
-//! processes a dead daemon left behind and start every recorded version's instances again. A
-//! version that was active or draining serves again as soon as its instances pass health checks.
+//! retired ids answer 410 at once) → bind the router, the status page and the socket → adopt the
+//! instances a previous daemon left running, stop its other leftovers, and start every recorded
+//! version's missing instances. A version that was active or draining serves again as soon as its
+//! instances pass health checks (an adopted one is checked at once).
 //!
 //! The router runs on one thread per CPU, each with a single-threaded runtime and its own
 //! `SO_REUSEPORT` listener on `[host] listen` (see `run_router_workers`), sharing one [`Router`].

@@ -757,4 +757,33 @@ mod tests {
         store.delete_process(&id(1), &i1, 43).expect("delete");
         assert!(store.list_processes().expect("list").is_empty());
     }
+
+    #[test]
+    fn a_database_from_before_adoption_opens_and_its_processes_are_not_adoptable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE processes (id TEXT NOT NULL, instance TEXT NOT NULL,
+                     pid INTEGER NOT NULL, PRIMARY KEY (id, instance));",
+            )
+            .expect("old schema");
+            conn.execute(
+                "INSERT INTO processes (id, instance, pid) VALUES (?1, 'i1', 42)",
+                [id(1).as_str()],
+            )
+            .expect("old row");
+        }
+        let name = DeploymentName::new("web").expect("valid");
+        let store = Store::open(&path, &name).expect("opens and upgrades");
+        let listed = store.list_processes().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].pid, listed[0].start_time, listed[0].port),
+            (42, None, 0)
+        );
+        drop(store);
+        Store::open(&path, &name).expect("opens again: the upgrade runs once");
+    }
 }
