@@ -1580,3 +1580,49 @@ fn host_install_writes_a_unit_systemd_accepts_whose_command_serves_the_app_and_u
     );
     assert!(!unit_path.exists(), "the unit file is gone");
 }
+
+/// A daemon that holds the state directory but does not answer yet (one systemd is starting) is
+/// waited for, not raced by a second one; when it exits instead, the CLI starts its own.
+#[test]
+fn a_command_waits_for_a_daemon_that_holds_the_state_directory_before_starting_one() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 60,
+        health_timeout: 30,
+    });
+    let state = env.app().join(".flotilla/host");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let lock = state.join("daemon.lock");
+    std::fs::write(&lock, "").expect("lock file");
+    // flock(1) holds the lock the way a starting daemon does, with its shell's pid in the file.
+    let mut holder = std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&lock)
+        .args(["sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 2", lock.display()))
+        .spawn()
+        .expect("flock runs (util-linux)");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&lock)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        })
+        .is_some()
+    );
+    let started = Instant::now();
+    let out = env.flotilla(&["status"]);
+    let waited = started.elapsed();
+    let _ = holder.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the command waited for the holder ({waited:?}) instead of starting a daemon that fails"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
+}
