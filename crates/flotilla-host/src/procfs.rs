@@ -44,6 +44,13 @@ pub fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): start times count from boot, so a start
+/// time names a process only together with the boot it was read in.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
 /// Whether `pid` runs (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| !s.zombie())

@@ -57,6 +57,9 @@ pub struct ProcessRecord {
     pub start_time: Option<u64>,
     /// The loopback port it was told to listen on (`PORT`).
     pub port: u16,
+    /// The kernel's boot id when it was spawned: start times count from boot, so a process of
+    /// an earlier boot is never taken for one of this boot.
+    pub boot_id: Option<String>,
 }
 
 /// The state database of one deployment name.
@@ -81,7 +84,11 @@ CREATE TABLE IF NOT EXISTS processes (id TEXT NOT NULL, instance TEXT NOT NULL, 
 
 /// Columns added to `processes` after its first release, so that a restarted daemon can adopt the
 /// processes it finds: each is added to an older database when it opens.
-const PROCESS_COLUMNS: &[&str] = &["start_time INTEGER", "port INTEGER NOT NULL DEFAULT 0"];
+const PROCESS_COLUMNS: &[&str] = &[
+    "start_time INTEGER",
+    "port INTEGER NOT NULL DEFAULT 0",
+    "boot_id TEXT",
+];
 
 /// Makes the database file (created empty if missing) readable and writable by its owner only:
 /// it holds each version's environment, secrets included. SQLite gives its `-wal` and `-shm`
@@ -485,15 +492,18 @@ impl Store {
     pub fn put_process(&self, process: &ProcessRecord) -> Result<(), HostError> {
         self.conn()
             .execute(
-                "INSERT INTO processes (id, instance, pid, start_time, port) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO processes (id, instance, pid, start_time, port, boot_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id, instance) DO UPDATE SET pid = excluded.pid,
-                     start_time = excluded.start_time, port = excluded.port",
+                     start_time = excluded.start_time, port = excluded.port,
+                     boot_id = excluded.boot_id",
                 params![
                     process.id.as_str(),
                     process.instance.as_str(),
                     process.pid,
                     process.start_time.map(|t| t as i64),
-                    process.port
+                    process.port,
+                    process.boot_id
                 ],
             )
             .map_err(self.sql_err("write process"))?;
@@ -519,23 +529,31 @@ impl Store {
 
     /// Every recorded process group.
     pub fn list_processes(&self) -> Result<Vec<ProcessRecord>, HostError> {
-        type Row = (String, String, u32, Option<i64>, u16);
+        type Row = (String, String, u32, Option<i64>, u16, Option<String>);
         let rows: Vec<Row> = {
             let conn = self.conn();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, instance, pid, start_time, port FROM processes ORDER BY id, instance",
+                    "SELECT id, instance, pid, start_time, port, boot_id FROM processes
+                     ORDER BY id, instance",
                 )
                 .map_err(self.sql_err("list processes"))?;
             stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(self.sql_err("list processes"))?
             .collect::<Result<_, _>>()
             .map_err(self.sql_err("list processes"))?
         };
         rows.into_iter()
-            .map(|(id, instance, pid, start_time, port)| {
+            .map(|(id, instance, pid, start_time, port, boot_id)| {
                 let corrupt = |message: String| HostError::Corrupt {
                     path: self.path.clone(),
                     what: format!("process {id}/{instance}"),
@@ -547,6 +565,7 @@ impl Store {
                     pid,
                     start_time: start_time.map(|t| t as u64),
                     port,
+                    boot_id,
                 })
             })
             .collect()
@@ -746,6 +765,7 @@ mod tests {
             pid,
             start_time: Some(u64::from(pid) * 1000),
             port: 40000 + pid as u16,
+            boot_id: Some("b00t".to_owned()),
         };
         store.put_process(&process(42)).expect("put");
         store.put_process(&process(43)).expect("replace");

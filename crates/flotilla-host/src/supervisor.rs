@@ -214,13 +214,14 @@ impl Supervisor {
         let records = self.inner.store.list_compute()?;
         let processes = self.inner.store.list_processes()?;
         let mut adopted: BTreeMap<(DeploymentId, InstanceId), Adopted> = BTreeMap::new();
+        let boot = procfs::boot_id();
         let mut leftovers = Vec::new();
         for p in &processes {
             let wanted = records.iter().any(|r| {
                 r.spec.id == p.id
                     && instance_slot(&p.instance).is_some_and(|n| (1..=r.desired).contains(&n))
             });
-            match adoption(p, procfs::stat(p.pid), wanted) {
+            match adoption(p, procfs::stat(p.pid), wanted, boot.as_deref()) {
                 Fate::Adopt(a) => {
                     tracing::info!(id = %p.id, instance = %p.instance, pid = p.pid, port = p.port,
                         "adopting a process a previous daemon started");
@@ -559,14 +560,22 @@ pub enum Fate {
 }
 
 /// Decides the fate of a recorded process from what `/proc` says of its pid now (`None`: no such
-/// process). Only the very process that was recorded is adopted: alive, started at the recorded
-/// time (a reused pid has another start time), leading its own process group, and of an instance
-/// the compute records still want. A record without a start time (written by an older daemon)
-/// cannot be checked and is never adopted.
-pub fn adoption(record: &ProcessRecord, now: Option<procfs::Stat>, wanted: bool) -> Fate {
+/// process) and this boot's id. Only the very process that was recorded is adopted: alive,
+/// started at the recorded time in this boot (a reused pid has another start time; a start time
+/// of an earlier boot means nothing now), leading its own process group, and of an instance the
+/// compute records still want. A record without a start time or boot id (written by an older
+/// daemon) cannot be checked and is never adopted.
+pub fn adoption(
+    record: &ProcessRecord,
+    now: Option<procfs::Stat>,
+    wanted: bool,
+    boot_id: Option<&str>,
+) -> Fate {
     match (record.start_time, now) {
         (Some(recorded), Some(stat))
             if wanted
+                && boot_id.is_some()
+                && record.boot_id.as_deref() == boot_id
                 && !stat.zombie()
                 && stat.start_time == recorded
                 && stat.pgrp == record.pid
@@ -739,6 +748,7 @@ impl Monitor {
                 pid,
                 start_time: procfs::stat(pid).map(|s| s.start_time),
                 port: self.state.port.load(Ordering::Relaxed),
+                boot_id: procfs::boot_id(),
             };
             if let Err(e) = self.inner.store.put_process(&record) {
                 tracing::error!(error = %e, "could not record process {pid}; stopping it");
@@ -858,6 +868,11 @@ async fn stop_group(
     while procfs::group_alive(pgid) {
         if tokio::time::Instant::now() >= deadline {
             let _ = killpg(group, Signal::SIGKILL);
+            // Not our children (an adopted group): see them go before saying they are stopped.
+            let killed_by = tokio::time::Instant::now() + Duration::from_secs(2);
+            while procfs::group_alive(pgid) && tokio::time::Instant::now() < killed_by {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1263,6 +1278,7 @@ mod tests {
         start_time: Option<u64>,
         now: Option<(char, u32, u64)>,
         wanted: bool,
+        boot: &str,
     ) -> Fate {
         let record = ProcessRecord {
             id: id(1),
@@ -1270,6 +1286,7 @@ mod tests {
             pid: 4242,
             start_time,
             port: 40001,
+            boot_id: Some("boot-1".to_owned()),
         };
         let now = now.map(|(state, pgrp, start_time)| procfs::Stat {
             state,
@@ -1277,7 +1294,7 @@ mod tests {
             pgrp,
             start_time,
         });
-        adoption(&record, now, wanted)
+        adoption(&record, now, wanted, Some(boot))
     }
 
     #[test]
@@ -1287,27 +1304,60 @@ mod tests {
             start_time: 777,
             port: 40001,
         });
-        // (recorded start time, what /proc says now: state, pgrp, start time, wanted) -> fate
+        // (recorded start time, what /proc says now: state, pgrp, start time, wanted, this boot)
+        // -> fate
         let table = [
-            (Some(777), Some(('S', 4242, 777)), true, adopted),
+            (Some(777), Some(('S', 4242, 777)), true, "boot-1", adopted),
+            // Recorded in an earlier boot: the same pid and start time name another process.
+            (
+                Some(777),
+                Some(('S', 4242, 777)),
+                true,
+                "boot-2",
+                Fate::Stop,
+            ),
             // The pid was reused by a process that started later: never adopted.
-            (Some(777), Some(('S', 4242, 901)), true, Fate::Stop),
-            (Some(777), Some(('S', 4242, 776)), true, Fate::Stop),
+            (
+                Some(777),
+                Some(('S', 4242, 901)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
+            (
+                Some(777),
+                Some(('S', 4242, 776)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
             // Gone, or a zombie.
-            (Some(777), None, true, Fate::Stop),
-            (Some(777), Some(('Z', 4242, 777)), true, Fate::Stop),
+            (Some(777), None, true, "boot-1", Fate::Stop),
+            (
+                Some(777),
+                Some(('Z', 4242, 777)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
             // No longer leading its own group.
-            (Some(777), Some(('S', 1, 777)), true, Fate::Stop),
+            (Some(777), Some(('S', 1, 777)), true, "boot-1", Fate::Stop),
             // Not wanted any more (scaled down, version deleted).
-            (Some(777), Some(('S', 4242, 777)), false, Fate::Stop),
+            (
+                Some(777),
+                Some(('S', 4242, 777)),
+                false,
+                "boot-1",
+                Fate::Stop,
+            ),
             // Recorded by an older daemon, without a start time: cannot be checked.
-            (None, Some(('S', 4242, 777)), true, Fate::Stop),
+            (None, Some(('S', 4242, 777)), true, "boot-1", Fate::Stop),
         ];
-        for (recorded, now, wanted, want) in table {
+        for (recorded, now, wanted, boot, want) in table {
             assert_eq!(
-                check_adoption(recorded, now, wanted),
+                check_adoption(recorded, now, wanted, boot),
                 want,
-                "{recorded:?} {now:?} wanted={wanted}"
+                "{recorded:?} {now:?} wanted={wanted} {boot}"
             );
         }
     }
@@ -1332,6 +1382,7 @@ mod tests {
                 pid,
                 start_time: Some(real + 1),
                 port: 40002,
+                boot_id: procfs::boot_id(),
             })
             .expect("record process");
 
