@@ -5,11 +5,12 @@
 //! whatever it forks dies with it), with `PORT` (a free loopback port chosen here),
 //! `FLOTILLA_DEPLOYMENT_NAME`, `FLOTILLA_DEPLOYMENT_ID` and `FLOTILLA_INSTANCE` set, and its output
 //! appended to `<state_dir>/logs/<id>/<instance>.log` (the process writes the file itself, so it
-//! needs no daemon to keep running). Every process group is recorded in SQLite with its start time
-//! and port before it serves, so a daemon that died or exited without stopping its children finds
-//! them ([`Supervisor::restore`]): one that is still the recorded process (same pid, same start
-//! time, still leading its group) and still wanted is *adopted*, with no restart; anything else of
-//! ours is stopped, and missing instances are started. None is duplicated.
+//! needs no daemon to keep running). Every process group is recorded in SQLite with its start time,
+//! the boot id and its port before it serves, so a daemon that died or exited without stopping its
+//! children finds them ([`Supervisor::restore`]): one that is still the recorded process (same pid,
+//! same start time in the same boot, still leading its group) and still wanted is *adopted*, with
+//! no restart; anything else of ours is stopped, and missing instances are started. None is
+//! duplicated.
 //!
 //! An adopted process is not this daemon's child, so its exit cannot be waited for: its monitor
 //! polls `/proc` every [`ADOPTED_POLL`] instead, and stops it by process group as usual.
