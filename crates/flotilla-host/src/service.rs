@@ -156,10 +156,7 @@ pub fn render_unit(spec: &UnitSpec) -> String {
     ));
     out.push_str("StartLimitBurst=20\n\n");
     out.push_str("[Install]\n");
-    out.push_str(match spec.scope {
-        Scope::System => "WantedBy=multi-user.target\n",
-        Scope::User => "WantedBy=default.target\n",
-    });
+    out.push_str(&format!("WantedBy={}\n", wanted_by(spec.scope)));
     out
 }
 
@@ -314,29 +311,51 @@ pub fn uninstall(
         commands: Vec::new(),
         why_not_run: None,
     };
-    if systemctl && systemd_running() {
+    let run = systemctl && systemd_running();
+    if run {
         run_commands(&commands[..1]).map_err(ServiceError::Systemctl)?;
         outcome.ran.push(commands[0].join(" "));
     }
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(ServiceError::File {
-                operation: "remove",
-                path,
-                source,
-            });
+    // Without systemctl, the link `enable` made goes with the file (a `disable` afterwards could
+    // not find the unit), and what is left to run is stopping the loaded unit.
+    let wants = dir.join(wanted_by(scope).to_owned() + ".wants").join(&unit);
+    for file in [&path, &wants] {
+        match std::fs::remove_file(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ServiceError::File {
+                    operation: "remove",
+                    path: file.clone(),
+                    source,
+                });
+            }
         }
     }
-    if systemctl && systemd_running() {
+    if run {
         run_commands(&commands[1..]).map_err(ServiceError::Systemctl)?;
         outcome.ran.push(commands[1].join(" "));
     } else {
-        outcome.commands = joined(&commands);
+        let flag = scope.systemctl_flag();
+        let line = |args: &[&str]| -> String {
+            std::iter::once("systemctl")
+                .chain(flag)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        outcome.commands = vec![line(&["stop", &unit]), line(&["daemon-reload"])];
         outcome.why_not_run = Some(not_run_reason(systemctl));
     }
     Ok(outcome)
+}
+
+/// The target whose `.wants` directory `enable` links the unit into.
+fn wanted_by(scope: Scope) -> &'static str {
+    match scope {
+        Scope::System => "multi-user.target",
+        Scope::User => "default.target",
+    }
 }
 
 fn not_run_reason(asked: bool) -> String {

@@ -1560,6 +1560,11 @@ fn host_install_writes_a_unit_systemd_accepts_whose_command_serves_the_app_and_u
     kill(service.id(), "-TERM");
     let _ = service.wait();
 
+    // `systemctl enable` would have linked it into default.target.wants: uninstall removes that
+    // link with the file.
+    let wants = home.path().join("cfg/systemd/user/default.target.wants");
+    std::fs::create_dir_all(&wants).expect("wants dir");
+    std::os::unix::fs::symlink(&unit_path, wants.join("flotilla-e2e.service")).expect("link");
     let out = flotilla_with_home(
         &env,
         home.path(),
@@ -1574,11 +1579,15 @@ fn host_install_writes_a_unit_systemd_accepts_whose_command_serves_the_app_and_u
     assert_eq!(
         done["commands"],
         serde_json::json!([
-            "systemctl --user disable --now flotilla-e2e.service",
+            "systemctl --user stop flotilla-e2e.service",
             "systemctl --user daemon-reload"
         ])
     );
     assert!(!unit_path.exists(), "the unit file is gone");
+    assert!(
+        std::fs::symlink_metadata(wants.join("flotilla-e2e.service")).is_err(),
+        "and so is its link"
+    );
 }
 
 /// A daemon that holds the state directory but does not answer yet (one systemd is starting) is
