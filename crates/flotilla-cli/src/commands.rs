@@ -26,6 +26,40 @@ use crate::output::{self, Output, ProgressPrinter};
 use crate::providers::{self, AgentRequest, BaselineRequest, LogQuery};
 use crate::verify;
 
+/// Prints what `host install` or `host uninstall` did.
+fn print_service(out: Output, done: &providers::ServiceOutcome, verb: &str) -> Result<()> {
+    if out.json {
+        return out.json(done);
+    }
+    out.result(&format!("{verb} {} ({})", done.unit, done.path.display()));
+    if done.ran.is_empty() {
+        if !done.commands.is_empty() {
+            out.note(&format!(
+                "{}; run:\n  {}",
+                done.why_not_run
+                    .as_deref()
+                    .unwrap_or("systemctl was not run"),
+                done.commands.join("\n  ")
+            ));
+        }
+    } else {
+        for command in &done.ran {
+            out.note(&format!("ran `{command}`"));
+        }
+    }
+    if verb == "removed" {
+        out.note(
+            "the app's instances keep running: the next flotilla command starts a daemon that \
+             adopts them; `flotilla host stop` stops them",
+        );
+    } else if done.scope == providers::ServiceScope::User {
+        out.note(
+            "a user unit starts at boot only with lingering on: `loginctl enable-linger $USER`",
+        );
+    }
+    Ok(())
+}
+
 /// Runs the parsed command line; returns the exit code of a command that did its job.
 pub async fn run(cli: Cli, out: Output) -> Result<u8> {
     let uses_baseline = matches!(
@@ -154,6 +188,28 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Host(HostCommand::Stop) => {
             let config = load(global, out)?;
             providers::host_stop(&config).await?;
+            Ok(0)
+        }
+        Command::Host(HostCommand::Install(args)) => {
+            let config = load(global, out)?;
+            let request = providers::ServiceRequest {
+                user: args.user,
+                systemctl: !args.no_enable,
+                run_as: args.run_as.clone(),
+            };
+            let done = providers::host_install(&config, &request)?;
+            print_service(out, &done, "installed")?;
+            Ok(0)
+        }
+        Command::Host(HostCommand::Uninstall(args)) => {
+            let config = load(global, out)?;
+            let request = providers::ServiceRequest {
+                user: args.user,
+                systemctl: !args.no_disable,
+                run_as: None,
+            };
+            let done = providers::host_uninstall(&config, &request)?;
+            print_service(out, &done, "removed")?;
             Ok(0)
         }
         Command::Agent(args) => {

@@ -475,7 +475,9 @@ fn aws_base_url(path: &std::path::Path) -> Option<String> {
     doc.get("url")?.as_str().map(str::to_owned)
 }
 
-/// `flotilla host serve`: runs the host daemon in the foreground until SIGTERM or Ctrl-C.
+/// `flotilla host serve`: runs the host daemon in the foreground. SIGTERM (a service manager's
+/// stop or restart, an upgrade) makes it exit and leave the app's instances running for the next
+/// daemon to adopt; Ctrl-C (SIGINT, someone at the terminal) and `flotilla host stop` stop them.
 pub async fn host_serve(config: &Config) -> Result<()> {
     let settings = host_settings(config)?;
     // The daemon logs to stderr (the background daemon's stderr is its log file).
@@ -487,21 +489,22 @@ pub async fn host_serve(config: &Config) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
+    use flotilla_host::OnExit;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(_) => {
                     let _ = tokio::signal::ctrl_c().await;
-                    return;
+                    return OnExit::StopInstances;
                 }
             };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => OnExit::LeaveRunning,
+            _ = tokio::signal::ctrl_c() => OnExit::StopInstances,
         }
     };
-    flotilla_host::serve(&settings, shutdown).await?;
+    flotilla_host::serve_until(&settings, shutdown).await?;
     Ok(())
 }
 
@@ -520,6 +523,111 @@ pub async fn host_stop(config: &Config) -> Result<()> {
         out.note("no flotilla host daemon was running");
     }
     Ok(())
+}
+
+/// What `flotilla host install` / `uninstall` were asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    /// A user unit instead of a system unit.
+    pub user: bool,
+    /// Run `systemctl` (enable and start, or disable and stop) when systemd runs.
+    pub systemctl: bool,
+    /// The user a system unit runs as.
+    pub run_as: Option<String>,
+}
+
+/// What `host install` / `uninstall` did, as printed (`--json` prints it whole).
+pub type ServiceOutcome = flotilla_host::service::Outcome;
+
+/// Which systemd manager a unit is for.
+pub type ServiceScope = flotilla_host::service::Scope;
+
+fn service_scope_and_dir(
+    request: &ServiceRequest,
+) -> Result<(flotilla_host::service::Scope, std::path::PathBuf)> {
+    use flotilla_host::service::{Scope, unit_dir};
+    let scope = if request.user {
+        Scope::User
+    } else {
+        Scope::System
+    };
+    let xdg = std::env::var_os("XDG_CONFIG_HOME").map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let dir = unit_dir(scope, xdg.as_deref(), home.as_deref()).ok_or_else(|| {
+        crate::exit::UsageError {
+            message: "neither XDG_CONFIG_HOME nor HOME is set: no place for a user unit".to_owned(),
+            hint: "set HOME, or install a system unit (without --user, as root)".to_owned(),
+        }
+    })?;
+    Ok((scope, dir))
+}
+
+/// A unit file that cannot be written for lack of permission is a usage problem: say how to
+/// get one that can.
+fn service_error(e: flotilla_host::service::ServiceError, user: bool) -> anyhow::Error {
+    use flotilla_host::service::ServiceError;
+    match e {
+        ServiceError::File { ref source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied && !user =>
+        {
+            crate::exit::UsageError {
+                message: e.to_string(),
+                hint: "a system unit needs root: run `sudo flotilla host install` (or \
+                       uninstall), or use --user for a unit of your own"
+                    .to_owned(),
+            }
+            .into()
+        }
+        ServiceError::NotOurs { .. } => crate::exit::UsageError {
+            message: e.to_string(),
+            hint: "another app with the same deployment name has that unit: give this app \
+                   another `name` in flotilla.toml, or uninstall the other app's service first"
+                .to_owned(),
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// `flotilla host install`: writes this app's systemd unit and, when asked and systemd runs,
+/// enables and starts it.
+pub fn host_install(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    host_settings(config)?;
+    let Some(file) = &config.file else {
+        return Err(crate::exit::UsageError {
+            message: "`flotilla host install` needs a flotilla.toml: the service reads it"
+                .to_owned(),
+            hint: "run `flotilla init` in the app directory (or pass --config FILE), then install"
+                .to_owned(),
+        }
+        .into());
+    };
+    let config_file = std::fs::canonicalize(file)?;
+    let working_dir = std::fs::canonicalize(&config.root)?;
+    let (scope, dir) = service_scope_and_dir(request)?;
+    let user = request
+        .run_as
+        .clone()
+        .or_else(|| flotilla_host::service::owner(&working_dir));
+    let spec = flotilla_host::service::UnitSpec {
+        name: config.name.clone(),
+        exe: std::env::current_exe()?,
+        config: config_file,
+        working_dir,
+        user,
+        path_env: std::env::var("PATH").ok(),
+        stop_timeout_secs: config.app.stop_timeout.as_secs() + 30,
+        scope,
+    };
+    flotilla_host::service::install(&spec, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
+}
+
+/// `flotilla host uninstall`: disables and stops this app's systemd unit and removes it.
+pub fn host_uninstall(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    let (scope, dir) = service_scope_and_dir(request)?;
+    flotilla_host::service::uninstall(&config.name, scope, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
 }
 
 /// What `flotilla agent` was asked to do.
@@ -653,6 +761,21 @@ pub(crate) fn classify_error(
 ) -> Option<(crate::exit::Exit, Option<String>)> {
     use crate::exit::Exit;
     use flotilla_host::error::HostError;
+    if let Some(HostError::AlreadyRunning { .. }) = cause.downcast_ref::<HostError>() {
+        // A service unit's RestartPreventExitStatus names this code: retrying cannot help.
+        debug_assert_eq!(
+            Exit::Refused.code(),
+            flotilla_host::service::ALREADY_RUNNING_EXIT
+        );
+        return Some((
+            Exit::Refused,
+            Some(
+                "another daemon already serves this app's state directory: use it, or stop it \
+                 with `flotilla host stop` first"
+                    .to_owned(),
+            ),
+        ));
+    }
     if let Some(HostError::PortTaken { .. } | HostError::Bind { .. }) =
         cause.downcast_ref::<HostError>()
     {
