@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_ecr::types::ImageIdentifier;
 use flotilla_core::DeploymentId;
-use flotilla_engine::Progress;
 use flotilla_engine::ports::{ErrorKind, ImageRef, ImageRequest, ImageSource, PortError};
+use flotilla_engine::{Event, Progress};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -18,6 +18,29 @@ use flotilla_baseline::Architecture;
 
 use crate::ctx::Ctx;
 use crate::error::port_error;
+
+/// How many of a failed build's last lines its error shows.
+const BUILD_TAIL_LINES: usize = 30;
+
+/// The build log at `path`, created owner-only with its directory (and `.flotilla/.gitignore`);
+/// `None` when it cannot be written, which does not stop the build.
+fn open_build_log(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let parent = path.parent()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .ok()?;
+    crate::dot_flotilla::ignore(parent).ok()?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .ok()
+}
 
 /// A fresh private directory for an image's build context.
 fn tempfile_dir() -> Result<std::path::PathBuf, PortError> {
@@ -198,6 +221,118 @@ impl EcrImages {
                 args.first().copied().unwrap_or(""),
                 out.status,
                 tail.join(" | ")
+            ),
+        ))
+    }
+
+    /// Runs `docker build` with `args` in the app directory `dir`, showing its output as it comes
+    /// (stdout and stderr, one `BuildOutput` event a line) and keeping all of it in
+    /// `.flotilla/<name>/logs/build-<id>.log` under `dir`; a failure names its exit status, last
+    /// lines and the log.
+    async fn docker_build(
+        &self,
+        id: &DeploymentId,
+        args: &[&str],
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), PortError> {
+        use tokio::io::AsyncBufReadExt;
+        let what = "build image";
+        let log_path = dir
+            .join(".flotilla")
+            .join(self.ctx.name.as_str())
+            .join("logs")
+            .join(format!("build-{id}.log"));
+        let mut log = open_build_log(&log_path);
+        progress.event(Event::BuildStarted {
+            id: id.clone(),
+            command: format!("{} {}", self.docker, args.join(" ")),
+            log: log_path.display().to_string(),
+        });
+        let started = std::time::Instant::now();
+        let mut child = Command::new(&self.docker)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                PortError::new(
+                    ErrorKind::Unavailable,
+                    what,
+                    &self.docker,
+                    format!("cannot run `{}`: {e}", self.docker),
+                )
+            })?;
+        // Both streams into one channel, so lines keep roughly the order they were printed in
+        // (BuildKit's `--progress plain` writes its steps to stderr).
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut tail = std::collections::VecDeque::with_capacity(BUILD_TAIL_LINES);
+        while let Some(line) = lines.recv().await {
+            if let Some(file) = log.as_mut() {
+                // A log that cannot be written must not fail the build; the events still show it.
+                let _ = std::io::Write::write_all(file, format!("{line}\n").as_bytes());
+            }
+            if tail.len() == BUILD_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+            progress.event(Event::BuildOutput {
+                id: id.clone(),
+                line,
+            });
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| PortError::new(ErrorKind::Transient, what, &self.docker, e.to_string()))?;
+        if status.success() {
+            progress.event(Event::BuildFinished {
+                id: id.clone(),
+                elapsed: started.elapsed(),
+                log: log_path.display().to_string(),
+            });
+            return Ok(());
+        }
+        let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
+        Err(PortError::new(
+            ErrorKind::Invalid,
+            what,
+            dir.display().to_string(),
+            format!(
+                "`docker build` failed ({status}) after {:.1}s; its last lines:\n{}\nthe whole output is in {}",
+                started.elapsed().as_secs_f64(),
+                if tail.is_empty() {
+                    "  (it printed nothing)".to_owned()
+                } else {
+                    tail.join("\n")
+                },
+                log_path.display()
             ),
         ))
     }
@@ -489,7 +624,7 @@ impl ImageSource for EcrImages {
         &self,
         id: &DeploymentId,
         request: &ImageRequest,
-        _progress: &dyn Progress,
+        progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
         let dir = match request {
             ImageRequest::Prebuilt(uri) => {
@@ -520,10 +655,20 @@ impl ImageSource for EcrImages {
             self.check_docker().await?;
             let dir_str = dir.to_string_lossy().into_owned();
             let platform = self.ctx.task.architecture.as_platform();
-            self.docker(
-                &["build", "--platform", platform, "--tag", &image, &dir_str],
-                None,
-                "build image",
+            self.docker_build(
+                id,
+                &[
+                    "build",
+                    "--progress",
+                    "plain",
+                    "--platform",
+                    platform,
+                    "--tag",
+                    &image,
+                    &dir_str,
+                ],
+                dir,
+                progress,
             )
             .await?;
             self.push(&repository, &image, "push image").await?;

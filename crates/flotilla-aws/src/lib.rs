@@ -32,6 +32,7 @@ pub mod agent_ssm;
 pub mod clock;
 pub mod compute;
 mod ctx;
+mod dot_flotilla;
 pub mod error;
 pub mod images;
 pub mod lambda;

@@ -18,7 +18,7 @@ pub mod elf;
 pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
@@ -291,27 +291,6 @@ impl StackError {
                 "check the directory's permissions, then run the same command again".to_owned()
             }
         }
-    }
-}
-
-/// Writes `.gitignore` with `*` into the nearest directory named `.flotilla` that holds `dir`,
-/// unless one is there: the cached outputs are this machine's view of the stack and are not
-/// committed with the app (a CI job reads them from the stack). A user's own file is left alone.
-fn ignore_dot_flotilla(dir: &Path) -> std::io::Result<()> {
-    let Some(top) = dir
-        .ancestors()
-        .find(|a| a.file_name() == Some(std::ffi::OsStr::new(".flotilla")))
-    else {
-        return Ok(());
-    };
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(top.join(".gitignore"))
-    {
-        Ok(mut file) => std::io::Write::write_all(&mut file, b"*\n"),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -1593,7 +1572,7 @@ impl BaselineStack {
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
-            ignore_dot_flotilla(dir).map_err(io)?;
+            crate::dot_flotilla::ignore(dir).map_err(io)?;
         }
         let text = serde_json::to_string_pretty(outputs)
             .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;

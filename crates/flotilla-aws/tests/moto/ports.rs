@@ -637,3 +637,112 @@ async fn retired_rules_answer_the_configured_stale_status() {
         "{inv:#?}"
     );
 }
+
+/// Issue 10: `docker build`'s output shows while it runs, as the host's build does: each line
+/// (stdout and stderr) is a `build_output` event between `build_started` and `build_finished`,
+/// the whole output is kept in `.flotilla/<name>/logs/build-<id>.log`, and a failed build names
+/// its exit status, its last lines and that log. A docker CLI stand-in prints the build's lines
+/// (and fails it when told to); the repository check and login go to moto's ECR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builds_output_is_shown_as_it_runs_and_kept_in_its_log() {
+    use flotilla_engine::Event;
+    use flotilla_engine::events::Recorder;
+    let mut w = World::new("shop").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fail = tmp.path().join("fail");
+    let docker = tmp.path().join("docker");
+    std::fs::write(
+        &docker,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  version) echo 20.10.24 ;;\n  login) cat > /dev/null ;;\n  \
+             build) echo '#1 [internal] load build definition' >&2; echo 'step one'; \
+             echo '#2 RUN make' >&2; [ -e '{fail}' ] && {{ echo 'make: *** [all] Error 2' >&2; \
+             exit 3; }}; echo 'built' ;;\nesac\nexit 0\n",
+            fail = fail.display()
+        ),
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app).expect("mkdir");
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    w.settings.docker = docker.display().to_string();
+    let ports = w.ports();
+
+    let id = next_id();
+    let recorder = Recorder::default();
+    // The stand-in builds no real image, so what follows the push (inspecting the image for the
+    // task definition) may fail; the build and the push must not.
+    if let Err(err) = ports
+        .images
+        .prepare(&id, &ImageRequest::Build(app.clone()), &recorder)
+        .await
+    {
+        assert!(
+            !["build image", "push image"].contains(&err.operation.as_str()),
+            "{err}"
+        );
+    }
+    let events = recorder.0.lock().expect("events").clone();
+    let log = app.join(format!(".flotilla/shop/logs/build-{id}.log"));
+    assert!(
+        matches!(events.first(), Some(Event::BuildStarted { command, log: l, .. })
+            if command.contains("build") && *l == log.display().to_string()),
+        "{events:#?}"
+    );
+    let lines: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BuildOutput { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    for wanted in [
+        "#1 [internal] load build definition",
+        "step one",
+        "#2 RUN make",
+        "built",
+    ] {
+        assert!(lines.contains(&wanted), "{wanted:?} shown: {lines:?}");
+    }
+    assert!(
+        matches!(events.last(), Some(Event::BuildFinished { .. })),
+        "{events:#?}"
+    );
+    let kept = std::fs::read_to_string(&log).expect("the build log");
+    assert!(
+        kept.contains("step one") && kept.contains("#2 RUN make"),
+        "{kept}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(app.join(".flotilla/.gitignore")).expect(".gitignore"),
+        "*\n"
+    );
+
+    std::fs::write(&fail, "").expect("fail the next build");
+    let failed = next_id();
+    let recorder = Recorder::default();
+    let err = ports
+        .images
+        .prepare(&failed, &ImageRequest::Build(app.clone()), &recorder)
+        .await
+        .expect_err("the build fails");
+    let message = err.to_string();
+    assert!(message.contains("exit status: 3"), "{message}");
+    assert!(message.contains("  | make: *** [all] Error 2"), "{message}");
+    assert!(
+        message.contains(&format!("build-{failed}.log")),
+        "names its log: {message}"
+    );
+    let events = recorder.0.lock().expect("events").clone();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::BuildFinished { .. })),
+        "{events:#?}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, Event::BuildOutput { line, .. } if line == "make: *** [all] Error 2")
+    ));
+}
