@@ -68,7 +68,7 @@ pub use body::{Body, BodyError};
 pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
-pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW};
+pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW, WarnLimiter};
 pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
 pub use server::{ShutdownReport, serve};
 pub use stats::{InstanceStats, Sessions, StatsSnapshot};

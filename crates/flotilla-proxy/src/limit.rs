@@ -120,14 +120,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Lets one event through per `every`, counting those held back in between, so a flood of the
 /// same warning becomes one line every few seconds that says how many it stands for.
 #[derive(Debug, Clone)]
-pub(crate) struct WarnLimiter {
+pub struct WarnLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl WarnLimiter {
-    pub(crate) fn new(every: Duration) -> Self {
+    /// A limiter letting one event through per `every`.
+    pub fn new(every: Duration) -> Self {
         WarnLimiter {
             every,
             last: None,
@@ -137,7 +138,7 @@ impl WarnLimiter {
 
     /// Records one event at `now`: `Some(suppressed)` if it should be logged (with how many were
     /// held back since the last logged one), `None` if it is held back.
-    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(last) if now.saturating_duration_since(last) < self.every => {
                 self.suppressed += 1;

@@ -30,6 +30,10 @@ use crate::headers::Forwarded;
 use crate::proxy;
 use crate::route::Route;
 
+/// How long a connection refused over the limit may take to send its request before it is closed
+/// without its `503`.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
 /// How long cut tasks get to finish after the deadline before [`serve`] returns anyway.
 const CUT_GRACE: Duration = Duration::from_secs(1);
 
@@ -455,12 +459,10 @@ fn refuse<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
     let phase = shared.tracker.subscribe();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(
-            shared
-                .config
-                .header_read_timeout
-                .min(Duration::from_secs(5)),
-        )
+        // A real client sends its request right after connecting; a silent one must not hold
+        // one of the few refusal slots (and a descriptor) for long, or the next client over the
+        // limit is closed without its 503.
+        .header_read_timeout(shared.config.header_read_timeout.min(REFUSAL_WAIT))
         .keep_alive(false);
     tokio::spawn(async move {
         let _permit = permit;
