@@ -12,6 +12,7 @@
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`fdlimit`]: the raised descriptor limit and the router's connection cap derived from it.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod daemon;
 pub mod error;
+pub mod fdlimit;
 pub mod health;
 pub mod logs;
 pub mod port_holder;
