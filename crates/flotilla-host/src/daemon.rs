@@ -35,7 +35,7 @@ use flotilla_engine::ports::{
     LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
 };
 use flotilla_engine::{Engine, Settings};
-use flotilla_proxy::ProxyConfig;
+use flotilla_proxy::{ConnectionLimit, ProxyConfig};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -711,6 +711,7 @@ pub async fn serve_until(
             .map_err(HostError::io("write daemon lock", &lock_path))?;
     }
 
+    let connection_limit = connection_limit(&settings);
     let store = Arc::new(Store::open(&settings.database_path(), &settings.name)?);
     let router = Arc::new(
         Router::new(&settings.affinity_header, &settings.affinity_query)
@@ -790,6 +791,9 @@ pub async fn serve_until(
         inject_client: settings.inject_client,
         client_query_param: Some(settings.affinity_query.clone()),
         shutdown_deadline: settings.stop_timeout.min(MAX_ROUTER_DRAIN),
+        // One limit for every worker: each worker's config is a clone sharing it.
+        connection_limit,
+        first_byte_timeout: settings.first_byte_timeout,
         ..ProxyConfig::default()
     };
     let proxy_task = {
@@ -892,6 +896,46 @@ pub async fn serve_until(
     }
     tracing::info!("flotilla host daemon stopped");
     Ok(())
+}
+
+/// Raises the descriptor limit and derives the router's connection limit from it, saying so once
+/// in the log.
+fn connection_limit(settings: &HostSettings) -> ConnectionLimit {
+    let (fd_limit, raised_from) = match crate::fdlimit::raise_nofile() {
+        Ok(raised) => {
+            if let Some(error) = &raised.error {
+                tracing::warn!(
+                    %error, soft = raised.before, hard = raised.hard,
+                    "could not raise the file descriptor limit to the hard limit; keeping the soft one"
+                );
+            }
+            (raised.after, raised.before)
+        }
+        Err(error) => {
+            // Without a limit to go by, assume the usual default soft limit.
+            tracing::warn!(%error, "could not read the file descriptor limit; assuming 1024");
+            (1024, 1024)
+        }
+    };
+    let budget = crate::fdlimit::connection_budget(fd_limit, settings.max_connections);
+    if let Some(wanted) = budget.clamped_from {
+        tracing::warn!(
+            configured = wanted,
+            max_connections = budget.max_connections,
+            fd_limit,
+            "the configured router connection limit does not fit in the file descriptor limit \
+             (2 per connection, plus a reserve); lowered"
+        );
+    }
+    tracing::info!(
+        fd_limit,
+        raised_from,
+        reserve = budget.reserve,
+        max_connections = budget.max_connections,
+        overflow = budget.overflow,
+        "router connection limit (shared by every worker); connections beyond it get a 503"
+    );
+    ConnectionLimit::with_overflow(budget.max_connections, budget.overflow)
 }
 
 /// Router worker threads: one per CPU, at most 8.
@@ -1003,6 +1047,7 @@ async fn rpc_server(
     stop_tx: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut accept_errors = flotilla_proxy::WarnLimiter::new(Duration::from_secs(5));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -1016,7 +1061,10 @@ async fn rpc_server(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept on the socket failed; retrying");
+                    // Out of descriptors, this fails on every try: one line every few seconds.
+                    if let Some(suppressed) = accept_errors.hit(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "accept on the socket failed; retrying");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

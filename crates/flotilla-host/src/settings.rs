@@ -60,9 +60,22 @@ pub struct HostSettings {
     pub reaper_policy: ReapPolicy,
     /// How often the daemon's reaper runs (`[reaper] interval_seconds`).
     pub reaper_interval: Duration,
+    /// The most client connections the router keeps open at once, across its workers. `None`
+    /// (the default) derives it from the descriptor limit; a value above what that limit allows
+    /// is lowered, and the daemon's log says so (see [`crate::fdlimit::connection_budget`]).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// How long a new router connection may stay silent before its first byte, before it is
+    /// closed. Default 20 s.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout: Duration,
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
+}
+
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 impl HostSettings {
@@ -98,6 +111,8 @@ impl HostSettings {
                 deploying_timeout: Duration::from_secs(1800),
             },
             reaper_interval: Duration::from_secs(60),
+            max_connections: None,
+            first_byte_timeout: default_first_byte_timeout(),
             serve_command: None,
         }
     }

@@ -6,6 +6,7 @@ use http::header::HeaderName;
 use http::uri::Scheme;
 
 use crate::error::ProxyError;
+use crate::limit::ConnectionLimit;
 
 /// The default name of the header stamped on every proxied response.
 pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-flotilla-deployment";
@@ -26,8 +27,13 @@ pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-flotilla-deployment";
 pub struct ProxyConfig {
     /// Most client connections open at once (including upgraded WebSockets, which keep their
     /// connection). A connection accepted beyond this gets one `503` (JSON, `Retry-After: 1`) and
-    /// is closed. Default 10 000.
-    pub max_connections: usize,
+    /// is closed. The limit is shared by every clone of this config, so servers started with
+    /// clones (one per worker thread) are capped together. Default 10 000.
+    pub connection_limit: ConnectionLimit,
+    /// Time a new connection has to send its first byte before it is closed, so that connections
+    /// opened and left silent do not hold a slot of the connection limit (and two file
+    /// descriptors' worth of it) for the whole `header_read_timeout`. Default 20 s.
+    pub first_byte_timeout: Duration,
     /// Time a client has to send a complete request head, counted from when the proxy starts
     /// waiting for one. Because hyper starts that wait as soon as the previous response is done,
     /// this is also the idle timeout of keep-alive client connections. Default 60 s.
@@ -72,16 +78,20 @@ pub struct ProxyConfig {
     /// The scheme clients use to reach this proxy, sent as `X-Forwarded-Proto`
     /// (`Scheme::HTTPS` when TLS is terminated in front of the proxy). Default `http`.
     pub forwarded_proto: Scheme,
-    /// Keep incoming `X-Forwarded-Proto` and `X-Forwarded-Host` instead of overwriting them. Set
-    /// this only when a trusted proxy (a load balancer) is in front, as for the agent behind an
-    /// ALB. `X-Forwarded-For` is always appended to. Default off.
+    /// Whether the peer is a trusted proxy (a load balancer in front, as for the agent behind an
+    /// ALB) whose forwarding headers are kept. Off (the default), this proxy is the edge: it
+    /// overwrites `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` with what it saw itself.
+    /// On, it appends the peer to `X-Forwarded-For`, keeps `X-Forwarded-Proto` and `-Host` when
+    /// present, and sets `X-Real-IP` to the last `X-Forwarded-For` entry the trusted proxy sent.
+    /// A client's `Forwarded` header is removed either way. See `docs/router.md`.
     pub trust_forwarded: bool,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            max_connections: 10_000,
+            connection_limit: ConnectionLimit::default(),
+            first_byte_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             response_header_timeout: None,

@@ -94,7 +94,7 @@ pub fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Bod
     response
 }
 
-/// The `503` sent on a connection accepted beyond [`crate::ProxyConfig::max_connections`].
+/// The `503` sent on a connection accepted beyond [`crate::ProxyConfig::connection_limit`].
 pub(crate) fn overloaded_response() -> Response<Body> {
     let mut response = json_response(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,7 @@
-//! Pure header rewriting: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`, upgrade
-//! detection, and the content-type and content-coding tests the proxy needs.
+//! Pure header rewriting: hop-by-hop removal (RFC 9110 §7.6.1) with the end-to-end headers a
+//! `Connection` header may never remove, the forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
+//! `Forwarded`) under the policy written down in `docs/router.md`, upgrade detection, and the
+//! content-type and content-coding tests the proxy needs.
 //!
 //! Nothing here allocates in the common case: the peer address and protocol values are
 //! precomputed per connection and cloned (a reference-count increment).
@@ -9,8 +11,9 @@ use std::net::IpAddr;
 use bytes::{BufMut, BytesMut};
 use http::HeaderMap;
 use http::header::{
-    ACCEPT, ACCEPT_ENCODING, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderName,
-    HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_TYPE, COOKIE, FORWARDED, HOST, HeaderName, HeaderValue, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `X-Forwarded-For`.
@@ -19,6 +22,8 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`.
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -34,6 +39,36 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
         &TRANSFER_ENCODING,
         &UPGRADE,
     ]
+}
+
+/// End-to-end headers that a `Connection` header may not remove, whatever it names: the request's
+/// identity and credentials, its framing, and the headers the proxy itself vouches for. Without
+/// this, a client could make the proxy strip `Authorization` (or a trusted proxy's
+/// `X-Forwarded-For`) just by listing it in `Connection`. The configured deployment header is
+/// protected too (see [`strip_hop_by_hop`]).
+fn protected() -> [&'static HeaderName; 12] {
+    [
+        &HOST,
+        &AUTHORIZATION,
+        &COOKIE,
+        &SET_COOKIE,
+        &CONTENT_LENGTH,
+        &CONTENT_TYPE,
+        &CONTENT_ENCODING,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REAL_IP,
+        &FORWARDED,
+    ]
+}
+
+/// Whether `token` (from a `Connection` header) names a header it may not remove.
+fn is_protected(token: &str, also: &HeaderName) -> bool {
+    token.eq_ignore_ascii_case(also.as_str())
+        || protected()
+            .iter()
+            .any(|name| token.eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Iterates the comma-separated tokens of every value of `name`, trimmed, skipping empties and
@@ -55,16 +90,17 @@ pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
     if wants { headers.get(UPGRADE) } else { None }
 }
 
-/// Removes hop-by-hop headers: `Connection`, every header it names, and the fixed list
-/// (`Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`).
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers: `Connection`, every header it names except the protected ones
+/// (see `protected`, plus `also`: the deployment header), and the fixed list (`Keep-Alive`,
+/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, also: &HeaderName) {
     // Vec::new does not allocate; only unusual Connection tokens (custom header names) push.
     let mut named: Vec<HeaderName> = Vec::new();
     for token in tokens(headers, &CONNECTION) {
         let known = ["close", "keep-alive", "upgrade"]
             .iter()
             .any(|k| token.eq_ignore_ascii_case(k));
-        if !known {
+        if !known && !is_protected(token, also) {
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
             }
@@ -84,7 +120,7 @@ pub(crate) fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(UPGRADE, protocol);
 }
 
-/// Per-connection values for the `X-Forwarded-*` headers, computed once when a connection is
+/// Per-connection values for the forwarding headers, computed once when a connection is
 /// accepted.
 #[derive(Debug, Clone)]
 pub(crate) struct Forwarded {
@@ -92,7 +128,7 @@ pub(crate) struct Forwarded {
     pub(crate) peer: HeaderValue,
     /// The scheme the client used to reach the proxy.
     pub(crate) proto: HeaderValue,
-    /// Whether to keep `X-Forwarded-Proto` / `-Host` values a previous proxy set.
+    /// Whether the peer is a trusted proxy whose forwarding headers are kept and extended.
     pub(crate) trust: bool,
 }
 
@@ -105,12 +141,34 @@ impl Forwarded {
         Forwarded { peer, proto, trust }
     }
 
-    /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
+    /// Sets the forwarding headers (the table in `docs/router.md`).
     ///
-    /// `X-Forwarded-For` is always appended to (several incoming values are joined first).
-    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are overwritten unless `trust` is set and a
-    /// previous proxy already sent them; `X-Forwarded-Host` comes from `Host`.
+    /// Untrusted peer (the proxy is the edge): `X-Forwarded-For` and `X-Real-IP` become the peer,
+    /// `X-Forwarded-Proto` the configured scheme, `X-Forwarded-Host` the `Host`; whatever the
+    /// client sent in them is dropped. Trusted peer: the peer is appended to `X-Forwarded-For`
+    /// (several incoming values are joined first), `X-Forwarded-Proto` and `-Host` are kept when
+    /// present, and `X-Real-IP` is the last address the trusted proxy put in `X-Forwarded-For`
+    /// (the client it saw), else the peer. `Forwarded`, which this proxy does not write, is
+    /// removed either way, so an app never reads a value nobody vouched for.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        headers.remove(&FORWARDED);
+        if !self.trust {
+            // `insert` replaces every value: no allocation, the peer value is shared.
+            headers.insert(X_FORWARDED_FOR.clone(), self.peer.clone());
+            headers.insert(X_REAL_IP.clone(), self.peer.clone());
+            headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+            match headers.get(HOST).cloned() {
+                Some(host) => {
+                    headers.insert(X_FORWARDED_HOST.clone(), host);
+                }
+                None => {
+                    headers.remove(&X_FORWARDED_HOST);
+                }
+            }
+            return;
+        }
+        let real_ip = last_forwarded_for(headers).unwrap_or_else(|| self.peer.clone());
+        headers.insert(X_REAL_IP.clone(), real_ip);
         let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
         if previous.peek().is_none() {
             headers.insert(X_FORWARDED_FOR.clone(), self.peer.clone());
@@ -126,10 +184,10 @@ impl Forwarded {
                 headers.insert(X_FORWARDED_FOR.clone(), value);
             }
         }
-        if !(self.trust && headers.contains_key(&X_FORWARDED_PROTO)) {
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
         }
-        if !(self.trust && headers.contains_key(&X_FORWARDED_HOST)) {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
             match headers.get(HOST).cloned() {
                 Some(host) => {
                     headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -140,6 +198,15 @@ impl Forwarded {
             }
         }
     }
+}
+
+/// The last entry of the last `X-Forwarded-For` value, if it is an IP address: the client as the
+/// nearest (trusted) proxy saw it.
+fn last_forwarded_for(headers: &HeaderMap) -> Option<HeaderValue> {
+    let last = headers.get_all(&X_FORWARDED_FOR).iter().next_back()?;
+    let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+    let ip: IpAddr = entry.parse().ok()?;
+    HeaderValue::try_from(ip.to_canonical().to_string()).ok()
 }
 
 /// The media type of a `Content-Type` header value, without parameters, trimmed.
@@ -252,7 +319,10 @@ mod tests {
     fn hop_by_hop_table() {
         fn check(input: &[(&str, &str)], expected: &[&str]) {
             let mut headers = map(input);
-            strip_hop_by_hop(&mut headers);
+            strip_hop_by_hop(
+                &mut headers,
+                &HeaderName::from_static("x-flotilla-deployment"),
+            );
             assert_eq!(names(&headers), expected, "input {input:?}");
         }
         check(&[("host", "a"), ("accept", "*/*")], &["accept", "host"]);
@@ -287,6 +357,42 @@ mod tests {
         );
         // A malformed token naming no valid header is ignored rather than failing the request.
         check(&[("connection", "bad header, ,"), ("x-a", "1")], &["x-a"]);
+        // `Connection` may not remove end-to-end headers that carry identity, credentials,
+        // framing, forwarding or affinity, in any case; the others it names still go.
+        let protected = [
+            "host",
+            "authorization",
+            "cookie",
+            "set-cookie",
+            "content-length",
+            "content-type",
+            "content-encoding",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+            "forwarded",
+            "x-flotilla-deployment",
+        ];
+        for name in protected {
+            let upper = name.to_ascii_uppercase();
+            check(
+                &[
+                    ("connection", &format!("close, {upper}, x-gone")),
+                    (name, "1"),
+                    ("x-gone", "1"),
+                ],
+                &[name],
+            );
+        }
+        // Transfer-Encoding stays hop-by-hop: hyper frames the upstream request itself.
+        check(
+            &[
+                ("connection", "transfer-encoding"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[],
+        );
     }
 
     #[test]
@@ -312,61 +418,104 @@ mod tests {
         check(&[("connection", "keep-alive"), ("upgrade", "h2c")], None);
     }
 
+    /// One row of the forwarding policy: the incoming headers, whether the peer (10.1.2.3) is
+    /// trusted, and every forwarding header afterwards (`None`: absent).
+    fn check_forwarded(input: &[(&str, &str)], trust: bool, expected: [Option<&str>; 5]) {
+        let mut headers = map(input);
+        let fwd = Forwarded::new(
+            "10.1.2.3".parse().expect("literal ip"),
+            HeaderValue::from_static("http"),
+            trust,
+        );
+        fwd.apply(&mut headers);
+        let names = [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+            "forwarded",
+        ];
+        for (name, want) in names.into_iter().zip(expected) {
+            let got: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("ascii"))
+                .collect();
+            let want: Vec<&str> = want.into_iter().collect();
+            assert_eq!(
+                got, want,
+                "header {name} for input {input:?}, trust {trust}"
+            );
+        }
+    }
+
     #[test]
     fn forwarded_table() {
-        fn check(input: &[(&str, &str)], trust: bool, expected: &[(&str, &str)]) {
-            let mut headers = map(input);
-            let fwd = Forwarded::new(
-                "10.1.2.3".parse().expect("literal ip"),
-                HeaderValue::from_static("http"),
-                trust,
-            );
-            fwd.apply(&mut headers);
-            for (name, value) in expected {
-                let got: Vec<&str> = headers
-                    .get_all(*name)
-                    .iter()
-                    .map(|v| v.to_str().expect("ascii"))
-                    .collect();
-                assert_eq!(got, vec![*value], "header {name} for input {input:?}");
-            }
-        }
-        check(
+        let spoofed = [
+            ("host", "app.example"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+        ];
+        // The edge (untrusted peer): everything from what the proxy saw itself.
+        check_forwarded(
             &[("host", "app.example")],
             false,
-            &[
-                ("x-forwarded-for", "10.1.2.3"),
-                ("x-forwarded-proto", "http"),
-                ("x-forwarded-host", "app.example"),
+            [
+                Some("10.1.2.3"),
+                Some("http"),
+                Some("app.example"),
+                Some("10.1.2.3"),
+                None,
             ],
         );
-        check(
-            &[
-                ("host", "app.example"),
-                ("x-forwarded-for", "1.1.1.1"),
-                ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
-                ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "evil.example"),
-            ],
+        check_forwarded(
+            &spoofed,
             false,
-            &[
-                ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"),
-                ("x-forwarded-proto", "http"),
-                ("x-forwarded-host", "app.example"),
+            [
+                Some("10.1.2.3"),
+                Some("http"),
+                Some("app.example"),
+                Some("10.1.2.3"),
+                None,
             ],
         );
-        check(
-            &[
-                ("host", "internal:8080"),
-                ("x-forwarded-for", "1.1.1.1"),
-                ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "app.example"),
-            ],
+        // Behind a trusted proxy: its values kept and extended; X-Real-IP is the client it saw.
+        check_forwarded(
+            &spoofed,
             true,
-            &[
-                ("x-forwarded-for", "1.1.1.1, 10.1.2.3"),
-                ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "app.example"),
+            [
+                Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"),
+                Some("https"),
+                Some("evil.example"),
+                Some("3.3.3.3"),
+                None,
+            ],
+        );
+        check_forwarded(
+            &[("host", "internal:8080")],
+            true,
+            [
+                Some("10.1.2.3"),
+                Some("http"),
+                Some("internal:8080"),
+                Some("10.1.2.3"),
+                None,
+            ],
+        );
+        // A last X-Forwarded-For entry that is not an address: X-Real-IP falls back to the peer.
+        check_forwarded(
+            &[("host", "a"), ("x-forwarded-for", "1.1.1.1, unknown")],
+            true,
+            [
+                Some("1.1.1.1, unknown, 10.1.2.3"),
+                Some("http"),
+                Some("a"),
+                Some("10.1.2.3"),
+                None,
             ],
         );
     }

@@ -36,6 +36,8 @@
 //!   ([`Sessions`]).
 //! - `server`: [`serve`]: the accept loop, the connection limit, connection tracking and graceful
 //!   shutdown ([`ShutdownReport`]).
+//! - `limit`: [`ConnectionLimit`], one connection cap shared by several servers, and the rate
+//!   limiter of overload warnings.
 //! - `proxy`: the per-request path: header rewriting, forwarding, stamping, session accounting,
 //!   upgrade tunnels.
 //! - `ws`: accepting a WebSocket handshake only to close it with a code scripts can see.
@@ -55,6 +57,7 @@ mod config;
 mod error;
 mod headers;
 mod inject;
+mod limit;
 mod proxy;
 mod route;
 mod server;
@@ -65,6 +68,7 @@ pub use body::{Body, BodyError};
 pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
+pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW, WarnLimiter};
 pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
 pub use server::{ShutdownReport, serve};
 pub use stats::{InstanceStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS, Sessions, StatsSnapshot};

@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, ETAG, EXPECT, HeaderMap, HeaderName, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, UPGRADE,
+    ACCEPT_RANGES, CONNECTION, CONTENT_LENGTH, ETAG, EXPECT, HOST, HeaderMap, HeaderName,
+    HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -34,7 +35,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::client_js::{self, CLIENT_PATH};
 use crate::error::{GatewayError, json_response};
 use crate::headers;
@@ -56,6 +57,12 @@ pub(crate) async fn handle<R: Route>(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let shared = &conn.shared;
+    let mut req = req;
+    if !req.headers().contains_key(HOST) {
+        if let Some(refused) = fill_missing_host(&mut req, conn.local) {
+            return Ok(refused);
+        }
+    }
     if shared.config.serve_client && req.uri().path() == CLIENT_PATH {
         return Ok(client_js::respond(req.method(), req.headers()));
     }
@@ -101,6 +108,60 @@ pub(crate) async fn handle<R: Route>(
     Ok(response)
 }
 
+/// Gives a request without `Host` the one it implies, or refuses it: an HTTP/1.1 request must
+/// carry `Host` (RFC 9112 §3.2) and gets a `400`; an absolute-form request target names its host;
+/// an HTTP/1.0 request, which may omit it, gets the address the client connected to, so the app
+/// and `X-Forwarded-Host` see the address the client used rather than the upstream's.
+fn fill_missing_host<B>(req: &mut Request<B>, local: SocketAddr) -> Option<Response<Body>> {
+    let implied = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None if req.version() <= Version::HTTP_10 => HeaderValue::try_from(local.to_string()).ok(),
+        None => None,
+    };
+    match implied {
+        Some(host) => {
+            req.headers_mut().insert(HOST, host);
+            None
+        }
+        None => {
+            tracing::debug!("refused an HTTP/1.1 request without Host");
+            Some(bad_request(
+                br#"{"error":"bad_request","message":"The request has no Host header."}"#,
+            ))
+        }
+    }
+}
+
+/// A `400` with a JSON body, closing the connection (the client's input cannot be trusted to be
+/// framed correctly after a failure).
+fn bad_request(body: &'static [u8]) -> Response<Body> {
+    let mut response = json_response(StatusCode::BAD_REQUEST, Bytes::from_static(body));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Whether an error from sending a request upstream was caused by the client's request body (it
+/// ended early or was malformed, such as a bad chunk size): the client's fault, not the
+/// upstream's. Returns the innermost cause, for a short log line.
+fn client_body_failure<'e>(
+    err: &'e (dyn StdError + 'static),
+) -> Option<&'e (dyn StdError + 'static)> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(BodyError::Peer(inner)) = cause.downcast_ref::<BodyError>() {
+            let mut innermost: &(dyn StdError + 'static) = inner;
+            while let Some(deeper) = innermost.source() {
+                innermost = deeper;
+            }
+            return Some(innermost);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 /// Forwards a routed request to `target` and shapes the response.
 async fn forward<R: Route>(
     conn: &Arc<ConnCtx<R>>,
@@ -117,7 +178,7 @@ async fn forward<R: Route>(
     let inject = config.inject_client && headers::accepts_html(req.headers());
 
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, &config.deployment_header);
     // hyper already answered any `Expect: 100-continue` to the client as soon as the body was
     // read; the upstream must not wait for a second one.
     parts.headers.remove(EXPECT);
@@ -141,19 +202,23 @@ async fn forward<R: Route>(
     let sent = shared.client.request(upstream_request);
     let result = match config.response_header_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result.map_err(|err| (GatewayError::Unreachable, error_chain(&err))),
-            Err(_) => Err((
+            Ok(result) => result.map_err(Failure::of),
+            Err(_) => Err(Failure::Upstream(
                 GatewayError::Timeout,
                 format!("no response head within {limit:?}"),
             )),
         },
-        None => sent
-            .await
-            .map_err(|err| (GatewayError::Unreachable, error_chain(&err))),
+        None => sent.await.map_err(Failure::of),
     };
     let mut response = match result {
         Ok(response) => response,
-        Err((kind, detail)) => {
+        Err(Failure::Client(cause)) => {
+            tracing::info!(peer = %conn.peer, %cause, "bad request body from client; answering 400");
+            return bad_request(
+                br#"{"error":"bad_request","message":"The request body is malformed or ended early."}"#,
+            );
+        }
+        Err(Failure::Upstream(kind, detail)) => {
             target.stats().record_upstream_error();
             guard.record_response(kind.status());
             tracing::warn!(
@@ -177,7 +242,7 @@ async fn forward<R: Route>(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _empty) = response.into_parts();
         let protocol = parts.headers.get(UPGRADE).cloned().or(upgrade);
-        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers, &config.deployment_header);
         if let Some(protocol) = protocol {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -205,7 +270,7 @@ async fn forward<R: Route>(
     }
 
     let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, &config.deployment_header);
     stamp(
         &shared.config.deployment_header,
         &target,
@@ -260,6 +325,23 @@ async fn forward<R: Route>(
         Body::incoming(body)
     };
     Response::from_parts(parts, body.with_guard(guard))
+}
+
+/// Why forwarding a request got no response.
+enum Failure {
+    /// The client's request body failed (with its innermost cause, for the log).
+    Client(String),
+    /// The upstream failed (with the whole error chain, for the log).
+    Upstream(GatewayError, String),
+}
+
+impl Failure {
+    fn of(err: hyper_util::client::legacy::Error) -> Self {
+        match client_body_failure(&err) {
+            Some(cause) => Failure::Client(cause.to_string()),
+            None => Failure::Upstream(GatewayError::Unreachable, error_chain(&err)),
+        }
+    }
 }
 
 /// Adjusts headers of a response whose body the injector rewrites: the length changes (the body

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
 use crate::body::Body;
 use crate::config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
@@ -30,9 +30,9 @@ use crate::headers::Forwarded;
 use crate::proxy;
 use crate::route::Route;
 
-/// Connections accepted beyond `max_connections` that may be waiting for their `503` at once;
-/// past this, extra connections are closed without a response.
-const MAX_OVERFLOW: usize = 128;
+/// How long a connection refused over the limit may take to send its request before it is closed
+/// without its `503`.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// How long cut tasks get to finish after the deadline before [`serve`] returns anyway.
 const CUT_GRACE: Duration = Duration::from_secs(1);
@@ -176,8 +176,6 @@ pub(crate) struct Shared<R> {
     pub(crate) client_header_attr: Option<String>,
     http: http1::Builder,
     proto: HeaderValue,
-    limit: Arc<Semaphore>,
-    overflow: Arc<Semaphore>,
 }
 
 impl<R: Route> Shared<R> {
@@ -207,8 +205,6 @@ impl<R: Route> Shared<R> {
             client_header_attr,
             http,
             proto,
-            limit: Arc::new(Semaphore::new(config.max_connections.max(1))),
-            overflow: Arc::new(Semaphore::new(MAX_OVERFLOW)),
             config,
         }
     }
@@ -220,6 +216,8 @@ impl<R: Route> Shared<R> {
 pub(crate) struct ConnCtx<R> {
     pub(crate) shared: Arc<Shared<R>>,
     pub(crate) peer: SocketAddr,
+    /// The address the client connected to, for a request without `Host`.
+    pub(crate) local: SocketAddr,
     pub(crate) forwarded: Forwarded,
     _permit: OwnedSemaphorePermit,
 }
@@ -231,8 +229,9 @@ pub(crate) struct ConnCtx<R> {
 /// connections keep running, all up to [`ProxyConfig::shutdown_deadline`]; whatever is still
 /// open then is cut. The report says how much was cut, so the caller can say so.
 ///
-/// Accept errors (such as running out of file descriptors) are logged and retried with a
-/// backoff of up to one second; they never end the server.
+/// Accept errors (such as running out of file descriptors) are retried with a backoff of up to
+/// one second and logged at most once every few seconds, with a count of those not logged; they
+/// never end the server.
 pub async fn serve<R, S>(
     listener: TcpListener,
     config: ProxyConfig,
@@ -244,6 +243,10 @@ where
     S: Future<Output = ()>,
 {
     let shared = Arc::new(Shared::new(config, route));
+    // The address clients reach; for a wildcard listener each connection asks its own socket.
+    let listen = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -255,10 +258,23 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                accept(&shared, stream, peer);
+                let local = if listen.ip().is_unspecified() {
+                    stream.local_addr().unwrap_or(listen)
+                } else {
+                    listen
+                };
+                accept(&shared, stream, peer, local);
             }
             Err(err) => {
-                tracing::warn!(error = %err, "accepting a connection failed; retrying in {backoff:?}");
+                if let Some(suppressed) = shared.config.connection_limit.log_accept_error() {
+                    tracing::warn!(
+                        error = %err,
+                        suppressed,
+                        open = shared.config.connection_limit.open(),
+                        "accepting a connection failed; backing off (up to 1 s) and retrying \
+                         (`suppressed`: failures since the last line)"
+                    );
+                }
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -308,7 +324,12 @@ async fn drain<R>(shared: &Shared<R>) -> ShutdownReport {
 }
 
 /// Starts serving one accepted connection (or refusing it, over the limit).
-fn accept<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
+fn accept<R: Route>(
+    shared: &Arc<Shared<R>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     if let Some(idle) = shared.config.tcp_keepalive {
         let keepalive = socket2::TcpKeepalive::new()
@@ -318,13 +339,20 @@ fn accept<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
             tracing::debug!(error = %err, "could not enable TCP keepalive");
         }
     }
-    let permit = match shared.limit.clone().try_acquire_owned() {
+    let permit = match shared
+        .config
+        .connection_limit
+        .permits()
+        .clone()
+        .try_acquire_owned()
+    {
         Ok(permit) => permit,
         Err(_) => return refuse(shared, stream, peer),
     };
     let ctx = Arc::new(ConnCtx {
         shared: shared.clone(),
         peer,
+        local,
         forwarded: Forwarded::new(
             peer.ip(),
             shared.proto.clone(),
@@ -333,10 +361,13 @@ fn accept<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         _permit: permit,
     });
     let live = shared.tracker.enter(Live::Connection);
-    let phase = shared.tracker.subscribe();
+    let mut phase = shared.tracker.subscribe();
     let shared = shared.clone();
     tokio::spawn(async move {
         let _live = live;
+        if !first_byte(&stream, shared.config.first_byte_timeout, &mut phase).await {
+            return;
+        }
         let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
         let conn = shared
             .http
@@ -344,6 +375,32 @@ fn accept<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
             .with_upgrades();
         run_connection(conn, phase, peer, |c| c.graceful_shutdown()).await;
     });
+}
+
+/// Waits until a new connection has something to read (its first byte, or its end), up to
+/// `timeout`; false if it stayed silent that long or shutdown began meanwhile, and so should be
+/// closed. Peeking consumes nothing, so hyper still sees every byte. (`readable()` alone would
+/// not do: it may report readiness with nothing to read.)
+async fn first_byte(
+    stream: &TcpStream,
+    timeout: Duration,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        ready = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match ready {
+            Ok(Ok(_)) => true,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "client connection failed before its first byte");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("closing a connection that sent nothing for {timeout:?}");
+                false
+            }
+        },
+        _ = phase.wait_for(|p| *p != Phase::Running) => false,
+    }
 }
 
 /// Drives a connection to completion, reacting to shutdown phases.
@@ -383,25 +440,29 @@ async fn run_connection<C>(
 
 /// Answers one request on a connection over the limit with a `503` and closes it.
 fn refuse<R: Route>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
-    let Ok(permit) = shared.overflow.clone().try_acquire_owned() else {
-        tracing::warn!(%peer, "over the connection limit with too many refusals pending; closing");
+    let limit = &shared.config.connection_limit;
+    let permit = limit.refusals().clone().try_acquire_owned();
+    if let Some(suppressed) = limit.log_over_limit() {
+        tracing::warn!(
+            %peer,
+            limit = limit.max(),
+            suppressed,
+            "over the connection limit; answering 503 (or closing at once past {} pending \
+             refusals; `suppressed`: refusals since the last line)",
+            limit.overflow()
+        );
+    }
+    let Ok(permit) = permit else {
         return;
     };
-    tracing::warn!(
-        %peer,
-        limit = shared.config.max_connections,
-        "over the connection limit; answering 503"
-    );
     let live = shared.tracker.enter(Live::Connection);
     let phase = shared.tracker.subscribe();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(
-            shared
-                .config
-                .header_read_timeout
-                .min(Duration::from_secs(5)),
-        )
+        // A real client sends its request right after connecting; a silent one must not hold
+        // one of the few refusal slots (and a descriptor) for long, or the next client over the
+        // limit is closed without its 503.
+        .header_read_timeout(shared.config.header_read_timeout.min(REFUSAL_WAIT))
         .keep_alive(false);
     tokio::spawn(async move {
         let _permit = permit;

@@ -1708,3 +1708,75 @@ fn a_command_waits_for_a_daemon_that_holds_the_state_directory_before_starting_o
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
 }
+
+/// Regression: with the descriptor limit reached, the router answered nobody (every client timed
+/// out) because its per-worker cap was as large as the limit. Now one cap below the limit (60 for
+/// 256 descriptors) answers the extra clients `503` at once, and frees as connections close.
+#[test]
+fn at_the_descriptor_limit_extra_clients_get_a_prompt_503_and_are_served_again() {
+    // The cap for 256 descriptors is 60, with 8 refusals pending at once: 64 silent connections
+    // take every slot and half the refusals (more would fill the refusals for a second, during
+    // which further clients are closed without an answer).
+    const SILENT: usize = 64;
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 30,
+        health_timeout: 30,
+    });
+    // The daemon runs in the foreground under a 256-descriptor limit, soft and hard, so it
+    // cannot raise it; `deploy` finds it running.
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log_path = logs.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut daemon = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\" host serve"])
+        .arg(util::flotilla_bin())
+        .current_dir(env.app())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the daemon");
+    let socket = env.app().join(".flotilla/host/daemon.sock");
+    eventually(Duration::from_secs(30), || socket.exists().then_some(()))
+        .expect("the daemon listens on its socket");
+    env.deploy();
+    let text = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        text.contains("fd_limit=256") && text.contains("max_connections=60"),
+        "the daemon logs its limit:\n{text}"
+    );
+    assert_eq!(util::get(env.listen, "/", &[]).expect("served").status, 200);
+
+    // More silent connections than the cap: the first 60 hold every slot.
+    let silent: Vec<std::net::TcpStream> = (0..SILENT)
+        .map(|_| std::net::TcpStream::connect(env.listen).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let reply = util::get(env.listen, "/", &[]).expect("an answer, not a timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        if reply.status == 503 {
+            refused += 1;
+            assert_eq!(reply.header("retry-after"), Some("1"));
+        }
+    }
+    assert_eq!(refused, 10, "every extra client is refused at once");
+
+    drop(silent);
+    let served = eventually(Duration::from_secs(5), || {
+        util::get(env.listen, "/", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(served.is_some(), "served again once connections closed");
+    let _ = env.flotilla(&["host", "stop"]);
+    let _ = daemon.wait();
+}

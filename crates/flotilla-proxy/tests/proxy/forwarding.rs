@@ -80,15 +80,20 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_are_dropped() {
          X-Forwarded-For: 203.0.113.9\r\n\
          X-Forwarded-Proto: https\r\n\
          X-Forwarded-Host: spoofed.example\r\n\
+         X-Real-IP: 203.0.113.10\r\n\
+         Forwarded: for=203.0.113.11;proto=https\r\n\
          X-App: kept\r\n\r\n",
     )
     .await;
     assert_eq!(response.status, 200);
     let seen = response.text().to_ascii_lowercase();
     assert!(seen.starts_with("get /headers?q=1\n"), "{seen}");
+    // The proxy is the edge: what the client claimed about itself is replaced by what the proxy
+    // saw (see docs/router.md).
     for present in [
         "host: app.example\n",
-        "x-forwarded-for: 203.0.113.9, 127.0.0.1\n",
+        "x-forwarded-for: 127.0.0.1\n",
+        "x-real-ip: 127.0.0.1\n",
         "x-forwarded-proto: http\n",
         "x-forwarded-host: app.example\n",
         "x-app: kept\n",
@@ -104,6 +109,8 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_are_dropped() {
         "upgrade",
         "spoofed",
         "https",
+        "203.0.113",
+        "\nforwarded:",
     ] {
         assert!(!seen.contains(absent), "{absent:?} was forwarded:\n{seen}");
     }
@@ -129,6 +136,7 @@ async fn trusted_forwarded_headers_are_kept() {
         seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
         "{seen}"
     );
+    assert!(seen.contains("x-real-ip: 203.0.113.9\n"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
     assert!(seen.contains("x-forwarded-host: app.example\n"), "{seen}");
 }
@@ -326,4 +334,125 @@ async fn concurrent_keep_alive_clients_are_counted_exactly() {
     assert_eq!(snap.requests_total, 320);
     assert_eq!(snap.upstream_errors_total, 0);
     eventually("in-flight back to 0", || proxy.stats.in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn connection_header_cannot_strip_credentials_or_forwarding_headers() {
+    let (upstream, _up) = start_upstream().await;
+    let config = ProxyConfig {
+        trust_forwarded: true,
+        ..Default::default()
+    };
+    let proxy = Proxy::start(upstream, config).await;
+    let response = raw(
+        proxy.addr,
+        "GET /headers HTTP/1.1\r\nHost: app.example\r\n\
+         Connection: close, Authorization, cookie, X-Forwarded-For, x-flotilla-deployment, \
+         Host, Content-Length, X-Custom\r\n\
+         Authorization: Bearer t0ken\r\nCookie: s=1\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         X-Flotilla-Deployment: web-1\r\nX-Custom: hop\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let seen = response.text().to_ascii_lowercase();
+    for present in [
+        "host: app.example\n",
+        "authorization: bearer t0ken\n",
+        "cookie: s=1\n",
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1\n",
+        "x-flotilla-deployment: web-1\n",
+    ] {
+        assert!(seen.contains(present), "missing {present:?} in\n{seen}");
+    }
+    assert!(
+        !seen.contains("x-custom"),
+        "a custom header named in Connection still goes:\n{seen}"
+    );
+}
+
+#[tokio::test]
+async fn http_1_0_request_without_host_gets_the_address_the_client_used() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let response = raw(proxy.addr, "GET /headers HTTP/1.0\r\n\r\n").await;
+    assert_eq!(response.status, 200);
+    let seen = response.text();
+    let addr = proxy.addr.to_string();
+    assert!(seen.contains(&format!("host: {addr}\n")), "{seen}");
+    assert!(
+        seen.contains(&format!("x-forwarded-host: {addr}\n")),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains(&upstream.to_string()),
+        "the upstream's address leaked: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn http_1_1_request_without_host_is_a_400() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let response = raw(
+        proxy.addr,
+        "GET /headers HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("bad_request"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(proxy.route_calls.load(Ordering::SeqCst), 0, "never routed");
+    // An absolute-form target names its host.
+    let absolute = raw(
+        proxy.addr,
+        "GET http://app.example/headers HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(absolute.status, 200);
+    assert!(
+        absolute.text().contains("x-forwarded-host: app.example\n"),
+        "{}",
+        absolute.text()
+    );
+}
+
+#[tokio::test]
+async fn malformed_chunked_body_is_a_400_not_a_502() {
+    let (upstream, _up) = start_upstream().await;
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let started = std::time::Instant::now();
+    let response = raw(
+        proxy.addr,
+        "POST /consume HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("bad_request"),
+        "{}",
+        response.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy.stats.snapshot().upstream_errors_total,
+        0,
+        "the client's bad body is not the upstream's failure"
+    );
+    // A well-formed chunked body still goes through.
+    let fine = raw(
+        proxy.addr,
+        "POST /consume HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(fine.status, 200);
+    assert_eq!(fine.text(), "5 bytes");
 }

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use flotilla_proxy::ProxyConfig;
 use flotilla_proxy::http::StatusCode;
+use flotilla_proxy::{ConnectionLimit, ProxyConfig};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,7 +18,7 @@ const CLOSE_REQUEST: &str = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
 async fn over_the_connection_limit_clients_get_503_until_a_slot_frees() {
     let (upstream, _up) = start_upstream().await;
     let config = ProxyConfig {
-        max_connections: 1,
+        connection_limit: ConnectionLimit::new(1),
         ..Default::default()
     };
     let proxy = Proxy::start(upstream, config).await;
@@ -157,4 +158,117 @@ async fn shutdown_deadline_cuts_streaming_responses_and_reports_them() {
     })
     .await;
     assert!(proxy.stats.is_idle(), "{:?}", proxy.stats.snapshot());
+}
+
+#[tokio::test]
+async fn one_limit_caps_every_server_sharing_it_and_the_503_fires_promptly() {
+    const CAP: usize = 4;
+    const EXTRA: usize = 6;
+    let (upstream, _up) = start_upstream().await;
+    // Two servers (as two router workers) with clones of one config share one limit.
+    let config = ProxyConfig {
+        connection_limit: ConnectionLimit::new(CAP),
+        ..Default::default()
+    };
+    let proxies = [
+        Proxy::start(upstream, config.clone()).await,
+        Proxy::start(upstream, config.clone()).await,
+    ];
+    let mut holders = Vec::new();
+    for n in 0..CAP {
+        let mut holder = connect(proxies[n % 2].addr).await;
+        let response = within("a response", holder.send_request(get("/")))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        collect(response.into_body()).await;
+        holders.push(holder);
+    }
+    assert_eq!(config.connection_limit.open(), CAP);
+
+    for n in 0..EXTRA {
+        let started = std::time::Instant::now();
+        let refused = raw(proxies[n % 2].addr, CLOSE_REQUEST).await;
+        assert_eq!(refused.status, 503, "extra connection {n}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the 503 took {:?}",
+            started.elapsed()
+        );
+    }
+    let served: u64 = proxies
+        .iter()
+        .map(|p| p.stats.snapshot().requests_total)
+        .sum();
+    assert_eq!(served, CAP as u64, "refusals never reach the upstream");
+
+    drop(holders);
+    for proxy in &proxies {
+        within("a slot to free", async {
+            loop {
+                if raw(proxy.addr, CLOSE_REQUEST).await.status == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    eventually("every slot to free", || config.connection_limit.open() == 0).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
+    let (upstream, _up) = start_upstream().await;
+    let config = ProxyConfig {
+        connection_limit: ConnectionLimit::new(1),
+        first_byte_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let proxy = Proxy::start(upstream, config.clone()).await;
+    let started = std::time::Instant::now();
+    let mut silent = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    eventually("the silent connection to hold the slot", || {
+        config.connection_limit.open() == 1
+    })
+    .await;
+    // While it holds the only slot, others are refused.
+    assert_eq!(raw(proxy.addr, CLOSE_REQUEST).await.status, 503);
+    let mut buf = [0u8; 64];
+    let read = within(
+        "the proxy to close the silent connection",
+        silent.read(&mut buf),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the silent connection got {read:?} instead of being closed"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(180) && elapsed < Duration::from_secs(2),
+        "closed after {elapsed:?}"
+    );
+    eventually("the slot to free", || config.connection_limit.open() == 0).await;
+    assert_eq!(raw(proxy.addr, CLOSE_REQUEST).await.status, 200);
+
+    // A client that sends its first byte in time is served, however slowly it sends the rest.
+    let mut slow = TcpStream::connect(proxy.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.write_all(b"Host: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut bytes = Vec::new();
+    within("the slow client's response", slow.read_to_end(&mut bytes))
+        .await
+        .expect("read");
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }

@@ -96,6 +96,11 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
     let response = match path.as_str() {
         // Streams the request body straight back.
         "/echo" => Response::new(UpBody::Incoming(req.into_body())),
+        // Reads the whole request body before answering with its length, as most apps do.
+        "/consume" => match req.into_body().collect().await {
+            Ok(body) => Response::new(UpBody::full(format!("{} bytes", body.to_bytes().len()))),
+            Err(_) => status(StatusCode::BAD_REQUEST),
+        },
         // Lists the request head as it arrived, one header per line.
         "/headers" => {
             let mut text = format!("{} {}\n", req.method(), req.uri());
