@@ -25,6 +25,7 @@ pub struct InstanceStats {
     requests_total: AtomicU64,
     sessions_total: AtomicU64,
     upstream_errors_total: AtomicU64,
+    csp_blocked_total: AtomicU64,
     /// Milliseconds since `created` of the last request start or request/session end.
     last_activity_ms: AtomicU64,
 }
@@ -51,6 +52,9 @@ pub struct StatsSnapshot {
     pub sessions_total: u64,
     /// Requests that failed because the upstream could not be reached or did not answer in time.
     pub upstream_errors_total: u64,
+    /// HTML pages served without the injected browser client because their
+    /// Content-Security-Policy would block it (no nonce to reuse, no `'self'`).
+    pub csp_blocked_total: u64,
 }
 
 impl StatsSnapshot {
@@ -69,6 +73,7 @@ impl StatsSnapshot {
         self.requests_total += other.requests_total;
         self.sessions_total += other.sessions_total;
         self.upstream_errors_total += other.upstream_errors_total;
+        self.csp_blocked_total += other.csp_blocked_total;
     }
 }
 
@@ -99,6 +104,7 @@ impl InstanceStats {
             requests_total: AtomicU64::new(0),
             sessions_total: AtomicU64::new(0),
             upstream_errors_total: AtomicU64::new(0),
+            csp_blocked_total: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
         }
     }
@@ -128,6 +134,7 @@ impl InstanceStats {
             requests_total: self.requests_total.load(Ordering::Relaxed),
             sessions_total: self.sessions_total.load(Ordering::Relaxed),
             upstream_errors_total: self.upstream_errors_total.load(Ordering::Relaxed),
+            csp_blocked_total: self.csp_blocked_total.load(Ordering::Relaxed),
         }
     }
 
@@ -148,6 +155,10 @@ impl InstanceStats {
 
     pub(crate) fn record_upstream_error(&self) {
         self.upstream_errors_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_csp_blocked(&self) {
+        self.csp_blocked_total.fetch_add(1, Ordering::Relaxed);
     }
 
     fn counter(&self, kind: SessionKind) -> &AtomicU64 {
