@@ -159,8 +159,17 @@ impl Host {
     }
 
     fn observe(&self, ids: &[DeploymentId]) -> BTreeMap<DeploymentId, ComputeStatus> {
-        self.supervisor
-            .observe(ids, |id, instance| self.router.sessions(id, instance))
+        let mut observed = self
+            .supervisor
+            .observe(ids, |id, instance| self.router.sessions(id, instance));
+        for (id, status) in &mut observed {
+            status.client_blocked_by_csp = self
+                .router
+                .stats()
+                .total_where(|(v, _)| v == id)
+                .csp_blocked_total;
+        }
+        observed
     }
 
     fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
