@@ -252,6 +252,16 @@ fn classify_one(
                     ),
                 ));
             }
+            HostError::AdminToken(_) => {
+                return Some((
+                    Exit::Usage,
+                    Some(
+                        "fix `[host] admin_token_file` (or keep `admin_listen` on 127.0.0.1) in \
+                         flotilla.toml, then run the command again"
+                            .to_owned(),
+                    ),
+                ));
+            }
             _ => {}
         }
     }

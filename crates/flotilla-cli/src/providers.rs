@@ -206,6 +206,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.state_dir = config.host.state_dir.clone();
     s.listen = config.host.listen;
     s.admin_listen = config.host.admin_listen;
+    s.admin_token_file = config.host.admin_token_file.clone();
     s.build = config.host.build.clone();
     s.instances = config.host.instances;
     s.keep_releases = config.host.keep_releases;
