@@ -9,6 +9,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-cargo build --release -p flotilla-cli -p flotilla-example-hello
+# The host provider alone: without the `aws` feature the AWS SDK is not compiled, which keeps the
+# first build short (`cargo install --path crates/flotilla-cli` builds the whole tool).
+cargo build --release --no-default-features -p flotilla-cli -p flotilla-example-hello
 cd examples/hello
 exec "$root/target/release/flotilla" deploy "$@"

@@ -3,6 +3,7 @@
 #   - moto (the AWS emulator) into .venv/moto            (scripts/moto.sh)
 #   - cfn-lint and checkov into .venv/cfn-lint, .venv/checkov (scripts/cfn-tools.sh)
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
+#   - Debian's systemd, for `systemd-analyze verify` of the host service unit (scripts/systemd.sh)
 #   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
 #   - cargo-lambda into .venv/cargo-lambda, whose Lambda Runtime API emulator the reaper's zip
@@ -23,6 +24,7 @@ cd "$root"
 scripts/moto.sh
 scripts/cfn-tools.sh
 scripts/install-browser.sh
+scripts/systemd.sh
 scripts/docker.sh
 scripts/lambda-emulator.sh
 # Built once and cached under .cache/images/ (minutes the first time): the tests that run task

@@ -460,30 +460,70 @@ impl EcsCompute {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = port_error("deregister task definition", arn, e);
+                // Already deregistered, or already deleted by an earlier removal that stopped
+                // before the service's record was gone (the service still names the revision).
+                let message = err.message.to_ascii_lowercase();
                 let gone = err.kind == ErrorKind::NotFound
-                    || err.message.to_ascii_lowercase().contains("inactive");
+                    || message.contains("inactive")
+                    || message.contains("does not exist")
+                    || message.contains("delete_in_progress")
+                    || message.contains("unable to describe task definition");
                 if gone { Ok(()) } else { Err(err) }
             }
         }
     }
 
-    /// Every ACTIVE revision of the family tagged with `id` (used when the service is gone and
-    /// cannot say which revision it ran).
+    /// Deletes deregistered (INACTIVE) revisions for good, so that a removed version leaves no
+    /// task definition behind. A revision already deleted is not a failure.
+    async fn delete_revisions(&self, arns: &[String]) -> Result<(), PortError> {
+        // DeleteTaskDefinitions takes at most ten revisions per call.
+        for batch in arns.chunks(10) {
+            let out = self
+                .ctx
+                .clients
+                .ecs
+                .delete_task_definitions()
+                .set_task_definitions(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| port_error("delete task definitions", &batch.join(", "), e))?;
+            for failure in out.failures() {
+                let reason = failure.reason().unwrap_or("no reason given");
+                let lower = reason.to_ascii_lowercase();
+                if lower.contains("does not exist") || lower.contains("delete_in_progress") {
+                    continue;
+                }
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "delete task definition",
+                    failure.arn().unwrap_or("?"),
+                    reason,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every revision of the family tagged with `id` that still exists, ACTIVE or deregistered
+    /// (used when the service is gone and cannot say which revision it ran; a removal stopped
+    /// between deregistering and deleting leaves an INACTIVE one).
     async fn revisions_of(&self, id: &DeploymentId) -> Result<Vec<String>, PortError> {
         let family = flotilla_core::names::task_family(&self.ctx.name);
         let mut arns = Vec::new();
-        let mut pages = self
-            .ctx
-            .clients
-            .ecs
-            .list_task_definitions()
-            .family_prefix(&family)
-            .status(TaskDefinitionStatus::Active)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| port_error("list task definitions", &family, e))?;
-            arns.extend(page.task_definition_arns().iter().cloned());
+        for status in [TaskDefinitionStatus::Active, TaskDefinitionStatus::Inactive] {
+            let mut pages = self
+                .ctx
+                .clients
+                .ecs
+                .list_task_definitions()
+                .family_prefix(&family)
+                .status(status)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| port_error("list task definitions", &family, e))?;
+                arns.extend(page.task_definition_arns().iter().cloned());
+            }
         }
         let mut mine = Vec::new();
         for arn in arns {
@@ -850,10 +890,10 @@ impl Compute for EcsCompute {
                 }
             }
         }
-        for arn in revisions {
-            self.deregister(&arn).await?;
+        for arn in &revisions {
+            self.deregister(arn).await?;
         }
-        Ok(())
+        self.delete_revisions(&revisions).await
     }
 
     async fn observe(

@@ -373,10 +373,25 @@ impl EcrImages {
             .await;
         let _ = std::fs::remove_dir_all(&dir);
         built?;
-        self.login(&repository).await?;
-        self.docker(&["push", &image], None, "push agent image")
-            .await?;
+        self.push(&repository, &image, "push agent image").await?;
         Ok(image)
+    }
+
+    /// Logs in to `repository` and pushes `image`, built and tagged locally just before. When
+    /// either fails the local tag is removed: it names an image the repository does not have,
+    /// and a later deploy builds it again anyway.
+    async fn push(&self, repository: &str, image: &str, what: &str) -> Result<(), PortError> {
+        let mut pushed = self.login(repository).await;
+        if pushed.is_ok() {
+            pushed = self.docker(&["push", image], None, what).await.map(drop);
+        }
+        if pushed.is_err() {
+            // Best effort: the push's failure is what the user needs to see.
+            let _ = self
+                .docker(&["image", "rm", image], None, "remove local tag")
+                .await;
+        }
+        pushed
     }
 
     /// What `id`'s task runs beside `image`: its app command and the agent image.
@@ -511,8 +526,7 @@ impl ImageSource for EcrImages {
                 "build image",
             )
             .await?;
-            self.login(&repository).await?;
-            self.docker(&["push", &image], None, "push image").await?;
+            self.push(&repository, &image, "push image").await?;
         }
         self.task_images(id, &image).await?;
         Ok(ImageRef(image))

@@ -13,6 +13,8 @@
 //! - [`secrets`]: the app's secret references (SSM, Secrets Manager) and their IAM resources.
 //! - [`images`]: prebuilt image URIs, or docker build and ECR push.
 //! - [`clock`]: the system clock.
+//! - [`logtail`]: `logs --follow`: Live Tail, or polling where it is not available, through one
+//!   cursor that prints each line once.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
 //! - [`agent_ssm`]: the in-container agent's drain source over SSM.
 //! - `stack` (feature `stack`, on by default): the baseline stack's lifecycle on CloudFormation
@@ -33,6 +35,7 @@ mod ctx;
 pub mod error;
 pub mod images;
 pub mod lambda;
+pub mod logtail;
 pub mod routing;
 pub mod sdk;
 pub mod secrets;
@@ -104,4 +107,25 @@ pub fn connect_with(
         images: Arc::new(images::EcrImages::new(ctx)),
         clock: Arc::new(clock::SystemClock),
     })
+}
+
+/// A follower of the container output of `settings.name`'s versions in the baseline's log group;
+/// `None` when no log group is configured.
+pub fn log_tail(
+    settings: &AwsSettings,
+    clients: &Clients,
+) -> Result<Option<logtail::LogTail>, AwsError> {
+    let from_file = if settings.read_baseline_file {
+        BaselineOutputs::read(&settings.baseline_path())?.unwrap_or_default()
+    } else {
+        BaselineOutputs::default()
+    };
+    let outputs = settings.baseline_overrides.clone().or(from_file);
+    Ok(outputs.log_group.map(|group| {
+        logtail::LogTail::new(
+            clients.logs.clone(),
+            group,
+            settings.endpoint_url.as_deref(),
+        )
+    }))
 }

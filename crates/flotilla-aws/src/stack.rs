@@ -18,7 +18,7 @@ pub mod elf;
 pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
@@ -294,6 +294,27 @@ impl StackError {
     }
 }
 
+/// Writes `.gitignore` with `*` into the nearest directory named `.flotilla` that holds `dir`,
+/// unless one is there: the cached outputs are this machine's view of the stack and are not
+/// committed with the app (a CI job reads them from the stack). A user's own file is left alone.
+fn ignore_dot_flotilla(dir: &Path) -> std::io::Result<()> {
+    let Some(top) = dir
+        .ancestors()
+        .find(|a| a.file_name() == Some(std::ffi::OsStr::new(".flotilla")))
+    else {
+        return Ok(());
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(top.join(".gitignore"))
+    {
+        Ok(mut file) => std::io::Write::write_all(&mut file, b"*\n"),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn failures_text(failures: &[FailedResource]) -> String {
     let mut out = String::new();
     for f in failures {
@@ -497,6 +518,30 @@ pub struct BaselineStack {
     stack_name: String,
 }
 
+/// What [`BaselineStack::check_cache`] found, and what it did to the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheCheck {
+    /// The stack is complete and the cache, if any, already holds its outputs: whatever failed,
+    /// the cache is not the cause.
+    Matches,
+    /// The stack is complete and the cache differed from its outputs: it now holds them.
+    Refreshed,
+    /// The stack is gone or holds no working baseline; its cache was removed.
+    Unusable {
+        /// The stack's status; `None` when there is no stack.
+        status: Option<String>,
+        /// Its phase ([`Phase::Missing`] when there is no stack).
+        phase: Phase,
+        /// The cache file removed, if there was one.
+        removed: Option<PathBuf>,
+    },
+    /// An operation is running on the stack (or a failed update waits): the cache was left.
+    Unsettled {
+        /// The stack's status.
+        status: String,
+    },
+}
+
 impl BaselineStack {
     /// The stack of `settings.name` (`flotilla-<name>`), its outputs cached at
     /// `settings.baseline_path()`.
@@ -588,6 +633,48 @@ impl BaselineStack {
         }
         self.write_cache(&outputs)?;
         Ok(Some(outputs))
+    }
+
+    /// Checks the cached outputs against the stack, after something they name turned out not to
+    /// exist: a complete stack's outputs replace a cache that differs; a stack that is gone or
+    /// holds no working baseline (deleted, deleted part-way, never created) takes its cache with
+    /// it; a stack in the middle of an operation leaves the cache alone.
+    pub async fn check_cache(&self) -> Result<CacheCheck, StackError> {
+        let stack = self.describe().await?;
+        let phase = stack.as_ref().map_or(Phase::Missing, StackInfo::phase);
+        let status = stack.as_ref().map(|s| s.status.clone());
+        match status::cache_verdict(phase) {
+            status::CacheVerdict::Keep => Ok(CacheCheck::Unsettled {
+                status: status.unwrap_or_default(),
+            }),
+            status::CacheVerdict::Discard => Ok(CacheCheck::Unusable {
+                status,
+                phase,
+                removed: self.remove_cache()?,
+            }),
+            status::CacheVerdict::Compare => {
+                let Some(stack) = stack else {
+                    return Ok(CacheCheck::Matches);
+                };
+                let mut fresh =
+                    flotilla_baseline::BaselineOutputs::from_stack_outputs(stack.outputs.clone())
+                        .map_err(|source| StackError::Outputs {
+                        stack: self.stack_name.clone(),
+                        source,
+                    })?;
+                // A cache that cannot be read differs, and is rewritten.
+                let old = self.cached().ok().flatten();
+                if let Some(old) = &old {
+                    fresh.certificate_validation_records =
+                        old.certificate_validation_records.clone();
+                }
+                if old.as_ref() == Some(&fresh) || !self.cache_path().exists() {
+                    return Ok(CacheCheck::Matches);
+                }
+                self.write_cache(&fresh)?;
+                Ok(CacheCheck::Refreshed)
+            }
+        }
     }
 
     /// Works out what `baseline up` would do, without changing anything but a change set.
@@ -1506,6 +1593,7 @@ impl BaselineStack {
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
+            ignore_dot_flotilla(dir).map_err(io)?;
         }
         let text = serde_json::to_string_pretty(outputs)
             .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;

@@ -112,6 +112,7 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "ecs:TagResource",
                 "ecs:UntagResource",
                 "ecs:ListTagsForResource",
+                "ecs:DeleteTaskDefinitions",
             ],
             vec![
                 o.arn("ecs", &format!("cluster/{cluster}")),

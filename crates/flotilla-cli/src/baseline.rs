@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flotilla_aws::secrets::{SecretRef, SecretService};
 use flotilla_aws::stack::{
-    BaselineStack, Desired, Plan, ReaperArtefact, StackClients, StackError, StackNotice,
-    StackProgress, UpReport, WaitSettings,
+    BaselineStack, CacheCheck, Desired, Phase, Plan, ReaperArtefact, StackClients, StackError,
+    StackNotice, StackProgress, UpReport, WaitSettings,
 };
 use flotilla_baseline::outputs::ValidationRecord;
 use flotilla_baseline::{
@@ -22,7 +22,7 @@ use flotilla_core::reaper::ReapPolicy;
 use flotilla_engine::workflows::TeardownTarget;
 
 use crate::config::{Config, Nat, ProviderKind};
-use crate::exit::{Interrupted, UsageError};
+use crate::exit::{Exit, Interrupted, Reported, UsageError};
 use crate::output::{Output, ProgressPrinter, table};
 use crate::providers::{self, BaselineRequest};
 
@@ -499,7 +499,7 @@ async fn down(
         }
     }
     if !running.is_empty() {
-        let opened = providers::open(config, "teardown").await?;
+        let opened = providers::open(config, "teardown", out).await?;
         let printer = ProgressPrinter::for_output(out);
         let report = opened
             .engine
@@ -554,6 +554,92 @@ pub async fn cache_from_stack(config: &Config) {
             stack.stack_name(),
             crate::config::display_path(&stack.cache_path(), &config.root)
         );
+    }
+}
+
+/// After a command failed because AWS says something the cached outputs name does not exist:
+/// checks the cache against the stack (refreshing or removing it) and returns what was found,
+/// with a next step that is true now. `None` when nothing is cached, the cache matches a
+/// complete stack (the failure has another cause), or the stack cannot be read.
+pub async fn recheck_cache(config: &Config) -> Option<Reported> {
+    let stack = stack_for(config, None).await;
+    if !stack.cache_path().exists() {
+        return None;
+    }
+    let cache = crate::config::display_path(&stack.cache_path(), &config.root);
+    let name = stack.stack_name().to_owned();
+    let checked = stack.check_cache().await.ok()?;
+    let (message, hint) = match checked {
+        CacheCheck::Matches => return None,
+        CacheCheck::Refreshed => (
+            format!(
+                "the baseline's outputs cached in {cache} did not match stack {name}; they were \
+                 refreshed from it"
+            ),
+            "run the same command again: it now uses the stack's resources".to_owned(),
+        ),
+        CacheCheck::Unusable { status, phase, .. } => {
+            let what = match &status {
+                None => format!("stack {name} no longer exists"),
+                Some(status) => format!("stack {name} is {status}"),
+            };
+            let hint = match phase {
+                Phase::Missing => "run `flotilla baseline up` to create the baseline again, \
+                     then run the same command again"
+                    .to_owned(),
+                Phase::DeleteFailed => "finish deleting it with `flotilla baseline down --yes` \
+                     (see its --retain for what cannot be deleted); `flotilla teardown --all \
+                     --baseline --yes` does the same. To keep using AWS afterwards, run \
+                     `flotilla baseline up`"
+                    .to_owned(),
+                _ => flotilla_aws::stack::status::guidance(phase, "up", &[]),
+            };
+            (
+                format!(
+                    "{what}, so the resources its outputs cached in {cache} named are gone; \
+                     removed {cache}"
+                ),
+                hint,
+            )
+        }
+        CacheCheck::Unsettled { status } => (
+            format!("stack {name} is {status}; the outputs cached in {cache} may be out of date"),
+            "wait for it to finish (`flotilla baseline show` says when), then run the same \
+             command again"
+                .to_owned(),
+        ),
+    };
+    Some(Reported {
+        exit: Exit::Refused,
+        message,
+        hint: Some(hint),
+    })
+}
+
+/// Before `teardown --all --baseline` removes versions: when the stack is gone or holds no
+/// working baseline (a deletion stopped part-way), no version can run on it and its cached
+/// outputs name resources that are gone, so the cache is removed and the caller goes straight to
+/// the stack. Returns what to say then; `None` when the versions are to be removed first.
+pub async fn stack_unusable_for_teardown(config: &Config) -> Result<Option<String>> {
+    let stack = stack_for(config, None).await;
+    let name = stack.stack_name().to_owned();
+    match stack.check_cache().await? {
+        CacheCheck::Unusable {
+            status, removed, ..
+        } => {
+            let mut text = match status {
+                None => format!("there is no stack {name}"),
+                Some(status) => format!("stack {name} is {status}; no version can run on it"),
+            };
+            if let Some(path) = removed {
+                text.push_str(&format!(
+                    "; removed its cached outputs {}",
+                    crate::config::display_path(&path, &config.root)
+                ));
+            }
+            Ok(Some(text))
+        }
+        CacheCheck::Matches | CacheCheck::Refreshed | CacheCheck::Unsettled { .. } => Ok(None),
     }
 }
 

@@ -246,6 +246,42 @@ pub enum Command {
     /// AWS helpers
     #[command(subcommand)]
     Aws(AwsCommand),
+
+    /// Print a shell completion script
+    #[command(
+        long_about = "Print the completion script for SHELL on stdout. Install it where your \
+            shell looks for completions.",
+        after_help = "Examples:\n  \
+            flotilla completions bash > ~/.local/share/bash-completion/completions/flotilla\n  \
+            flotilla completions zsh > \"${fpath[1]}/_flotilla\"\n  \
+            flotilla completions fish > ~/.config/fish/completions/flotilla.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Write the manual pages (man 1)
+    #[command(
+        long_about = "Write one manual page per command (flotilla.1, flotilla-deploy.1, \
+            flotilla-baseline-up.1, ...) into DIR, from the same text as --help.",
+        after_help = "Examples:\n  flotilla man ~/.local/share/man/man1 && man flotilla-deploy\n  \
+            sudo flotilla man /usr/local/share/man/man1"
+    )]
+    Man(ManArgs),
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `init`.
@@ -417,13 +453,67 @@ pub enum HostCommand {
     #[command(
         long_about = "Run the host provider's daemon in the foreground: the router on [host] \
             listen, the status page on [host] admin_listen, the process supervisor and the reaper \
-            loop. Other commands start it in the background when it is not running. Stops on \
-            Ctrl-C or SIGTERM; versions come back when it starts again.",
+            loop. Other commands start it in the background when it is not running. Ctrl-C \
+            stops it and the app's instances; SIGTERM (a service manager's stop or restart) ends \
+            the daemon only and leaves the instances running, for the next daemon to adopt \
+            without restarting them. Versions come back when it starts again.",
         after_help = "Example:\n  flotilla host serve"
     )]
     Serve,
-    /// Stop the host daemon (versions come back when it starts again)
+    /// Stop the host daemon and the app's instances (versions come back when it starts again)
     Stop,
+    /// Run this app's host daemon as a systemd service
+    #[command(
+        long_about = "Write a systemd unit, flotilla-<name>.service, that runs `flotilla host \
+            serve` for this app's flotilla.toml with this flotilla executable, and (when systemd \
+            runs) enable and start it with systemctl. Without --user it is a system unit in \
+            /etc/systemd/system (needs root), run as the owner of the app directory unless \
+            --run-as says otherwise; with --user it goes to ~/.config/systemd/user. A crashed \
+            daemon is restarted within a second and adopts the app's running processes; a \
+            `systemctl restart` does not restart the app either. With --no-enable, or without a \
+            running systemd, the unit is written and the systemctl commands are printed.",
+        after_help = "Examples:\n  sudo flotilla host install\n  flotilla host install --user\n  \
+            flotilla host install --no-enable --json\n  sudo flotilla host install --run-as www-data"
+    )]
+    Install(HostInstallArgs),
+    /// Stop, disable and remove this app's systemd service
+    #[command(
+        long_about = "Disable and stop flotilla-<name>.service with systemctl (when systemd runs) and \
+            remove its unit file. Stopping the service sends the daemon SIGTERM: the app's \
+            instances keep running, and the next flotilla command starts a daemon in the \
+            background that adopts them; `flotilla host stop` stops them.",
+        after_help = "Examples:\n  sudo flotilla host uninstall\n  flotilla host uninstall --user --json"
+    )]
+    Uninstall(HostUninstallArgs),
+}
+
+/// `host install`.
+#[derive(Debug, Args)]
+pub struct HostInstallArgs {
+    /// Install a user unit (~/.config/systemd/user) instead of a system unit
+    #[arg(long)]
+    pub user: bool,
+    /// Write the unit but do not run systemctl; print the commands instead
+    #[arg(long)]
+    pub no_enable: bool,
+    /// The user a system unit runs the daemon as [default: the owner of the app directory]
+    #[arg(long, value_name = "USER", conflicts_with = "user")]
+    pub run_as: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `host uninstall`.
+#[derive(Debug, Args)]
+pub struct HostUninstallArgs {
+    /// Remove the user unit (~/.config/systemd/user) instead of the system unit
+    #[arg(long)]
+    pub user: bool,
+    /// Remove the unit file but do not run systemctl; print the commands instead
+    #[arg(long)]
+    pub no_disable: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// `agent`.
@@ -597,6 +687,8 @@ impl Cli {
             Command::Teardown(a) => a.json.json,
             Command::Verify(a) => a.json.json,
             Command::Config(ConfigCommand::Check(j)) => j.json,
+            Command::Host(HostCommand::Install(a)) => a.json.json,
+            Command::Host(HostCommand::Uninstall(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Up(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Show(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Down(a)) => a.json.json,

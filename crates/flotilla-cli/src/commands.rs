@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flotilla_core::{DeploymentId, DeploymentName};
-use flotilla_engine::ports::ImageRequest;
+use flotilla_engine::ports::{ErrorKind, ImageRequest, PortError};
 use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -26,8 +26,85 @@ use crate::output::{self, Output, ProgressPrinter};
 use crate::providers::{self, AgentRequest, BaselineRequest, LogQuery};
 use crate::verify;
 
+/// Prints what `host install` or `host uninstall` did.
+fn print_service(out: Output, done: &providers::ServiceOutcome, verb: &str) -> Result<()> {
+    if out.json {
+        return out.json(done);
+    }
+    out.result(&format!("{verb} {} ({})", done.unit, done.path.display()));
+    if done.ran.is_empty() {
+        if !done.commands.is_empty() {
+            out.note(&format!(
+                "{}; run:\n  {}",
+                done.why_not_run
+                    .as_deref()
+                    .unwrap_or("systemctl was not run"),
+                done.commands.join("\n  ")
+            ));
+        }
+    } else {
+        for command in &done.ran {
+            out.note(&format!("ran `{command}`"));
+        }
+    }
+    if verb == "removed" {
+        out.note(
+            "the app's instances keep running: the next flotilla command starts a daemon that \
+             adopts them; `flotilla host stop` stops them",
+        );
+    } else if done.scope == providers::ServiceScope::User {
+        out.note(
+            "a user unit starts at boot only with lingering on: `loginctl enable-linger $USER`",
+        );
+    }
+    Ok(())
+}
+
 /// Runs the parsed command line; returns the exit code of a command that did its job.
 pub async fn run(cli: Cli, out: Output) -> Result<u8> {
+    let uses_baseline = matches!(
+        cli.command,
+        Command::Deploy(_)
+            | Command::Status(_)
+            | Command::Drain(_)
+            | Command::Rollback(_)
+            | Command::Reap(_)
+            | Command::Teardown(_)
+            | Command::Verify(_)
+            | Command::Logs(_)
+    );
+    match dispatch(&cli, out).await {
+        Err(err) if uses_baseline => Err(check_cached_baseline(&cli.global, err, out).await),
+        other => other,
+    }
+}
+
+/// A command that failed because AWS says something does not exist may have trusted baseline
+/// outputs cached for a stack that has changed or gone: the cache is checked against the stack
+/// (refreshed or removed), and what was found leads the report, with a hint that is true now.
+async fn check_cached_baseline(global: &Global, err: anyhow::Error, out: Output) -> anyhow::Error {
+    let not_found = err.chain().any(|cause| {
+        let port = cause.downcast_ref::<PortError>().or_else(|| match cause
+            .downcast_ref::<flotilla_engine::EngineError>(
+        ) {
+            Some(flotilla_engine::EngineError::Port { source, .. }) => Some(source),
+            _ => None,
+        });
+        port.is_some_and(|p| p.kind == ErrorKind::NotFound)
+    });
+    if provider_in_use() != Some(ProviderKind::Aws) || !not_found {
+        return err;
+    }
+    let Ok(config) = load(global, out) else {
+        return err;
+    };
+    match providers::recheck_aws_cache(&config).await {
+        Some(reported) => err.context(reported),
+        None => err,
+    }
+}
+
+async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
     let global = &cli.global;
     match &cli.command {
         Command::Init(args) => init(global, args.force, out),
@@ -113,6 +190,28 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
             providers::host_stop(&config).await?;
             Ok(0)
         }
+        Command::Host(HostCommand::Install(args)) => {
+            let config = load(global, out)?;
+            let request = providers::ServiceRequest {
+                user: args.user,
+                systemctl: !args.no_enable,
+                run_as: args.run_as.clone(),
+            };
+            let done = providers::host_install(&config, &request)?;
+            print_service(out, &done, "installed")?;
+            Ok(0)
+        }
+        Command::Host(HostCommand::Uninstall(args)) => {
+            let config = load(global, out)?;
+            let request = providers::ServiceRequest {
+                user: args.user,
+                systemctl: !args.no_disable,
+                run_as: None,
+            };
+            let done = providers::host_uninstall(&config, &request)?;
+            print_service(out, &done, "removed")?;
+            Ok(0)
+        }
         Command::Agent(args) => {
             let config = load_optional(global, out)?;
             let request = AgentRequest {
@@ -121,6 +220,26 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
                 command: args.command.clone(),
             };
             providers::agent(config.as_ref(), &request).await
+        }
+        Command::Completions(args) => {
+            // Generated into memory, then written: a closed pipe (`| head`) ends it quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(
+                args.shell,
+                &mut crate::cli::command(),
+                "flotilla",
+                &mut script,
+            );
+            match std::io::stdout().write_all(&script) {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(err).context("writing the completion script"))
+                }
+                _ => Ok(0),
+            }
+        }
+        Command::Man(args) => {
+            write_manual(&args.dir, out)?;
+            Ok(0)
         }
         Command::Baseline(command) => {
             let config = load(global, out)?;
@@ -219,7 +338,7 @@ fn load_optional(global: &Global, out: Output) -> Result<Option<Config>> {
 
 async fn open(global: &Global, command: &str, out: Output) -> Result<(Config, providers::Opened)> {
     let config = load(global, out)?;
-    let opened = providers::open(&config, command).await?;
+    let opened = providers::open(&config, command, out).await?;
     Ok((config, opened))
 }
 
@@ -396,7 +515,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
-    let opened = providers::open(&config, "deploy").await?;
+    let opened = providers::open(&config, "deploy", out).await?;
     let now = opened.engine.ports().clock.now();
     let id = args
         .id
@@ -540,40 +659,27 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
             }
             .into());
         }
+        // A stack that is gone or was deleted part-way runs no version, and its cached outputs
+        // name resources that are gone: finish with the stack instead of failing on them.
+        if args.id.is_none()
+            && let Some(found) = providers::aws_stack_unusable_for_teardown(&config).await?
+        {
+            if !args.yes && !confirm_teardown(&config, args)? {
+                return Err(not_confirmed());
+            }
+            out.note(&found);
+            providers::teardown_baseline(&config, out).await?;
+            if out.json {
+                out.json(&serde_json::json!({ "removed": [], "baseline_removed": true }))?;
+            } else {
+                out.result("nothing to remove: no version can run without the baseline");
+            }
+            return Ok(0);
+        }
     }
     let (config, opened) = open(global, "teardown", out).await?;
-    if !args.yes {
-        let confirmed = match &args.id {
-            Some(id) => confirm(
-                &format!(
-                    "Remove version {id} of `{}` ({} provider) and everything it uses? [y/N] ",
-                    config.name, config.provider
-                ),
-                &["y", "yes"],
-            )?,
-            None => {
-                let what = if args.baseline {
-                    "every version AND the baseline stack"
-                } else {
-                    "every version"
-                };
-                confirm(
-                    &format!(
-                        "Remove {what} of `{}` ({} provider)? Fresh requests will get \"no \
-                         version deployed\". Type the deployment name to confirm: ",
-                        config.name, config.provider
-                    ),
-                    &[config.name.as_str()],
-                )?
-            }
-        };
-        if !confirmed {
-            return Err(UsageError {
-                message: "teardown not confirmed; nothing was removed".to_owned(),
-                hint: "run it again and confirm, or pass --yes".to_owned(),
-            }
-            .into());
-        }
+    if !args.yes && !confirm_teardown(&config, args)? {
+        return Err(not_confirmed());
     }
     let target = match &args.id {
         Some(id) => TeardownTarget::One(id.clone()),
@@ -582,6 +688,7 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
     let printer = ProgressPrinter::for_output(out);
     let resume = match &args.id {
         Some(id) => format!("flotilla teardown {id} --yes"),
+        None if args.baseline => "flotilla teardown --all --baseline --yes".to_owned(),
         None => "flotilla teardown --all --yes".to_owned(),
     };
     let report = tokio::select! {
@@ -610,6 +717,42 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         out.result(&format!("removed {}", ids.join(", ")));
     }
     Ok(0)
+}
+
+/// Asks on the terminal whether to go ahead with `teardown`.
+fn confirm_teardown(config: &Config, args: &TeardownArgs) -> Result<bool> {
+    match &args.id {
+        Some(id) => confirm(
+            &format!(
+                "Remove version {id} of `{}` ({} provider) and everything it uses? [y/N] ",
+                config.name, config.provider
+            ),
+            &["y", "yes"],
+        ),
+        None => {
+            let what = if args.baseline {
+                "every version AND the baseline stack"
+            } else {
+                "every version"
+            };
+            confirm(
+                &format!(
+                    "Remove {what} of `{}` ({} provider)? Fresh requests will get \"no version \
+                     deployed\". Type the deployment name to confirm: ",
+                    config.name, config.provider
+                ),
+                &[config.name.as_str()],
+            )
+        }
+    }
+}
+
+fn not_confirmed() -> anyhow::Error {
+    UsageError {
+        message: "teardown not confirmed; nothing was removed".to_owned(),
+        hint: "run it again and confirm, or pass --yes".to_owned(),
+    }
+    .into()
 }
 
 async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
@@ -713,7 +856,7 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         }
         return Ok(0);
     }
-    if args.follow {
+    if args.follow && config.provider != ProviderKind::Aws {
         return Err(UsageError {
             message: format!("the {} provider cannot follow logs", config.provider),
             hint: "run without --follow to see the latest lines".to_owned(),
@@ -733,6 +876,26 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
             .map(|v| v.record.version.id)
             .collect(),
     };
+    if args.follow {
+        let (tx, mut rx) = mpsc::channel::<providers::LogLine>(1024);
+        let printer = async {
+            while let Some(line) = rx.recv().await {
+                out.result(&format!("{} | {}", line.id, line.line));
+            }
+        };
+        let follow =
+            providers::aws_follow_logs(&config, args.id.clone(), ids, args.lines, tx, |notice| {
+                out.note(notice)
+            });
+        // Ctrl-C ends following; that is how it is meant to end, so the exit code is 0.
+        tokio::select! {
+            (result, ()) = async { tokio::join!(follow, printer) } => {
+                result.with_context(|| format!("could not follow the logs of `{}`", config.name))?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(0);
+    }
     if ids.is_empty() {
         out.note("no version runs; nothing to show");
     }
@@ -749,4 +912,25 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `flotilla man DIR`: one page per command, from the same definition as `--help`.
+fn write_manual(dir: &std::path::Path, out: Output) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(crate::cli::command(), dir))
+        .map_err(|err| {
+            anyhow::Error::new(crate::exit::UsageError {
+                message: format!(
+                    "cannot write the manual pages into {}: {err}",
+                    dir.display()
+                ),
+                hint: "name a directory you can write to".to_owned(),
+            })
+        })?;
+    out.note(&format!(
+        "wrote the manual pages into {}; read one with `man -l {}/flotilla.1`",
+        dir.display(),
+        dir.display()
+    ));
+    Ok(())
 }

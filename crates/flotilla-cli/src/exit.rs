@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use flotilla_aws::stack::{StackError, StackErrorClass};
 use flotilla_engine::EngineError;
 use flotilla_engine::ports::{ErrorKind, PortError};
 
@@ -185,6 +184,10 @@ impl DeployFailed {
 /// The exit code for `err` and the line telling the user what to do next; hints about the
 /// provider (how to start it, which permissions it needs) name only the provider in use.
 pub fn classify_for(err: &anyhow::Error, provider: Option<ProviderKind>) -> (Exit, Option<String>) {
+    // A report added as context (what a command found after its failure) decides.
+    if let Some(reported) = err.downcast_ref::<Reported>() {
+        return (reported.exit, reported.hint.clone());
+    }
     let (exit, hint) = err
         .chain()
         .find_map(|cause| classify_one(cause, provider))
@@ -239,40 +242,8 @@ fn classify_one(
         };
         return Some((Exit::Usage, Some(hint.to_owned())));
     }
-    if let Some(host) = cause.downcast_ref::<flotilla_host::error::HostError>() {
-        use flotilla_host::error::HostError;
-        match host {
-            HostError::PortTaken { .. } | HostError::Bind { .. } => {
-                return Some((
-                    Exit::Usage,
-                    Some(
-                        "choose a free address for `[host] listen` / `admin_listen` in \
-                         flotilla.toml, or stop the process named above"
-                            .to_owned(),
-                    ),
-                ));
-            }
-            HostError::AdminToken(_) => {
-                return Some((
-                    Exit::Usage,
-                    Some(
-                        "fix `[host] admin_token_file` (or keep `admin_listen` on 127.0.0.1) in \
-                         flotilla.toml, then run the command again"
-                            .to_owned(),
-                    ),
-                ));
-            }
-            _ => {}
-        }
-    }
-    if let Some(stack) = cause.downcast_ref::<StackError>() {
-        let exit = match stack.class() {
-            StackErrorClass::Usage => Exit::Usage,
-            StackErrorClass::Refused => Exit::Refused,
-            StackErrorClass::Provider => Exit::Provider,
-            StackErrorClass::Failed => Exit::Failure,
-        };
-        return Some((exit, Some(stack.hint())));
+    if let Some(classified) = crate::providers::classify_error(cause) {
+        return Some(classified);
     }
     if let Some(engine) = cause.downcast_ref::<EngineError>() {
         return Some(classify_engine(engine, provider));

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod app_env;
+#[cfg(feature = "aws")]
 mod baseline;
 mod cli;
 mod commands;

@@ -41,9 +41,10 @@ impl Output {
         stdout_line(text);
     }
 
-    /// Prints a progress or information line on stderr.
+    /// Prints a progress or information line on stderr (with `--json`, as a `note` event line
+    /// like the engine's events, so that stderr is all JSON lines).
     pub fn note(&self, text: &str) {
-        eprintln!("{text}");
+        eprintln!("{}", self.stderr_line("note", text));
     }
 
     /// Prints a line on stderr only with `-v`.
@@ -53,9 +54,21 @@ impl Output {
         }
     }
 
-    /// Prints a warning on stderr.
+    /// Prints a warning on stderr (with `--json`, as a `warning` event line).
     pub fn warn(&self, text: &str) {
-        eprintln!("warning: {text}");
+        eprintln!("{}", self.stderr_line("warning", text));
+    }
+
+    /// What `note` and `warn` print: the text, or one JSON object `{"event": kind, "message":
+    /// text}` with `--json`.
+    fn stderr_line(&self, kind: &str, text: &str) -> String {
+        if self.json {
+            serde_json::json!({ "event": kind, "message": text }).to_string()
+        } else if kind == "warning" {
+            format!("warning: {text}")
+        } else {
+            text.to_owned()
+        }
     }
 }
 
@@ -468,6 +481,24 @@ struct JsonError<'a> {
     logs: Option<&'a [String]>,
 }
 
+/// The causes after the first message of an error chain, leaving out each one whose text the
+/// message above it already shows (an error that writes its source into its own message and also
+/// returns it as `source()`), so the chain says everything once.
+fn new_causes(chain: impl Iterator<Item = String>) -> Vec<String> {
+    let mut chain = chain;
+    let Some(mut above) = chain.next() else {
+        return Vec::new();
+    };
+    let mut causes = Vec::new();
+    for cause in chain {
+        if !above.contains(&cause) {
+            causes.push(cause.clone());
+        }
+        above = cause;
+    }
+    causes
+}
+
 /// Prints `err` on stderr as `error:` then each `caused by:`, any logs the error carries, and the
 /// hint last; with `json`, also prints a JSON document describing it on stdout (unless the command
 /// already printed its own document about the failure).
@@ -477,7 +508,7 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
     if let Some(first) = chain.next() {
         text.push_str(&format!("error: {first}\n"));
     }
-    let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+    let causes = new_causes(err.chain().map(ToString::to_string));
     for cause in &causes {
         text.push_str(&format!("caused by: {cause}\n"));
     }
@@ -527,6 +558,49 @@ pub fn print_error(err: &anyhow::Error, exit: Exit, hint: Option<&str>, json: bo
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    #[test]
+    fn notes_and_warnings_are_json_lines_with_json() {
+        let text = super::Output {
+            json: false,
+            verbose: 0,
+        };
+        let json = super::Output {
+            json: true,
+            verbose: 0,
+        };
+        assert_eq!(text.stderr_line("note", "started"), "started");
+        assert_eq!(text.stderr_line("warning", "odd"), "warning: odd");
+        assert_eq!(
+            json.stderr_line("warning", "a \"quoted\" word"),
+            r#"{"event":"warning","message":"a \"quoted\" word"}"#
+        );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_above_is_not_repeated() {
+        let chain = |lines: &[&str]| super::new_causes(lines.iter().map(|s| (*s).to_owned()));
+        assert_eq!(
+            chain(&[
+                "cannot bind the router to 127.0.0.1:80: permission denied",
+                "permission denied",
+            ]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            chain(&[
+                "deploy failed",
+                "the daemon stopped: connection reset",
+                "connection reset"
+            ]),
+            vec!["the daemon stopped: connection reset".to_owned()]
+        );
+        assert_eq!(
+            chain(&["a", "b", "c"]),
+            vec!["b".to_owned(), "c".to_owned()]
+        );
+        assert!(chain(&[]).is_empty());
+    }
 
     use expect_test::expect;
     use flotilla_core::drain::Readiness;

@@ -149,38 +149,34 @@ pub fn host_base_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
-/// Opens the configured provider for `command` (the command's name, for messages).
-pub async fn open(config: &Config, command: &str) -> Result<Opened> {
+/// Opens the configured provider for `command` (the command's name, for messages); what it
+/// says on the way (a daemon it started) follows `out`.
+pub async fn open(config: &Config, command: &str, out: crate::output::Output) -> Result<Opened> {
     let settings = engine_settings(config);
     match config.provider {
-        ProviderKind::Host => open_host(config, settings, command).await,
+        ProviderKind::Host => open_host(config, settings, out).await,
         ProviderKind::Aws => open_aws(config, settings, command).await,
     }
 }
 
-async fn open_host(config: &Config, engine_settings: Settings, command: &str) -> Result<Opened> {
-    let _ = command;
+async fn open_host(
+    config: &Config,
+    engine_settings: Settings,
+    out: crate::output::Output,
+) -> Result<Opened> {
     let settings = host_settings(config)?;
     let connection = flotilla_host::connect_reporting(&settings)
         .await
         .map_err(|e| anyhow::Error::new(e.into_port("connect to", "the flotilla host daemon")))?;
     if let Some(started) = &connection.started {
-        crate::output::Output {
-            json: false,
-            verbose: 0,
-        }
-        .note(&format!(
+        out.note(&format!(
             "started the flotilla host daemon (pid {}) in the background; its log is {}",
             started.pid,
             started.log.display()
         ));
     }
     for warning in &connection.warnings {
-        crate::output::Output {
-            json: false,
-            verbose: 0,
-        }
-        .warn(warning);
+        out.warn(warning);
     }
     let logs_dir = settings
         .resolved()
@@ -303,6 +299,7 @@ impl LogSource for HostLogs {
     }
 }
 
+#[cfg(feature = "aws")]
 async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<Opened> {
     // A deploy needs every baseline output; the other commands only the cluster and listener.
     let needs = if command == "deploy" {
@@ -324,9 +321,78 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
     })
 }
 
+/// After an AWS command failed on something that was not found: the cached baseline outputs
+/// checked against the stack (refreshed or removed), as a report to put before the error.
+#[cfg(feature = "aws")]
+pub async fn recheck_aws_cache(config: &Config) -> Option<crate::exit::Reported> {
+    crate::baseline::recheck_cache(config).await
+}
+
+/// Before `teardown --all --baseline`: what makes the stack unusable (gone, or deleted part-way),
+/// in which case the versions are skipped and only the stack is finished.
+#[cfg(feature = "aws")]
+pub async fn aws_stack_unusable_for_teardown(config: &Config) -> Result<Option<String>> {
+    crate::baseline::stack_unusable_for_teardown(config).await
+}
+
+/// `flotilla logs --follow` on AWS: the last `lines` lines of each of `history`, then every new
+/// line of `only` (or of every version) until `out` is closed; how it follows goes to `notice`.
+#[cfg(feature = "aws")]
+pub async fn aws_follow_logs(
+    config: &Config,
+    only: Option<DeploymentId>,
+    history: Vec<DeploymentId>,
+    lines: usize,
+    out: mpsc::Sender<LogLine>,
+    notice: impl Fn(&str),
+) -> Result<()> {
+    use flotilla_aws::logtail::{TailScope, Tailed};
+    let aws = aws_settings(config);
+    let sdk = flotilla_aws::sdk_config(&aws).await;
+    let Some(tail) = flotilla_aws::log_tail(&aws, &flotilla_aws::Clients::new(&sdk))? else {
+        return Err(crate::exit::UsageError {
+            message: "no log group is configured to follow".to_owned(),
+            hint: "run `flotilla baseline up`, or set [aws] log_group".to_owned(),
+        }
+        .into());
+    };
+    let scope = TailScope {
+        only,
+        history,
+        lines,
+        interval: Duration::from_secs(1),
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let follow = async move {
+        let result = tail.follow(&scope, &tx).await;
+        drop(tx);
+        result
+    };
+    let forward = async {
+        while let Some(tailed) = rx.recv().await {
+            match tailed {
+                Tailed::Line { id, task, message } => {
+                    let line = LogLine {
+                        id,
+                        instance: None,
+                        line: format!("[{task}] {message}"),
+                    };
+                    if out.send(line).await.is_err() {
+                        break;
+                    }
+                }
+                Tailed::Notice(text) => notice(&text),
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(follow, forward);
+    Ok(result?)
+}
+
 /// The static agent for `arch` that `scripts/build-static.sh` made: beside the running binary
 /// (a release archive ships them together), or in `target/static/` when it runs from
 /// `target/<profile>/`.
+#[cfg(feature = "aws")]
 pub(crate) fn find_static_agent(
     running: &std::path::Path,
     arch: flotilla_baseline::Architecture,
@@ -338,6 +404,7 @@ pub(crate) fn find_static_agent(
 }
 
 /// The AWS provider's settings from the resolved config.
+#[cfg(feature = "aws")]
 pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     let a = &config.aws;
     let mut s = flotilla_aws::AwsSettings::new(config.name.clone());
@@ -402,13 +469,16 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
 }
 
 /// `url` from the baseline's cached outputs, if the file exists.
+#[cfg(feature = "aws")]
 fn aws_base_url(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
     doc.get("url")?.as_str().map(str::to_owned)
 }
 
-/// `flotilla host serve`: runs the host daemon in the foreground until SIGTERM or Ctrl-C.
+/// `flotilla host serve`: runs the host daemon in the foreground. SIGTERM (a service manager's
+/// stop or restart, an upgrade) makes it exit and leave the app's instances running for the next
+/// daemon to adopt; Ctrl-C (SIGINT, someone at the terminal) and `flotilla host stop` stop them.
 pub async fn host_serve(config: &Config) -> Result<()> {
     let settings = host_settings(config)?;
     // The daemon logs to stderr (the background daemon's stderr is its log file).
@@ -420,21 +490,22 @@ pub async fn host_serve(config: &Config) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
+    use flotilla_host::OnExit;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(_) => {
                     let _ = tokio::signal::ctrl_c().await;
-                    return;
+                    return OnExit::StopInstances;
                 }
             };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => OnExit::LeaveRunning,
+            _ = tokio::signal::ctrl_c() => OnExit::StopInstances,
         }
     };
-    flotilla_host::serve(&settings, shutdown).await?;
+    flotilla_host::serve_until(&settings, shutdown).await?;
     Ok(())
 }
 
@@ -453,6 +524,111 @@ pub async fn host_stop(config: &Config) -> Result<()> {
         out.note("no flotilla host daemon was running");
     }
     Ok(())
+}
+
+/// What `flotilla host install` / `uninstall` were asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    /// A user unit instead of a system unit.
+    pub user: bool,
+    /// Run `systemctl` (enable and start, or disable and stop) when systemd runs.
+    pub systemctl: bool,
+    /// The user a system unit runs as.
+    pub run_as: Option<String>,
+}
+
+/// What `host install` / `uninstall` did, as printed (`--json` prints it whole).
+pub type ServiceOutcome = flotilla_host::service::Outcome;
+
+/// Which systemd manager a unit is for.
+pub type ServiceScope = flotilla_host::service::Scope;
+
+fn service_scope_and_dir(
+    request: &ServiceRequest,
+) -> Result<(flotilla_host::service::Scope, std::path::PathBuf)> {
+    use flotilla_host::service::{Scope, unit_dir};
+    let scope = if request.user {
+        Scope::User
+    } else {
+        Scope::System
+    };
+    let xdg = std::env::var_os("XDG_CONFIG_HOME").map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let dir = unit_dir(scope, xdg.as_deref(), home.as_deref()).ok_or_else(|| {
+        crate::exit::UsageError {
+            message: "neither XDG_CONFIG_HOME nor HOME is set: no place for a user unit".to_owned(),
+            hint: "set HOME, or install a system unit (without --user, as root)".to_owned(),
+        }
+    })?;
+    Ok((scope, dir))
+}
+
+/// A unit file that cannot be written for lack of permission is a usage problem: say how to
+/// get one that can.
+fn service_error(e: flotilla_host::service::ServiceError, user: bool) -> anyhow::Error {
+    use flotilla_host::service::ServiceError;
+    match e {
+        ServiceError::File { ref source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied && !user =>
+        {
+            crate::exit::UsageError {
+                message: e.to_string(),
+                hint: "a system unit needs root: run `sudo flotilla host install` (or \
+                       uninstall), or use --user for a unit of your own"
+                    .to_owned(),
+            }
+            .into()
+        }
+        ServiceError::NotOurs { .. } => crate::exit::UsageError {
+            message: e.to_string(),
+            hint: "another app with the same deployment name has that unit: give this app \
+                   another `name` in flotilla.toml, or uninstall the other app's service first"
+                .to_owned(),
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// `flotilla host install`: writes this app's systemd unit and, when asked and systemd runs,
+/// enables and starts it.
+pub fn host_install(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    host_settings(config)?;
+    let Some(file) = &config.file else {
+        return Err(crate::exit::UsageError {
+            message: "`flotilla host install` needs a flotilla.toml: the service reads it"
+                .to_owned(),
+            hint: "run `flotilla init` in the app directory (or pass --config FILE), then install"
+                .to_owned(),
+        }
+        .into());
+    };
+    let config_file = std::fs::canonicalize(file)?;
+    let working_dir = std::fs::canonicalize(&config.root)?;
+    let (scope, dir) = service_scope_and_dir(request)?;
+    let user = request
+        .run_as
+        .clone()
+        .or_else(|| flotilla_host::service::owner(&working_dir));
+    let spec = flotilla_host::service::UnitSpec {
+        name: config.name.clone(),
+        exe: std::env::current_exe()?,
+        config: config_file,
+        working_dir,
+        user,
+        path_env: std::env::var("PATH").ok(),
+        stop_timeout_secs: config.app.stop_timeout.as_secs() + 30,
+        scope,
+    };
+    flotilla_host::service::install(&spec, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
+}
+
+/// `flotilla host uninstall`: disables and stops this app's systemd unit and removes it.
+pub fn host_uninstall(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
+    let (scope, dir) = service_scope_and_dir(request)?;
+    flotilla_host::service::uninstall(&config.name, scope, &dir, request.systemctl)
+        .map_err(|e| service_error(e, request.user))
 }
 
 /// What `flotilla agent` was asked to do.
@@ -494,9 +670,12 @@ pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8
     let source: std::sync::Arc<dyn flotilla_agent::DrainSource> =
         match flotilla_agent::local_source_from_env(env)? {
             Some(local) => local,
+            #[cfg(feature = "aws")]
             None if flotilla_agent::on_ecs(env) => {
                 std::sync::Arc::new(flotilla_aws::agent_ssm::SsmDrainSource::from_env().await)
             }
+            #[cfg(not(feature = "aws"))]
+            None if flotilla_agent::on_ecs(env) => return Err(without_aws::error()),
             None => std::sync::Arc::new(flotilla_agent::StaticSource::active()),
         };
     tracing::info!(
@@ -552,6 +731,7 @@ pub enum BaselineRequest {
 
 /// `flotilla baseline ...`: the stack's lifecycle lives in `crate::baseline` over
 /// `flotilla_aws::stack`.
+#[cfg(feature = "aws")]
 pub async fn baseline(
     config: &Config,
     request: &BaselineRequest,
@@ -561,11 +741,13 @@ pub async fn baseline(
 }
 
 /// `flotilla teardown --all --baseline`: after every version is gone, delete the baseline stack.
+#[cfg(feature = "aws")]
 pub async fn teardown_baseline(config: &Config, out: crate::output::Output) -> Result<()> {
     crate::baseline::teardown(config, out).await
 }
 
 /// `flotilla aws deployer-policy`: the IAM policy a deploying user or CI role needs, as JSON.
+#[cfg(feature = "aws")]
 pub async fn aws_deployer_policy(
     config: Option<&Config>,
     account_id: Option<&str>,
@@ -573,13 +755,160 @@ pub async fn aws_deployer_policy(
     crate::baseline::deployer_policy(config, account_id).await
 }
 
+/// The exit code and hint of an error a provider crate defines, if `cause` is one (the rest of
+/// `crate::exit` knows only the engine's and the CLI's own errors).
+pub(crate) fn classify_error(
+    cause: &(dyn std::error::Error + 'static),
+) -> Option<(crate::exit::Exit, Option<String>)> {
+    use crate::exit::Exit;
+    use flotilla_host::error::HostError;
+    if let Some(HostError::AlreadyRunning { .. }) = cause.downcast_ref::<HostError>() {
+        // A service unit's RestartPreventExitStatus names this code: retrying cannot help.
+        debug_assert_eq!(
+            Exit::Refused.code(),
+            flotilla_host::service::ALREADY_RUNNING_EXIT
+        );
+        return Some((
+            Exit::Refused,
+            Some(
+                "another daemon already serves this app's state directory: use it, or stop it \
+                 with `flotilla host stop` first"
+                    .to_owned(),
+            ),
+        ));
+    }
+    if let Some(HostError::PortTaken { .. } | HostError::Bind { .. }) =
+        cause.downcast_ref::<HostError>()
+    {
+        return Some((
+            Exit::Usage,
+            Some(
+                "choose a free address for `[host] listen` / `admin_listen` in flotilla.toml, or \
+                 stop the process named above"
+                    .to_owned(),
+            ),
+        ));
+    }
+    if let Some(HostError::AdminToken(_)) = cause.downcast_ref::<HostError>() {
+        return Some((
+            Exit::Usage,
+            Some(
+                "fix `[host] admin_token_file` (or keep `admin_listen` on 127.0.0.1) in \
+                 flotilla.toml, then run the command again"
+                    .to_owned(),
+            ),
+        ));
+    }
+    #[cfg(feature = "aws")]
+    if let Some(stack) = cause.downcast_ref::<flotilla_aws::stack::StackError>() {
+        use flotilla_aws::stack::StackErrorClass;
+        let exit = match stack.class() {
+            StackErrorClass::Usage => Exit::Usage,
+            StackErrorClass::Refused => Exit::Refused,
+            StackErrorClass::Provider => Exit::Provider,
+            StackErrorClass::Failed => Exit::Failure,
+        };
+        return Some((exit, Some(stack.hint())));
+    }
+    None
+}
+
+/// Whether `value` is a secret reference the AWS provider can read (`ssm:/path`, or an SSM or
+/// Secrets Manager ARN); the error says what is wrong with it. Without the AWS provider built in
+/// every value passes here (the configuration is refused at `provider` instead).
+pub(crate) fn check_aws_secret_reference(value: &str) -> std::result::Result<(), String> {
+    #[cfg(feature = "aws")]
+    return flotilla_aws::secrets::SecretRef::parse(value).map(|_| ());
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = value;
+        Ok(())
+    }
+}
+
 /// The environment variable whose presence means the binary runs as an AWS Lambda custom runtime.
 pub const LAMBDA_RUNTIME_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
 
 /// Runs the reaper as an AWS Lambda custom runtime (called by `main` instead of parsing the
 /// command line when [`LAMBDA_RUNTIME_VAR`] is set).
+#[cfg(feature = "aws")]
 pub async fn run_lambda() -> Result<()> {
     Ok(flotilla_aws::lambda::run().await?)
+}
+
+#[cfg(not(feature = "aws"))]
+use without_aws::open_aws;
+#[cfg(not(feature = "aws"))]
+pub use without_aws::{
+    aws_deployer_policy, aws_follow_logs, aws_stack_unusable_for_teardown, baseline,
+    recheck_aws_cache, run_lambda, teardown_baseline,
+};
+
+/// The AWS entry points of a binary built without the `aws` feature: each refuses with the same
+/// usage error, which says how to get a build that has them.
+#[cfg(not(feature = "aws"))]
+mod without_aws {
+    use super::{BaselineRequest, Config, Opened, Result, Settings};
+
+    /// The error every AWS entry point of this build returns.
+    pub(super) fn error() -> anyhow::Error {
+        anyhow::Error::new(crate::exit::UsageError {
+            message: "this flotilla was built without the AWS provider (the `aws` cargo feature)"
+                .to_owned(),
+            hint: "install a build that has it (`cargo install --path crates/flotilla-cli`, whose \
+                   default features include `aws`), or use `provider = \"host\"`"
+                .to_owned(),
+        })
+    }
+
+    pub(super) async fn open_aws(_: &Config, _: Settings, _: &str) -> Result<Opened> {
+        Err(error())
+    }
+
+    /// `flotilla baseline ...` without the AWS provider.
+    pub async fn baseline(_: &Config, _: &BaselineRequest, _: crate::output::Output) -> Result<()> {
+        Err(error())
+    }
+
+    /// `flotilla teardown --all --baseline` without the AWS provider.
+    pub async fn teardown_baseline(_: &Config, _: crate::output::Output) -> Result<()> {
+        Err(error())
+    }
+
+    /// `flotilla aws deployer-policy` without the AWS provider.
+    pub async fn aws_deployer_policy(
+        _: Option<&Config>,
+        _: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        Err(error())
+    }
+
+    /// The reaper's Lambda runtime without the AWS provider.
+    pub async fn run_lambda() -> Result<()> {
+        Err(error())
+    }
+
+    /// No cache of baseline outputs to check without the AWS provider.
+    pub async fn recheck_aws_cache(_: &Config) -> Option<crate::exit::Reported> {
+        None
+    }
+
+    /// `teardown --all --baseline` without the AWS provider.
+    pub async fn aws_stack_unusable_for_teardown(_: &Config) -> Result<Option<String>> {
+        Err(error())
+    }
+
+    /// `logs --follow` on AWS without the AWS provider.
+    pub async fn aws_follow_logs(
+        _: &Config,
+        _: Option<flotilla_core::DeploymentId>,
+        _: Vec<flotilla_core::DeploymentId>,
+        _: usize,
+        _: tokio::sync::mpsc::Sender<super::LogLine>,
+        _: impl Fn(&str),
+    ) -> Result<()> {
+        Err(error())
+    }
 }
 
 #[cfg(test)]
@@ -596,5 +925,33 @@ mod tests {
         check("0.0.0.0:80", "http://127.0.0.1:80");
         check("[::]:8080", "http://[::1]:8080");
         check("192.168.1.5:9000", "http://192.168.1.5:9000");
+    }
+
+    /// Without the `aws` feature (`.ci/run` runs this with `--no-default-features`), every AWS
+    /// entry point refuses with a usage error that says how to get a build that has it.
+    #[cfg(not(feature = "aws"))]
+    #[tokio::test]
+    async fn without_the_aws_feature_every_aws_entry_point_says_how_to_get_one() {
+        use crate::exit::{Exit, classify_for};
+        let errors = [
+            run_lambda().await.expect_err("no Lambda runtime"),
+            aws_deployer_policy(None, None)
+                .await
+                .expect_err("no deployer policy"),
+        ];
+        for err in errors {
+            let (exit, hint) = classify_for(&err, Some(ProviderKind::Aws));
+            assert_eq!(exit, Exit::Usage);
+            assert!(
+                err.to_string().contains("built without the AWS provider"),
+                "{err}"
+            );
+            let hint = hint.expect("a hint");
+            assert!(
+                hint.contains("cargo install --path crates/flotilla-cli"),
+                "{hint}"
+            );
+        }
+        assert_eq!(check_aws_secret_reference("not a reference"), Ok(()));
     }
 }

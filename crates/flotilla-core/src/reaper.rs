@@ -149,6 +149,19 @@ impl ReapAction {
         }
     }
 
+    /// The action's kind in snake case (`retire`, `delete_resources`, ...), as metrics and logs
+    /// name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReapAction::RecordReadyPasses { .. } => "record_ready_passes",
+            ReapAction::Retire { .. } => "retire",
+            ReapAction::RetireRouting { .. } => "retire_routing",
+            ReapAction::ScaleToZero { .. } => "scale_to_zero",
+            ReapAction::DeleteResources { .. } => "delete_resources",
+            ReapAction::CleanUpFailed { .. } => "clean_up_failed",
+        }
+    }
+
     /// Whether the action changes anything a user can see (everything but bookkeeping).
     pub fn is_visible(&self) -> bool {
         !matches!(self, ReapAction::RecordReadyPasses { .. })

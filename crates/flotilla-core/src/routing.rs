@@ -312,8 +312,17 @@ impl RuleBudget {
         self.limit / RULES_PER_VERSION
     }
 
+    /// Rules on the listener as `table` has it: each version with affinity holds its rules.
+    /// What `status` reports; a version recorded before its rules were made (a deploy that failed
+    /// building or pushing its image) holds none yet.
+    pub fn on_listener(table: &RoutingTable) -> u32 {
+        u32::try_from(table.affinities().len())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(RULES_PER_VERSION)
+    }
+
     /// Rules held by the recorded versions: every recorded version may hold its rules until it is
-    /// deleted, whatever its state.
+    /// deleted, whatever its state. What a new version is checked against.
     pub fn used(&self, versions: &[Version]) -> u32 {
         u32::try_from(versions.len())
             .unwrap_or(u32::MAX)

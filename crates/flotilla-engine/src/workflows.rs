@@ -474,7 +474,7 @@ impl Engine {
                 "reading the deploy lock of `{}`",
                 self.settings.name
             )))?;
-        let versions: Vec<Version> = records.iter().map(|r| r.version.clone()).collect();
+        let rules_used = RuleBudget::on_listener(&table);
         let orphans = orphan_ids(&table, &with_compute, &records);
         let statuses = records
             .into_iter()
@@ -497,7 +497,7 @@ impl Engine {
             name: self.settings.name.clone(),
             versions: statuses,
             routing: table,
-            rules_used: self.settings.budget.used(&versions),
+            rules_used,
             rules_limit: self.settings.budget.limit,
             lock,
             orphans,

@@ -1,10 +1,11 @@
 //! The read-only status page on `[host] admin_listen`: `GET /` is an auto-refreshing HTML table of
 //! versions (id, state, weight, instances healthy/total, live sessions, age) and their instances;
-//! `GET /status.json` is the same as JSON (the engine's status report plus per-instance detail).
+//! `GET /status.json` is the same as JSON (the engine's status report plus per-instance detail);
+//! `GET /metrics` is the Prometheus text format (see `crate::metrics`).
 //!
 //! With a token (`[host] admin_token_file`, required when the page listens on anything but
 //! loopback, see [`AdminToken::for_settings`]) every request must carry `Authorization: Bearer
-//! <token>`, compared in constant time, or is answered `401`.
+//! <token>`, compared in constant time, or is answered `401`; `/metrics` included.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -190,6 +191,23 @@ async fn status_json(host: &Host, engine: &Engine) -> Result<serde_json::Value, 
     }))
 }
 
+/// `/metrics`: the status report with the router's counters summed per version.
+async fn metrics_text(host: &Host, engine: &Engine) -> Result<String, String> {
+    let report = engine.status().await.map_err(|e| e.to_string())?;
+    let mut traffic = std::collections::BTreeMap::new();
+    for ((id, _instance), stats) in host.router().stats().snapshot() {
+        traffic
+            .entry(id)
+            .or_insert_with(flotilla_proxy::StatsSnapshot::default)
+            .add(&stats);
+    }
+    Ok(crate::metrics::render(
+        &report,
+        &traffic,
+        &host.reaper_meter().totals(),
+    ))
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -272,7 +290,10 @@ async fn status_html(host: &Host, engine: &Engine) -> String {
             escape(r.problem.as_deref().unwrap_or("")),
         ));
     }
-    out.push_str("</table></body></html>");
+    out.push_str(
+        "</table><p>Also as <a href=\"/status.json\">JSON</a> and \
+         <a href=\"/metrics\">Prometheus metrics</a>.</p></body></html>",
+    );
     out
 }
 
@@ -316,10 +337,18 @@ async fn handle(
                 serde_json::json!({"error": "status_unavailable", "message": e}).to_string(),
             ),
         },
+        "/metrics" => match metrics_text(&host, &engine).await {
+            Ok(text) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
+            Err(e) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("status unavailable: {e}\n"),
+            ),
+        },
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try / or /status.json\n".to_owned(),
+            "not found: try /, /status.json or /metrics\n".to_owned(),
         ),
     })
 }

@@ -3,16 +3,19 @@
 //! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
 //!
 //! Start-up order: take the daemon lock → open state → publish the saved routing table (so
-//! retired ids answer 410 at once) → bind the router, the status page and the socket → stop
-//! processes a dead daemon left behind and start every recorded version's instances again. A
-//! version that was active or draining serves again as soon as its instances pass health checks.
+//! retired ids answer 410 at once) → bind the router, the status page and the socket → adopt the
+//! instances a previous daemon left running, stop its other leftovers, and start every recorded
+//! version's missing instances. A version that was active or draining serves again as soon as its
+//! instances pass health checks (an adopted one is checked at once).
 //!
 //! The router runs on one thread per CPU, each with a single-threaded runtime and its own
 //! `SO_REUSEPORT` listener on `[host] listen` (see `run_router_workers`), sharing one [`Router`].
 //!
 //! Shutdown: stop accepting requests on the socket, let the router drain open connections with a
-//! deadline (and log what it cut), then stop every instance (SIGTERM, then SIGKILL after
-//! `stop_timeout`). Compute records stay, so the next daemon starts the same versions again.
+//! deadline (and log what it cut), then, as the shutdown asked ([`OnExit`]): stop every instance
+//! (SIGTERM, then SIGKILL after `stop_timeout`; `flotilla host stop`), or leave them running for
+//! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart, an upgrade).
+//! Compute records stay either way, so the next daemon serves the same versions again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -66,6 +69,8 @@ pub struct Host {
     tombstones: Mutex<Vec<DeploymentId>>,
     trackers: Mutex<HashMap<InstanceKey, DrainTracker>>,
     clock: SystemClock,
+    /// What the reaper loop has done, for `/metrics`.
+    reaper_meter: crate::metrics::ReaperMeter,
 }
 
 fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortError {
@@ -371,6 +376,11 @@ impl Host {
         &self.supervisor
     }
 
+    /// What the reaper loop has done since the daemon started, for `/metrics`.
+    pub fn reaper_meter(&self) -> &crate::metrics::ReaperMeter {
+        &self.reaper_meter
+    }
+
     /// What the daemon says about itself.
     pub fn daemon_info(&self) -> DaemonInfo {
         self.info()
@@ -658,10 +668,33 @@ impl Progress for LogProgress {
     }
 }
 
-/// Runs the daemon for `settings` until `shutdown` completes or a client asks it to stop.
+/// What happens to the app's instances when the daemon exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExit {
+    /// Stop them all (`flotilla host stop`); the next daemon starts them again.
+    StopInstances,
+    /// Leave them running, recorded, for the next daemon to adopt without a restart.
+    LeaveRunning,
+}
+
+/// Runs the daemon for `settings` until `shutdown` completes or a client asks it to stop, then
+/// stops every instance.
 pub async fn serve(
     settings: &HostSettings,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), HostError> {
+    serve_until(settings, async {
+        shutdown.await;
+        OnExit::StopInstances
+    })
+    .await
+}
+
+/// Runs the daemon for `settings` until `shutdown` completes (and says what becomes of the
+/// instances) or a client asks it to stop (which stops them).
+pub async fn serve_until(
+    settings: &HostSettings,
+    shutdown: impl Future<Output = OnExit> + Send,
 ) -> Result<(), HostError> {
     let settings = settings.resolved().map_err(HostError::io(
         "resolve the app directory",
@@ -720,6 +753,7 @@ pub async fn serve(
             tombstones: Mutex::new(tombstones),
             trackers: Mutex::new(HashMap::new()),
             clock: SystemClock,
+            reaper_meter: crate::metrics::ReaperMeter::default(),
         }
     });
     host.refresh();
@@ -807,6 +841,7 @@ pub async fn serve(
     };
     let reaper_task = {
         let engine = engine.clone();
+        let host = host.clone();
         let interval = settings.reaper_interval;
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -821,6 +856,7 @@ pub async fn serve(
                     _ = tick.tick() => {
                         match engine.reap(false, &LogProgress).await {
                             Ok(report) => {
+                                host.reaper_meter.record(&report);
                                 for (action, error) in &report.failed {
                                     tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
                                 }
@@ -840,14 +876,14 @@ pub async fn serve(
         })
     };
 
-    {
+    let on_exit = {
         let mut rx = stop_rx.clone();
         tokio::select! {
-            _ = shutdown => {}
-            _ = crate::supervisor::stop_requested(&mut rx) => {}
+            on_exit = shutdown => on_exit,
+            _ = crate::supervisor::stop_requested(&mut rx) => OnExit::StopInstances,
         }
-    }
-    tracing::info!("shutting down: draining the router, then stopping instances");
+    };
+    tracing::info!(?on_exit, "shutting down: draining the router");
     stop_tx.send_replace(true);
     let _ = rpc_task.await;
     let _ = tokio::fs::remove_file(&socket_path).await;
@@ -855,7 +891,10 @@ pub async fn serve(
     let _ = reaper_task.await;
     let _ = proxy_task.await;
     let _ = admin_task.await;
-    host.supervisor.shutdown().await;
+    match on_exit {
+        OnExit::StopInstances => host.supervisor.shutdown().await,
+        OnExit::LeaveRunning => host.supervisor.release(),
+    }
     tracing::info!("flotilla host daemon stopped");
     Ok(())
 }

@@ -8,10 +8,13 @@
 //! - [`state`]: the SQLite state (records, readiness, lock, routing, tombstones, specs, processes).
 //! - [`release`]: release snapshots of the app directory and the build command.
 //! - [`health`]: HTTP health checks.
-//! - [`supervisor`]: process groups, restarts with backoff, logs, SIGTERM then SIGKILL.
+//! - [`supervisor`]: process groups, restarts with backoff, logs, SIGTERM then SIGKILL, and
+//!   adopting the processes a previous daemon left running.
+//! - [`procfs`]: a process's state, group and start time from `/proc/<pid>/stat`.
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
 #![forbid(unsafe_code)]
@@ -21,16 +24,19 @@ pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod logs;
+pub mod metrics;
 pub mod port_holder;
 pub mod private;
+pub mod procfs;
 pub mod release;
 pub mod router;
 pub mod rpc;
+pub mod service;
 pub mod settings;
 pub mod state;
 pub mod supervisor;
 
-pub use daemon::serve;
+pub use daemon::{OnExit, serve, serve_until};
 pub use error::HostError;
 pub use rpc::{Connection, StartedDaemon, connect, connect_reporting, stop_daemon};
 pub use settings::HostSettings;

@@ -8,13 +8,37 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Creates `dir` (and any missing parents, also 0700) and makes it 0700.
+/// Creates `dir` (and any missing parents, also 0700) and makes it 0700. Inside a `.flotilla`
+/// directory, also writes its `.gitignore` (see [`ignore_dot_flotilla`]).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    ignore_dot_flotilla(dir)
+}
+
+/// Writes `.gitignore` with `*` into the nearest directory named `.flotilla` that holds `dir`
+/// (or is `dir`), unless one is there already: the state, logs and cached outputs kept there
+/// are this machine's and must not be committed with the app. A `.gitignore` the user wrote is
+/// left alone.
+pub fn ignore_dot_flotilla(dir: &Path) -> io::Result<()> {
+    let Some(top) = dir
+        .ancestors()
+        .find(|a| a.file_name() == Some(std::ffi::OsStr::new(".flotilla")))
+    else {
+        return Ok(());
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(top.join(".gitignore"))
+    {
+        Ok(mut file) => io::Write::write_all(&mut file, b"*\n"),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens `path` for appending, creating it, and makes it 0600.
@@ -76,5 +100,25 @@ mod tests {
         assert_eq!(mode(&fresh), 0o600);
         assert_eq!(mode(&logs.join("new.log")), 0o600);
         nix::sys::stat::umask(old);
+    }
+
+    #[test]
+    fn the_dot_flotilla_directory_ignores_itself_and_a_users_gitignore_stays() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join(".flotilla/host");
+        private_dir(&state).expect("create");
+        let ignore = tmp.path().join(".flotilla/.gitignore");
+        assert_eq!(std::fs::read_to_string(&ignore).expect("written"), "*\n");
+        assert!(!state.join(".gitignore").exists());
+
+        std::fs::write(&ignore, "host/\n").expect("write");
+        private_dir(&state.join("logs")).expect("create");
+        assert_eq!(std::fs::read_to_string(&ignore).expect("read"), "host/\n");
+
+        // A state directory outside any `.flotilla` gets nothing.
+        let elsewhere = tmp.path().join("state");
+        private_dir(&elsewhere).expect("create");
+        assert!(!elsewhere.join(".gitignore").exists());
+        assert!(!tmp.path().join(".gitignore").exists());
     }
 }

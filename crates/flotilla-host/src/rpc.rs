@@ -236,10 +236,32 @@ pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, Ho
     let info: DaemonInfo = match client.call_raw(&hello).await {
         Ok(reply) => reply_value(reply).map_err(|e| port_to_host(e, &client))?,
         Err(HostError::Unavailable { .. }) => {
-            let s = start_daemon(&settings).await?;
-            let info = wait_for_daemon(&client, &hello, &s).await?;
-            started = Some(s);
-            info
+            // A daemon that holds the state directory but does not answer yet is starting
+            // (perhaps under systemd): wait for it rather than start a second one that would only
+            // fail. If it exits instead (it was stopping), start one.
+            let waited = match starting_daemon(&settings) {
+                Some(pid) => {
+                    let s = StartedDaemon {
+                        pid,
+                        log: settings.daemon_log_path(),
+                    };
+                    match wait_for_daemon(&client, &hello, &s).await {
+                        Ok(info) => Some(info),
+                        Err(_) if starting_daemon(&settings).is_none() => None,
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => None,
+            };
+            match waited {
+                Some(info) => info,
+                None => {
+                    let s = start_daemon(&settings).await?;
+                    let info = wait_for_daemon(&client, &hello, &s).await?;
+                    started = Some(s);
+                    info
+                }
+            }
         }
         Err(e) => return Err(e),
     };
@@ -332,6 +354,24 @@ fn port_to_host(e: PortError, client: &Client) -> HostError {
     }
 }
 
+/// The pid of the live daemon holding the state directory's lock, if one does.
+fn starting_daemon(settings: &HostSettings) -> Option<u32> {
+    let lock_path = settings.daemon_lock_path();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&lock_path)
+        .ok()?;
+    if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock).is_ok() {
+        return None;
+    }
+    let pid: u32 = std::fs::read_to_string(&lock_path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    crate::procfs::alive(pid).then_some(pid)
+}
+
 async fn start_daemon(settings: &HostSettings) -> Result<StartedDaemon, HostError> {
     crate::private::private_dir(&settings.state_dir)
         .map_err(HostError::io("create state directory", &settings.state_dir))?;
@@ -383,11 +423,7 @@ async fn wait_for_daemon(
             Err(HostError::Unavailable { .. }) => {}
             Err(e) => return Err(e),
         }
-        let exited = !Path::new(&format!("/proc/{}", started.pid)).exists()
-            || std::fs::read_to_string(format!("/proc/{}/stat", started.pid)).is_ok_and(|s| {
-                s.rfind(')')
-                    .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z'))
-            });
+        let exited = !crate::procfs::alive(started.pid);
         if exited || tokio::time::Instant::now() >= deadline {
             let text = std::fs::read_to_string(&started.log).unwrap_or_default();
             let why = if exited {

@@ -42,7 +42,8 @@ pub struct ComputeRecord {
     pub desired: u32,
 }
 
-/// A process group started for one instance, recorded so a restarted daemon can stop leftovers.
+/// A process group started for one instance, recorded so a restarted daemon can adopt it (or
+/// stop it when it is not wanted any more).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessRecord {
     /// The version.
@@ -51,6 +52,14 @@ pub struct ProcessRecord {
     pub instance: InstanceId,
     /// The process id, which is also its process group id.
     pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22) when it was spawned; `None` for a record
+    /// written by a daemon older than adoption, which is never adopted.
+    pub start_time: Option<u64>,
+    /// The loopback port it was told to listen on (`PORT`).
+    pub port: u16,
+    /// The kernel's boot id when it was spawned: start times count from boot, so a process of
+    /// an earlier boot is never taken for one of this boot.
+    pub boot_id: Option<String>,
 }
 
 /// The state database of one deployment name.
@@ -72,6 +81,14 @@ CREATE TABLE IF NOT EXISTS compute (id TEXT PRIMARY KEY, rec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (id TEXT NOT NULL, instance TEXT NOT NULL, pid INTEGER NOT NULL,
     PRIMARY KEY (id, instance));
 ";
+
+/// Columns added to `processes` after its first release, so that a restarted daemon can adopt the
+/// processes it finds: each is added to an older database when it opens.
+const PROCESS_COLUMNS: &[&str] = &[
+    "start_time INTEGER",
+    "port INTEGER NOT NULL DEFAULT 0",
+    "boot_id TEXT",
+];
 
 /// Makes the database file (created empty if missing) readable and writable by its owner only:
 /// it holds each version's environment, secrets included. SQLite gives its `-wal` and `-shm`
@@ -127,6 +144,20 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql("set synchronous"))?;
         conn.execute_batch(SCHEMA).map_err(sql("create schema"))?;
+        for column in PROCESS_COLUMNS {
+            let name = column.split_whitespace().next().unwrap_or(column);
+            let present: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info('processes') WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(sql("read schema"))?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE processes ADD COLUMN {column}"))
+                    .map_err(sql("upgrade schema"))?;
+            }
+        }
         let stored: Option<String> = conn
             .query_row("SELECT v FROM meta WHERE k = 'name'", [], |r| r.get(0))
             .optional()
@@ -458,17 +489,22 @@ impl Store {
     }
 
     /// Records the process group an instance runs in.
-    pub fn put_process(
-        &self,
-        id: &DeploymentId,
-        instance: &InstanceId,
-        pid: u32,
-    ) -> Result<(), HostError> {
+    pub fn put_process(&self, process: &ProcessRecord) -> Result<(), HostError> {
         self.conn()
             .execute(
-                "INSERT INTO processes (id, instance, pid) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id, instance) DO UPDATE SET pid = excluded.pid",
-                params![id.as_str(), instance.as_str(), pid],
+                "INSERT INTO processes (id, instance, pid, start_time, port, boot_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id, instance) DO UPDATE SET pid = excluded.pid,
+                     start_time = excluded.start_time, port = excluded.port,
+                     boot_id = excluded.boot_id",
+                params![
+                    process.id.as_str(),
+                    process.instance.as_str(),
+                    process.pid,
+                    process.start_time.map(|t| t as i64),
+                    process.port,
+                    process.boot_id
+                ],
             )
             .map_err(self.sql_err("write process"))?;
         Ok(())
@@ -493,18 +529,31 @@ impl Store {
 
     /// Every recorded process group.
     pub fn list_processes(&self) -> Result<Vec<ProcessRecord>, HostError> {
-        let rows: Vec<(String, String, u32)> = {
+        type Row = (String, String, u32, Option<i64>, u16, Option<String>);
+        let rows: Vec<Row> = {
             let conn = self.conn();
             let mut stmt = conn
-                .prepare_cached("SELECT id, instance, pid FROM processes ORDER BY id, instance")
+                .prepare_cached(
+                    "SELECT id, instance, pid, start_time, port, boot_id FROM processes
+                     ORDER BY id, instance",
+                )
                 .map_err(self.sql_err("list processes"))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(self.sql_err("list processes"))?
-                .collect::<Result<_, _>>()
-                .map_err(self.sql_err("list processes"))?
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(self.sql_err("list processes"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.sql_err("list processes"))?
         };
         rows.into_iter()
-            .map(|(id, instance, pid)| {
+            .map(|(id, instance, pid, start_time, port, boot_id)| {
                 let corrupt = |message: String| HostError::Corrupt {
                     path: self.path.clone(),
                     what: format!("process {id}/{instance}"),
@@ -514,6 +563,9 @@ impl Store {
                     id: DeploymentId::new(&id).map_err(|e| corrupt(e.to_string()))?,
                     instance: InstanceId::new(&instance).map_err(|e| corrupt(e.to_string()))?,
                     pid,
+                    start_time: start_time.map(|t| t as u64),
+                    port,
+                    boot_id,
                 })
             })
             .collect()
@@ -707,14 +759,51 @@ mod tests {
         store.remove_tombstone(&id(5)).expect("remove");
         assert!(store.tombstones().expect("list").is_empty());
         let i1 = InstanceId::new("i1").expect("valid");
-        store.put_process(&id(1), &i1, 42).expect("put");
-        store.put_process(&id(1), &i1, 43).expect("replace");
-        assert_eq!(store.list_processes().expect("list")[0].pid, 43);
+        let process = |pid| ProcessRecord {
+            id: id(1),
+            instance: i1.clone(),
+            pid,
+            start_time: Some(u64::from(pid) * 1000),
+            port: 40000 + pid as u16,
+            boot_id: Some("b00t".to_owned()),
+        };
+        store.put_process(&process(42)).expect("put");
+        store.put_process(&process(43)).expect("replace");
+        assert_eq!(store.list_processes().expect("list"), vec![process(43)]);
         store
             .delete_process(&id(1), &i1, 42)
             .expect("an older pid: no-op");
         assert_eq!(store.list_processes().expect("list").len(), 1);
         store.delete_process(&id(1), &i1, 43).expect("delete");
         assert!(store.list_processes().expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_database_from_before_adoption_opens_and_its_processes_are_not_adoptable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE processes (id TEXT NOT NULL, instance TEXT NOT NULL,
+                     pid INTEGER NOT NULL, PRIMARY KEY (id, instance));",
+            )
+            .expect("old schema");
+            conn.execute(
+                "INSERT INTO processes (id, instance, pid) VALUES (?1, 'i1', 42)",
+                [id(1).as_str()],
+            )
+            .expect("old row");
+        }
+        let name = DeploymentName::new("web").expect("valid");
+        let store = Store::open(&path, &name).expect("opens and upgrades");
+        let listed = store.list_processes().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].pid, listed[0].start_time, listed[0].port),
+            (42, None, 0)
+        );
+        drop(store);
+        Store::open(&path, &name).expect("opens again: the upgrade runs once");
     }
 }

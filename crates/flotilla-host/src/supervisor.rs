@@ -4,9 +4,16 @@
 //! Each instance is `sh -c <command>` in the release directory, in its own process group (so
 //! whatever it forks dies with it), with `PORT` (a free loopback port chosen here),
 //! `FLOTILLA_DEPLOYMENT_NAME`, `FLOTILLA_DEPLOYMENT_ID` and `FLOTILLA_INSTANCE` set, and its output
-//! appended to `<state_dir>/logs/<id>/<instance>.log`. Every process group is recorded in SQLite
-//! before it serves, so a daemon that died without stopping its children finds and stops them
-//! ([`Supervisor::restore`]) before starting the same instances again: none duplicated.
+//! appended to `<state_dir>/logs/<id>/<instance>.log` (the process writes the file itself, so it
+//! needs no daemon to keep running). Every process group is recorded in SQLite with its start time,
+//! the boot id and its port before it serves, so a daemon that died or exited without stopping its
+//! children finds them ([`Supervisor::restore`]): one that is still the recorded process (same pid,
+//! same start time in the same boot, still leading its group) and still wanted is *adopted*, with
+//! no restart; anything else of ours is stopped, and missing instances are started. None is
+//! duplicated.
+//!
+//! An adopted process is not this daemon's child, so its exit cannot be waited for: its monitor
+//! polls `/proc` every [`ADOPTED_POLL`] instead, and stops it by process group as usual.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,8 +33,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::HostError;
 use crate::health;
+use crate::procfs;
 use crate::release::tail_lines;
-use crate::state::{ComputeRecord, Store};
+use crate::state::{ComputeRecord, ProcessRecord, Store};
 
 /// How often a healthy instance is checked.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +53,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(30);
 /// The longest a restarted daemon waits for a dead daemon's leftover processes to stop.
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the monitor of an adopted process (not a child: no `wait`) looks whether it runs.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
 /// What one instance is doing, shared between its monitor task, the router and `observe`.
 #[derive(Debug)]
@@ -198,10 +208,33 @@ impl Supervisor {
         }
     }
 
-    /// After a daemon restart: stops every process group a previous daemon left running, then
-    /// starts each recorded version's instances again, with the same instance ids.
+    /// After a daemon restart: adopts every recorded process that still runs and is still wanted
+    /// (no restart), stops every other process group a previous daemon left running, then starts
+    /// each recorded version's missing instances, with the same instance ids.
     pub async fn restore(&self) -> Result<Vec<DeploymentId>, HostError> {
-        let leftovers = self.inner.store.list_processes()?;
+        let records = self.inner.store.list_compute()?;
+        let processes = self.inner.store.list_processes()?;
+        let mut adopted: BTreeMap<(DeploymentId, InstanceId), Adopted> = BTreeMap::new();
+        let boot = procfs::boot_id();
+        let mut leftovers = Vec::new();
+        for p in &processes {
+            let wanted = records.iter().any(|r| {
+                r.spec.id == p.id
+                    && instance_slot(&p.instance).is_some_and(|n| (1..=r.desired).contains(&n))
+            });
+            match adoption(p, procfs::stat(p.pid), wanted, boot.as_deref()) {
+                Fate::Adopt(a) => {
+                    tracing::info!(id = %p.id, instance = %p.instance, pid = p.pid, port = p.port,
+                        "adopting a process a previous daemon started");
+                    adopted.insert((p.id.clone(), p.instance.clone()), a);
+                }
+                Fate::Stop => {
+                    // Forget the record first: a process that is not adopted gets a new one.
+                    self.inner.store.delete_process(&p.id, &p.instance, p.pid)?;
+                    leftovers.push(p);
+                }
+            }
+        }
         let live: Vec<_> = leftovers
             .iter()
             .filter(|p| !group_members(p.pid, &p.id, &p.instance).is_empty())
@@ -230,16 +263,46 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        for p in &leftovers {
-            self.inner.store.delete_process(&p.id, &p.instance, p.pid)?;
-        }
-        let records = self.inner.store.list_compute()?;
         let mut restored = Vec::new();
         for record in records {
-            restored.push(record.spec.id.clone());
-            self.adopt(record);
+            let id = record.spec.id.clone();
+            restored.push(id.clone());
+            lock(&self.inner.versions)
+                .entry(id.clone())
+                .or_insert(VersionRun {
+                    record,
+                    slots: BTreeMap::new(),
+                });
+            let mine: BTreeMap<InstanceId, Adopted> = adopted
+                .iter()
+                .filter(|((v, _), _)| *v == id)
+                .map(|((_, i), a)| (i.clone(), *a))
+                .collect();
+            self.reconcile_adopting(&id, mine);
         }
         Ok(restored)
+    }
+
+    /// Leaves every instance running and forgets them, for the next daemon to adopt: the daemon is
+    /// exiting without stopping its apps (SIGTERM from a service manager, an upgrade). Their
+    /// process records stay.
+    pub fn release(&self) {
+        let runs: Vec<VersionRun> = {
+            let mut versions = lock(&self.inner.versions);
+            std::mem::take(&mut *versions).into_values().collect()
+        };
+        let mut left = 0;
+        for slot in runs.into_iter().flat_map(|r| r.slots.into_values()) {
+            // Aborting drops the monitor at an await point: never between spawning a process and
+            // recording it, which happen with no await in between.
+            slot.task.abort();
+            left += usize::from(slot.state.running());
+        }
+        tracing::info!(
+            instances = left,
+            "leaving instances running for the next daemon"
+        );
+        (self.inner.on_change)();
     }
 
     /// Records and starts a version's compute. A version already known is left as it is.
@@ -248,11 +311,11 @@ impl Supervisor {
             return Ok(());
         }
         self.inner.store.put_compute(&record)?;
-        self.adopt(record);
+        self.run_version(record);
         Ok(())
     }
 
-    fn adopt(&self, record: ComputeRecord) {
+    fn run_version(&self, record: ComputeRecord) {
         let id = record.spec.id.clone();
         lock(&self.inner.versions)
             .entry(id.clone())
@@ -280,6 +343,12 @@ impl Supervisor {
 
     /// Starts missing slots `1..=desired` and asks slots above `desired` to stop.
     fn reconcile(&self, id: &DeploymentId) {
+        self.reconcile_adopting(id, BTreeMap::new());
+    }
+
+    /// [`Supervisor::reconcile`], where the missing slots named in `adopted` take over a process
+    /// that already runs instead of starting one.
+    fn reconcile_adopting(&self, id: &DeploymentId, mut adopted: BTreeMap<InstanceId, Adopted>) {
         let mut versions = lock(&self.inner.versions);
         let Some(run) = versions.get_mut(id) else {
             return;
@@ -314,6 +383,7 @@ impl Supervisor {
                 inner: self.inner.clone(),
                 id: id.clone(),
                 record: run.record.clone(),
+                adopted: adopted.remove(&state.instance),
                 state: state.clone(),
                 stop: stop_rx,
             };
@@ -462,8 +532,103 @@ struct Monitor {
     inner: Arc<Inner>,
     id: DeploymentId,
     record: ComputeRecord,
+    /// A process a previous daemon started, taken over by the first run instead of a spawn.
+    adopted: Option<Adopted>,
     state: Arc<InstanceState>,
     stop: watch::Receiver<bool>,
+}
+
+/// A running process of an instance that a previous daemon started and recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    /// Its process (and process group) id.
+    pub pid: u32,
+    /// Its start time, which it must still have for the id to still name it.
+    pub start_time: u64,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// What a restarted daemon does with one recorded process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// It is the recorded process and its instance is still wanted: keep it running.
+    Adopt(Adopted),
+    /// Anything else: stop whatever of that instance still runs in its group (found by
+    /// environment, so an unrelated process that reused the id is never signalled) and start
+    /// the instance afresh if it is wanted.
+    Stop,
+}
+
+/// Decides the fate of a recorded process from what `/proc` says of its pid now (`None`: no such
+/// process) and this boot's id. Only the very process that was recorded is adopted: alive,
+/// started at the recorded time in this boot (a reused pid has another start time; a start time
+/// of an earlier boot means nothing now), leading its own process group, and of an instance the
+/// compute records still want. A record without a start time or boot id (written by an older
+/// daemon) cannot be checked and is never adopted.
+pub fn adoption(
+    record: &ProcessRecord,
+    now: Option<procfs::Stat>,
+    wanted: bool,
+    boot_id: Option<&str>,
+) -> Fate {
+    match (record.start_time, now) {
+        (Some(recorded), Some(stat))
+            if wanted
+                && boot_id.is_some()
+                && record.boot_id.as_deref() == boot_id
+                && !stat.zombie()
+                && stat.start_time == recorded
+                && stat.pgrp == record.pid
+                && record.port != 0 =>
+        {
+            Fate::Adopt(Adopted {
+                pid: record.pid,
+                start_time: recorded,
+                port: record.port,
+            })
+        }
+        _ => Fate::Stop,
+    }
+}
+
+/// The slot number of instance `iN`.
+fn instance_slot(instance: &InstanceId) -> Option<u32> {
+    instance.as_str().strip_prefix('i')?.parse().ok()
+}
+
+/// How the monitor knows that the process it watches has exited.
+enum Running {
+    /// A child of this daemon: waited for.
+    Child(tokio::process::Child),
+    /// A process adopted from a previous daemon: polled through `/proc`.
+    Adopted { start_time: u64 },
+}
+
+impl Running {
+    /// Resolves when process `pid` has exited, with a description of how.
+    async fn exited(&mut self, pid: u32) -> String {
+        match self {
+            Running::Child(child) => match child.wait().await {
+                Ok(s) => format!("exited ({s})"),
+                Err(e) => format!("could not be waited for: {e}"),
+            },
+            Running::Adopted { start_time } => loop {
+                tokio::time::sleep(ADOPTED_POLL).await;
+                if !procfs::same_group_leader(pid, *start_time) {
+                    break "exited (adopted from a previous daemon, so its exit status is unknown)"
+                        .to_owned();
+                }
+            },
+        }
+    }
+
+    fn child(&mut self) -> Option<&mut tokio::process::Child> {
+        match self {
+            Running::Child(child) => Some(child),
+            Running::Adopted { .. } => None,
+        }
+    }
 }
 
 enum RunEnd {
@@ -514,7 +679,21 @@ impl Monitor {
         }
     }
 
-    async fn spawn_and_watch(&mut self) -> Result<RunEnd, HostError> {
+    /// Starts the instance's process, or takes over the adopted one, and records it.
+    fn spawn(&mut self) -> Result<(u32, Running), HostError> {
+        if let Some(a) = self.adopted.take() {
+            self.state.port.store(a.port, Ordering::Relaxed);
+            self.log_line(&format!(
+                "adopted pid {} on port {} from a previous daemon",
+                a.pid, a.port
+            ));
+            return Ok((
+                a.pid,
+                Running::Adopted {
+                    start_time: a.start_time,
+                },
+            ));
+        }
         let port = pick_port(self.state.port.load(Ordering::Relaxed)).map_err(HostError::io(
             "choose a free port for",
             &self.state.log_path,
@@ -531,7 +710,7 @@ impl Monitor {
             .try_clone()
             .map_err(HostError::io("open instance log", &log_path))?;
         let launch = &self.record.launch;
-        let mut child = tokio::process::Command::new("sh")
+        let child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&launch.command)
             .current_dir(&launch.release_dir)
@@ -553,34 +732,50 @@ impl Monitor {
             .spawn()
             .map_err(HostError::io("start instance in", &launch.release_dir))?;
         let pid = child.id().unwrap_or(0);
-        // Recorded before it can serve: a daemon that dies from here on finds this group.
-        if let Err(e) = self
-            .inner
-            .store
-            .put_process(&self.id, &self.state.instance, pid)
-        {
-            tracing::error!(error = %e, "could not record process {pid}; stopping it");
-            stop_group(pid, Some(&mut child), self.inner.stop_timeout).await;
-            return Err(e);
-        }
         // Not the command line: a value written inline there (a token) must not reach the log.
         self.log_line(&format!("started pid {pid} on port {port}"));
+        Ok((pid, Running::Child(child)))
+    }
+
+    async fn spawn_and_watch(&mut self) -> Result<RunEnd, HostError> {
+        let adopting = self.adopted.is_some();
+        let (pid, mut running) = self.spawn()?;
+        if let Running::Child(child) = &mut running {
+            // Recorded before it can serve, with no await since the spawn: a daemon that dies or
+            // exits from here on finds this group, and can tell it from a later user of its pid.
+            let record = ProcessRecord {
+                id: self.id.clone(),
+                instance: self.state.instance.clone(),
+                pid,
+                start_time: procfs::stat(pid).map(|s| s.start_time),
+                port: self.state.port.load(Ordering::Relaxed),
+                boot_id: procfs::boot_id(),
+            };
+            if let Err(e) = self.inner.store.put_process(&record) {
+                tracing::error!(error = %e, "could not record process {pid}; stopping it");
+                stop_group(pid, Some(child), self.inner.stop_timeout).await;
+                return Err(e);
+            }
+        }
         self.state.pid.store(pid, Ordering::Relaxed);
         self.state.running.store(true, Ordering::Relaxed);
         (self.inner.on_change)();
 
         let addr = self.state.addr();
-        let health_path = launch.health_path.clone();
+        let health_path = self.record.launch.health_path.clone();
         let mut failures = 0u32;
-        let mut next_check = tokio::time::Instant::now() + STARTING_HEALTH_INTERVAL;
+        // An adopted process has served all along: check it at once, so routing resumes as soon
+        // as the new daemon starts.
+        let first_check = if adopting {
+            Duration::ZERO
+        } else {
+            STARTING_HEALTH_INTERVAL
+        };
+        let mut next_check = tokio::time::Instant::now() + first_check;
         let mut stop = self.stop.clone();
         let end = loop {
             tokio::select! {
-                status = child.wait() => {
-                    let why = match status {
-                        Ok(s) => format!("exited ({s})"),
-                        Err(e) => format!("could not be waited for: {e}"),
-                    };
+                why = running.exited(pid) => {
                     // Whatever it forked dies with it, so a restart cannot collide with leftovers.
                     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     break RunEnd::Exited(why);
@@ -589,7 +784,7 @@ impl Monitor {
                     self.state.healthy.store(false, Ordering::Relaxed);
                     (self.inner.on_change)();
                     self.log_line("stopping: SIGTERM");
-                    let killed = stop_group(pid, Some(&mut child), self.inner.stop_timeout).await;
+                    let killed = stop_group(pid, running.child(), self.inner.stop_timeout).await;
                     if killed {
                         self.log_line(&format!("did not stop within {}s: SIGKILL", self.inner.stop_timeout.as_secs()));
                     }
@@ -669,10 +864,16 @@ async fn stop_group(
             return true;
         }
     }
-    // The leader is gone; wait for the rest of its group.
-    while killpg(group, None).is_ok() {
+    // The leader is gone; wait for the rest of its group (zombies count as gone: an adopted
+    // group's members are not ours to reap).
+    while procfs::group_alive(pgid) {
         if tokio::time::Instant::now() >= deadline {
             let _ = killpg(group, Signal::SIGKILL);
+            // Not our children (an adopted group): see them go before saying they are stopped.
+            let killed_by = tokio::time::Instant::now() + Duration::from_secs(2);
+            while procfs::group_alive(pgid) && tokio::time::Instant::now() < killed_by {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -686,41 +887,16 @@ async fn stop_group(
 fn group_members(pgid: u32, id: &DeploymentId, instance: &InstanceId) -> Vec<u32> {
     let want_id = format!("FLOTILLA_DEPLOYMENT_ID={id}");
     let want_instance = format!("FLOTILLA_INSTANCE={instance}");
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in rd.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state ppid pgrp ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let pgrp = rest
-            .split_whitespace()
-            .nth(2)
-            .and_then(|s| s.parse::<u32>().ok());
-        if pgrp != Some(pgid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if vars.contains(&want_id.as_bytes()) && vars.contains(&want_instance.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
+    procfs::pids()
+        .into_iter()
+        .filter(|pid| procfs::stat(*pid).is_some_and(|s| s.pgrp == pgid && !s.zombie()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+                vars.contains(&want_id.as_bytes()) && vars.contains(&want_instance.as_bytes())
+            })
+        })
+        .collect()
 }
 
 /// Variables of the daemon's own environment that every instance inherits: what a shell needs
@@ -948,48 +1124,286 @@ mod tests {
         assert!(log.contains("SIGKILL"), "{log}");
     }
 
-    #[tokio::test]
-    async fn scale_down_and_restore_after_a_crash_does_not_duplicate() {
-        let f = fixture();
-        f.sup.create(record(&f, 4, "sleep 60", 2)).expect("create");
-        wait_until("two running", || {
-            f.sup.observe(&[id(4)], |_, _| 0)[&id(4)].running == 2
-        })
-        .await;
-        f.sup.scale(&id(4), 1).expect("scale");
-        wait_until("one running", || {
-            f.sup.observe(&[id(4)], |_, _| 0)[&id(4)].running == 1
-        })
-        .await;
-        let old: Vec<u32> = f
-            .sup
-            .instances()
-            .iter()
-            .filter_map(|v| v.state.pid())
-            .collect();
-        assert_eq!(old.len(), 1);
-        // A "crashed daemon": its monitors are gone, its processes still run.
-        for run in lock(&f.sup.inner.versions).values() {
+    /// A "crashed daemon": its monitors are gone, its processes still run.
+    fn crash(sup: &Supervisor) {
+        for run in lock(&sup.inner.versions).values() {
             for slot in run.slots.values() {
                 slot.task.abort();
             }
         }
-        let name = DeploymentName::new("web").expect("valid");
-        let sup2 = Supervisor::new(
-            name,
+    }
+
+    fn second_daemon(f: &Fixture) -> Supervisor {
+        Supervisor::new(
+            DeploymentName::new("web").expect("valid"),
             f.store.clone(),
             f.dir.join("logs"),
             Duration::from_secs(2),
             Arc::new(|| {}),
-        );
-        let restored = sup2.restore().await.expect("restore");
-        assert_eq!(restored, vec![id(4)]);
-        assert!(!alive(old[0]), "the leftover process was stopped");
-        wait_until("one running again", || {
-            sup2.observe(&[id(4)], |_, _| 0)[&id(4)].running == 1
+        )
+    }
+
+    fn pids_of(sup: &Supervisor) -> BTreeMap<String, u32> {
+        sup.instances()
+            .iter()
+            .filter_map(|v| Some((v.state.instance.to_string(), v.state.pid()?)))
+            .collect()
+    }
+
+    /// A static file server answering `/` with 200: enough for health checks.
+    const SERVER: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+
+    #[tokio::test]
+    async fn a_restarted_daemon_adopts_running_instances_keeps_checking_them_and_stops_unwanted_ones()
+     {
+        let f = fixture();
+        let mut rec = record(&f, 4, SERVER, 2);
+        rec.launch.health_path = "/".to_owned();
+        f.sup.create(rec.clone()).expect("create");
+        wait_until("two healthy", || {
+            f.sup.observe(&[id(4)], |_, _| 0)[&id(4)].healthy == 2
         })
         .await;
-        assert_eq!(f.store.list_processes().expect("list").len(), 1);
+        let before = pids_of(&f.sup);
+        let ports: Vec<u16> = f
+            .sup
+            .instances()
+            .iter()
+            .map(|v| v.state.addr().port())
+            .collect();
+        crash(&f.sup);
+        // While the daemon was down, the version was scaled to one instance.
+        f.store
+            .put_compute(&ComputeRecord { desired: 1, ..rec })
+            .expect("scale the record");
+
+        let sup2 = second_daemon(&f);
+        let started = Instant::now();
+        assert_eq!(sup2.restore().await.expect("restore"), vec![id(4)]);
+        wait_until("the adopted instance healthy", || {
+            sup2.observe(&[id(4)], |_, _| 0)[&id(4)].healthy == 1
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "healthy again after {:?}",
+            started.elapsed()
+        );
+        let views = sup2.instances();
+        assert_eq!(views.len(), 1);
+        assert_eq!(
+            views[0].state.pid(),
+            Some(before["i1"]),
+            "i1 kept its process"
+        );
+        assert_eq!(views[0].state.addr().port(), ports[0], "and its port");
+        assert_eq!(views[0].state.restarts(), 0);
+        assert!(!alive(before["i2"]), "i2, no longer wanted, was stopped");
+        let processes = f.store.list_processes().expect("list");
+        assert_eq!(processes.len(), 1);
+        assert_eq!(processes[0].pid, before["i1"]);
+        let log = std::fs::read_to_string(f.dir.join("logs").join(id(4).as_str()).join("i1.log"))
+            .expect("log");
+        assert!(
+            log.contains(&format!("adopted pid {}", before["i1"])),
+            "{log}"
+        );
+
+        // Its exit is noticed without being its parent, and it is started again.
+        nix::sys::signal::kill(Pid::from_raw(before["i1"] as i32), Signal::SIGKILL)
+            .expect("kill the adopted process");
+        wait_until("restarted", || {
+            sup2.instances()[0].state.restarts() == 1 && sup2.instances()[0].state.healthy()
+        })
+        .await;
+        assert_ne!(sup2.instances()[0].state.pid(), Some(before["i1"]));
         sup2.delete(&id(4)).await.expect("delete");
+        assert!(f.store.list_processes().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
+        let f = fixture();
+        f.sup
+            .create(record(
+                &f,
+                5,
+                "trap '' TERM; while true; do sleep 0.1; done",
+                1,
+            ))
+            .expect("create");
+        wait_until("running", || {
+            f.sup.instances().first().is_some_and(|v| v.state.running())
+        })
+        .await;
+        let pid = pids_of(&f.sup)["i1"];
+        crash(&f.sup);
+        let sup2 = second_daemon(&f);
+        sup2.restore().await.expect("restore");
+        wait_until("watching", || pids_of(&sup2).contains_key("i1")).await;
+        assert_eq!(pids_of(&sup2)["i1"], pid, "adopted");
+        let started = Instant::now();
+        sup2.delete(&id(5)).await.expect("delete");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "waited for the stop timeout"
+        );
+        assert!(!alive(pid), "the adopted group was killed");
+        let log = std::fs::read_to_string(f.dir.join("logs").join(id(5).as_str()).join("i1.log"))
+            .expect("log");
+        assert!(log.contains("SIGKILL"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_released_instance_keeps_running_and_the_next_daemon_adopts_it() {
+        let f = fixture();
+        f.sup.create(record(&f, 6, "sleep 60", 1)).expect("create");
+        wait_until("running", || {
+            f.sup.instances().first().is_some_and(|v| v.state.running())
+        })
+        .await;
+        let pid = pids_of(&f.sup)["i1"];
+        f.sup.release();
+        assert!(f.sup.instances().is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(alive(pid), "release leaves the process running");
+        let sup2 = second_daemon(&f);
+        sup2.restore().await.expect("restore");
+        wait_until("watching", || pids_of(&sup2).contains_key("i1")).await;
+        assert_eq!(pids_of(&sup2)["i1"], pid);
+        sup2.shutdown().await;
+        assert!(!alive(pid), "shutdown stops an adopted process too");
+    }
+
+    fn check_adoption(
+        start_time: Option<u64>,
+        now: Option<(char, u32, u64)>,
+        wanted: bool,
+        boot: &str,
+    ) -> Fate {
+        let record = ProcessRecord {
+            id: id(1),
+            instance: InstanceId::new("i1").expect("valid"),
+            pid: 4242,
+            start_time,
+            port: 40001,
+            boot_id: Some("boot-1".to_owned()),
+        };
+        let now = now.map(|(state, pgrp, start_time)| procfs::Stat {
+            state,
+            ppid: 1,
+            pgrp,
+            start_time,
+        });
+        adoption(&record, now, wanted, Some(boot))
+    }
+
+    #[test]
+    fn only_the_recorded_process_of_a_wanted_instance_is_adopted() {
+        let adopted = Fate::Adopt(Adopted {
+            pid: 4242,
+            start_time: 777,
+            port: 40001,
+        });
+        // (recorded start time, what /proc says now: state, pgrp, start time, wanted, this boot)
+        // -> fate
+        let table = [
+            (Some(777), Some(('S', 4242, 777)), true, "boot-1", adopted),
+            // Recorded in an earlier boot: the same pid and start time name another process.
+            (
+                Some(777),
+                Some(('S', 4242, 777)),
+                true,
+                "boot-2",
+                Fate::Stop,
+            ),
+            // The pid was reused by a process that started later: never adopted.
+            (
+                Some(777),
+                Some(('S', 4242, 901)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
+            (
+                Some(777),
+                Some(('S', 4242, 776)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
+            // Gone, or a zombie.
+            (Some(777), None, true, "boot-1", Fate::Stop),
+            (
+                Some(777),
+                Some(('Z', 4242, 777)),
+                true,
+                "boot-1",
+                Fate::Stop,
+            ),
+            // No longer leading its own group.
+            (Some(777), Some(('S', 1, 777)), true, "boot-1", Fate::Stop),
+            // Not wanted any more (scaled down, version deleted).
+            (
+                Some(777),
+                Some(('S', 4242, 777)),
+                false,
+                "boot-1",
+                Fate::Stop,
+            ),
+            // Recorded by an older daemon, without a start time: cannot be checked.
+            (None, Some(('S', 4242, 777)), true, "boot-1", Fate::Stop),
+        ];
+        for (recorded, now, wanted, boot, want) in table {
+            assert_eq!(
+                check_adoption(recorded, now, wanted, boot),
+                want,
+                "{recorded:?} {now:?} wanted={wanted} {boot}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_pid_with_another_start_time_is_not_adopted_nor_signalled() {
+        let f = fixture();
+        f.store
+            .put_compute(&record(&f, 7, "sleep 60", 1))
+            .expect("record compute");
+        // An unrelated process leading its own group now has the recorded pid, but it started at
+        // another time than the one recorded: the pid was reused.
+        let mut unrelated = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::process_group(&mut unrelated, 0);
+        let mut unrelated = unrelated.arg("30").spawn().expect("spawn sleep");
+        let pid = unrelated.id();
+        let real = procfs::stat(pid).expect("stat").start_time;
+        f.store
+            .put_process(&ProcessRecord {
+                id: id(7),
+                instance: InstanceId::new("i1").expect("valid"),
+                pid,
+                start_time: Some(real + 1),
+                port: 40002,
+                boot_id: procfs::boot_id(),
+            })
+            .expect("record process");
+
+        f.sup.restore().await.expect("restore");
+        wait_until("a fresh instance", || {
+            f.sup
+                .instances()
+                .first()
+                .and_then(|v| v.state.pid())
+                .is_some()
+        })
+        .await;
+        assert_ne!(
+            pids_of(&f.sup)["i1"],
+            pid,
+            "a fresh process, not the reused pid"
+        );
+        assert!(alive(pid), "the unrelated process was left alone");
+        let _ = unrelated.kill();
+        let _ = unrelated.wait();
+        f.sup.delete(&id(7)).await.expect("delete");
     }
 }

@@ -158,6 +158,7 @@ async fn forward<R: Route>(
         Ok(response) => response,
         Err((kind, detail)) => {
             target.stats().record_upstream_error();
+            guard.record_response(kind.status());
             tracing::warn!(
                 upstream = %target.addr(),
                 deployment = target.deployment().unwrap_or("-"),
@@ -169,6 +170,7 @@ async fn forward<R: Route>(
         }
     };
 
+    guard.record_response(response.status());
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             target.stats().record_upstream_error();

@@ -11,6 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+/// Upper bounds, in microseconds, of the buckets of [`StatsSnapshot::latency_buckets`] (the
+/// last bucket has no bound). The same as Prometheus's default histogram buckets, 5 ms to 10 s.
+pub const LATENCY_BOUNDS_US: [u64; 11] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// Buckets of the latency histogram: one per bound and one above the last.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// The bucket a latency of `micros` falls into.
+fn latency_bucket(micros: u64) -> usize {
+    LATENCY_BOUNDS_US
+        .iter()
+        .position(|bound| micros <= *bound)
+        .unwrap_or(LATENCY_BOUNDS_US.len())
+}
+
 /// Counters for one upstream instance (one process of one version).
 ///
 /// Create one per instance, keep it in an `Arc`, and hand clones to every [`crate::Target`] that
@@ -26,6 +44,11 @@ pub struct InstanceStats {
     sessions_total: AtomicU64,
     upstream_errors_total: AtomicU64,
     csp_blocked_total: AtomicU64,
+    /// Responses by status class: 1xx to 5xx.
+    responses_by_class: [AtomicU64; 5],
+    /// Time from routing a request to its response head, as a histogram.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS],
+    latency_sum_us: AtomicU64,
     /// Milliseconds since `created` of the last request start or request/session end.
     last_activity_ms: AtomicU64,
 }
@@ -55,6 +78,13 @@ pub struct StatsSnapshot {
     /// HTML pages served without the injected browser client because their
     /// Content-Security-Policy would block it (no nonce to reuse, no `'self'`).
     pub csp_blocked_total: u64,
+    /// Responses by status class: index 0 counts 1xx, 4 counts 5xx (the router's own 502 and
+    /// 504 for an unreachable instance included).
+    pub responses_by_class: [u64; 5],
+    /// Responses by time to their head (see [`LATENCY_BOUNDS_US`]); not cumulative.
+    pub latency_buckets: [u64; LATENCY_BUCKETS],
+    /// The sum of those times, in microseconds.
+    pub latency_sum_us: u64,
 }
 
 impl StatsSnapshot {
@@ -74,6 +104,17 @@ impl StatsSnapshot {
         self.sessions_total += other.sessions_total;
         self.upstream_errors_total += other.upstream_errors_total;
         self.csp_blocked_total += other.csp_blocked_total;
+        for (sum, add) in self
+            .responses_by_class
+            .iter_mut()
+            .zip(other.responses_by_class)
+        {
+            *sum += add;
+        }
+        for (sum, add) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
+            *sum += add;
+        }
+        self.latency_sum_us += other.latency_sum_us;
     }
 }
 
@@ -105,6 +146,9 @@ impl InstanceStats {
             sessions_total: AtomicU64::new(0),
             upstream_errors_total: AtomicU64::new(0),
             csp_blocked_total: AtomicU64::new(0),
+            responses_by_class: Default::default(),
+            latency_buckets: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
         }
     }
@@ -135,7 +179,23 @@ impl InstanceStats {
             sessions_total: self.sessions_total.load(Ordering::Relaxed),
             upstream_errors_total: self.upstream_errors_total.load(Ordering::Relaxed),
             csp_blocked_total: self.csp_blocked_total.load(Ordering::Relaxed),
+            responses_by_class: std::array::from_fn(|i| {
+                self.responses_by_class[i].load(Ordering::Relaxed)
+            }),
+            latency_buckets: std::array::from_fn(|i| {
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            }),
+            latency_sum_us: self.latency_sum_us.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts a response head with `status`, `elapsed` after its request was routed.
+    pub(crate) fn record_response(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses_by_class[class].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_buckets[latency_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// When a request last started or a request or session last ended on this instance (the
@@ -174,6 +234,7 @@ impl InstanceStats {
 pub(crate) struct RequestGuard {
     stats: Arc<InstanceStats>,
     session: Option<SessionGuard>,
+    started: Instant,
 }
 
 impl RequestGuard {
@@ -185,7 +246,14 @@ impl RequestGuard {
         RequestGuard {
             stats,
             session: None,
+            started: Instant::now(),
         }
+    }
+
+    /// Counts the request's response head (status class and time since the request started).
+    pub(crate) fn record_response(&self, status: http::StatusCode) {
+        self.stats
+            .record_response(status.as_u16(), self.started.elapsed());
     }
 
     /// Marks this request as a long-lived event stream for as long as the guard lives.
@@ -334,6 +402,32 @@ impl<K: Eq + Hash + Clone> Sessions<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_counted_by_class_and_time_to_their_head() {
+        let stats = InstanceStats::new();
+        stats.record_response(200, Duration::from_millis(3));
+        stats.record_response(204, Duration::from_millis(5));
+        stats.record_response(404, Duration::from_millis(40));
+        stats.record_response(502, Duration::from_secs(30));
+        stats.record_response(101, Duration::from_micros(10));
+        let snap = stats.snapshot();
+        assert_eq!(snap.responses_by_class, [1, 2, 0, 1, 1]);
+        // 10 µs, 3 ms and 5 ms (a bound belongs to its own bucket) in the first; 40 ms in the
+        // 50 ms bucket; 30 s above the last bound.
+        assert_eq!(snap.latency_buckets[0], 3);
+        assert_eq!(snap.latency_buckets[3], 1);
+        assert_eq!(snap.latency_buckets[LATENCY_BUCKETS - 1], 1);
+        assert_eq!(snap.latency_buckets.iter().sum::<u64>(), 5);
+        assert_eq!(
+            snap.latency_sum_us,
+            10 + 3_000 + 5_000 + 40_000 + 30_000_000
+        );
+        let mut total = snap;
+        total.add(&snap);
+        assert_eq!(total.responses_by_class, [2, 4, 0, 2, 2]);
+        assert_eq!(total.latency_sum_us, 2 * snap.latency_sum_us);
+    }
 
     #[test]
     fn guards_return_counters_to_zero() {

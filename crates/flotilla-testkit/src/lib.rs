@@ -13,10 +13,13 @@
 //! - [`lambda`]: a Lambda Runtime API emulator (cargo-lambda's) to run a custom runtime's
 //!   `bootstrap` against, and invoking it.
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
+//! - [`net`]: free loopback ports; [`wait`]: bounded polling until something happens.
 #![forbid(unsafe_code)]
 
 pub mod docker;
 pub mod ecs_exec;
 pub mod elf;
 pub mod lambda;
+pub mod net;
 pub mod procs;
+pub mod wait;

@@ -54,11 +54,7 @@ pub fn app_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/agent/apps/app.py")
 }
 
-/// A free loopback port (bound and released; the agent's tests use distinct ones).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    listener.local_addr().expect("addr").port()
-}
+pub use flotilla_testkit::net::free_port;
 
 /// Settings for the test app on a free port, with short timings.
 pub fn settings(app_env: &[(&str, &str)]) -> AgentSettings {

@@ -44,6 +44,32 @@ pub fn phase(status: &str) -> Phase {
     }
 }
 
+/// What to do with the cached outputs once the stack's phase is known: a cache that disagrees
+/// with the stack is refreshed or discarded, never trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheVerdict {
+    /// The stack is complete: compare its outputs with the cache and rewrite the cache if they
+    /// differ.
+    Compare,
+    /// The stack is gone or holds no working baseline (a failed first creation, a deletion
+    /// stopped part-way, a change set never executed): remove the cache.
+    Discard,
+    /// An operation is running, or a failed update waits for its rollback to continue: the
+    /// resources may still be there, so keep the cache until the stack settles.
+    Keep,
+}
+
+/// The [`CacheVerdict`] for a stack in `phase`.
+pub fn cache_verdict(phase: Phase) -> CacheVerdict {
+    match phase {
+        Phase::Stable => CacheVerdict::Compare,
+        Phase::Missing | Phase::CreateFailed | Phase::DeleteFailed | Phase::Review => {
+            CacheVerdict::Discard
+        }
+        Phase::Busy | Phase::UpdateRollbackFailed => CacheVerdict::Keep,
+    }
+}
+
 /// Whether an error answering `CreateChangeSet` or `UpdateStack`, or a failed change set's
 /// reason, says only that the template and parameters match the stack.
 ///
@@ -171,6 +197,24 @@ pub fn guidance(phase: Phase, command: &str, stuck: &[FailedResource]) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_is_kept_only_while_its_stack_may_still_hold_the_resources() {
+        let table = [
+            ("CREATE_COMPLETE", CacheVerdict::Compare),
+            ("UPDATE_ROLLBACK_COMPLETE", CacheVerdict::Compare),
+            ("DELETE_COMPLETE", CacheVerdict::Discard),
+            ("DELETE_FAILED", CacheVerdict::Discard),
+            ("ROLLBACK_COMPLETE", CacheVerdict::Discard),
+            ("REVIEW_IN_PROGRESS", CacheVerdict::Discard),
+            ("DELETE_IN_PROGRESS", CacheVerdict::Keep),
+            ("UPDATE_IN_PROGRESS", CacheVerdict::Keep),
+            ("UPDATE_ROLLBACK_FAILED", CacheVerdict::Keep),
+        ];
+        for (status, verdict) in table {
+            assert_eq!(cache_verdict(phase(status)), verdict, "{status}");
+        }
+    }
 
     #[test]
     fn phases_of_every_status() {

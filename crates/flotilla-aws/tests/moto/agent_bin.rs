@@ -30,12 +30,7 @@ fn app_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flotilla-agent/tests/agent/apps/app.py")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+use flotilla_testkit::net::free_port;
 
 /// A running agent: its stderr collected as it comes, SIGTERM then SIGKILL by PID when dropped.
 struct Running {

@@ -288,6 +288,93 @@ async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
     ports.images.discard(&id).await.expect("nothing to discard");
 }
 
+/// Issue 11 item 14: a deploy whose push failed left the image it had just built tagged
+/// `<repository>:<id>` on the machine, naming an image the repository does not have; and a
+/// deploy stopped before its rules were made (its record kept, to resume) made `status` count
+/// listener rules that were not on the listener. A docker CLI stand-in (a shell script that
+/// records its arguments, answers `version` unless told there is no engine, builds and logs in,
+/// and refuses the push as a registry does) drives the real deploy against moto's ECR (the
+/// repository check, the login token) and listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_removes_the_local_tag_and_status_counts_only_real_rules() {
+    let mut w = World::new("shop").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let calls = tmp.path().join("calls");
+    let no_engine = tmp.path().join("no-engine");
+    let docker = tmp.path().join("docker");
+    std::fs::write(
+        &docker,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{calls}'\ncase \"$1\" in\n  version) [ -e '{no_engine}' ] \
+             && {{ echo 'Cannot connect to the Docker daemon' >&2; exit 1; }}; echo 20.10.24 ;;\n  \
+             login) cat > /dev/null ;;\n  push) echo 'denied: requested access to the resource \
+             is denied' >&2; exit 1 ;;\nesac\nexit 0\n",
+            calls = calls.display(),
+            no_engine = no_engine.display()
+        ),
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app).expect("mkdir");
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    w.settings.docker = docker.display().to_string();
+    let engine = w.engine("alice");
+    let build = |id: &flotilla_core::DeploymentId| flotilla_engine::workflows::DeployRequest {
+        image: ImageRequest::Build(app.clone()),
+        ..World::request(id)
+    };
+
+    let id = next_id();
+    let err = w
+        .deploy_request(&engine, build(&id))
+        .await
+        .expect_err("the push is refused");
+    let chain: Vec<String> =
+        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(ToString::to_string)
+        .collect();
+    assert!(chain.iter().any(|e| e.contains("denied")), "{chain:?}");
+    let repository = w
+        .settings
+        .baseline_overrides
+        .repository
+        .clone()
+        .expect("repository");
+    let image = format!("{repository}:{id}");
+    let log = std::fs::read_to_string(&calls).expect("calls recorded");
+    let steps: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .filter(|s| *s != "version")
+        .collect();
+    assert_eq!(steps, ["build", "login", "push", "image"], "{log}");
+    assert!(
+        log.lines().any(|l| l == format!("image rm {image}")),
+        "the tag is removed: {log}"
+    );
+
+    // A deploy that stops before its image is built keeps its record (to resume) and has no
+    // rules yet: `status` says what the listener holds.
+    std::fs::write(&no_engine, "").expect("no engine");
+    let kept = next_id();
+    w.deploy_request(&engine, build(&kept))
+        .await
+        .expect_err("no Docker engine");
+    let status = engine.status().await.expect("status");
+    let recorded: Vec<_> = status
+        .versions
+        .iter()
+        .map(|v| v.record.version.id.clone())
+        .collect();
+    assert_eq!(recorded, [kept], "{status:#?}");
+    assert_eq!(w.inventory().await.rules.len(), 0);
+    assert_eq!(status.rules_used, 0, "{status:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_sdk_failures_are_classified() {
     let w = World::new("shop").await;

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
 use flotilla_engine::Engine;
@@ -27,12 +27,7 @@ fn static_agent() -> PathBuf {
     crate::support::static_binary("flotilla-aws-agent")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use flotilla_testkit::net::free_port;
 
 /// `curl`'s status code and body for a GET on loopback.
 fn get(url: &str) -> Option<(u16, String)> {
@@ -45,16 +40,7 @@ fn get(url: &str) -> Option<(u16, String)> {
     Some((code.trim().parse().ok()?, body.to_owned()))
 }
 
-fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use flotilla_testkit::wait::until as wait_until;
 
 /// The task definition as `describe-task-definition` prints it, straight from moto's API.
 fn task_definition_json(moto_url: &str, arn: &str) -> String {

@@ -77,6 +77,15 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             ],
             vec![json!("*")],
         ),
+        // Deleting takes the revision's ARN: only the deployment's own family.
+        Statement::allow(
+            "DeleteTaskDefinitions",
+            &["ecs:DeleteTaskDefinitions"],
+            vec![arn(
+                "ecs",
+                &format!("task-definition/{}:*", names::task_family(name)),
+            )],
+        ),
         Statement::allow(
             "DiscardVersionImages",
             &["ecr:DescribeImages", "ecr:BatchDeleteImage"],

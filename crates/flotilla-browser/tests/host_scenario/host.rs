@@ -4,7 +4,7 @@
 //! and kills by PID whatever it left (every process whose working directory is in the app
 //! directory) when the test ends, pass or fail.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,13 +46,7 @@ pub fn flotilla_bin() -> PathBuf {
     binary("flotilla", "flotilla-cli")
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
+pub use flotilla_testkit::net::free_port;
 
 /// What one test's `flotilla.toml` says beyond the shared timings.
 pub struct AppConfig {

@@ -484,6 +484,7 @@ impl Config {
     /// Seconds ECS ignores failing load balancer health checks of a new task: `[aws]
     /// health_check_grace_seconds`, or else as long as a deploy waits for health, so ECS never
     /// replaces a slow first start (an image pull through NAT) while the deploy still waits.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub fn health_check_grace_seconds(&self) -> u32 {
         self.aws
             .health_check_grace_seconds

@@ -271,6 +271,7 @@ impl Resolver<'_> {
 
     /// What the baseline template needs of the configuration (checked by `flotilla_baseline`
     /// itself), reported at the key each problem is about. Runs once everything else is valid.
+    #[cfg(feature = "aws")]
     fn baseline_checks(&mut self, config: &Config) {
         let Err(problems) = crate::baseline::options(config) else {
             return;
@@ -281,6 +282,21 @@ impl Resolver<'_> {
                 Some(setting) => self.problem_at(&setting, message),
                 None => self.missing(path, message),
             }
+        }
+    }
+
+    /// Without the AWS provider built in, an AWS configuration cannot be used at all: one problem
+    /// at the `provider` key says so.
+    #[cfg(not(feature = "aws"))]
+    fn baseline_checks(&mut self, _: &Config) {
+        let message =
+            "`provider` is \"aws\", but this flotilla was built without the AWS provider \
+                       (the `aws` cargo feature): install a build that has it (`cargo install \
+                       --path crates/flotilla-cli`) or use `provider = \"host\"`"
+                .to_owned();
+        match self.setting("provider").cloned() {
+            Some(setting) => self.problem_at(&setting, message),
+            None => self.missing("provider", message),
         }
     }
 
@@ -726,8 +742,8 @@ impl Resolver<'_> {
                          put `{name}=...` in the file named by [host] secrets_file"
                     ),
                 ),
-                ProviderKind::Aws => match flotilla_aws::secrets::SecretRef::parse(value) {
-                    Ok(_) => {
+                ProviderKind::Aws => match crate::providers::check_aws_secret_reference(value) {
+                    Ok(()) => {
                         out.secrets.insert(name.to_owned(), value.clone());
                     }
                     Err(message) => {

@@ -1085,3 +1085,21 @@ fn a_status_page_reachable_from_other_machines_needs_a_token_and_is_warned_about
         &none,
     );
 }
+
+/// Without the `aws` feature (`.ci/run` runs this with `--no-default-features`), an AWS
+/// configuration is refused once, at `provider`, with what to do.
+#[cfg(not(feature = "aws"))]
+#[test]
+fn without_the_aws_feature_an_aws_configuration_is_refused_at_provider() {
+    let text = "name = \"shop\"\nprovider = \"aws\"\n[secrets]\nTOKEN = \"anything\"\n";
+    check(
+        text,
+        &[],
+        &Overrides::default(),
+        &[
+            "flotilla.toml:2:12: `provider` is \"aws\", but this flotilla was built without the AWS \
+             provider (the `aws` cargo feature): install a build that has it (`cargo install \
+             --path crates/flotilla-cli`) or use `provider = \"host\"`",
+        ],
+    );
+}

@@ -3,12 +3,7 @@
 
 use super::{flotilla, tempdir};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+use flotilla_testkit::net::free_port;
 
 #[test]
 fn flotilla_agent_logs_its_start_drain_transitions_and_exit_to_stderr() {

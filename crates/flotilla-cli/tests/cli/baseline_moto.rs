@@ -110,6 +110,33 @@ impl Moto {
         )
     }
 
+    fn cloudformation(&self, form: &str) -> (u16, String) {
+        self.call(
+            "cloudformation",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("Version=2010-05-15&{form}"),
+        )
+    }
+
+    /// Deletes the route tables of `vpc` that can be deleted: what CloudFormation deletes on AWS
+    /// and moto's does not, so that deleting the VPC succeeds.
+    fn delete_route_tables(&self, vpc: &str) {
+        let (_, tables) = self.ec2(&format!(
+            "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
+        ));
+        let mut ids: Vec<&str> = tables
+            .split("<routeTableId>")
+            .skip(1)
+            .filter_map(|s| s.split("</routeTableId>").next())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            // The main table refuses; it goes with the VPC.
+            let _ = self.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
+        }
+    }
+
     fn ssm(&self, action: &str, body: &str) -> (u16, String) {
         self.call(
             "ssm",
@@ -193,6 +220,11 @@ fn baseline_up_show_and_down_through_the_binary() {
     let cached: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cache).expect("cached")).expect("json");
     assert_eq!(cached["reaper_function_name"], "flotilla-shop-reaper");
+    // The cache is this machine's: `.flotilla/` keeps itself out of the app's repository.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".flotilla/.gitignore")).expect("a .gitignore"),
+        "*\n"
+    );
 
     // Again: nothing to change.
     let again = run(
@@ -261,21 +293,7 @@ fn baseline_up_show_and_down_through_the_binary() {
     assert_eq!(deleted.0, 200, "{deleted:?}");
 
     // What CloudFormation deletes on AWS and moto's does not: the stack's route tables.
-    let vpc = cached["vpc_id"].as_str().expect("vpc id");
-    let (_, tables) = moto.ec2(&format!(
-        "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
-    ));
-    let mut ids: Vec<&str> = tables
-        .split("<routeTableId>")
-        .skip(1)
-        .filter_map(|s| s.split("</routeTableId>").next())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        // The main table refuses; it goes with the VPC.
-        let _ = moto.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
-    }
+    moto.delete_route_tables(cached["vpc_id"].as_str().expect("vpc id"));
 
     let down = run(dir.path(), &["baseline", "down", "--yes"]);
     assert_eq!(down.code, 0, "{down:?}");
@@ -456,4 +474,281 @@ fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
         reaper_bytes.as_slice(),
         "the uploaded bootstrap is the static reaper"
     );
+}
+
+/// The stack's status as moto's DescribeStacks gives it, or `None` when there is none.
+fn stack_status(moto: &Moto, name: &str) -> Option<String> {
+    let (code, body) = moto.cloudformation(&format!("Action=DescribeStacks&StackName={name}"));
+    if code != 200 {
+        return None;
+    }
+    body.split("<StackStatus>")
+        .nth(1)
+        .and_then(|s| s.split("</StackStatus>").next())
+        .map(str::to_owned)
+}
+
+/// Issue 11 item 10: a stack deletion that failed (moto's, started behind the cache's back,
+/// stops at the VPC with DependencyViolation and leaves no stack) left cached outputs naming a
+/// listener that is gone; every command then failed with `ListenerNotFound`, the rerun of
+/// `teardown --all --baseline` too, and only `baseline down`, which no hint named, cleared it.
+/// Now a command that meets a missing resource checks the cache against the stack, refreshes or
+/// removes it, and each hint, followed literally, converges.
+#[test]
+fn a_stack_deleted_behind_the_cache_is_not_trusted_and_every_hint_converges() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+    let up = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true"],
+    );
+    assert_eq!(up.code, 0, "{up:?}");
+    let cache = dir.path().join(".flotilla/shop/baseline.json");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+
+    // A cache that differs from the stack (a listener that is not the stack's) is refreshed,
+    // and "run the same command again" is then true.
+    let text = std::fs::read_to_string(&cache).expect("cached");
+    let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let listener = doc["listener_arn"].as_str().expect("listener").to_owned();
+    let (head, _) = listener
+        .rsplit_once('/')
+        .expect("an ARN with a listener id");
+    doc["listener_arn"] = serde_json::Value::String(format!("{head}/0000000000000000"));
+    std::fs::write(&cache, doc.to_string()).expect("write cache");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 6, "{status:?}");
+    assert!(
+        status.stderr.contains(
+            "the baseline's outputs cached in .flotilla/shop/baseline.json did not match stack \
+             flotilla-shop; they were refreshed from it"
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.stderr.contains("run the same command again"),
+        "{status:?}"
+    );
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+
+    // The stack deleted behind the cache's back; moto stops at the VPC and keeps no stack.
+    let (code, body) = moto.cloudformation("Action=DeleteStack&StackName=flotilla-shop");
+    assert!(
+        code == 200 || body.contains("DependencyViolation"),
+        "{body}"
+    );
+    assert_eq!(
+        stack_status(&moto, "flotilla-shop"),
+        None,
+        "moto's deletion"
+    );
+    assert!(
+        cache.exists(),
+        "nothing flotilla ran has touched the cache yet"
+    );
+
+    // `status` no longer fails on the listener again and again: it says the stack is gone,
+    // removes the cache, and names what brings the baseline back.
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 6, "{status:?}");
+    assert!(
+        status.stderr.contains(
+            "stack flotilla-shop no longer exists, so the resources its outputs cached in \
+             .flotilla/shop/baseline.json named are gone; removed .flotilla/shop/baseline.json"
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.stderr.contains(
+            "run `flotilla baseline up` to create the baseline again, then run the same command \
+             again"
+        ),
+        "{status:?}"
+    );
+    assert!(!cache.exists());
+
+    // The rerun of `teardown --all --baseline` that looped: nothing is left, which is not an
+    // error, and again the same.
+    for _ in 0..2 {
+        let teardown = run(dir.path(), &["teardown", "--all", "--baseline", "--yes"]);
+        assert_eq!(teardown.code, 0, "{teardown:?}");
+        assert!(
+            teardown.stderr.contains("there is no stack flotilla-shop"),
+            "{teardown:?}"
+        );
+    }
+
+    // The hint `status` gave, followed: the baseline again, then `status` again.
+    let up = run(
+        dir.path(),
+        &["baseline", "up", "--reaper-binary", "/bin/true"],
+    );
+    assert_eq!(up.code, 0, "{up:?}");
+    let status = run(dir.path(), &["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+}
+
+/// A CloudWatch Logs call on moto (JSON protocol).
+fn logs_call(moto: &Moto, action: &str, body: &str) -> (u16, String) {
+    moto.call(
+        "logs",
+        &[
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", &format!("Logs_20140328.{action}")),
+        ],
+        body,
+    )
+}
+
+fn put_lines(moto: &Moto, stream: &str, lines: &[&str]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!({ "timestamp": now + i as u128, "message": l }))
+        .collect();
+    let body = serde_json::json!({
+        "logGroupName": "/flotilla/shop",
+        "logStreamName": stream,
+        "logEvents": events,
+    });
+    let (code, text) = logs_call(moto, "PutLogEvents", &body.to_string());
+    assert_eq!(code, 200, "{text}");
+}
+
+/// Issue 11 item 12: `logs --follow` on AWS was refused (exit 2). Now it prints a version's last
+/// lines, then lines written while it runs, each once, until Ctrl-C, which ends it with exit 0.
+/// The binary runs as a child process against moto; lines are written to moto's log group while
+/// it follows; it is stopped by SIGINT to its PID. Which path followed (Live Tail, or polling
+/// where Live Tail is unavailable) is what its notice on stderr says.
+#[test]
+fn logs_follow_prints_new_lines_once_until_ctrl_c() {
+    let moto = Moto::start();
+    let dir = super::tempdir();
+    // Outputs given in flotilla.toml: following needs only the log group (the cluster and
+    // listener are what every command's provider is opened with, and are not called here).
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\nlistener_arn = \"arn:aws:elasticloadbalancing:us-east-1:\
+             123456789012:listener/app/shop/0123456789abcdef/0123456789abcdef\"\n\
+             cluster = \"flotilla-shop\"\nlog_group = \"/flotilla/shop\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let id =
+        flotilla_core::DeploymentId::generate(flotilla_core::Timestamp::from_secs(now - 60), 7);
+    let stream = format!("{id}/app/0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let (code, text) = logs_call(
+        &moto,
+        "CreateLogGroup",
+        r#"{"logGroupName":"/flotilla/shop"}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = logs_call(
+        &moto,
+        "CreateLogStream",
+        &format!(r#"{{"logGroupName":"/flotilla/shop","logStreamName":"{stream}"}}"#),
+    );
+    assert_eq!(code, 200, "{text}");
+    put_lines(&moto, &stream, &["old-1", "old-2", "old-3"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["logs", id.as_str(), "--follow", "--lines", "2"])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flotilla logs --follow");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let wait_for = |want: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.iter().any(|l| l.ends_with(want)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line ending in {want:?} within 30 s; got {seen:?}"),
+            }
+        }
+    };
+    wait_for("old-3", &mut seen);
+    put_lines(&moto, &stream, &["new-1", "new-2"]);
+    wait_for("new-2", &mut seen);
+    // A few more rounds of following: nothing is printed twice.
+    std::thread::sleep(Duration::from_secs(3));
+    while let Ok(line) = rx.try_recv() {
+        seen.push(line);
+    }
+
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = reader.join();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let prefix = format!("{id} | [0f1e2d3c] ");
+    let expected: Vec<String> = ["old-2", "old-3", "new-1", "new-2"]
+        .iter()
+        .map(|l| format!("{prefix}{l}"))
+        .collect();
+    assert_eq!(seen, expected, "{stderr}");
+    assert!(
+        stderr.contains("following with CloudWatch Logs Live Tail")
+            || stderr.contains("polling FilterLogEvents"),
+        "{stderr}"
+    );
+    eprintln!("how it followed: {stderr}");
 }

@@ -96,6 +96,8 @@ fn every_command_has_help_with_examples() {
         &["config", "check"],
         &["host", "serve"],
         &["agent"],
+        &["completions"],
+        &["man"],
     ] {
         let mut args = command.to_vec();
         args.push("--help");
@@ -111,6 +113,56 @@ fn every_command_has_help_with_examples() {
     for flag in ["--id", "--image", "--break-lock", "--json"] {
         assert!(deploy.stdout.contains(flag), "deploy --help lacks {flag}");
     }
+}
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_definition() {
+    let dir = tempdir();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let run = flotilla(dir.path(), &["completions", shell], &[]);
+        assert_eq!(run.code, 0, "{shell}: {run:?}");
+        for word in ["flotilla", "deploy", "rollback", "break-lock"] {
+            assert!(run.stdout.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let unknown = flotilla(dir.path(), &["completions", "tcsh"], &[]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+
+    let pages = dir.path().join("man/man1");
+    let run = flotilla(dir.path(), &["man", "man/man1"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let deploy = std::fs::read_to_string(pages.join("flotilla-deploy.1")).expect("deploy page");
+    assert!(
+        deploy.starts_with(".ie") || deploy.contains(".TH"),
+        "not roff:\n{deploy}"
+    );
+    assert!(
+        deploy.contains("break\\-lock"),
+        "deploy page lacks --break-lock:\n{deploy}"
+    );
+    for page in [
+        "flotilla.1",
+        "flotilla-baseline-up.1",
+        "flotilla-host-serve.1",
+    ] {
+        assert!(pages.join(page).exists(), "{page} missing");
+    }
+    let none_for_help = std::fs::read_dir(&pages)
+        .expect("pages")
+        .filter_map(Result::ok)
+        .all(|e| !e.file_name().to_string_lossy().contains("-help"));
+    assert!(
+        none_for_help,
+        "a page for the help pseudo-command was written"
+    );
+
+    std::fs::write(dir.path().join("file"), "").expect("a file");
+    let blocked = flotilla(dir.path(), &["man", "file/man1"], &[]);
+    assert_eq!(blocked.code, 2, "{blocked:?}");
+    assert!(
+        blocked.stderr.contains("cannot write the manual pages"),
+        "{blocked:?}"
+    );
 }
 
 #[test]

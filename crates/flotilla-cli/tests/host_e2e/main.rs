@@ -384,23 +384,20 @@ fn failed_deploys_exit_non_zero_with_logs_and_leave_the_previous_version_serving
     assert_eq!(env.processes_of(&v1).len(), 2);
 }
 
-#[test]
-fn a_daemon_killed_with_sigkill_comes_back_with_the_same_routing_and_no_duplicates() {
-    let env = HostEnv::new(Timing {
-        poll: 1,
-        grace: 600,
-        interval: 1,
-        health_timeout: 30,
-    });
-    let v1 = env.deploy();
-    let v2 = env.deploy();
-    let old: Vec<u32> = [env.processes_of(&v1), env.processes_of(&v2)].concat();
-    assert_eq!(old.len(), 4);
-    let daemon = env.daemon_pid().expect("the daemon runs");
-    kill(daemon, "-9");
-    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+/// Every process of the versions `ids`, by version.
+fn version_processes(env: &HostEnv, ids: &[&str]) -> BTreeMap<String, Vec<u32>> {
+    ids.iter()
+        .map(|id| {
+            let mut pids = env.processes_of(id);
+            pids.sort();
+            ((*id).to_owned(), pids)
+        })
+        .collect()
+}
 
-    // Any command starts the daemon again.
+/// Runs `flotilla status` (which starts the daemon) and returns how long until the router served
+/// fresh, header-pinned and query-pinned requests as before, and what served them.
+fn restart_and_time_routing(env: &HostEnv, v1: &str) -> (Duration, (String, String, String)) {
     let restarted = Instant::now();
     let out = env.flotilla(&["status"]);
     assert!(
@@ -411,35 +408,102 @@ fn a_daemon_killed_with_sigkill_comes_back_with_the_same_routing_and_no_duplicat
     assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
     let routed = eventually(Duration::from_secs(15), || {
         let fresh = env.get("/", &[]);
-        let pinned = env.get("/", &[(HEADER, &v1)]);
+        let pinned = env.get("/", &[(HEADER, v1)]);
         let query = env.get(&format!("/?flotilla_deployment={v1}"), &[]);
         (fresh.status == 200 && pinned.status == 200 && query.status == 200)
             .then(|| (served_by(&fresh), served_by(&pinned), served_by(&query)))
     })
     .expect("service comes back");
+    (restarted.elapsed(), routed)
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_adopts_its_running_instances_and_routes_again_within_two_seconds() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let v2 = env.deploy();
+    let before = version_processes(&env, &[&v1, &v2]);
+    assert_eq!(
+        before.values().map(Vec::len).sum::<usize>(),
+        4,
+        "{before:?}"
+    );
+    let leaders: Vec<u32> = [env.instance_pids(&v1), env.instance_pids(&v2)].concat();
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    kill(daemon, "-9");
+    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+    assert!(
+        leaders.iter().all(|p| alive(*p)),
+        "the apps outlive their daemon"
+    );
+
+    // Any command starts the daemon again; it adopts the instances instead of restarting them.
+    let (took, routed) = restart_and_time_routing(&env, &v1);
+    println!(
+        "after kill -9: routing resumed {} ms after `flotilla status` started the daemon",
+        took.as_millis()
+    );
     assert_eq!(
         routed,
         (v2.clone(), v1.clone(), v1.clone()),
         "same routing as before the crash"
     );
     assert!(
-        restarted.elapsed() < Duration::from_secs(15),
-        "serving again within seconds"
+        took < Duration::from_secs(2),
+        "routing resumed after {took:?}"
     );
+    assert_eq!(
+        version_processes(&env, &[&v1, &v2]),
+        before,
+        "the same app processes serve: adopted, not restarted nor duplicated"
+    );
+    let mut adopted = [env.instance_pids(&v1), env.instance_pids(&v2)].concat();
+    adopted.sort();
+    let mut leaders = leaders;
+    leaders.sort();
+    assert_eq!(adopted, leaders, "the new daemon reports the same pids");
+
+    // SIGTERM (a service manager's restart, an upgrade) ends the daemon and leaves the apps
+    // running; the next daemon adopts them the same way.
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    kill(daemon, "-TERM");
+    assert!(eventually(Duration::from_secs(15), || (!alive(daemon)).then_some(())).is_some());
+    assert_eq!(
+        version_processes(&env, &[&v1, &v2]),
+        before,
+        "SIGTERM leaves the apps running"
+    );
+    let (took, routed) = restart_and_time_routing(&env, &v1);
+    println!(
+        "after SIGTERM: routing resumed {} ms after `flotilla status` started the daemon",
+        took.as_millis()
+    );
+    assert_eq!(routed, (v2.clone(), v1.clone(), v1.clone()));
     assert!(
-        old.iter().all(|p| !alive(*p)),
-        "the dead daemon's instances were stopped, not duplicated"
+        took < Duration::from_secs(2),
+        "routing resumed after {took:?}"
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        env.processes_of(&v1).len(),
-        2,
-        "v1 runs two instances, no more"
-    );
-    assert_eq!(
-        env.processes_of(&v2).len(),
-        2,
-        "v2 runs two instances, no more"
+    assert_eq!(version_processes(&env, &[&v1, &v2]), before);
+
+    // A killed adopted instance is noticed and restarted, with its version's values.
+    let victim = env.instance_pids(&v1)[0];
+    kill(victim, "-9");
+    let replaced = eventually(Duration::from_secs(15), || {
+        let pids = env.instance_pids(&v1);
+        (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
+    });
+    assert!(replaced.is_some(), "the killed instance was started again");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let r = env.get("/", &[(HEADER, &v1)]);
+            (r.status == 200 && served_by(&r) == v1).then_some(())
+        })
+        .is_some()
     );
 
     // A graceful stop stops everything; the next command brings the same versions back.
@@ -1366,4 +1430,281 @@ fn deploy_names_the_files_of_the_release_that_look_like_secrets() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "no value is shown:\n{stderr}");
+}
+
+#[test]
+fn the_status_page_serves_prometheus_metrics_per_version() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 30,
+        interval: 1,
+        health_timeout: 20,
+    });
+    let id = env.deploy();
+    for _ in 0..5 {
+        assert_eq!(env.get("/", &[]).status, 200);
+    }
+    assert_eq!(env.get("/no-such-page", &[]).status, 404);
+
+    let metrics = util::get(env.admin, "/metrics", &[]).expect("the admin listener answers");
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{metrics:?}"
+    );
+    let value = |sample: &str| -> u64 {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample}:\n{}", metrics.body))
+    };
+    let app = "app=\"e2e\"";
+    let labels = format!("{app},version=\"{id}\"");
+    assert_eq!(
+        value(&format!(
+            "flotilla_version_info{{{labels},state=\"active\"}}"
+        )),
+        1
+    );
+    assert_eq!(value(&format!("flotilla_version_weight{{{labels}}}")), 100);
+    assert!(
+        value(&format!(
+            "flotilla_responses_total{{{labels},class=\"2xx\"}}"
+        )) >= 5
+    );
+    assert_eq!(
+        value(&format!(
+            "flotilla_responses_total{{{labels},class=\"4xx\"}}"
+        )),
+        1
+    );
+    let count = value(&format!("flotilla_response_head_seconds_count{{{labels}}}"));
+    assert_eq!(
+        value(&format!(
+            "flotilla_response_head_seconds_bucket{{{labels},le=\"+Inf\"}}"
+        )),
+        count
+    );
+    assert!(value(&format!("flotilla_instances_healthy{{{labels}}}")) >= 1);
+    // The reaper runs every second here.
+    let passes = util::eventually(Duration::from_secs(10), || {
+        let body = util::get(env.admin, "/metrics", &[]).ok()?.body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("flotilla_reaper_passes_total{{{app}}} ")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    });
+    assert!(passes.is_some(), "the reaper's passes are counted");
+    let page = util::get(env.admin, "/", &[]).expect("status page");
+    assert!(
+        page.body.contains("href=\"/metrics\""),
+        "the status page links the metrics"
+    );
+}
+
+/// `flotilla ARGS` in `env`'s app directory with `home` as HOME (and its `cfg` as
+/// XDG_CONFIG_HOME), so a user unit goes there.
+fn flotilla_with_home(
+    env: &HostEnv,
+    home: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(util::flotilla_bin());
+    cmd.args(args)
+        .current_dir(env.app())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("cfg"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run flotilla")
+}
+
+#[test]
+fn host_install_writes_a_unit_systemd_accepts_whose_command_serves_the_app_and_uninstall_removes_it()
+ {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 60,
+        health_timeout: 30,
+    });
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = flotilla_with_home(
+        &env,
+        home.path(),
+        &["host", "install", "--user", "--no-enable", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let unit_path = home.path().join("cfg/systemd/user/flotilla-e2e.service");
+    assert_eq!(done["unit"], "flotilla-e2e.service");
+    assert_eq!(done["scope"], "user");
+    assert_eq!(done["path"], unit_path.display().to_string());
+    assert_eq!(done["ran"], serde_json::json!([]));
+    assert_eq!(
+        done["commands"],
+        serde_json::json!([
+            "systemctl --user daemon-reload",
+            "systemctl --user enable --now flotilla-e2e.service"
+        ])
+    );
+
+    // systemd accepts it (verify needs the ExecStart binary: the real flotilla).
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .arg(&unit_path)
+        .env("XDG_RUNTIME_DIR", home.path())
+        .output()
+        .expect("systemd-analyze runs (scripts/systemd.sh installs it)");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !complaints.contains("flotilla-e2e.service"),
+        "{complaints}"
+    );
+
+    // Its command line, run the way systemd would, serves this app.
+    let text = std::fs::read_to_string(&unit_path).expect("unit written");
+    let app = std::fs::canonicalize(env.app()).expect("canonical");
+    let exe = std::fs::canonicalize(util::flotilla_bin()).expect("canonical");
+    let exec_start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        exec_start,
+        format!(
+            "{} --config {}/flotilla.toml --name e2e --provider host host serve",
+            exe.display(),
+            app.display()
+        )
+    );
+    assert!(
+        text.contains(&format!("WorkingDirectory={}\n", app.display())),
+        "{text}"
+    );
+    assert!(text.contains("KillMode=process\n") && text.contains("Restart=on-failure\n"));
+    let argv: Vec<&str> = exec_start.split(' ').collect();
+    let mut service = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(&app)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the unit's command");
+    let up = eventually(Duration::from_secs(30), || {
+        util::get(env.admin, "/status.json", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(up.is_some(), "the unit's daemon serves the status page");
+    // The CLI uses the daemon that answers instead of starting another.
+    let out = env.flotilla(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
+    assert_eq!(env.daemon_pid(), Some(service.id()));
+    // A second daemon for the same app exits with the code the unit does not retry on.
+    let second = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(&app)
+        .output()
+        .expect("run a second daemon");
+    assert_eq!(
+        second.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(text.contains("RestartPreventExitStatus=6\n"));
+    kill(service.id(), "-TERM");
+    let _ = service.wait();
+
+    // `systemctl enable` would have linked it into default.target.wants: uninstall removes that
+    // link with the file.
+    let wants = home.path().join("cfg/systemd/user/default.target.wants");
+    std::fs::create_dir_all(&wants).expect("wants dir");
+    std::os::unix::fs::symlink(&unit_path, wants.join("flotilla-e2e.service")).expect("link");
+    let out = flotilla_with_home(
+        &env,
+        home.path(),
+        &["host", "uninstall", "--user", "--no-disable", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(
+        done["commands"],
+        serde_json::json!([
+            "systemctl --user stop flotilla-e2e.service",
+            "systemctl --user daemon-reload"
+        ])
+    );
+    assert!(!unit_path.exists(), "the unit file is gone");
+    assert!(
+        std::fs::symlink_metadata(wants.join("flotilla-e2e.service")).is_err(),
+        "and so is its link"
+    );
+}
+
+/// A daemon that holds the state directory but does not answer yet (one systemd is starting) is
+/// waited for, not raced by a second one; when it exits instead, the CLI starts its own.
+#[test]
+fn a_command_waits_for_a_daemon_that_holds_the_state_directory_before_starting_one() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 60,
+        health_timeout: 30,
+    });
+    let state = env.app().join(".flotilla/host");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let lock = state.join("daemon.lock");
+    std::fs::write(&lock, "").expect("lock file");
+    // flock(1) holds the lock the way a starting daemon does, with its shell's pid in the file.
+    let mut holder = std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&lock)
+        .args(["sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 2", lock.display()))
+        .spawn()
+        .expect("flock runs (util-linux)");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&lock)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+        })
+        .is_some()
+    );
+    let started = Instant::now();
+    let out = env.flotilla(&["status"]);
+    let waited = started.elapsed();
+    let _ = holder.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the command waited for the holder ({waited:?}) instead of starting a daemon that fails"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started the flotilla host daemon"));
 }

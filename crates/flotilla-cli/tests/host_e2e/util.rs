@@ -3,11 +3,11 @@
 //! that stops every process the test started (daemon and app instances) when it is dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `flotilla` binary under test.
 pub fn flotilla_bin() -> PathBuf {
@@ -39,13 +39,7 @@ pub fn hello_bin() -> PathBuf {
         .clone()
 }
 
-/// A free loopback port (bound and released; the kernel does not hand it out again at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
+pub use flotilla_testkit::net::free_port;
 
 /// Timing knobs of one test's `flotilla.toml`.
 #[derive(Clone, Copy)]
@@ -234,19 +228,7 @@ pub fn kill(pid: u32, signal: &str) {
 
 pub use flotilla_testkit::procs::alive;
 
-/// Polls `f` every 50 ms until it returns `Some` or `within` passes.
-pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use flotilla_testkit::wait::eventually;
 
 /// One HTTP answer.
 #[derive(Debug, Clone)]

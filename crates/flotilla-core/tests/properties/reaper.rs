@@ -135,14 +135,7 @@ fn fleet_and_policy() -> impl Strategy<Value = (Vec<VersionView>, ReapPolicy)> {
 }
 
 fn kind(action: &ReapAction) -> &'static str {
-    match action {
-        ReapAction::RecordReadyPasses { .. } => "record_ready_passes",
-        ReapAction::Retire { .. } => "retire",
-        ReapAction::RetireRouting { .. } => "retire_routing",
-        ReapAction::ScaleToZero { .. } => "scale_to_zero",
-        ReapAction::DeleteResources { .. } => "delete_resources",
-        ReapAction::CleanUpFailed { .. } => "clean_up_failed",
-    }
+    action.name()
 }
 
 /// Whether every running instance of a view has reported that it may stop.

@@ -493,15 +493,21 @@ impl World {
                 );
             }
         }
-        let tds = c
-            .ecs
-            .list_task_definitions()
-            .family_prefix(flotilla_core::names::task_family(&self.name))
-            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
-            .send()
-            .await
-            .expect("task definitions");
-        inv.task_definitions = tds.task_definition_arns().len();
+        // A deregistered (INACTIVE) revision still exists until it is deleted, so both count.
+        for status in [
+            aws_sdk_ecs::types::TaskDefinitionStatus::Active,
+            aws_sdk_ecs::types::TaskDefinitionStatus::Inactive,
+        ] {
+            let tds = c
+                .ecs
+                .list_task_definitions()
+                .family_prefix(flotilla_core::names::task_family(&self.name))
+                .status(status)
+                .send()
+                .await
+                .expect("task definitions");
+            inv.task_definitions += tds.task_definition_arns().len();
+        }
         inv
     }
 }
