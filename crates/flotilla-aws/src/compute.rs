@@ -938,6 +938,7 @@ impl Compute for EcsCompute {
                     sessions: None,
                     stopped: Vec::new(),
                     problems: Vec::new(),
+                    client_blocked_by_csp: 0,
                 },
             );
         }

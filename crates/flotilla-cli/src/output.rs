@@ -240,6 +240,18 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             out.push_str(&format!("  {line}\n"));
         }
     }
+    for v in &report.versions {
+        let Some(c) = v.compute.as_ref().filter(|c| c.client_blocked_by_csp > 0) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{}: {} HTML page(s) went out without the browser client: their \
+             Content-Security-Policy would block its script, so those tabs are not pinned to the \
+             version; add 'self' or a 'nonce-...' source to script-src (the router reuses the \
+             page's nonce)\n",
+            v.record.version.id, c.client_blocked_by_csp
+        ));
+    }
     if !report.orphans.is_empty() {
         let ids: Vec<String> = report.orphans.iter().map(ToString::to_string).collect();
         out.push_str(&format!(
@@ -629,6 +641,7 @@ mod tests {
                 sessions,
                 stopped: vec![],
                 problems: vec![],
+                client_blocked_by_csp: 0,
             }),
             weight: 0,
             affinity: Some(Affinity::Serving),
@@ -682,6 +695,9 @@ mod tests {
                     .to_owned(),
             ];
         }
+        if let Some(c) = draining.compute.as_mut() {
+            c.client_blocked_by_csp = 7;
+        }
         let mut retired = version("20261120-080000-zz99", VersionState::Retired, None);
         retired.affinity = Some(Affinity::Retired);
         let mut routing = RoutingTable::new();
@@ -715,6 +731,7 @@ mod tests {
               task 0f1e2d3c stopped at 2026-11-25T19:05:00Z: Essential container in task exited (EssentialContainerExited); app exited with code 127
             20261125-190633-k3x9: 1 of 2 running instance(s) report a problem:
               task 158d1c80: the agent's drain source keeps failing (said at 2026-11-25T19:10:00Z): read drain state: connection refused
+            20261124-101500-a1b2: 7 HTML page(s) went out without the browser client: their Content-Security-Policy would block its script, so those tabs are not pinned to the version; add 'self' or a 'nonce-...' source to script-src (the router reuses the page's nonce)
             orphaned resources (no record): 20261101-000000-dead; `flotilla reap` removes them
         "#]]
         .assert_eq(&status_text(&report, "host", now));

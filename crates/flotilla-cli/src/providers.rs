@@ -202,6 +202,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.state_dir = config.host.state_dir.clone();
     s.listen = config.host.listen;
     s.admin_listen = config.host.admin_listen;
+    s.admin_token_file = config.host.admin_token_file.clone();
     s.build = config.host.build.clone();
     s.instances = config.host.instances;
     s.keep_releases = config.host.keep_releases;
@@ -784,6 +785,16 @@ pub(crate) fn classify_error(
             Some(
                 "choose a free address for `[host] listen` / `admin_listen` in flotilla.toml, or \
                  stop the process named above"
+                    .to_owned(),
+            ),
+        ));
+    }
+    if let Some(HostError::AdminToken(_)) = cause.downcast_ref::<HostError>() {
+        return Some((
+            Exit::Usage,
+            Some(
+                "fix `[host] admin_token_file` (or keep `admin_listen` on 127.0.0.1) in \
+                 flotilla.toml, then run the command again"
                     .to_owned(),
             ),
         ));

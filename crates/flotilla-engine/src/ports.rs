@@ -194,6 +194,15 @@ pub struct ComputeStatus {
     /// [`Compute::problems`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// HTML pages of this version sent without the injected browser client because their
+    /// Content-Security-Policy would block it (no nonce to reuse, no `'self'`), where the provider
+    /// counts them (the host router does): tabs that loaded them are not pinned to the version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_blocked_by_csp: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Creates, scales, observes and deletes the instances of versions.

@@ -569,6 +569,7 @@ impl Service {
             sessions: Some(running.iter().map(|i| i.sessions).sum()),
             stopped: Vec::new(),
             problems: Vec::new(),
+            client_blocked_by_csp: 0,
         }
     }
 

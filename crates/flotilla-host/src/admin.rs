@@ -2,8 +2,14 @@
 //! versions (id, state, weight, instances healthy/total, live sessions, age) and their instances;
 //! `GET /status.json` is the same as JSON (the engine's status report plus per-instance detail);
 //! `GET /metrics` is the Prometheus text format (see `crate::metrics`).
+//!
+//! With a token (`[host] admin_token_file`, required when the page listens on anything but
+//! loopback, see [`AdminToken::for_settings`]) every request must carry `Authorization: Bearer
+//! <token>`, compared in constant time, or is answered `401`; `/metrics` included.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +25,111 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::daemon::Host;
+use crate::error::HostError;
+use crate::settings::HostSettings;
+
+/// Shortest token accepted: guessing must stay out of reach.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The status page's bearer token.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A token from its text (surrounding whitespace, such as a file's final newline, dropped);
+    /// `None` if what is left is shorter than 16 characters or holds whitespace or control
+    /// characters (it could not travel in an `Authorization` header).
+    pub fn new(text: &str) -> Option<AdminToken> {
+        let token = text.trim();
+        let usable = token.len() >= MIN_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic());
+        usable.then(|| AdminToken(token.to_owned()))
+    }
+
+    /// The token the status page of `settings` requires: read from `admin_token_file` when set;
+    /// none on a loopback `admin_listen` without that key; an error naming the key otherwise
+    /// (the page would be open to every machine that reaches the port).
+    pub fn for_settings(settings: &HostSettings) -> Result<Option<AdminToken>, HostError> {
+        let admin = settings.admin_listen;
+        let Some(path) = &settings.admin_token_file else {
+            if admin.ip().is_loopback() {
+                return Ok(None);
+            }
+            return Err(HostError::AdminToken(format!(
+                "`[host] admin_listen` {admin} is not a loopback address, so the status page \
+                 needs a token: set `admin_token_file` in [host] to a file holding one (at least \
+                 {MIN_TOKEN_LEN} characters, e.g. `head -c 32 /dev/urandom | base64 > \
+                 admin.token && chmod 600 admin.token`, kept outside the app directory); requests \
+                 then carry `Authorization: Bearer <token>`. Or listen on 127.0.0.1:{port}",
+                port = admin.port()
+            )));
+        };
+        let path = if path.is_relative() {
+            settings.app_dir.join(path)
+        } else {
+            path.clone()
+        };
+        Self::read(&path).map(Some)
+    }
+
+    fn read(path: &Path) -> Result<AdminToken, HostError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            HostError::AdminToken(format!(
+                "cannot read `[host] admin_token_file` {}: {e}; create it with a token of at \
+                 least {MIN_TOKEN_LEN} characters (e.g. `head -c 32 /dev/urandom | base64`)",
+                path.display()
+            ))
+        })?;
+        let token = AdminToken::new(&text).ok_or_else(|| {
+            HostError::AdminToken(format!(
+                "`[host] admin_token_file` {} must hold one token of at least {MIN_TOKEN_LEN} \
+                 printable characters without spaces (e.g. `head -c 32 /dev/urandom | base64`)",
+                path.display()
+            ))
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the status page's token file is readable by other users; chmod 600 it"
+                );
+            }
+        }
+        Ok(token)
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <this token>`. The comparison takes the
+    /// same time wherever the first difference is.
+    pub fn admits(&self, headers: &http::HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes)
+        else {
+            return false;
+        };
+        let Some((scheme, credentials)) = given.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            & constant_time_eq(credentials.trim_ascii(), self.0.as_bytes())
+    }
+}
+
+/// Equality of two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// One instance as the status page shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -242,13 +353,30 @@ async fn handle(
     })
 }
 
-/// Serves the status page on `listener` until `stop` turns true.
+/// Serves the status page on `listener` until `stop` turns true; with a `token`, only to requests
+/// that carry it.
 pub async fn serve(
     listener: TcpListener,
     host: Arc<Host>,
     engine: Arc<Engine>,
-    mut stop: watch::Receiver<bool>,
+    token: Option<AdminToken>,
+    stop: watch::Receiver<bool>,
 ) {
+    let pages = move |req| handle(req, host.clone(), engine.clone());
+    serve_pages(listener, token, stop, pages).await;
+}
+
+/// The accept loop and the token check in front of `pages`.
+async fn serve_pages<P, F>(
+    listener: TcpListener,
+    token: Option<AdminToken>,
+    mut stop: watch::Receiver<bool>,
+    pages: P,
+) where
+    P: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let token = token.map(Arc::new);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -256,9 +384,18 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let (host, engine) = (host.clone(), engine.clone());
+                let (pages, token) = (pages.clone(), token.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, host.clone(), engine.clone()));
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let admitted = token.as_ref().is_none_or(|t| t.admits(req.headers()));
+                        let page = admitted.then(|| pages(req));
+                        async move {
+                            match page {
+                                Some(page) => page.await,
+                                None => Ok(unauthorized()),
+                            }
+                        }
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
@@ -268,5 +405,154 @@ pub async fn serve(
             }
             _ = crate::supervisor::stop_requested(&mut stop) => break,
         }
+    }
+}
+
+/// `401` for a request without the token.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "the status page needs `Authorization: Bearer <token>` (the token in [host] \
+         admin_token_file)\n"
+            .to_owned(),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"flotilla\""),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOKEN: &str = "s3cret-t0ken-of-32-characters-xx";
+
+    /// Status line of a GET / with `extra` header lines, against `addr`.
+    async fn get(addr: std::net::SocketAddr, extra: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the status page");
+        let request = format!("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{extra}\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the response");
+        response
+    }
+
+    /// Serves a page saying "the page" behind `token`; the address and the stop switch.
+    async fn start(token: Option<AdminToken>) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pages = |_req: Request<Incoming>| async {
+            Ok(respond(
+                StatusCode::OK,
+                "text/plain",
+                "the page\n".to_owned(),
+            ))
+        };
+        tokio::spawn(serve_pages(listener, token, stop_rx, pages));
+        (addr, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn without_a_token_the_page_is_open() {
+        let (addr, _stop) = start(None).await;
+        let response = get(addr, "").await;
+        assert!(
+            response.starts_with("HTTP/1.1 200") && response.ends_with("the page\n"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_requests_carrying_it_see_the_page() {
+        let (addr, _stop) = start(AdminToken::new(TOKEN)).await;
+        for (extra, status) in [
+            ("", "401"),
+            (
+                "Authorization: Bearer wrong-token-of-32-characters-xxx\r\n",
+                "401",
+            ),
+            (&format!("Authorization: Bearer {TOKEN}x\r\n"), "401"),
+            (&format!("Authorization: Basic {TOKEN}\r\n"), "401"),
+            (&format!("Authorization: Bearer {TOKEN}\r\n"), "200"),
+            (&format!("authorization: bearer  {TOKEN}\r\n"), "200"),
+        ] {
+            let response = get(addr, extra).await;
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status}")),
+                "{extra:?}: {response}"
+            );
+            if status == "401" {
+                let lower = response.to_ascii_lowercase();
+                assert!(
+                    lower.contains("www-authenticate: bearer") && !response.contains("the page"),
+                    "{response}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_too_short_or_with_spaces_are_refused() {
+        assert!(AdminToken::new("short").is_none());
+        assert!(AdminToken::new("sixteen chars ok").is_none());
+        assert!(AdminToken::new(&format!("  {TOKEN}\n")).is_some());
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn a_non_loopback_page_without_a_token_file_is_refused_naming_the_key() {
+        let app = tempfile::tempdir().expect("temporary directory");
+        let mut settings = HostSettings::new(
+            flotilla_core::DeploymentName::new("web").expect("valid name"),
+            app.path(),
+            "true",
+        );
+        assert!(matches!(AdminToken::for_settings(&settings), Ok(None)));
+        settings.admin_listen = "0.0.0.0:9000".parse().expect("address");
+        let refused = AdminToken::for_settings(&settings).expect_err("refused");
+        assert!(
+            refused.to_string().starts_with(
+                "`[host] admin_listen` 0.0.0.0:9000 is not a loopback address, so the status page \
+                 needs a token: set `admin_token_file` in [host]"
+            ),
+            "{refused}"
+        );
+        settings.admin_token_file = Some("admin.token".into());
+        let missing = AdminToken::for_settings(&settings).expect_err("no such file");
+        assert!(
+            missing
+                .to_string()
+                .starts_with("cannot read `[host] admin_token_file`"),
+            "{missing}"
+        );
+        std::fs::write(app.path().join("admin.token"), "short\n").expect("write");
+        let weak = AdminToken::for_settings(&settings).expect_err("too short");
+        assert!(weak.to_string().contains("at least 16"), "{weak}");
+        std::fs::write(app.path().join("admin.token"), format!("{TOKEN}\n")).expect("write");
+        let token = AdminToken::for_settings(&settings)
+            .expect("readable")
+            .expect("a token");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("valid"),
+        );
+        assert!(token.admits(&headers));
     }
 }

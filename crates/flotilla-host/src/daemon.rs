@@ -164,8 +164,17 @@ impl Host {
     }
 
     fn observe(&self, ids: &[DeploymentId]) -> BTreeMap<DeploymentId, ComputeStatus> {
-        self.supervisor
-            .observe(ids, |id, instance| self.router.sessions(id, instance))
+        let mut observed = self
+            .supervisor
+            .observe(ids, |id, instance| self.router.sessions(id, instance));
+        for (id, status) in &mut observed {
+            status.client_blocked_by_csp = self
+                .router
+                .stats()
+                .total_where(|(v, _)| v == id)
+                .csp_blocked_total;
+        }
+        observed
     }
 
     fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
@@ -691,6 +700,8 @@ pub async fn serve_until(
         "resolve the app directory",
         &settings.app_dir,
     ))?;
+    // Before anything starts: a status page open to other machines is refused.
+    let admin_token = crate::admin::AdminToken::for_settings(&settings)?;
     let state_dir = settings.state_dir.clone();
     crate::private::private_dir(&state_dir)
         .map_err(HostError::io("create state directory", &state_dir))?;
@@ -753,13 +764,6 @@ pub async fn serve_until(
     let admin = TcpListener::bind(settings.admin_listen)
         .await
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
-    if !settings.admin_listen.ip().is_loopback() {
-        tracing::warn!(
-            admin = %settings.admin_listen,
-            "the status page listens on a non-loopback address and has no authentication: \
-             anyone who can reach it sees every version, instance and process id"
-        );
-    }
     let socket_path = settings.socket_path();
     match std::fs::remove_file(&socket_path) {
         Ok(()) => {}
@@ -812,6 +816,7 @@ pub async fn serve_until(
         admin,
         host.clone(),
         engine.clone(),
+        admin_token,
         stop_rx.clone(),
     ));
     let rpc_task = tokio::spawn(rpc_server(
@@ -1147,6 +1152,38 @@ impl Progress for ChannelProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status page on a non-loopback address without `admin_token_file` would be open to every
+    /// machine that reaches it: the daemon refuses to start, before it creates or binds anything.
+    #[tokio::test]
+    async fn a_non_loopback_status_page_without_a_token_is_refused() {
+        let app = tempfile::tempdir().expect("temporary directory");
+        let mut settings = HostSettings::new(
+            flotilla_core::DeploymentName::new("web").expect("valid name"),
+            app.path(),
+            "true",
+        );
+        settings.listen = "127.0.0.1:0".parse().expect("addr");
+        settings.admin_listen = "0.0.0.0:0".parse().expect("addr");
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            serve(&settings, std::future::pending()),
+        )
+        .await
+        .expect("refused at once")
+        .expect_err("no token, not loopback");
+        assert!(matches!(refused, HostError::AdminToken(_)), "{refused:?}");
+        assert!(
+            refused
+                .to_string()
+                .contains("set `admin_token_file` in [host]"),
+            "{refused}"
+        );
+        assert!(
+            !app.path().join(".flotilla").exists(),
+            "nothing was created before the refusal"
+        );
+    }
 
     /// Another app's daemon binds its port with `SO_REUSEPORT` too; the kernel would let this
     /// daemon join it. The probe refuses, and the error names the port.

@@ -67,6 +67,10 @@ pub enum HostError {
         /// What listens there, as far as this user can see.
         holder: String,
     },
+    /// The status page would be reachable from other machines without a token, or its token
+    /// file is unusable. The message names the key and what to do.
+    #[error("{0}")]
+    AdminToken(String),
     /// Another daemon already serves this state directory.
     #[error("a flotilla host daemon already runs for {}; stop it with `flotilla host stop`", .state_dir.display())]
     AlreadyRunning {
@@ -140,6 +144,7 @@ impl HostError {
             }
             HostError::Bind { .. }
             | HostError::PortTaken { .. }
+            | HostError::AdminToken(_)
             | HostError::Corrupt { .. }
             | HostError::Protocol(_) => ErrorKind::Invalid,
         };

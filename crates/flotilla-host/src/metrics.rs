@@ -330,6 +330,7 @@ mod tests {
                 sessions: Some(3),
                 stopped: vec![],
                 problems: vec![],
+                client_blocked_by_csp: 0,
             }),
             weight,
             affinity: None,

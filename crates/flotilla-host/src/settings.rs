@@ -27,6 +27,10 @@ pub struct HostSettings {
     pub listen: SocketAddr,
     /// Where the read-only status page listens (`[host] admin_listen`).
     pub admin_listen: SocketAddr,
+    /// The file holding the status page's bearer token (`[host] admin_token_file`); required when
+    /// `admin_listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// The shell command starting one instance, run with `sh -c` in the release directory.
     pub command: String,
     /// An optional build command run with `sh -c` inside a fresh release directory.
@@ -91,6 +95,7 @@ impl HostSettings {
             state_dir: PathBuf::from(".flotilla/host"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token_file: None,
             command: command.into(),
             build: None,
             instances: 2,

@@ -11,14 +11,20 @@
 //! compresses again with the same coding, flushing after every input chunk so that a streamed
 //! page stays streamed. Identity bodies are spliced without copying.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Write};
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use flate2::Compression;
 use flate2::write::{DeflateDecoder, GzEncoder, MultiGzDecoder, ZlibDecoder, ZlibEncoder};
 
+use http::HeaderMap;
+use http::header::CONTENT_SECURITY_POLICY;
+
+use crate::csp::{self, Verdict};
 use crate::headers::Coding;
+use crate::route::Target;
 
 /// The tag inserted into HTML documents when nothing needs declaring; see [`script_tag`].
 pub(crate) const SCRIPT_TAG: &str = r#"<script src="/_flotilla/client.js"></script>"#;
@@ -26,17 +32,21 @@ pub(crate) const SCRIPT_TAG: &str = r#"<script src="/_flotilla/client.js"></scri
 /// The tag inserted into an HTML document. Following the client's wire contract, it declares
 /// the deployment that served the page (`data-deployment`, the client's preferred source) and,
 /// when they differ from the client's defaults, the affinity header and query parameter names.
+/// `nonce` is the page's Content-Security-Policy nonce, if the policy needs one (see
+/// [`crate::csp`]).
 pub(crate) fn script_tag(
     deployment: Option<&str>,
     header: Option<&str>,
     query: Option<&str>,
+    nonce: Option<&str>,
 ) -> Bytes {
-    if deployment.is_none() && header.is_none() && query.is_none() {
+    if deployment.is_none() && header.is_none() && query.is_none() && nonce.is_none() {
         return Bytes::from_static(SCRIPT_TAG.as_bytes());
     }
-    let mut tag = String::with_capacity(SCRIPT_TAG.len() + 96);
+    let mut tag = String::with_capacity(SCRIPT_TAG.len() + 128);
     tag.push_str(r#"<script src="/_flotilla/client.js""#);
     for (attr, value) in [
+        ("nonce", nonce),
         ("data-deployment", deployment),
         ("data-header", header),
         ("data-query", query),
@@ -51,6 +61,71 @@ pub(crate) fn script_tag(
     }
     tag.push_str("></script>");
     Bytes::from(tag)
+}
+
+/// The tag to insert into an HTML response with `headers`, served for the page host `host` by
+/// `target`: carrying the page's Content-Security-Policy nonce when the policy lists one, or
+/// `None` when the policy would block any tag the router could insert. A blocked page counts in
+/// the target's [`crate::InstanceStats`] when `count` is set (a response with a body), and the
+/// first one of each deployment is logged as a warning.
+pub(crate) fn client_tag(
+    headers: &HeaderMap,
+    host: Option<&str>,
+    target: &Target,
+    attrs: (Option<&str>, Option<&str>),
+    count: bool,
+) -> Option<Bytes> {
+    let values = headers
+        .get_all(CONTENT_SECURITY_POLICY)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match csp::verdict(values, host) {
+        Verdict::Allowed { nonce } => Some(script_tag(
+            target.deployment(),
+            attrs.0,
+            attrs.1,
+            nonce.as_deref(),
+        )),
+        Verdict::Blocked { directive } => {
+            if count {
+                target.stats().record_csp_blocked();
+                let deployment = target.deployment().unwrap_or("-");
+                if first_block_of(deployment) {
+                    tracing::warn!(
+                        deployment,
+                        upstream = %target.addr(),
+                        policy = %directive,
+                        "an HTML page's Content-Security-Policy blocks the injected browser client \
+                         (no nonce to reuse, no 'self'), so its pages go out without it and tabs \
+                         are not pinned to their version; add 'self' or a 'nonce-...' source to \
+                         script-src (the router reuses the page's nonce). Said once per version; \
+                         `flotilla status` counts such pages"
+                    );
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Whether this is the first blocked page of `deployment` in this process.
+fn first_block_of(deployment: &str) -> bool {
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    // Poison cannot leave a set half-updated.
+    WARNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(deployment.to_owned())
+}
+
+/// The host the browser asked for, without port: what a CSP host source is compared with.
+pub(crate) fn page_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    let authority = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))?;
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    Some(authority.host().to_owned())
 }
 
 /// Escapes text for a double-quoted HTML attribute value.
@@ -605,7 +680,7 @@ mod tests {
 
     /// Feeds `body` to a rewriter split at `cuts` and returns the concatenated output.
     fn rewrite(coding: Coding, body: &[u8], cuts: &[usize]) -> Vec<u8> {
-        let mut rewriter = HtmlRewriter::new(coding, script_tag(None, None, None));
+        let mut rewriter = HtmlRewriter::new(coding, script_tag(None, None, None, None));
         let mut out = VecDeque::new();
         let mut start = 0;
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
@@ -640,7 +715,7 @@ mod tests {
     fn script_tag_table() {
         fn check(d: Option<&str>, h: Option<&str>, q: Option<&str>, expected: &str) {
             assert_eq!(
-                &script_tag(d, h, q)[..],
+                &script_tag(d, h, q, None)[..],
                 expected.as_bytes(),
                 "{d:?} {h:?} {q:?}"
             );
@@ -658,11 +733,15 @@ mod tests {
             Some("v"),
             r#"<script src="/_flotilla/client.js" data-deployment="a&quot;b&lt;&amp;&gt;" data-header="X-App-Version" data-query="v"></script>"#,
         );
+        assert_eq!(
+            &script_tag(Some("web-1"), None, None, Some("r4nd0m+/=="))[..],
+            br#"<script src="/_flotilla/client.js" nonce="r4nd0m+/==" data-deployment="web-1"></script>"#,
+        );
     }
 
     #[test]
     fn identity_first_chunk_is_spliced_without_holding() {
-        let mut rewriter = HtmlRewriter::new(Coding::Identity, script_tag(None, None, None));
+        let mut rewriter = HtmlRewriter::new(Coding::Identity, script_tag(None, None, None, None));
         let mut out = VecDeque::new();
         rewriter
             .push(Bytes::from_static(b"<head><title>"), &mut out)
@@ -693,7 +772,7 @@ mod tests {
 
     #[test]
     fn corrupt_gzip_is_an_error() {
-        let mut rewriter = HtmlRewriter::new(Coding::Gzip, script_tag(None, None, None));
+        let mut rewriter = HtmlRewriter::new(Coding::Gzip, script_tag(None, None, None, None));
         let mut out = VecDeque::new();
         let pushed = rewriter.push(Bytes::from_static(b"this is not gzip at all"), &mut out);
         let finished = rewriter.finish(&mut out);

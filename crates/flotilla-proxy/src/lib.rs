@@ -44,6 +44,8 @@
 //! - `headers`: pure header rules: hop-by-hop (RFC 9110 §7.6.1), `X-Forwarded-*`, content types
 //!   and codings.
 //! - `inject`: streaming insertion of the client `<script>` tag into HTML, through gzip/deflate.
+//! - `csp`: what a page's Content-Security-Policy means for that tag (the nonce to reuse, or
+//!   blocked), pure.
 //! - `body`: [`Body`], the one body type the proxy sends and receives.
 //! - `client_js`: serving the bundled browser client ([`CLIENT_PATH`], [`CLIENT_JS`]).
 //! - `config`: [`ProxyConfig`].
@@ -54,6 +56,7 @@
 mod body;
 mod client_js;
 mod config;
+mod csp;
 mod error;
 mod headers;
 mod inject;

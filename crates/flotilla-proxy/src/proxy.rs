@@ -39,7 +39,7 @@ use crate::body::{Body, BodyError};
 use crate::client_js::{self, CLIENT_PATH};
 use crate::error::{GatewayError, json_response};
 use crate::headers;
-use crate::inject::script_tag;
+use crate::inject;
 use crate::route::{Decision, RequestHead, Route, Target};
 use crate::server::{ConnCtx, Live, Phase};
 use crate::stats::{RequestGuard, SessionGuard, SessionKind};
@@ -176,6 +176,9 @@ async fn forward<R: Route>(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let is_head = req.method() == Method::HEAD;
     let inject = config.inject_client && headers::accepts_html(req.headers());
+    let page_host = inject
+        .then(|| inject::page_host(req.headers(), req.uri()))
+        .flatten();
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, &config.deployment_header);
@@ -297,15 +300,20 @@ async fn forward<R: Route>(
         && status != StatusCode::PARTIAL_CONTENT
         && status != StatusCode::NOT_MODIFIED
     {
-        match headers::supported_coding(&parts.headers) {
-            Some(coding) => {
+        let attrs = (
+            shared.client_header_attr.as_deref(),
+            config.client_query_param.as_deref(),
+        );
+        let host = page_host.as_deref();
+        match headers::supported_coding(&parts.headers).map(|coding| {
+            // No tag when the page's Content-Security-Policy would block any (see `csp`).
+            let tag = inject::client_tag(&parts.headers, host, &target, attrs, has_body);
+            (coding, tag)
+        }) {
+            Some((_, None)) => Body::incoming(body),
+            Some((coding, Some(tag))) => {
                 mark_rewritten(&mut parts.headers);
                 if has_body {
-                    let tag = script_tag(
-                        target.deployment(),
-                        shared.client_header_attr.as_deref(),
-                        config.client_query_param.as_deref(),
-                    );
                     Body::inject(body, coding, tag)
                 } else {
                     // HEAD (or a bodiless status): describe the rewritten representation a GET

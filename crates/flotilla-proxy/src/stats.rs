@@ -43,6 +43,7 @@ pub struct InstanceStats {
     requests_total: AtomicU64,
     sessions_total: AtomicU64,
     upstream_errors_total: AtomicU64,
+    csp_blocked_total: AtomicU64,
     /// Responses by status class: 1xx to 5xx.
     responses_by_class: [AtomicU64; 5],
     /// Time from routing a request to its response head, as a histogram.
@@ -74,6 +75,9 @@ pub struct StatsSnapshot {
     pub sessions_total: u64,
     /// Requests that failed because the upstream could not be reached or did not answer in time.
     pub upstream_errors_total: u64,
+    /// HTML pages served without the injected browser client because their
+    /// Content-Security-Policy would block it (no nonce to reuse, no `'self'`).
+    pub csp_blocked_total: u64,
     /// Responses by status class: index 0 counts 1xx, 4 counts 5xx (the router's own 502 and
     /// 504 for an unreachable instance included).
     pub responses_by_class: [u64; 5],
@@ -99,6 +103,7 @@ impl StatsSnapshot {
         self.requests_total += other.requests_total;
         self.sessions_total += other.sessions_total;
         self.upstream_errors_total += other.upstream_errors_total;
+        self.csp_blocked_total += other.csp_blocked_total;
         for (sum, add) in self
             .responses_by_class
             .iter_mut()
@@ -140,6 +145,7 @@ impl InstanceStats {
             requests_total: AtomicU64::new(0),
             sessions_total: AtomicU64::new(0),
             upstream_errors_total: AtomicU64::new(0),
+            csp_blocked_total: AtomicU64::new(0),
             responses_by_class: Default::default(),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
@@ -172,6 +178,7 @@ impl InstanceStats {
             requests_total: self.requests_total.load(Ordering::Relaxed),
             sessions_total: self.sessions_total.load(Ordering::Relaxed),
             upstream_errors_total: self.upstream_errors_total.load(Ordering::Relaxed),
+            csp_blocked_total: self.csp_blocked_total.load(Ordering::Relaxed),
             responses_by_class: std::array::from_fn(|i| {
                 self.responses_by_class[i].load(Ordering::Relaxed)
             }),
@@ -208,6 +215,10 @@ impl InstanceStats {
 
     pub(crate) fn record_upstream_error(&self) {
         self.upstream_errors_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_csp_blocked(&self) {
+        self.csp_blocked_total.fetch_add(1, Ordering::Relaxed);
     }
 
     fn counter(&self, kind: SessionKind) -> &AtomicU64 {

@@ -17,6 +17,8 @@
 //!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
 //!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
 //!   v1 after v2 is deployed, tab B and a reload of A get v2.
+//! - `csp`: the injected client on pages under a nonce-based Content-Security-Policy (see that
+//!   module).
 //! - `frameworks`: real Streamlit and Pulse apps with their `[app] framework` presets (see that
 //!   module).
 //!
@@ -24,6 +26,7 @@
 //! flotilla-example-sessions`; `scripts/test.sh` builds them), and `python3` must be on PATH.
 //! Screenshots go to `test-artifacts/`.
 
+mod csp;
 mod frameworks;
 mod host;
 

@@ -321,6 +321,8 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// The status page's listen address.
     pub admin_listen: SocketAddr,
+    /// The file holding the status page's token, absolute; required off loopback.
+    pub admin_token_file: Option<PathBuf>,
     /// The command starting one instance (run with `sh -c`). Always `Some` when the provider is
     /// `host`: the resolver requires it then.
     pub command: Option<String>,
@@ -464,16 +466,15 @@ pub struct Config {
 
 impl Config {
     /// What this configuration exposes that the user may not mean to: today, a host status page
-    /// reachable from other machines (it has no authentication and lists every version, instance
-    /// and pid).
+    /// reachable from other machines (its token, required there, travels over plain HTTP).
     pub fn exposure_warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let admin = self.host.admin_listen;
         if self.provider == ProviderKind::Host && !admin.ip().is_loopback() {
             out.push(format!(
-                "`host.admin_listen` {admin} is not a loopback address: the status page has no \
-                 authentication and shows every version, instance and process id to anyone who \
-                 can reach that port; use 127.0.0.1:{port} unless other machines must see it",
+                "`host.admin_listen` {admin} is not a loopback address: the status page is served \
+                 over plain HTTP, so its token crosses the network in clear; use \
+                 127.0.0.1:{port} and an SSH tunnel unless other machines must see it",
                 port = admin.port()
             ));
         }

@@ -592,6 +592,34 @@ impl Resolver<'_> {
                 ),
             );
         }
+        let admin_token_file = self
+            .checked("host.admin_token_file", |s| {
+                if s.trim().is_empty() {
+                    Err(
+                        "`host.admin_token_file` is empty; name a file or leave the key out"
+                            .to_owned(),
+                    )
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)));
+        let exposed = admin.filter(|a| !a.ip().is_loopback());
+        if let (ProviderKind::Host, Some(addr), None) = (provider, exposed, &admin_token_file)
+            && let Some(setting) = self.setting("host.admin_listen").cloned()
+        {
+            self.problem_at(
+                &setting,
+                format!(
+                    "`host.admin_listen` {addr} is not a loopback address, so the status page \
+                     needs a token: set `admin_token_file` in [host] to a file holding one (at \
+                     least 16 characters, e.g. `head -c 32 /dev/urandom | base64 > admin.token \
+                     && chmod 600 admin.token`, kept outside the app directory), or listen on \
+                     127.0.0.1:{port}",
+                    port = addr.port()
+                ),
+            );
+        }
         let command = self.checked("host.command", |s| {
             if s.trim().is_empty() {
                 Err("`host.command` is empty; give the command that starts your app".to_owned())
@@ -668,6 +696,7 @@ impl Resolver<'_> {
         HostConfig {
             listen: router.unwrap_or(fallback),
             admin_listen: admin.unwrap_or(fallback),
+            admin_token_file,
             command,
             build,
             instances,

@@ -336,8 +336,18 @@ pub const KEYS: &[Key] = &[
         "admin_listen",
         Ty::Str,
         Str("127.0.0.1:8081"),
-        "Where the read-only status page listens. It has no authentication: keep it on a \
-         loopback address (`deploy` and `config check` warn when it is not).",
+        "Where the read-only status page listens. On a loopback address it is open to local \
+         users; on any other address it requires `admin_token_file`.",
+    ),
+    key_ex(
+        "host",
+        "admin_token_file",
+        Ty::Str,
+        Unset,
+        "A file holding the status page's token (at least 16 characters, e.g. from `head -c 32 \
+         /dev/urandom | base64`; keep it 0600, outside this directory). Requests must then send \
+         `Authorization: Bearer <token>`. Required when admin_listen is not a loopback address.",
+        "\"/etc/flotilla/admin.token\"",
     ),
     key_ex(
         "host",

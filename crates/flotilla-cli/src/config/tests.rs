@@ -1003,29 +1003,87 @@ fn a_state_dir_that_is_the_root_or_contains_the_app_directory_is_refused_with_it
 }
 
 #[test]
-fn a_status_page_reachable_from_other_machines_is_warned_about() {
+fn a_status_page_reachable_from_other_machines_needs_a_token_and_is_warned_about() {
     let none = Overrides::default();
     let local = ok(BASE, &[], &none);
     assert!(local.exposure_warnings().is_empty());
+    assert_eq!(local.host.admin_token_file, None);
     for addr in ["0.0.0.0:9000", "192.0.2.7:9000", "[::]:9000"] {
-        let exposed = ok(&format!("{BASE}admin_listen = \"{addr}\"\n"), &[], &none);
+        // Without a token: refused, at the key's line, naming the key to set.
+        let refused = resolve(&format!("{BASE}admin_listen = \"{addr}\"\n"), &[], &none)
+            .expect_err("no token");
+        assert!(
+            refused.len() == 1
+                && refused[0].starts_with(&format!(
+                    "flotilla.toml:4:16: `host.admin_listen` {addr} is not a loopback address, so \
+                     the status page needs a token: set `admin_token_file` in [host]"
+                ))
+                && refused[0].ends_with("or listen on 127.0.0.1:9000"),
+            "{addr}: {refused:?}"
+        );
+        // With one: accepted (relative to the config's directory), still warned about.
+        let exposed = ok(
+            &format!(
+                "{BASE}admin_listen = \"{addr}\"\nadmin_token_file = \"../shop-admin.token\"\n"
+            ),
+            &[],
+            &none,
+        );
+        assert_eq!(
+            exposed.host.admin_token_file.as_deref(),
+            Some(Path::new("/srv/shop-admin.token"))
+        );
         let warnings = exposed.exposure_warnings();
         assert_eq!(warnings.len(), 1, "{addr}: {warnings:?}");
         assert!(
             warnings[0].starts_with(&format!(
-                "`host.admin_listen` {addr} is not a loopback address: the status page has no \
-                 authentication"
-            )) && warnings[0].ends_with("use 127.0.0.1:9000 unless other machines must see it"),
+                "`host.admin_listen` {addr} is not a loopback address: the status page is served \
+                 over plain HTTP, so its token crosses the network in clear"
+            )),
             "{}",
             warnings[0]
         );
     }
+    // The environment counts as much as the file.
+    let from_env = resolve(
+        BASE,
+        &[("FLOTILLA_HOST_ADMIN_LISTEN", "0.0.0.0:9000")],
+        &none,
+    )
+    .expect_err("no token");
+    assert!(
+        from_env.len() == 1 && from_env[0].contains("set `admin_token_file` in [host]"),
+        "{from_env:?}"
+    );
+    ok(
+        BASE,
+        &[
+            ("FLOTILLA_HOST_ADMIN_LISTEN", "0.0.0.0:9000"),
+            (
+                "FLOTILLA_HOST_ADMIN_TOKEN_FILE",
+                "/etc/flotilla/admin.token",
+            ),
+        ],
+        &none,
+    );
+    check(
+        &format!("{BASE}admin_token_file = \" \"\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:20: `host.admin_token_file` is empty; name a file or leave the key out"],
+    );
     let v6_loopback = ok(
         &format!("{BASE}admin_listen = \"[::1]:9000\"\n"),
         &[],
         &none,
     );
     assert!(v6_loopback.exposure_warnings().is_empty());
+    // A token on loopback is allowed (and enforced by the daemon).
+    ok(
+        &format!("{BASE}admin_token_file = \"/etc/flotilla/admin.token\"\n"),
+        &[],
+        &none,
+    );
 }
 
 /// Without the `aws` feature (`.ci/run` runs this with `--no-default-features`), an AWS

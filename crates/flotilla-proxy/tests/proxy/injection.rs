@@ -1,5 +1,5 @@
-//! HTML script injection: plain, gzip and chunked pages, lengths, HEAD, 304, and what is left
-//! alone.
+//! HTML script injection: plain, gzip and chunked pages, lengths, HEAD, 304, pages under a
+//! Content-Security-Policy, and what is left alone.
 
 use std::io::Read;
 
@@ -169,4 +169,53 @@ async fn injection_is_off_by_default() {
         Some(PAGE.len().to_string().as_str())
     );
     assert_eq!(response.header("x-seen-accept-encoding"), Some("br"));
+}
+
+#[tokio::test]
+async fn a_nonce_policy_gets_its_nonce_on_the_script_tag() {
+    let (proxy, _up) = injecting_proxy().await;
+    let response = page(
+        &proxy,
+        "GET",
+        "?chunked",
+        "x-test-csp: default-src 'self'; script-src 'nonce-R4nd0m+/==' 'strict-dynamic'\r\n\
+         x-test-csp: img-src *\r\n",
+    )
+    .await;
+    let tag = r#"<script src="/_flotilla/client.js" nonce="R4nd0m+/==" data-deployment="web-1"></script>"#;
+    assert_eq!(
+        response.text(),
+        PAGE.replacen("<head>", &format!("<head>{tag}"), 1)
+    );
+    assert_eq!(proxy.stats.snapshot().csp_blocked_total, 0);
+}
+
+#[tokio::test]
+async fn a_policy_that_would_block_the_script_gets_none_and_is_counted() {
+    let (proxy, _up) = injecting_proxy().await;
+    for _ in 0..2 {
+        let response = page(&proxy, "GET", "", "x-test-csp: script-src 'none'\r\n").await;
+        assert_eq!(response.status, 200);
+        // Untouched: no useless tag, and the page keeps its length and validators.
+        assert_eq!(response.text(), PAGE);
+        assert_eq!(response.header("etag"), Some("\"v1\""));
+    }
+    let head = page(&proxy, "HEAD", "", "x-test-csp: script-src 'none'\r\n").await;
+    assert_eq!(head.status, 200);
+    // Two pages went out without the client; a HEAD is no page.
+    assert_eq!(proxy.stats.snapshot().csp_blocked_total, 2);
+}
+
+#[tokio::test]
+async fn a_report_only_policy_blocks_nothing() {
+    let (proxy, _up) = injecting_proxy().await;
+    let response = page(
+        &proxy,
+        "GET",
+        "",
+        "x-test-csp-report-only: script-src 'none'\r\n",
+    )
+    .await;
+    assert_eq!(response.text(), expected_page());
+    assert_eq!(proxy.stats.snapshot().csp_blocked_total, 0);
 }

@@ -195,6 +195,19 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
                         .unwrap_or(HeaderValue::from_static("-")),
                 )
                 .header(header::LAST_MODIFIED, "Wed, 21 Oct 2015 07:28:00 GMT");
+            // The page's policies are whatever the test asks for in `x-test-csp` and
+            // `x-test-csp-report-only`.
+            for (asked, sent) in [
+                ("x-test-csp", "content-security-policy"),
+                (
+                    "x-test-csp-report-only",
+                    "content-security-policy-report-only",
+                ),
+            ] {
+                for value in req.headers().get_all(asked) {
+                    builder = builder.header(sent, value.clone());
+                }
+            }
             let body = match query.as_str() {
                 "gzip" => {
                     let data = gzip(PAGE.as_bytes());

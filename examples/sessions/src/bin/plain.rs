@@ -9,6 +9,11 @@
 //! - `GET /whoami?tab=KEY`: `{"label":..,"pid":..,"tab":..,"count":..}`.
 //! - `GET /ws?tab=KEY`: a WebSocket greeting with the same JSON and answering `increment`.
 //! - `GET /healthz`: `ok`.
+//! - `GET /csp`: a small page under a nonce-based Content-Security-Policy, `script-src
+//!   'nonce-N'` with a fresh random N per response, sent in the header (`?via=meta`: in a
+//!   `<meta http-equiv>` instead; `?via=none`: `script-src 'none'` in the header). Its one
+//!   nonced script sets `window.cspPage`; a second, unnonced one would set `window.cspUnnonced`
+//!   if the browser did not enforce the policy.
 //!
 //! Which release it is shows only as its label (`SESSIONS_LABEL` or `label.txt`) and its pid.
 //! Listens on `127.0.0.1:$PORT` (default 3000).
@@ -85,6 +90,67 @@ const PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
+const CSP_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+{{META}}<meta charset="utf-8">
+<title>plain app under a CSP</title>
+</head>
+<body>
+<h1>A page under a Content-Security-Policy, release <span id="label">{{LABEL}}</span></h1>
+<p>nonced script: <span id="nonced">did not run</span></p>
+<script nonce="{{NONCE}}">
+window.cspPage = { nonce: "{{NONCE}}" };
+document.getElementById("nonced").textContent = "ran";
+</script>
+<script>window.cspUnnonced = true;</script>
+</body>
+</html>
+"#;
+
+/// A fresh nonce: 128 random bits (std's per-instance hash keys come from the OS), as hex.
+fn nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
+
+/// `GET /csp`: see the module's documentation.
+fn csp_page(req: &Request<Incoming>, label: &str) -> Response<Body> {
+    let nonce = nonce();
+    let policy = format!("script-src 'nonce-{nonce}'");
+    let via = query_param(req, "via");
+    let meta = match via.as_deref() {
+        Some("meta") => {
+            format!("<meta http-equiv=\"Content-Security-Policy\" content=\"{policy}\">\n")
+        }
+        _ => String::new(),
+    };
+    let mut response = html(
+        CSP_PAGE
+            .replace("{{META}}", &meta)
+            .replace("{{LABEL}}", &escape_html(label))
+            .replace("{{NONCE}}", &nonce),
+    );
+    let header = match via.as_deref() {
+        Some("meta") => None,
+        Some("none") => Some("script-src 'none'".to_owned()),
+        _ => Some(policy),
+    };
+    if let Some(header) = header {
+        response.headers_mut().insert(
+            "content-security-policy",
+            hyper::header::HeaderValue::from_str(&header)
+                .expect("a policy of ASCII is a valid value"),
+        );
+    }
+    response
+}
+
 struct App {
     label: String,
     counters: Counters,
@@ -109,6 +175,7 @@ async fn handle(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             PAGE.replace("{{LABEL}}", &escape_html(&app.label))
                 .replace("{{PID}}", &std::process::id().to_string()),
         ),
+        (&Method::GET, "/csp") => csp_page(&req, &app.label),
         (&Method::GET, "/whoami") => json(StatusCode::OK, &app.state(&tab)),
         (&Method::GET, "/ws") => sessions::websocket(req, move |socket| session(socket, app, tab)),
         _ => not_found(),
