@@ -158,10 +158,9 @@ async fn main() {
         if let Ok(r) = client
             .get(&format!("http://{listen}/healthz"), Duration::from_secs(1))
             .await
+            && r.status.is_success()
         {
-            if r.status.is_success() {
-                break;
-            }
+            break;
         }
         assert!(
             Instant::now() < deadline,

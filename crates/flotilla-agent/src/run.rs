@@ -372,15 +372,15 @@ async fn next_signal(signals: &mut mpsc::Receiver<StopSignal>) -> StopSignal {
 }
 
 fn log_proxy_cut(report: Option<&ShutdownReport>) {
-    if let Some(report) = report {
-        if !report.is_clean() {
-            tracing::warn!(
-                cut_upgrades = report.cut_upgrades,
-                cut_connections = report.cut_connections,
-                "stop: cut {} upgraded connection(s) and {} busy connection(s)",
-                report.cut_upgrades,
-                report.cut_connections
-            );
-        }
+    if let Some(report) = report
+        && !report.is_clean()
+    {
+        tracing::warn!(
+            cut_upgrades = report.cut_upgrades,
+            cut_connections = report.cut_connections,
+            "stop: cut {} upgraded connection(s) and {} busy connection(s)",
+            report.cut_upgrades,
+            report.cut_connections
+        );
     }
 }

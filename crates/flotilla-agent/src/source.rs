@@ -360,13 +360,13 @@ pub fn local_source_from_env(
                 ("FLOTILLA_DRAIN_STATE_URL", Some(url.clone())),
                 ("FLOTILLA_READINESS_URL", get("FLOTILLA_READINESS_URL")),
             ] {
-                if let Some(value) = value {
-                    if !value.starts_with("http://") {
-                        problems.push(format!(
-                            "{key} `{value}` must be a plain http:// URL (the agent speaks to \
+                if let Some(value) = value
+                    && !value.starts_with("http://")
+                {
+                    problems.push(format!(
+                        "{key} `{value}` must be a plain http:// URL (the agent speaks to \
                              a local endpoint)"
-                        ));
-                    }
+                    ));
                 }
             }
             Some(Arc::new(HttpSource::new(

@@ -75,7 +75,7 @@ impl SourceHealth {
             SourceChange::Persistent
         } else if self.consecutive_failures == 1 {
             SourceChange::Failing
-        } else if self.persistent() && self.consecutive_failures % REPEAT_EVERY == 0 {
+        } else if self.persistent() && self.consecutive_failures.is_multiple_of(REPEAT_EVERY) {
             SourceChange::StillFailing
         } else {
             SourceChange::None

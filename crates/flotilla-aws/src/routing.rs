@@ -183,10 +183,10 @@ impl AlbRouting {
             _ => RuleAction::Other,
         };
         // A forward to a target group that is not this name's means the rule is someone else's.
-        if let RuleAction::Forward(tg) = &action {
-            if tg_name_of_arn(tg) != Some(self.ctx.target_group_name(&id).as_str()) {
-                return;
-            }
+        if let RuleAction::Forward(tg) = &action
+            && tg_name_of_arn(tg) != Some(self.ctx.target_group_name(&id).as_str())
+        {
+            return;
         }
         view.rules.push(AffinityRule {
             arn: arn.to_owned(),

@@ -501,7 +501,7 @@ impl BaselineOptions {
 
         let interval = self.reaper.interval;
         if interval < Duration::from_secs(60)
-            || interval.as_secs() % 60 != 0
+            || !interval.as_secs().is_multiple_of(60)
             || interval.subsec_nanos() != 0
         {
             problem(

@@ -384,11 +384,11 @@ impl ProgressPrinter {
 
     /// Ends an in-place line, so that whatever is printed next starts on its own line.
     pub fn finish(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            if state.open_line {
-                eprintln!();
-                state.open_line = false;
-            }
+        if let Ok(mut state) = self.state.lock()
+            && state.open_line
+        {
+            eprintln!();
+            state.open_line = false;
         }
     }
 
@@ -406,10 +406,10 @@ impl Progress for ProgressPrinter {
             }
             return;
         }
-        if self.verbose >= 2 {
-            if let Ok(json) = serde_json::to_string(&event) {
-                self.line(&format!("event: {json}"));
-            }
+        if self.verbose >= 2
+            && let Ok(json) = serde_json::to_string(&event)
+        {
+            self.line(&format!("event: {json}"));
         }
         match event {
             // The engine words steps about "it"; the id says which version "it" is.

@@ -1062,15 +1062,14 @@ impl Engine {
         let plan = plan_pass(&fleet, self.now(), &self.settings.policy);
         report.waiting = plan.waiting;
         for action in plan.actions {
-            if !dry_run {
-                if let Err(e) = self
+            if !dry_run
+                && let Err(e) = self
                     .carry_out(&action, &mut records, &table, progress)
                     .await
-                {
-                    note(progress, format!("{e}; the next reaper pass tries again"));
-                    report.failed.push((action, e.to_string()));
-                    continue;
-                }
+            {
+                note(progress, format!("{e}; the next reaper pass tries again"));
+                report.failed.push((action, e.to_string()));
+                continue;
             }
             progress.event(Event::Reaped {
                 action: action.clone(),

@@ -280,12 +280,11 @@ impl Router {
             return Decision::Forward(best.target.clone());
         }
         let sticky = version.total > 1;
-        if sticky {
-            if let Some(named) = cookie_value(head.headers, &version.cookie) {
-                if let Some(instance) = instances.iter().find(|i| i.id.as_str() == named) {
-                    return Decision::Forward(instance.target.clone());
-                }
-            }
+        if sticky
+            && let Some(named) = cookie_value(head.headers, &version.cookie)
+            && let Some(instance) = instances.iter().find(|i| i.id.as_str() == named)
+        {
+            return Decision::Forward(instance.target.clone());
         }
         let chosen = if instances.len() == 1 {
             &instances[0]
@@ -353,13 +352,12 @@ impl Router {
             .socket_reroute
             .as_ref()
             .is_some_and(|marker| head.uri.query().is_some_and(|q| marker.matches(q)));
-        if reroute {
-            if let Some(version) = current
+        if reroute
+            && let Some(version) = current
                 .and_then(|id| snapshot.versions.get(id))
                 .filter(|v| !v.healthy.is_empty())
-            {
-                return self.pick(head, snapshot, version);
-            }
+        {
+            return self.pick(head, snapshot, version);
         }
         let mut headers = HeaderMap::new();
         if let Some((name, value)) = &self.stale.header {

@@ -270,13 +270,13 @@ pub fn install(spec: &UnitSpec, dir: &Path, systemctl: bool) -> Result<Outcome, 
     let unit = unit_name(&spec.name);
     let path = dir.join(&unit);
     let text = render_unit(spec);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if !existing.contains(&exec_word(&spec.config.display().to_string())) {
-            return Err(ServiceError::NotOurs {
-                path,
-                config: spec.config.clone(),
-            });
-        }
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && !existing.contains(&exec_word(&spec.config.display().to_string()))
+    {
+        return Err(ServiceError::NotOurs {
+            path,
+            config: spec.config.clone(),
+        });
     }
     let file_err = |operation| {
         let path = path.clone();

@@ -348,10 +348,12 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.sql_err("take lock"))?;
         let held = read_lock(&tx).map_err(self.sql_err("read lock"))?;
-        if let Some(info) = held {
-            if info.owner != owner && info.expires_at > now && !force {
-                return Ok(LockOutcome::Held(info));
-            }
+        if let Some(info) = held
+            && info.owner != owner
+            && info.expires_at > now
+            && !force
+        {
+            return Ok(LockOutcome::Held(info));
         }
         let expires = now.plus(ttl);
         tx.execute(

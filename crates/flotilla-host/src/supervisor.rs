@@ -834,11 +834,11 @@ pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
 
 /// A free loopback port: `previous` if it can still be bound, else one the kernel picks.
 fn pick_port(previous: u16) -> std::io::Result<u16> {
-    if previous != 0 {
-        if let Ok(l) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, previous)) {
-            drop(l);
-            return Ok(previous);
-        }
+    if previous != 0
+        && let Ok(l) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, previous))
+    {
+        drop(l);
+        return Ok(previous);
     }
     let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
@@ -857,12 +857,12 @@ async fn stop_group(
     let group = Pid::from_raw(pgid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + timeout;
-    if let Some(c) = child {
-        if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
-            let _ = killpg(group, Signal::SIGKILL);
-            let _ = c.wait().await;
-            return true;
-        }
+    if let Some(c) = child
+        && tokio::time::timeout_at(deadline, c.wait()).await.is_err()
+    {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = c.wait().await;
+        return true;
     }
     // The leader is gone; wait for the rest of its group (zombies count as gone: an adopted
     // group's members are not ours to reap).

@@ -100,10 +100,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, also: &HeaderName) {
         let known = ["close", "keep-alive", "upgrade"]
             .iter()
             .any(|k| token.eq_ignore_ascii_case(k));
-        if !known && !is_protected(token, also) {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
+        if !known
+            && !is_protected(token, also)
+            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+        {
+            named.push(name);
         }
     }
     for name in named {

@@ -58,10 +58,10 @@ pub(crate) async fn handle<R: Route>(
 ) -> Result<Response<Body>, Infallible> {
     let shared = &conn.shared;
     let mut req = req;
-    if !req.headers().contains_key(HOST) {
-        if let Some(refused) = fill_missing_host(&mut req, conn.local) {
-            return Ok(refused);
-        }
+    if !req.headers().contains_key(HOST)
+        && let Some(refused) = fill_missing_host(&mut req, conn.local)
+    {
+        return Ok(refused);
     }
     if shared.config.serve_client && req.uri().path() == CLIENT_PATH {
         return Ok(client_js::respond(req.method(), req.headers()));
@@ -290,10 +290,8 @@ async fn forward<R: Route>(
     }
 
     let html = headers::is_html(&parts.headers);
-    if html {
-        if let Some(value) = target.server_timing_value() {
-            parts.headers.append(SERVER_TIMING.clone(), value.clone());
-        }
+    if html && let Some(value) = target.server_timing_value() {
+        parts.headers.append(SERVER_TIMING.clone(), value.clone());
     }
     let body = if inject
         && html

@@ -409,14 +409,14 @@ impl TaskDefinition {
                 }
             }
             for p in &c.port_mappings {
-                if let (Some(cp), Some(hp)) = (p.container_port, p.host_port) {
-                    if cp != hp {
-                        problems.push(format!(
-                            "container {}: hostPort {hp} differs from containerPort {cp} \
+                if let (Some(cp), Some(hp)) = (p.container_port, p.host_port)
+                    && cp != hp
+                {
+                    problems.push(format!(
+                        "container {}: hostPort {hp} differs from containerPort {cp} \
                              (awsvpc needs them equal)",
-                            c.name
-                        ));
-                    }
+                        c.name
+                    ));
                 }
             }
         }

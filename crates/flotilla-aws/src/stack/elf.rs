@@ -54,13 +54,13 @@ impl ElfInfo {
         if self.is_static() {
             return None;
         }
-        if let Some(newest) = self.newest_glibc() {
-            if newest > LAMBDA_GLIBC {
-                return Some(format!(
-                    "needs GLIBC_{}.{}, and Lambda's provided.al2023 has glibc {}.{}",
-                    newest.0, newest.1, LAMBDA_GLIBC.0, LAMBDA_GLIBC.1
-                ));
-            }
+        if let Some(newest) = self.newest_glibc()
+            && newest > LAMBDA_GLIBC
+        {
+            return Some(format!(
+                "needs GLIBC_{}.{}, and Lambda's provided.al2023 has glibc {}.{}",
+                newest.0, newest.1, LAMBDA_GLIBC.0, LAMBDA_GLIBC.1
+            ));
         }
         let missing: Vec<&str> = self
             .needed

@@ -701,10 +701,10 @@ pub const AWS_DEFAULTS: &[(&str, DefaultValue)] = &[("app.health_timeout_seconds
 
 /// The default of `key` on `provider`.
 pub fn default_on(key: &Key, provider: super::ProviderKind) -> DefaultValue {
-    if provider == super::ProviderKind::Aws {
-        if let Some((_, value)) = AWS_DEFAULTS.iter().find(|(path, _)| *path == key.path()) {
-            return *value;
-        }
+    if provider == super::ProviderKind::Aws
+        && let Some((_, value)) = AWS_DEFAULTS.iter().find(|(path, _)| *path == key.path())
+    {
+        return *value;
     }
     key.default
 }

@@ -533,10 +533,10 @@ fn apply(
             if done(2) {
                 s.affinity = Some(Affinity::Retired);
             }
-            if done(3) {
-                if let Some(c) = &mut s.compute {
-                    c.desired = 0;
-                }
+            if done(3)
+                && let Some(c) = &mut s.compute
+            {
+                c.desired = 0;
             }
         }
         ReapAction::RetireRouting { .. } => {
@@ -545,10 +545,10 @@ fn apply(
             }
         }
         ReapAction::ScaleToZero { .. } => {
-            if done(1) {
-                if let Some(c) = &mut s.compute {
-                    c.desired = 0;
-                }
+            if done(1)
+                && let Some(c) = &mut s.compute
+            {
+                c.desired = 0;
             }
         }
         ReapAction::DeleteResources { .. } | ReapAction::CleanUpFailed { .. } => {

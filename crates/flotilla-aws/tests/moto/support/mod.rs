@@ -658,10 +658,10 @@ impl EcsStandIn {
             .await
             .expect("describe tasks");
         for t in d.tasks() {
-            if let (Some(arn), Some(group)) = (t.task_arn(), t.group()) {
-                if let Some(s) = group.strip_prefix("service:") {
-                    out.insert(arn.to_owned(), s.to_owned());
-                }
+            if let (Some(arn), Some(group)) = (t.task_arn(), t.group())
+                && let Some(s) = group.strip_prefix("service:")
+            {
+                out.insert(arn.to_owned(), s.to_owned());
             }
         }
         out
