@@ -288,6 +288,23 @@ async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
     ports.images.discard(&id).await.expect("nothing to discard");
 }
 
+/// A docker CLI stand-in in `dir`: the shell `script`, executable.
+fn docker_stand_in(dir: &std::path::Path, script: &str) -> std::path::PathBuf {
+    let docker = dir.join("docker");
+    std::fs::write(&docker, script).expect("write the stand-in");
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    docker
+}
+
+/// An app directory in `dir` with a one-line Dockerfile.
+fn app_with_dockerfile(dir: &std::path::Path) -> std::path::PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir(&app).expect("mkdir");
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    app
+}
+
 /// Issue 11 item 14: a deploy whose push failed left the image it had just built tagged
 /// `<repository>:<id>` on the machine, naming an image the repository does not have; and a
 /// deploy stopped before its rules were made (its record kept, to resume) made `status` count
@@ -301,10 +318,9 @@ async fn a_failed_push_removes_the_local_tag_and_status_counts_only_real_rules()
     let tmp = tempfile::tempdir().expect("tempdir");
     let calls = tmp.path().join("calls");
     let no_engine = tmp.path().join("no-engine");
-    let docker = tmp.path().join("docker");
-    std::fs::write(
-        &docker,
-        format!(
+    let docker = docker_stand_in(
+        tmp.path(),
+        &format!(
             "#!/bin/sh\necho \"$*\" >> '{calls}'\ncase \"$1\" in\n  version) [ -e '{no_engine}' ] \
              && {{ echo 'Cannot connect to the Docker daemon' >&2; exit 1; }}; echo 20.10.24 ;;\n  \
              login) cat > /dev/null ;;\n  push) echo 'denied: requested access to the resource \
@@ -312,13 +328,8 @@ async fn a_failed_push_removes_the_local_tag_and_status_counts_only_real_rules()
             calls = calls.display(),
             no_engine = no_engine.display()
         ),
-    )
-    .expect("write the stand-in");
-    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let app = tmp.path().join("app");
-    std::fs::create_dir(&app).expect("mkdir");
-    std::fs::write(app.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    );
+    let app = app_with_dockerfile(tmp.path());
     w.settings.docker = docker.display().to_string();
     let engine = w.engine("alice");
     let build = |id: &flotilla_core::DeploymentId| flotilla_engine::workflows::DeployRequest {
@@ -650,23 +661,17 @@ async fn a_builds_output_is_shown_as_it_runs_and_kept_in_its_log() {
     let mut w = World::new("shop").await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let fail = tmp.path().join("fail");
-    let docker = tmp.path().join("docker");
-    std::fs::write(
-        &docker,
-        format!(
+    let docker = docker_stand_in(
+        tmp.path(),
+        &format!(
             "#!/bin/sh\ncase \"$1\" in\n  version) echo 20.10.24 ;;\n  login) cat > /dev/null ;;\n  \
              build) echo '#1 [internal] load build definition' >&2; echo 'step one'; \
              echo '#2 RUN make' >&2; [ -e '{fail}' ] && {{ echo 'make: *** [all] Error 2' >&2; \
              exit 3; }}; echo 'built' ;;\nesac\nexit 0\n",
             fail = fail.display()
         ),
-    )
-    .expect("write the stand-in");
-    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let app = tmp.path().join("app");
-    std::fs::create_dir(&app).expect("mkdir");
-    std::fs::write(app.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    );
+    let app = app_with_dockerfile(tmp.path());
     w.settings.docker = docker.display().to_string();
     let ports = w.ports();
 
