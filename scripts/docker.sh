@@ -19,17 +19,9 @@ set -euo pipefail
 PACKAGES=(docker.io docker-registry debootstrap busybox-static)
 BINARIES=(/usr/sbin/dockerd /usr/bin/docker /usr/bin/docker-registry /usr/sbin/debootstrap /bin/busybox)
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "docker.sh: need root to run: $*" >&2
-        echo "docker.sh: re-run as root, or install ${PACKAGES[*]} yourself" >&2
-        exit 1
-    fi
-}
+LOG_NAME=docker.sh
+# shellcheck source=lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 missing() {
     for bin in "${BINARIES[@]}"; do
@@ -40,29 +32,8 @@ missing() {
     return 1
 }
 
-install_packages() {
-    # Other installers may hold the dpkg lock (parallel CI steps); wait for it rather than fail.
-    as_root apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${PACKAGES[@]}"
-}
-
 if missing; then
-    export DEBIAN_FRONTEND=noninteractive
-    updated=no
-    if ! apt-cache show "${PACKAGES[@]}" >/dev/null 2>&1; then
-        echo "docker.sh: refreshing package lists (apt-get update)"
-        as_root apt-get update -qq -o DPkg::Lock::Timeout=600
-        updated=yes
-    fi
-    echo "docker.sh: installing ${PACKAGES[*]}"
-    if ! install_packages; then
-        if [ "$updated" = yes ]; then
-            echo "docker.sh: apt-get install failed" >&2
-            exit 1
-        fi
-        echo "docker.sh: install failed; refreshing package lists and retrying"
-        as_root apt-get update -qq -o DPkg::Lock::Timeout=600
-        install_packages
-    fi
+    apt_install "${PACKAGES[@]}"
 fi
 
 for bin in "${BINARIES[@]}"; do

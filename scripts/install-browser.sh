@@ -12,42 +12,12 @@ set -euo pipefail
 CHROMIUM=/usr/bin/chromium
 CHROMEDRIVER=/usr/bin/chromedriver
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "install-browser: need root to run: $*" >&2
-        echo "install-browser: re-run as root, or install chromium and chromium-driver yourself" >&2
-        exit 1
-    fi
-}
-
-install_packages() {
-    as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver
-}
+LOG_NAME=install-browser
+# shellcheck source=lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 if [ ! -x "$CHROMIUM" ] || [ ! -x "$CHROMEDRIVER" ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    # Only refresh the package lists when apt cannot yet resolve the packages.
-    updated=no
-    if ! apt-cache show chromium chromium-driver >/dev/null 2>&1; then
-        echo "install-browser: refreshing package lists (apt-get update)"
-        as_root apt-get update -qq
-        updated=yes
-    fi
-    echo "install-browser: installing chromium and chromium-driver"
-    if ! install_packages; then
-        # Lists that are present but stale name package versions the mirror no longer has.
-        if [ "$updated" = yes ]; then
-            echo "install-browser: apt-get install failed" >&2
-            exit 1
-        fi
-        echo "install-browser: install failed; refreshing package lists and retrying"
-        as_root apt-get update -qq
-        install_packages
-    fi
+    apt_install chromium chromium-driver
 fi
 
 for bin in "$CHROMIUM" "$CHROMEDRIVER"; do

@@ -12,25 +12,11 @@ set -euo pipefail
 
 ANALYZE=/usr/bin/systemd-analyze
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "systemd: need root to run: $*" >&2
-        echo "systemd: re-run as root, or install Debian's systemd package yourself" >&2
-        exit 1
-    fi
-}
+LOG_NAME=systemd
+# shellcheck source=lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 if [ ! -x "$ANALYZE" ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-cache show systemd >/dev/null 2>&1; then
-        echo "systemd: refreshing package lists (apt-get update)"
-        as_root apt-get update -qq
-    fi
-    echo "systemd: installing systemd (for systemd-analyze)"
-    as_root apt-get install -y -qq --no-install-recommends systemd
+    apt_install systemd
 fi
 "$ANALYZE" --version | head -1
