@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_ecr::types::ImageIdentifier;
 use flotilla_core::DeploymentId;
+use flotilla_engine::events::BuildLines;
 use flotilla_engine::ports::{ErrorKind, ImageRef, ImageRequest, ImageSource, PortError};
 use flotilla_engine::{Event, Progress};
 use tokio::io::AsyncWriteExt;
@@ -18,9 +19,6 @@ use flotilla_baseline::Architecture;
 
 use crate::ctx::Ctx;
 use crate::error::port_error;
-
-/// How many of a failed build's last lines its error shows.
-const BUILD_TAIL_LINES: usize = 30;
 
 /// The build log at `path`, created owner-only with its directory (and `.flotilla/.gitignore`);
 /// `None` when it cannot be written, which does not stop the build.
@@ -292,20 +290,13 @@ impl EcrImages {
             });
         }
         drop(tx);
-        let mut tail = std::collections::VecDeque::with_capacity(BUILD_TAIL_LINES);
+        let mut output = BuildLines::new(id.clone(), progress);
         while let Some(line) = lines.recv().await {
             if let Some(file) = log.as_mut() {
                 // A log that cannot be written must not fail the build; the events still show it.
                 let _ = std::io::Write::write_all(file, format!("{line}\n").as_bytes());
             }
-            if tail.len() == BUILD_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line.clone());
-            progress.event(Event::BuildOutput {
-                id: id.clone(),
-                line,
-            });
+            output.line(&line);
         }
         let status = child
             .wait()
@@ -319,7 +310,6 @@ impl EcrImages {
             });
             return Ok(());
         }
-        let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
         Err(PortError::new(
             ErrorKind::Invalid,
             what,
@@ -327,11 +317,7 @@ impl EcrImages {
             format!(
                 "`docker build` failed ({status}) after {:.1}s; its last lines:\n{}\nthe whole output is in {}",
                 started.elapsed().as_secs_f64(),
-                if tail.is_empty() {
-                    "  (it printed nothing)".to_owned()
-                } else {
-                    tail.join("\n")
-                },
+                output.tail_text(),
                 log_path.display()
             ),
         ))

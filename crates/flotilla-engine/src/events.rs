@@ -78,6 +78,60 @@ pub trait Progress: Send + Sync {
     fn event(&self, event: Event);
 }
 
+/// A build's output as it arrives, shared by every provider that runs one: each line becomes a
+/// [`Event::BuildOutput`] (cut to [`BuildLines::MAX_EVENT_LINE`] characters; the provider's log
+/// keeps the whole line), and the last [`BuildLines::TAIL`] lines are kept for the error of a
+/// failed build.
+pub struct BuildLines<'a> {
+    id: DeploymentId,
+    progress: &'a dyn Progress,
+    tail: std::collections::VecDeque<String>,
+}
+
+impl<'a> BuildLines<'a> {
+    /// Lines of output a failed build's error shows.
+    pub const TAIL: usize = 30;
+    /// Characters of one line passed on as an event.
+    pub const MAX_EVENT_LINE: usize = 2000;
+
+    /// Output of `id`'s build, reported to `progress`.
+    pub fn new(id: DeploymentId, progress: &'a dyn Progress) -> Self {
+        BuildLines {
+            id,
+            progress,
+            tail: std::collections::VecDeque::with_capacity(Self::TAIL),
+        }
+    }
+
+    /// One line (without its newline).
+    pub fn line(&mut self, line: &str) {
+        let shown = match line.char_indices().nth(Self::MAX_EVENT_LINE) {
+            Some((cut, _)) => format!("{}…", &line[..cut]),
+            None => line.to_owned(),
+        };
+        if self.tail.len() == Self::TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(shown.clone());
+        self.progress.event(Event::BuildOutput {
+            id: self.id.clone(),
+            line: shown,
+        });
+    }
+
+    /// The last lines, indented for an error message (`  | line`), or a note that there was none.
+    pub fn tail_text(&self) -> String {
+        if self.tail.is_empty() {
+            return "  (it printed nothing)".to_owned();
+        }
+        self.tail
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// A [`Progress`] that drops every event.
 pub struct Silent;
 
@@ -94,5 +148,33 @@ impl Progress for Recorder {
         if let Ok(mut events) = self.0.lock() {
             events.push(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod build_lines_tests {
+    use super::*;
+
+    #[test]
+    fn lines_become_events_cut_to_length_and_the_tail_keeps_the_last_ones() {
+        let recorder = Recorder::default();
+        let id = DeploymentId::new("20261207-120000-aaaa").expect("valid id");
+        let mut lines = BuildLines::new(id, &recorder);
+        assert_eq!(lines.tail_text(), "  (it printed nothing)");
+        for n in 0..40 {
+            lines.line(&format!("line {n}"));
+        }
+        let long = "x".repeat(BuildLines::MAX_EVENT_LINE + 5);
+        lines.line(&long);
+        let tail = lines.tail_text();
+        assert_eq!(tail.lines().count(), BuildLines::TAIL);
+        assert!(tail.starts_with("  | line 11\n"), "{tail}");
+        let events = recorder.0.lock().expect("events");
+        assert_eq!(events.len(), 41);
+        let Some(Event::BuildOutput { line, .. }) = events.last() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(line.chars().count(), BuildLines::MAX_EVENT_LINE + 1);
+        assert!(line.ends_with('…'));
     }
 }

@@ -9,25 +9,18 @@
 //! A release is complete once its marker file exists; a half-made one (the daemon died while
 //! copying or building) is removed and made again, so `prepare` is idempotent per id.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flotilla_core::DeploymentId;
-use flotilla_engine::events::{Event, Progress};
+use flotilla_engine::events::{BuildLines, Event, Progress};
 use tokio::sync::mpsc;
 
 use crate::error::HostError;
 
 /// The file whose presence marks a complete release.
 pub const COMPLETE_MARKER: &str = ".flotilla-release";
-
-/// Lines of build output kept in an error.
-const BUILD_TAIL_LINES: usize = 30;
-
-/// Characters of one output line passed on as an event (the log keeps the whole line).
-const MAX_EVENT_LINE: usize = 2000;
 
 /// How long output still pending is read after the build command exited (a process it left in
 /// the background may hold its output open).
@@ -321,23 +314,12 @@ async fn run_build(
     let (tx, mut lines) = mpsc::unbounded_channel();
     // A blocking reader: it ends at end of file, even when nobody waits for it any more.
     std::thread::spawn(move || read_lines(std::fs::File::from(read_end), tx));
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(BUILD_TAIL_LINES);
+    let mut output = BuildLines::new(id.clone(), progress);
     let mut on_line = |line: String| {
         use std::io::Write as _;
         // A log that cannot be written must not fail the build; the events still show it.
         let _ = writeln!(file, "{line}");
-        if tail.len() == BUILD_TAIL_LINES {
-            tail.pop_front();
-        }
-        let shown = match line.char_indices().nth(MAX_EVENT_LINE) {
-            Some((cut, _)) => format!("{}…", &line[..cut]),
-            None => line.clone(),
-        };
-        tail.push_back(shown.clone());
-        progress.event(Event::BuildOutput {
-            id: id.clone(),
-            line: shown,
-        });
+        output.line(&line);
     };
     let status = loop {
         tokio::select! {
@@ -360,17 +342,12 @@ async fn run_build(
         });
         return Ok(());
     }
-    let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
     Err(ReleaseError::Build(Box::new(BuildFailure {
         command: build.command.to_owned(),
         status: status.to_string(),
         elapsed,
         dir: dir.to_path_buf(),
-        tail: if tail.is_empty() {
-            "  (it printed nothing)".to_owned()
-        } else {
-            tail.join("\n")
-        },
+        tail: output.tail_text(),
         log: log.to_path_buf(),
     })))
 }
