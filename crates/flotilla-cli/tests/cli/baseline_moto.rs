@@ -165,6 +165,19 @@ fn env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// `flotilla.toml` for the AWS app `shop` in `dir`, with moto as its endpoint.
+fn write_aws_config(dir: &Path, moto: &Moto) {
+    std::fs::write(
+        dir.join("flotilla.toml"),
+        format!(
+            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"{}\"\n",
+            moto.url()
+        ),
+    )
+    .expect("write config");
+}
+
 fn run(dir: &Path, args: &[&str]) -> Run {
     flotilla(dir, args, &env())
 }
@@ -173,15 +186,7 @@ fn run(dir: &Path, args: &[&str]) -> Run {
 fn baseline_up_show_and_down_through_the_binary() {
     let moto = Moto::start();
     let dir = super::tempdir();
-    std::fs::write(
-        dir.path().join("flotilla.toml"),
-        format!(
-            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
-             endpoint_url = \"{}\"\n",
-            moto.url()
-        ),
-    )
-    .expect("write config");
+    write_aws_config(dir.path(), &moto);
 
     // Nothing yet: `show` says how to make it.
     let show = run(dir.path(), &["baseline", "show"]);
@@ -371,15 +376,7 @@ fn static_elf(payload: &[u8]) -> Vec<u8> {
 fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
     let moto = Moto::start();
     let dir = super::tempdir();
-    std::fs::write(
-        dir.path().join("flotilla.toml"),
-        format!(
-            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
-             endpoint_url = \"{}\"\n",
-            moto.url()
-        ),
-    )
-    .expect("write config");
+    write_aws_config(dir.path(), &moto);
     // A build tree like cargo's: target/release/flotilla, and the static build's output in
     // target/static/ (scripts/build-static.sh). The binary is linked there (same file system as
     // the build) so that it really runs from that directory.
@@ -498,15 +495,7 @@ fn stack_status(moto: &Moto, name: &str) -> Option<String> {
 fn a_stack_deleted_behind_the_cache_is_not_trusted_and_every_hint_converges() {
     let moto = Moto::start();
     let dir = super::tempdir();
-    std::fs::write(
-        dir.path().join("flotilla.toml"),
-        format!(
-            "name = \"shop\"\nprovider = \"aws\"\n[aws]\nregion = \"us-east-1\"\n\
-             endpoint_url = \"{}\"\n",
-            moto.url()
-        ),
-    )
-    .expect("write config");
+    write_aws_config(dir.path(), &moto);
     let up = run(
         dir.path(),
         &["baseline", "up", "--reaper-binary", "/bin/true"],
