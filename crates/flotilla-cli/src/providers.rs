@@ -933,11 +933,42 @@ mod tests {
     #[tokio::test]
     async fn without_the_aws_feature_every_aws_entry_point_says_how_to_get_one() {
         use crate::exit::{Exit, classify_for};
+        // A host configuration: without the feature an AWS one does not even resolve.
+        let config = crate::config::resolve_text(
+            crate::config::FILE_NAME,
+            "name = \"shop\"\n[host]\ncommand = \"./run\"\n",
+            std::path::Path::new("/srv/shop"),
+            &|_| None,
+            &crate::config::Overrides::default(),
+        )
+        .expect("a valid host configuration");
+        let out = crate::output::Output {
+            json: false,
+            verbose: 0,
+        };
+        let (lines, _) = mpsc::channel(1);
         let errors = [
             run_lambda().await.expect_err("no Lambda runtime"),
             aws_deployer_policy(None, None)
                 .await
                 .expect_err("no deployer policy"),
+            baseline(&config, &BaselineRequest::Template, out)
+                .await
+                .expect_err("no baseline"),
+            teardown_baseline(&config, out)
+                .await
+                .expect_err("no baseline teardown"),
+            aws_stack_unusable_for_teardown(&config)
+                .await
+                .expect_err("no stack check"),
+            aws_follow_logs(&config, None, vec![], 10, lines, |_| {})
+                .await
+                .err()
+                .expect("no log tail"),
+            open_aws(&config, engine_settings(&config), "status")
+                .await
+                .err()
+                .expect("no AWS ports"),
         ];
         for err in errors {
             let (exit, hint) = classify_for(&err, Some(ProviderKind::Aws));
@@ -953,5 +984,6 @@ mod tests {
             );
         }
         assert_eq!(check_aws_secret_reference("not a reference"), Ok(()));
+        assert!(recheck_aws_cache(&config).await.is_none());
     }
 }
