@@ -963,8 +963,7 @@ mod tests {
                 .expect_err("no stack check"),
             aws_follow_logs(&config, None, vec![], 10, lines, |_| {})
                 .await
-                .err()
-                .expect("no log tail"),
+                .expect_err("no log tail"),
             open_aws(&config, engine_settings(&config), "status")
                 .await
                 .err()
