@@ -52,6 +52,9 @@ use crate::supervisor::Supervisor;
 
 /// How long the router may take to drain its connections at shutdown, at most.
 const MAX_ROUTER_DRAIN: Duration = Duration::from_secs(10);
+/// How long a daemon behind the front door waits for its versions' health before registering.
+const FRONT_DOOR_HEALTH_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a deploy lock taken by the daemon's reaper lives.
 const REAPER_LOCK_TTL: Duration = Duration::from_secs(300);
 
@@ -71,6 +74,9 @@ pub struct Host {
     clock: SystemClock,
     /// What the reaper loop has done, for `/metrics`.
     reaper_meter: crate::metrics::ReaperMeter,
+    /// Where this daemon's registration with the front door stands (`Connecting` when it has
+    /// none configured, and never changes then).
+    front_door: watch::Sender<crate::front_door::member::MembershipState>,
 }
 
 fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortError {
@@ -85,6 +91,34 @@ impl Host {
         let tombstones = lock(&self.tombstones).clone();
         self.router
             .publish(&table, &tombstones, &self.supervisor.instances());
+    }
+
+    /// Waits until every version with instances has a healthy one, or `limit` passed (then says
+    /// which have none).
+    async fn wait_for_health(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut healthy: BTreeMap<DeploymentId, bool> = BTreeMap::new();
+            for view in self.supervisor.instances() {
+                *healthy.entry(view.id).or_default() |= view.state.healthy();
+            }
+            let waiting: Vec<_> = healthy
+                .into_iter()
+                .filter(|(_, h)| !h)
+                .map(|(id, _)| id)
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    ?waiting,
+                    "registering with the front door although these versions have no healthy instance yet"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Changes the routing table with `change`, saves it, then publishes it.
@@ -755,12 +789,39 @@ pub async fn serve_until(
             trackers: Mutex::new(HashMap::new()),
             clock: SystemClock,
             reaper_meter: crate::metrics::ReaperMeter::default(),
+            front_door: watch::channel(crate::front_door::member::MembershipState::Connecting).0,
         }
     });
     host.refresh();
 
-    let listeners = router_listeners(settings.listen, router_workers())
-        .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+    let (listeners, front_door) = match &settings.front_door {
+        None => {
+            let listeners = router_listeners(settings.listen, router_workers())
+                .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+            (
+                listeners
+                    .into_iter()
+                    .map(WorkerIncoming::Listener)
+                    .collect(),
+                None,
+            )
+        }
+        Some(member) => {
+            // A front door that refuses this app (a host name another app holds) is a
+            // configuration error worth stopping for; one not running yet is not.
+            let membership = front_door_membership(&settings, member);
+            crate::front_door::member::check(&membership)
+                .await
+                .map_err(|reason| {
+                    HostError::Protocol(format!(
+                        "the front door on {} refused this app: {reason}",
+                        member.socket.display()
+                    ))
+                })?;
+            let (incoming, handed) = handed_over_workers(router_workers());
+            (incoming, Some((member.clone(), handed)))
+        }
+    };
     let admin = TcpListener::bind(settings.admin_listen)
         .await
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
@@ -777,11 +838,20 @@ pub async fn serve_until(
 
     let restored = host.supervisor.restore().await?;
     host.refresh();
-    tracing::info!(
-        name = %settings.name, pid = std::process::id(), listen = %settings.listen,
-        admin = %settings.admin_listen, socket = %socket_path.display(), restored = restored.len(),
-        "flotilla host daemon serving"
-    );
+    let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
+    match &settings.front_door {
+        None => tracing::info!(
+            name = %settings.name, pid = std::process::id(), listen = %settings.listen,
+            admin = %admin_addr, socket = %socket_path.display(), restored = restored.len(),
+            "flotilla host daemon serving"
+        ),
+        Some(member) => tracing::info!(
+            name = %settings.name, pid = std::process::id(), hosts = ?member.hosts,
+            front_door = %member.socket.display(), admin = %admin_addr,
+            socket = %socket_path.display(), restored = restored.len(),
+            "flotilla host daemon serving behind the front door"
+        ),
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Arc::new(Engine::new(
@@ -800,6 +870,16 @@ pub async fn serve_until(
         first_byte_timeout: settings.first_byte_timeout,
         ..ProxyConfig::default()
     };
+    let front_door_task = front_door.map(|(member, handed)| {
+        let membership = front_door_membership(&settings, &member);
+        let (host, stop) = (host.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            // Connections the front door held while this app was away are handed over as soon
+            // as it registers: register once they can be served.
+            host.wait_for_health(FRONT_DOOR_HEALTH_WAIT).await;
+            run_front_door_member(membership, handed, host.front_door.clone(), stop).await;
+        })
+    });
     let proxy_task = {
         let rx = stop_rx.clone();
         let router = router.clone();
@@ -893,6 +973,9 @@ pub async fn serve_until(
     let _ = tokio::fs::remove_file(&socket_path).await;
     let _ = drain_task.await;
     let _ = reaper_task.await;
+    if let Some(task) = front_door_task {
+        let _ = task.await;
+    }
     let _ = proxy_task.await;
     let _ = admin_task.await;
     match on_exit {
@@ -986,6 +1069,70 @@ fn router_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net:
     Ok(out)
 }
 
+/// Where one router worker's connections come from.
+enum WorkerIncoming {
+    /// Its own `SO_REUSEPORT` listener.
+    Listener(std::net::TcpListener),
+    /// Connections the front door handed to this daemon.
+    Handed(flotilla_proxy::HandedOver),
+}
+
+/// This daemon's registration with the front door.
+fn front_door_membership(
+    settings: &HostSettings,
+    member: &crate::settings::FrontDoorMember,
+) -> crate::front_door::member::Membership {
+    crate::front_door::member::Membership {
+        socket: member.socket.clone(),
+        app: settings.name.to_string(),
+        hosts: member.hosts.clone(),
+        doors: vec![crate::front_door::wire::Door::Http],
+    }
+}
+
+/// `n` router workers fed by the front door: their incoming channels, and the senders a
+/// distributor spreads handed-over connections over.
+fn handed_over_workers(
+    n: usize,
+) -> (
+    Vec<WorkerIncoming>,
+    Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+) {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (WorkerIncoming::Handed(flotilla_proxy::HandedOver(rx)), tx)
+        })
+        .unzip()
+}
+
+/// Keeps this daemon registered with the front door and spreads the connections it hands over
+/// across the router workers, in turn.
+async fn run_front_door_member(
+    membership: crate::front_door::member::Membership,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+    state: watch::Sender<crate::front_door::member::MembershipState>,
+    stop: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let register = tokio::spawn(crate::front_door::member::run(membership, tx, state, stop));
+    let mut next = 0usize;
+    while let Some(handed) = rx.recv().await {
+        let crate::front_door::member::Handed {
+            stream,
+            peer,
+            local,
+            ..
+        } = handed;
+        if workers.is_empty() {
+            break;
+        }
+        let _ = workers[next % workers.len()].send((stream, peer, local));
+        next = next.wrapping_add(1);
+    }
+    let _ = register.await;
+}
+
 /// What the router workers' shutdown cut, summed.
 struct RouterReport {
     cut: usize,
@@ -996,7 +1143,7 @@ struct RouterReport {
 /// on one thread, with no cross-thread wake-ups on the hot path. They share the router (an
 /// `ArcSwap` snapshot and atomic counters), so routing and session accounting are the same.
 async fn run_router_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<WorkerIncoming>,
     config: ProxyConfig,
     router: Arc<Router>,
     stop: watch::Receiver<bool>,
@@ -1019,17 +1166,24 @@ async fn run_router_workers(
                     }
                 };
                 let cut = runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot use the router listener");
-                            return 0;
+                    let stopped = async move {
+                        crate::supervisor::stop_requested(&mut stop).await;
+                    };
+                    let report = match listener {
+                        WorkerIncoming::Listener(listener) => {
+                            let listener = match TcpListener::from_std(listener) {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot use the router listener");
+                                    return 0;
+                                }
+                            };
+                            flotilla_proxy::serve(listener, config, router, stopped).await
+                        }
+                        WorkerIncoming::Handed(handed) => {
+                            flotilla_proxy::serve(handed, config, router, stopped).await
                         }
                     };
-                    let report = flotilla_proxy::serve(listener, config, router, async move {
-                        crate::supervisor::stop_requested(&mut stop).await;
-                    })
-                    .await;
                     report.cut()
                 });
                 let _ = tx.send(cut);

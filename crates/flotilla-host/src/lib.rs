@@ -15,6 +15,7 @@
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
 //! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
+//! - [`front_door`]: several apps behind one pair of public ports, chosen by host name.
 //! - [`fdlimit`]: the raised descriptor limit and the router's connection cap derived from it.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod daemon;
 pub mod error;
 pub mod fdlimit;
+pub mod front_door;
 pub mod health;
 pub mod logs;
 pub mod metrics;

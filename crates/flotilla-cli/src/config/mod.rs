@@ -336,6 +336,11 @@ pub struct HostConfig {
     pub keep_releases: u32,
     /// The file of secrets every new version gets, absolute.
     pub secrets_file: Option<PathBuf>,
+    /// The host names served behind the shared front door (normalized); `None` when the router
+    /// listens on `listen` itself.
+    pub hosts: Option<Vec<String>>,
+    /// The front door's registration socket, absolute; `None` for the default.
+    pub front_door_socket: Option<PathBuf>,
 }
 
 /// `[env]` and `[secrets]`: the app's own environment, merged from every layer.
