@@ -241,6 +241,16 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
                     .unwrap_or_else(flotilla_host::front_door::server::default_socket),
                 hosts,
             });
+    s.access_log =
+        config
+            .host
+            .access_log
+            .clone()
+            .map(|path| flotilla_host::access_log::AccessLogSettings {
+                path,
+                max_bytes: u64::from(config.host.access_log_max_mb) * 1024 * 1024,
+                keep: config.host.access_log_keep,
+            });
     // The background daemon reads the same config: same file, same name, same provider.
     let exe = std::env::current_exe()?;
     let mut argv: Vec<std::ffi::OsString> = vec![exe.into_os_string()];

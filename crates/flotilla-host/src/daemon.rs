@@ -868,6 +868,13 @@ pub async fn serve_until(
         // One limit for every worker: each worker's config is a clone sharing it.
         connection_limit,
         first_byte_timeout: settings.first_byte_timeout,
+        access_log: match &settings.access_log {
+            None => None,
+            Some(log) => Some(Arc::new(
+                crate::access_log::JsonLines::start(settings.name.as_ref(), log)
+                    .map_err(HostError::io("open the access log", &log.path))?,
+            ) as Arc<dyn flotilla_proxy::AccessLog>),
+        },
         ..ProxyConfig::default()
     };
     let front_door_task = front_door.map(|(member, handed)| {

@@ -77,6 +77,9 @@ pub struct HostSettings {
     /// router then binds no port of its own and serves the connections the front door hands it.
     #[serde(default)]
     pub front_door: Option<FrontDoorMember>,
+    /// The router's access log (`[host] access_log`); `None` (the default) writes none.
+    #[serde(default)]
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
@@ -132,6 +135,7 @@ impl HostSettings {
             max_connections: None,
             first_byte_timeout: default_first_byte_timeout(),
             front_door: None,
+            access_log: None,
             serve_command: None,
         }
     }

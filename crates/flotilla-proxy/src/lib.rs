@@ -53,6 +53,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod body;
 mod client_js;
 mod config;
@@ -67,6 +68,7 @@ mod server;
 mod stats;
 mod ws;
 
+pub use access::{AccessEntry, AccessLog};
 pub use body::{Body, BodyError};
 pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};

@@ -341,6 +341,12 @@ pub struct HostConfig {
     pub hosts: Option<Vec<String>>,
     /// The front door's registration socket, absolute; `None` for the default.
     pub front_door_socket: Option<PathBuf>,
+    /// The router's access log, absolute; `None` writes none.
+    pub access_log: Option<PathBuf>,
+    /// The access log's rotation size, in MiB.
+    pub access_log_max_mb: u32,
+    /// Rotated access log files kept.
+    pub access_log_keep: u32,
 }
 
 /// `[env]` and `[secrets]`: the app's own environment, merged from every layer.

@@ -761,7 +761,21 @@ impl Resolver<'_> {
             (Some(_), None) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             _ => admin,
         };
+        let access_log = self
+            .checked("host.access_log", |s| {
+                if s.trim().is_empty() {
+                    Err("`host.access_log` is empty; name a file or leave the key out".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)));
+        let access_log_max_mb = self.u32("host.access_log_max_mb", 1..=100_000);
+        let access_log_keep = self.u32("host.access_log_keep", 0..=1000);
         HostConfig {
+            access_log,
+            access_log_max_mb,
+            access_log_keep,
             hosts,
             front_door_socket,
             listen: router.unwrap_or(fallback),

@@ -416,6 +416,31 @@ pub const KEYS: &[Key] = &[
     ),
     key_ex(
         "host",
+        "access_log",
+        Ty::Str,
+        Unset,
+        "Write the router's access log here: one JSON line per response (time, client address, \
+         method, host, path without the query, status, the version that served it, time to the \
+         response head, whether a WebSocket began). Off when unset. Rotated by size: the file \
+         gets .1, .2, ... (relative to this file's directory; owner-only).",
+        "\".flotilla/host/logs/access.jsonl\"",
+    ),
+    key(
+        "host",
+        "access_log_max_mb",
+        Ty::Int,
+        Int(100),
+        "The access log's size, in MiB, at which it is rotated.",
+    ),
+    key(
+        "host",
+        "access_log_keep",
+        Ty::Int,
+        Int(5),
+        "Rotated access log files kept besides the current one.",
+    ),
+    key_ex(
+        "host",
         "front_door_socket",
         Ty::Str,
         Unset,

@@ -1127,7 +1127,10 @@ fn hosts_put_the_app_behind_the_front_door_with_its_own_status_port() {
     assert_eq!(config.host.front_door_socket, None);
     let without = ok(BASE, &[], &none);
     assert_eq!(without.host.hosts, None);
-    assert_eq!(without.host.admin_listen, "127.0.0.1:8081".parse().expect("addr"));
+    assert_eq!(
+        without.host.admin_listen,
+        "127.0.0.1:8081".parse().expect("addr")
+    );
 }
 
 #[test]
@@ -1137,22 +1140,28 @@ fn hosts_are_checked_and_listen_beside_them_is_refused() {
         &format!("{BASE}hosts = [\"shop.example.com\", \"https://x/\"]\n"),
         &[],
         &none,
-        &["flotilla.toml:4:9: `host.hosts` lists \"https://x/\": not a host name (use names like \
-           \"shop.example.com\" or \"*.example.com\", without a scheme or path)"],
+        &[
+            "flotilla.toml:4:9: `host.hosts` lists \"https://x/\": not a host name (use names like \
+           \"shop.example.com\" or \"*.example.com\", without a scheme or path)",
+        ],
     );
     check(
         &format!("{BASE}hosts = []\n"),
         &[],
         &none,
-        &["flotilla.toml:4:9: `host.hosts` is empty; list the host names this app answers for, \
-           or leave the key out to serve on `listen`"],
+        &[
+            "flotilla.toml:4:9: `host.hosts` is empty; list the host names this app answers for, \
+           or leave the key out to serve on `listen`",
+        ],
     );
     check(
         &format!("{BASE}hosts = [\"a.example\"]\nlisten = \"0.0.0.0:80\"\n"),
         &[],
         &none,
-        &["flotilla.toml:5:10: `host.listen` has no effect when `host.hosts` is set: the front \
+        &[
+            "flotilla.toml:5:10: `host.listen` has no effect when `host.hosts` is set: the front \
            door owns the public ports and hands this app its connections; remove `listen`, or \
-           remove `hosts` to serve on `listen` alone"],
+           remove `hosts` to serve on `listen` alone",
+        ],
     );
 }

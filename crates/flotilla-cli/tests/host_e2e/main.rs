@@ -1455,11 +1455,44 @@ fn the_status_page_serves_prometheus_metrics_per_version() {
         interval: 1,
         health_timeout: 20,
     });
+    // With the access log on, in a directory that does not exist yet.
+    let toml = env.app().join("flotilla.toml");
+    let text = std::fs::read_to_string(&toml).expect("read flotilla.toml");
+    std::fs::write(
+        &toml,
+        text.replace("[host]\n", "[host]\naccess_log = \"logs/access.jsonl\"\n"),
+    )
+    .expect("write flotilla.toml");
     let id = env.deploy();
     for _ in 0..5 {
         assert_eq!(env.get("/", &[]).status, 200);
     }
-    assert_eq!(env.get("/no-such-page", &[]).status, 404);
+    assert_eq!(env.get("/no-such-page?token=secret", &[]).status, 404);
+
+    // Each response is one JSON line, written within about a second, without the query.
+    let access = env.app().join("logs/access.jsonl");
+    let lines = util::eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&access).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each access log line is JSON"))
+            .collect();
+        (lines.iter().filter(|l| l["version"] == id.as_str()).count() >= 6).then_some(lines)
+    })
+    .expect("the access log has the requests");
+    let not_found = lines
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("the 404 is logged");
+    assert_eq!(not_found["path"], "/no-such-page");
+    assert_eq!(not_found["method"], "GET");
+    assert_eq!(not_found["app"], "e2e");
+    assert_eq!(not_found["client"], "127.0.0.1");
+    assert!(
+        !std::fs::read_to_string(&access)
+            .expect("read")
+            .contains("secret")
+    );
 
     let metrics = util::get(env.admin, "/metrics", &[]).expect("the admin listener answers");
     assert_eq!(metrics.status, 200, "{}", metrics.body);
