@@ -13,7 +13,10 @@
 # and, for reference, the backend directly. It prints requests/s, p50 and p99 per target and the
 # flotilla/nginx ratios (throughput ratio > 1 and p99 ratio < 1 mean flotilla is ahead).
 #
-# Usage: bench/router-vs-nginx.sh   (env: DURATION=10 CONNECTIONS=32 THREADS=1 ROUNDS=2)
+# With PINGORA=1, a third target joins each round: bench/pingora-peer, the same routing on
+# Pingora 0.7 (built here, release, into target/pingora-peer), with as many threads as CPUs.
+#
+# Usage: bench/router-vs-nginx.sh   (env: DURATION=10 CONNECTIONS=32 THREADS=1 ROUNDS=2 PINGORA=0)
 # Needs nginx and wrk from Debian; installs them with apt-get when missing and run as root.
 set -euo pipefail
 
@@ -21,6 +24,7 @@ DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 ROUNDS="${ROUNDS:-2}"
+PINGORA="${PINGORA:-0}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -45,12 +49,19 @@ echo "building flotilla and the example app (release)" >&2
 cargo build --release --quiet -p flotilla-host --example bench_router
 cargo build --release --quiet -p flotilla-example-hello
 HARNESS="$root/target/release/examples/bench_router"
+if [ "$PINGORA" = 1 ]; then
+  echo "building the Pingora peer (release)" >&2
+  cargo build --release --quiet --manifest-path bench/pingora-peer/Cargo.toml --target-dir "$root/target/pingora-peer"
+  PINGORA_BIN="$root/target/pingora-peer/release/pingora-peer"
+fi
 HELLO="$root/target/release/flotilla-example-hello"
 
 work="$(mktemp -d)"
 nginx_pid=""
 harness_pid=""
+pingora_pid=""
 cleanup() {
+  if [ -n "$pingora_pid" ]; then kill "$pingora_pid" 2>/dev/null || true; wait "$pingora_pid" 2>/dev/null || true; fi
   if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
   if [ -n "$harness_pid" ]; then kill "$harness_pid" 2>/dev/null || true; wait "$harness_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -58,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"
+ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"
 
 mkdir -p "$work/app"
 echo "benchmark app" > "$work/app/README"
@@ -129,8 +140,15 @@ NGINX
 "$NGINX" -p "$work" -c "$work/nginx.conf" -g 'daemon off;' 2>>"$work/nginx-error.log" &
 nginx_pid=$!
 
-# Both must route like each other before anything is measured.
-for target in "$ROUTER_PORT" "$NGINX_PORT"; do
+targets=("$ROUTER_PORT" "$NGINX_PORT")
+if [ "$PINGORA" = 1 ]; then
+  "$PINGORA_BIN" "127.0.0.1:$PINGORA_PORT" "$(nproc)" "$V2" "$(echo $V2_ADDRS | tr ' ' ',')" "$V1" "$(echo $V1_ADDRS | tr ' ' ',')" > "$work/pingora.log" 2>&1 &
+  pingora_pid=$!
+  targets+=("$PINGORA_PORT")
+fi
+
+# All must route like each other before anything is measured.
+for target in "${targets[@]}"; do
   for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && break; sleep 0.1; done
   fresh="$(curl -s -D - -o /dev/null "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
   pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $V1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
@@ -170,12 +188,17 @@ echo "router :$ROUTER_PORT, nginx :$NGINX_PORT, backends v1 [$V1_ADDRS] v2 [$V2_
 echo "wrk: $THREADS thread(s), $CONNECTIONS connections, ${DURATION}s per run, $ROUNDS rounds, $(nproc) CPUs" >&2
 wrk -t1 -c4 -d2s "http://127.0.0.1:$ROUTER_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c4 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 || true
+[ "$PINGORA" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$PINGORA_PORT/" >/dev/null 2>&1 || true; }
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   run flotilla fresh "http://127.0.0.1:$ROUTER_PORT/"
   run nginx fresh "http://127.0.0.1:$NGINX_PORT/"
   run flotilla pinned "http://127.0.0.1:$ROUTER_PORT/" "X-Flotilla-Deployment: $V1"
   run nginx pinned "http://127.0.0.1:$NGINX_PORT/" "X-Flotilla-Deployment: $V1"
+  if [ "$PINGORA" = 1 ]; then
+    run pingora fresh "http://127.0.0.1:$PINGORA_PORT/"
+    run pingora pinned "http://127.0.0.1:$PINGORA_PORT/" "X-Flotilla-Deployment: $V1"
+  fi
 done
 run backend direct "http://$BACKEND/"
 
@@ -201,5 +224,10 @@ for scenario in ("fresh", "pinned"):
     p50 = statistics.median(f["p50"]) / statistics.median(n["p50"])
     p99 = statistics.median(f["p99"]) / statistics.median(n["p99"])
     print(f"{scenario}: flotilla/nginx throughput {rps:.2f}x, p50 {p50:.2f}x, p99 {p99:.2f}x")
+    g = agg.get(("pingora", scenario))
+    if g:
+        rps = statistics.median(f["rps"]) / statistics.median(g["rps"])
+        p99 = statistics.median(f["p99"]) / statistics.median(g["p99"])
+        print(f"{scenario}: flotilla/pingora throughput {rps:.2f}x, p99 {p99:.2f}x")
 print("(medians over rounds; throughput > 1x and latency < 1x favour flotilla)")
 PY
