@@ -26,8 +26,15 @@ measure() { # name, then the cargo arguments
   printf '%s\t%.0f\t%.0f\t%s\n' "$name" "$(echo "$user + $sys" | bc)" "$(echo "$end - $start" | bc)" "$crates" >> "$work/results.tsv"
 }
 
-command -v bc >/dev/null || { echo "needs bc (apt-get install bc)" >&2; exit 2; }
-[ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 2; }
+# Pingora's zlib-ng (through flate2) is built with cmake: a system dependency flotilla's build
+# does not have.
+LOG_NAME=pingora-cost
+. "$root/scripts/lib/apt.sh"
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v bc >/dev/null || need+=(bc)
+[ -x /usr/bin/time ] || need+=(time)
+[ "${#need[@]}" -eq 0 ] || apt_install "${need[@]}"
 measure pingora-peer --manifest-path bench/pingora-peer/Cargo.toml --target-dir "$work/t-pingora"
 measure flotilla-proxy -p flotilla-proxy --target-dir "$work/t-proxy"
 pingora_size="$(stat -c %s "$work/t-pingora/release/pingora-peer")"

@@ -47,6 +47,7 @@ cd "$root"
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ "$PINGORA" = 1 ]; then command -v cmake >/dev/null 2>&1 || need+=(cmake); fi
 if [ "$HAPROXY" = 1 ]; then command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy); fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ "${#need[@]}" -gt 0 ]; then
