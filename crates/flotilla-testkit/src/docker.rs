@@ -596,10 +596,7 @@ impl DebianSuite {
     }
 }
 
-/// The repository's root (the testkit crate is `crates/flotilla-testkit`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+pub use crate::repo_root;
 
 /// The cached root filesystem tarball of `suite`, built by `scripts/base-images.sh` when missing.
 pub fn base_image_tarball(suite: DebianSuite) -> Result<PathBuf> {

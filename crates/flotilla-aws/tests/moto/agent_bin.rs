@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::server::Moto;
+use flotilla_testkit::moto::Moto;
 
 /// The agent executable under test.
 fn agent() -> PathBuf {
@@ -247,6 +247,9 @@ fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 #[test]
 fn the_agent_logs_startup_drain_transitions_and_the_stop_sequence_to_stderr() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
     std::fs::write(&state, "active").expect("state");
@@ -320,6 +323,9 @@ fn install_copies_the_agent_with_mode_0755_and_the_copy_runs() {
 
 #[test]
 fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let env = aws_env(&moto.url());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -344,6 +350,9 @@ fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
 
 #[test]
 fn a_tls_failure_without_a_ca_bundle_shows_as_persistent_in_the_health_document() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     // An image without a CA bundle: rustls-native-certs reads these and finds nothing.
     let dir = tempfile::tempdir().expect("temp dir");
     let empty_file = dir.path().join("empty.pem");

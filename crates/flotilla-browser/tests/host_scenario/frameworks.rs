@@ -266,6 +266,9 @@ async fn drop_sockets(tab: &Tab) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamlit_tabs_keep_their_count_and_version_across_deploys_and_a_retired_tab_reloads() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let streamlit = venv_bin("streamlit", "streamlit");
         let secret = secret();
@@ -501,6 +504,9 @@ async fn pulse_socket(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulse_requests_and_sockets_follow_pulse_s_own_affinity_names() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let python = venv_bin("pulse", "python");
         let secret = secret();
