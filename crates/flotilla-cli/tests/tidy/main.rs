@@ -105,7 +105,9 @@ fn only_the_process_crate_signals_process_groups() {
         rust_files(&dir.join("src"), &mut files);
     }
     assert!(
-        files.iter().any(|f| f.ends_with("flotilla-host/src/supervisor.rs")),
+        files
+            .iter()
+            .any(|f| f.ends_with("flotilla-host/src/supervisor.rs")),
         "the scan reaches the supervisor"
     );
     let mut offences = Vec::new();
@@ -133,7 +135,8 @@ fn the_checks_see_what_they_look_for() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/providers.rs"))
             .expect("providers.rs");
     assert!(!code_lines_naming(&providers, "flotilla_host::").is_empty());
-    let group = std::fs::read_to_string(workspace_root().join("crates/flotilla-process/src/group.rs"))
-        .expect("group.rs");
+    let group =
+        std::fs::read_to_string(workspace_root().join("crates/flotilla-process/src/group.rs"))
+            .expect("group.rs");
     assert!(!code_lines_naming(&group, "killpg").is_empty());
 }
