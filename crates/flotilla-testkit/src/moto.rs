@@ -6,7 +6,6 @@
 //! Plain HTTP over a `TcpStream`: no AWS SDK here, so that a test binary that only needs the
 //! server (the CLI's `baseline` tests) compiles none of it.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -114,32 +113,17 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        let host = format!("127.0.0.1:{}", self.port);
+        let response = crate::http::exchange(
+            ("127.0.0.1", self.port),
+            &host,
+            method,
+            path,
+            headers,
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )?;
+        Ok((response.status, response.text()))
     }
 
     /// A call moto routes to `service` by the credential scope (it checks no signature).

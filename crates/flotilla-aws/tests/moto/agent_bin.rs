@@ -7,8 +7,7 @@
 //! `FLOTILLA_TEST_AGENT_BIN` (e.g. `target/static/flotilla-aws-agent-x86_64` after
 //! `scripts/build-static.sh x86_64`, to run the same checks on the static musl build).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -152,18 +151,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        flotilla_testkit::procs::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -178,17 +166,10 @@ fn signal(pid: u32, name: &str) {
 
 /// `GET path` on `addr`; the JSON body, whatever the status.
 fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (_, body) = raw.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
+    let response =
+        flotilla_testkit::http::exchange(addr, addr, "GET", path, &[], b"", Duration::from_secs(5))
+            .ok()?;
+    serde_json::from_slice(&response.body).ok()
 }
 
 fn ssm_put(moto: &Moto, name: &str, value: &str) {

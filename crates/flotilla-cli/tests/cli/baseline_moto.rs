@@ -6,8 +6,7 @@
 //! `baseline down` the test deletes them itself, as CloudFormation does on AWS (see
 //! `crates/flotilla-aws/tests/moto/baseline.rs` for moto's gaps).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,35 +233,30 @@ fn baseline_up_show_and_down_through_the_binary() {
 
 /// The body of `GET path` on moto as bytes (an S3 object), signed for S3 as moto routes it.
 fn s3_get(moto: &Moto, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nAuthorization: \
-         AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
-         SignedHeaders=host, Signature=0\r\n\r\n",
-        moto.port
+    let response = flotilla_testkit::http::exchange(
+        ("127.0.0.1", moto.port),
+        &format!("127.0.0.1:{}", moto.port),
+        "GET",
+        path,
+        &[(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )],
+        b"",
+        Duration::from_secs(30),
+    )
+    .expect("GET from moto's S3");
+    assert_ne!(
+        response
+            .header("transfer-encoding")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("chunked"),
+        "{:?}",
+        response.headers
     );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, raw[split + 4..].to_vec())
+    (response.status, response.body)
 }
 
 /// A static ELF executable for this machine's architecture (no program headers, so no dynamic
