@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 /// Whether `pid` is a live process: it exists and is not a zombie.
@@ -67,10 +67,52 @@ pub fn terminate(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     child.wait().ok()
 }
 
+/// Sends a signal with kill(1): `signal` as kill(1) takes it (`-9`, `-KILL`, `-TERM`, `-STOP`).
+/// Whether kill(1) succeeded (it fails for a process that is gone).
+pub fn kill(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// SIGKILLs whatever `find` returns (the processes a test left behind), up to `rounds` times,
+/// 100 ms apart, until `find` returns nothing.
+pub fn kill_survivors(rounds: u32, find: impl Fn() -> Vec<u32>) {
+    for _ in 0..rounds {
+        let left = find();
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            kill(pid, "-KILL");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `command` to its end within `limit`, collecting the output it pipes; past the limit,
+/// SIGKILLs it and returns `None`.
+pub fn output_within(command: &mut Command, limit: Duration) -> Option<Output> {
+    let child = command.spawn().expect("the command starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.expect("wait for the command")),
+        Err(_) => {
+            kill(pid, "-KILL");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     #[test]
     fn finds_a_child_by_directory_and_environment_and_sees_it_end() {
@@ -148,5 +190,24 @@ mod tests {
             terminate(&mut stubborn, std::time::Duration::ZERO),
             Some(status)
         );
+    }
+
+    #[test]
+    fn output_within_returns_the_output_or_kills_at_the_limit() {
+        let out = output_within(
+            Command::new("sh")
+                .args(["-c", "echo hi"])
+                .stdout(Stdio::piped()),
+            std::time::Duration::from_secs(10),
+        )
+        .expect("in time");
+        assert_eq!(out.stdout, b"hi\n");
+        let started = std::time::Instant::now();
+        let late = output_within(
+            Command::new("sleep").arg("30"),
+            std::time::Duration::from_millis(200),
+        );
+        assert!(late.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }

@@ -156,12 +156,10 @@ impl Drop for Running {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
+    assert!(
+        flotilla_testkit::procs::kill(pid, &format!("-{name}")),
+        "kill -{name} {pid}"
+    );
 }
 
 /// `GET path` on `addr`; the JSON body, whatever the status.
