@@ -2,7 +2,7 @@
 # Creates the project-local virtualenv `.venv/moto` with moto's server (`moto_server`), the AWS
 # emulator the flotilla-aws tests run against. Idempotent: an existing venv with the pinned version
 # is left alone. The tests start `moto_server` themselves on a free loopback port (see
-# crates/flotilla-aws/tests/support/moto.rs); this script only installs it.
+# crates/flotilla-testkit/src/moto.rs); this script only installs it.
 #
 # Usage: scripts/moto.sh          install (or confirm) .venv/moto
 #        scripts/moto.sh --path   print the path of moto_server after installing

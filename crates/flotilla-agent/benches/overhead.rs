@@ -120,10 +120,8 @@ async fn main() {
     let app_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let app_addr = app_listener.local_addr().expect("addr");
     tokio::spawn(app(app_listener));
-    let listen: SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr")
-    };
+    let listen: SocketAddr =
+        flotilla_testkit::net::free_loopback_addr().expect("a free loopback port");
 
     let child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
         .env("FLOTILLA_DEPLOYMENT_NAME", "bench")

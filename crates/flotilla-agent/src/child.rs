@@ -1,12 +1,12 @@
 //! The app as a child process: started in its own process group with `PORT` set, signalled as a
-//! group (so a shell wrapper's children get the signal too), and its exit status mapped to the
-//! agent's exit code.
+//! group (so a shell wrapper's children get the signal too; `flotilla-process` does both), and its
+//! exit status mapped to the agent's exit code.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use flotilla_process::Signal;
+use flotilla_process::group::{self, Leftovers};
 use tokio::process::{Child, Command};
 
 /// The app could not be started.
@@ -63,18 +63,18 @@ impl App {
             program: String::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
         })?;
-        let child = Command::new(program)
-            .args(args)
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .process_group(0)
-            // The agent decides when the app stops; it must never outlive an agent that failed.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| SpawnError {
-                program: program.clone(),
-                source,
-            })?;
+        let child = group::spawn_in_own_group(
+            Command::new(program)
+                .args(args)
+                .env("PORT", port.to_string())
+                .stdin(Stdio::null())
+                // The agent decides when the app stops; it must never outlive an agent that failed.
+                .kill_on_drop(true),
+        )
+        .map_err(|source| SpawnError {
+            program: program.clone(),
+            source,
+        })?;
         let pid = child.id();
         Ok(App { child, pid })
     }
@@ -82,17 +82,6 @@ impl App {
     /// The app's process id (also its process group id).
     pub(crate) fn pid(&self) -> Option<u32> {
         self.pid
-    }
-
-    /// Sends `signal` to the app's whole process group.
-    pub(crate) fn signal(&self, signal: Signal) {
-        let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) else {
-            return;
-        };
-        if let Err(err) = killpg(Pid::from_raw(pid), signal) {
-            // ESRCH: the group is already gone, which is what we wanted.
-            tracing::debug!(pid, %signal, error = %err, "signalling the app's process group failed");
-        }
     }
 
     /// Waits for the app to exit.
@@ -107,19 +96,19 @@ impl App {
         signal: Signal,
         grace: Duration,
     ) -> std::io::Result<(ExitStatus, bool)> {
-        self.signal(signal);
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => {
-                // Anything the app left behind in its group goes with it.
-                self.signal(Signal::SIGKILL);
-                Ok((status?, false))
-            }
-            Err(_) => {
-                self.signal(Signal::SIGKILL);
-                let status = self.child.wait().await?;
-                Ok((status, true))
-            }
-        }
+        // Anything the app left behind in its group goes with it, at once.
+        let stopped = group::stop_group(
+            self.pid.unwrap_or(0),
+            Some(&mut self.child),
+            signal,
+            grace,
+            Leftovers::Kill,
+        )
+        .await;
+        let status = stopped
+            .leader
+            .expect("the leader was given, so it was waited for")?;
+        Ok((status, stopped.killed))
     }
 }
 

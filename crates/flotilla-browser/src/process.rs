@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_process::procfs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -256,43 +257,25 @@ pub(crate) fn doomed(table: &[ProcInfo], root: u32, marker: &str) -> Vec<u32> {
 
 /// Reads the process table from `/proc`. Processes that vanish while being read are skipped.
 pub(crate) fn process_table() -> Vec<ProcInfo> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    procfs::pids()
+        .into_iter()
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (state, ppid) = parse_stat(&stat)?;
+            let stat = procfs::stat(pid)?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             Some(ProcInfo {
                 pid,
-                ppid,
+                ppid: stat.ppid,
                 cmdline: cmdline.trim_end().to_string(),
-                zombie: state == 'Z',
+                zombie: stat.zombie(),
             })
         })
         .collect()
 }
 
-/// Parses the state and parent pid out of `/proc/PID/stat`. The command name is in parentheses
-/// and may itself contain spaces and parentheses, so fields are counted from the last `)`.
-pub(crate) fn parse_stat(stat: &str) -> Option<(char, u32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
 /// Whether `pid` is still running (exists and is not a zombie).
 pub fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| parse_stat(&s))
-        .is_some_and(|(state, _)| state != 'Z')
+    procfs::alive(pid)
 }
 
 #[cfg(test)]
@@ -352,17 +335,6 @@ mod tests {
         check(200, "", &[201]);
         check(999, "", &[]);
         check(103, "", &[]);
-    }
-
-    #[test]
-    fn stat_lines() {
-        let check = |line: &str, expected: Option<(char, u32)>| {
-            assert_eq!(parse_stat(line), expected, "{line:?}");
-        };
-        check("42 (chromium) S 7 42 42 0 -1", Some(('S', 7)));
-        check("42 (a (weird) name) Z 9 1", Some(('Z', 9)));
-        check("42 (no fields)", None);
-        check("garbage", None);
     }
 
     #[test]

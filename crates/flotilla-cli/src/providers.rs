@@ -105,7 +105,8 @@ pub fn engine_settings(config: &Config) -> Settings {
         lock_owner: lock_owner(),
         local_holders: Some(flotilla_engine::workflows::LocalHolders {
             host: hostname(),
-            alive: pid_alive,
+            // Whether process `pid` of this host runs (a zombie, dead but not yet reaped, does not).
+            alive: flotilla_process::procfs::alive,
         }),
     }
 }
@@ -126,16 +127,6 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown-host".to_owned())
-}
-
-/// Whether process `pid` of this host runs (a zombie, dead but not yet reaped, does not).
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rfind(')')
-            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// The URL users reach a host router listening on `listen` at: unspecified addresses

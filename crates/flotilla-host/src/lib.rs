@@ -10,7 +10,8 @@
 //! - [`health`]: HTTP health checks.
 //! - [`supervisor`]: process groups, restarts with backoff, logs, SIGTERM then SIGKILL, and
 //!   adopting the processes a previous daemon left running.
-//! - [`procfs`]: a process's state, group and start time from `/proc/<pid>/stat`.
+//! - [`procfs`]: a process's state, group and start time from `/proc/<pid>/stat` (re-exported
+//!   from `flotilla-process`, which also spawns and stops the instances' process groups).
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
@@ -33,7 +34,7 @@ pub mod logs;
 pub mod metrics;
 pub mod port_holder;
 pub mod private;
-pub mod procfs;
+pub use flotilla_process::procfs;
 pub mod release;
 pub mod router;
 pub mod rpc;

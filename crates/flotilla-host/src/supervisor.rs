@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId};
 use flotilla_engine::ports::ComputeStatus;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use flotilla_process::Signal;
+use flotilla_process::group::{self, Leftovers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -242,7 +242,7 @@ impl Supervisor {
         for p in &live {
             tracing::warn!(id = %p.id, instance = %p.instance, pgid = p.pid,
                 "stopping processes left by a previous daemon");
-            let _ = killpg(Pid::from_raw(p.pid as i32), Signal::SIGTERM);
+            let _ = group::signal_group(p.pid, Signal::SIGTERM);
         }
         // Orphans are not our children: poll /proc (zombies count as gone) until they have exited.
         let deadline = Instant::now() + self.inner.stop_timeout.min(LEFTOVER_TIMEOUT);
@@ -257,7 +257,7 @@ impl Supervisor {
             if Instant::now() >= deadline {
                 for p in remaining {
                     tracing::warn!(pgid = p.pid, "leftover processes ignored SIGTERM: SIGKILL");
-                    let _ = killpg(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+                    let _ = group::signal_group(p.pid, Signal::SIGKILL);
                 }
                 break;
             }
@@ -710,27 +710,27 @@ impl Monitor {
             .try_clone()
             .map_err(HostError::io("open instance log", &log_path))?;
         let launch = &self.record.launch;
-        let child = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&launch.command)
-            .current_dir(&launch.release_dir)
-            // The version's environment is what its deploy declared, not whatever the command
-            // that first started the daemon happened to have: only the basics pass through.
-            .env_clear()
-            .envs(inherited_env(std::env::vars_os()))
-            .envs(self.record.spec.env.values())
-            .env("PORT", port.to_string())
-            .env("FLOTILLA_DEPLOYMENT_NAME", self.inner.name.as_str())
-            .env("FLOTILLA_DEPLOYMENT_ID", self.id.as_str())
-            .env("FLOTILLA_INSTANCE", self.state.instance.as_str())
-            .env("FLOTILLA_RELEASE_DIR", &launch.release_dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(HostError::io("start instance in", &launch.release_dir))?;
+        let child = group::spawn_in_own_group(
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&launch.command)
+                .current_dir(&launch.release_dir)
+                // The version's environment is what its deploy declared, not whatever the command
+                // that first started the daemon happened to have: only the basics pass through.
+                .env_clear()
+                .envs(inherited_env(std::env::vars_os()))
+                .envs(self.record.spec.env.values())
+                .env("PORT", port.to_string())
+                .env("FLOTILLA_DEPLOYMENT_NAME", self.inner.name.as_str())
+                .env("FLOTILLA_DEPLOYMENT_ID", self.id.as_str())
+                .env("FLOTILLA_INSTANCE", self.state.instance.as_str())
+                .env("FLOTILLA_RELEASE_DIR", &launch.release_dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err_log)
+                .kill_on_drop(false),
+        )
+        .map_err(HostError::io("start instance in", &launch.release_dir))?;
         let pid = child.id().unwrap_or(0);
         // Not the command line: a value written inline there (a token) must not reach the log.
         self.log_line(&format!("started pid {pid} on port {port}"));
@@ -777,7 +777,7 @@ impl Monitor {
             tokio::select! {
                 why = running.exited(pid) => {
                     // Whatever it forked dies with it, so a restart cannot collide with leftovers.
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let _ = group::signal_group(pid, Signal::SIGKILL);
                     break RunEnd::Exited(why);
                 }
                 _ = stop_requested(&mut stop) => {
@@ -854,31 +854,9 @@ async fn stop_group(
     if pgid == 0 {
         return false;
     }
-    let group = Pid::from_raw(pgid as i32);
-    let _ = killpg(group, Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + timeout;
-    if let Some(c) = child
-        && tokio::time::timeout_at(deadline, c.wait()).await.is_err()
-    {
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = c.wait().await;
-        return true;
-    }
-    // The leader is gone; wait for the rest of its group (zombies count as gone: an adopted
-    // group's members are not ours to reap).
-    while procfs::group_alive(pgid) {
-        if tokio::time::Instant::now() >= deadline {
-            let _ = killpg(group, Signal::SIGKILL);
-            // Not our children (an adopted group): see them go before saying they are stopped.
-            let killed_by = tokio::time::Instant::now() + Duration::from_secs(2);
-            while procfs::group_alive(pgid) && tokio::time::Instant::now() < killed_by {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    group::stop_group(pgid, child, Signal::SIGTERM, timeout, Leftovers::Await)
+        .await
+        .killed
 }
 
 /// The live (not zombie) processes in process group `pgid` that belong to `id`'s instance `instance` (their
@@ -1210,8 +1188,11 @@ mod tests {
         );
 
         // Its exit is noticed without being its parent, and it is started again.
-        nix::sys::signal::kill(Pid::from_raw(before["i1"] as i32), Signal::SIGKILL)
-            .expect("kill the adopted process");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(before["i1"] as i32),
+            Signal::SIGKILL,
+        )
+        .expect("kill the adopted process");
         wait_until("restarted", || {
             sup2.instances()[0].state.restarts() == 1 && sup2.instances()[0].state.healthy()
         })

@@ -19,7 +19,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -596,10 +596,7 @@ impl DebianSuite {
     }
 }
 
-/// The repository's root (the testkit crate is `crates/flotilla-testkit`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+pub use crate::repo_root;
 
 /// The cached root filesystem tarball of `suite`, built by `scripts/base-images.sh` when missing.
 pub fn base_image_tarball(suite: DebianSuite) -> Result<PathBuf> {
@@ -732,8 +729,7 @@ impl Registry {
 
     fn start_once() -> Result<Registry> {
         let dir = private_dir("flotilla-registry")?;
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
+        let addr = crate::net::free_loopback_addr()
             .map_err(DockerError::io("pick a free loopback port"))?;
         let config = dir.join("config.yml");
         std::fs::write(

@@ -8,7 +8,6 @@
 //! and [`LambdaRuntime::invoke`] sends one and returns what the function answered, as the Lambda
 //! service's `Invoke` API would.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -74,8 +73,7 @@ impl LambdaRuntime {
         .map_err(DockerError::io("write the emulator's Cargo.toml"))?;
         std::fs::write(dir.join("pkg/src/main.rs"), "fn main() {}\n")
             .map_err(DockerError::io("write the emulator's main.rs"))?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
+        let port = crate::net::free_loopback_addr()
             .map_err(DockerError::io("pick a free loopback port"))?
             .port();
         let mut cmd = Command::new(binary);

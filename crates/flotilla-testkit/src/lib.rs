@@ -13,13 +13,26 @@
 //! - [`lambda`]: a Lambda Runtime API emulator (cargo-lambda's) to run a custom runtime's
 //!   `bootstrap` against, and invoking it.
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
+//! - [`http`]: one plain HTTP/1.1 exchange with a server a test started.
+//! - [`moto`]: a moto server (the AWS emulator) of a test's own, and raw calls to it.
 //! - [`net`]: free loopback ports; [`wait`]: bounded polling until something happens.
+//! - [`slow`]: the switch (`FLOTILLA_SKIP_SLOW_TESTS`) that skips the slow tests locally.
 #![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
 
 pub mod docker;
 pub mod ecs_exec;
 pub mod elf;
+pub mod http;
 pub mod lambda;
+pub mod moto;
 pub mod net;
 pub mod procs;
+pub mod slow;
 pub mod wait;
+
+/// The repository's root (the testkit crate is `crates/flotilla-testkit`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

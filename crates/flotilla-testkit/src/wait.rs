@@ -7,7 +7,17 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Calls `check` until it returns `Some` (then that value) or `within` has passed (then `None`).
 /// `check` runs at least once, and once more after the deadline.
-pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn eventually<T>(within: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    eventually_every(within, POLL, check)
+}
+
+/// Like [`eventually`], looking again every `poll` (for a check that is costly to make, such as a
+/// request to a server that is still starting).
+pub fn eventually_every<T>(
+    within: Duration,
+    poll: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check() {
@@ -16,7 +26,7 @@ pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> 
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll);
     }
 }
 

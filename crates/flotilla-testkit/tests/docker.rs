@@ -41,6 +41,9 @@ fn pushed(name_tag: &str, extra: &str, files: &[ContextFile]) -> String {
 
 #[test]
 fn a_static_scratch_image_runs_on_the_host_network_and_round_trips_through_the_registry() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let elf = ElfInfo::read(std::path::Path::new(BUSYBOX)).expect("busybox headers");
     assert!(elf.is_static, "{BUSYBOX} must be busybox-static's");
     assert_eq!(elf.machine, Machine::X86_64);
@@ -89,6 +92,9 @@ fn a_static_scratch_image_runs_on_the_host_network_and_round_trips_through_the_r
 
 #[test]
 fn debian_base_images_have_no_ca_bundle_and_their_own_glibc() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     for suite in [DebianSuite::Bookworm, DebianSuite::Bullseye] {
         let started = Instant::now();
         let image = docker().debian_image(suite).expect("debian image imports");
@@ -127,6 +133,9 @@ fn debian_base_images_have_no_ca_bundle_and_their_own_glibc() {
 /// SIGTERM; a sidecar that ignores SIGTERM is killed at its stopTimeout.
 #[test]
 fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let init = pushed(
         "init:v1",
         "COPY payload.txt /opt/payload.txt\n",
@@ -270,6 +279,9 @@ fn a_task_definition_runs_like_fargate_and_stops_with_sigterm() {
 
 #[test]
 fn entry_point_and_command_replace_the_images_own_like_ecs() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let image = pushed(
         "entrypoint:v1",
         "ENTRYPOINT [\"/bin/echo\", \"image-entrypoint\"]\nCMD [\"image-cmd\"]\n",
@@ -318,6 +330,9 @@ fn entry_point_and_command_replace_the_images_own_like_ecs() {
 
 #[test]
 fn a_failing_init_container_keeps_the_app_from_starting() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let image = pushed("failing:v1", "", &[]);
     let json = serde_json::json!({
       "family": "fails",
@@ -361,6 +376,9 @@ fn a_failing_init_container_keeps_the_app_from_starting() {
 
 #[test]
 fn a_healthy_dependency_waits_for_the_health_check() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let image = pushed("health:v1", "", &[]);
     let json = serde_json::json!({
       "family": "health",
@@ -392,6 +410,9 @@ fn a_healthy_dependency_waits_for_the_health_check() {
 
 #[test]
 fn dropping_the_daemon_stops_it_its_containers_and_removes_its_directory() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let docker = Docker::start().expect("dockerd starts");
     let image = docker.busybox_image().expect("busybox image");
     let id = docker
@@ -428,6 +449,9 @@ fn dropping_the_daemon_stops_it_its_containers_and_removes_its_directory() {
 
 #[test]
 fn an_essential_container_exiting_stops_the_task() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let image = pushed("exits:v1", "", &[]);
     let json = serde_json::json!({
       "family": "exits",
@@ -453,6 +477,9 @@ fn an_essential_container_exiting_stops_the_task() {
 
 #[test]
 fn an_arm64_task_does_not_run_an_x86_64_image() {
+    if flotilla_testkit::slow::skip("a private Docker Engine") {
+        return;
+    }
     let image = pushed("amd64-only:v1", "", &[]);
     let json = serde_json::json!({
       "family": "graviton",

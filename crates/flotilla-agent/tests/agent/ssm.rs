@@ -9,14 +9,9 @@ use flotilla_agent::StopSignal;
 use flotilla_aws::agent_ssm::SsmDrainSource;
 use flotilla_aws::{AwsSettings, CallCounter, Clients};
 use flotilla_core::DeploymentName;
+use flotilla_testkit::moto::Moto;
 
 use crate::util::{self, Agent, ID, get, health_until, websocket};
-
-// The AWS engineer's moto harness: installs `.venv/moto` through scripts/moto.sh if needed and
-// runs `moto_server` on a free loopback port, killed when dropped.
-#[allow(dead_code)]
-#[path = "../../../flotilla-aws/tests/moto/support/server.rs"]
-mod server;
 
 const STATE: &str = "/apps/shop/20261125-190633-k3x9/state";
 const TASK: &str = "/apps/shop/20261125-190633-k3x9/tasks/task-1";
@@ -52,7 +47,10 @@ async fn put_state(ssm: &aws_sdk_ssm::Client, state: &str) {
 
 #[tokio::test]
 async fn the_ssm_source_drives_draining_and_readiness_against_moto() {
-    let moto = tokio::task::spawn_blocking(server::Moto::start)
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let moto = tokio::task::spawn_blocking(Moto::start)
         .await
         .expect("moto");
     let mut aws = AwsSettings::new(DeploymentName::new("shop").expect("valid"));

@@ -7,14 +7,13 @@
 //! `FLOTILLA_TEST_AGENT_BIN` (e.g. `target/static/flotilla-aws-agent-x86_64` after
 //! `scripts/build-static.sh x86_64`, to run the same checks on the static musl build).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::server::Moto;
+use flotilla_testkit::moto::Moto;
 
 /// The agent executable under test.
 fn agent() -> PathBuf {
@@ -152,43 +151,23 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        flotilla_testkit::procs::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
+    assert!(
+        flotilla_testkit::procs::kill(pid, &format!("-{name}")),
+        "kill -{name} {pid}"
+    );
 }
 
 /// `GET path` on `addr`; the JSON body, whatever the status.
 fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (_, body) = raw.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
+    let response =
+        flotilla_testkit::http::exchange(addr, addr, "GET", path, &[], b"", Duration::from_secs(5))
+            .ok()?;
+    serde_json::from_slice(&response.body).ok()
 }
 
 fn ssm_put(moto: &Moto, name: &str, value: &str) {
@@ -247,6 +226,9 @@ fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 #[test]
 fn the_agent_logs_startup_drain_transitions_and_the_stop_sequence_to_stderr() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
     std::fs::write(&state, "active").expect("state");
@@ -320,6 +302,9 @@ fn install_copies_the_agent_with_mode_0755_and_the_copy_runs() {
 
 #[test]
 fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let env = aws_env(&moto.url());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -344,6 +329,9 @@ fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
 
 #[test]
 fn a_tls_failure_without_a_ca_bundle_shows_as_persistent_in_the_health_document() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     // An image without a CA bundle: rustls-native-certs reads these and finds nothing.
     let dir = tempfile::tempdir().expect("temp dir");
     let empty_file = dir.path().join("empty.pem");

@@ -59,6 +59,9 @@ async fn container_env(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_version_carries_its_own_variables_and_secret_references() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let v1 = next_id();
@@ -102,6 +105,9 @@ async fn each_version_carries_its_own_variables_and_secret_references() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_the_execution_role_may_not_read_stops_the_deploy_before_anything_exists() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     w.settings.declared_secrets = vec!["ssm:/shop/database-url".to_owned(), SM_ARN.to_owned()];
     // The baseline grants the SSM parameter only.
@@ -136,6 +142,9 @@ async fn a_secret_the_execution_role_may_not_read_stops_the_deploy_before_anythi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_comes_from_an_init_container_and_wraps_the_app_on_the_chosen_architecture() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     use aws_sdk_ecs::types::{ContainerCondition, CpuArchitecture};
     let mut w = World::new("shop").await;
     w.settings.task.architecture = flotilla_baseline::Architecture::Arm64;

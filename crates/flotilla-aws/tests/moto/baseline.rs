@@ -226,6 +226,9 @@ async fn listener_default(clients: &Clients, listener: &str) -> (ActionTypeEnum,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_up_then_again_then_a_deploy_on_it_then_an_update_then_down() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let site = Site::new("base").await;
     let stack = site.stack();
     let notes = Notes::default();
@@ -459,6 +462,9 @@ async fn baseline_up_then_again_then_a_deploy_on_it_then_an_update_then_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brought_certificate_makes_an_https_baseline() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let site = Site::new("tls").await;
     let requested = site
         .clients
@@ -532,6 +538,9 @@ async fn a_brought_certificate_makes_an_https_baseline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_delete_is_reported_and_the_cache_kept() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let site = Site::new("stuck").await;
     let notes = Notes::default();
     let options = BaselineOptions::new(site.name.clone(), TlsMode::HttpOnly);
@@ -582,6 +591,9 @@ fn function_environment(moto_url: &str, function: &str) -> Vec<(String, String)>
 /// retires a drained version in moto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_zip_runs_from_scratch_under_a_lambda_runtime_and_retires_a_drained_version() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     use flotilla_testkit::docker::{ContextFile, Docker};
     use flotilla_testkit::lambda::LambdaRuntime;
 

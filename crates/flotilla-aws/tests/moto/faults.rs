@@ -86,6 +86,9 @@ fn faulted_engine(w: &World, plan: std::sync::Arc<Plan>, owner: &str) -> Engine 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_interrupted_at_any_call_converges_when_run_again() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     sweep("deploy", |moto, k, crash| async move {
         let w = World::on(moto, "shop").await;
         let v1 = next_id();
@@ -136,6 +139,9 @@ async fn a_deploy_interrupted_at_any_call_converges_when_run_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reaper_pass_interrupted_at_any_call_converges_on_later_passes() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     sweep("reap", |moto, k, crash| async move {
         let w = World::on(moto, "shop").await;
         let alice = w.engine("alice");
@@ -178,6 +184,9 @@ async fn a_reaper_pass_interrupted_at_any_call_converges_on_later_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_teardown_interrupted_at_any_call_converges_when_run_again() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     sweep("teardown", |moto, k, crash| async move {
         let w = World::on(moto, "shop").await;
         let alice = w.engine("alice");

@@ -15,6 +15,9 @@ const TTL: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_is_taken_once_renewed_by_its_owner_and_taken_over_when_expired() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let (a, b) = (w.ports(), w.ports());
     let t0 = Timestamp::from_secs(1_800_000_000);
@@ -81,6 +84,9 @@ async fn the_lock_is_taken_once_renewed_by_its_owner_and_taken_over_when_expired
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_many_racing_lock_requests_exactly_one_wins() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let now = Timestamp::from_secs(1_800_000_000);
     let mut tasks = Vec::new();
@@ -116,6 +122,9 @@ fn record(id: &flotilla_core::DeploymentId, state: VersionState) -> VersionRecor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_readiness_are_read_in_batches() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let ids: Vec<_> = (0..4).map(|_| next_id()).collect();
     let ports = w.ports();
@@ -177,6 +186,9 @@ async fn records_and_readiness_are_read_in_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_is_idempotent_and_maps_back_to_a_routing_table() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let ports = w.ports();
     let (v1, v2) = (next_id(), next_id());
@@ -249,6 +261,9 @@ async fn routing_is_idempotent_and_maps_back_to_a_routing_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_prebuilt_as_is_and_clear_errors_without_docker() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     let id = next_id();
     let ports = w.ports();
@@ -314,6 +329,9 @@ fn app_with_dockerfile(dir: &std::path::Path) -> std::path::PathBuf {
 /// repository check, the login token) and listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_push_removes_the_local_tag_and_status_counts_only_real_rules() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let calls = tmp.path().join("calls");
@@ -388,6 +406,9 @@ async fn a_failed_push_removes_the_local_tag_and_status_counts_only_real_rules()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_sdk_failures_are_classified() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let ports = w.ports();
     let id = next_id();
@@ -443,6 +464,9 @@ async fn real_sdk_failures_are_classified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refuses_an_incomplete_baseline_before_any_call() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let mut settings = w.settings.clone();
     settings.baseline_overrides.subnets = None;
@@ -461,6 +485,9 @@ async fn connect_refuses_an_incomplete_baseline_before_any_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_target_group_counts_as_no_healthy_targets_in_observe_status_and_reap() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let (v1, v2) = (next_id(), next_id());
@@ -551,6 +578,9 @@ async fn foreign_rule_to(w: &World, id: &flotilla_core::DeploymentId, priority: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_affinity_waits_out_a_target_group_still_in_use() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     w.settings.routing.target_group_in_use_wait = Duration::from_secs(20);
     let ports = w.ports();
@@ -598,6 +628,9 @@ async fn removing_affinity_waits_out_a_target_group_still_in_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_rules_answer_the_configured_stale_status() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     w.settings.routing.stale_status = 409;
     let ports = w.ports();
@@ -656,6 +689,9 @@ async fn retired_rules_answer_the_configured_stale_status() {
 /// (and fails it when told to); the repository check and login go to moto's ECR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_builds_output_is_shown_as_it_runs_and_kept_in_its_log() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     use flotilla_engine::Event;
     use flotilla_engine::events::Recorder;
     let mut w = World::new("shop").await;

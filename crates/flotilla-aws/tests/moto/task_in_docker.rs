@@ -84,11 +84,17 @@ enum Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_debian_without_ca_certificates_runs_with_the_agent_wrapping_its_entrypoint() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
     run_scenario(Base::Debian(DebianSuite::Bookworm), "dock", Check::Drains).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_an_old_glibc_runs_with_the_static_agent() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
     run_scenario(
         Base::Debian(DebianSuite::Bullseye),
         "dockold",
@@ -99,11 +105,17 @@ async fn a_task_on_an_old_glibc_runs_with_the_static_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_from_scratch_runs_with_the_static_agent() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
     run_scenario(Base::Scratch, "dockscratch", Check::Drains).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_cannot_reach_its_drain_source_says_so_in_health_and_status() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
     run_scenario(Base::Scratch, "docknossm", Check::SourceUnreachable).await;
 }
 
@@ -113,6 +125,9 @@ async fn an_agent_that_cannot_reach_its_drain_source_says_so_in_health_and_statu
 /// pass retires the version, whose affinity rules then answer the stale status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_keeps_the_first_version_until_it_ends_then_the_reaper_retires_it() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
     let Fixture {
         _scratch,
         app,

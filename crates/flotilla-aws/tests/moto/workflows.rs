@@ -19,6 +19,9 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_priorities() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let id = next_id();
@@ -165,6 +168,9 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_deploy_drains_the_first_and_the_reaper_removes_it_completely() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let v1 = next_id();
@@ -245,6 +251,9 @@ async fn a_second_deploy_drains_the_first_and_the_reaper_removes_it_completely()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_and_teardown_leave_exactly_what_they_should() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let v1 = next_id();
@@ -294,6 +303,9 @@ async fn rollback_and_teardown_leave_exactly_what_they_should() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_that_never_gets_healthy_removes_what_it_made_and_leaves_traffic() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let v1 = next_id();
@@ -324,6 +336,9 @@ async fn a_deploy_that_never_gets_healthy_removes_what_it_made_and_leaves_traffi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_deploys_started_together_exactly_one_proceeds() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let (a, b) = (w.engine("alice@ci-1"), w.engine("bob@ci-2"));
     let (ida, idb) = (next_id(), next_id());
@@ -357,6 +372,9 @@ async fn of_two_deploys_started_together_exactly_one_proceeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_lambda_handler_runs_one_pass() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let v1 = next_id();
@@ -486,6 +504,9 @@ async fn fail_a_task_of(w: &World, service: String) -> tokio::task::JoinHandle<b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn why_tasks_stopped_shows_in_a_failed_deploy_in_logs_and_in_status() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let v1 = next_id();
     let failer = fail_a_task_of(&w, names::service_name(&w.name, &v1)).await;
@@ -578,6 +599,9 @@ impl aws_sdk_ecs::config::Intercept for CreateServiceSpy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_wait_out_a_slow_first_start_and_have_no_ecs_exec() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let mut w = World::new("shop").await;
     let spy = CreateServiceSpy::default();
     let ecs = aws_sdk_ecs::Client::from_conf(

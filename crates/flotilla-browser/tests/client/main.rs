@@ -117,6 +117,9 @@ fn assert_no_cookies(server: &TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_keep_their_own_versions_and_a_reload_reaches_the_newest() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -226,6 +229,9 @@ async fn two_tabs_keep_their_own_versions_and_a_reload_reaches_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_origin_fetch_and_xhr_carry_the_header_without_changing_the_request() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -353,6 +359,9 @@ async fn same_origin_fetch_and_xhr_carry_the_header_without_changing_the_request
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_origin_websocket_and_eventsource_urls_get_the_query_parameter() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let other = TestServer::start("elsewhere").await;
@@ -459,6 +468,9 @@ async fn same_origin_websocket_and_eventsource_urls_get_the_query_parameter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_requests_are_left_untouched() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let other = TestServer::start("elsewhere").await;
@@ -537,6 +549,9 @@ async fn cross_origin_requests_are_left_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_version_fires_stale_once_and_the_default_reloads_onto_the_newest() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -610,6 +625,9 @@ async fn a_retired_version_fires_stale_once_and_the_default_reloads_onto_the_new
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_comes_back_retired_after_the_reload_is_not_reloaded_again() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v2").await;
         server.retire("v1");
@@ -663,6 +681,9 @@ async fn a_page_that_comes_back_retired_after_the_reload_is_not_reloaded_again()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prevent_default_on_stale_keeps_the_page_and_the_event_fires_once() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -748,6 +769,9 @@ async fn prevent_default_on_stale_keeps_the_page_and_the_event_fires_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_refused_by_a_retired_version_is_detected_by_a_probe() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -838,6 +862,9 @@ async fn a_socket_refused_by_a_retired_version_is_detected_by_a_probe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_declares_nothing_learns_its_version_from_the_first_response() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -896,6 +923,9 @@ async fn a_page_that_declares_nothing_learns_its_version_from_the_first_response
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tab_makes_one_key_and_keeps_it_for_its_life_in_session_storage() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;
@@ -1046,6 +1076,9 @@ async fn each_tab_makes_one_key_and_keeps_it_for_its_life_in_session_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_browser_kills_chromedriver_and_chromium() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let server = TestServer::start("v1").await;
         let browser = launch().await;

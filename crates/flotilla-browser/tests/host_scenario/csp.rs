@@ -48,6 +48,9 @@ async fn open(tab: &Tab, env: &HostEnv, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_client_runs_under_a_nonce_policy_and_a_blocking_policy_is_reported() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let bin = binary("flotilla-example-plain", "flotilla-example-sessions");
         let env = HostEnv::new(

@@ -18,12 +18,11 @@
 //!   client (`pulse-ui-client`) is not on the npm registry, so the test speaks to the server as
 //!   that client does rather than through a browser.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_browser::{Tab, artifact_path};
+use flotilla_testkit::procs::environ;
 use serde_json::{Value, json};
 
 use super::host::HostEnv;
@@ -85,18 +84,6 @@ fn set_label(env: &HostEnv, label: &str) {
         .next()
         .expect("split yields at least one part");
     std::fs::write(&path, format!("{head}COUNTER_LABEL = {label:?}\n")).expect("write");
-}
-
-/// A process's environment, by name.
-fn environ(pid: u32) -> std::collections::BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    raw.split(|b| *b == 0)
-        .filter_map(|entry| {
-            let entry = String::from_utf8_lossy(entry);
-            let (k, v) = entry.split_once('=')?;
-            Some((k.to_owned(), v.to_owned()))
-        })
-        .collect()
 }
 
 /// Every process of version `id` has `COUNTER_LABEL = label`, the secret, and nothing of the
@@ -266,6 +253,9 @@ async fn drop_sockets(tab: &Tab) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamlit_tabs_keep_their_count_and_version_across_deploys_and_a_retired_tab_reloads() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let streamlit = venv_bin("streamlit", "streamlit");
         let secret = secret();
@@ -393,36 +383,17 @@ fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the router");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("set a read timeout");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the answer");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    let response = flotilla_testkit::http::exchange(
+        addr,
+        &addr.to_string(),
+        method,
+        path,
+        headers,
+        body.as_bytes(),
+        Duration::from_secs(20),
+    )
+    .expect("one exchange with the router");
+    (response.status, response.headers.clone(), response.text())
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -501,6 +472,9 @@ async fn pulse_socket(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulse_requests_and_sockets_follow_pulse_s_own_affinity_names() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let python = venv_bin("pulse", "python");
         let secret = secret();

@@ -172,19 +172,8 @@ admin_listen = "{admin}"
                 cmd.env_remove(k);
             }
         }
-        let child = cmd.spawn().expect("run flotilla");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(COMMAND_LIMIT) {
-            Ok(out) => out.expect("wait for flotilla"),
-            Err(_) => {
-                kill(pid, "-KILL");
-                panic!("flotilla {args:?} did not finish within {COMMAND_LIMIT:?}");
-            }
-        }
+        flotilla_testkit::procs::output_within(&mut cmd, COMMAND_LIMIT)
+            .unwrap_or_else(|| panic!("flotilla {args:?} did not finish within {COMMAND_LIMIT:?}"))
     }
 
     /// `flotilla deploy --json`, which must succeed; the new deployment id.
@@ -264,16 +253,7 @@ impl Drop for HostEnv {
     fn drop(&mut self) {
         let _ = self.flotilla(&["host", "stop"]);
         // Whatever survived (a wedged daemon, an instance it lost track of) is killed by PID.
-        for _ in 0..5 {
-            let left = self.processes();
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                kill(pid, "-KILL");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        flotilla_testkit::procs::kill_survivors(5, || self.processes());
     }
 }
 
@@ -291,12 +271,4 @@ pub fn state_of(version: &Value) -> &str {
     version["record"]["version"]["state"]
         .as_str()
         .unwrap_or("?")
-}
-
-/// Sends a signal with kill(1) (the crate forbids unsafe code).
-pub fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
 }

@@ -151,6 +151,9 @@ fn str_of(v: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_keeps_its_version_and_instance_through_a_deploy_and_moves_on_when_it_reloads() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let env = HostEnv::new("sessions", &sessions_app());
         env.write("label.txt", "first release\n");
@@ -524,6 +527,9 @@ async fn plain_increment(tab: &Tab, want: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_knows_nothing_of_flotilla_keeps_per_tab_affinity_with_injection() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let bin = binary("flotilla-example-plain", "flotilla-example-sessions");
         // Two instances per version, each counting in its own memory: the app sends nothing of
@@ -748,6 +754,9 @@ async fn python_ticking(tab: &Tab, what: &str, opens: u64, ticks: u64) -> Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_stdlib_app_under_the_agent_keeps_each_tab_s_event_stream_on_its_version() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let python_dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sessions/python");
@@ -973,6 +982,9 @@ async fn check_stale_path(tab: &Tab, name: &str, path: &str, visibility: &str, v
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stale_path_lands_a_tab_on_the_current_version_in_the_foreground_and_background() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
     bounded(async {
         let mut app = sessions_app();
         app.instances = 1;

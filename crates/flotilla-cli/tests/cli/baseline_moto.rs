@@ -6,135 +6,25 @@
 //! `baseline down` the test deletes them itself, as CloudFormation does on AWS (see
 //! `crates/flotilla-aws/tests/moto/baseline.rs` for moto's gaps).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use flotilla_testkit::moto::Moto;
 
 use super::{Run, flotilla};
 
-/// A moto server of this test's own.
-struct Moto {
-    child: Child,
-    port: u16,
+/// The raw calls these tests make to moto, past the binary: what they set up or check.
+trait Calls {
+    fn cloudformation(&self, form: &str) -> (u16, String);
+    fn ssm(&self, action: &str, body: &str) -> (u16, String);
+    fn delete_route_tables(&self, vpc: &str);
 }
 
-impl Moto {
-    fn start() -> Moto {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = Command::new("bash")
-            .arg(root.join("scripts/moto.sh"))
-            .arg("--path")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/moto.sh");
-        assert!(out.status.success(), "scripts/moto.sh failed");
-        let server = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(moto.http("GET", "/moto-api/", &[], ""), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "moto did not answer in 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
-             Content-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    }
-
-    /// A call moto routes to `service` by the credential scope (it checks no signature).
-    fn call(&self, service: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, \
-             SignedHeaders=host, Signature=0"
-        );
-        let mut all = headers.to_vec();
-        all.push(("Authorization", &auth));
-        self.http("POST", "/", &all, body).expect("moto call")
-    }
-
-    fn ec2(&self, form: &str) -> (u16, String) {
-        self.call(
-            "ec2",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &format!("Version=2016-11-15&{form}"),
-        )
-    }
-
+impl Calls for Moto {
     fn cloudformation(&self, form: &str) -> (u16, String) {
-        self.call(
-            "cloudformation",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &format!("Version=2010-05-15&{form}"),
-        )
-    }
-
-    /// Deletes the route tables of `vpc` that can be deleted: what CloudFormation deletes on AWS
-    /// and moto's does not, so that deleting the VPC succeeds.
-    fn delete_route_tables(&self, vpc: &str) {
-        let (_, tables) = self.ec2(&format!(
-            "Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"
-        ));
-        let mut ids: Vec<&str> = tables
-            .split("<routeTableId>")
-            .skip(1)
-            .filter_map(|s| s.split("</routeTableId>").next())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            // The main table refuses; it goes with the VPC.
-            let _ = self.ec2(&format!("Action=DeleteRouteTable&RouteTableId={id}"));
-        }
+        self.query("cloudformation", "2010-05-15", form)
     }
 
     fn ssm(&self, action: &str, body: &str) -> (u16, String) {
@@ -147,12 +37,30 @@ impl Moto {
             body,
         )
     }
-}
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Deletes the route tables of `vpc` that can be deleted: what CloudFormation deletes on AWS
+    /// and moto's does not, so that deleting the VPC succeeds.
+    fn delete_route_tables(&self, vpc: &str) {
+        let (_, tables) = self.query(
+            "ec2",
+            "2016-11-15",
+            &format!("Action=DescribeRouteTables&Filter.1.Name=vpc-id&Filter.1.Value.1={vpc}"),
+        );
+        let mut ids: Vec<&str> = tables
+            .split("<routeTableId>")
+            .skip(1)
+            .filter_map(|s| s.split("</routeTableId>").next())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            // The main table refuses; it goes with the VPC.
+            let _ = self.query(
+                "ec2",
+                "2016-11-15",
+                &format!("Action=DeleteRouteTable&RouteTableId={id}"),
+            );
+        }
     }
 }
 
@@ -184,6 +92,9 @@ fn run(dir: &Path, args: &[&str]) -> Run {
 
 #[test]
 fn baseline_up_show_and_down_through_the_binary() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let dir = super::tempdir();
     write_aws_config(dir.path(), &moto);
@@ -322,35 +233,30 @@ fn baseline_up_show_and_down_through_the_binary() {
 
 /// The body of `GET path` on moto as bytes (an S3 object), signed for S3 as moto routes it.
 fn s3_get(moto: &Moto, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nAuthorization: \
-         AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
-         SignedHeaders=host, Signature=0\r\n\r\n",
-        moto.port
+    let response = flotilla_testkit::http::exchange(
+        ("127.0.0.1", moto.port),
+        &format!("127.0.0.1:{}", moto.port),
+        "GET",
+        path,
+        &[(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )],
+        b"",
+        Duration::from_secs(30),
+    )
+    .expect("GET from moto's S3");
+    assert_ne!(
+        response
+            .header("transfer-encoding")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("chunked"),
+        "{:?}",
+        response.headers
     );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, raw[split + 4..].to_vec())
+    (response.status, response.body)
 }
 
 /// A static ELF executable for this machine's architecture (no program headers, so no dynamic
@@ -374,6 +280,9 @@ fn static_elf(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn baseline_up_from_a_build_directory_uploads_the_static_reaper_beside_it() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let dir = super::tempdir();
     write_aws_config(dir.path(), &moto);
@@ -493,6 +402,9 @@ fn stack_status(moto: &Moto, name: &str) -> Option<String> {
 /// removes it, and each hint, followed literally, converges.
 #[test]
 fn a_stack_deleted_behind_the_cache_is_not_trusted_and_every_hint_converges() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let dir = super::tempdir();
     write_aws_config(dir.path(), &moto);
@@ -626,6 +538,9 @@ fn put_lines(moto: &Moto, stream: &str, lines: &[&str]) {
 /// where Live Tail is unavailable) is what its notice on stderr says.
 #[test]
 fn logs_follow_prints_new_lines_once_until_ctrl_c() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let dir = super::tempdir();
     // Outputs given in flotilla.toml: following needs only the log group (the cluster and

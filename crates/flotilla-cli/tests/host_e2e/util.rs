@@ -160,19 +160,8 @@ command = "exec ./hello"
                 cmd.env_remove(k);
             }
         }
-        let child = cmd.spawn().expect("run flotilla");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(out) => out.expect("wait for flotilla"),
-            Err(_) => {
-                kill(pid, "-9");
-                panic!("flotilla {args:?} did not finish within 120s");
-            }
-        }
+        flotilla_testkit::procs::output_within(&mut cmd, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("flotilla {args:?} did not finish within 120s"))
     }
 
     /// `flotilla deploy --json`, which must succeed; returns the new id.
@@ -242,25 +231,11 @@ impl Drop for HostEnv {
     fn drop(&mut self) {
         let _ = self.flotilla(&["host", "stop"]);
         // Whatever survived (a wedged daemon, an instance it lost track of) is killed by pid.
-        for _ in 0..3 {
-            let left = self.processes();
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                kill(pid, "-9");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        flotilla_testkit::procs::kill_survivors(3, || self.processes());
     }
 }
 
-/// Sends a signal with kill(1) (the crate forbids unsafe code, so no libc here).
-pub fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status();
-}
+pub use flotilla_testkit::procs::kill;
 
 pub use flotilla_testkit::procs::alive;
 

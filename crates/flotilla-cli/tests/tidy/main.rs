@@ -90,6 +90,42 @@ fn only_the_aws_crate_depends_on_the_aws_sdk() {
     );
 }
 
+/// "Process groups are signalled in one place": `flotilla-process` spawns a child as a group
+/// leader and stops the group; the agent and the host supervisor go through it, so no other
+/// crate's source calls `killpg` or `setpgid` itself.
+#[test]
+fn only_the_process_crate_signals_process_groups() {
+    let crates = workspace_root().join("crates");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&crates).expect("crates/") {
+        let dir = entry.expect("entry").path();
+        if dir.ends_with("flotilla-process") || !dir.join("src").is_dir() {
+            continue;
+        }
+        rust_files(&dir.join("src"), &mut files);
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("flotilla-host/src/supervisor.rs")),
+        "the scan reaches the supervisor"
+    );
+    let mut offences = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable source");
+        for call in ["killpg", "setpgid"] {
+            for (n, line) in code_lines_naming(&text, call) {
+                offences.push(format!("{}:{n}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "process groups signalled outside flotilla-process (use flotilla_process::group):\n{}",
+        offences.join("\n")
+    );
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // A check that never matches cannot fail: make sure the patterns match real offences.
@@ -99,4 +135,8 @@ fn the_checks_see_what_they_look_for() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/providers.rs"))
             .expect("providers.rs");
     assert!(!code_lines_naming(&providers, "flotilla_host::").is_empty());
+    let group =
+        std::fs::read_to_string(workspace_root().join("crates/flotilla-process/src/group.rs"))
+            .expect("group.rs");
+    assert!(!code_lines_naming(&group, "killpg").is_empty());
 }

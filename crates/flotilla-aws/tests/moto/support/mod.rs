@@ -4,7 +4,6 @@
 //! everything flotilla could leave behind, and a fault-injecting wrapper around real ports.
 
 pub mod faults;
-pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use flotilla_engine::ports::ImageRequest;
 use flotilla_engine::workflows::{DeployOutcome, DeployRequest};
 use flotilla_engine::{Engine, EngineError, Ports, Settings};
 
-pub use server::Moto;
+pub use flotilla_testkit::moto::{Moto, xml_value};
 
 pub const REGION: &str = "us-east-1";
 
@@ -99,7 +98,7 @@ impl World {
         let counted = Clients::counted(&config, &counter);
 
         // The network, by EC2 Query calls (no EC2 SDK crate to compile for three actions).
-        let vpc = server::xml_value(
+        let vpc = xml_value(
             &moto.ec2(&[("Action", "CreateVpc"), ("CidrBlock", "10.0.0.0/16")]),
             "vpcId",
         );
@@ -107,7 +106,7 @@ impl World {
             .iter()
             .enumerate()
             .map(|(i, az)| {
-                server::xml_value(
+                xml_value(
                     &moto.ec2(&[
                         ("Action", "CreateSubnet"),
                         ("VpcId", &vpc),
@@ -118,7 +117,7 @@ impl World {
                 )
             })
             .collect();
-        let sg = server::xml_value(
+        let sg = xml_value(
             &moto.ec2(&[
                 ("Action", "CreateSecurityGroup"),
                 ("GroupName", &format!("{name}-svc")),
@@ -791,8 +790,7 @@ pub fn faulty(ports: Ports, plan: Arc<faults::Plan>) -> Ports {
 /// build `scripts/test.sh` makes, or a release one, built here by the project's script when
 /// neither is there yet.
 pub fn static_binary(name: &str) -> std::path::PathBuf {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    let root = flotilla_testkit::repo_root()
         .canonicalize()
         .expect("workspace root");
     let candidates = [

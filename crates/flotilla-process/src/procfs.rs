@@ -1,10 +1,9 @@
-//! What the daemon reads about a process from `/proc/<pid>/stat`: its state, parent, process
-//! group and start time. The start time (field 22, clock ticks since boot) never changes for a
-//! process and differs for a later process that reuses its id, so a recorded `(pid, start time)`
-//! names one process for good: the supervisor adopts or stops a recorded instance only when both
-//! match.
+//! What flotilla reads about a process from `/proc/<pid>/stat`: its state, parent, process group
+//! and start time. The start time (field 22, clock ticks since boot) never changes for a process
+//! and differs for a later process that reuses its id, so a recorded `(pid, start time)` names one
+//! process for good: the host supervisor adopts or stops a recorded instance only when both match.
 
-/// The fields of `/proc/<pid>/stat` the daemon uses.
+/// The fields of `/proc/<pid>/stat` flotilla uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
     /// The state letter (`R`, `S`, `Z`, ...).

@@ -1,31 +1,31 @@
-//! A moto server of our own: installed into `.venv/moto` by `scripts/moto.sh` if missing, started
-//! on a free loopback port, killed (by PID) when dropped.
+//! A moto server of a test's own (the AWS emulator, in server mode): installed into `.venv/moto`
+//! by `scripts/moto.sh` if missing, started on a free loopback port, killed (by PID) when dropped,
+//! and raw calls to it for what the tests set up or check without an SDK client (EC2 Query calls,
+//! CloudFormation and SSM requests, moto's own reset).
+//!
+//! Plain HTTP over a `TcpStream`: no AWS SDK here, so that a test binary that only needs the
+//! server (the CLI's `baseline` tests) compiles none of it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+/// The path of `moto_server`, once per test process.
 static INSTALL: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
+/// How long a fresh `moto_server` may take to answer.
+const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// The path of `moto_server`, installing it once per test process.
+/// The path of `moto_server`, installing it (`scripts/moto.sh`) once per test process.
 fn moto_server() -> PathBuf {
     let mut guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = guard.as_ref() {
         return path.clone();
     }
-    let root = workspace_root();
     let out = Command::new("bash")
-        .arg(root.join("scripts/moto.sh"))
+        .arg(crate::repo_root().join("scripts/moto.sh"))
         .arg("--path")
         .stderr(Stdio::inherit())
         .output()
@@ -40,13 +40,15 @@ fn moto_server() -> PathBuf {
     path
 }
 
-/// A running moto server.
+/// A running moto server, killed by PID when dropped.
 pub struct Moto {
     child: Child,
+    /// Its loopback port.
     pub port: u16,
 }
 
 impl Moto {
+    /// Starts a server over plain HTTP and waits (up to a minute) until it answers.
     pub fn start() -> Moto {
         Self::start_with(false)
     }
@@ -60,10 +62,7 @@ impl Moto {
 
     fn start_with(tls: bool) -> Moto {
         let server = moto_server();
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
+        let port = crate::net::free_port();
         let mut cmd = Command::new(server);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         if tls {
@@ -76,25 +75,19 @@ impl Moto {
             .spawn()
             .expect("start moto_server");
         let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let up = crate::wait::eventually_every(START_LIMIT, Duration::from_millis(100), || {
             let up = if tls {
                 TcpStream::connect(("127.0.0.1", port)).is_ok()
             } else {
                 matches!(moto.http("GET", "/moto-api/", &[], ""), Ok((200, _)))
             };
-            if up {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer in 60s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            up.then_some(())
+        });
+        assert!(up.is_some(), "moto_server did not answer in 60s");
         moto
     }
 
+    /// The plain-HTTP endpoint.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -120,36 +113,42 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        let host = format!("127.0.0.1:{}", self.port);
+        let response = crate::http::exchange(
+            ("127.0.0.1", self.port),
+            &host,
+            method,
+            path,
+            headers,
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )?;
+        Ok((response.status, response.text()))
     }
 
-    /// An EC2 Query API call (the tests need only three EC2 actions; moto does not check
-    /// signatures, and the credential scope routes the request to EC2).
+    /// A call moto routes to `service` by the credential scope (it checks no signature).
+    pub fn call(&self, service: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, \
+             SignedHeaders=host, Signature=0"
+        );
+        let mut all = headers.to_vec();
+        all.push(("Authorization", &auth));
+        self.http("POST", "/", &all, body).expect("moto call")
+    }
+
+    /// A Query API call to `service` (EC2, CloudFormation): `form` is the form-encoded rest of
+    /// the request after `Version=<version>`.
+    pub fn query(&self, service: &str, version: &str, form: &str) -> (u16, String) {
+        self.call(
+            service,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("Version={version}&{form}"),
+        )
+    }
+
+    /// An EC2 Query API call (the tests need only a few EC2 actions; no EC2 SDK crate to compile
+    /// for them).
     pub fn ec2(&self, params: &[(&str, &str)]) -> String {
         let (status, body) = self.ec2_call(params);
         assert_eq!(status, 200, "ec2 {params:?}: {body}");
@@ -158,27 +157,11 @@ impl Moto {
 
     /// An EC2 Query API call whose failure the caller handles: the status and the body.
     pub fn ec2_call(&self, params: &[(&str, &str)]) -> (u16, String) {
-        let mut form = String::from("Version=2016-11-15");
-        for (k, v) in params {
-            form.push('&');
-            form.push_str(&encode(k));
-            form.push('=');
-            form.push_str(&encode(v));
-        }
-        let auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, \
-                    SignedHeaders=host, Signature=0";
-        let (status, body) = self
-            .http(
-                "POST",
-                "/",
-                &[
-                    ("Content-Type", "application/x-www-form-urlencoded"),
-                    ("Authorization", auth),
-                ],
-                &form,
-            )
-            .expect("ec2 call");
-        (status, body)
+        let form: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        self.query("ec2", "2016-11-15", &form.join("&"))
     }
 }
 
@@ -189,6 +172,7 @@ impl Drop for Moto {
     }
 }
 
+/// `s` percent-encoded for a form body.
 fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -211,4 +195,19 @@ pub fn xml_value(xml: &str, tag: &str) -> String {
         + open.len();
     let end = xml[start..].find("</").expect("closing tag") + start;
     xml[start..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn form_values_are_percent_encoded() {
+        assert_eq!(super::encode("10.0.0.0/16"), "10.0.0.0%2F16");
+        assert_eq!(super::encode("a b&c=d"), "a%20b%26c%3Dd");
+    }
+
+    #[test]
+    fn xml_value_is_the_first_element_text() {
+        let xml = "<r><vpcId>vpc-1</vpcId><vpcId>vpc-2</vpcId></r>";
+        assert_eq!(super::xml_value(xml, "vpcId"), "vpc-1");
+    }
 }
