@@ -14,6 +14,8 @@
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`handover`]: handing the listening sockets and the state directory to a new daemon
+//!   (`flotilla host upgrade`, SIGUSR2) without cutting a session; systemd notification.
 //! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
 //! - [`fdlimit`]: the raised descriptor limit and the router's connection cap derived from it.
 //! - [`admin`]: the read-only status page.
@@ -24,6 +26,7 @@ pub mod admin;
 pub mod daemon;
 pub mod error;
 pub mod fdlimit;
+pub mod handover;
 pub mod health;
 pub mod logs;
 pub mod metrics;
@@ -40,5 +43,8 @@ pub mod supervisor;
 
 pub use daemon::{OnExit, serve, serve_until};
 pub use error::HostError;
-pub use rpc::{Connection, StartedDaemon, connect, connect_reporting, stop_daemon};
+pub use rpc::{
+    Connection, StartedDaemon, UpgradeReport, connect, connect_reporting, stop_daemon,
+    upgrade_daemon,
+};
 pub use settings::HostSettings;

@@ -73,6 +73,11 @@ pub struct HostSettings {
     /// closed. Default 20 s.
     #[serde(default = "default_first_byte_timeout")]
     pub first_byte_timeout: Duration,
+    /// How long a daemon that handed over to a new one (`flotilla host upgrade`) keeps serving
+    /// the connections it holds, WebSockets and event streams included, before it cuts what is
+    /// still open and exits (`[host] upgrade_deadline_seconds`). Default 600 s.
+    #[serde(default = "default_upgrade_deadline")]
+    pub upgrade_deadline: Duration,
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
@@ -80,6 +85,10 @@ pub struct HostSettings {
 
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(20)
+}
+
+fn default_upgrade_deadline() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl HostSettings {
@@ -118,6 +127,7 @@ impl HostSettings {
             reaper_interval: Duration::from_secs(60),
             max_connections: None,
             first_byte_timeout: default_first_byte_timeout(),
+            upgrade_deadline: default_upgrade_deadline(),
             serve_command: None,
         }
     }

@@ -402,6 +402,15 @@ pub const KEYS: &[Key] = &[
         Int(2),
         "Release snapshots of retired versions kept on disk for inspection.",
     ),
+    key(
+        "host",
+        "upgrade_deadline_seconds",
+        Ty::Int,
+        Int(600),
+        "After `flotilla host upgrade` (or `systemctl reload`) hands the daemon over to a new \
+         one, how long the old daemon keeps serving the connections it holds (WebSockets and \
+         event streams included) before it closes what is still open and exits.",
+    ),
     // [aws]
     key_ex(
         "aws",
