@@ -204,11 +204,9 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Host(HostCommand::Upgrade(args)) => {
             let config = load(global, out)?;
             let binary = match &args.binary {
-                Some(path) => std::fs::canonicalize(path).map_err(|e| {
-                    crate::exit::UsageError {
-                        message: format!("--binary {}: {e}", path.display()),
-                        hint: "name the flotilla executable the new daemon should run".to_owned(),
-                    }
+                Some(path) => std::fs::canonicalize(path).map_err(|e| crate::exit::UsageError {
+                    message: format!("--binary {}: {e}", path.display()),
+                    hint: "name the flotilla executable the new daemon should run".to_owned(),
                 })?,
                 None => std::env::current_exe()?,
             };

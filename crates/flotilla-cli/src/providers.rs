@@ -562,20 +562,17 @@ pub async fn host_upgrade(config: &Config, binary: std::path::PathBuf) -> Result
             ),
         }
         .into()),
-        Err(flotilla_host::HostError::Unavailable { socket, .. }) => {
-            Err(crate::exit::Reported {
-                exit: crate::exit::Exit::Provider,
-                message: format!(
-                    "no flotilla host daemon answers on {}: nothing to upgrade",
-                    socket.display()
-                ),
-                hint: Some(
-                    "any command (e.g. `flotilla status`) starts one with this executable"
-                        .to_owned(),
-                ),
-            }
-            .into())
+        Err(flotilla_host::HostError::Unavailable { socket, .. }) => Err(crate::exit::Reported {
+            exit: crate::exit::Exit::Provider,
+            message: format!(
+                "no flotilla host daemon answers on {}: nothing to upgrade",
+                socket.display()
+            ),
+            hint: Some(
+                "any command (e.g. `flotilla status`) starts one with this executable".to_owned(),
+            ),
         }
+        .into()),
         Err(e) => Err(anyhow::Error::new(
             e.into_port("upgrade", "the flotilla host daemon"),
         )),

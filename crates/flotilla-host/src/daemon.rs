@@ -109,6 +109,10 @@ struct HandoverState {
     exe: Option<PathBuf>,
     /// Tells the socket server to bind its path again if another socket took it.
     rebind: tokio::sync::Notify,
+    /// The router's connection limit, which counts its open connections.
+    connection_limit: Mutex<Option<ConnectionLimit>>,
+    /// When the drain after a handover ends at the latest (seconds since the epoch).
+    deadline_unix: std::sync::atomic::AtomicU64,
 }
 
 impl HandoverState {
@@ -126,6 +130,8 @@ impl HandoverState {
             orders,
             exe,
             rebind: tokio::sync::Notify::new(),
+            connection_limit: Mutex::new(None),
+            deadline_unix: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -444,6 +450,31 @@ impl Host {
         }
     }
 
+    /// What this daemon's router serves, for the successor of a handover: its sessions per
+    /// instance and its connections, with its pid, start time and the drain's deadline.
+    fn held_sessions(&self) -> handover::PreviousDaemon {
+        handover::PreviousDaemon {
+            pid: std::process::id(),
+            start_time: crate::procfs::stat(std::process::id()).map_or(0, |s| s.start_time),
+            deadline_unix: self.handover.deadline_unix.load(Ordering::SeqCst),
+            connections: lock(&self.handover.connection_limit)
+                .as_ref()
+                .map_or(0, |l| u64::try_from(l.open()).unwrap_or(u64::MAX)),
+            sessions: self
+                .router
+                .stats()
+                .snapshot()
+                .into_iter()
+                .map(|((id, instance), s)| handover::HeldSessions {
+                    id,
+                    instance,
+                    live: s.sessions,
+                    started: s.sessions_total,
+                })
+                .collect(),
+        }
+    }
+
     /// The router, for the status page.
     pub fn router(&self) -> &Router {
         &self.router
@@ -475,6 +506,9 @@ impl Host {
                 message,
             ))
         };
+        if self.handover.handed_over() {
+            return refused("this daemon already handed over to a new one".into());
+        }
         if let Some(previous) = handover::read_previous(&self.settings.state_dir) {
             return refused(format!(
                 "the previous daemon (pid {}) still serves {} session(s) on {} connection(s) \
@@ -483,11 +517,7 @@ impl Host {
                 previous.pid,
                 previous.live_sessions(),
                 previous.connections,
-                previous.deadline_unix.saturating_sub(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ),
+                previous.deadline_unix.saturating_sub(unix_now()),
             ));
         }
         if self.handover.upgrading.swap(true, Ordering::SeqCst) {
@@ -841,8 +871,10 @@ pub async fn serve_until(
     // replaced it, /proc/self/exe names a deleted file, while this path names the new one.
     let exe = std::env::current_exe().ok();
     // Sockets handed over by a previous daemon (see `crate::handover`): used instead of binding.
-    let mut inherited = handover::Inherited::from_env()
-        .map_err(HostError::io("take the inherited sockets", handover::LISTEN_FDS_VAR))?;
+    let mut inherited = handover::Inherited::from_env().map_err(HostError::io(
+        "take the inherited sockets",
+        handover::LISTEN_FDS_VAR,
+    ))?;
     let state_dir = settings.state_dir.clone();
     crate::private::private_dir(&state_dir)
         .map_err(HostError::io("create state directory", &state_dir))?;
@@ -902,7 +934,10 @@ pub async fn serve_until(
         }
         inherited_router
     };
-    let admin = match inherited.as_mut().and_then(|i| i.take(handover::ADMIN).pop()) {
+    let admin = match inherited
+        .as_mut()
+        .and_then(|i| i.take(handover::ADMIN).pop())
+    {
         Some(admin) => admin,
         None => std::net::TcpListener::bind(settings.admin_listen)
             .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?,
@@ -910,7 +945,11 @@ pub async fn serve_until(
     admin
         .set_nonblocking(true)
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
-    if let Some(left) = inherited.as_ref().map(|i| i.left()).filter(|l| !l.is_empty()) {
+    if let Some(left) = inherited
+        .as_ref()
+        .map(|i| i.left())
+        .filter(|l| !l.is_empty())
+    {
         tracing::warn!(
             ?left,
             "inherited listening sockets of kinds this daemon does not serve; they stay unused"
@@ -947,6 +986,7 @@ pub async fn serve_until(
         first_byte_timeout: settings.first_byte_timeout,
         ..ProxyConfig::default()
     };
+    *lock(&host.handover.connection_limit) = Some(connection_limit.clone());
     // How the router drains when it stops: as configured, unless a handover chose otherwise.
     *lock(&host.handover.drain_plan) = DrainPlan {
         linger: Duration::ZERO,
@@ -1135,29 +1175,11 @@ pub async fn serve_until(
                 linger: handover::LINGER,
                 deadline: settings.upgrade_deadline,
             };
+            // A moment for the socket server to answer what queued during the handover
+            // (`HANDED_OVER`, which the clients send again to the successor).
+            tokio::time::sleep(Duration::from_millis(200)).await;
             stop_tx.send_replace(true);
-            let deadline_unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .saturating_add(settings.upgrade_deadline.as_secs());
-            let start_time = crate::procfs::stat(std::process::id()).map_or(0, |s| s.start_time);
-            let report = || handover::PreviousDaemon {
-                pid: std::process::id(),
-                start_time,
-                deadline_unix,
-                connections: u64::try_from(connection_limit.open()).unwrap_or(u64::MAX),
-                sessions: router
-                    .stats()
-                    .snapshot()
-                    .into_iter()
-                    .map(|((id, instance), s)| handover::HeldSessions {
-                        id,
-                        instance,
-                        live: s.sessions,
-                        started: s.sessions_total,
-                    })
-                    .collect(),
-            };
+            let report = || host.held_sessions();
             tokio::pin!(proxy_task);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -1432,6 +1454,13 @@ impl HandoverSockets {
     }
 }
 
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A new daemon that routes.
 struct Successor {
     pid: u32,
@@ -1536,7 +1565,10 @@ async fn hand_over_inner(
     let mut command = std::process::Command::new(&binary);
     command
         .args(std::env::args_os().skip(1))
-        .env(handover::LISTEN_FDS_VAR, handover::render_listen_fds(kinds.iter().copied()))
+        .env(
+            handover::LISTEN_FDS_VAR,
+            handover::render_listen_fds(kinds.iter().copied()),
+        )
         .env("LISTEN_FDS", kinds.len().to_string())
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
@@ -1555,31 +1587,39 @@ async fn hand_over_inner(
 
     // 2. Stop every writer: the socket first (clients queue), then wait for those in progress.
     host.handover.rpc_paused.send_replace(true);
-    let writers = match tokio::time::timeout(
-        Duration::from_secs(30),
-        host.handover.writers.write(),
-    )
-    .await
-    {
-        Ok(guard) => guard,
-        Err(_) => {
-            kill_successor(&mut child).await;
-            host.handover.rpc_paused.send_replace(false);
-            return Err(failed(
-                "a request to this daemon (a build?) did not finish within 30s".into(),
-            ));
-        }
-    };
+    let writers =
+        match tokio::time::timeout(Duration::from_secs(30), host.handover.writers.write()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                kill_successor(&mut child).await;
+                host.handover.rpc_paused.send_replace(false);
+                return Err(failed(
+                    "a request to this daemon (a build?) did not finish within 30s".into(),
+                ));
+            }
+        };
     host.handover.router_frozen.store(true, Ordering::SeqCst);
     host.supervisor.release();
+    host.handover.deadline_unix.store(
+        unix_now().saturating_add(settings.upgrade_deadline.as_secs()),
+        Ordering::SeqCst,
+    );
+    // The successor's first drain observation must already see the sessions this router holds.
+    if let Err(error) = handover::write_previous(&settings.state_dir, &host.held_sessions()) {
+        tracing::warn!(%error, "could not write the sessions this daemon serves");
+    }
     let file = match daemon_lock.take().map(Flock::unlock) {
         Some(Ok(file)) => Some(file),
         Some(Err((lock, errno))) => {
             *daemon_lock = Some(lock);
             drop(writers);
-            return Err(resume(host, daemon_lock, None, &mut child, failed(format!(
-                "cannot unlock the state directory: {errno}"
-            )))
+            return Err(resume(
+                host,
+                daemon_lock,
+                None,
+                &mut child,
+                failed(format!("cannot unlock the state directory: {errno}")),
+            )
             .await);
         }
         None => None,
@@ -1589,7 +1629,9 @@ async fn hand_over_inner(
     let deadline = tokio::time::Instant::now() + handover::READY_TIMEOUT;
     let outcome = loop {
         if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("the new daemon (pid {pid}) exited at once ({status})"));
+            break Err(format!(
+                "the new daemon (pid {pid}) exited at once ({status})"
+            ));
         }
         if successor_answers(&settings.socket_path(), &settings.name, pid).await {
             break Ok(());
@@ -1616,6 +1658,7 @@ async fn hand_over_inner(
         }
         Err(why) => {
             drop(writers);
+            let _ = std::fs::remove_file(handover::previous_daemon_path(&settings.state_dir));
             Err(resume(host, daemon_lock, file, &mut child, failed(why)).await)
         }
     }
@@ -1643,8 +1686,9 @@ async fn successor_answers(socket: &Path, name: &flotilla_core::DeploymentName, 
         return false;
     }
     match serde_json::from_str::<Reply>(&answer) {
-        Ok(Reply::Ok(value)) => serde_json::from_value::<DaemonInfo>(value)
-            .is_ok_and(|info| info.pid == pid),
+        Ok(Reply::Ok(value)) => {
+            serde_json::from_value::<DaemonInfo>(value).is_ok_and(|info| info.pid == pid)
+        }
         _ => false,
     }
 }
@@ -1717,9 +1761,8 @@ fn rebind_socket(path: &Path, listener: &UnixListener) -> Option<UnixListener> {
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     let same = ours.as_deref() == Some(path)
-        && std::fs::metadata(path).is_ok_and(|m| {
-            nix::sys::stat::fstat(listener).is_ok_and(|own| own.st_ino == m.ino())
-        });
+        && std::fs::metadata(path)
+            .is_ok_and(|m| nix::sys::stat::fstat(listener).is_ok_and(|own| own.st_ino == m.ino()));
     if same {
         return None;
     }

@@ -75,7 +75,9 @@ pub fn parse_listen_fds(text: &str) -> Result<Vec<(String, i32)>, String> {
             .parse()
             .map_err(|_| format!("`{entry}`: `{fd}` is not a descriptor number"))?;
         if fd < FIRST_FD {
-            return Err(format!("`{entry}`: descriptor {fd} is not an inherited one"));
+            return Err(format!(
+                "`{entry}`: descriptor {fd} is not an inherited one"
+            ));
         }
         if kind.is_empty() {
             return Err(format!("`{entry}` has no kind"));
