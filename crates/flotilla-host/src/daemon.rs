@@ -113,6 +113,9 @@ struct HandoverState {
     connection_limit: Mutex<Option<ConnectionLimit>>,
     /// When the drain after a handover ends at the latest (seconds since the epoch).
     deadline_unix: std::sync::atomic::AtomicU64,
+    /// The inode of this daemon's socket: until the path names another one, a successor has
+    /// not bound it (and connecting would only queue on this daemon's own, paused socket).
+    socket_inode: std::sync::atomic::AtomicU64,
 }
 
 impl HandoverState {
@@ -132,11 +135,26 @@ impl HandoverState {
             rebind: tokio::sync::Notify::new(),
             connection_limit: Mutex::new(None),
             deadline_unix: std::sync::atomic::AtomicU64::new(0),
+            socket_inode: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     fn handed_over(&self) -> bool {
         self.handed_over.load(Ordering::SeqCst)
+    }
+
+    /// Remembers which socket the path names now: this daemon's own, just bound.
+    fn note_socket(&self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            self.socket_inode.store(m.ino(), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the socket path names another socket than this daemon's own.
+    fn socket_taken(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| m.ino() != self.socket_inode.load(Ordering::SeqCst))
     }
 }
 
@@ -1025,6 +1043,7 @@ pub async fn serve_until(
         UnixListener::bind(&socket_path).map_err(HostError::io("listen on", &socket_path))?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
         .map_err(HostError::io("restrict permissions of", &socket_path))?;
+    host.handover.note_socket(&socket_path);
     let rpc_task = tokio::spawn(rpc_server(
         unix,
         host.clone(),
@@ -1407,7 +1426,7 @@ async fn rpc_server(
         tokio::select! {
             _ = paused.changed() => continue,
             _ = host.handover.rebind.notified() => {
-                if let Some(rebound) = rebind_socket(&host.settings.socket_path(), &listener) {
+                if let Some(rebound) = rebind_socket(&host.settings.socket_path(), &host.handover) {
                     listener = rebound;
                 }
             }
@@ -1633,7 +1652,9 @@ async fn hand_over_inner(
                 "the new daemon (pid {pid}) exited at once ({status})"
             ));
         }
-        if successor_answers(&settings.socket_path(), &settings.name, pid).await {
+        if host.handover.socket_taken(&settings.socket_path())
+            && successor_answers(&settings.socket_path(), &settings.name, pid).await
+        {
             break Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -1753,23 +1774,17 @@ async fn kill_successor(child: &mut std::process::Child) {
     }
 }
 
-/// Binds the socket path again when it no longer names `listener` (a failed successor took it).
-fn rebind_socket(path: &Path, listener: &UnixListener) -> Option<UnixListener> {
-    use std::os::unix::fs::MetadataExt;
-    let ours = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-    let same = ours.as_deref() == Some(path)
-        && std::fs::metadata(path)
-            .is_ok_and(|m| nix::sys::stat::fstat(listener).is_ok_and(|own| own.st_ino == m.ino()));
-    if same {
+/// Binds the socket path again when it no longer names this daemon's socket (a failed successor
+/// took it, or removed it).
+fn rebind_socket(path: &Path, handover: &HandoverState) -> Option<UnixListener> {
+    if std::fs::metadata(path).is_ok() && !handover.socket_taken(path) {
         return None;
     }
     let _ = std::fs::remove_file(path);
     match UnixListener::bind(path) {
         Ok(rebound) => {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            handover.note_socket(path);
             tracing::info!(socket = %path.display(), "bound the socket again");
             Some(rebound)
         }

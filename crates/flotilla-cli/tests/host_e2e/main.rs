@@ -2052,3 +2052,64 @@ fn an_upgrade_to_a_binary_that_exits_at_once_leaves_the_old_daemon_serving() {
     assert_eq!(version_processes(&env, &[&v1]), before);
     assert_eq!(served_by(&env.get("/", &[])), v1);
 }
+
+/// SIGUSR2, which the systemd unit's `ExecReload` sends, hands over to a new daemon from the same
+/// executable, and systemd's notification socket (`NOTIFY_SOCKET`, here a datagram socket the
+/// test binds) hears `READY=1` from the first daemon, then `MAINPID=<new pid>` and `READY=1` from
+/// the new one, so systemd follows it.
+#[test]
+fn sigusr2_hands_over_and_the_new_daemon_tells_systemd_it_is_the_main_process() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let notify_dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // The first command starts the daemon in the background; it inherits NOTIFY_SOCKET.
+    let mut cmd = std::process::Command::new(util::flotilla_bin());
+    cmd.args(["deploy", "--json"])
+        .current_dir(env.app())
+        .env("NOTIFY_SOCKET", &notify_path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run flotilla deploy");
+    assert!(out.status.success(), "{out:?}");
+    let v1: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v1 = v1["deployment_id"].as_str().expect("id").to_owned();
+    assert_eq!(receive(), "READY=1");
+    let before = version_processes(&env, &[&v1]);
+    let old = env.daemon_pid().expect("the daemon runs");
+
+    let load = Load::start(env.listen, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(old, "-USR2");
+    let message = receive();
+    let new = eventually(Duration::from_secs(20), || {
+        env.daemon_pid().filter(|pid| *pid != old)
+    })
+    .expect("a new daemon holds the state directory");
+    assert_eq!(message, format!("MAINPID={new}\nREADY=1"));
+    assert!(
+        eventually(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "the old daemon exits, holding nothing"
+    );
+    let (seen, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.values().sum::<u64>() > 50, "the load ran: {seen:?}");
+    assert_eq!(version_processes(&env, &[&v1]), before, "not restarted");
+    assert_eq!(served_by(&env.get("/", &[])), v1);
+}
