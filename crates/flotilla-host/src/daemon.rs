@@ -3,10 +3,11 @@
 //! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
 //!
 //! Start-up order: take the daemon lock → open state → publish the saved routing table (so
-//! retired ids answer 410 at once) → bind the router, the status page and the socket → adopt the
-//! instances a previous daemon left running, stop its other leftovers, and start every recorded
-//! version's missing instances. A version that was active or draining serves again as soon as its
-//! instances pass health checks (an adopted one is checked at once).
+//! retired ids answer 410 at once) → bind the router and the status page (or take the sockets a
+//! daemon handing over passed on, see [`crate::handover`]) → adopt the instances a previous daemon
+//! left running, stop its other leftovers, and start every recorded version's missing instances →
+//! route → bind the socket → tell systemd `READY=1`. A version that was active or draining serves
+//! again as soon as its instances pass health checks (an adopted one is checked at once).
 //!
 //! The router runs on one thread per CPU, each with a single-threaded runtime and its own
 //! `SO_REUSEPORT` listener on `[host] listen` (see `run_router_workers`), sharing one [`Router`].
@@ -14,8 +15,13 @@
 //! Shutdown: stop accepting requests on the socket, let the router drain open connections with a
 //! deadline (and log what it cut), then, as the shutdown asked ([`OnExit`]): stop every instance
 //! (SIGTERM, then SIGKILL after `stop_timeout`; `flotilla host stop`), or leave them running for
-//! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart, an upgrade).
+//! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart).
 //! Compute records stay either way, so the next daemon serves the same versions again.
+//!
+//! Handover (`flotilla host upgrade`, SIGUSR2): [`hand_over`] runs the old daemon's side of the
+//! protocol in [`crate::handover`]; once the successor routes, the router drains by a
+//! [`DrainPlan`] with a linger and `[host] upgrade_deadline_seconds`, while the daemon writes the
+//! sessions it still holds for the successor, and the instances are left to the successor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -5,7 +5,9 @@
 //! [`Reply`] line; a connection may carry several requests in turn. A request that asks for them
 //! (`ImagePrepare` with `events`) is answered by progress lines (`{"event": ...}`, such as each
 //! line a build prints) before its reply; a daemon never sends them unasked, so an older client
-//! keeps working. Every port method has its own
+//! keeps working. During a handover to a new daemon the client retries a connection that fails
+//! while a live daemon holds the state directory, and a request the old daemon answered
+//! [`HANDED_OVER`]. Every port method has its own
 //! request, so the daemon implements the ports and the CLI's engine drives them unchanged.
 
 use std::collections::BTreeMap;
