@@ -18,7 +18,7 @@
 //! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart).
 //! Compute records stay either way, so the next daemon serves the same versions again.
 //!
-//! Handover (`flotilla host upgrade`, SIGUSR2): [`hand_over`] runs the old daemon's side of the
+//! Handover (`flotilla host upgrade`, SIGUSR2): `hand_over` runs the old daemon's side of the
 //! protocol in [`crate::handover`]; once the successor routes, the router drains by a
 //! [`DrainPlan`] with a linger and `[host] upgrade_deadline_seconds`, while the daemon writes the
 //! sessions it still holds for the successor, and the instances are left to the successor.
