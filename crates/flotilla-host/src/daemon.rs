@@ -1137,9 +1137,9 @@ pub async fn serve_until(
     let _signal_task = tokio::spawn(upgrade_on_sigusr2(host.clone()));
 
     let mut daemon_lock = Some(daemon_lock);
+    tokio::pin!(shutdown);
     let on_exit = {
         let mut rx = stop_rx.clone();
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 on_exit = &mut shutdown => break Some(on_exit),
@@ -1210,6 +1210,15 @@ pub async fn serve_until(
             loop {
                 tokio::select! {
                     _ = &mut proxy_task => break,
+                    // Asked to stop while draining (SIGTERM, Ctrl-C): what is still open is cut
+                    // now rather than at the deadline; the instances stay with the successor.
+                    _ = &mut shutdown => {
+                        tracing::warn!(
+                            connections = connection_limit.open(),
+                            "asked to stop while draining after a handover: cutting what is still open"
+                        );
+                        break;
+                    }
                     _ = tick.tick() => {
                         if let Err(error) = handover::write_previous(&state_dir, &report()) {
                             tracing::warn!(%error, "could not write the sessions this daemon still serves");
