@@ -1749,8 +1749,16 @@ async fn resume(
                 }
                 Err((f, errno)) => {
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::error!(%errno, "cannot take the state directory's lock back");
-                        break;
+                        // Someone else holds it (the successor did not die): never a second
+                        // writer. This daemon goes on routing what it has, and writes nothing.
+                        tracing::error!(
+                            %errno,
+                            "cannot take the state directory's lock back; this daemon stops \
+                             writing and only routes (stop it once the lock holder serves)"
+                        );
+                        host.handover.handed_over.store(true, Ordering::SeqCst);
+                        host.handover.rpc_paused.send_replace(false);
+                        return error;
                     }
                     file = f;
                     tokio::time::sleep(Duration::from_millis(10)).await;
