@@ -979,9 +979,17 @@ pub async fn serve_until(
             "inherited listening sockets of kinds this daemon does not serve; they stay unused"
         );
     }
-    // Copies of the listening sockets (close-on-exec) for a handover to a successor.
-    let handover_sockets = HandoverSockets::of(&listeners, &admin)
-        .map_err(HostError::io("copy the listening sockets", "router"))?;
+    // Copies of the listening sockets (close-on-exec) for a handover to a successor: every
+    // kind of listener adds its own, by name, and takes them back from `inherited` above.
+    let mut handover_sockets = HandoverSockets::default();
+    for l in &listeners {
+        handover_sockets
+            .add(handover::ROUTER, l)
+            .map_err(HostError::io("copy the listening sockets", "router"))?;
+    }
+    handover_sockets
+        .add(handover::ADMIN, &admin)
+        .map_err(HostError::io("copy the listening sockets", "status page"))?;
     let admin =
         TcpListener::from_std(admin).map_err(HostError::io("listen on", "the status page"))?;
 
@@ -1468,23 +1476,18 @@ async fn rpc_server(
     }
 }
 
-/// The listening sockets a handover passes on, as copies (close-on-exec, so no app process
-/// inherits them): the router's, in order, then the status page's.
+/// The listening sockets a handover passes on, each with its kind, as copies (close-on-exec, so
+/// no app process inherits them).
+#[derive(Default)]
 struct HandoverSockets {
     sockets: Vec<(&'static str, std::net::TcpListener)>,
 }
 
 impl HandoverSockets {
-    fn of(
-        router: &[std::net::TcpListener],
-        admin: &std::net::TcpListener,
-    ) -> std::io::Result<Self> {
-        let mut sockets = Vec::new();
-        for l in router {
-            sockets.push((handover::ROUTER, l.try_clone()?));
-        }
-        sockets.push((handover::ADMIN, admin.try_clone()?));
-        Ok(HandoverSockets { sockets })
+    /// Adds a copy of `listener`, of `kind` (the name the successor takes it by).
+    fn add(&mut self, kind: &'static str, listener: &std::net::TcpListener) -> std::io::Result<()> {
+        self.sockets.push((kind, listener.try_clone()?));
+        Ok(())
     }
 }
 
