@@ -1522,15 +1522,14 @@ async fn upgrade_on_sigusr2(host: Arc<Host>) {
     }
 }
 
-/// Waits until every running instance is healthy, at most `limit`.
+/// Waits until every instance is healthy, at most `limit`. (Not only the running ones: an
+/// adopted instance counts as running only once its monitor has started, a moment after
+/// `restore` returns, and routing before then would answer 503.)
 async fn wait_healthy(host: &Host, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let views = host.supervisor.instances();
-        if views
-            .iter()
-            .all(|v| !v.state.running() || v.state.healthy())
-        {
+        if views.iter().all(|v| v.state.healthy()) {
             return;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -2113,3 +2113,62 @@ fn sigusr2_hands_over_and_the_new_daemon_tells_systemd_it_is_the_main_process() 
     assert_eq!(version_processes(&env, &[&v1]), before, "not restarted");
     assert_eq!(served_by(&env.get("/", &[])), v1);
 }
+
+/// A new daemon that starts but never becomes ready (here: a program that only sleeps) is killed
+/// after the ready timeout (30 s), and the old daemon serves on: same pid, same processes, no
+/// failed request, and it answers commands again.
+#[test]
+fn an_upgrade_to_a_binary_that_never_becomes_ready_is_abandoned_and_the_old_daemon_serves_on() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let before = version_processes(&env, &[&v1]);
+    let old = env.daemon_pid().expect("the daemon runs");
+    let hung_dir = tempfile::tempdir().expect("tempdir");
+    let hung = hung_dir.path().join("flotilla-hangs");
+    std::fs::write(&hung, "#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 600\n").expect("write");
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let load = Load::start(env.listen, 2);
+
+    let started = Instant::now();
+    let out = env.flotilla(&[
+        "host",
+        "upgrade",
+        "--binary",
+        hung.to_str().expect("utf-8 path"),
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("did not become ready within 30s"), "{text}");
+    assert!(text.contains("daemon.log"), "names the log: {text}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let hung_pid: u32 = std::fs::read_to_string(hung_dir.path().join("flotilla-hangs.pid"))
+        .expect("the hung daemon's pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        eventually(Duration::from_secs(5), || (!alive(hung_pid)).then_some(())).is_some(),
+        "the new daemon that never became ready was stopped"
+    );
+    assert_eq!(env.daemon_pid(), Some(old));
+    assert_eq!(
+        version_processes(&env, &[&v1]),
+        before,
+        "nothing was restarted"
+    );
+    let status = env.flotilla(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    let (seen, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.values().sum::<u64>() > 100, "the load ran: {seen:?}");
+    // A deploy works: the old daemon writes again.
+    let v2 = env.deploy();
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+}
