@@ -1943,6 +1943,17 @@ fn an_upgrade_to_a_new_binary_under_load_fails_no_request_and_cuts_no_session() 
     );
     let pinned = env.get("/", &[(HEADER, &v1)]);
     assert_eq!(served_by(&pinned), v1, "v1 still takes its pinned requests");
+    let page = env.admin_status();
+    assert_eq!(
+        page["daemon"]["pid"].as_u64(),
+        Some(u64::from(new)),
+        "{page}"
+    );
+    assert_eq!(
+        page["daemon"]["previous"]["pid"].as_u64(),
+        Some(u64::from(old)),
+        "the status page shows the draining daemon: {page}"
+    );
 
     let (seen, failures) = load.finish();
     assert!(
