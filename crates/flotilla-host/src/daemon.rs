@@ -1648,9 +1648,9 @@ async fn hand_over_inner(
         Some(Ok(file)) => Some(file),
         Some(Err((lock, errno))) => {
             *daemon_lock = Some(lock);
-            drop(writers);
             return Err(resume(
                 host,
+                writers,
                 daemon_lock,
                 None,
                 &mut child,
@@ -1695,9 +1695,8 @@ async fn hand_over_inner(
             Ok(Successor { pid, binary })
         }
         Err(why) => {
-            drop(writers);
             let _ = std::fs::remove_file(handover::previous_daemon_path(&settings.state_dir));
-            Err(resume(host, daemon_lock, file, &mut child, failed(why)).await)
+            Err(resume(host, writers, daemon_lock, file, &mut child, failed(why)).await)
         }
     }
 }
@@ -1733,8 +1732,11 @@ async fn successor_answers(socket: &Path, name: &flotilla_core::DeploymentName, 
 
 /// After a failed handover: stops the successor if it still runs, takes the lock back, adopts
 /// the instances again and resumes writing and answering. Returns `error` for the caller.
+/// The writers stay stopped (`writers` is held) until the lock is back and the instances are
+/// adopted again, so this daemon never writes while the successor might.
 async fn resume(
     host: &Arc<Host>,
+    writers: tokio::sync::RwLockWriteGuard<'_, ()>,
     daemon_lock: &mut Option<Flock<std::fs::File>>,
     file: Option<std::fs::File>,
     child: &mut std::process::Child,
@@ -1784,6 +1786,7 @@ async fn resume(
     // A successor that bound the socket path before it failed took the path from this daemon's
     // socket: the socket server binds it again.
     host.handover.rebind.notify_one();
+    drop(writers);
     host.handover.rpc_paused.send_replace(false);
     error
 }
