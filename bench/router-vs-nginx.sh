@@ -13,14 +13,33 @@
 # and, for reference, the backend directly. It prints requests/s, p50 and p99 per target and the
 # flotilla/nginx ratios (throughput ratio > 1 and p99 ratio < 1 mean flotilla is ahead).
 #
-# Usage: bench/router-vs-nginx.sh   (env: DURATION=10 CONNECTIONS=32 THREADS=1 ROUNDS=2)
+# HAProxy (Debian's 2.6) is the second peer: the same two pools as backends with keep-alive and
+# connection reuse, `use_backend` on the header, the same response stamp (HAPROXY=0 leaves it out).
+# CONNECTIONS may list several counts ("32 256"); each scenario runs at each.
+#
+# Then, unless SESSIONS=0, the idle-session scenarios for each proxy: SESSIONS (10 000) idle
+# WebSockets opened through it (bench/lib/ws_client.py), its memory per session (RSS before and
+# after: the daemon process for flotilla, nginx's master and workers, HAProxy's process), the fresh
+# throughput of other traffic while they are open, and the round-trip time of WebSocket messages
+# through it against a direct connection to the backend.
+#
+# With PINGORA=1, another target joins each round: bench/pingora-peer, the same routing on
+# Pingora 0.7 (built here, release, into target/pingora-peer), with as many threads as CPUs.
+#
+# Usage: bench/router-vs-nginx.sh
+#   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000)
 # Needs nginx and wrk from Debian; installs them with apt-get when missing and run as root.
 set -euo pipefail
 
 DURATION="${DURATION:-10}"
-CONNECTIONS="${CONNECTIONS:-32}"
+CONNECTIONS="${CONNECTIONS:-32 256}"
 THREADS="${THREADS:-1}"
 ROUNDS="${ROUNDS:-2}"
+PINGORA="${PINGORA:-0}"
+HAPROXY="${HAPROXY:-1}"
+SESSIONS="${SESSIONS:-10000}"
+# Each idle session holds a descriptor in the client, two in the proxy and one in a backend.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -28,6 +47,7 @@ cd "$root"
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ "$HAPROXY" = 1 ]; then command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy); fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -39,18 +59,28 @@ if [ "${#need[@]}" -gt 0 ]; then
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+HAPROXY_BIN="$(command -v haproxy || echo /usr/sbin/haproxy)"
 
 echo "building flotilla and the example app (release)" >&2
 # Two commands: `--example` would otherwise select only examples in every package named.
 cargo build --release --quiet -p flotilla-host --example bench_router
 cargo build --release --quiet -p flotilla-example-hello
 HARNESS="$root/target/release/examples/bench_router"
+if [ "$PINGORA" = 1 ]; then
+  echo "building the Pingora peer (release)" >&2
+  cargo build --release --quiet --manifest-path bench/pingora-peer/Cargo.toml --target-dir "$root/target/pingora-peer"
+  PINGORA_BIN="$root/target/pingora-peer/release/pingora-peer"
+fi
 HELLO="$root/target/release/flotilla-example-hello"
 
 work="$(mktemp -d)"
 nginx_pid=""
 harness_pid=""
+pingora_pid=""
+haproxy_pid=""
 cleanup() {
+  if [ -n "$haproxy_pid" ]; then kill "$haproxy_pid" 2>/dev/null || true; wait "$haproxy_pid" 2>/dev/null || true; fi
+  if [ -n "$pingora_pid" ]; then kill "$pingora_pid" 2>/dev/null || true; wait "$pingora_pid" 2>/dev/null || true; fi
   if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
   if [ -n "$harness_pid" ]; then kill "$harness_pid" 2>/dev/null || true; wait "$harness_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -58,7 +88,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"
+ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"; HAPROXY_PORT="$(free_port)"
 
 mkdir -p "$work/app"
 echo "benchmark app" > "$work/app/README"
@@ -86,7 +116,8 @@ cat > "$work/nginx.conf" <<NGINX
 worker_processes auto;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
+worker_rlimit_nofile 65536;
+events { worker_connections 32768; }
 http {
   access_log off;
   client_body_temp_path $work/nginx-body;
@@ -107,6 +138,10 @@ $(servers "$V2_ADDRS")
     "$V1" v1;
     "$V2" v2;
   }
+  map \$http_upgrade \$connection_upgrade {
+    default upgrade;
+    "" "";
+  }
   map \$pool \$deployment {
     v1 "$V1";
     v2 "$V2";
@@ -116,7 +151,8 @@ $(servers "$V2_ADDRS")
     location / {
       proxy_pass http://\$pool;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme;
@@ -129,8 +165,49 @@ NGINX
 "$NGINX" -p "$work" -c "$work/nginx.conf" -g 'daemon off;' 2>>"$work/nginx-error.log" &
 nginx_pid=$!
 
-# Both must route like each other before anything is measured.
-for target in "$ROUTER_PORT" "$NGINX_PORT"; do
+targets=("$ROUTER_PORT" "$NGINX_PORT")
+if [ "$HAPROXY" = 1 ]; then
+  haproxy_servers() { local n=0; for a in $1; do echo "  server s$n $a"; n=$((n + 1)); done; }
+  cat > "$work/haproxy.cfg" <<HAPROXYCFG
+global
+  maxconn 40000
+  nbthread $(nproc)
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 10m
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend routed
+  bind 127.0.0.1:$HAPROXY_PORT
+  http-request set-header X-Forwarded-Proto http
+  use_backend v1 if { req.hdr(x-flotilla-deployment) -m str $V1 }
+  default_backend v2
+backend v1
+  balance roundrobin
+  http-response set-header X-Flotilla-Deployment $V1
+$(haproxy_servers "$V1_ADDRS")
+backend v2
+  balance roundrobin
+  http-response set-header X-Flotilla-Deployment $V2
+$(haproxy_servers "$V2_ADDRS")
+HAPROXYCFG
+  "$HAPROXY_BIN" -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+  haproxy_pid=$!
+  targets+=("$HAPROXY_PORT")
+fi
+if [ "$PINGORA" = 1 ]; then
+  "$PINGORA_BIN" "127.0.0.1:$PINGORA_PORT" "$(nproc)" "$V2" "$(echo $V2_ADDRS | tr ' ' ',')" "$V1" "$(echo $V1_ADDRS | tr ' ' ',')" > "$work/pingora.log" 2>&1 &
+  pingora_pid=$!
+  targets+=("$PINGORA_PORT")
+fi
+
+# All must route like each other before anything is measured.
+sleep 0.5
+for target in "${targets[@]}"; do
   for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && break; sleep 0.1; done
   fresh="$(curl -s -D - -o /dev/null "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
   pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $V1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
@@ -142,27 +219,12 @@ done
 
 results="$work/results.tsv"
 : > "$results"
-run() { # name scenario url [header]
-  local name="$1" scenario="$2" url="$3" header="${4:-}"
-  local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+run() { # name scenario url [header]   (uses $conns)
+  local name="$1" scenario="$2@$conns" url="$3" header="${4:-}"
+  local args=(-t"$THREADS" -c"$conns" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
   wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
-  python3 - "$name" "$scenario" "$work/wrk.out" >> "$results" <<'PY'
-import re, sys
-name, scenario, path = sys.argv[1:4]
-text = open(path).read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    n, u = float(m.group(1)), m.group(2)
-    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-sock = re.search(r"Socket errors: (.*)", text)
-bad = (int(errors.group(1)) if errors else 0)
-print(f"{name}\t{scenario}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{bad}\t{sock.group(1) if sock else ''}")
-PY
+  python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
 }
 
 BACKEND="$(echo "$V2_ADDRS" | awk '{print $1}')"
@@ -170,16 +232,60 @@ echo "router :$ROUTER_PORT, nginx :$NGINX_PORT, backends v1 [$V1_ADDRS] v2 [$V2_
 echo "wrk: $THREADS thread(s), $CONNECTIONS connections, ${DURATION}s per run, $ROUNDS rounds, $(nproc) CPUs" >&2
 wrk -t1 -c4 -d2s "http://127.0.0.1:$ROUTER_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c4 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 || true
+[ "$PINGORA" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$PINGORA_PORT/" >/dev/null 2>&1 || true; }
+[ "$HAPROXY" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$HAPROXY_PORT/" >/dev/null 2>&1 || true; }
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  run flotilla fresh "http://127.0.0.1:$ROUTER_PORT/"
-  run nginx fresh "http://127.0.0.1:$NGINX_PORT/"
-  run flotilla pinned "http://127.0.0.1:$ROUTER_PORT/" "X-Flotilla-Deployment: $V1"
-  run nginx pinned "http://127.0.0.1:$NGINX_PORT/" "X-Flotilla-Deployment: $V1"
+  for conns in $CONNECTIONS; do
+    for scenario in fresh pinned; do
+      header=""
+      [ "$scenario" = pinned ] && header="X-Flotilla-Deployment: $V1"
+      run flotilla "$scenario" "http://127.0.0.1:$ROUTER_PORT/" "$header"
+      run nginx "$scenario" "http://127.0.0.1:$NGINX_PORT/" "$header"
+      [ "$HAPROXY" = 1 ] && run haproxy "$scenario" "http://127.0.0.1:$HAPROXY_PORT/" "$header"
+      [ "$PINGORA" = 1 ] && run pingora "$scenario" "http://127.0.0.1:$PINGORA_PORT/" "$header"
+    done
+  done
 done
+conns="${CONNECTIONS%% *}"
 run backend direct "http://$BACKEND/"
 
-python3 - "$results" <<'PY'
+rss_kib() { # pid [with its children]
+  local total=0 p
+  for p in "$1" $( [ "${2:-}" = children ] && pgrep -P "$1" ); do
+    total=$((total + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+sessions_tsv="$work/sessions.tsv"
+: > "$sessions_tsv"
+if [ "$SESSIONS" -gt 0 ]; then
+  conns="${CONNECTIONS%% *}"
+  session_targets=("flotilla:$ROUTER_PORT:$harness_pid:self" "nginx:$NGINX_PORT:$nginx_pid:children")
+  [ "$HAPROXY" = 1 ] && session_targets+=("haproxy:$HAPROXY_PORT:$haproxy_pid:self")
+  for spec in "${session_targets[@]}"; do
+    IFS=: read -r name port pid scope <<<"$spec"
+    echo "$name: opening $SESSIONS idle WebSockets" >&2
+    before="$(rss_kib "$pid" "$scope")"
+    mkfifo "$work/hold-$name"
+    python3 "$root/bench/lib/ws_client.py" hold "127.0.0.1:$port" /ws "$SESSIONS" < "$work/hold-$name" > "$work/hold-$name.out" 2>"$work/hold-$name.err" &
+    hold_pid=$!
+    exec 9>"$work/hold-$name"
+    for _ in $(seq 1200); do grep -q '^open' "$work/hold-$name.out" && break; sleep 0.1; done
+    opened="$(awk '$1=="open"{print $2}' "$work/hold-$name.out")"
+    sleep 1
+    after="$(rss_kib "$pid" "$scope")"
+    run "$name" "fresh+ws" "http://127.0.0.1:$port/"
+    exec 9>&-
+    wait "$hold_pid" 2>/dev/null || true
+    rtt="$(python3 "$root/bench/lib/ws_client.py" rtt "127.0.0.1:$port" /ws 2000)"
+    echo -e "$name\t${opened:-0}\t$before\t$after\t$(awk '{print $3"\t"$5}' <<<"$rtt")" >> "$sessions_tsv"
+  done
+  rtt="$(python3 "$root/bench/lib/ws_client.py" rtt "$BACKEND" /ws 2000)"
+  echo -e "direct\t0\t0\t0\t$(awk '{print $3"\t"$5}' <<<"$rtt")" >> "$sessions_tsv"
+fi
+
+python3 - "$results" "$sessions_tsv" "${CONNECTIONS%% *}" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 agg = {}
@@ -193,13 +299,45 @@ for (name, scenario), a in agg.items():
     err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
     print(f"{name:<10}{scenario:<9}{statistics.median(a['rps']):>10.0f}{statistics.median(a['p50']):>9.3f}{statistics.median(a['p99']):>9.3f}  {err}")
 print()
-for scenario in ("fresh", "pinned"):
-    f, n = agg.get(("flotilla", scenario)), agg.get(("nginx", scenario))
-    if not f or not n:
+med = lambda a, k: statistics.median(a[k])
+scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
+for scenario in scenarios:
+    f = agg.get(("flotilla", scenario))
+    peers = {n: agg[(n, scenario)] for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg}
+    if not f or not peers:
         continue
-    rps = statistics.median(f["rps"]) / statistics.median(n["rps"])
-    p50 = statistics.median(f["p50"]) / statistics.median(n["p50"])
-    p99 = statistics.median(f["p99"]) / statistics.median(n["p99"])
-    print(f"{scenario}: flotilla/nginx throughput {rps:.2f}x, p50 {p50:.2f}x, p99 {p99:.2f}x")
+    best_rps = max(peers, key=lambda n: med(peers[n], "rps"))
+    best_p99 = min(peers, key=lambda n: med(peers[n], "p99"))
+    parts = [f"{n} {med(f, 'rps') / med(p, 'rps'):.2f}x" for n, p in peers.items()]
+    print(f"{scenario}: flotilla throughput vs " + ", ".join(parts)
+          + f"; vs the better peer ({best_rps}) {med(f, 'rps') / med(peers[best_rps], 'rps'):.2f}x;"
+          + f" p99 vs the better peer ({best_p99}) {med(f, 'p99') / med(peers[best_p99], 'p99'):.2f}x")
 print("(medians over rounds; throughput > 1x and latency < 1x favour flotilla)")
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
+if rows:
+    print()
+    conns = sys.argv[3]
+    print(f"{'target':<10}{'sessions':>9}{'KiB/session':>13}{'fresh req/s':>13}{'with them':>11}{'ws rtt p50':>12}{'p99 ms':>8}")
+    direct = next((r for r in rows if r[0] == "direct"), None)
+    per = {}
+    for name, opened, before, after, p50, p99 in rows:
+        if name == "direct":
+            continue
+        opened = int(opened)
+        kib = (int(after) - int(before)) / opened if opened else float("nan")
+        per[name] = kib
+        base = agg.get((name, f"fresh@{conns}"))
+        loaded = agg.get((name, "fresh+ws@" + conns))
+        b = statistics.median(base["rps"]) if base else float("nan")
+        w = statistics.median(loaded["rps"]) if loaded else float("nan")
+        print(f"{name:<10}{opened:>9}{kib:>13.1f}{b:>13.0f}{w:>11.0f}{float(p50):>12.3f}{float(p99):>8.3f}")
+    if direct:
+        print(f"{'direct':<10}{'':>9}{'':>13}{'':>13}{'':>11}{float(direct[4]):>12.3f}{float(direct[5]):>8.3f}")
+    peers = {n: k for n, k in per.items() if n != "flotilla"}
+    if "flotilla" in per and peers:
+        best = min(peers, key=peers.get)
+        print(f"idle session memory: flotilla {per['flotilla']:.1f} KiB vs {best} {peers[best]:.1f} KiB ({per['flotilla'] / peers[best]:.2f}x)")
+        f = next(r for r in rows if r[0] == "flotilla")
+        if direct:
+            print(f"WebSocket round trip: flotilla p50 {float(f[4]) / float(direct[4]):.2f}x direct")
 PY

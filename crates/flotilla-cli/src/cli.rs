@@ -462,6 +462,22 @@ pub enum HostCommand {
     Serve,
     /// Stop the host daemon and the app's instances (versions come back when it starts again)
     Stop,
+    /// Run the front door: one pair of public ports for every app on this machine, by host name
+    #[command(
+        long_about = "Run the shared front door in the foreground. It owns the public ports (80 \
+            and 443 by default) for every app on this machine. Each app whose flotilla.toml \
+            has `[host] hosts` registers those host names with it over a Unix socket; for each \
+            new connection the front door reads the host name (the TLS server name, or the HTTP \
+            Host header) without consuming anything, and hands the connection itself to that \
+            app's daemon, which serves it as its own: its certificate, its versions. Nothing is \
+            proxied twice. A host no app registered gets a 404 on HTTP (on TLS, an \
+            `unrecognized_name` alert); while an app's daemon restarts, its connections wait up \
+            to --hold seconds for it. Needs no flotilla.toml. Ctrl-C or SIGTERM stops it; the \
+            apps' daemons register again when it comes back.",
+        after_help = "Examples:\n  sudo flotilla host front-door\n  \
+            flotilla host front-door --http 127.0.0.1:8080 --no-https --socket /tmp/fd.sock"
+    )]
+    FrontDoor(FrontDoorArgs),
     /// Run this app's host daemon as a systemd service
     #[command(
         long_about = "Write a systemd unit, flotilla-<name>.service, that runs `flotilla host \
@@ -503,6 +519,30 @@ pub enum HostCommand {
         after_help = "Examples:\n  sudo flotilla host uninstall\n  flotilla host uninstall --user --json"
     )]
     Uninstall(HostUninstallArgs),
+}
+
+/// `host front-door`.
+#[derive(Debug, Args)]
+pub struct FrontDoorArgs {
+    /// Where plain HTTP is accepted
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    pub http: SocketAddr,
+    /// Where TLS is accepted (each app's daemon terminates it with its own certificate)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+    pub https: SocketAddr,
+    /// Accept no plain HTTP
+    #[arg(long, conflicts_with = "no_https")]
+    pub no_http: bool,
+    /// Accept no TLS
+    #[arg(long)]
+    pub no_https: bool,
+    /// The registration socket apps' daemons connect to [default: /run/flotilla/front-door.sock
+    /// for root, else $XDG_RUNTIME_DIR/flotilla/front-door.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
+    /// How long a connection for an app whose daemon is restarting waits for it, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub hold: u64,
 }
 
 /// `host install`.

@@ -190,6 +190,10 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
             providers::host_stop(&config).await?;
             Ok(0)
         }
+        Command::Host(HostCommand::FrontDoor(args)) => {
+            providers::host_front_door(args).await?;
+            Ok(0)
+        }
         Command::Host(HostCommand::Install(args)) => {
             let config = load(global, out)?;
             let request = providers::ServiceRequest {
@@ -790,7 +794,7 @@ async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
     let (config, opened) = open(global, "verify", out).await?;
     // The host router's address is in the config; other providers say where requests arrive.
     let derived = match config.provider {
-        ProviderKind::Host => Some(providers::host_base_url(config.host.listen)),
+        ProviderKind::Host => Some(providers::host_public_url(&config.host)),
         ProviderKind::Aws => None,
     };
     let base = match args

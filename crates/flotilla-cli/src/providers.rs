@@ -149,6 +149,17 @@ pub fn host_base_url(listen: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
+/// Where users reach a host app: its first host name behind the front door (not a wildcard),
+/// else its router's `listen` address.
+pub fn host_public_url(host: &crate::config::HostConfig) -> String {
+    host.hosts
+        .iter()
+        .flatten()
+        .find(|h| !h.starts_with("*."))
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_else(|| host_base_url(host.listen))
+}
+
 /// Opens the configured provider for `command` (the command's name, for messages); what it
 /// says on the way (a daemon it started) follows `out`.
 pub async fn open(config: &Config, command: &str, out: crate::output::Output) -> Result<Opened> {
@@ -195,7 +206,7 @@ async fn open_host(
     let ports = connection.ports;
     Ok(Opened {
         engine: Engine::new(ports.clone(), engine_settings),
-        base_url: Some(host_base_url(config.host.listen)),
+        base_url: Some(host_public_url(&config.host)),
         logs: Some(Box::new(HostLogs { logs_dir, ports })),
     })
 }
@@ -228,6 +239,29 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.drain_grace = config.drain.grace;
     s.reaper_policy = engine_settings(config).policy;
     s.reaper_interval = config.reaper.interval;
+    s.front_door =
+        config
+            .host
+            .hosts
+            .clone()
+            .map(|hosts| flotilla_host::settings::FrontDoorMember {
+                socket: config
+                    .host
+                    .front_door_socket
+                    .clone()
+                    .unwrap_or_else(flotilla_host::front_door::server::default_socket),
+                hosts,
+            });
+    s.access_log =
+        config
+            .host
+            .access_log
+            .clone()
+            .map(|path| flotilla_host::access_log::AccessLogSettings {
+                path,
+                max_bytes: u64::from(config.host.access_log_max_mb) * 1024 * 1024,
+                keep: config.host.access_log_keep,
+            });
     // The background daemon reads the same config: same file, same name, same provider.
     let exe = std::env::current_exe()?;
     let mut argv: Vec<std::ffi::OsString> = vec![exe.into_os_string()];
@@ -493,14 +527,7 @@ fn aws_base_url(path: &std::path::Path) -> Option<String> {
 pub async fn host_serve(config: &Config) -> Result<()> {
     let settings = host_settings(config)?;
     // The daemon logs to stderr (the background daemon's stderr is its log file).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    init_daemon_log();
     use flotilla_host::OnExit;
     let shutdown = async {
         let mut term =
@@ -518,6 +545,46 @@ pub async fn host_serve(config: &Config) -> Result<()> {
     };
     flotilla_host::serve_until(&settings, shutdown).await?;
     Ok(())
+}
+
+/// `flotilla host front-door`: runs the shared front door in the foreground until Ctrl-C or
+/// SIGTERM.
+pub async fn host_front_door(args: &crate::cli::FrontDoorArgs) -> Result<()> {
+    init_daemon_log();
+    let mut settings = flotilla_host::front_door::server::FrontDoorSettings::new();
+    settings.http = (!args.no_http).then_some(args.http);
+    settings.https = (!args.no_https).then_some(args.https);
+    if let Some(socket) = &args.socket {
+        settings.socket = socket.clone();
+    }
+    settings.hold = Duration::from_secs(args.hold);
+    let shutdown = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    flotilla_host::front_door::server::run(settings, shutdown).await?;
+    Ok(())
+}
+
+/// Logging for a foreground server: `FLOTILLA_LOG` (default `info`) to stderr, no colours.
+fn init_daemon_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 /// `flotilla host stop`: stops a running host daemon (its versions keep their state and come
@@ -877,6 +944,16 @@ pub(crate) fn check_aws_secret_reference(value: &str) -> std::result::Result<(),
         let _ = value;
         Ok(())
     }
+}
+
+/// A `[host] hosts` entry as the front door compares it (lower case, no port or trailing dot), or
+/// what is wrong with it.
+pub(crate) fn check_front_door_host(value: &str) -> std::result::Result<String, String> {
+    flotilla_host::front_door::sniff::normalize_host(value).ok_or_else(|| {
+        "not a host name (use names like \"shop.example.com\" or \"*.example.com\", without a \
+         scheme or path)"
+            .to_owned()
+    })
 }
 
 /// The environment variable whose presence means the binary runs as an AWS Lambda custom runtime.

@@ -15,8 +15,10 @@
 //! - [`stale`]: how a request pinned to a retired version is answered (status, header, WebSocket
 //!   close code, socket reroute).
 //! - [`reaper`]: the reaper as a pure plan over a fleet of versions.
+//! - [`canary`]: canary deploys: the plan, the judgement of a window, the next step.
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod drain;
 pub mod ids;
 pub mod lifecycle;

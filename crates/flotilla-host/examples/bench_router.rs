@@ -1,7 +1,9 @@
-//! The host daemon in one process, for `bench/router-vs-nginx.sh`: serves the daemon (router,
-//! supervisor, state) on the given ports, deploys the given app twice through the engine over the
-//! daemon's socket (the same path `flotilla deploy` takes), prints `V1 <id>` and `V2 <id>`, then
-//! runs until SIGTERM or Ctrl-C and stops everything.
+//! The host daemon in one process, for `bench/router-vs-nginx.sh` and `bench/router-versions.sh`:
+//! serves the daemon (router, supervisor, state) on the given ports, deploys the given app
+//! `BENCH_VERSIONS` times (default 2; each with `BENCH_INSTANCES` instances, default 2) through the
+//! engine over the daemon's socket (the same path `flotilla deploy` takes), prints `VERSION <n>
+//! <id>` for each, then `V1 <oldest id>` and `V2 <newest id>`, then runs until SIGTERM or Ctrl-C
+//! and stops everything. Every version but the newest stays draining (the reaper waits an hour).
 //!
 //! Usage: bench_router APP_DIR ROUTER_PORT ADMIN_PORT 'BUILD' 'COMMAND'
 //! (built without the CLI so the benchmark does not need the AWS SDK compiled in release mode).
@@ -55,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Settings {
             name,
             policy: settings.reaper_policy,
-            budget: Default::default(),
+            // Routing cost with many versions is measured here, not the ALB's rule limit.
+            budget: flotilla_core::routing::RuleBudget { limit: 10_000 },
             health_timeout: Duration::from_secs(60),
             health_poll: Duration::from_millis(200),
             lock_ttl: Duration::from_secs(600),
@@ -63,7 +66,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             local_holders: None,
         },
     );
-    for label in ["V1", "V2"] {
+    let count = env_number("BENCH_VERSIONS", 2)?;
+    let instances = env_number("BENCH_INSTANCES", 2)?;
+    let mut ids = Vec::new();
+    for n in 1..=count {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let id = DeploymentId::generate(
             Timestamp::from_millis(now.as_millis() as u64),
@@ -74,18 +80,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 DeployRequest {
                     id,
                     image: ImageRequest::Build(settings.app_dir.clone()),
-                    instances: 2,
-                    min_healthy: 2,
+                    instances,
+                    min_healthy: instances,
                     break_lock: false,
                     env: Default::default(),
                 },
                 &Silent,
             )
             .await?;
-        println!("{label} {}", outcome.deployment_id);
-        // Ids carry the second; keep the two apart.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        println!("VERSION {n} {}", outcome.deployment_id);
+        ids.push(outcome.deployment_id);
+        // Ids carry the second; keep them apart.
+        if n < count {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
     }
+    let (Some(oldest), Some(newest)) = (ids.first(), ids.last()) else {
+        return Err("BENCH_VERSIONS must be at least 1".into());
+    };
+    println!("V1 {oldest}");
+    println!("V2 {newest}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
@@ -94,4 +108,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_tx.send(());
     daemon.await??;
     Ok(())
+}
+
+/// A positive number from the environment variable `name`, or `default` when it is unset.
+fn env_number(name: &str, default: u32) -> Result<u32, Box<dyn std::error::Error>> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{name}={v:?} is not a positive number").into()),
+        },
+    }
 }

@@ -60,6 +60,9 @@ use crate::supervisor::Supervisor;
 
 /// How long the router may take to drain its connections at shutdown, at most.
 const MAX_ROUTER_DRAIN: Duration = Duration::from_secs(10);
+/// How long a daemon behind the front door waits for its versions' health before registering.
+const FRONT_DOOR_HEALTH_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a deploy lock taken by the daemon's reaper lives.
 const REAPER_LOCK_TTL: Duration = Duration::from_secs(300);
 
@@ -79,6 +82,9 @@ pub struct Host {
     clock: SystemClock,
     /// What the reaper loop has done, for `/metrics`.
     reaper_meter: crate::metrics::ReaperMeter,
+    /// Where this daemon's registration with the front door stands (`Connecting` when it has
+    /// none configured, and never changes then).
+    front_door: watch::Sender<crate::front_door::member::MembershipState>,
     /// What a handover to a new daemon needs (see [`crate::handover`]).
     handover: HandoverState,
 }
@@ -939,6 +945,7 @@ pub async fn serve_until(
             trackers: Mutex::new(HashMap::new()),
             clock: SystemClock,
             reaper_meter: crate::metrics::ReaperMeter::default(),
+            front_door: watch::channel(crate::front_door::member::MembershipState::Connecting).0,
             handover: HandoverState::new(upgrade_tx, exe),
         }
     });
@@ -948,15 +955,34 @@ pub async fn serve_until(
         .as_mut()
         .map(|i| i.take(handover::ROUTER))
         .unwrap_or_default();
-    let listeners = if inherited_router.is_empty() {
-        router_listeners(settings.listen, router_workers())
-            .map_err(|source| HostError::bind(settings.listen, "router", source))?
-    } else {
-        for l in &mut inherited_router {
-            l.set_nonblocking(true)
-                .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+    let (listeners, front_door) = match &settings.front_door {
+        None if inherited_router.is_empty() => (
+            router_listeners(settings.listen, router_workers())
+                .map_err(|source| HostError::bind(settings.listen, "router", source))?,
+            None,
+        ),
+        None => {
+            for l in &mut inherited_router {
+                l.set_nonblocking(true)
+                    .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+            }
+            (inherited_router, None)
         }
-        inherited_router
+        Some(member) => {
+            // A front door that refuses this app (a host name another app holds) is a
+            // configuration error worth stopping for; one not running yet is not.
+            let membership = front_door_membership(&settings, member);
+            crate::front_door::member::check(&membership)
+                .await
+                .map_err(|reason| {
+                    HostError::Protocol(format!(
+                        "the front door on {} refused this app: {reason}",
+                        member.socket.display()
+                    ))
+                })?;
+            let (incoming, handed) = handed_over_workers(router_workers());
+            (Vec::new(), Some((member.clone(), incoming, handed)))
+        }
     };
     let admin = match inherited
         .as_mut()
@@ -992,6 +1018,7 @@ pub async fn serve_until(
         .map_err(HostError::io("copy the listening sockets", "status page"))?;
     let admin =
         TcpListener::from_std(admin).map_err(HostError::io("listen on", "the status page"))?;
+    let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
 
     let restored = host.supervisor.restore().await?;
     host.refresh();
@@ -1016,8 +1043,31 @@ pub async fn serve_until(
         // One limit for every worker: each worker's config is a clone sharing it.
         connection_limit: connection_limit.clone(),
         first_byte_timeout: settings.first_byte_timeout,
+        access_log: match &settings.access_log {
+            None => None,
+            Some(log) => Some(Arc::new(
+                crate::access_log::JsonLines::start(settings.name.as_ref(), log)
+                    .map_err(HostError::io("open the access log", &log.path))?,
+            ) as Arc<dyn flotilla_proxy::AccessLog>),
+        },
         ..ProxyConfig::default()
     };
+    let mut workers: Vec<WorkerIncoming> = listeners
+        .into_iter()
+        .map(WorkerIncoming::Listener)
+        .collect();
+    let front_door_task = front_door.map(|(member, incoming, handed)| {
+        workers.extend(incoming);
+        let membership = front_door_membership(&settings, &member);
+        let (host, stop) = (host.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            // Connections the front door held while this app was away (or while the daemon
+            // handing over to this one drained) are handed over as soon as it registers:
+            // register once they can be served.
+            wait_healthy(&host, FRONT_DOOR_HEALTH_WAIT).await;
+            run_front_door_member(membership, handed, host.front_door.clone(), stop).await;
+        })
+    });
     *lock(&host.handover.connection_limit) = Some(connection_limit.clone());
     // How the router drains when it stops: as configured, unless a handover chose otherwise.
     *lock(&host.handover.drain_plan) = DrainPlan {
@@ -1029,7 +1079,7 @@ pub async fn serve_until(
         let router = router.clone();
         let host = host.clone();
         tokio::spawn(async move {
-            let report = run_router_workers(listeners, proxy_config, router, host, rx).await;
+            let report = run_router_workers(workers, proxy_config, router, host, rx).await;
             if report.cut == 0 {
                 tracing::info!("router drained every connection");
             } else {
@@ -1064,12 +1114,21 @@ pub async fn serve_until(
         stop_tx.clone(),
         stop_rx.clone(),
     ));
-    tracing::info!(
-        name = %settings.name, pid = std::process::id(), listen = %settings.listen,
-        admin = %settings.admin_listen, socket = %socket_path.display(), restored = restored.len(),
-        inherited = inherited.is_some(),
-        "flotilla host daemon serving"
-    );
+    match &settings.front_door {
+        None => tracing::info!(
+            name = %settings.name, pid = std::process::id(), listen = %settings.listen,
+            admin = %admin_addr, socket = %socket_path.display(), restored = restored.len(),
+            inherited = inherited.is_some(),
+            "flotilla host daemon serving"
+        ),
+        Some(member) => tracing::info!(
+            name = %settings.name, pid = std::process::id(), hosts = ?member.hosts,
+            front_door = %member.socket.display(), admin = %admin_addr,
+            socket = %socket_path.display(), restored = restored.len(),
+            inherited = inherited.is_some(),
+            "flotilla host daemon serving behind the front door"
+        ),
+    }
     // Under systemd (`Type=notify`): ready, and, after a handover, the service's main process.
     let notify = if inherited.is_some() {
         format!("MAINPID={}\nREADY=1", std::process::id())
@@ -1193,6 +1252,9 @@ pub async fn serve_until(
             let _ = tokio::fs::remove_file(&socket_path).await;
             let _ = drain_task.await;
             let _ = reaper_task.await;
+            if let Some(task) = front_door_task {
+                let _ = task.await;
+            }
             let _ = proxy_task.await;
             let _ = admin_task.await;
             match on_exit {
@@ -1235,6 +1297,9 @@ pub async fn serve_until(
                 }
             }
             let _ = std::fs::remove_file(handover::previous_daemon_path(&state_dir));
+            if let Some(task) = front_door_task {
+                let _ = task.await;
+            }
             let _ = rpc_task.await;
             let _ = drain_task.await;
             let _ = reaper_task.await;
@@ -1365,6 +1430,70 @@ fn router_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net:
     Ok(out)
 }
 
+/// Where one router worker's connections come from.
+enum WorkerIncoming {
+    /// Its own `SO_REUSEPORT` listener.
+    Listener(std::net::TcpListener),
+    /// Connections the front door handed to this daemon.
+    Handed(flotilla_proxy::HandedOver),
+}
+
+/// This daemon's registration with the front door.
+fn front_door_membership(
+    settings: &HostSettings,
+    member: &crate::settings::FrontDoorMember,
+) -> crate::front_door::member::Membership {
+    crate::front_door::member::Membership {
+        socket: member.socket.clone(),
+        app: settings.name.to_string(),
+        hosts: member.hosts.clone(),
+        doors: vec![crate::front_door::wire::Door::Http],
+    }
+}
+
+/// `n` router workers fed by the front door: their incoming channels, and the senders a
+/// distributor spreads handed-over connections over.
+fn handed_over_workers(
+    n: usize,
+) -> (
+    Vec<WorkerIncoming>,
+    Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+) {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (WorkerIncoming::Handed(flotilla_proxy::HandedOver(rx)), tx)
+        })
+        .unzip()
+}
+
+/// Keeps this daemon registered with the front door and spreads the connections it hands over
+/// across the router workers, in turn.
+async fn run_front_door_member(
+    membership: crate::front_door::member::Membership,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+    state: watch::Sender<crate::front_door::member::MembershipState>,
+    stop: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let register = tokio::spawn(crate::front_door::member::run(membership, tx, state, stop));
+    let mut next = 0usize;
+    while let Some(handed) = rx.recv().await {
+        let crate::front_door::member::Handed {
+            stream,
+            peer,
+            local,
+            ..
+        } = handed;
+        if workers.is_empty() {
+            break;
+        }
+        let _ = workers[next % workers.len()].send((stream, peer, local));
+        next = next.wrapping_add(1);
+    }
+    let _ = register.await;
+}
+
 /// What the router workers' shutdown cut, summed.
 struct RouterReport {
     cut: usize,
@@ -1375,7 +1504,7 @@ struct RouterReport {
 /// on one thread, with no cross-thread wake-ups on the hot path. They share the router (an
 /// `ArcSwap` snapshot and atomic counters), so routing and session accounting are the same.
 async fn run_router_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<WorkerIncoming>,
     config: ProxyConfig,
     router: Arc<Router>,
     host: Arc<Host>,
@@ -1400,20 +1529,28 @@ async fn run_router_workers(
                     }
                 };
                 let cut = runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot use the router listener");
-                            return 0;
+                    let stopped = async move {
+                        crate::supervisor::stop_requested(&mut stop).await;
+                        // A handover chose a longer drain than a stop's before stopping.
+                        *lock(&host.handover.drain_plan)
+                    };
+                    let report = match listener {
+                        WorkerIncoming::Listener(listener) => {
+                            let listener = match TcpListener::from_std(listener) {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot use the router listener");
+                                    return 0;
+                                }
+                            };
+                            flotilla_proxy::serve_handing_over(listener, config, router, stopped)
+                                .await
+                        }
+                        WorkerIncoming::Handed(handed) => {
+                            flotilla_proxy::serve_handing_over(handed, config, router, stopped)
+                                .await
                         }
                     };
-                    let report =
-                        flotilla_proxy::serve_handing_over(listener, config, router, async move {
-                            crate::supervisor::stop_requested(&mut stop).await;
-                            // A handover chose a longer drain than a stop's before stopping.
-                            *lock(&host.handover.drain_plan)
-                        })
-                        .await;
                     report.cut()
                 });
                 let _ = tx.send(cut);

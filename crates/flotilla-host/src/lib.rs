@@ -17,15 +17,19 @@
 //! - [`handover`]: handing the listening sockets and the state directory to a new daemon
 //!   (`flotilla host upgrade`, SIGUSR2) without cutting a session; systemd notification.
 //! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
+//! - [`front_door`]: several apps behind one pair of public ports, chosen by host name.
 //! - [`fdlimit`]: the raised descriptor limit and the router's connection cap derived from it.
+//! - [`access_log`]: the router's JSON-lines access log, rotated by size.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod daemon;
 pub mod error;
 pub mod fdlimit;
+pub mod front_door;
 pub mod handover;
 pub mod health;
 pub mod logs;

@@ -73,6 +73,13 @@ pub struct HostSettings {
     /// closed. Default 20 s.
     #[serde(default = "default_first_byte_timeout")]
     pub first_byte_timeout: Duration,
+    /// The front door this app serves behind (`[host] hosts`, `[host] front_door_socket`): the
+    /// router then binds no port of its own and serves the connections the front door hands it.
+    #[serde(default)]
+    pub front_door: Option<FrontDoorMember>,
+    /// The router's access log (`[host] access_log`); `None` (the default) writes none.
+    #[serde(default)]
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
     /// How long a daemon that handed over to a new one (`flotilla host upgrade`) keeps serving
     /// the connections it holds, WebSockets and event streams included, before it cuts what is
     /// still open and exits (`[host] upgrade_deadline_seconds`). Default 600 s.
@@ -81,6 +88,15 @@ pub struct HostSettings {
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
+}
+
+/// An app's place behind the shared front door.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontDoorMember {
+    /// The front door's registration socket.
+    pub socket: PathBuf,
+    /// The host names the app serves (`*.example.com` matches one more label).
+    pub hosts: Vec<String>,
 }
 
 fn default_first_byte_timeout() -> Duration {
@@ -127,6 +143,8 @@ impl HostSettings {
             reaper_interval: Duration::from_secs(60),
             max_connections: None,
             first_byte_timeout: default_first_byte_timeout(),
+            front_door: None,
+            access_log: None,
             upgrade_deadline: default_upgrade_deadline(),
             serve_command: None,
         }

@@ -1,10 +1,12 @@
 //! Settings of one proxy server, with defaults suitable for the host router and the agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
 use http::uri::Scheme;
 
+use crate::access::AccessLog;
 use crate::error::ProxyError;
 use crate::limit::ConnectionLimit;
 
@@ -23,7 +25,7 @@ pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-flotilla-deployment";
 /// };
 /// # let _ = config;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Most client connections open at once (including upgraded WebSockets, which keep their
     /// connection). A connection accepted beyond this gets one `503` (JSON, `Retry-After: 1`) and
@@ -85,6 +87,35 @@ pub struct ProxyConfig {
     /// present, and sets `X-Real-IP` to the last `X-Forwarded-For` entry the trusted proxy sent.
     /// A client's `Forwarded` header is removed either way. See `docs/router.md`.
     pub trust_forwarded: bool,
+    /// Where each response is recorded for an access log. `None` (the default) records nothing.
+    pub access_log: Option<Arc<dyn AccessLog>>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("connection_limit", &self.connection_limit)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_header_timeout", &self.response_header_timeout)
+            .field("upstream_idle_timeout", &self.upstream_idle_timeout)
+            .field(
+                "upstream_max_idle_per_host",
+                &self.upstream_max_idle_per_host,
+            )
+            .field("upgrade_idle_timeout", &self.upgrade_idle_timeout)
+            .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("deployment_header", &self.deployment_header)
+            .field("inject_client", &self.inject_client)
+            .field("client_query_param", &self.client_query_param)
+            .field("serve_client", &self.serve_client)
+            .field("forwarded_proto", &self.forwarded_proto)
+            .field("trust_forwarded", &self.trust_forwarded)
+            .field("access_log", &self.access_log.is_some())
+            .finish()
+    }
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +137,7 @@ impl Default for ProxyConfig {
             serve_client: true,
             forwarded_proto: Scheme::HTTP,
             trust_forwarded: false,
+            access_log: None,
         }
     }
 }

@@ -53,6 +53,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod body;
 mod client_js;
 mod config;
@@ -67,13 +68,16 @@ mod server;
 mod stats;
 mod ws;
 
+pub use access::{AccessEntry, AccessLog};
 pub use body::{Body, BodyError};
 pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
 pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW, WarnLimiter};
 pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
-pub use server::{DrainPlan, ShutdownReport, serve, serve_handing_over};
+pub use server::{
+    DrainPlan, HandedConnection, HandedOver, Incoming, ShutdownReport, serve, serve_handing_over,
+};
 pub use stats::{InstanceStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS, Sessions, StatsSnapshot};
 
 /// Re-exported so callers build [`Decision::Respond`] responses and header names with the same

@@ -51,8 +51,46 @@ static CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
 static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
 static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
-/// Serves one request on a client connection.
+/// Serves one request on a client connection, recording it in the access log when there is one.
 pub(crate) async fn handle<R: Route>(
+    conn: Arc<ConnCtx<R>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(log) = conn.shared.config.access_log.clone() else {
+        return serve_request(conn, req).await;
+    };
+    let started = Instant::now();
+    let peer = conn.peer;
+    let method = req.method().clone();
+    let version = req.version();
+    let path = req.uri().path().to_owned();
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    let deployment_header = conn.shared.config.deployment_header.clone();
+    let response = serve_request(conn, req).await?;
+    log.record(&crate::access::AccessEntry {
+        peer,
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        http_version: version,
+        status: response.status().as_u16(),
+        deployment: response
+            .headers()
+            .get(&deployment_header)
+            .and_then(|v| v.to_str().ok()),
+        head_time: started.elapsed(),
+        upgrade: response.status() == StatusCode::SWITCHING_PROTOCOLS,
+    });
+    Ok(response)
+}
+
+/// Serves one request on a client connection.
+async fn serve_request<R: Route>(
     conn: Arc<ConnCtx<R>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {

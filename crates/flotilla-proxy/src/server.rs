@@ -239,6 +239,51 @@ pub(crate) struct ConnCtx<R> {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Where a server's connections come from: a listener it accepts on, or connections another
+/// process accepted and passed over (the host's front door, [`HandedOver`]).
+pub trait Incoming: Send {
+    /// The next connection: the stream, the client's address, and the address the client
+    /// connected to.
+    fn next(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr, SocketAddr)>> + Send;
+}
+
+impl Incoming for TcpListener {
+    async fn next(&mut self) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+        let (stream, peer) = self.accept().await?;
+        // The address clients reach; for a wildcard listener each connection asks its own socket.
+        let listen = self
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = if listen.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(listen)
+        } else {
+            listen
+        };
+        Ok((stream, peer, local))
+    }
+}
+
+/// A connection accepted elsewhere: the stream (blocking or not), the client's address and the
+/// address the client connected to.
+pub type HandedConnection = (std::net::TcpStream, SocketAddr, SocketAddr);
+
+/// Connections accepted by another process and passed to this one, arriving on a channel. When
+/// the channel closes, no more arrive and the server runs on until its shutdown.
+#[derive(Debug)]
+pub struct HandedOver(pub tokio::sync::mpsc::UnboundedReceiver<HandedConnection>);
+
+impl Incoming for HandedOver {
+    async fn next(&mut self) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+        let Some((stream, peer, local)) = self.0.recv().await else {
+            return std::future::pending().await;
+        };
+        stream.set_nonblocking(true)?;
+        Ok((TcpStream::from_std(stream)?, peer, local))
+    }
+}
+
 /// Runs a proxy server on `listener` until `shutdown` completes, then drains.
 ///
 /// Every request goes through `route`. When `shutdown` resolves, the listener is closed, idle
@@ -249,8 +294,8 @@ pub(crate) struct ConnCtx<R> {
 /// Accept errors (such as running out of file descriptors) are retried with a backoff of up to
 /// one second and logged at most once every few seconds, with a count of those not logged; they
 /// never end the server.
-pub async fn serve<R, S>(
-    listener: TcpListener,
+pub async fn serve<R, S, I>(
+    listener: I,
     config: ProxyConfig,
     route: R,
     shutdown: S,
@@ -258,6 +303,7 @@ pub async fn serve<R, S>(
 where
     R: Route,
     S: Future<Output = ()>,
+    I: Incoming,
 {
     let plan = DrainPlan {
         linger: Duration::ZERO,
@@ -284,8 +330,8 @@ pub struct DrainPlan {
 /// [`serve`], with the drain chosen when shutdown comes: `shutdown` resolves to the
 /// [`DrainPlan`] (a daemon handing over to a successor lingers, and waits much longer for its
 /// WebSockets than a daemon that is stopping).
-pub async fn serve_handing_over<R, S>(
-    listener: TcpListener,
+pub async fn serve_handing_over<R, S, I>(
+    mut listener: I,
     config: ProxyConfig,
     route: R,
     shutdown: S,
@@ -293,28 +339,20 @@ pub async fn serve_handing_over<R, S>(
 where
     R: Route,
     S: Future<Output = DrainPlan>,
+    I: Incoming,
 {
     let shared = Arc::new(Shared::new(config, route));
-    // The address clients reach; for a wildcard listener each connection asks its own socket.
-    let listen = listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     let plan = loop {
         let accepted = tokio::select! {
             biased;
             plan = &mut shutdown => break plan,
-            accepted = listener.accept() => accepted,
+            accepted = listener.next() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, local)) => {
                 backoff = Duration::from_millis(5);
-                let local = if listen.ip().is_unspecified() {
-                    stream.local_addr().unwrap_or(listen)
-                } else {
-                    listen
-                };
                 accept(&shared, stream, peer, local);
             }
             Err(err) => {

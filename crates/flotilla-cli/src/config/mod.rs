@@ -338,6 +338,17 @@ pub struct HostConfig {
     pub upgrade_deadline: std::time::Duration,
     /// The file of secrets every new version gets, absolute.
     pub secrets_file: Option<PathBuf>,
+    /// The host names served behind the shared front door (normalized); `None` when the router
+    /// listens on `listen` itself.
+    pub hosts: Option<Vec<String>>,
+    /// The front door's registration socket, absolute; `None` for the default.
+    pub front_door_socket: Option<PathBuf>,
+    /// The router's access log, absolute; `None` writes none.
+    pub access_log: Option<PathBuf>,
+    /// The access log's rotation size, in MiB.
+    pub access_log_max_mb: u32,
+    /// Rotated access log files kept.
+    pub access_log_keep: u32,
 }
 
 /// `[env]` and `[secrets]`: the app's own environment, merged from every layer.

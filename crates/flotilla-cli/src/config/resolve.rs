@@ -255,6 +255,39 @@ impl Resolver<'_> {
         Some(items.clone())
     }
 
+    /// `host.hosts`: host names for the front door, each checked and normalized.
+    fn front_door_hosts(&mut self) -> Option<Vec<String>> {
+        let settings = self.settings;
+        let setting = settings.get("host.hosts")?;
+        let Val::List(items) = &setting.val else {
+            self.problem_at(
+                setting,
+                "`host.hosts` must be an array of strings".to_owned(),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.problem_at(
+                setting,
+                "`host.hosts` is empty; list the host names this app answers for, or leave the \
+                 key out to serve on `listen`"
+                    .to_owned(),
+            );
+            return None;
+        }
+        let mut hosts = Vec::new();
+        for item in items {
+            match crate::providers::check_front_door_host(item) {
+                Ok(host) => hosts.push(host),
+                Err(message) => {
+                    self.problem_at(setting, format!("`host.hosts` lists {item:?}: {message}"));
+                    return None;
+                }
+            }
+        }
+        Some(hosts)
+    }
+
     fn bool(&mut self, path: &str) -> bool {
         let settings = self.settings;
         match settings.get(path) {
@@ -694,7 +727,58 @@ impl Resolver<'_> {
                 );
             }
         }
+        let hosts = self.front_door_hosts();
+        let front_door_socket = self
+            .checked("host.front_door_socket", |s| {
+                if s.trim().is_empty() {
+                    Err(
+                        "`host.front_door_socket` is empty; name the socket or leave the key out"
+                            .to_owned(),
+                    )
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)));
+        let given = |setting: Option<&Setting>| {
+            setting
+                .filter(|s| !matches!(s.origin, Origin::Default))
+                .cloned()
+        };
+        if hosts.is_some()
+            && let Some(setting) = given(self.setting("host.listen"))
+        {
+            self.problem_at(
+                &setting,
+                "`host.listen` has no effect when `host.hosts` is set: the front door owns the \
+                 public ports and hands this app its connections; remove `listen`, or remove \
+                 `hosts` to serve on `listen` alone"
+                    .to_owned(),
+            );
+        }
+        // Behind the front door several apps share the machine: the status page takes a free
+        // loopback port unless one is given, so that two apps never collide on the default.
+        let admin = match (&hosts, given(self.setting("host.admin_listen"))) {
+            (Some(_), None) => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            _ => admin,
+        };
+        let access_log = self
+            .checked("host.access_log", |s| {
+                if s.trim().is_empty() {
+                    Err("`host.access_log` is empty; name a file or leave the key out".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)));
+        let access_log_max_mb = self.u32("host.access_log_max_mb", 1..=100_000);
+        let access_log_keep = self.u32("host.access_log_keep", 0..=1000);
         HostConfig {
+            access_log,
+            access_log_max_mb,
+            access_log_keep,
+            hosts,
+            front_door_socket,
             listen: router.unwrap_or(fallback),
             admin_listen: admin.unwrap_or(fallback),
             admin_token_file,

@@ -402,6 +402,53 @@ pub const KEYS: &[Key] = &[
         Int(2),
         "Release snapshots of retired versions kept on disk for inspection.",
     ),
+    key_ex(
+        "host",
+        "hosts",
+        Ty::StrList,
+        Unset,
+        "The host names this app answers for behind the shared front door (`flotilla host \
+         front-door`), which owns ports 80 and 443 for every app on the machine and hands each \
+         connection to the app its host name belongs to. `*.example.com` matches one more label. \
+         When set, the router binds no port of its own (leave `listen` out), and `admin_listen` \
+         defaults to a free loopback port, logged by the daemon.",
+        "[\"shop.example.com\", \"www.shop.example.com\"]",
+    ),
+    key_ex(
+        "host",
+        "access_log",
+        Ty::Str,
+        Unset,
+        "Write the router's access log here: one JSON line per response (time, client address, \
+         method, host, path without the query, status, the version that served it, time to the \
+         response head, whether a WebSocket began). Off when unset. Rotated by size: the file \
+         gets .1, .2, ... (relative to this file's directory; owner-only).",
+        "\".flotilla/host/logs/access.jsonl\"",
+    ),
+    key(
+        "host",
+        "access_log_max_mb",
+        Ty::Int,
+        Int(100),
+        "The access log's size, in MiB, at which it is rotated.",
+    ),
+    key(
+        "host",
+        "access_log_keep",
+        Ty::Int,
+        Int(5),
+        "Rotated access log files kept besides the current one.",
+    ),
+    key_ex(
+        "host",
+        "front_door_socket",
+        Ty::Str,
+        Unset,
+        "The front door's registration socket, when `hosts` is set. Default: \
+         /run/flotilla/front-door.sock for root, else $XDG_RUNTIME_DIR/flotilla/front-door.sock, \
+         else /tmp/flotilla-<uid>/front-door.sock (the same default as `flotilla host front-door`).",
+        "\"/run/flotilla/front-door.sock\"",
+    ),
     key(
         "host",
         "upgrade_deadline_seconds",

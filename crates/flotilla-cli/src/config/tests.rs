@@ -1103,3 +1103,65 @@ fn without_the_aws_feature_an_aws_configuration_is_refused_at_provider() {
         ],
     );
 }
+
+#[test]
+fn hosts_put_the_app_behind_the_front_door_with_its_own_status_port() {
+    let none = Overrides::default();
+    let config = ok(
+        &format!("{BASE}hosts = [\"Shop.Example.com\", \"*.shop.example.com\"]\n"),
+        &[],
+        &none,
+    );
+    assert_eq!(
+        config.host.hosts,
+        Some(vec![
+            "shop.example.com".to_owned(),
+            "*.shop.example.com".to_owned()
+        ])
+    );
+    assert_eq!(
+        config.host.admin_listen,
+        "127.0.0.1:0".parse().expect("addr"),
+        "two apps behind one front door never collide on the default status port"
+    );
+    assert_eq!(config.host.front_door_socket, None);
+    let without = ok(BASE, &[], &none);
+    assert_eq!(without.host.hosts, None);
+    assert_eq!(
+        without.host.admin_listen,
+        "127.0.0.1:8081".parse().expect("addr")
+    );
+}
+
+#[test]
+fn hosts_are_checked_and_listen_beside_them_is_refused() {
+    let none = Overrides::default();
+    check(
+        &format!("{BASE}hosts = [\"shop.example.com\", \"https://x/\"]\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:9: `host.hosts` lists \"https://x/\": not a host name (use names like \
+           \"shop.example.com\" or \"*.example.com\", without a scheme or path)",
+        ],
+    );
+    check(
+        &format!("{BASE}hosts = []\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:9: `host.hosts` is empty; list the host names this app answers for, \
+           or leave the key out to serve on `listen`",
+        ],
+    );
+    check(
+        &format!("{BASE}hosts = [\"a.example\"]\nlisten = \"0.0.0.0:80\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:5:10: `host.listen` has no effect when `host.hosts` is set: the front \
+           door owns the public ports and hands this app its connections; remove `listen`, or \
+           remove `hosts` to serve on `listen` alone",
+        ],
+    );
+}

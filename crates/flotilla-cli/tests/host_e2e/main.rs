@@ -4,6 +4,7 @@
 //! Each test has its own app directory, state directory and daemon, and a guard that stops the
 //! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
 
+mod front_door;
 mod util;
 
 use std::collections::BTreeMap;
@@ -17,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use util::{HostEnv, KeepAlive, Timing, alive, eventually, kill};
 
-const HEADER: &str = "X-Flotilla-Deployment";
+pub(crate) const HEADER: &str = "X-Flotilla-Deployment";
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -28,7 +29,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The deployment that answered a `GET /` (from the app's JSON), checked against the stamp.
-fn served_by(reply: &util::Reply) -> String {
+pub(crate) fn served_by(reply: &util::Reply) -> String {
     assert_eq!(reply.status, 200, "{reply:?}");
     let id = reply.json()["deployment_id"]
         .as_str()
@@ -43,16 +44,25 @@ fn served_by(reply: &util::Reply) -> String {
 }
 
 /// A server-sent event stream read in the background, remembering which deployment sent each tick.
-struct EventStream {
+pub(crate) struct EventStream {
     ticks: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EventStream {
     async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        Self::open_host(addr, "e2e", path, headers).await
+    }
+
+    async fn open_host(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> EventStream {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut request =
-            format!("GET {path} HTTP/1.1\r\nHost: e2e\r\nAccept: text/event-stream\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -240,17 +250,22 @@ type LoadTally = (BTreeMap<String, u64>, Vec<String>);
 
 /// Requests without affinity sent in a loop over keep-alive connections, counting which version
 /// answered and every failure.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<LoadTally>>,
 }
 
 impl Load {
     fn start(addr: SocketAddr, connections: usize) -> Load {
+        Self::start_host(addr, "e2e", connections)
+    }
+
+    fn start_host(addr: SocketAddr, host: &str, connections: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..connections)
             .map(|_| {
                 let stop = stop.clone();
+                let host = host.to_owned();
                 std::thread::spawn(move || {
                     let mut seen = BTreeMap::new();
                     let mut failures = Vec::new();
@@ -258,7 +273,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         let c = match conn.as_mut() {
                             Some(c) => c,
-                            None => match KeepAlive::connect(addr) {
+                            None => match KeepAlive::connect_host(addr, &host) {
                                 Ok(c) => conn.insert(c),
                                 Err(e) => {
                                     failures.push(format!("connect: {e}"));
@@ -1447,11 +1462,44 @@ fn the_status_page_serves_prometheus_metrics_per_version() {
         interval: 1,
         health_timeout: 20,
     });
+    // With the access log on, in a directory that does not exist yet.
+    let toml = env.app().join("flotilla.toml");
+    let text = std::fs::read_to_string(&toml).expect("read flotilla.toml");
+    std::fs::write(
+        &toml,
+        text.replace("[host]\n", "[host]\naccess_log = \"logs/access.jsonl\"\n"),
+    )
+    .expect("write flotilla.toml");
     let id = env.deploy();
     for _ in 0..5 {
         assert_eq!(env.get("/", &[]).status, 200);
     }
-    assert_eq!(env.get("/no-such-page", &[]).status, 404);
+    assert_eq!(env.get("/no-such-page?token=secret", &[]).status, 404);
+
+    // Each response is one JSON line, written within about a second, without the query.
+    let access = env.app().join("logs/access.jsonl");
+    let lines = util::eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&access).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each access log line is JSON"))
+            .collect();
+        (lines.iter().filter(|l| l["version"] == id.as_str()).count() >= 6).then_some(lines)
+    })
+    .expect("the access log has the requests");
+    let not_found = lines
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("the 404 is logged");
+    assert_eq!(not_found["path"], "/no-such-page");
+    assert_eq!(not_found["method"], "GET");
+    assert_eq!(not_found["app"], "e2e");
+    assert_eq!(not_found["client"], "127.0.0.1");
+    assert!(
+        !std::fs::read_to_string(&access)
+            .expect("read")
+            .contains("secret")
+    );
 
     let metrics = util::get(env.admin, "/metrics", &[]).expect("the admin listener answers");
     assert_eq!(metrics.status, 200, "{}", metrics.body);

@@ -111,6 +111,42 @@ command = {command:?}
         std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
     }
 
+    /// Rewrites `flotilla.toml` for an app named `name` serving `hosts` behind the front door on
+    /// `socket` (no `listen`).
+    pub fn configure_behind_front_door(&self, name: &str, socket: &Path, hosts: &[&str]) {
+        let hello = hello_bin();
+        let t = self.timing;
+        let text = format!(
+            r#"name = "{name}"
+provider = "host"
+[app]
+health_timeout_seconds = {health}
+stop_timeout_seconds = 3
+[drain]
+poll_seconds = {poll}
+grace_seconds = {grace}
+[reaper]
+interval_seconds = {interval}
+consecutive_passes = 1
+min_age_seconds = 1
+[host]
+hosts = {hosts:?}
+front_door_socket = {socket:?}
+admin_listen = "{admin}"
+instances = 2
+build = {build:?}
+command = "exec ./hello"
+"#,
+            health = t.health_timeout,
+            poll = t.poll,
+            grace = t.grace,
+            interval = t.interval,
+            admin = self.admin,
+            build = format!("cp {} ./hello", hello.display()),
+        );
+        std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
+    }
+
     /// Runs `flotilla ARGS` in the app directory (killed after two minutes).
     pub fn flotilla(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(flotilla_bin());
@@ -256,10 +292,21 @@ impl Reply {
 
 /// A one-shot `GET` (`Connection: close`).
 pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+    get_host(addr, "e2e", path, headers)
+}
+
+/// A one-shot `GET` (`Connection: close`) with this `Host`.
+pub fn get_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Reply> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut conn = KeepAlive {
         reader: BufReader::new(stream),
+        host: host.to_owned(),
     };
     conn.send(path, headers, true)
 }
@@ -267,16 +314,18 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::R
 /// An HTTP/1.1 keep-alive connection for load tests.
 pub struct KeepAlive {
     reader: BufReader<TcpStream>,
+    host: String,
 }
 
 impl KeepAlive {
-    /// Connects to `addr`.
-    pub fn connect(addr: SocketAddr) -> std::io::Result<KeepAlive> {
+    /// Connects to `addr`, naming `host` in each request's `Host`.
+    pub fn connect_host(addr: SocketAddr, host: &str) -> std::io::Result<KeepAlive> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(KeepAlive {
             reader: BufReader::new(stream),
+            host: host.to_owned(),
         })
     }
 
@@ -287,7 +336,7 @@ impl KeepAlive {
         headers: &[(&str, &str)],
         close: bool,
     ) -> std::io::Result<Reply> {
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: e2e\r\n");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -1,6 +1,7 @@
 //! Property tests for the core's invariants over random fleets and random histories.
 //!
 //! One test binary, one module per area:
+//! - `canary`: judgements over random windows, and step sequences over random verdict histories.
 //! - `drain`: random histories of one instance's observations (sessions coming and going, blips
 //!   between observations, rollbacks, restarts) against a reference for when it may stop.
 //! - `reaper`: single reaper passes over random fleets, and whole histories of passes over a small
@@ -11,6 +12,7 @@
 //!
 //! Case counts are kept moderate so that `cargo test -p flotilla-core` stays quick in debug builds.
 
+mod canary;
 mod drain;
 mod lifecycle;
 mod names;

@@ -1,0 +1,218 @@
+//! Two apps behind one front door: each its own flotilla.toml, daemon, deploys and versions,
+//! chosen by host name on one shared port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{self, HostEnv, Timing, alive, eventually, flotilla_bin, free_port, kill};
+use crate::{EventStream, HEADER, Load, runtime, served_by};
+
+/// A `flotilla host front-door` process on loopback, stopped by pid when dropped.
+struct FrontDoor {
+    child: Child,
+    http: SocketAddr,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FrontDoor {
+    fn start() -> FrontDoor {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let socket = dir.path().join("front-door.sock");
+        let log = dir.path().join("front-door.log");
+        let child = Command::new(flotilla_bin())
+            .args(["host", "front-door", "--no-https", "--hold", "15"])
+            .env("FLOTILLA_LOG", "debug")
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start the front door");
+        let door = FrontDoor {
+            child,
+            http,
+            socket,
+            log,
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(http).ok()
+        })
+        .unwrap_or_else(|| panic!("the front door never listened:\n{}", door.log_text()));
+        door
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> util::Reply {
+        util::get_host(self.http, host, path, headers).expect("the front door answers")
+    }
+}
+
+impl Drop for FrontDoor {
+    fn drop(&mut self) {
+        kill(self.child.id(), "-9");
+        let _ = self.child.wait();
+    }
+}
+
+fn app_behind(door_socket: &Path, name: &str, hosts: &[&str]) -> HostEnv {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 600,
+        interval: 1,
+        health_timeout: 30,
+    });
+    env.configure_behind_front_door(name, door_socket, hosts);
+    env
+}
+
+#[test]
+fn two_apps_share_one_front_door_by_host_name_and_a_deploy_of_one_never_disturbs_the_other() {
+    let door = FrontDoor::start();
+    let shop = app_behind(&door.socket, "shop", &["shop.test"]);
+    let blog = app_behind(&door.socket, "blog", &["blog.test", "*.blog.test"]);
+    let shop_v1 = shop.deploy();
+    let blog_v1 = blog.deploy();
+
+    // Each host reaches its own app's version, through the same port.
+    let reached = |host: &str| served_by(&door.get(host, "/", &[]));
+    assert_eq!(reached("shop.test"), shop_v1);
+    assert_eq!(
+        reached("SHOP.test:80"),
+        shop_v1,
+        "names compare without case or port"
+    );
+    assert_eq!(reached("blog.test"), blog_v1);
+    assert_eq!(
+        reached("tenant.blog.test"),
+        blog_v1,
+        "a wildcard matches one label"
+    );
+
+    // An unknown host gets a clear 404, and a request without Host a 400.
+    let unknown = door.get("nobody.test", "/", &[]);
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(
+        unknown
+            .body
+            .contains("no app on this server answers for host nobody.test"),
+        "{}",
+        unknown.body
+    );
+    let mut raw = std::net::TcpStream::connect(door.http).expect("connect");
+    use std::io::{Read, Write};
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    let mut text = String::new();
+    let _ = raw.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
+    // Another app cannot take a host name a running app holds: its daemon refuses to start,
+    // saying which app holds it.
+    let thief = app_behind(&door.socket, "thief", &["shop.test"]);
+    let out = thief.flotilla(&["deploy", "--json"]);
+    assert!(
+        !out.status.success(),
+        "a deploy claiming a taken host must fail"
+    );
+    let log =
+        std::fs::read_to_string(thief.app().join(".flotilla/host/daemon.log")).unwrap_or_default();
+    let said = format!("{}{log}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("host shop.test is served by app shop"),
+        "{said}"
+    );
+    assert_eq!(
+        reached("shop.test"),
+        shop_v1,
+        "the refused app changed nothing"
+    );
+
+    // Under steady load on the blog, with an event stream open to it, the shop deploys twice:
+    // no blog request fails and the stream keeps ticking.
+    let rt = runtime();
+    let stream = rt.block_on(EventStream::open_host(
+        door.http,
+        "blog.test",
+        "/events",
+        &[],
+    ));
+    let load = Load::start_host(door.http, "blog.test", 2);
+    let shop_v2 = shop.deploy();
+    let shop_v3 = shop.deploy();
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "blog requests failed during the shop's deploys: {failures:?}"
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec![blog_v1.clone()],
+        "{seen:?}"
+    );
+    let ticks = stream.ticks();
+    assert!(
+        ticks.len() >= 2 && ticks.iter().all(|t| *t == blog_v1),
+        "{ticks:?}"
+    );
+    stream.close();
+    assert_eq!(reached("shop.test"), shop_v3);
+    assert_eq!(
+        served_by(&door.get("shop.test", "/", &[(HEADER, &shop_v2)])),
+        shop_v2,
+        "affinity works through the front door"
+    );
+
+    // The shop's daemon dies; a request for it waits at the front door and is served once a
+    // new daemon (as systemd would start) has registered, without restarting the app.
+    let daemon = shop.daemon_pid().expect("the shop's daemon runs");
+    kill(daemon, "-9");
+    assert!(eventually(Duration::from_secs(5), || (!alive(daemon)).then_some(())).is_some());
+    let http = door.http;
+    let held = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = util::get_host(http, "shop.test", "/", &[]);
+        (reply, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = Instant::now();
+    let out = shop.flotilla(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (reply, waited) = held.join().expect("held request");
+    let reply = reply.unwrap_or_else(|e| {
+        panic!(
+            "the held request failed: {e}\nfront door log:\n{}\nshop daemon log:\n{}",
+            door.log_text(),
+            std::fs::read_to_string(shop.app().join(".flotilla/host/daemon.log"))
+                .unwrap_or_default()
+        )
+    });
+    println!(
+        "front door: a request held while the shop's daemon was down was served {} ms after \
+         the restart began ({} ms in all)",
+        restarted.elapsed().as_millis(),
+        waited.as_millis()
+    );
+    assert_eq!(served_by(&reply), shop_v3);
+    assert_eq!(reached("blog.test"), blog_v1);
+    assert!(
+        door.log_text().contains("app registered"),
+        "{}",
+        door.log_text()
+    );
+}
