@@ -492,6 +492,24 @@ pub enum HostCommand {
             flotilla host install --no-enable --json\n  sudo flotilla host install --run-as www-data"
     )]
     Install(HostInstallArgs),
+    /// Hand the running host daemon over to a new one without cutting a session
+    #[command(
+        long_about = "Start a new host daemon from a flotilla executable (this one unless \
+            --binary says otherwise) and hand it the running daemon's listening sockets, state \
+            directory and app instances: the app is not restarted, no connection is refused, and \
+            the old daemon keeps serving the connections it holds (WebSockets and event streams \
+            included) until they end or [host] upgrade_deadline_seconds passes, then exits. \
+            Their sessions keep their versions from being retired meanwhile. Use it after \
+            installing a new flotilla. `systemctl reload flotilla-<name>` (SIGUSR2 to the \
+            daemon) does the same with the executable the daemon was started from.\n\n\
+            Exit codes: 0 the new daemon routes; 3 no daemon runs, or the new daemon failed to \
+            start or to become ready within 30 s (the old one serves on as before; the message \
+            names the log); 6 refused: an upgrade is in progress, or the previous daemon still \
+            drains.",
+        after_help = "Examples:\n  flotilla host upgrade\n  \
+            flotilla host upgrade --binary /usr/local/bin/flotilla --json"
+    )]
+    Upgrade(HostUpgradeArgs),
     /// Stop, disable and remove this app's systemd service
     #[command(
         long_about = "Disable and stop flotilla-<name>.service with systemctl (when systemd runs) and \
@@ -539,6 +557,16 @@ pub struct HostInstallArgs {
     /// The user a system unit runs the daemon as [default: the owner of the app directory]
     #[arg(long, value_name = "USER", conflicts_with = "user")]
     pub run_as: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `host upgrade`.
+#[derive(Debug, Args)]
+pub struct HostUpgradeArgs {
+    /// The flotilla executable the new daemon runs [default: this one]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -729,6 +757,7 @@ impl Cli {
             Command::Config(ConfigCommand::Check(j)) => j.json,
             Command::Host(HostCommand::Install(a)) => a.json.json,
             Command::Host(HostCommand::Uninstall(a)) => a.json.json,
+            Command::Host(HostCommand::Upgrade(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Up(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Show(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Down(a)) => a.json.json,

@@ -205,6 +205,37 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
             print_service(out, &done, "installed")?;
             Ok(0)
         }
+        Command::Host(HostCommand::Upgrade(args)) => {
+            let config = load(global, out)?;
+            let binary = match &args.binary {
+                Some(path) => std::fs::canonicalize(path).map_err(|e| crate::exit::UsageError {
+                    message: format!("--binary {}: {e}", path.display()),
+                    hint: "name the flotilla executable the new daemon should run".to_owned(),
+                })?,
+                None => std::env::current_exe()?,
+            };
+            let report = providers::host_upgrade(&config, binary).await?;
+            if out.json {
+                out.json(&report)?;
+            } else {
+                out.result(&format!(
+                    "handed over from daemon pid {} to pid {} ({}) in {} ms",
+                    report.old_pid,
+                    report.new_pid,
+                    report.binary.display(),
+                    report.ready_ms
+                ));
+                out.note(&format!(
+                    "the old daemon serves the {} connection(s) it holds ({} session(s)) until \
+                     they end or at most {}s, then exits; the log is {}",
+                    report.draining_connections,
+                    report.draining_sessions,
+                    report.deadline_seconds,
+                    report.log.display()
+                ));
+            }
+            Ok(0)
+        }
         Command::Host(HostCommand::Uninstall(args)) => {
             let config = load(global, out)?;
             let request = providers::ServiceRequest {

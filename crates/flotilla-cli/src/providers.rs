@@ -180,6 +180,16 @@ async fn open_host(
     for warning in &connection.warnings {
         out.warn(warning);
     }
+    if let Some(previous) = &connection.daemon.previous {
+        out.note(&format!(
+            "a previous daemon (pid {}) handed over to this one (pid {}) and is still draining: \
+             it serves {} session(s) on {} connection(s) it held, counted in the sessions below",
+            previous.pid,
+            connection.daemon.pid,
+            previous.live_sessions(),
+            previous.connections
+        ));
+    }
     let logs_dir = settings
         .resolved()
         .map(|s| s.logs_dir())
@@ -208,6 +218,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.build = config.host.build.clone();
     s.instances = config.host.instances;
     s.keep_releases = config.host.keep_releases;
+    s.upgrade_deadline = config.host.upgrade_deadline;
     s.health_path = config.app.health_path.clone();
     s.affinity_header = config.app.affinity_header.clone();
     s.affinity_query = config.app.affinity_query.clone();
@@ -582,6 +593,48 @@ pub async fn host_stop(config: &Config) -> Result<()> {
         out.note("no flotilla host daemon was running");
     }
     Ok(())
+}
+
+/// What `flotilla host upgrade` reports.
+pub type UpgradeReport = flotilla_host::UpgradeReport;
+
+/// `flotilla host upgrade`: hands the running daemon over to a new one started from `binary`.
+pub async fn host_upgrade(config: &Config, binary: std::path::PathBuf) -> Result<UpgradeReport> {
+    use flotilla_engine::ports::ErrorKind;
+    let settings = host_settings(config)?;
+    match flotilla_host::upgrade_daemon(&settings, Some(binary)).await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) if e.kind == ErrorKind::Conflict => Err(crate::exit::Reported {
+            exit: crate::exit::Exit::Refused,
+            message: format!("upgrade refused: {}", e.message),
+            hint: Some("run `flotilla status` to see what the daemons serve".to_owned()),
+        }
+        .into()),
+        Ok(Err(e)) => Err(crate::exit::Reported {
+            exit: crate::exit::Exit::Provider,
+            message: format!("upgrade failed: {}", e.message),
+            hint: Some(
+                "read the log named above for why the new daemon did not start, fix it, and \
+                 run `flotilla host upgrade` again"
+                    .to_owned(),
+            ),
+        }
+        .into()),
+        Err(flotilla_host::HostError::Unavailable { socket, .. }) => Err(crate::exit::Reported {
+            exit: crate::exit::Exit::Provider,
+            message: format!(
+                "no flotilla host daemon answers on {}: nothing to upgrade",
+                socket.display()
+            ),
+            hint: Some(
+                "any command (e.g. `flotilla status`) starts one with this executable".to_owned(),
+            ),
+        }
+        .into()),
+        Err(e) => Err(anyhow::Error::new(
+            e.into_port("upgrade", "the flotilla host daemon"),
+        )),
+    }
 }
 
 /// What `flotilla host install` / `uninstall` were asked to do.

@@ -3,10 +3,11 @@
 //! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
 //!
 //! Start-up order: take the daemon lock → open state → publish the saved routing table (so
-//! retired ids answer 410 at once) → bind the router, the status page and the socket → adopt the
-//! instances a previous daemon left running, stop its other leftovers, and start every recorded
-//! version's missing instances. A version that was active or draining serves again as soon as its
-//! instances pass health checks (an adopted one is checked at once).
+//! retired ids answer 410 at once) → bind the router and the status page (or take the sockets a
+//! daemon handing over passed on, see [`crate::handover`]) → adopt the instances a previous daemon
+//! left running, stop its other leftovers, and start every recorded version's missing instances →
+//! route → bind the socket → tell systemd `READY=1`. A version that was active or draining serves
+//! again as soon as its instances pass health checks (an adopted one is checked at once).
 //!
 //! The router runs on one thread per CPU, each with a single-threaded runtime and its own
 //! `SO_REUSEPORT` listener on `[host] listen` (see `run_router_workers`), sharing one [`Router`].
@@ -14,14 +15,20 @@
 //! Shutdown: stop accepting requests on the socket, let the router drain open connections with a
 //! deadline (and log what it cut), then, as the shutdown asked ([`OnExit`]): stop every instance
 //! (SIGTERM, then SIGKILL after `stop_timeout`; `flotilla host stop`), or leave them running for
-//! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart, an upgrade).
+//! the next daemon to adopt (SIGTERM to the daemon: a service manager's restart).
 //! Compute records stay either way, so the next daemon serves the same versions again.
+//!
+//! Handover (`flotilla host upgrade`, SIGUSR2): `hand_over` runs the old daemon's side of the
+//! protocol in [`crate::handover`]; once the successor routes, the router drains by a
+//! [`DrainPlan`] with a linger and `[host] upgrade_deadline_seconds`, while the daemon writes the
+//! sessions it still holds for the successor, and the instances are left to the successor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,7 +42,7 @@ use flotilla_engine::ports::{
     LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
 };
 use flotilla_engine::{Engine, Settings};
-use flotilla_proxy::{ConnectionLimit, ProxyConfig};
+use flotilla_proxy::{ConnectionLimit, DrainPlan, ProxyConfig};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -43,9 +50,10 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::error::HostError;
+use crate::handover;
 use crate::release::{self, ReleaseError};
 use crate::router::{InstanceKey, Router};
-use crate::rpc::{DaemonInfo, Reply, Request, SystemClock};
+use crate::rpc::{DaemonInfo, Reply, Request, SystemClock, UpgradeReport};
 use crate::settings::HostSettings;
 use crate::state::{ComputeRecord, Launch, Store};
 use crate::supervisor::Supervisor;
@@ -77,6 +85,89 @@ pub struct Host {
     /// Where this daemon's registration with the front door stands (`Connecting` when it has
     /// none configured, and never changes then).
     front_door: watch::Sender<crate::front_door::member::MembershipState>,
+    /// What a handover to a new daemon needs (see [`crate::handover`]).
+    handover: HandoverState,
+}
+
+/// A request to hand over to a new daemon, from the socket or SIGUSR2.
+struct UpgradeOrder {
+    /// The new daemon's executable; the daemon's own when `None`.
+    binary: Option<PathBuf>,
+    /// Where the outcome goes (none for SIGUSR2: the log says it).
+    reply: Option<tokio::sync::oneshot::Sender<Result<UpgradeReport, PortError>>>,
+}
+
+/// The daemon's side of a handover.
+struct HandoverState {
+    /// Every writer of the state directory (a socket request, a reaper pass, a drain
+    /// observation) holds this for reading; a handover holds it for writing, so it waits for
+    /// them and no new one starts.
+    writers: tokio::sync::RwLock<()>,
+    /// Set once a successor routes: no more writes, every request is answered `HANDED_OVER`.
+    handed_over: AtomicBool,
+    /// Set while the supervisor has let its instances go: the router keeps the instances it had
+    /// instead of being told there are none.
+    router_frozen: AtomicBool,
+    /// A handover is under way.
+    upgrading: AtomicBool,
+    /// While true the socket server does not accept: clients queue until it is known which
+    /// daemon answers.
+    rpc_paused: watch::Sender<bool>,
+    /// How the router drains when it stops.
+    drain_plan: Mutex<DrainPlan>,
+    /// Where upgrade requests go.
+    orders: tokio::sync::mpsc::Sender<UpgradeOrder>,
+    /// The executable this daemon was started from, resolved at start.
+    exe: Option<PathBuf>,
+    /// Tells the socket server to bind its path again if another socket took it.
+    rebind: tokio::sync::Notify,
+    /// The router's connection limit, which counts its open connections.
+    connection_limit: Mutex<Option<ConnectionLimit>>,
+    /// When the drain after a handover ends at the latest (seconds since the epoch).
+    deadline_unix: std::sync::atomic::AtomicU64,
+    /// The inode of this daemon's socket: until the path names another one, a successor has
+    /// not bound it (and connecting would only queue on this daemon's own, paused socket).
+    socket_inode: std::sync::atomic::AtomicU64,
+}
+
+impl HandoverState {
+    fn new(orders: tokio::sync::mpsc::Sender<UpgradeOrder>, exe: Option<PathBuf>) -> Self {
+        HandoverState {
+            writers: tokio::sync::RwLock::new(()),
+            handed_over: AtomicBool::new(false),
+            router_frozen: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
+            rpc_paused: watch::Sender::new(false),
+            drain_plan: Mutex::new(DrainPlan {
+                linger: Duration::ZERO,
+                deadline: MAX_ROUTER_DRAIN,
+            }),
+            orders,
+            exe,
+            rebind: tokio::sync::Notify::new(),
+            connection_limit: Mutex::new(None),
+            deadline_unix: std::sync::atomic::AtomicU64::new(0),
+            socket_inode: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::SeqCst)
+    }
+
+    /// Remembers which socket the path names now: this daemon's own, just bound.
+    fn note_socket(&self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            self.socket_inode.store(m.ino(), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the socket path names another socket than this daemon's own.
+    fn socket_taken(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| m.ino() != self.socket_inode.load(Ordering::SeqCst))
+    }
 }
 
 fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortError {
@@ -87,38 +178,13 @@ fn port_err(operation: &str, resource: &str) -> impl FnOnce(HostError) -> PortEr
 impl Host {
     /// Publishes the routing table, tombstones and instances to the router.
     fn refresh(&self) {
+        if self.handover.router_frozen.load(Ordering::SeqCst) {
+            return;
+        }
         let table = lock(&self.routing).clone();
         let tombstones = lock(&self.tombstones).clone();
         self.router
             .publish(&table, &tombstones, &self.supervisor.instances());
-    }
-
-    /// Waits until every version with instances has a healthy one, or `limit` passed (then says
-    /// which have none).
-    async fn wait_for_health(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let mut healthy: BTreeMap<DeploymentId, bool> = BTreeMap::new();
-            for view in self.supervisor.instances() {
-                *healthy.entry(view.id).or_default() |= view.state.healthy();
-            }
-            let waiting: Vec<_> = healthy
-                .into_iter()
-                .filter(|(_, h)| !h)
-                .map(|(id, _)| id)
-                .collect();
-            if waiting.is_empty() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    ?waiting,
-                    "registering with the front door although these versions have no healthy instance yet"
-                );
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// Changes the routing table with `change`, saves it, then publishes it.
@@ -198,9 +264,15 @@ impl Host {
     }
 
     fn observe(&self, ids: &[DeploymentId]) -> BTreeMap<DeploymentId, ComputeStatus> {
-        let mut observed = self
-            .supervisor
-            .observe(ids, |id, instance| self.router.sessions(id, instance));
+        // Sessions a previous daemon still serves keep their versions from being retired.
+        let previous = handover::read_previous(&self.settings.state_dir);
+        let mut observed = self.supervisor.observe(ids, |id, instance| {
+            self.router.sessions(id, instance)
+                + previous
+                    .as_ref()
+                    .and_then(|p| p.held(id, instance))
+                    .map_or(0, |h| h.live)
+        });
         for (id, status) in &mut observed {
             status.client_blocked_by_csp = self
                 .router
@@ -349,6 +421,8 @@ impl Host {
             .collect();
         let mut per_version: BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>> =
             BTreeMap::new();
+        // A daemon that handed over to this one still serves sessions of its own: they count.
+        let previous = handover::read_previous(&self.settings.state_dir);
         let mut seen = Vec::new();
         {
             let mut trackers = lock(&self.trackers);
@@ -364,9 +438,14 @@ impl Host {
                 let routed = self.router.stats().snapshot_of(&key).unwrap_or_default();
                 // The router's running total of sessions catches a tab that reconnected and left
                 // again between two observations; the app's own count has no such total.
+                let held = previous
+                    .as_ref()
+                    .and_then(|p| p.held(&view.id, &view.state.instance));
                 let sessions = Sessions {
-                    live: routed.sessions + view.state.app_sessions().unwrap_or(0),
-                    started: routed.sessions_total,
+                    live: routed.sessions
+                        + view.state.app_sessions().unwrap_or(0)
+                        + held.map_or(0, |h| h.live),
+                    started: routed.sessions_total + held.map_or(0, |h| h.started),
                 };
                 let status = trackers.entry(key.clone()).or_default().observe(
                     matches!(state, VersionState::Draining | VersionState::Retired),
@@ -397,6 +476,32 @@ impl Host {
             listen: self.settings.listen.to_string(),
             admin_listen: self.settings.admin_listen.to_string(),
             state_dir: self.settings.state_dir.clone(),
+            previous: handover::read_previous(&self.settings.state_dir),
+        }
+    }
+
+    /// What this daemon's router serves, for the successor of a handover: its sessions per
+    /// instance and its connections, with its pid, start time and the drain's deadline.
+    fn held_sessions(&self) -> handover::PreviousDaemon {
+        handover::PreviousDaemon {
+            pid: std::process::id(),
+            start_time: crate::procfs::stat(std::process::id()).map_or(0, |s| s.start_time),
+            deadline_unix: self.handover.deadline_unix.load(Ordering::SeqCst),
+            connections: lock(&self.handover.connection_limit)
+                .as_ref()
+                .map_or(0, |l| u64::try_from(l.open()).unwrap_or(u64::MAX)),
+            sessions: self
+                .router
+                .stats()
+                .snapshot()
+                .into_iter()
+                .map(|((id, instance), s)| handover::HeldSessions {
+                    id,
+                    instance,
+                    live: s.sessions,
+                    started: s.sessions_total,
+                })
+                .collect(),
         }
     }
 
@@ -418,6 +523,47 @@ impl Host {
     /// What the daemon says about itself.
     pub fn daemon_info(&self) -> DaemonInfo {
         self.info()
+    }
+
+    /// Queues a handover, refusing one while another is under way or a previous daemon still
+    /// drains (a third daemon would not see the first one's sessions).
+    fn order_upgrade(&self, order: UpgradeOrder) -> Result<(), PortError> {
+        let refused = |message: String| {
+            Err(PortError::new(
+                ErrorKind::Conflict,
+                "upgrade",
+                "the daemon",
+                message,
+            ))
+        };
+        if self.handover.handed_over() {
+            return refused("this daemon already handed over to a new one".into());
+        }
+        if let Some(previous) = handover::read_previous(&self.settings.state_dir) {
+            return refused(format!(
+                "the previous daemon (pid {}) still serves {} session(s) on {} connection(s) \
+                 it held when it handed over, until they end or at most {}s from now; upgrade \
+                 again once it has exited",
+                previous.pid,
+                previous.live_sessions(),
+                previous.connections,
+                previous.deadline_unix.saturating_sub(unix_now()),
+            ));
+        }
+        if self.handover.upgrading.swap(true, Ordering::SeqCst) {
+            return refused(
+                "an upgrade of this daemon is already in progress; wait for it to finish".into(),
+            );
+        }
+        self.handover.orders.try_send(order).map_err(|_| {
+            self.handover.upgrading.store(false, Ordering::SeqCst);
+            PortError::new(
+                ErrorKind::Unavailable,
+                "upgrade",
+                "the daemon",
+                "the daemon is stopping",
+            )
+        })
     }
 
     /// Carries out one request. `progress` receives the events of a request that asked for them.
@@ -530,6 +676,21 @@ impl Host {
                 tracing::info!("shutdown requested over the socket");
                 shutdown.send_replace(true);
                 json(())
+            }
+            Request::Upgrade { binary } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.order_upgrade(UpgradeOrder {
+                    binary,
+                    reply: Some(tx),
+                })?;
+                json(rx.await.map_err(|_| {
+                    PortError::new(
+                        ErrorKind::Unavailable,
+                        "upgrade",
+                        "the daemon",
+                        "the daemon stopped before the upgrade finished",
+                    )
+                })??)
             }
         }
     }
@@ -736,25 +897,19 @@ pub async fn serve_until(
     ))?;
     // Before anything starts: a status page open to other machines is refused.
     let admin_token = crate::admin::AdminToken::for_settings(&settings)?;
+    // The executable a handover starts by default, resolved now: after a package upgrade
+    // replaced it, /proc/self/exe names a deleted file, while this path names the new one.
+    let exe = std::env::current_exe().ok();
+    // Sockets handed over by a previous daemon (see `crate::handover`): used instead of binding.
+    let mut inherited = handover::Inherited::from_env().map_err(HostError::io(
+        "take the inherited sockets",
+        handover::LISTEN_FDS_VAR,
+    ))?;
     let state_dir = settings.state_dir.clone();
     crate::private::private_dir(&state_dir)
         .map_err(HostError::io("create state directory", &state_dir))?;
     let lock_path = settings.daemon_lock_path();
-    let lock_file = crate::private::private_append(&lock_path)
-        .map_err(HostError::io("open daemon lock", &lock_path))?;
-    let daemon_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        HostError::AlreadyRunning {
-            state_dir: state_dir.clone(),
-        }
-    })?;
-    // The lock file names the daemon holding it, for operators and tests.
-    {
-        use std::io::Write;
-        let mut file: &std::fs::File = &daemon_lock;
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(HostError::io("write daemon lock", &lock_path))?;
-    }
+    let daemon_lock = take_daemon_lock(&lock_path, &state_dir, inherited.is_some()).await?;
 
     let connection_limit = connection_limit(&settings);
     let store = Arc::new(Store::open(&settings.database_path(), &settings.name)?);
@@ -766,6 +921,7 @@ pub async fn serve_until(
     );
     let routing = store.load_routing()?;
     let tombstones = store.tombstones()?;
+    let (upgrade_tx, mut upgrade_rx) = tokio::sync::mpsc::channel::<UpgradeOrder>(4);
     let host = Arc::new_cyclic(|weak: &std::sync::Weak<Host>| {
         let weak = weak.clone();
         let on_change: crate::supervisor::ChangeHook = Arc::new(move || {
@@ -790,21 +946,27 @@ pub async fn serve_until(
             clock: SystemClock,
             reaper_meter: crate::metrics::ReaperMeter::default(),
             front_door: watch::channel(crate::front_door::member::MembershipState::Connecting).0,
+            handover: HandoverState::new(upgrade_tx, exe),
         }
     });
     host.refresh();
 
+    let mut inherited_router = inherited
+        .as_mut()
+        .map(|i| i.take(handover::ROUTER))
+        .unwrap_or_default();
     let (listeners, front_door) = match &settings.front_door {
+        None if inherited_router.is_empty() => (
+            router_listeners(settings.listen, router_workers())
+                .map_err(|source| HostError::bind(settings.listen, "router", source))?,
+            None,
+        ),
         None => {
-            let listeners = router_listeners(settings.listen, router_workers())
-                .map_err(|source| HostError::bind(settings.listen, "router", source))?;
-            (
-                listeners
-                    .into_iter()
-                    .map(WorkerIncoming::Listener)
-                    .collect(),
-                None,
-            )
+            for l in &mut inherited_router {
+                l.set_nonblocking(true)
+                    .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+            }
+            (inherited_router, None)
         }
         Some(member) => {
             // A front door that refuses this app (a host name another app holds) is a
@@ -819,38 +981,51 @@ pub async fn serve_until(
                     ))
                 })?;
             let (incoming, handed) = handed_over_workers(router_workers());
-            (incoming, Some((member.clone(), handed)))
+            (Vec::new(), Some((member.clone(), incoming, handed)))
         }
     };
-    let admin = TcpListener::bind(settings.admin_listen)
-        .await
+    let admin = match inherited
+        .as_mut()
+        .and_then(|i| i.take(handover::ADMIN).pop())
+    {
+        Some(admin) => admin,
+        None => std::net::TcpListener::bind(settings.admin_listen)
+            .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?,
+    };
+    admin
+        .set_nonblocking(true)
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
-    let socket_path = settings.socket_path();
-    match std::fs::remove_file(&socket_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(HostError::io("remove stale socket", &socket_path)(e)),
+    if let Some(left) = inherited
+        .as_ref()
+        .map(|i| i.left())
+        .filter(|l| !l.is_empty())
+    {
+        tracing::warn!(
+            ?left,
+            "inherited listening sockets of kinds this daemon does not serve; they stay unused"
+        );
     }
-    let unix =
-        UnixListener::bind(&socket_path).map_err(HostError::io("listen on", &socket_path))?;
-    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
-        .map_err(HostError::io("restrict permissions of", &socket_path))?;
+    // Copies of the listening sockets (close-on-exec) for a handover to a successor: every
+    // kind of listener adds its own, by name, and takes them back from `inherited` above.
+    let mut handover_sockets = HandoverSockets::default();
+    for l in &listeners {
+        handover_sockets
+            .add(handover::ROUTER, l)
+            .map_err(HostError::io("copy the listening sockets", "router"))?;
+    }
+    handover_sockets
+        .add(handover::ADMIN, &admin)
+        .map_err(HostError::io("copy the listening sockets", "status page"))?;
+    let admin =
+        TcpListener::from_std(admin).map_err(HostError::io("listen on", "the status page"))?;
+    let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
 
     let restored = host.supervisor.restore().await?;
     host.refresh();
-    let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
-    match &settings.front_door {
-        None => tracing::info!(
-            name = %settings.name, pid = std::process::id(), listen = %settings.listen,
-            admin = %admin_addr, socket = %socket_path.display(), restored = restored.len(),
-            "flotilla host daemon serving"
-        ),
-        Some(member) => tracing::info!(
-            name = %settings.name, pid = std::process::id(), hosts = ?member.hosts,
-            front_door = %member.socket.display(), admin = %admin_addr,
-            socket = %socket_path.display(), restored = restored.len(),
-            "flotilla host daemon serving behind the front door"
-        ),
+    if inherited.is_some() {
+        // Route only once the adopted instances answer their first health checks, so that the
+        // requests this daemon accepts from the shared sockets find them healthy.
+        wait_healthy(&host, Duration::from_secs(5)).await;
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -866,7 +1041,7 @@ pub async fn serve_until(
         client_query_param: Some(settings.affinity_query.clone()),
         shutdown_deadline: settings.stop_timeout.min(MAX_ROUTER_DRAIN),
         // One limit for every worker: each worker's config is a clone sharing it.
-        connection_limit,
+        connection_limit: connection_limit.clone(),
         first_byte_timeout: settings.first_byte_timeout,
         access_log: match &settings.access_log {
             None => None,
@@ -877,21 +1052,34 @@ pub async fn serve_until(
         },
         ..ProxyConfig::default()
     };
-    let front_door_task = front_door.map(|(member, handed)| {
+    let mut workers: Vec<WorkerIncoming> = listeners
+        .into_iter()
+        .map(WorkerIncoming::Listener)
+        .collect();
+    let front_door_task = front_door.map(|(member, incoming, handed)| {
+        workers.extend(incoming);
         let membership = front_door_membership(&settings, &member);
         let (host, stop) = (host.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            // Connections the front door held while this app was away are handed over as soon
-            // as it registers: register once they can be served.
-            host.wait_for_health(FRONT_DOOR_HEALTH_WAIT).await;
+            // Connections the front door held while this app was away (or while the daemon
+            // handing over to this one drained) are handed over as soon as it registers:
+            // register once they can be served.
+            wait_healthy(&host, FRONT_DOOR_HEALTH_WAIT).await;
             run_front_door_member(membership, handed, host.front_door.clone(), stop).await;
         })
     });
+    *lock(&host.handover.connection_limit) = Some(connection_limit.clone());
+    // How the router drains when it stops: as configured, unless a handover chose otherwise.
+    *lock(&host.handover.drain_plan) = DrainPlan {
+        linger: Duration::ZERO,
+        deadline: proxy_config.shutdown_deadline,
+    };
     let proxy_task = {
         let rx = stop_rx.clone();
         let router = router.clone();
+        let host = host.clone();
         tokio::spawn(async move {
-            let report = run_router_workers(listeners, proxy_config, router, rx).await;
+            let report = run_router_workers(workers, proxy_config, router, host, rx).await;
             if report.cut == 0 {
                 tracing::info!("router drained every connection");
             } else {
@@ -906,12 +1094,51 @@ pub async fn serve_until(
         admin_token,
         stop_rx.clone(),
     ));
+
+    // The socket is bound last: a client (or the daemon handing over) that gets an answer knows
+    // that this daemon routes.
+    let socket_path = settings.socket_path();
+    match std::fs::remove_file(&socket_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(HostError::io("remove stale socket", &socket_path)(e)),
+    }
+    let unix =
+        UnixListener::bind(&socket_path).map_err(HostError::io("listen on", &socket_path))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(HostError::io("restrict permissions of", &socket_path))?;
+    host.handover.note_socket(&socket_path);
     let rpc_task = tokio::spawn(rpc_server(
         unix,
         host.clone(),
         stop_tx.clone(),
         stop_rx.clone(),
     ));
+    match &settings.front_door {
+        None => tracing::info!(
+            name = %settings.name, pid = std::process::id(), listen = %settings.listen,
+            admin = %admin_addr, socket = %socket_path.display(), restored = restored.len(),
+            inherited = inherited.is_some(),
+            "flotilla host daemon serving"
+        ),
+        Some(member) => tracing::info!(
+            name = %settings.name, pid = std::process::id(), hosts = ?member.hosts,
+            front_door = %member.socket.display(), admin = %admin_addr,
+            socket = %socket_path.display(), restored = restored.len(),
+            inherited = inherited.is_some(),
+            "flotilla host daemon serving behind the front door"
+        ),
+    }
+    // Under systemd (`Type=notify`): ready, and, after a handover, the service's main process.
+    let notify = if inherited.is_some() {
+        format!("MAINPID={}\nREADY=1", std::process::id())
+    } else {
+        "READY=1".to_owned()
+    };
+    if let Err(error) = handover::sd_notify(&notify) {
+        tracing::warn!(%error, "could not notify systemd that the daemon is ready");
+    }
+
     let drain_task = {
         let host = host.clone();
         let mut rx = stop_rx.clone();
@@ -921,6 +1148,10 @@ pub async fn serve_until(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        let _writing = host.handover.writers.read().await;
+                        if host.handover.handed_over() {
+                            break;
+                        }
                         if let Err(e) = host.observe_drain() {
                             tracing::error!(error = %e, "drain observation failed");
                         }
@@ -945,6 +1176,10 @@ pub async fn serve_until(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        let _writing = host.handover.writers.read().await;
+                        if host.handover.handed_over() {
+                            break;
+                        }
                         match engine.reap(false, &LogProgress).await {
                             Ok(report) => {
                                 host.reaper_meter.record(&report);
@@ -966,31 +1201,150 @@ pub async fn serve_until(
             }
         })
     };
+    let _signal_task = tokio::spawn(upgrade_on_sigusr2(host.clone()));
 
+    let mut daemon_lock = Some(daemon_lock);
+    tokio::pin!(shutdown);
     let on_exit = {
         let mut rx = stop_rx.clone();
-        tokio::select! {
-            on_exit = shutdown => on_exit,
-            _ = crate::supervisor::stop_requested(&mut rx) => OnExit::StopInstances,
+        loop {
+            tokio::select! {
+                on_exit = &mut shutdown => break Some(on_exit),
+                _ = crate::supervisor::stop_requested(&mut rx) => break Some(OnExit::StopInstances),
+                Some(order) = upgrade_rx.recv() => {
+                    let started = std::time::Instant::now();
+                    let binary = order.binary.clone();
+                    match hand_over(&host, binary, &handover_sockets, &mut daemon_lock).await {
+                        Ok(successor) => {
+                            let report = UpgradeReport {
+                                old_pid: std::process::id(),
+                                new_pid: successor.pid,
+                                binary: successor.binary,
+                                ready_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                                draining_connections: u64::try_from(connection_limit.open()).unwrap_or(u64::MAX),
+                                draining_sessions: router.stats().snapshot().iter().map(|(_, s)| s.sessions).sum(),
+                                deadline_seconds: settings.upgrade_deadline.as_secs(),
+                                log: settings.daemon_log_path(),
+                            };
+                            tracing::info!(?report, "handed over to the new daemon; draining what this one holds");
+                            if let Some(reply) = order.reply {
+                                let _ = reply.send(Ok(report));
+                            }
+                            break None;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the upgrade failed; this daemon serves on as before");
+                            if let Some(reply) = order.reply {
+                                let _ = reply.send(Err(error));
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
-    tracing::info!(?on_exit, "shutting down: draining the router");
-    stop_tx.send_replace(true);
-    let _ = rpc_task.await;
-    let _ = tokio::fs::remove_file(&socket_path).await;
-    let _ = drain_task.await;
-    let _ = reaper_task.await;
-    if let Some(task) = front_door_task {
-        let _ = task.await;
-    }
-    let _ = proxy_task.await;
-    let _ = admin_task.await;
+    drop(handover_sockets);
     match on_exit {
-        OnExit::StopInstances => host.supervisor.shutdown().await,
-        OnExit::LeaveRunning => host.supervisor.release(),
+        Some(on_exit) => {
+            tracing::info!(?on_exit, "shutting down: draining the router");
+            stop_tx.send_replace(true);
+            let _ = rpc_task.await;
+            let _ = tokio::fs::remove_file(&socket_path).await;
+            let _ = drain_task.await;
+            let _ = reaper_task.await;
+            if let Some(task) = front_door_task {
+                let _ = task.await;
+            }
+            let _ = proxy_task.await;
+            let _ = admin_task.await;
+            match on_exit {
+                OnExit::StopInstances => host.supervisor.shutdown().await,
+                OnExit::LeaveRunning => host.supervisor.release(),
+            }
+        }
+        None => {
+            // Handed over: the successor owns the state directory, the socket path and the
+            // instances. Serve what this daemon holds until it ends or the deadline passes,
+            // telling the successor what it still holds every second.
+            *lock(&host.handover.drain_plan) = DrainPlan {
+                linger: handover::LINGER,
+                deadline: settings.upgrade_deadline,
+            };
+            // A moment for the socket server to answer what queued during the handover
+            // (`HANDED_OVER`, which the clients send again to the successor).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop_tx.send_replace(true);
+            let report = || host.held_sessions();
+            tokio::pin!(proxy_task);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = &mut proxy_task => break,
+                    // Asked to stop while draining (SIGTERM, Ctrl-C): what is still open is cut
+                    // now rather than at the deadline; the instances stay with the successor.
+                    _ = &mut shutdown => {
+                        tracing::warn!(
+                            connections = connection_limit.open(),
+                            "asked to stop while draining after a handover: cutting what is still open"
+                        );
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if let Err(error) = handover::write_previous(&state_dir, &report()) {
+                            tracing::warn!(%error, "could not write the sessions this daemon still serves");
+                        }
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(handover::previous_daemon_path(&state_dir));
+            if let Some(task) = front_door_task {
+                let _ = task.await;
+            }
+            let _ = rpc_task.await;
+            let _ = drain_task.await;
+            let _ = reaper_task.await;
+            let _ = admin_task.await;
+        }
     }
+    drop(daemon_lock);
     tracing::info!("flotilla host daemon stopped");
     Ok(())
+}
+
+/// Takes the state directory's lock. A daemon started by a handover waits for the daemon handing
+/// over to release it (at most [`handover::LOCK_TIMEOUT`]); any other refuses at once when it is
+/// held.
+async fn take_daemon_lock(
+    lock_path: &Path,
+    state_dir: &Path,
+    handed_over: bool,
+) -> Result<Flock<std::fs::File>, HostError> {
+    let deadline = tokio::time::Instant::now() + handover::LOCK_TIMEOUT;
+    let mut lock_file = crate::private::private_append(lock_path)
+        .map_err(HostError::io("open daemon lock", lock_path))?;
+    let daemon_lock = loop {
+        match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => break lock,
+            Err((file, _)) if handed_over && tokio::time::Instant::now() < deadline => {
+                lock_file = file;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => {
+                return Err(HostError::AlreadyRunning {
+                    state_dir: state_dir.to_path_buf(),
+                });
+            }
+        }
+    };
+    // The lock file names the daemon holding it, for operators and tests.
+    {
+        use std::io::Write;
+        let mut file: &std::fs::File = &daemon_lock;
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(HostError::io("write daemon lock", lock_path))?;
+    }
+    Ok(daemon_lock)
 }
 
 /// Raises the descriptor limit and derives the router's connection limit from it, saying so once
@@ -1153,12 +1507,14 @@ async fn run_router_workers(
     listeners: Vec<WorkerIncoming>,
     config: ProxyConfig,
     router: Arc<Router>,
+    host: Arc<Host>,
     stop: watch::Receiver<bool>,
 ) -> RouterReport {
     let mut done = Vec::new();
     for (n, listener) in listeners.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel::<usize>();
         let (config, router, mut stop) = (config.clone(), router.clone(), stop.clone());
+        let host = host.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("flotilla-router-{n}"))
             .spawn(move || {
@@ -1175,6 +1531,8 @@ async fn run_router_workers(
                 let cut = runtime.block_on(async move {
                     let stopped = async move {
                         crate::supervisor::stop_requested(&mut stop).await;
+                        // A handover chose a longer drain than a stop's before stopping.
+                        *lock(&host.handover.drain_plan)
                     };
                     let report = match listener {
                         WorkerIncoming::Listener(listener) => {
@@ -1185,10 +1543,12 @@ async fn run_router_workers(
                                     return 0;
                                 }
                             };
-                            flotilla_proxy::serve(listener, config, router, stopped).await
+                            flotilla_proxy::serve_handing_over(listener, config, router, stopped)
+                                .await
                         }
                         WorkerIncoming::Handed(handed) => {
-                            flotilla_proxy::serve(handed, config, router, stopped).await
+                            flotilla_proxy::serve_handing_over(handed, config, router, stopped)
+                                .await
                         }
                     };
                     report.cut()
@@ -1208,14 +1568,28 @@ async fn run_router_workers(
 }
 
 async fn rpc_server(
-    listener: UnixListener,
+    mut listener: UnixListener,
     host: Arc<Host>,
     stop_tx: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut accept_errors = flotilla_proxy::WarnLimiter::new(Duration::from_secs(5));
+    let mut paused = host.handover.rpc_paused.subscribe();
     loop {
+        // Paused during a handover: connections queue in the socket's backlog meanwhile.
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                _ = paused.changed() => continue,
+                _ = crate::supervisor::stop_requested(&mut stop) => break,
+            }
+        }
         tokio::select! {
+            _ = paused.changed() => continue,
+            _ = host.handover.rebind.notified() => {
+                if let Some(rebound) = rebind_socket(&host.settings.socket_path(), &host.handover) {
+                    listener = rebound;
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let host = host.clone();
@@ -1239,6 +1613,353 @@ async fn rpc_server(
     }
 }
 
+/// The listening sockets a handover passes on, each with its kind, as copies (close-on-exec, so
+/// no app process inherits them).
+#[derive(Default)]
+struct HandoverSockets {
+    sockets: Vec<(&'static str, std::net::TcpListener)>,
+}
+
+impl HandoverSockets {
+    /// Adds a copy of `listener`, of `kind` (the name the successor takes it by).
+    fn add(&mut self, kind: &'static str, listener: &std::net::TcpListener) -> std::io::Result<()> {
+        self.sockets.push((kind, listener.try_clone()?));
+        Ok(())
+    }
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new daemon that routes.
+struct Successor {
+    pid: u32,
+    binary: PathBuf,
+}
+
+/// SIGUSR2 (systemd's `ExecReload=`) asks for a handover to this daemon's own executable.
+async fn upgrade_on_sigusr2(host: Arc<Host>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        tracing::warn!("cannot listen for SIGUSR2: upgrades only through `flotilla host upgrade`");
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: handing over to a new daemon started from this executable");
+        if let Err(error) = host.order_upgrade(UpgradeOrder {
+            binary: None,
+            reply: None,
+        }) {
+            tracing::warn!(%error, "SIGUSR2: upgrade refused");
+        }
+    }
+}
+
+/// Waits until every instance is healthy, at most `limit`. (Not only the running ones: an
+/// adopted instance counts as running only once its monitor has started, a moment after
+/// `restore` returns, and routing before then would answer 503.)
+async fn wait_healthy(host: &Host, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let views = host.supervisor.instances();
+        if views.iter().all(|v| v.state.healthy()) {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                unhealthy = views.iter().filter(|v| !v.state.healthy()).count(),
+                "routing before every adopted instance passed a health check"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Hands the daemon over to a new one (the protocol is in [`crate::handover`]). On success this
+/// daemon has stopped writing for good and the successor routes; on failure this daemon holds
+/// the lock and supervises its instances again, as before.
+async fn hand_over(
+    host: &Arc<Host>,
+    binary: Option<PathBuf>,
+    sockets: &HandoverSockets,
+    daemon_lock: &mut Option<Flock<std::fs::File>>,
+) -> Result<Successor, PortError> {
+    let result = hand_over_inner(host, binary, sockets, daemon_lock).await;
+    host.handover.upgrading.store(false, Ordering::SeqCst);
+    result
+}
+
+async fn hand_over_inner(
+    host: &Arc<Host>,
+    binary: Option<PathBuf>,
+    sockets: &HandoverSockets,
+    daemon_lock: &mut Option<Flock<std::fs::File>>,
+) -> Result<Successor, PortError> {
+    let settings = &host.settings;
+    let log = settings.daemon_log_path();
+    let failed = |message: String| {
+        PortError::new(
+            ErrorKind::Unavailable,
+            "upgrade",
+            "the daemon",
+            format!(
+                "{message}; this daemon (pid {}) serves on as before. The daemons' log is {}",
+                std::process::id(),
+                log.display()
+            ),
+        )
+    };
+    let Some(binary) = binary.or_else(|| host.handover.exe.clone()) else {
+        return Err(failed(
+            "this daemon does not know its own executable; pass --binary".into(),
+        ));
+    };
+    if !binary.is_file() {
+        return Err(failed(format!("{} is not a file", binary.display())));
+    }
+
+    // 1. Start the successor with the listening sockets as descriptors 3, 4, ...
+    let kinds: Vec<&str> = sockets.sockets.iter().map(|(k, _)| *k).collect();
+    let mut mappings = Vec::new();
+    for ((_, socket), child_fd) in sockets.sockets.iter().zip(handover::FIRST_FD..) {
+        let copy = socket
+            .try_clone()
+            .map_err(|e| failed(format!("cannot copy a listening socket: {e}")))?;
+        mappings.push(command_fds::FdMapping {
+            parent_fd: std::os::fd::OwnedFd::from(copy),
+            child_fd,
+        });
+    }
+    let mut command = std::process::Command::new(&binary);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(
+            handover::LISTEN_FDS_VAR,
+            handover::render_listen_fds(kinds.iter().copied()),
+        )
+        .env("LISTEN_FDS", kinds.len().to_string())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env(handover::UPGRADE_FROM_VAR, std::process::id().to_string())
+        .stdin(std::process::Stdio::null());
+    // Its own process group, as the daemon the CLI starts: a Ctrl-C at this daemon's terminal
+    // does not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command_fds::CommandFdExt::fd_mappings(&mut command, mappings)
+        .map_err(|e| failed(format!("cannot pass the listening sockets: {e}")))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| failed(format!("cannot start {}: {e}", binary.display())))?;
+    let pid = child.id();
+    tracing::info!(pid, binary = %binary.display(), "started the new daemon; handing over");
+
+    // 2. Stop every writer: the socket first (clients queue), then wait for those in progress.
+    host.handover.rpc_paused.send_replace(true);
+    let writers =
+        match tokio::time::timeout(Duration::from_secs(30), host.handover.writers.write()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                kill_successor(&mut child).await;
+                host.handover.rpc_paused.send_replace(false);
+                return Err(failed(
+                    "a request to this daemon (a build?) did not finish within 30s".into(),
+                ));
+            }
+        };
+    host.handover.router_frozen.store(true, Ordering::SeqCst);
+    host.supervisor.release();
+    host.handover.deadline_unix.store(
+        unix_now().saturating_add(settings.upgrade_deadline.as_secs()),
+        Ordering::SeqCst,
+    );
+    // The successor's first drain observation must already see the sessions this router holds.
+    if let Err(error) = handover::write_previous(&settings.state_dir, &host.held_sessions()) {
+        tracing::warn!(%error, "could not write the sessions this daemon serves");
+    }
+    let file = match daemon_lock.take().map(Flock::unlock) {
+        Some(Ok(file)) => Some(file),
+        Some(Err((lock, errno))) => {
+            *daemon_lock = Some(lock);
+            return Err(resume(
+                host,
+                writers,
+                daemon_lock,
+                None,
+                &mut child,
+                failed(format!("cannot unlock the state directory: {errno}")),
+            )
+            .await);
+        }
+        None => None,
+    };
+
+    // 3. Wait until the successor answers on the socket with its pid.
+    let deadline = tokio::time::Instant::now() + handover::READY_TIMEOUT;
+    let outcome = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!(
+                "the new daemon (pid {pid}) exited at once ({status})"
+            ));
+        }
+        if host.handover.socket_taken(&settings.socket_path())
+            && successor_answers(&settings.socket_path(), &settings.name, pid).await
+        {
+            break Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(format!(
+                "the new daemon (pid {pid}) did not become ready within {}s",
+                handover::READY_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    match outcome {
+        Ok(()) => {
+            host.handover.handed_over.store(true, Ordering::SeqCst);
+            drop(writers);
+            // Accept what queued meanwhile, to answer it `HANDED_OVER`.
+            host.handover.rpc_paused.send_replace(false);
+            // Nobody waits for the successor: it outlives this daemon.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            Ok(Successor { pid, binary })
+        }
+        Err(why) => {
+            let _ = std::fs::remove_file(handover::previous_daemon_path(&settings.state_dir));
+            Err(resume(host, writers, daemon_lock, file, &mut child, failed(why)).await)
+        }
+    }
+}
+
+/// Whether the daemon answering `Hello` on `socket` is `pid`.
+async fn successor_answers(socket: &Path, name: &flotilla_core::DeploymentName, pid: u32) -> bool {
+    let Ok(stream) = UnixStream::connect(socket).await else {
+        return false;
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(&Request::Hello { name: name.clone() })
+        .expect("requests serialise to JSON");
+    line.push('\n');
+    if write.write_all(line.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        BufReader::new(read).read_line(&mut answer),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return false;
+    }
+    match serde_json::from_str::<Reply>(&answer) {
+        Ok(Reply::Ok(value)) => {
+            serde_json::from_value::<DaemonInfo>(value).is_ok_and(|info| info.pid == pid)
+        }
+        _ => false,
+    }
+}
+
+/// After a failed handover: stops the successor if it still runs, takes the lock back, adopts
+/// the instances again and resumes writing and answering. Returns `error` for the caller.
+/// The writers stay stopped (`writers` is held) until the lock is back and the instances are
+/// adopted again, so this daemon never writes while the successor might.
+async fn resume(
+    host: &Arc<Host>,
+    writers: tokio::sync::RwLockWriteGuard<'_, ()>,
+    daemon_lock: &mut Option<Flock<std::fs::File>>,
+    file: Option<std::fs::File>,
+    child: &mut std::process::Child,
+    error: PortError,
+) -> PortError {
+    kill_successor(child).await;
+    if let Some(mut file) = file {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => {
+                    *daemon_lock = Some(lock);
+                    break;
+                }
+                Err((f, errno)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        // Someone else holds it (the successor did not die): never a second
+                        // writer. This daemon goes on routing what it has, and writes nothing.
+                        tracing::error!(
+                            %errno,
+                            "cannot take the state directory's lock back; this daemon stops \
+                             writing and only routes (stop it once the lock holder serves)"
+                        );
+                        host.handover.handed_over.store(true, Ordering::SeqCst);
+                        host.handover.rpc_paused.send_replace(false);
+                        return error;
+                    }
+                    file = f;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if let Some(lock) = daemon_lock.as_ref() {
+            use std::io::Write;
+            let mut f: &std::fs::File = lock;
+            let _ = f
+                .set_len(0)
+                .and_then(|()| writeln!(f, "{}", std::process::id()));
+        }
+    }
+    if let Err(e) = host.supervisor.restore().await {
+        tracing::error!(error = %e, "adopting the instances again failed");
+    }
+    wait_healthy(host, Duration::from_secs(5)).await;
+    host.handover.router_frozen.store(false, Ordering::SeqCst);
+    host.refresh();
+    // A successor that bound the socket path before it failed took the path from this daemon's
+    // socket: the socket server binds it again.
+    host.handover.rebind.notify_one();
+    drop(writers);
+    host.handover.rpc_paused.send_replace(false);
+    error
+}
+
+/// Stops a successor that failed (SIGKILL: it never became ready) and reaps it.
+async fn kill_successor(child: &mut std::process::Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Binds the socket path again when it no longer names this daemon's socket (a failed successor
+/// took it, or removed it).
+fn rebind_socket(path: &Path, handover: &HandoverState) -> Option<UnixListener> {
+    if std::fs::metadata(path).is_ok() && !handover.socket_taken(path) {
+        return None;
+    }
+    let _ = std::fs::remove_file(path);
+    match UnixListener::bind(path) {
+        Ok(rebound) => {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            handover.note_socket(path);
+            tracing::info!(socket = %path.display(), "bound the socket again");
+            Some(rebound)
+        }
+        Err(error) => {
+            tracing::error!(%error, socket = %path.display(), "cannot bind the socket again");
+            None
+        }
+    }
+}
+
 async fn rpc_connection(
     stream: UnixStream,
     host: Arc<Host>,
@@ -1254,7 +1975,27 @@ async fn rpc_connection(
                 // without events); its events are dropped.
                 let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
                 let progress = ChannelProgress(tx);
-                let dispatch = host.dispatch(request, &stop_tx, &progress);
+                // Every request but an upgrade writes (or may): it waits while a handover
+                // decides which daemon owns the state directory, and after a handover it is
+                // answered `HANDED_OVER`, which the client sends again to the new daemon.
+                let writing = if matches!(request, Request::Upgrade { .. }) {
+                    None
+                } else {
+                    Some(host.handover.writers.read().await)
+                };
+                let handed_over = host.handover.handed_over();
+                let dispatch = async {
+                    if handed_over {
+                        Err(PortError::new(
+                            ErrorKind::Unavailable,
+                            "answer",
+                            "the request",
+                            format!("{}: send it again", crate::rpc::HANDED_OVER),
+                        ))
+                    } else {
+                        host.dispatch(request, &stop_tx, &progress).await
+                    }
+                };
                 tokio::pin!(dispatch);
                 let mut client_gone = false;
                 let result = loop {
@@ -1268,6 +2009,7 @@ async fn rpc_connection(
                         }
                     }
                 };
+                drop(writing);
                 while let Ok(event) = events.try_recv() {
                     if !client_gone {
                         client_gone = write_reply(&mut write, &Reply::Event(event)).await.is_err();

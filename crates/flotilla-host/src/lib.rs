@@ -15,6 +15,8 @@
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
 //! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
 //! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`handover`]: handing the listening sockets and the state directory to a new daemon
+//!   (`flotilla host upgrade`, SIGUSR2) without cutting a session; systemd notification.
 //! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.
 //! - [`front_door`]: several apps behind one pair of public ports, chosen by host name.
 //! - [`fdlimit`]: the raised descriptor limit and the router's connection cap derived from it.
@@ -29,6 +31,7 @@ pub mod daemon;
 pub mod error;
 pub mod fdlimit;
 pub mod front_door;
+pub mod handover;
 pub mod health;
 pub mod logs;
 pub mod metrics;
@@ -45,5 +48,8 @@ pub mod supervisor;
 
 pub use daemon::{OnExit, serve, serve_until};
 pub use error::HostError;
-pub use rpc::{Connection, StartedDaemon, connect, connect_reporting, stop_daemon};
+pub use rpc::{
+    Connection, StartedDaemon, UpgradeReport, connect, connect_reporting, stop_daemon,
+    upgrade_daemon,
+};
 pub use settings::HostSettings;

@@ -302,6 +302,12 @@ async fn run_build(
             .current_dir(dir)
             .env("FLOTILLA_APP_DIR", app_dir)
             .env("FLOTILLA_RELEASE_DIR", dir)
+            // A daemon started by a handover names its inherited sockets in its environment;
+            // they are not the build's (they are close-on-exec, and the names would mislead a
+            // tool that honours socket activation).
+            .env_remove(crate::handover::LISTEN_FDS_VAR)
+            .env_remove("LISTEN_FDS")
+            .env_remove(crate::handover::UPGRADE_FROM_VAR)
             .stdin(Stdio::null())
             .stdout(Stdio::from(write_end))
             .stderr(Stdio::from(err_end))

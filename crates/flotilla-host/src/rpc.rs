@@ -5,7 +5,9 @@
 //! [`Reply`] line; a connection may carry several requests in turn. A request that asks for them
 //! (`ImagePrepare` with `events`) is answered by progress lines (`{"event": ...}`, such as each
 //! line a build prints) before its reply; a daemon never sends them unasked, so an older client
-//! keeps working. Every port method has its own
+//! keeps working. During a handover to a new daemon the client retries a connection that fails
+//! while a live daemon holds the state directory, and a request the old daemon answered
+//! [`HANDED_OVER`]. Every port method has its own
 //! request, so the daemon implements the ports and the CLI's engine drives them unchanged.
 
 use std::collections::BTreeMap;
@@ -157,6 +159,38 @@ pub enum Request {
     },
     /// Asks the daemon to shut down gracefully.
     Shutdown,
+    /// Asks the daemon to hand over to a new daemon started from `binary` (its own executable
+    /// when `None`), answered once the new one routes (see [`crate::handover`]).
+    Upgrade {
+        /// The executable of the new daemon.
+        #[serde(default)]
+        binary: Option<PathBuf>,
+    },
+}
+
+/// Starts an error message of a daemon that handed over to another and so answers nothing more;
+/// the client sends the request again, which reaches the new daemon.
+pub const HANDED_OVER: &str = "this daemon handed over to a new one";
+
+/// What [`Request::Upgrade`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// The daemon that handed over, which now drains what it holds.
+    pub old_pid: u32,
+    /// The new daemon.
+    pub new_pid: u32,
+    /// The new daemon's executable.
+    pub binary: PathBuf,
+    /// From the request until the new daemon routed and answered, in milliseconds.
+    pub ready_ms: u64,
+    /// Client connections the old daemon still serves (WebSockets and event streams among them).
+    pub draining_connections: u64,
+    /// Sessions (WebSockets, event streams) the old daemon still serves.
+    pub draining_sessions: u64,
+    /// How long the old daemon serves them at most, in seconds.
+    pub deadline_seconds: u64,
+    /// Where the daemons log.
+    pub log: PathBuf,
 }
 
 /// The answer to one request: `{"ok": value}` or `{"err": PortError}`.
@@ -184,6 +218,9 @@ pub struct DaemonInfo {
     pub admin_listen: String,
     /// Its state directory.
     pub state_dir: PathBuf,
+    /// A daemon that handed over to this one and still serves connections it held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<crate::handover::PreviousDaemon>,
 }
 
 /// A daemon the client started in the background.
@@ -302,6 +339,26 @@ pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, Ho
         started,
         warnings,
     })
+}
+
+/// Asks the running daemon of `settings` to hand over to a new daemon started from `binary`
+/// (the daemon's own executable when `None`) and waits until the new one routes. Never starts a
+/// daemon: with none running, the error says so.
+pub async fn upgrade_daemon(
+    settings: &HostSettings,
+    binary: Option<PathBuf>,
+) -> Result<Result<UpgradeReport, PortError>, HostError> {
+    let settings = settings.resolved().map_err(HostError::io(
+        "resolve the app directory",
+        &settings.app_dir,
+    ))?;
+    let client = Client {
+        socket: settings.socket_path(),
+        log: settings.daemon_log_path(),
+        settings: settings.clone(),
+    };
+    let reply = client.call_raw(&Request::Upgrade { binary }).await?;
+    Ok(reply_value(reply))
 }
 
 /// Asks the daemon of `settings` to shut down, and waits until it has. Returns `false` if no daemon
@@ -480,6 +537,29 @@ impl Client {
     /// Sends `request` and returns its reply, passing the progress events that come before it
     /// to `progress`.
     async fn call_with_events(
+        &self,
+        request: &Request,
+        progress: &dyn Progress,
+    ) -> Result<Reply, HostError> {
+        // During a handover (see `crate::handover`) the socket is briefly not answered, and the
+        // old daemon answers what it had queued with `HANDED_OVER`: both are retried, as long
+        // as a live daemon holds the state directory, up to the start timeout.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let reply = self.call_once(request, progress).await;
+            let retry = match &reply {
+                Ok(Reply::Err(e)) => e.message.contains(HANDED_OVER),
+                Err(HostError::Unavailable { .. }) => starting_daemon(&self.settings).is_some(),
+                _ => false,
+            };
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn call_once(
         &self,
         request: &Request,
         progress: &dyn Progress,

@@ -9,6 +9,12 @@
 //! `RestartPreventExitStatus` is the exit code of "another daemon already serves this state
 //! directory" (one the CLI started in the background while the service was down): retrying would
 //! only fail again.
+//!
+//! `Type=notify`: the daemon says `READY=1` once it routes. `systemctl reload` sends SIGUSR2,
+//! which makes the daemon hand over to a new daemon from the executable it was started from
+//! (`crate::handover`); the new one says `MAINPID=<its pid>` and `READY=1`, and
+//! `NotifyAccess=all` lets systemd take that from a process that is not (yet) the main one, so it
+//! follows the new daemon while the old one drains and exits.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,8 +133,13 @@ pub fn render_unit(spec: &UnitSpec) -> String {
         path_value(&spec.config)
     ));
     out.push_str("After=network-online.target\nWants=network-online.target\n\n");
-    out.push_str("[Service]\nType=simple\n");
+    out.push_str("[Service]\nType=notify\nNotifyAccess=all\n");
     out.push_str(&format!("ExecStart={}\n", exec.join(" ")));
+    out.push_str(
+        "# Reload hands the daemon over to a new one from the same executable path (a new flotilla\n\
+         # after a package upgrade) without cutting a session; the new one becomes the main PID.\n\
+         ExecReload=/bin/kill -USR2 $MAINPID\n",
+    );
     out.push_str(&format!(
         "WorkingDirectory={}\n",
         path_value(&spec.working_dir)
@@ -419,8 +430,12 @@ mod tests {
             Wants=network-online.target
 
             [Service]
-            Type=simple
+            Type=notify
+            NotifyAccess=all
             ExecStart=/usr/local/bin/flotilla --config "/srv/shop app/flotilla.toml" --name shop --provider host host serve
+            # Reload hands the daemon over to a new one from the same executable path (a new flotilla
+            # after a package upgrade) without cutting a session; the new one becomes the main PID.
+            ExecReload=/bin/kill -USR2 $MAINPID
             WorkingDirectory=/srv/shop app
             User=shop
             Environment=PATH=/usr/local/bin:/usr/bin:/bin

@@ -80,6 +80,11 @@ pub struct HostSettings {
     /// The router's access log (`[host] access_log`); `None` (the default) writes none.
     #[serde(default)]
     pub access_log: Option<crate::access_log::AccessLogSettings>,
+    /// How long a daemon that handed over to a new one (`flotilla host upgrade`) keeps serving
+    /// the connections it holds, WebSockets and event streams included, before it cuts what is
+    /// still open and exits (`[host] upgrade_deadline_seconds`). Default 600 s.
+    #[serde(default = "default_upgrade_deadline")]
+    pub upgrade_deadline: Duration,
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
@@ -96,6 +101,10 @@ pub struct FrontDoorMember {
 
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(20)
+}
+
+fn default_upgrade_deadline() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl HostSettings {
@@ -136,6 +145,7 @@ impl HostSettings {
             first_byte_timeout: default_first_byte_timeout(),
             front_door: None,
             access_log: None,
+            upgrade_deadline: default_upgrade_deadline(),
             serve_command: None,
         }
     }

@@ -75,7 +75,9 @@ pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
 pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW, WarnLimiter};
 pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
-pub use server::{HandedConnection, HandedOver, Incoming, ShutdownReport, serve};
+pub use server::{
+    DrainPlan, HandedConnection, HandedOver, Incoming, ShutdownReport, serve, serve_handing_over,
+};
 pub use stats::{InstanceStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS, Sessions, StatsSnapshot};
 
 /// Re-exported so callers build [`Decision::Respond`] responses and header names with the same

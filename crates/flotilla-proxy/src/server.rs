@@ -6,6 +6,15 @@
 //! `Running` → `Draining` (stop accepting; idle keep-alive connections close at once, busy ones
 //! after their current response) → `Cut` (at the deadline, whatever is still open is dropped and
 //! counted in the [`ShutdownReport`]).
+//!
+//! [`serve_handing_over`] is the same server for a daemon handing its listeners to a successor
+//! (see the host's `handover`): its shutdown future says how to drain ([`DrainPlan`]). During the
+//! plan's *linger* the server has stopped accepting but does not close idle keep-alive
+//! connections yet: every response it sends carries `Connection: close`, so a client that keeps
+//! sending requests is told to reconnect (reaching the successor) after an answered request
+//! instead of finding its idle connection closed under a request in flight, the race that
+//! closing idle connections at once has (Envoy drains listeners the same way). Then it drains as
+//! above, up to the plan's deadline.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,6 +101,8 @@ pub(crate) struct Tracker {
     upgrades: AtomicUsize,
     changed: Notify,
     phase: watch::Sender<Phase>,
+    /// Set while a handover lingers: every response asks its client to close the connection.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Tracker {
@@ -101,7 +112,13 @@ impl Tracker {
             upgrades: AtomicUsize::new(0),
             changed: Notify::new(),
             phase: watch::Sender::new(Phase::Running),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether responses now ask their clients to close the connection.
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     fn counter(&self, kind: Live) -> &AtomicUsize {
@@ -278,7 +295,7 @@ impl Incoming for HandedOver {
 /// one second and logged at most once every few seconds, with a count of those not logged; they
 /// never end the server.
 pub async fn serve<R, S, I>(
-    mut listener: I,
+    listener: I,
     config: ProxyConfig,
     route: R,
     shutdown: S,
@@ -288,13 +305,49 @@ where
     S: Future<Output = ()>,
     I: Incoming,
 {
+    let plan = DrainPlan {
+        linger: Duration::ZERO,
+        deadline: config.shutdown_deadline,
+    };
+    serve_handing_over(listener, config, route, async move {
+        shutdown.await;
+        plan
+    })
+    .await
+}
+
+/// How a server drains once its shutdown future completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainPlan {
+    /// How long open connections keep being served as usual, each response asking its client to
+    /// close the connection, before idle ones are closed. Zero: close idle ones at once.
+    pub linger: Duration,
+    /// How long, after the linger, busy connections and upgraded ones may take to end before
+    /// they are cut.
+    pub deadline: Duration,
+}
+
+/// [`serve`], with the drain chosen when shutdown comes: `shutdown` resolves to the
+/// [`DrainPlan`] (a daemon handing over to a successor lingers, and waits much longer for its
+/// WebSockets than a daemon that is stopping).
+pub async fn serve_handing_over<R, S, I>(
+    mut listener: I,
+    config: ProxyConfig,
+    route: R,
+    shutdown: S,
+) -> ShutdownReport
+where
+    R: Route,
+    S: Future<Output = DrainPlan>,
+    I: Incoming,
+{
     let shared = Arc::new(Shared::new(config, route));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
-    loop {
+    let plan = loop {
         let accepted = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            plan = &mut shutdown => break plan,
             accepted = listener.next() => accepted,
         };
         match accepted {
@@ -313,24 +366,36 @@ where
                     );
                 }
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    plan = &mut shutdown => break plan,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
-    }
+    };
     drop(listener);
-    drain(&shared).await
+    drain(&shared, plan).await
 }
 
 /// Stops everything in progress, gracefully up to the deadline, then by force.
-async fn drain<R>(shared: &Shared<R>) -> ShutdownReport {
+async fn drain<R>(shared: &Shared<R>, plan: DrainPlan) -> ShutdownReport {
     let started = Instant::now();
     let tracker = &shared.tracker;
     let (connections_at_shutdown, upgrades_at_shutdown) = tracker.counts();
+    if !plan.linger.is_zero() {
+        tracker.closing.store(true, Ordering::SeqCst);
+        // Nothing open: nothing to linger for. Upgraded connections do not end by being asked.
+        let until = tokio::time::Instant::now() + plan.linger;
+        loop {
+            let (connections, _) = tracker.counts();
+            if connections == 0 || tokio::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(plan.linger)).await;
+        }
+    }
     tracker.phase.send_replace(Phase::Draining);
-    let deadline = tokio::time::Instant::now() + shared.config.shutdown_deadline;
+    let deadline = tokio::time::Instant::now() + plan.deadline;
     let mut report = ShutdownReport {
         connections_at_shutdown,
         upgrades_at_shutdown,
@@ -346,7 +411,7 @@ async fn drain<R>(shared: &Shared<R>) -> ShutdownReport {
             connections,
             upgrades,
             "shutdown deadline of {:?} passed; cutting what is still open",
-            shared.config.shutdown_deadline
+            plan.deadline
         );
         tracker.phase.send_replace(Phase::Cut);
         if !tracker
@@ -405,7 +470,22 @@ fn accept<R: Route>(
         if !first_byte(&stream, shared.config.first_byte_timeout, &mut phase).await {
             return;
         }
-        let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+        let service = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move {
+                let mut response = proxy::handle(ctx.clone(), req).await?;
+                // A lingering handover asks the client to reconnect (to the successor) after
+                // this answer; an upgrade's `Connection: upgrade` stays as it is.
+                if ctx.shared.tracker.closing()
+                    && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
         let conn = shared
             .http
             .serve_connection(TokioIo::new(stream), service)

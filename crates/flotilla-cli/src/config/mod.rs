@@ -334,6 +334,8 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Release snapshots of retired versions to keep.
     pub keep_releases: u32,
+    /// How long a daemon that handed over keeps serving what it holds.
+    pub upgrade_deadline: std::time::Duration,
     /// The file of secrets every new version gets, absolute.
     pub secrets_file: Option<PathBuf>,
     /// The host names served behind the shared front door (normalized); `None` when the router

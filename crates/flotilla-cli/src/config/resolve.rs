@@ -703,6 +703,7 @@ impl Resolver<'_> {
             .map(|s| root.join(s))
             .unwrap_or_default();
         let keep_releases = self.u32("host.keep_releases", 0..=100);
+        let upgrade_deadline = self.seconds("host.upgrade_deadline_seconds", 0..=604_800);
         let secrets_file = self
             .checked("host.secrets_file", |s| {
                 if s.trim().is_empty() {
@@ -786,6 +787,7 @@ impl Resolver<'_> {
             instances,
             state_dir,
             keep_releases,
+            upgrade_deadline,
             secrets_file,
         }
     }

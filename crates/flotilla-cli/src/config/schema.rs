@@ -449,6 +449,15 @@ pub const KEYS: &[Key] = &[
          else /tmp/flotilla-<uid>/front-door.sock (the same default as `flotilla host front-door`).",
         "\"/run/flotilla/front-door.sock\"",
     ),
+    key(
+        "host",
+        "upgrade_deadline_seconds",
+        Ty::Int,
+        Int(600),
+        "After `flotilla host upgrade` (or `systemctl reload`) hands the daemon over to a new \
+         one, how long the old daemon keeps serving the connections it holds (WebSockets and \
+         event streams included) before it closes what is still open and exits.",
+    ),
     // [aws]
     key_ex(
         "aws",

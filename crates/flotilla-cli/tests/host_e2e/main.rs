@@ -286,6 +286,13 @@ impl Load {
                             Ok(r) if r.status == 200 => {
                                 let id = r.header(HEADER).unwrap_or("?").to_owned();
                                 *seen.entry(id).or_insert(0) += 1;
+                                // A server that asks (a daemon handing over) gets a new
+                                // connection for the next request, as HTTP/1.1 clients do.
+                                if r.header("connection")
+                                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                                {
+                                    conn = None;
+                                }
                             }
                             Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
                             Err(e) => {
@@ -1827,4 +1834,400 @@ fn at_the_descriptor_limit_extra_clients_get_a_prompt_503_and_are_served_again()
     assert!(served.is_some(), "served again once connections closed");
     let _ = env.flotilla(&["host", "stop"]);
     let _ = daemon.wait();
+}
+
+/// Sends a text message on a WebSocket and returns the version that echoed it.
+fn echo(rt: &tokio::runtime::Runtime, ws: &mut PinnedSocket, text: &str) -> Result<String, String> {
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            ws.send(Message::text(text.to_owned()))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            let reply = ws
+                .next()
+                .await
+                .ok_or("the socket closed")?
+                .map_err(|e| format!("receive: {e}"))?;
+            let reply: serde_json::Value =
+                serde_json::from_str(reply.to_text().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            if reply["echo"] != text {
+                return Err(format!("unexpected reply {reply}"));
+            }
+            Ok(reply["deployment_id"].as_str().unwrap_or("?").to_owned())
+        })
+        .await
+        .map_err(|_| "no echo within 5 s".to_owned())?
+    })
+}
+
+type PinnedSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A copy of the flotilla binary at another path: to the daemon, a new flotilla.
+fn copied_flotilla() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("flotilla-new");
+    std::fs::copy(util::flotilla_bin(), &copy).expect("copy the flotilla binary");
+    (dir, copy)
+}
+
+/// The issue's goal for upgrading flotilla itself: under steady load, with WebSockets and an
+/// event stream open, `flotilla host upgrade` to another binary fails no request and cuts no
+/// session; the app is not restarted; the old daemon serves its sessions until they close, and
+/// the version they pin, draining, is not retired meanwhile by the new daemon's reaper.
+#[test]
+fn an_upgrade_to_a_new_binary_under_load_fails_no_request_and_cuts_no_session() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let rt = runtime();
+    let v1 = env.deploy();
+    let mut sockets: Vec<PinnedSocket> = (0..3)
+        .map(|_| {
+            let (ws, by) = pinned_websocket(&rt, &env, &v1).expect("a WebSocket to v1");
+            assert_eq!(by, v1);
+            ws
+        })
+        .collect();
+    let events = rt.block_on(EventStream::open(
+        env.listen,
+        "/events?interval_ms=100",
+        &[(HEADER, &v1)],
+    ));
+    // v1 drains from now on, held only by these sessions, which the old daemon serves.
+    let v2 = env.deploy();
+    let before = version_processes(&env, &[&v1, &v2]);
+    let old = env.daemon_pid().expect("the daemon runs");
+    let load = Load::start(env.listen, 4);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (_copy_dir, copy) = copied_flotilla();
+    let started = Instant::now();
+    let out = env.flotilla(&[
+        "host",
+        "upgrade",
+        "--binary",
+        copy.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    let command_took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "upgrade failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let new = report["new_pid"].as_u64().expect("new_pid") as u32;
+    assert_eq!(report["old_pid"].as_u64(), Some(u64::from(old)), "{report}");
+    assert_ne!(new, old);
+    assert_eq!(report["draining_sessions"].as_u64(), Some(4), "{report}");
+    assert_eq!(
+        env.daemon_pid(),
+        Some(new),
+        "the new daemon holds the state directory"
+    );
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("the new daemon's executable");
+    assert_eq!(
+        exe,
+        std::fs::canonicalize(&copy).expect("canonical"),
+        "it runs the copy"
+    );
+    println!(
+        "upgrade: the new daemon routed {} ms after the request reached the old one; \
+         `flotilla host upgrade` took {} ms",
+        report["ready_ms"],
+        command_took.as_millis()
+    );
+    assert!(command_took < Duration::from_secs(30), "{command_took:?}");
+
+    // A second upgrade is refused while the previous daemon still drains.
+    let out = env.flotilla(&["host", "upgrade"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("the previous daemon (pid {old}) still serves")),
+        "{text}"
+    );
+
+    // The sessions opened before the upgrade keep working through the old daemon, well past
+    // the grace period and several passes of the new daemon's reaper, which must not retire
+    // their version meanwhile.
+    for round in 0..6 {
+        for (n, ws) in sockets.iter_mut().enumerate() {
+            let by = echo(&rt, ws, &format!("round {round} socket {n}"))
+                .unwrap_or_else(|e| panic!("socket {n}, round {round}: {e}"));
+            assert_eq!(by, v1);
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(alive(old), "the old daemon serves its sessions");
+    let ticks = events.ticks().len();
+    assert!(
+        eventually(Duration::from_secs(5), || (events.ticks().len()
+            > ticks + 3)
+            .then_some(()))
+        .is_some(),
+        "the event stream still ticks"
+    );
+    assert!(events.ticks().iter().all(|t| *t == v1));
+    let status = env.flotilla(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        text.contains(&format!("a previous daemon (pid {old}) handed over"))
+            && text.contains("still draining"),
+        "{text}"
+    );
+    assert_eq!(
+        version_processes(&env, &[&v1, &v2]),
+        before,
+        "the same app processes serve: not restarted, and v1 not retired while its sessions last"
+    );
+    let pinned = env.get("/", &[(HEADER, &v1)]);
+    assert_eq!(served_by(&pinned), v1, "v1 still takes its pinned requests");
+    let page = env.admin_status();
+    assert_eq!(
+        page["daemon"]["pid"].as_u64(),
+        Some(u64::from(new)),
+        "{page}"
+    );
+    assert_eq!(
+        page["daemon"]["previous"]["pid"].as_u64(),
+        Some(u64::from(old)),
+        "the status page shows the draining daemon: {page}"
+    );
+
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed across the upgrade, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let total: u64 = seen.values().sum();
+    assert!(total > 300, "the load ran: {seen:?}");
+    println!("upgrade under load: {total} requests, 0 failed, 4 sessions kept");
+
+    // Once its sessions close, the old daemon exits, and v1 is retired.
+    for mut ws in sockets {
+        let _ = rt.block_on(ws.close(None));
+    }
+    events.close();
+    assert!(
+        eventually(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "the old daemon exits once its sessions have closed"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || env
+            .processes_of(&v1)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "v1 is retired once its last session ended"
+    );
+    assert_eq!(
+        version_processes(&env, &[&v2]).get(&v2),
+        before.get(&v2),
+        "v2 was never restarted"
+    );
+    assert_eq!(served_by(&env.get("/", &[])), v2);
+}
+
+/// An upgrade to a binary that exits at once leaves the old daemon serving as if nothing
+/// happened: no failed request, the same processes, and the CLI says why, with the log.
+#[test]
+fn an_upgrade_to_a_binary_that_exits_at_once_leaves_the_old_daemon_serving() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let before = version_processes(&env, &[&v1]);
+    let old = env.daemon_pid().expect("the daemon runs");
+    let load = Load::start(env.listen, 4);
+    let broken_dir = tempfile::tempdir().expect("tempdir");
+    let broken = broken_dir.path().join("flotilla-broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'this flotilla is broken' >&2\nexit 3\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = env.flotilla(&[
+        "host",
+        "upgrade",
+        "--binary",
+        broken.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let log = env.app().join(".flotilla/host/logs");
+    assert!(text.contains("exited at once"), "{text}");
+    assert!(text.contains("serves on as before"), "{text}");
+    assert!(text.contains(".flotilla/host/"), "names the log: {text}");
+    let _ = log;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        env.daemon_pid(),
+        Some(old),
+        "the old daemon still holds the state directory"
+    );
+    assert_eq!(
+        version_processes(&env, &[&v1]),
+        before,
+        "nothing was restarted"
+    );
+    // It answers commands as before, and can still be upgraded.
+    let status = env.flotilla(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(seen.values().sum::<u64>() > 100, "the load ran: {seen:?}");
+
+    let (_copy_dir, copy) = copied_flotilla();
+    let out = env.flotilla(&["host", "upgrade", "--binary", copy.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        eventually(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "with nothing open, the old daemon exits soon after handing over"
+    );
+    assert_eq!(version_processes(&env, &[&v1]), before);
+    assert_eq!(served_by(&env.get("/", &[])), v1);
+}
+
+/// SIGUSR2, which the systemd unit's `ExecReload` sends, hands over to a new daemon from the same
+/// executable, and systemd's notification socket (`NOTIFY_SOCKET`, here a datagram socket the
+/// test binds) hears `READY=1` from the first daemon, then `MAINPID=<new pid>` and `READY=1` from
+/// the new one, so systemd follows it.
+#[test]
+fn sigusr2_hands_over_and_the_new_daemon_tells_systemd_it_is_the_main_process() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let notify_dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // The first command starts the daemon in the background; it inherits NOTIFY_SOCKET.
+    let mut cmd = std::process::Command::new(util::flotilla_bin());
+    cmd.args(["deploy", "--json"])
+        .current_dir(env.app())
+        .env("NOTIFY_SOCKET", &notify_path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run flotilla deploy");
+    assert!(out.status.success(), "{out:?}");
+    let v1: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v1 = v1["deployment_id"].as_str().expect("id").to_owned();
+    assert_eq!(receive(), "READY=1");
+    let before = version_processes(&env, &[&v1]);
+    let old = env.daemon_pid().expect("the daemon runs");
+
+    let load = Load::start(env.listen, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(old, "-USR2");
+    let message = receive();
+    let new = eventually(Duration::from_secs(20), || {
+        env.daemon_pid().filter(|pid| *pid != old)
+    })
+    .expect("a new daemon holds the state directory");
+    assert_eq!(message, format!("MAINPID={new}\nREADY=1"));
+    assert!(
+        eventually(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "the old daemon exits, holding nothing"
+    );
+    let (seen, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.values().sum::<u64>() > 50, "the load ran: {seen:?}");
+    assert_eq!(version_processes(&env, &[&v1]), before, "not restarted");
+    assert_eq!(served_by(&env.get("/", &[])), v1);
+}
+
+/// A new daemon that starts but never becomes ready (here: a program that only sleeps) is killed
+/// after the ready timeout (30 s), and the old daemon serves on: same pid, same processes, no
+/// failed request, and it answers commands again.
+#[test]
+fn an_upgrade_to_a_binary_that_never_becomes_ready_is_abandoned_and_the_old_daemon_serves_on() {
+    let env = HostEnv::new(Timing {
+        poll: 1,
+        grace: 1,
+        interval: 1,
+        health_timeout: 30,
+    });
+    let v1 = env.deploy();
+    let before = version_processes(&env, &[&v1]);
+    let old = env.daemon_pid().expect("the daemon runs");
+    let hung_dir = tempfile::tempdir().expect("tempdir");
+    let hung = hung_dir.path().join("flotilla-hangs");
+    std::fs::write(&hung, "#!/bin/sh\necho $$ > \"$0.pid\"\nexec sleep 600\n").expect("write");
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let load = Load::start(env.listen, 2);
+
+    let started = Instant::now();
+    let out = env.flotilla(&[
+        "host",
+        "upgrade",
+        "--binary",
+        hung.to_str().expect("utf-8 path"),
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("did not become ready within 30s"), "{text}");
+    assert!(text.contains("daemon.log"), "names the log: {text}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let hung_pid: u32 = std::fs::read_to_string(hung_dir.path().join("flotilla-hangs.pid"))
+        .expect("the hung daemon's pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        eventually(Duration::from_secs(5), || (!alive(hung_pid)).then_some(())).is_some(),
+        "the new daemon that never became ready was stopped"
+    );
+    assert_eq!(env.daemon_pid(), Some(old));
+    assert_eq!(
+        version_processes(&env, &[&v1]),
+        before,
+        "nothing was restarted"
+    );
+    let status = env.flotilla(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    let (seen, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.values().sum::<u64>() > 100, "the load ran: {seen:?}");
+    // A deploy works: the old daemon writes again.
+    let v2 = env.deploy();
+    assert_eq!(served_by(&env.get("/", &[])), v2);
 }

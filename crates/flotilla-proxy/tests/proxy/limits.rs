@@ -272,3 +272,65 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_first_byte_timeout(
         String::from_utf8_lossy(&bytes)
     );
 }
+
+/// A daemon handing over to a successor stops accepting at once, but for the plan's linger its
+/// keep-alive connections are still answered, each response asking the client to reconnect
+/// (`Connection: close`), so a client that keeps sending never finds its idle connection closed
+/// under a request; a WebSocket goes on past the linger until it ends, and nothing is cut.
+#[tokio::test]
+async fn a_handover_lingers_asking_keep_alive_clients_to_reconnect_and_keeps_websockets() {
+    let (upstream, _up) = start_upstream().await;
+    let plan = flotilla_proxy::DrainPlan {
+        linger: Duration::from_millis(800),
+        deadline: Duration::from_secs(5),
+    };
+    let mut proxy = Proxy::start_handing_over(upstream, ProxyConfig::default(), plan).await;
+    let mut client = connect(proxy.addr).await;
+    let response = within("a response", client.send_request(get("/")))
+        .await
+        .expect("response");
+    assert_eq!(response.headers().get("connection"), None);
+    collect(response.into_body()).await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (mut ws, _) = within("handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake");
+
+    proxy.begin_shutdown();
+    within("the listener to close", async {
+        while TcpStream::connect(proxy.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let response = within(
+        "a response during the linger",
+        client.send_request(get("/")),
+    )
+    .await
+    .expect("the kept-alive connection is still answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the client is asked to reconnect"
+    );
+    collect(response.into_body()).await;
+
+    // Past the linger the WebSocket still works, until the client closes it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    within("an echo after the linger", async {
+        futures_util::SinkExt::send(&mut ws, Message::text("still here"))
+            .await
+            .expect("send");
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => assert!(text.contains("still here"), "{text}"),
+            other => panic!("no echo: {other:?}"),
+        }
+    })
+    .await;
+    let _ = ws.close(None).await;
+    let report = proxy.shutdown().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.upgrades_at_shutdown, 1, "{report:?}");
+}

@@ -351,6 +351,23 @@ impl Proxy {
     /// 410), any path with `cookie` in its query (forwarded with a `Set-Cookie` and `x-secure`
     /// added) and `/defer/...` (routed through a deferred decision).
     pub async fn start(upstream: SocketAddr, config: ProxyConfig) -> Proxy {
+        Proxy::start_with(upstream, config, None).await
+    }
+
+    /// Like [`Proxy::start`], draining by `plan` at shutdown (`serve_handing_over`).
+    pub async fn start_handing_over(
+        upstream: SocketAddr,
+        config: ProxyConfig,
+        plan: flotilla_proxy::DrainPlan,
+    ) -> Proxy {
+        Proxy::start_with(upstream, config, Some(plan)).await
+    }
+
+    async fn start_with(
+        upstream: SocketAddr,
+        config: ProxyConfig,
+        plan: Option<flotilla_proxy::DrainPlan>,
+    ) -> Proxy {
         let stats = Arc::new(InstanceStats::new());
         let target = Arc::new(
             Target::new(upstream, stats.clone())
@@ -407,9 +424,20 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, route, async {
-            let _ = rx.await;
-        }));
+        let task = match plan {
+            None => tokio::spawn(serve(listener, config, route, async {
+                let _ = rx.await;
+            })),
+            Some(plan) => tokio::spawn(flotilla_proxy::serve_handing_over(
+                listener,
+                config,
+                route,
+                async move {
+                    let _ = rx.await;
+                    plan
+                },
+            )),
+        };
         Proxy {
             addr,
             stats,
