@@ -216,3 +216,69 @@ fn two_apps_share_one_front_door_by_host_name_and_a_deploy_of_one_never_disturbs
         door.log_text()
     );
 }
+
+/// Upgrading one app's daemon behind the front door (`flotilla host upgrade`): its WebSockets
+/// keep working through the old daemon, steady load through the front door fails no request, and
+/// the other app never notices.
+#[test]
+fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let door = FrontDoor::start();
+    let shop = app_behind(&door.socket, "shop", &["shop.test"]);
+    let blog = app_behind(&door.socket, "blog", &["blog.test"]);
+    let shop_v1 = shop.deploy();
+    let blog_v1 = blog.deploy();
+    let rt = runtime();
+    let url = format!("ws://{}/ws", door.http);
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+            .expect("request");
+        request
+            .headers_mut()
+            .insert("host", "shop.test".parse().expect("header"));
+        let (mut ws, _) = rt
+            .block_on(tokio_tungstenite::connect_async(request))
+            .expect("a WebSocket through the front door");
+        let hello = rt.block_on(ws.next()).expect("greeting").expect("frame");
+        assert!(hello.to_text().expect("text").contains(&shop_v1), "{hello:?}");
+        sockets.push(ws);
+    }
+    let shop_load = Load::start_host(door.http, "shop.test", 3);
+    let blog_load = Load::start_host(door.http, "blog.test", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let old = shop.daemon_pid().expect("the shop's daemon");
+    let out = shop.flotilla(&["host", "upgrade", "--json"]);
+    assert!(
+        out.status.success(),
+        "upgrade failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let (shop_seen, shop_failures) = shop_load.finish();
+    let (blog_seen, blog_failures) = blog_load.finish();
+    assert!(shop_failures.is_empty(), "shop requests failed across its upgrade: {shop_failures:?}");
+    assert!(blog_failures.is_empty(), "blog requests failed: {blog_failures:?}");
+    assert_eq!(shop_seen.keys().cloned().collect::<Vec<_>>(), vec![shop_v1.clone()]);
+    assert_eq!(blog_seen.keys().cloned().collect::<Vec<_>>(), vec![blog_v1.clone()]);
+    let new = shop.daemon_pid().expect("the new daemon");
+    assert_ne!(new, old, "a new daemon serves the shop");
+    assert!(alive(old), "the old daemon still serves its WebSockets");
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        rt.block_on(ws.send(Message::text(format!("after {n}")))).expect("send");
+        let reply = rt.block_on(ws.next()).expect("reply").expect("frame");
+        assert!(reply.to_text().expect("text").contains(&format!("after {n}")), "{reply:?}");
+    }
+    // New connections reach the new daemon, through the same front door.
+    assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);
+    for ws in &mut sockets {
+        let _ = rt.block_on(ws.close(None));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "the old daemon exits once its WebSockets closed"
+    );
+}
