@@ -75,6 +75,8 @@ impl ReaperConfig {
             log_group: base.log_group.clone(),
             // With the repository known, removing a retired version also deletes its image.
             repository: base.repository.clone(),
+            // With the board's bucket known, each state recorded is published to it.
+            artefact_bucket: base.drain_bucket.clone(),
             ..Default::default()
         };
         if let Some(h) = var("FLOTILLA_AFFINITY_HEADER") {

@@ -397,6 +397,14 @@ pub struct BaselineOutputs {
         skip_serializing_if = "Option::is_none"
     )]
     pub secret_grants: Option<Vec<String>>,
+    /// The artefact bucket, which holds the drain board (`drain_board`); absent on an older
+    /// stack, when only SSM carries drain state.
+    #[serde(
+        default,
+        alias = "ArtefactBucket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artefact_bucket: Option<String>,
 }
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -453,6 +461,7 @@ impl BaselineOutputs {
     /// `self` with every missing field taken from `fallback`.
     pub fn or(self, fallback: BaselineOutputs) -> BaselineOutputs {
         let own_role = self.execution_role_arn.is_some();
+        let own_task_role = self.task_role_arn.is_some();
         BaselineOutputs {
             listener_arn: self.listener_arn.or(fallback.listener_arn),
             subnets: self.subnets.or(fallback.subnets),
@@ -468,6 +477,13 @@ impl BaselineOutputs {
                 self.secret_grants
             } else {
                 self.secret_grants.or(fallback.secret_grants)
+            },
+            // Only the baseline's task role may read the board: overriding the role drops it
+            // (its tasks then poll SSM), unless the bucket is given too.
+            artefact_bucket: if own_task_role {
+                self.artefact_bucket
+            } else {
+                self.artefact_bucket.or(fallback.artefact_bucket)
             },
         }
     }
@@ -553,6 +569,9 @@ pub struct Baseline {
     pub vpc_id: Option<String>,
     /// The app secrets the execution role may read, when the baseline says.
     pub secret_grants: Option<Vec<String>>,
+    /// The bucket of the drain board, when the baseline has one: states are published there and
+    /// tasks are told to read it.
+    pub drain_bucket: Option<String>,
 }
 
 impl Baseline {
@@ -611,6 +630,7 @@ impl Baseline {
             task_role_arn: outputs.task_role_arn,
             vpc_id: outputs.vpc_id,
             secret_grants: outputs.secret_grants,
+            drain_bucket: outputs.artefact_bucket.filter(|b| !b.trim().is_empty()),
         })
     }
 
