@@ -16,9 +16,9 @@
 //! ignores a board older than the last one it saw.
 //!
 //! Crash between the SSM write and the publish: every later `put` of that version's record
-//! publishes again when the board's entry differs from the record (it costs one conditional-free
-//! GET per record write), so re-running the interrupted command heals it, as the engine's
-//! invariant expects of every step.
+//! publishes again when the board's entry differs from the record (one plain GET per record
+//! write), and every listing of the records ([`repair`]: each command, each reaper pass) publishes
+//! whatever differs, so the board catches up even for a version nobody writes again.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -37,7 +37,7 @@ use crate::agent_ssm::{SsmDrainSource, drain_kind, explain};
 use crate::error::port_error;
 
 /// The environment variable naming the bucket of the board in a task (and in the reaper).
-pub const BUCKET_ENV: &str = "FLOTILLA_DRAIN_BUCKET";
+pub const BUCKET_ENV: &str = flotilla_baseline::contract::env::DRAIN_BUCKET;
 
 /// How many times a publish starts again after losing a race with another writer.
 const PUBLISH_ROUNDS: usize = 8;
@@ -278,6 +278,13 @@ impl BoardDrainSource {
             .clone()
     }
 
+    fn forget(&self) {
+        *self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
     /// Keeps `fresh` unless it is older than the cached board (a stale replica or cache
     /// answering after a newer board was seen); returns the board to act on.
     fn remember(&self, etag: String, fresh: Board) -> Board {
@@ -309,7 +316,12 @@ impl BoardDrainSource {
             Err(err) => {
                 return match status_of(&err) {
                     Some(304) => Ok(cached.map(|(_, board)| board)),
-                    _ if no_such_key(&err) => Ok(None),
+                    _ if no_such_key(&err) => {
+                        // Gone (deleted by hand): the next board starts its generations
+                        // again, and must not be taken for an older one.
+                        self.forget();
+                        Ok(None)
+                    }
                     _ => {
                         let err = port_error(OP, &resource, err);
                         Err(DrainError::new(

@@ -373,6 +373,36 @@ async fn the_agent_reads_the_board_with_conditional_gets_and_falls_back_to_ssm()
         Some(VersionState::Draining)
     );
 
+    // A board deleted by hand and written again starts its generations over: once the agent has
+    // seen it gone, the new one counts, whatever its generation.
+    w.clients
+        .s3
+        .delete_object()
+        .bucket(&w.board_bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("delete board");
+    assert_eq!(
+        source.read_state(&who).await.expect("read"),
+        Some(VersionState::Draining),
+        "no board: the SSM parameter"
+    );
+    ports
+        .state
+        .put(&record(&id, VersionState::Active))
+        .await
+        .expect("put");
+    let (_, fresh) = read_board(&w.clients.s3, &w.board_bucket, &key)
+        .await
+        .expect("read")
+        .expect("a board");
+    assert!(fresh.generation < current.generation, "{fresh:?}");
+    assert_eq!(
+        source.read_state(&who).await.expect("read"),
+        Some(VersionState::Active)
+    );
+
     // A version the board does not list (recorded by a flotilla that did not publish): SSM.
     let other = next_id();
     let other_who = identity(&w, &other);
