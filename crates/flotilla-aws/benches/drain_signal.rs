@@ -191,7 +191,7 @@ async fn run_one(w: &World, pattern: &str, n: usize, window: Duration, poll: Dur
     }
 }
 
-fn print(pattern: &str, n: usize, o: &Outcome) {
+fn print(pattern: &str, n: usize, poll: Duration, o: &Outcome) {
     let secs = o.window.as_secs_f64();
     println!(
         "\n{pattern} x {n} tasks, {secs:.1} s window (marking draining took {} ms)",
@@ -211,6 +211,25 @@ fn print(pattern: &str, n: usize, o: &Outcome) {
             _ => String::new(),
         };
         println!("  {rate:>8.1}/s  {count:>6}  {op}{quota}");
+    }
+    // Each task reads once per poll: what the fleet asks for, against what the emulator served.
+    let offered = n as f64 / poll.as_secs_f64();
+    let reads: u64 = o
+        .calls
+        .iter()
+        .filter(|(op, _)| matches!(op.as_str(), "S3.GetObject" | "SSM.GetParameter"))
+        .map(|(_, c)| c)
+        .sum();
+    let served = reads as f64 / secs;
+    println!(
+        "  reads: {offered:.1}/s offered by {n} tasks at one per poll, {served:.1}/s served ({:.0} %)",
+        100.0 * served / offered
+    );
+    if served < 0.9 * offered {
+        println!(
+            "  (the emulator fell behind: each read waited in its queue, and the latency below \
+             includes that wait)"
+        );
     }
     let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
     println!(
@@ -250,7 +269,7 @@ fn main() {
         for &n in &sizes {
             for pattern in &patterns {
                 let outcome = run_one(&w, pattern, n, window, poll).await;
-                print(pattern, n, &outcome);
+                print(pattern, n, poll, &outcome);
             }
         }
     });
