@@ -717,6 +717,28 @@ mod tests {
         assert_eq!(b.repository.as_deref(), Some("1.dkr.ecr/flotilla-prod"));
         assert_eq!(b.vpc_id.as_deref(), Some("vpc-1"));
         assert_eq!(b.task_role_arn.as_deref(), Some("arn:task"));
+        // The artefact bucket holds the drain board the tasks are told to read.
+        assert_eq!(b.drain_bucket.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_task_role_of_your_own_keeps_tasks_off_the_drain_board() {
+        let file = BaselineOutputs {
+            task_role_arn: Some("arn:baseline-task".to_owned()),
+            artefact_bucket: Some("flotilla-prod-1a2b3c4d".to_owned()),
+            ..Default::default()
+        };
+        let merged = BaselineOutputs::default().or(file.clone());
+        assert_eq!(
+            merged.artefact_bucket.as_deref(),
+            Some("flotilla-prod-1a2b3c4d")
+        );
+        // That role may not read the board: its tasks poll SSM.
+        let own = BaselineOutputs {
+            task_role_arn: Some("arn:mine".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(own.or(file).artefact_bucket, None);
     }
 
     #[test]
