@@ -77,7 +77,7 @@ impl ReaperConfig {
             // With the repository known, removing a retired version also deletes its image.
             repository: base.repository.clone(),
             // With the board's bucket known, each state recorded is published to it.
-            artefact_bucket: base.drain_bucket.clone(),
+            drain_bucket: base.drain_bucket.clone(),
             ..Default::default()
         };
         if let Some(h) = var("FLOTILLA_AFFINITY_HEADER") {
@@ -203,7 +203,7 @@ mod tests {
             Some("flotilla-prod")
         );
         assert_eq!(c.settings.baseline_overrides.repository, None);
-        assert_eq!(c.settings.baseline_overrides.artefact_bucket, None);
+        assert_eq!(c.settings.baseline_overrides.drain_bucket, None);
         let mut with_extras = FULL.to_vec();
         with_extras.push((
             "FLOTILLA_REPOSITORY",
@@ -216,7 +216,7 @@ mod tests {
         let c = ReaperConfig::from_vars(vars(&with_extras)).expect("complete");
         // The reaper publishes each state it records to the board the tasks read.
         assert_eq!(
-            c.settings.baseline_overrides.artefact_bucket.as_deref(),
+            c.settings.baseline_overrides.drain_bucket.as_deref(),
             Some("flotilla-prod-1a2b3c4d")
         );
         assert_eq!(c.lock_ttl, Duration::from_secs(40));

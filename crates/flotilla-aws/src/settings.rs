@@ -397,14 +397,14 @@ pub struct BaselineOutputs {
         skip_serializing_if = "Option::is_none"
     )]
     pub secret_grants: Option<Vec<String>>,
-    /// The artefact bucket, which holds the drain board (`drain_board`); absent on an older
-    /// stack, when only SSM carries drain state.
+    /// The bucket of the drain board (`drain_board`), output by a baseline whose task role may
+    /// read it; absent on an older stack, whose tasks keep polling SSM.
     #[serde(
         default,
-        alias = "ArtefactBucket",
+        alias = "DrainBucket",
         skip_serializing_if = "Option::is_none"
     )]
-    pub artefact_bucket: Option<String>,
+    pub drain_bucket: Option<String>,
 }
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -480,10 +480,10 @@ impl BaselineOutputs {
             },
             // Only the baseline's task role may read the board: overriding the role drops it
             // (its tasks then poll SSM), unless the bucket is given too.
-            artefact_bucket: if own_task_role {
-                self.artefact_bucket
+            drain_bucket: if own_task_role {
+                self.drain_bucket
             } else {
-                self.artefact_bucket.or(fallback.artefact_bucket)
+                self.drain_bucket.or(fallback.drain_bucket)
             },
         }
     }
@@ -630,7 +630,7 @@ impl Baseline {
             task_role_arn: outputs.task_role_arn,
             vpc_id: outputs.vpc_id,
             secret_grants: outputs.secret_grants,
-            drain_bucket: outputs.artefact_bucket.filter(|b| !b.trim().is_empty()),
+            drain_bucket: outputs.drain_bucket.filter(|b| !b.trim().is_empty()),
         })
     }
 
@@ -705,7 +705,8 @@ mod tests {
             "cluster_name": "flotilla-prod", "cluster_arn": "arn:cluster",
             "log_group_name": "/flotilla/prod", "repository_uri": "1.dkr.ecr/flotilla-prod",
             "repository_name": "flotilla-prod", "execution_role_arn": "arn:exec",
-            "task_role_arn": "arn:task", "artefact_bucket": "b", "dashboard_name": "d",
+            "task_role_arn": "arn:task", "artefact_bucket": "b", "drain_bucket": "b",
+            "dashboard_name": "d",
             "app_port": 3000
         });
         let outputs: BaselineOutputs = serde_json::from_value(json).expect("parses");
@@ -722,15 +723,27 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_made_before_the_drain_board_keeps_tasks_on_ssm() {
+        // Its cache names the artefact bucket, but its task role may not read a board there.
+        let json = serde_json::json!({
+            "listener_arn": "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/a/b/c",
+            "cluster_name": "flotilla-prod", "artefact_bucket": "b"
+        });
+        let outputs: BaselineOutputs = serde_json::from_value(json).expect("parses");
+        let b = Baseline::resolve(outputs, Needs::Operate, Path::new("x")).expect("enough");
+        assert_eq!(b.drain_bucket, None);
+    }
+
+    #[test]
     fn a_task_role_of_your_own_keeps_tasks_off_the_drain_board() {
         let file = BaselineOutputs {
             task_role_arn: Some("arn:baseline-task".to_owned()),
-            artefact_bucket: Some("flotilla-prod-1a2b3c4d".to_owned()),
+            drain_bucket: Some("flotilla-prod-1a2b3c4d".to_owned()),
             ..Default::default()
         };
         let merged = BaselineOutputs::default().or(file.clone());
         assert_eq!(
-            merged.artefact_bucket.as_deref(),
+            merged.drain_bucket.as_deref(),
             Some("flotilla-prod-1a2b3c4d")
         );
         // That role may not read the board: its tasks poll SSM.
@@ -738,7 +751,7 @@ mod tests {
             task_role_arn: Some("arn:mine".to_owned()),
             ..Default::default()
         };
-        assert_eq!(own.or(file).artefact_bucket, None);
+        assert_eq!(own.or(file).drain_bucket, None);
     }
 
     #[test]

@@ -431,7 +431,7 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         vpc_id: None,
         secret_grants: None,
         // Only from the baseline's outputs: the board is for the baseline's task role.
-        artefact_bucket: None,
+        drain_bucket: None,
     };
     s.task.cpu = a.cpu;
     s.task.memory = a.memory;

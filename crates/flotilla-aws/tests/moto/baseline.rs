@@ -364,7 +364,10 @@ async fn baseline_up_then_again_then_a_deploy_on_it_then_an_update_then_down() {
     // The deploy published its state to the drain board in the stack's artefact bucket.
     let board = flotilla_aws::drain_board::read_board(
         &site.provider().s3,
-        &cached.artefact_bucket,
+        cached
+            .drain_bucket
+            .as_deref()
+            .expect("the stack names the board's bucket"),
         &flotilla_aws::drain_board::board_key(&site.name),
     )
     .await

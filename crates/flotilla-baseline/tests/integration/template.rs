@@ -391,9 +391,9 @@ fn outputs_are_the_documented_contract() {
             .cloned()
             .collect()
     };
-    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain DrainBucket ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("https").join(" "));
-    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName DrainBucket ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("http-only").join(" "));
     let all: BTreeSet<&str> = outputs::ALL.iter().copied().collect();
     for label in ["https", "http-only", "per-az"] {

@@ -235,7 +235,7 @@ impl World {
             task_role_arn: Some("arn:aws:iam::123456789012:role/flotilla-task".to_owned()),
             vpc_id: None,
             secret_grants: None,
-            artefact_bucket: Some(board_bucket.clone()),
+            drain_bucket: Some(board_bucket.clone()),
         };
         World {
             moto,
