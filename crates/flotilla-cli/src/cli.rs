@@ -543,6 +543,10 @@ pub struct FrontDoorArgs {
     /// How long a connection for an app whose daemon is restarting waits for it, in seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub hold: u64,
+    /// Let members of this group register apps (the apps' daemons run as other users than the
+    /// front door) [default: only the front door's own user]
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// `host install`.

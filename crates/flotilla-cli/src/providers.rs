@@ -551,6 +551,7 @@ pub async fn host_front_door(args: &crate::cli::FrontDoorArgs) -> Result<()> {
         settings.socket = socket.clone();
     }
     settings.hold = Duration::from_secs(args.hold);
+    settings.socket_group = args.socket_group.clone();
     let shutdown = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {

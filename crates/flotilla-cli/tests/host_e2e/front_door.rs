@@ -234,7 +234,10 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
     let url = format!("ws://{}/ws", door.http);
     let mut sockets = Vec::new();
     for _ in 0..3 {
-        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )
             .expect("request");
         request
             .headers_mut()
@@ -243,7 +246,10 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
             .block_on(tokio_tungstenite::connect_async(request))
             .expect("a WebSocket through the front door");
         let hello = rt.block_on(ws.next()).expect("greeting").expect("frame");
-        assert!(hello.to_text().expect("text").contains(&shop_v1), "{hello:?}");
+        assert!(
+            hello.to_text().expect("text").contains(&shop_v1),
+            "{hello:?}"
+        );
         sockets.push(ws);
     }
     let shop_load = Load::start_host(door.http, "shop.test", 3);
@@ -260,17 +266,36 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
     std::thread::sleep(Duration::from_millis(800));
     let (shop_seen, shop_failures) = shop_load.finish();
     let (blog_seen, blog_failures) = blog_load.finish();
-    assert!(shop_failures.is_empty(), "shop requests failed across its upgrade: {shop_failures:?}");
-    assert!(blog_failures.is_empty(), "blog requests failed: {blog_failures:?}");
-    assert_eq!(shop_seen.keys().cloned().collect::<Vec<_>>(), vec![shop_v1.clone()]);
-    assert_eq!(blog_seen.keys().cloned().collect::<Vec<_>>(), vec![blog_v1.clone()]);
+    assert!(
+        shop_failures.is_empty(),
+        "shop requests failed across its upgrade: {shop_failures:?}"
+    );
+    assert!(
+        blog_failures.is_empty(),
+        "blog requests failed: {blog_failures:?}"
+    );
+    assert_eq!(
+        shop_seen.keys().cloned().collect::<Vec<_>>(),
+        vec![shop_v1.clone()]
+    );
+    assert_eq!(
+        blog_seen.keys().cloned().collect::<Vec<_>>(),
+        vec![blog_v1.clone()]
+    );
     let new = shop.daemon_pid().expect("the new daemon");
     assert_ne!(new, old, "a new daemon serves the shop");
     assert!(alive(old), "the old daemon still serves its WebSockets");
     for (n, ws) in sockets.iter_mut().enumerate() {
-        rt.block_on(ws.send(Message::text(format!("after {n}")))).expect("send");
+        rt.block_on(ws.send(Message::text(format!("after {n}"))))
+            .expect("send");
         let reply = rt.block_on(ws.next()).expect("reply").expect("frame");
-        assert!(reply.to_text().expect("text").contains(&format!("after {n}")), "{reply:?}");
+        assert!(
+            reply
+                .to_text()
+                .expect("text")
+                .contains(&format!("after {n}")),
+            "{reply:?}"
+        );
     }
     // New connections reach the new daemon, through the same front door.
     assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);

@@ -35,6 +35,9 @@ pub struct FrontDoorSettings {
     pub hold: Duration,
     /// How long a new connection may take to show its host name.
     pub sniff_timeout: Duration,
+    /// A group whose members may register apps (the socket's directory and the socket are then
+    /// group-accessible); `None`: only the front door's own user (and root).
+    pub socket_group: Option<String>,
 }
 
 impl FrontDoorSettings {
@@ -46,6 +49,7 @@ impl FrontDoorSettings {
             socket: default_socket(),
             hold: Duration::from_secs(10),
             sniff_timeout: Duration::from_secs(10),
+            socket_group: None,
         }
     }
 }
@@ -110,7 +114,7 @@ pub async fn run(
             "the front door needs at least one of --http and --https".to_owned(),
         ));
     }
-    let registrations = bind_socket(&settings.socket)?;
+    let registrations = bind_socket(&settings.socket, settings.socket_group.as_deref())?;
     tracing::info!(
         http = ?settings.http, https = ?settings.https, socket = %settings.socket.display(),
         "flotilla front door serving"
@@ -141,10 +145,30 @@ fn door_what(door: Door) -> &'static str {
     }
 }
 
-/// Binds the registration socket, owner-only, replacing a stale one a crashed front door left.
-fn bind_socket(path: &Path) -> Result<UnixSeqpacketListener, HostError> {
+/// Binds the registration socket, replacing a stale one a crashed front door left: owner-only,
+/// or, with `group`, reachable by that group's members (directory 0750, socket 0660, both owned
+/// by the group) and no one else.
+fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixSeqpacketListener, HostError> {
+    let gid = match group {
+        None => None,
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    HostError::Protocol(format!(
+                        "no group {name:?} on this machine; create it (groupadd {name}) and add \
+                         the users that run the apps' daemons to it"
+                    ))
+                })?
+                .gid,
+        ),
+    };
     if let Some(dir) = path.parent() {
         crate::private::private_dir(dir).map_err(HostError::io("create", dir))?;
+        if let Some(gid) = gid {
+            share_with_group(dir, gid, 0o750)?;
+        }
     }
     if path.exists() {
         // A socket someone still answers on belongs to a running front door.
@@ -161,7 +185,19 @@ fn bind_socket(path: &Path) -> Result<UnixSeqpacketListener, HostError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(HostError::io("restrict permissions of", path))?;
+    if let Some(gid) = gid {
+        share_with_group(path, gid, 0o660)?;
+    }
     Ok(listener)
+}
+
+/// Gives `path` to group `gid` with `mode`.
+fn share_with_group(path: &Path, gid: nix::unistd::Gid, mode: u32) -> Result<(), HostError> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::unistd::chown(path, None, Some(gid))
+        .map_err(|e| HostError::io("give to the socket group", path)(e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(HostError::io("set permissions of", path))
 }
 
 /// Whether a seqpacket listener answers on `path` (a blocking connect, which succeeds or fails at
@@ -566,6 +602,32 @@ fn validate(register: &Register) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_socket_group_opens_the_socket_to_that_group_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("door/front-door.sock");
+        let err = bind_socket(&socket, Some("no-such-group-flotilla")).expect_err("unknown group");
+        assert!(
+            err.to_string().contains("groupadd no-such-group-flotilla"),
+            "{err}"
+        );
+        let gid = nix::unistd::getgid();
+        let group = nix::unistd::Group::from_gid(gid)
+            .expect("lookup")
+            .expect("our primary group has a name")
+            .name;
+        let _listener = bind_socket(&socket, Some(&group)).expect("bind");
+        let dir_meta = std::fs::metadata(socket.parent().expect("dir")).expect("meta");
+        let sock_meta = std::fs::metadata(&socket).expect("meta");
+        assert_eq!(dir_meta.permissions().mode() & 0o777, 0o750);
+        assert_eq!(sock_meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(
+            (dir_meta.gid(), sock_meta.gid()),
+            (gid.as_raw(), gid.as_raw())
+        );
+    }
 
     #[test]
     fn a_registration_of_another_protocol_names_both_versions() {
