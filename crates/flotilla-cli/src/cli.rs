@@ -475,7 +475,9 @@ pub enum HostCommand {
             to --hold seconds for it. Needs no flotilla.toml. Ctrl-C or SIGTERM stops it; the \
             apps' daemons register again when it comes back.",
         after_help = "Examples:\n  sudo flotilla host front-door\n  \
-            flotilla host front-door --http 127.0.0.1:8080 --no-https --socket /tmp/fd.sock"
+            flotilla host front-door --http 127.0.0.1:8080 --no-https --socket /tmp/fd.sock\n  \
+            sudo flotilla host front-door --socket-group flotilla --install\n  \
+            sudo flotilla host front-door --uninstall"
     )]
     FrontDoor(FrontDoorArgs),
     /// Run this app's host daemon as a systemd service
@@ -547,6 +549,52 @@ pub struct FrontDoorArgs {
     /// front door) [default: only the front door's own user]
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Instead of running it, write, enable and start a systemd unit that runs the front door
+    /// with these options (flotilla-front-door.service)
+    #[arg(long, conflicts_with = "uninstall")]
+    pub install: bool,
+    /// Stop, disable and remove the front door's systemd unit
+    #[arg(long)]
+    pub uninstall: bool,
+    /// With --install/--uninstall: a user unit (~/.config/systemd/user) instead of a system unit
+    #[arg(long, name = "user-unit")]
+    pub user_unit: bool,
+    /// With --install/--uninstall: write or remove the unit but do not run systemctl
+    #[arg(long)]
+    pub no_enable: bool,
+    /// With --install: the user a system unit runs the front door as (it gets only the
+    /// capability to bind ports below 1024) [default: root]
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+impl FrontDoorArgs {
+    /// The options a unit passes to `flotilla host front-door`: these, without the install ones.
+    pub fn run_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--http".to_owned(),
+            self.http.to_string(),
+            "--https".to_owned(),
+            self.https.to_string(),
+            "--hold".to_owned(),
+            self.hold.to_string(),
+        ];
+        if self.no_http {
+            args.push("--no-http".to_owned());
+        }
+        if self.no_https {
+            args.push("--no-https".to_owned());
+        }
+        if let Some(socket) = &self.socket {
+            args.extend(["--socket".to_owned(), socket.display().to_string()]);
+        }
+        if let Some(group) = &self.socket_group {
+            args.extend(["--socket-group".to_owned(), group.clone()]);
+        }
+        args
+    }
 }
 
 /// `host install`.
@@ -760,6 +808,7 @@ impl Cli {
             Command::Verify(a) => a.json.json,
             Command::Config(ConfigCommand::Check(j)) => j.json,
             Command::Host(HostCommand::Install(a)) => a.json.json,
+            Command::Host(HostCommand::FrontDoor(a)) => a.json.json,
             Command::Host(HostCommand::Uninstall(a)) => a.json.json,
             Command::Host(HostCommand::Upgrade(a)) => a.json.json,
             Command::Baseline(BaselineCommand::Up(a)) => a.json.json,

@@ -47,7 +47,13 @@ fn print_service(out: Output, done: &providers::ServiceOutcome, verb: &str) -> R
             out.note(&format!("ran `{command}`"));
         }
     }
-    if verb == "removed" {
+    let front_door = done.unit == providers::FRONT_DOOR_UNIT;
+    if verb == "removed" && front_door {
+        out.note(
+            "the apps' daemons keep running and serving the connections they hold; they register \
+             again when a front door runs",
+        );
+    } else if verb == "removed" {
         out.note(
             "the app's instances keep running: the next flotilla command starts a daemon that \
              adopts them; `flotilla host stop` stops them",
@@ -188,6 +194,20 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Host(HostCommand::Stop) => {
             let config = load(global, out)?;
             providers::host_stop(&config).await?;
+            Ok(0)
+        }
+        Command::Host(HostCommand::FrontDoor(args)) if args.install || args.uninstall => {
+            let request = providers::ServiceRequest {
+                user: args.user_unit,
+                systemctl: !args.no_enable,
+                run_as: args.run_as.clone(),
+            };
+            let done = providers::front_door_service(args, &request)?;
+            print_service(
+                out,
+                &done,
+                if args.install { "installed" } else { "removed" },
+            )?;
             Ok(0)
         }
         Command::Host(HostCommand::FrontDoor(args)) => {

@@ -738,6 +738,29 @@ pub fn host_install(config: &Config, request: &ServiceRequest) -> Result<Service
         .map_err(|e| service_error(e, request.user))
 }
 
+/// The front door's systemd unit name.
+pub const FRONT_DOOR_UNIT: &str = flotilla_host::service::FRONT_DOOR_UNIT;
+
+/// `flotilla host front-door --install` / `--uninstall`: the front door's systemd unit.
+pub fn front_door_service(
+    args: &crate::cli::FrontDoorArgs,
+    request: &ServiceRequest,
+) -> Result<ServiceOutcome> {
+    let (scope, dir) = service_scope_and_dir(request)?;
+    let outcome = if args.install {
+        let spec = flotilla_host::service::FrontDoorUnitSpec {
+            exe: std::env::current_exe()?,
+            args: args.run_args(),
+            user: request.run_as.clone(),
+            scope,
+        };
+        flotilla_host::service::install_front_door(&spec, &dir, request.systemctl)
+    } else {
+        flotilla_host::service::uninstall_front_door(scope, &dir, request.systemctl)
+    };
+    outcome.map_err(|e| service_error(e, request.user))
+}
+
 /// `flotilla host uninstall`: disables and stops this app's systemd unit and removes it.
 pub fn host_uninstall(config: &Config, request: &ServiceRequest) -> Result<ServiceOutcome> {
     let (scope, dir) = service_scope_and_dir(request)?;

@@ -310,7 +310,104 @@ pub fn uninstall(
     dir: &Path,
     systemctl: bool,
 ) -> Result<Outcome, ServiceError> {
-    let unit = unit_name(name);
+    uninstall_unit(unit_name(name), scope, dir, systemctl)
+}
+
+/// The front door's unit file name.
+pub const FRONT_DOOR_UNIT: &str = "flotilla-front-door.service";
+
+/// What the front door's unit runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontDoorUnitSpec {
+    /// The absolute path of the flotilla executable.
+    pub exe: PathBuf,
+    /// The arguments after `host front-door` (ports, socket, group, hold).
+    pub args: Vec<String>,
+    /// The user it runs as (system units only; `None`: root). Not root, it gets the capability
+    /// to bind ports below 1024 and nothing else.
+    pub user: Option<String>,
+    /// Which manager runs it.
+    pub scope: Scope,
+}
+
+/// The front door's unit file text.
+pub fn render_front_door_unit(spec: &FrontDoorUnitSpec) -> String {
+    let exec: Vec<String> = [
+        spec.exe.display().to_string(),
+        "host".into(),
+        "front-door".into(),
+    ]
+    .into_iter()
+    .chain(spec.args.iter().cloned())
+    .map(|w| exec_word(&w))
+    .collect();
+    let mut out = String::new();
+    out.push_str(
+        "# Written by `flotilla host front-door --install`; `--uninstall` removes it.\n[Unit]\n",
+    );
+    out.push_str("Description=flotilla front door (ports shared by the apps on this machine)\n");
+    out.push_str("After=network-online.target\nWants=network-online.target\n\n");
+    out.push_str("[Service]\nType=simple\n");
+    out.push_str(&format!("ExecStart={}\n", exec.join(" ")));
+    if let (Scope::System, Some(user)) = (spec.scope, &spec.user)
+        && user != "root"
+    {
+        out.push_str(&format!("User={user}\n"));
+        out.push_str("AmbientCapabilities=CAP_NET_BIND_SERVICE\n");
+        out.push_str("CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n");
+    }
+    out.push_str(
+        "# The apps' daemons register again by themselves when the front door comes back; while\n\
+         # it is down, new connections are refused and open ones (held by the daemons) go on.\n",
+    );
+    out.push_str("Restart=always\nRestartSec=1\nStartLimitBurst=20\n\n");
+    out.push_str("[Install]\n");
+    out.push_str(&format!("WantedBy={}\n", wanted_by(spec.scope)));
+    out
+}
+
+/// Writes the front door's unit into `dir` and, when `systemctl` is asked for and systemd runs,
+/// enables and starts it.
+pub fn install_front_door(
+    spec: &FrontDoorUnitSpec,
+    dir: &Path,
+    systemctl: bool,
+) -> Result<Outcome, ServiceError> {
+    let path = dir.join(FRONT_DOOR_UNIT);
+    let file_err = |operation| {
+        let path = path.clone();
+        move |source| ServiceError::File {
+            operation,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(file_err("create the directory of"))?;
+    std::fs::write(&path, render_front_door_unit(spec)).map_err(file_err("write"))?;
+    finish(
+        FRONT_DOOR_UNIT.to_owned(),
+        path,
+        spec.scope,
+        systemctl,
+        true,
+    )
+}
+
+/// Disables and stops the front door's unit, then removes its file from `dir`.
+pub fn uninstall_front_door(
+    scope: Scope,
+    dir: &Path,
+    systemctl: bool,
+) -> Result<Outcome, ServiceError> {
+    uninstall_unit(FRONT_DOOR_UNIT.to_owned(), scope, dir, systemctl)
+}
+
+fn uninstall_unit(
+    unit: String,
+    scope: Scope,
+    dir: &Path,
+    systemctl: bool,
+) -> Result<Outcome, ServiceError> {
     let path = dir.join(&unit);
     // Disabled and stopped before the file goes, so systemd still knows what to stop.
     let commands = systemctl_commands(scope, &unit, false);
@@ -510,6 +607,52 @@ mod tests {
                 ],
             ]
         );
+    }
+
+    #[test]
+    fn the_front_door_unit_binds_low_ports_without_root_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = FrontDoorUnitSpec {
+            exe: std::env::current_exe().expect("test executable"),
+            args: vec!["--socket-group".into(), "flotilla apps".into()],
+            user: Some("www-data".into()),
+            scope: Scope::System,
+        };
+        let text = render_front_door_unit(&spec);
+        assert!(
+            text.contains(" host front-door --socket-group \"flotilla apps\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("User=www-data\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n"),
+            "{text}"
+        );
+        let as_root = render_front_door_unit(&FrontDoorUnitSpec {
+            user: None,
+            ..spec.clone()
+        });
+        assert!(
+            !as_root.contains("User=") && !as_root.contains("Capabilit"),
+            "{as_root}"
+        );
+        let path = dir.path().join(FRONT_DOOR_UNIT);
+        std::fs::write(&path, &as_root).expect("write unit");
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze runs (Debian's systemd package; scripts/systemd.sh)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let about_unit: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(FRONT_DOOR_UNIT))
+            .collect();
+        assert!(out.status.success() && about_unit.is_empty(), "{stderr}");
+        let outcome = install_front_door(&spec, dir.path(), false).expect("install");
+        assert_eq!(outcome.unit, FRONT_DOOR_UNIT);
+        assert!(!outcome.commands.is_empty());
+        uninstall_front_door(Scope::System, dir.path(), false).expect("uninstall");
+        assert!(!path.exists());
     }
 
     /// `systemd-analyze verify` accepts the unit (it needs the ExecStart binary to exist: this

@@ -307,3 +307,73 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
         "the old daemon exits once its WebSockets closed"
     );
 }
+
+/// `flotilla host front-door --install` writes a unit that runs the front door with the options
+/// given (and systemd accepts it); `--uninstall` removes it. Needs no flotilla.toml.
+#[test]
+fn the_front_door_installs_as_a_systemd_unit_with_its_options() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(flotilla_bin())
+            .args(args)
+            .current_dir(home.path())
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("cfg"))
+            .output()
+            .expect("run flotilla");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = run(&[
+        "host",
+        "front-door",
+        "--install",
+        "--user-unit",
+        "--no-enable",
+        "--json",
+        "--http",
+        "127.0.0.1:8088",
+        "--no-https",
+        "--socket-group",
+        "apps",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let path = PathBuf::from(report["path"].as_str().expect("path"));
+    assert_eq!(
+        path,
+        home.path()
+            .join("cfg/systemd/user/flotilla-front-door.service")
+    );
+    let unit = std::fs::read_to_string(&path).expect("unit");
+    assert!(
+        unit.contains("host front-door --http 127.0.0.1:8088 --https 0.0.0.0:443 --hold 10 --no-https --socket-group apps\n"),
+        "{unit}"
+    );
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .env("XDG_RUNTIME_DIR", home.path())
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (scripts/systemd.sh installs it)");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !stderr.contains("flotilla-front-door.service"),
+        "{stderr}"
+    );
+    let out = run(&[
+        "host",
+        "front-door",
+        "--uninstall",
+        "--user-unit",
+        "--no-enable",
+    ]);
+    assert!(!path.exists());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("register again"),
+        "{out:?}"
+    );
+}
