@@ -1064,7 +1064,7 @@ pub async fn serve_until(
             // Connections the front door held while this app was away (or while the daemon
             // handing over to this one drained) are handed over as soon as it registers:
             // register once they can be served.
-            wait_healthy(&host, FRONT_DOOR_HEALTH_WAIT).await;
+            wait_versions_healthy(&host, FRONT_DOOR_HEALTH_WAIT).await;
             run_front_door_member(membership, handed, host.front_door.clone(), stop).await;
         })
     });
@@ -1662,6 +1662,36 @@ async fn upgrade_on_sigusr2(host: Arc<Host>) {
 /// Waits until every instance is healthy, at most `limit`. (Not only the running ones: an
 /// adopted instance counts as running only once its monitor has started, a moment after
 /// `restore` returns, and routing before then would answer 503.)
+/// Waits until every version with instances has a healthy one (an adopted instance counts
+/// once its first health check passed, whether or not its process was seen running yet), or
+/// `limit` passed; then says which have none.
+async fn wait_versions_healthy(host: &Host, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut healthy: BTreeMap<DeploymentId, bool> = BTreeMap::new();
+        for view in host.supervisor.instances() {
+            *healthy.entry(view.id).or_default() |= view.state.healthy();
+        }
+        let waiting: Vec<DeploymentId> = healthy
+            .into_iter()
+            .filter(|(_, healthy)| !healthy)
+            .map(|(id, _)| id)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                ?waiting,
+                "registering with the front door although these versions have no healthy \
+                 instance yet"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_healthy(host: &Host, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -347,8 +347,13 @@ pub fn render_front_door_unit(spec: &FrontDoorUnitSpec) -> String {
     );
     out.push_str("Description=flotilla front door (ports shared by the apps on this machine)\n");
     out.push_str("After=network-online.target\nWants=network-online.target\n\n");
-    out.push_str("[Service]\nType=simple\n");
+    out.push_str("[Service]\nType=notify\nNotifyAccess=all\n");
     out.push_str(&format!("ExecStart={}\n", exec.join(" ")));
+    out.push_str(
+        "# Reload hands the ports to a new front door from the same executable path (a new\n\
+         # flotilla after a package upgrade) without refusing a connection; it becomes the main PID.\n\
+         ExecReload=/bin/kill -USR2 $MAINPID\n",
+    );
     if let (Scope::System, Some(user)) = (spec.scope, &spec.user)
         && user != "root"
     {

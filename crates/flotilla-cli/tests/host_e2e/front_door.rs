@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use crate::util::{self, HostEnv, Timing, alive, eventually, flotilla_bin, free_port, kill};
 use crate::{EventStream, HEADER, Load, runtime, served_by};
 
-/// A `flotilla host front-door` process on loopback, stopped by pid when dropped.
+/// A `flotilla host front-door` process on loopback, stopped by pid when dropped (and the front
+/// doors it handed over to).
 struct FrontDoor {
     child: Child,
+    successors: Vec<u32>,
     http: SocketAddr,
     socket: PathBuf,
     log: PathBuf,
@@ -38,6 +40,7 @@ impl FrontDoor {
             .expect("start the front door");
         let door = FrontDoor {
             child,
+            successors: Vec::new(),
             http,
             socket,
             log,
@@ -59,10 +62,52 @@ impl FrontDoor {
     }
 }
 
+impl FrontDoor {
+    /// The pid of the front door serving now.
+    fn pid(&self) -> u32 {
+        self.successors.last().copied().unwrap_or(self.child.id())
+    }
+
+    /// SIGUSR2 to the serving front door; waits until it handed over and exited, and returns the
+    /// new one's pid.
+    fn upgrade(&mut self) -> u32 {
+        let old = self.pid();
+        kill(old, "-USR2");
+        let exited = eventually(Duration::from_secs(30), || (!alive(old)).then_some(()));
+        if old == self.child.id() {
+            let _ = self.child.wait();
+        }
+        assert!(
+            exited.is_some(),
+            "the old front door did not exit:\n{}",
+            self.log_text()
+        );
+        let new = self
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("handed over to the new front door"))
+            .filter_map(|l| {
+                l.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no handover in the log:\n{}", self.log_text()));
+        self.successors.push(new);
+        new
+    }
+}
+
 impl Drop for FrontDoor {
     fn drop(&mut self) {
         kill(self.child.id(), "-9");
         let _ = self.child.wait();
+        for pid in &self.successors {
+            kill(*pid, "-9");
+        }
     }
 }
 
@@ -376,4 +421,61 @@ fn the_front_door_installs_as_a_systemd_unit_with_its_options() {
         String::from_utf8_lossy(&out.stderr).contains("register again"),
         "{out:?}"
     );
+}
+
+/// Upgrading the front door itself (SIGUSR2, as `systemctl reload` sends): the new front door
+/// takes the same listening sockets, the apps register with it, and under steady load no request
+/// fails, while a WebSocket (held by the app's daemon, not the front door) goes on.
+#[test]
+fn an_upgrade_of_the_front_door_itself_fails_no_request() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut door = FrontDoor::start();
+    let shop = app_behind(&door.socket, "shop", &["shop.test"]);
+    let shop_v1 = shop.deploy();
+    let rt = runtime();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws",
+            door.http
+        ))
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("host", "shop.test".parse().expect("header"));
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(request))
+        .expect("a WebSocket through the front door");
+    let _greeting = rt.block_on(ws.next());
+    let load = Load::start_host(door.http, "shop.test", 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let old = door.pid();
+    let started = Instant::now();
+    let new = door.upgrade();
+    println!(
+        "front door upgrade: the old one (pid {old}) handed over to pid {new} and exited {} ms \
+         after SIGUSR2",
+        started.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let (seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "requests failed across the front door's upgrade: {failures:?}\n{}",
+        door.log_text()
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec![shop_v1.clone()]
+    );
+    assert!(alive(new));
+    rt.block_on(ws.send(Message::text("still here")))
+        .expect("send");
+    let reply = rt.block_on(ws.next()).expect("reply").expect("frame");
+    assert!(
+        reply.to_text().expect("text").contains("still here"),
+        "{reply:?}"
+    );
+    assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);
 }

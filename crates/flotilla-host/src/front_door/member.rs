@@ -173,8 +173,21 @@ async fn session(
     }
     loop {
         match wire::recv::<Reply>(&socket).await {
-            Ok(Some((Reply::Connection { door, peer, local }, Some(fd)))) => {
+            Ok(Some((
+                Reply::Connection {
+                    seq,
+                    door,
+                    peer,
+                    local,
+                },
+                Some(fd),
+            ))) => {
                 let stream = std::net::TcpStream::from(fd);
+                // The front door keeps its copy until this receipt: it must come after the
+                // socket is ours, and a lost receipt only makes the front door hold on longer.
+                if let Err(err) = wire::send(&socket, &wire::Taken { taken: seq }, None).await {
+                    return Session::Ended(format!("cannot confirm a connection: {err}"));
+                }
                 if deliver
                     .send(Handed {
                         door,

@@ -103,6 +103,17 @@ impl Registry {
         Ok(())
     }
 
+    /// Remembers `host` as `app`'s without a member, so its connections wait for the app (a new
+    /// front door taking over from an old one, whose apps register again in a moment).
+    pub fn remember(&mut self, host: &str, app: &str) {
+        self.last_app.insert(host.to_owned(), app.to_owned());
+    }
+
+    /// Every host name an app has registered, with that app (for a front door taking over).
+    pub fn known_hosts(&self) -> &BTreeMap<String, String> {
+        &self.last_app
+    }
+
     /// Forgets member `id` (its connection closed). Its hosts stay remembered as its app's.
     pub fn unregister(&mut self, id: MemberId) {
         self.members.remove(&id);

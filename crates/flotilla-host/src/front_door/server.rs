@@ -81,7 +81,29 @@ struct Handoff {
     peer: SocketAddr,
     local: SocketAddr,
     host: String,
+    _in_flight: InFlight,
 }
+
+/// Counts a connection from its accept until it was handed over or answered, so that a front
+/// door handing over to a new one knows when it holds none.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The host names a front door taking over should hold connections for (JSON: host → app),
+/// set by the front door handing over.
+pub const FRONT_DOOR_HOSTS_VAR: &str = "FLOTILLA_FRONT_DOOR_HOSTS";
 
 /// The doors a member takes connections from, and its queue of connections to hand over.
 type MemberQueue = (Vec<Door>, mpsc::Sender<Handoff>);
@@ -93,49 +115,206 @@ struct Shared {
     /// Bumped on every registration, for connections holding for an app that is away.
     registered: watch::Sender<u64>,
     settings: FrontDoorSettings,
+    /// Connections accepted and not yet handed over or answered.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when this front door has handed over: every member is let go (its daemon registers
+    /// with the new front door).
+    closing: watch::Sender<bool>,
 }
 
-/// Runs the front door until `shutdown` completes.
+/// Runs the front door until `shutdown` completes, or until it has handed its ports over to a
+/// new front door (SIGUSR2, `systemctl reload`: see [`hand_over`]).
 pub async fn run(
     settings: FrontDoorSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), HostError> {
+    // The executable to start on SIGUSR2: the path this one was started from (after a package
+    // upgrade, that path holds the new flotilla).
+    let exe = std::env::current_exe().ok();
+    let mut inherited = crate::handover::Inherited::from_env().map_err(HostError::io(
+        "take the inherited sockets",
+        crate::handover::LISTEN_FDS_VAR,
+    ))?;
+    let taking_over = inherited.is_some();
     let mut doors = Vec::new();
     for (door, addr) in [(Door::Http, settings.http), (Door::Https, settings.https)] {
-        if let Some(addr) = addr {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| HostError::bind(addr, door_what(door), source))?;
-            doors.push((door, listener));
-        }
+        let Some(addr) = addr else { continue };
+        let listener = match inherited.as_mut().and_then(|i| i.take(door.as_str()).pop()) {
+            Some(listener) => listener,
+            None => std::net::TcpListener::bind(addr)
+                .map_err(|source| HostError::bind(addr, door_what(door), source))?,
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| HostError::bind(addr, door_what(door), source))?;
+        doors.push((door, listener));
     }
     if doors.is_empty() {
         return Err(HostError::Protocol(
             "the front door needs at least one of --http and --https".to_owned(),
         ));
     }
-    let registrations = bind_socket(&settings.socket, settings.socket_group.as_deref())?;
+    let registrations = bind_socket(
+        &settings.socket,
+        settings.socket_group.as_deref(),
+        taking_over,
+    )?;
+    let mut registry = Registry::default();
+    if let Some(known) = std::env::var(FRONT_DOOR_HOSTS_VAR).ok().and_then(|text| {
+        serde_json::from_str::<std::collections::BTreeMap<String, String>>(&text).ok()
+    }) {
+        for (host, app) in known {
+            registry.remember(&host, &app);
+        }
+    }
     tracing::info!(
         http = ?settings.http, https = ?settings.https, socket = %settings.socket.display(),
-        "flotilla front door serving"
+        taking_over, "flotilla front door serving"
     );
     let (registered, _) = watch::channel(0);
     let shared = Arc::new(Shared {
-        registry: Mutex::new(Registry::default()),
+        registry: Mutex::new(registry),
         queues: Mutex::new(HashMap::new()),
         registered,
         settings: settings.clone(),
+        in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        closing: watch::Sender::new(false),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    for (door, listener) in doors {
-        tasks.spawn(accept_loop(shared.clone(), door, listener));
+    let mut accepting = tokio::task::JoinSet::new();
+    for (door, listener) in &doors {
+        let copy = listener
+            .try_clone()
+            .and_then(TcpListener::from_std)
+            .map_err(HostError::io("listen on", door_what(*door)))?;
+        accepting.spawn(accept_loop(shared.clone(), *door, copy));
     }
-    tasks.spawn(registration_loop(shared.clone(), registrations));
-    shutdown.await;
-    tasks.abort_all();
+    let mut registering = tokio::task::JoinSet::new();
+    registering.spawn(registration_loop(shared.clone(), registrations));
+    let ready = if taking_over {
+        format!("MAINPID={}\nREADY=1", std::process::id())
+    } else {
+        "READY=1".to_owned()
+    };
+    if let Err(error) = crate::handover::sd_notify(&ready) {
+        tracing::warn!(%error, "could not notify systemd that the front door is ready");
+    }
+    let mut usr2 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+    tokio::pin!(shutdown);
+    loop {
+        let upgrade = async {
+            match usr2.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = upgrade => {
+                match hand_over(&shared, &doors, exe.as_deref()).await {
+                    Ok(pid) => {
+                        // The new front door accepts on the same sockets: stop accepting, hand
+                        // over what is in flight, then let the apps go, which register with it.
+                        accepting.abort_all();
+                        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+                        while shared.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
+                            && tokio::time::Instant::now() < until
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        shared.closing.send_replace(true);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        registering.abort_all();
+                        tracing::info!(pid, "handed over to the new front door; exiting");
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the front door upgrade failed; this one serves on");
+                    }
+                }
+            }
+        }
+    }
+    accepting.abort_all();
+    registering.abort_all();
     let _ = std::fs::remove_file(&settings.socket);
     tracing::info!("flotilla front door stopped");
     Ok(())
+}
+
+/// Starts a new front door from `exe` with this one's arguments and listening sockets (the same
+/// kernel sockets, named in [`crate::handover::LISTEN_FDS_VAR`] as `http`/`https`) and the host
+/// names it knows (so it holds their connections until their apps register with it), and waits
+/// until it has bound the registration socket. Returns its pid.
+async fn hand_over(
+    shared: &Shared,
+    doors: &[(Door, std::net::TcpListener)],
+    exe: Option<&Path>,
+) -> Result<u32, String> {
+    use crate::handover::{FIRST_FD, LISTEN_FDS_VAR, UPGRADE_FROM_VAR, render_listen_fds};
+    let exe = exe.ok_or("this front door does not know its own executable")?;
+    let socket = &shared.settings.socket;
+    let before = inode(socket);
+    let mut mappings = Vec::new();
+    for ((_, listener), child_fd) in doors.iter().zip(FIRST_FD..) {
+        let copy = listener
+            .try_clone()
+            .map_err(|e| format!("cannot copy a listening socket: {e}"))?;
+        mappings.push(command_fds::FdMapping {
+            parent_fd: std::os::fd::OwnedFd::from(copy),
+            child_fd,
+        });
+    }
+    let known = serde_json::to_string(shared.registry.lock().expect("registry").known_hosts())
+        .map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(
+            LISTEN_FDS_VAR,
+            render_listen_fds(doors.iter().map(|(d, _)| d.as_str())),
+        )
+        .env("LISTEN_FDS", doors.len().to_string())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env(UPGRADE_FROM_VAR, std::process::id().to_string())
+        .env(FRONT_DOOR_HOSTS_VAR, known)
+        .stdin(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command_fds::CommandFdExt::fd_mappings(&mut command, mappings)
+        .map_err(|e| format!("cannot pass the listening sockets: {e}"))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let pid = child.id();
+    tracing::info!(pid, exe = %exe.display(), "started the new front door; handing over");
+    let until = tokio::time::Instant::now() + crate::handover::READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the new front door (pid {pid}) exited: {status}"));
+        }
+        if inode(socket) != before && seqpacket_answers(socket) {
+            // It outlives this process, which is about to exit; its new parent reaps it.
+            drop(child);
+            return Ok(pid);
+        }
+        if tokio::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the new front door (pid {pid}) did not bind {} within {:?}",
+                socket.display(),
+                crate::handover::READY_TIMEOUT
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The inode `path` names now, if any.
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 fn door_what(door: Door) -> &'static str {
@@ -148,7 +327,11 @@ fn door_what(door: Door) -> &'static str {
 /// Binds the registration socket, replacing a stale one a crashed front door left: owner-only,
 /// or, with `group`, reachable by that group's members (directory 0750, socket 0660, both owned
 /// by the group) and no one else.
-fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixSeqpacketListener, HostError> {
+fn bind_socket(
+    path: &Path,
+    group: Option<&str>,
+    taking_over: bool,
+) -> Result<UnixSeqpacketListener, HostError> {
     let gid = match group {
         None => None,
         Some(name) => Some(
@@ -172,7 +355,9 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixSeqpacketListener
     }
     if path.exists() {
         // A socket someone still answers on belongs to a running front door.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() || seqpacket_answers(path) {
+        if !taking_over
+            && (std::os::unix::net::UnixStream::connect(path).is_ok() || seqpacket_answers(path))
+        {
             return Err(HostError::Protocol(format!(
                 "another front door is already serving on {}; stop it first, or give this one \
                  another --socket",
@@ -228,7 +413,15 @@ async fn accept_loop(shared: Arc<Shared>, door: Door, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let local = stream.local_addr().unwrap_or(local_default);
-                tokio::spawn(dispatch(shared.clone(), door, stream, peer, local));
+                let in_flight = InFlight::new(&shared.in_flight);
+                tokio::spawn(dispatch(
+                    shared.clone(),
+                    door,
+                    stream,
+                    peer,
+                    local,
+                    in_flight,
+                ));
             }
             Err(err) => {
                 if let Some(suppressed) = warn.hit(std::time::Instant::now()) {
@@ -247,6 +440,7 @@ async fn dispatch(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    in_flight: InFlight,
 ) {
     let host = match tokio::time::timeout(shared.settings.sniff_timeout, sniff(&stream, door)).await
     {
@@ -271,6 +465,7 @@ async fn dispatch(
         peer,
         local,
         host,
+        _in_flight: in_flight,
     };
     deliver(&shared, handoff).await;
 }
@@ -532,18 +727,27 @@ async fn member(shared: Arc<Shared>, id: MemberId, socket: UnixSeqpacket) {
         leave(&shared, id, &register.app);
         return;
     }
-    let mut probe = [0u8; 1];
+    let mut closing = shared.closing.subscribe();
+    // Connections sent and not yet confirmed, by number: kept (with this end's copy of the
+    // socket) until the daemon says it holds them, so that a daemon dying with some still
+    // queued loses none.
+    let mut unconfirmed: std::collections::BTreeMap<u64, Handoff> = Default::default();
+    let mut seq: u64 = 0;
     loop {
         tokio::select! {
-            // The daemon sends nothing after registering: any readable event is its end closing.
-            closed = socket.recv(&mut probe) => {
-                if !matches!(closed, Ok(n) if n > 0) {
-                    break;
+            // This front door handed over: let the daemon go, to register with the new one.
+            () = async { let _ = closing.wait_for(|c| *c).await; } => break,
+            // After registering, the daemon sends only receipts; anything else ends it.
+            received = wire::recv::<wire::Taken>(&socket) => match received {
+                Ok(Some((wire::Taken { taken }, _))) => {
+                    unconfirmed.remove(&taken);
                 }
-            }
+                _ => break,
+            },
             handoff = rx.recv() => {
                 let Some(handoff) = handoff else { break };
-                let message = Reply::Connection { door: handoff.door, peer: handoff.peer, local: handoff.local };
+                seq += 1;
+                let message = Reply::Connection { seq, door: handoff.door, peer: handoff.peer, local: handoff.local };
                 use std::os::fd::AsFd;
                 if let Err(err) = wire::send(&socket, &message, Some(handoff.stream.as_fd())).await {
                     tracing::warn!(member = id, app = %register.app, error = %err, "could not hand a connection to the app's daemon; it is treated as gone");
@@ -553,10 +757,20 @@ async fn member(shared: Arc<Shared>, id: MemberId, socket: UnixSeqpacket) {
                     tokio::spawn(async move { deliver(&shared, handoff).await });
                     break;
                 }
+                unconfirmed.insert(seq, handoff);
             }
         }
     }
     leave(&shared, id, &register.app);
+    // Sent but never confirmed: the daemon went away first, and the socket it was sent may have
+    // died with it; this end's copy is untouched, so hand it to whoever serves the host now.
+    if !unconfirmed.is_empty() {
+        tracing::info!(member = id, app = %register.app, connections = unconfirmed.len(), "handing again the connections the departed daemon never confirmed");
+    }
+    for (_, handoff) in unconfirmed {
+        let shared = shared.clone();
+        tokio::spawn(async move { deliver(&shared, handoff).await });
+    }
     // Connections queued for this member after it left go back through the front door.
     rx.close();
     while let Some(handoff) = rx.recv().await {
@@ -608,7 +822,8 @@ mod tests {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("door/front-door.sock");
-        let err = bind_socket(&socket, Some("no-such-group-flotilla")).expect_err("unknown group");
+        let err =
+            bind_socket(&socket, Some("no-such-group-flotilla"), false).expect_err("unknown group");
         assert!(
             err.to_string().contains("groupadd no-such-group-flotilla"),
             "{err}"
@@ -618,7 +833,7 @@ mod tests {
             .expect("lookup")
             .expect("our primary group has a name")
             .name;
-        let _listener = bind_socket(&socket, Some(&group)).expect("bind");
+        let _listener = bind_socket(&socket, Some(&group), false).expect("bind");
         let dir_meta = std::fs::metadata(socket.parent().expect("dir")).expect("meta");
         let sock_meta = std::fs::metadata(&socket).expect("meta");
         assert_eq!(dir_meta.permissions().mode() & 0o777, 0o750);

@@ -3,7 +3,10 @@
 //! 1. An app's daemon connects and sends [`Register`].
 //! 2. The front door answers [`Reply::Registered`] or [`Reply::Refused`] (and closes).
 //! 3. For each connection it hands over, the front door sends [`Reply::Connection`] with the
-//!    connection's socket attached (`SCM_RIGHTS`). The daemon owns it from then on.
+//!    connection's socket attached (`SCM_RIGHTS`) and a number; the daemon answers [`Taken`] with
+//!    that number once it holds the socket. Until then the front door keeps its own copy: if the
+//!    daemon dies with the message still queued (the kernel then closes the socket it carried),
+//!    the front door hands the connection, untouched, to whoever serves the host next.
 //! 4. The daemon leaves by closing its end; the front door notices at once.
 //!
 //! Packets keep their boundaries and a socket travels with the packet it belongs to, so there is
@@ -80,6 +83,8 @@ pub enum Reply {
     },
     /// A connection, attached to this packet.
     Connection {
+        /// Its number, for [`Taken`].
+        seq: u64,
         /// The door it came through.
         door: Door,
         /// The client's address.
@@ -87,6 +92,13 @@ pub enum Reply {
         /// The address the client connected to.
         local: SocketAddr,
     },
+}
+
+/// A daemon's receipt for a connection: it holds the socket now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    /// The number of the [`Reply::Connection`].
+    pub taken: u64,
 }
 
 /// Sends one message, with `fd` attached when given.
@@ -168,6 +180,7 @@ mod tests {
         let mut client = std::net::TcpStream::connect(addr).expect("connect");
         let (accepted, peer) = listener.accept().expect("accept");
         let reply = Reply::Connection {
+            seq: 1,
             door: Door::Http,
             peer,
             local: addr,
