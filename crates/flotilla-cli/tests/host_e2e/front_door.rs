@@ -85,8 +85,9 @@ impl FrontDoor {
         let new = self
             .log_text()
             .lines()
+            .rev()
             .filter(|l| l.contains("handed over to the new front door"))
-            .filter_map(|l| {
+            .find_map(|l| {
                 l.split("pid=")
                     .nth(1)?
                     .split_whitespace()
@@ -94,7 +95,6 @@ impl FrontDoor {
                     .parse()
                     .ok()
             })
-            .last()
             .unwrap_or_else(|| panic!("no handover in the log:\n{}", self.log_text()));
         self.successors.push(new);
         new
