@@ -761,6 +761,7 @@ pub async fn serve_until(
 
     let listeners = router_listeners(settings.listen, router_workers())
         .map_err(|source| HostError::bind(settings.listen, "router", source))?;
+    let https = https_router(&settings)?;
     let admin = TcpListener::bind(settings.admin_listen)
         .await
         .map_err(|source| HostError::bind(settings.admin_listen, "status page", source))?;
@@ -800,11 +801,24 @@ pub async fn serve_until(
         first_byte_timeout: settings.first_byte_timeout,
         ..ProxyConfig::default()
     };
+    let (plain_route, https_task) = match https {
+        Some(https) => {
+            let (route, task) = https.start(&proxy_config, router.clone(), &stop_rx)?;
+            (route, Some(task))
+        }
+        None => (
+            crate::tls::PlainRoute {
+                router: router.clone(),
+                https: None,
+            },
+            None,
+        ),
+    };
     let proxy_task = {
         let rx = stop_rx.clone();
-        let router = router.clone();
+        let route = Arc::new(plain_route);
         tokio::spawn(async move {
-            let report = run_router_workers(listeners, proxy_config, router, rx).await;
+            let report = run_router_workers(listeners, proxy_config, route, rx).await;
             if report.cut == 0 {
                 tracing::info!("router drained every connection");
             } else {
@@ -894,6 +908,9 @@ pub async fn serve_until(
     let _ = drain_task.await;
     let _ = reaper_task.await;
     let _ = proxy_task.await;
+    if let Some(task) = https_task {
+        let _ = task.await;
+    }
     let _ = admin_task.await;
     match on_exit {
         OnExit::StopInstances => host.supervisor.shutdown().await,
@@ -986,6 +1003,107 @@ fn router_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net:
     Ok(out)
 }
 
+/// HTTPS on the router (`[host] https_listen`): its listeners, bound at start beside the plain
+/// ones, and its certificates. Kept apart from the plain listeners so that handing listeners
+/// over to another daemon can take each by name.
+struct HttpsRouter {
+    listeners: Vec<std::net::TcpListener>,
+    port: u16,
+    certs: Arc<crate::tls::CertStore>,
+    challenges: Arc<crate::tls::HttpChallenges>,
+    /// ACME, with the stored certificate it loaded (if any); `None` with certificate files.
+    acme: Option<(crate::acme::Acme, Option<crate::tls::CertInfo>)>,
+}
+
+/// Binds the HTTPS listeners and loads the certificates: files (refusing to start if they are
+/// unusable), or the stored ACME certificate (starting without one if there is none: ACME
+/// obtains it in the background).
+fn https_router(settings: &HostSettings) -> Result<Option<HttpsRouter>, HostError> {
+    use crate::settings::CertificateSource;
+    let Some(https) = &settings.https else {
+        return Ok(None);
+    };
+    let certs = Arc::new(crate::tls::CertStore::new());
+    let challenges = Arc::new(crate::tls::HttpChallenges::default());
+    let acme = match &https.certificates {
+        CertificateSource::Files { certificate, key } => {
+            let key = crate::tls::load_files(certificate, key)?;
+            certs.set_fallback(Arc::new(key));
+            None
+        }
+        CertificateSource::Acme(acme) => {
+            let acme = crate::acme::Acme::new(
+                acme.clone(),
+                settings.acme_dir(),
+                certs.clone(),
+                challenges.clone(),
+            );
+            let stored = acme.load_stored();
+            Some((acme, stored))
+        }
+    };
+    let listeners = https_listeners(https.listen, router_workers())?;
+    let port = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(https.listen.port(), |a| a.port());
+    Ok(Some(HttpsRouter {
+        listeners,
+        port,
+        certs,
+        challenges,
+        acme,
+    }))
+}
+
+/// The HTTPS listeners on `addr`, as [`router_listeners`] binds the plain ones.
+fn https_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, HostError> {
+    router_listeners(addr, n).map_err(|source| HostError::bind(addr, "HTTPS router", source))
+}
+
+impl HttpsRouter {
+    /// Starts the HTTPS workers and ACME; returns the plain listener's route (redirects and
+    /// HTTP-01 answers) and the task that ends when HTTPS has drained.
+    fn start(
+        self,
+        plain: &ProxyConfig,
+        router: Arc<Router>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(crate::tls::PlainRoute, tokio::task::JoinHandle<()>), HostError> {
+        let tls = flotilla_proxy::tls::server_config(self.certs.clone())
+            .map_err(|e| HostError::Protocol(format!("TLS configuration: {e}")))?;
+        let config = ProxyConfig {
+            tls: Some(Arc::new(tls)),
+            ..plain.clone()
+        };
+        if let Some((acme, stored)) = self.acme {
+            tokio::spawn(acme.run(stored, stop.clone()));
+        }
+        let route = crate::tls::PlainRoute {
+            router: router.clone(),
+            https: Some(crate::tls::Https {
+                certs: self.certs,
+                challenges: self.challenges,
+                port: self.port,
+            }),
+        };
+        let rx = stop.clone();
+        let listeners = self.listeners;
+        let task = tokio::spawn(async move {
+            let report = run_router_workers(listeners, config, router, rx).await;
+            if report.cut == 0 {
+                tracing::info!("HTTPS router drained every connection");
+            } else {
+                tracing::warn!(
+                    cut = report.cut,
+                    "HTTPS router shutdown deadline cut connections"
+                );
+            }
+        });
+        Ok((route, task))
+    }
+}
+
 /// What the router workers' shutdown cut, summed.
 struct RouterReport {
     cut: usize,
@@ -995,10 +1113,10 @@ struct RouterReport {
 /// nginx runs one event loop per worker: a request, its upstream connection and its response stay
 /// on one thread, with no cross-thread wake-ups on the hot path. They share the router (an
 /// `ArcSwap` snapshot and atomic counters), so routing and session accounting are the same.
-async fn run_router_workers(
+async fn run_router_workers<R: flotilla_proxy::Route>(
     listeners: Vec<std::net::TcpListener>,
     config: ProxyConfig,
-    router: Arc<Router>,
+    router: Arc<R>,
     stop: watch::Receiver<bool>,
 ) -> RouterReport {
     let mut done = Vec::new();

@@ -1,5 +1,6 @@
 //! Settings of one proxy server, with defaults suitable for the host router and the agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -85,6 +86,15 @@ pub struct ProxyConfig {
     /// present, and sets `X-Real-IP` to the last `X-Forwarded-For` entry the trusted proxy sent.
     /// A client's `Forwarded` header is removed either way. See `docs/router.md`.
     pub trust_forwarded: bool,
+    /// Terminate TLS on this server's connections with this rustls configuration (build it with
+    /// [`crate::tls::server_config`], which offers HTTP/2 and HTTP/1.1 over ALPN). Each
+    /// connection then does its handshake in its own task, is served as HTTP/2 or HTTP/1.1 as
+    /// negotiated, and its requests carry `X-Forwarded-Proto: https` (whatever
+    /// [`forwarded_proto`](Self::forwarded_proto) says). `None` (the default): plain HTTP/1.1.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TLS client has, from its first byte, to complete its handshake before the
+    /// connection is closed. Default 10 s.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +116,8 @@ impl Default for ProxyConfig {
             serve_client: true,
             forwarded_proto: Scheme::HTTP,
             trust_forwarded: false,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

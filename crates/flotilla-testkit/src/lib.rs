@@ -13,6 +13,7 @@
 //! - [`lambda`]: a Lambda Runtime API emulator (cargo-lambda's) to run a custom runtime's
 //!   `bootstrap` against, and invoking it.
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
+//! - [`pebble`]: Let's Encrypt's ACME test server (and its DNS server) on loopback ports.
 //! - [`net`]: free loopback ports; [`wait`]: bounded polling until something happens.
 #![forbid(unsafe_code)]
 
@@ -21,5 +22,6 @@ pub mod ecs_exec;
 pub mod elf;
 pub mod lambda;
 pub mod net;
+pub mod pebble;
 pub mod procs;
 pub mod wait;

@@ -4,6 +4,7 @@
 //! Each test has its own app directory, state directory and daemon, and a guard that stops the
 //! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
 
+mod https;
 mod util;
 
 use std::collections::BTreeMap;
