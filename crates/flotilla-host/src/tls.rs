@@ -295,16 +295,26 @@ pub fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<CertifiedKey, String> {
+    let certified = certified_key_unchecked(chain, key)?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("the key does not belong to the certificate: {e}"))?;
+    Ok(certified)
+}
+
+/// A chain and its key as rustls serves them, without checking that they belong together: for
+/// an ACME TLS-ALPN-01 challenge certificate, made here with its key, whose critical
+/// acmeIdentifier extension the check's certificate parser refuses.
+pub fn certified_key_unchecked(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, String> {
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("unusable private key: {e}"))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("the key does not belong to the certificate: {e}"))?;
-    Ok(certified)
+    Ok(CertifiedKey::new(chain, signing))
 }
 
 /// When a certificate starts and stops being valid, and the DNS names it covers.

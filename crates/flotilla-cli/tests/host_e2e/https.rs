@@ -260,7 +260,8 @@ fn acme_env(
         pebble.directory(),
         pebble.ca_file().display().to_string(),
     ));
-    let root = env.app().join("pebble-root.pem");
+    // Beside pebble's files, outside the app directory (a release would copy it).
+    let root = pebble.ca_file().with_file_name("issuing-root.pem");
     std::fs::write(&root, pebble.issuing_root().expect("pebble's issuing root"))
         .expect("write root");
     (env, pebble, https_port, root)
