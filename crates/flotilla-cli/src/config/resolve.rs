@@ -888,10 +888,14 @@ impl Resolver<'_> {
             self.problem_at(
                 setting,
                 format!(
-                    "`host.acme_hosts` lists {bad:?}, which {} not a host name: give names such \
-                     as \"shop.example.com\" (no scheme, port, path or wildcard: http-01 and \
+                    "`host.acme_hosts` lists {bad:?}, which {}: give names such as \
+                     \"shop.example.com\" (no scheme, port, path or wildcard: http-01 and \
                      tls-alpn-01 cannot validate wildcards)",
-                    if bad.len() == 1 { "is" } else { "are" }
+                    if bad.len() == 1 {
+                        "is not a host name"
+                    } else {
+                        "are not host names"
+                    }
                 ),
             );
             return None;
