@@ -225,6 +225,39 @@ fn https_from_certificate_files_serves_http2_http1_websockets_and_plain_http_red
         200
     );
 
+    // An event stream over HTTP/2 is a session of its instance while its stream is open.
+    let sessions = || -> u64 {
+        env.admin_status()["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter_map(|i| i["sessions"].as_u64())
+            .sum()
+    };
+    assert_eq!(sessions(), 0);
+    let mut stream = Command::new("curl")
+        .args(["-sSN", "--http2", "--max-time", "30", "--cacert"])
+        .arg(&cert_path)
+        .arg("--resolve")
+        .arg(format!("{name}:{https_port}:127.0.0.1"))
+        .arg(format!(
+            "https://{name}:{https_port}/events?interval_ms=200"
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl event stream");
+    let counted = eventually(Duration::from_secs(10), || (sessions() == 1).then_some(()));
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert!(
+        counted.is_some(),
+        "an HTTP/2 event stream counts as one session"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || (sessions() == 0).then_some(())).is_some(),
+        "the session ends with its HTTP/2 stream"
+    );
+
     // A WebSocket through TLS, upgraded over HTTP/1.1.
     let rt = runtime();
     rt.block_on(async {
