@@ -818,7 +818,7 @@ pub(crate) fn classify_error(
         return Some((
             Exit::Usage,
             Some(
-                "choose a free address for `[host] listen` / `admin_listen` in flotilla.toml, or \
+                "choose a free address for `[host] listen` / `https_listen` / `admin_listen` in flotilla.toml, or \
                  stop the process named above"
                     .to_owned(),
             ),

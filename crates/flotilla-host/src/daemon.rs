@@ -780,6 +780,7 @@ pub async fn serve_until(
     host.refresh();
     tracing::info!(
         name = %settings.name, pid = std::process::id(), listen = %settings.listen,
+        https = ?settings.https.as_ref().map(|h| h.listen),
         admin = %settings.admin_listen, socket = %socket_path.display(), restored = restored.len(),
         "flotilla host daemon serving"
     );

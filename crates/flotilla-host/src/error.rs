@@ -57,7 +57,7 @@ pub enum HostError {
     /// flotilla never shares a port with it, even where the kernel would allow it.
     #[error(
         "cannot listen on {addr} ({what}): {holder}; flotilla does not share a port with another \
-         process: choose another `[host] listen` / `admin_listen` in flotilla.toml or stop it"
+         process: choose another `[host] listen` / `https_listen` / `admin_listen` in flotilla.toml or stop it"
     )]
     PortTaken {
         /// The address.
