@@ -4,6 +4,8 @@
 #   - cfn-lint and checkov into .venv/cfn-lint, .venv/checkov (scripts/cfn-tools.sh)
 #   - Debian's chromium and chromium-driver                (scripts/install-browser.sh; needs root)
 #   - Debian's systemd, for `systemd-analyze verify` of the host service unit (scripts/systemd.sh)
+#   - Debian's pebble and pebble-challtestsrv, the ACME test server of the HTTPS tests
+#     (scripts/pebble.sh; root)
 #   - Debian's docker.io, docker-registry, debootstrap and busybox-static (scripts/docker.sh; root),
 #     and the cached Debian base images without CA certificates (scripts/base-images.sh)
 #   - cargo-lambda into .venv/cargo-lambda, whose Lambda Runtime API emulator the reaper's zip
@@ -25,6 +27,7 @@ scripts/moto.sh
 scripts/cfn-tools.sh
 scripts/install-browser.sh
 scripts/systemd.sh
+scripts/pebble.sh
 scripts/docker.sh
 scripts/lambda-emulator.sh
 # Built once and cached under .cache/images/ (minutes the first time): the tests that run task

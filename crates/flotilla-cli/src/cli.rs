@@ -452,7 +452,9 @@ pub enum HostCommand {
     /// Run the host daemon in the foreground (other commands start it in the background)
     #[command(
         long_about = "Run the host provider's daemon in the foreground: the router on [host] \
-            listen, the status page on [host] admin_listen, the process supervisor and the reaper \
+            listen (and HTTPS on [host] https_listen, HTTP/2 and HTTP/1.1, with certificates from \
+            tls_certificate_file/tls_key_file or obtained and renewed over ACME for acme_hosts), \
+            the status page on [host] admin_listen, the process supervisor and the reaper \
             loop. Other commands start it in the background when it is not running. Ctrl-C \
             stops it and the app's instances; SIGTERM (a service manager's stop or restart) ends \
             the daemon only and leaves the instances running, for the next daemon to adopt \

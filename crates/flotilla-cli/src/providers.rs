@@ -202,6 +202,40 @@ async fn open_host(
     })
 }
 
+/// HTTPS on the host router, from the resolved `[host] https_listen` and its certificates.
+fn https_settings(https: &crate::config::HttpsConfig) -> flotilla_host::settings::HttpsSettings {
+    use crate::config::TlsCertificates;
+    use flotilla_host::settings::{AcmeChallenge, AcmeSettings, CertificateSource};
+    let certificates = match &https.certificates {
+        TlsCertificates::Files { certificate, key } => CertificateSource::Files {
+            certificate: certificate.clone(),
+            key: key.clone(),
+        },
+        TlsCertificates::Acme {
+            hosts,
+            email,
+            directory,
+            challenge,
+            ca_file,
+        } => {
+            let mut acme = AcmeSettings::new(hosts.clone());
+            acme.email = email.clone();
+            acme.directory = directory.clone();
+            acme.challenge = if challenge == "tls-alpn-01" {
+                AcmeChallenge::TlsAlpn01
+            } else {
+                AcmeChallenge::Http01
+            };
+            acme.ca_file = ca_file.clone();
+            CertificateSource::Acme(acme)
+        }
+    };
+    flotilla_host::settings::HttpsSettings {
+        listen: https.listen,
+        certificates,
+    }
+}
+
 /// The host provider's settings, from the resolved config.
 fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     let command = config.host.command.clone().ok_or_else(|| {
@@ -219,6 +253,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.instances = config.host.instances;
     s.keep_releases = config.host.keep_releases;
     s.upgrade_deadline = config.host.upgrade_deadline;
+    s.https = config.host.https.as_ref().map(https_settings);
     s.health_path = config.app.health_path.clone();
     s.affinity_header = config.app.affinity_header.clone();
     s.affinity_query = config.app.affinity_query.clone();
@@ -920,7 +955,7 @@ pub(crate) fn classify_error(
         return Some((
             Exit::Usage,
             Some(
-                "choose a free address for `[host] listen` / `admin_listen` in flotilla.toml, or \
+                "choose a free address for `[host] listen` / `https_listen` / `admin_listen` in flotilla.toml, or \
                  stop the process named above"
                     .to_owned(),
             ),

@@ -6,6 +6,8 @@
 //! and stops everything. Every version but the newest stays draining (the reaper waits an hour).
 //!
 //! Usage: bench_router APP_DIR ROUTER_PORT ADMIN_PORT 'BUILD' 'COMMAND'
+//! (with `BENCH_HTTPS_PORT`, `BENCH_TLS_CERT` and `BENCH_TLS_KEY` set, also HTTPS on that port
+//! with that certificate, for `bench/tls-vs-nginx.sh`)
 //! (built without the CLI so the benchmark does not need the AWS SDK compiled in release mode).
 
 use std::net::SocketAddr;
@@ -31,6 +33,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.build = Some(build.clone());
     settings.drain_grace = Duration::from_secs(3600);
     settings.reaper_interval = Duration::from_secs(3600);
+    // bench/tls-vs-nginx.sh: TLS on this port with this certificate and key.
+    if let (Ok(port), Ok(certificate), Ok(key)) = (
+        std::env::var("BENCH_HTTPS_PORT"),
+        std::env::var("BENCH_TLS_CERT"),
+        std::env::var("BENCH_TLS_KEY"),
+    ) {
+        settings.https = Some(flotilla_host::settings::HttpsSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], port.parse()?)),
+            certificates: flotilla_host::settings::CertificateSource::Files {
+                certificate: certificate.into(),
+                key: key.into(),
+            },
+        });
+    }
     let settings = settings.resolved()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -955,6 +955,10 @@ pub async fn serve_until(
         .as_mut()
         .map(|i| i.take(handover::ROUTER))
         .unwrap_or_default();
+    let mut inherited_https = inherited
+        .as_mut()
+        .map(|i| i.take(handover::HTTPS))
+        .unwrap_or_default();
     let (listeners, front_door) = match &settings.front_door {
         None if inherited_router.is_empty() => (
             router_listeners(settings.listen, router_workers())
@@ -980,9 +984,28 @@ pub async fn serve_until(
                         member.socket.display()
                     ))
                 })?;
-            let (incoming, handed) = handed_over_workers(router_workers());
-            (Vec::new(), Some((member.clone(), incoming, handed)))
+            let plain = handed_over_workers(router_workers());
+            let tls = if settings.https.is_some() {
+                handed_over_workers(router_workers())
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            (Vec::new(), Some((member.clone(), plain, tls)))
         }
+    };
+    // HTTPS: inherited, bound here, or (behind the front door) handed over like plain HTTP.
+    let https_listeners = match (&settings.https, &settings.front_door) {
+        (Some(https), None) if inherited_https.is_empty() => {
+            https_listeners(https.listen, router_workers())?
+        }
+        (Some(https), None) => {
+            for l in &mut inherited_https {
+                l.set_nonblocking(true)
+                    .map_err(|source| HostError::bind(https.listen, "HTTPS router", source))?;
+            }
+            inherited_https
+        }
+        _ => Vec::new(),
     };
     let admin = match inherited
         .as_mut()
@@ -1012,6 +1035,11 @@ pub async fn serve_until(
         handover_sockets
             .add(handover::ROUTER, l)
             .map_err(HostError::io("copy the listening sockets", "router"))?;
+    }
+    for l in &https_listeners {
+        handover_sockets
+            .add(handover::HTTPS, l)
+            .map_err(HostError::io("copy the listening sockets", "HTTPS router"))?;
     }
     handover_sockets
         .add(handover::ADMIN, &admin)
@@ -1056,8 +1084,13 @@ pub async fn serve_until(
         .into_iter()
         .map(WorkerIncoming::Listener)
         .collect();
-    let front_door_task = front_door.map(|(member, incoming, handed)| {
-        workers.extend(incoming);
+    let mut tls_workers: Vec<WorkerIncoming> = https_listeners
+        .into_iter()
+        .map(WorkerIncoming::Listener)
+        .collect();
+    let front_door_task = front_door.map(|(member, (plain, plain_senders), (tls, tls_senders))| {
+        workers.extend(plain);
+        tls_workers.extend(tls);
         let membership = front_door_membership(&settings, &member);
         let (host, stop) = (host.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -1065,9 +1098,30 @@ pub async fn serve_until(
             // handing over to this one drained) are handed over as soon as it registers:
             // register once they can be served.
             wait_versions_healthy(&host, FRONT_DOOR_HEALTH_WAIT).await;
-            run_front_door_member(membership, handed, host.front_door.clone(), stop).await;
+            run_front_door_member(
+                membership,
+                plain_senders,
+                tls_senders,
+                host.front_door.clone(),
+                stop,
+            )
+            .await;
         })
     });
+    let (plain_route, https_task) = match https_router(&settings, tls_workers)? {
+        Some(https) => {
+            let (route, task) =
+                https.start(&proxy_config, router.clone(), host.clone(), &stop_rx)?;
+            (route, Some(task))
+        }
+        None => (
+            crate::tls::PlainRoute {
+                router: router.clone(),
+                https: None,
+            },
+            None,
+        ),
+    };
     *lock(&host.handover.connection_limit) = Some(connection_limit.clone());
     // How the router drains when it stops: as configured, unless a handover chose otherwise.
     *lock(&host.handover.drain_plan) = DrainPlan {
@@ -1076,10 +1130,10 @@ pub async fn serve_until(
     };
     let proxy_task = {
         let rx = stop_rx.clone();
-        let router = router.clone();
+        let route = Arc::new(plain_route);
         let host = host.clone();
         tokio::spawn(async move {
-            let report = run_router_workers(workers, proxy_config, router, host, rx).await;
+            let report = run_router_workers(workers, proxy_config, route, host, rx).await;
             if report.cut == 0 {
                 tracing::info!("router drained every connection");
             } else {
@@ -1256,6 +1310,9 @@ pub async fn serve_until(
                 let _ = task.await;
             }
             let _ = proxy_task.await;
+            if let Some(task) = https_task {
+                let _ = task.await;
+            }
             let _ = admin_task.await;
             match on_exit {
                 OnExit::StopInstances => host.supervisor.shutdown().await,
@@ -1295,6 +1352,10 @@ pub async fn serve_until(
                         }
                     }
                 }
+            }
+            // TLS connections drain by the same plan (their own workers).
+            if let Some(task) = https_task {
+                let _ = task.await;
             }
             let _ = std::fs::remove_file(handover::previous_daemon_path(&state_dir));
             if let Some(task) = front_door_task {
@@ -1447,7 +1508,14 @@ fn front_door_membership(
         socket: member.socket.clone(),
         app: settings.name.to_string(),
         hosts: member.hosts.clone(),
-        doors: vec![crate::front_door::wire::Door::Http],
+        doors: if settings.https.is_some() {
+            vec![
+                crate::front_door::wire::Door::Http,
+                crate::front_door::wire::Door::Https,
+            ]
+        } else {
+            vec![crate::front_door::wire::Door::Http]
+        },
     }
 }
 
@@ -1471,7 +1539,8 @@ fn handed_over_workers(
 /// across the router workers, in turn.
 async fn run_front_door_member(
     membership: crate::front_door::member::Membership,
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+    plain: Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
+    tls: Vec<tokio::sync::mpsc::UnboundedSender<flotilla_proxy::HandedConnection>>,
     state: watch::Sender<crate::front_door::member::MembershipState>,
     stop: watch::Receiver<bool>,
 ) {
@@ -1480,18 +1549,132 @@ async fn run_front_door_member(
     let mut next = 0usize;
     while let Some(handed) = rx.recv().await {
         let crate::front_door::member::Handed {
+            door,
             stream,
             peer,
             local,
-            ..
         } = handed;
+        // The front door sends TLS only to a daemon that registered for it.
+        let workers = match door {
+            crate::front_door::wire::Door::Http => &plain,
+            crate::front_door::wire::Door::Https => &tls,
+        };
         if workers.is_empty() {
-            break;
+            continue;
         }
         let _ = workers[next % workers.len()].send((stream, peer, local));
         next = next.wrapping_add(1);
     }
     let _ = register.await;
+}
+
+/// HTTPS on the router (`[host] https_listen`): its listeners, bound at start beside the plain
+/// ones, and its certificates. Kept apart from the plain listeners so that handing listeners
+/// over to another daemon can take each by name.
+struct HttpsRouter {
+    listeners: Vec<WorkerIncoming>,
+    port: u16,
+    certs: Arc<crate::tls::CertStore>,
+    challenges: Arc<crate::tls::HttpChallenges>,
+    /// ACME, with the stored certificate it loaded (if any); `None` with certificate files.
+    acme: Option<(crate::acme::Acme, Option<crate::tls::CertInfo>)>,
+}
+
+/// Binds the HTTPS listeners and loads the certificates: files (refusing to start if they are
+/// unusable), or the stored ACME certificate (starting without one if there is none: ACME
+/// obtains it in the background).
+fn https_router(
+    settings: &HostSettings,
+    listeners: Vec<WorkerIncoming>,
+) -> Result<Option<HttpsRouter>, HostError> {
+    use crate::settings::CertificateSource;
+    let Some(https) = &settings.https else {
+        return Ok(None);
+    };
+    let certs = Arc::new(crate::tls::CertStore::new());
+    let challenges = Arc::new(crate::tls::HttpChallenges::default());
+    let acme = match &https.certificates {
+        CertificateSource::Files { certificate, key } => {
+            let key = crate::tls::load_files(certificate, key)?;
+            certs.set_fallback(Arc::new(key));
+            None
+        }
+        CertificateSource::Acme(acme) => {
+            let acme = crate::acme::Acme::new(
+                acme.clone(),
+                settings.acme_dir(),
+                certs.clone(),
+                challenges.clone(),
+            );
+            let stored = acme.load_stored();
+            Some((acme, stored))
+        }
+    };
+    // The port redirects name: the one bound (a port of 0 is resolved by binding), else, behind
+    // the front door, `https_listen` as configured.
+    let port = listeners
+        .iter()
+        .find_map(|l| match l {
+            WorkerIncoming::Listener(l) => l.local_addr().ok(),
+            WorkerIncoming::Handed(_) => None,
+        })
+        .map_or(https.listen.port(), |a| a.port());
+    Ok(Some(HttpsRouter {
+        listeners,
+        port,
+        certs,
+        challenges,
+        acme,
+    }))
+}
+
+/// The HTTPS listeners on `addr`, as [`router_listeners`] binds the plain ones.
+fn https_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, HostError> {
+    router_listeners(addr, n).map_err(|source| HostError::bind(addr, "HTTPS router", source))
+}
+
+impl HttpsRouter {
+    /// Starts the HTTPS workers and ACME; returns the plain listener's route (redirects and
+    /// HTTP-01 answers) and the task that ends when HTTPS has drained.
+    fn start(
+        self,
+        plain: &ProxyConfig,
+        router: Arc<Router>,
+        host: Arc<Host>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(crate::tls::PlainRoute, tokio::task::JoinHandle<()>), HostError> {
+        let tls = flotilla_proxy::tls::server_config(self.certs.clone())
+            .map_err(|e| HostError::Protocol(format!("TLS configuration: {e}")))?;
+        let config = ProxyConfig {
+            tls: Some(Arc::new(tls)),
+            ..plain.clone()
+        };
+        if let Some((acme, stored)) = self.acme {
+            tokio::spawn(acme.run(stored, stop.clone()));
+        }
+        let route = crate::tls::PlainRoute {
+            router: router.clone(),
+            https: Some(crate::tls::Https {
+                certs: self.certs,
+                challenges: self.challenges,
+                port: self.port,
+            }),
+        };
+        let rx = stop.clone();
+        let listeners = self.listeners;
+        let task = tokio::spawn(async move {
+            let report = run_router_workers(listeners, config, router, host, rx).await;
+            if report.cut == 0 {
+                tracing::info!("HTTPS router drained every connection");
+            } else {
+                tracing::warn!(
+                    cut = report.cut,
+                    "HTTPS router shutdown deadline cut connections"
+                );
+            }
+        });
+        Ok((route, task))
+    }
 }
 
 /// What the router workers' shutdown cut, summed.
@@ -1503,10 +1686,10 @@ struct RouterReport {
 /// nginx runs one event loop per worker: a request, its upstream connection and its response stay
 /// on one thread, with no cross-thread wake-ups on the hot path. They share the router (an
 /// `ArcSwap` snapshot and atomic counters), so routing and session accounting are the same.
-async fn run_router_workers(
+async fn run_router_workers<R: flotilla_proxy::Route>(
     listeners: Vec<WorkerIncoming>,
     config: ProxyConfig,
-    router: Arc<Router>,
+    router: Arc<R>,
     host: Arc<Host>,
     stop: watch::Receiver<bool>,
 ) -> RouterReport {

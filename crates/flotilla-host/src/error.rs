@@ -57,7 +57,7 @@ pub enum HostError {
     /// flotilla never shares a port with it, even where the kernel would allow it.
     #[error(
         "cannot listen on {addr} ({what}): {holder}; flotilla does not share a port with another \
-         process: choose another `[host] listen` / `admin_listen` in flotilla.toml or stop it"
+         process: choose another `[host] listen` / `https_listen` / `admin_listen` in flotilla.toml or stop it"
     )]
     PortTaken {
         /// The address.
@@ -71,6 +71,9 @@ pub enum HostError {
     /// file is unusable. The message names the key and what to do.
     #[error("{0}")]
     AdminToken(String),
+    /// A certificate or key of `[host] tls_certificate_file` / `tls_key_file` is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Another daemon already serves this state directory.
     #[error("a flotilla host daemon already runs for {}; stop it with `flotilla host stop`", .state_dir.display())]
     AlreadyRunning {
@@ -145,6 +148,7 @@ impl HostError {
             HostError::Bind { .. }
             | HostError::PortTaken { .. }
             | HostError::AdminToken(_)
+            | HostError::Tls(_)
             | HostError::Corrupt { .. }
             | HostError::Protocol(_) => ErrorKind::Invalid,
         };

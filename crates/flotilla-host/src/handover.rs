@@ -51,6 +51,8 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 pub const ROUTER: &str = "router";
 /// The kind of listener of the status page's socket in [`LISTEN_FDS_VAR`].
 pub const ADMIN: &str = "admin";
+/// The kind of listener of the HTTPS router's sockets in [`LISTEN_FDS_VAR`].
+pub const HTTPS: &str = "https";
 
 /// The value of [`LISTEN_FDS_VAR`] for sockets of the given kinds, in order, numbered from
 /// [`FIRST_FD`].

@@ -23,9 +23,14 @@
 //! - [`access_log`]: the router's JSON-lines access log, rotated by size.
 //! - [`admin`]: the read-only status page.
 //! - [`logs`]: reading and following instance logs for `flotilla logs`.
+//! - [`tls`]: HTTPS on the router: the live-swappable certificate store, PEM files, and the plain
+//!   listener's redirect and ACME HTTP-01 answers.
+//! - [`acme`]: certificates over ACME (HTTP-01, TLS-ALPN-01), kept in the state directory and
+//!   renewed in the background.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod daemon;
 pub mod error;
@@ -45,6 +50,7 @@ pub mod service;
 pub mod settings;
 pub mod state;
 pub mod supervisor;
+pub mod tls;
 
 pub use daemon::{OnExit, serve, serve_until};
 pub use error::HostError;

@@ -85,6 +85,10 @@ pub struct HostSettings {
     /// still open and exits (`[host] upgrade_deadline_seconds`). Default 600 s.
     #[serde(default = "default_upgrade_deadline")]
     pub upgrade_deadline: Duration,
+    /// HTTPS on the router (`[host] https_listen` and the `tls_*`/`acme_*` keys). `None` (the
+    /// default): plain HTTP only.
+    #[serde(default)]
+    pub https: Option<HttpsSettings>,
     /// The program and arguments that start the daemon in the background (`flotilla host serve`).
     /// `None` means the current executable with `host serve`, run in the app directory.
     pub serve_command: Option<Vec<OsString>>,
@@ -97,6 +101,102 @@ pub struct FrontDoorMember {
     pub socket: PathBuf,
     /// The host names the app serves (`*.example.com` matches one more label).
     pub hosts: Vec<String>,
+}
+
+/// HTTPS on the router: where it listens and where its certificates come from. When set, the
+/// plain listener (`listen`) answers `308` to `https://` for every host name that has a
+/// certificate, except ACME HTTP-01 challenges (`/.well-known/acme-challenge/`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpsSettings {
+    /// Where TLS is terminated (`[host] https_listen`).
+    pub listen: SocketAddr,
+    /// Where the certificates come from.
+    pub certificates: CertificateSource,
+}
+
+/// Where the router's certificates come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CertificateSource {
+    /// One certificate chain and its key, in PEM files (`[host] tls_certificate_file`,
+    /// `tls_key_file`), served for every host name; read at start.
+    Files {
+        /// The certificate chain, leaf first.
+        certificate: PathBuf,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Obtained and renewed over ACME.
+    Acme(AcmeSettings),
+}
+
+/// Certificates over ACME (`[host] acme_*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AcmeSettings {
+    /// The host names one certificate covers (`acme_hosts`).
+    pub hosts: Vec<String>,
+    /// A contact address for the CA (`acme_email`), sent as `mailto:`.
+    pub email: Option<String>,
+    /// The CA's directory URL (`acme_directory`; default Let's Encrypt production).
+    pub directory: String,
+    /// How the CA checks that we control the names (`acme_challenge`).
+    pub challenge: AcmeChallenge,
+    /// A PEM root the ACME client trusts for the CA's own HTTPS (`acme_ca_file`), for a test CA
+    /// such as pebble. `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Renew when this fraction of the certificate's lifetime remains (default a third).
+    pub renew_when_remaining: f64,
+    /// The first wait after a failed attempt; doubled after each failure, up to `retry_max`.
+    pub retry_min: Duration,
+    /// The longest wait between failed attempts.
+    pub retry_max: Duration,
+}
+
+/// Let's Encrypt's production directory, the default of `acme_directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl AcmeSettings {
+    /// ACME for `hosts` with the documented defaults: Let's Encrypt, HTTP-01, renewal when a
+    /// third of the lifetime remains, retries from 10 s to an hour.
+    pub fn new(hosts: Vec<String>) -> Self {
+        AcmeSettings {
+            hosts,
+            email: None,
+            directory: LETS_ENCRYPT.to_owned(),
+            challenge: AcmeChallenge::Http01,
+            ca_file: None,
+            renew_when_remaining: 1.0 / 3.0,
+            retry_min: Duration::from_secs(10),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The ACME challenge the router answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcmeChallenge {
+    /// `http-01`: a token under `/.well-known/acme-challenge/` on the plain listener (which the CA
+    /// reaches on port 80).
+    Http01,
+    /// `tls-alpn-01`: a challenge certificate on the HTTPS listener (which the CA reaches on port
+    /// 443) for a handshake offering ALPN `acme-tls/1`.
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    /// The name used in `flotilla.toml` (`http-01`, `tls-alpn-01`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+impl HostSettings {
+    /// Where the router's ACME account, keys and certificates live: `<state_dir>/acme`.
+    pub fn acme_dir(&self) -> PathBuf {
+        self.state_dir.join("acme")
+    }
 }
 
 fn default_first_byte_timeout() -> Duration {
@@ -146,6 +246,7 @@ impl HostSettings {
             front_door: None,
             access_log: None,
             upgrade_deadline: default_upgrade_deadline(),
+            https: None,
             serve_command: None,
         }
     }

@@ -87,6 +87,15 @@ pub struct ProxyConfig {
     /// present, and sets `X-Real-IP` to the last `X-Forwarded-For` entry the trusted proxy sent.
     /// A client's `Forwarded` header is removed either way. See `docs/router.md`.
     pub trust_forwarded: bool,
+    /// Terminate TLS on this server's connections with this rustls configuration (build it with
+    /// [`crate::tls::server_config`], which offers HTTP/2 and HTTP/1.1 over ALPN). Each
+    /// connection then does its handshake in its own task, is served as HTTP/2 or HTTP/1.1 as
+    /// negotiated, and its requests carry `X-Forwarded-Proto: https` (whatever
+    /// [`forwarded_proto`](Self::forwarded_proto) says). `None` (the default): plain HTTP/1.1.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TLS client has, from its first byte, to complete its handshake before the
+    /// connection is closed. Default 10 s.
+    pub tls_handshake_timeout: Duration,
     /// Where each response is recorded for an access log. `None` (the default) records nothing.
     pub access_log: Option<Arc<dyn AccessLog>>,
 }
@@ -114,6 +123,8 @@ impl std::fmt::Debug for ProxyConfig {
             .field("forwarded_proto", &self.forwarded_proto)
             .field("trust_forwarded", &self.trust_forwarded)
             .field("access_log", &self.access_log.is_some())
+            .field("tls", &self.tls.is_some())
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
             .finish()
     }
 }
@@ -138,6 +149,8 @@ impl Default for ProxyConfig {
             forwarded_proto: Scheme::HTTP,
             trust_forwarded: false,
             access_log: None,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! flotilla's reverse-proxy library, shared by the host router and the in-container agent.
 //!
-//! One call, [`serve`], runs an HTTP/1.1 reverse proxy on a listener the caller bound, routing
+//! One call, [`serve`], runs an HTTP/1.1 reverse proxy (HTTP/2 and HTTP/1.1 when it terminates
+//! TLS, [`ProxyConfig::tls`]) on a listener the caller bound, routing
 //! every request through the caller's [`Route`], until the caller's shutdown future completes; it
 //! then drains with a deadline and returns a [`ShutdownReport`]. Along the way it streams bodies
 //! both ways, passes WebSocket upgrades through, sets `X-Forwarded-*`, strips hop-by-hop headers,
@@ -48,6 +49,8 @@
 //!   blocked), pure.
 //! - `body`: [`Body`], the one body type the proxy sends and receives.
 //! - `client_js`: serving the bundled browser client ([`CLIENT_PATH`], [`CLIENT_JS`]).
+//! - `tls`: [`tls::server_config`], the rustls configuration of a TLS-terminating server (HTTP/2
+//!   and HTTP/1.1 over ALPN, and the ACME TLS-ALPN-01 protocol).
 //! - `config`: [`ProxyConfig`].
 //! - `error`: [`ProxyError`] and the JSON error responses ([`json_response`]).
 
@@ -66,6 +69,7 @@ mod proxy;
 mod route;
 mod server;
 mod stats;
+pub mod tls;
 mod ws;
 
 pub use access::{AccessEntry, AccessLog};
@@ -83,3 +87,6 @@ pub use stats::{InstanceStats, LATENCY_BOUNDS_US, LATENCY_BUCKETS, Sessions, Sta
 /// Re-exported so callers build [`Decision::Respond`] responses and header names with the same
 /// `http` crate version the proxy uses.
 pub use http;
+/// Re-exported so callers build [`ProxyConfig::tls`] and certificate resolvers with the same
+/// rustls version the proxy uses.
+pub use rustls;

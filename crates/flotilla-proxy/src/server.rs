@@ -15,6 +15,12 @@
 //! instead of finding its idle connection closed under a request in flight, the race that
 //! closing idle connections at once has (Envoy drains listeners the same way). Then it drains as
 //! above, up to the plan's deadline.
+//!
+//! With [`ProxyConfig::tls`], each connection's task does its TLS handshake (bounded by
+//! [`ProxyConfig::tls_handshake_timeout`]) before serving HTTP/2 or HTTP/1.1, as ALPN chose, so
+//! a slow handshake never holds up the accept loop, and a connection handed over from elsewhere
+//! enters through the same per-connection function as an accepted one. On HTTP/2, graceful
+//! shutdown sends `GOAWAY`: streams in progress finish, new ones go elsewhere.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
@@ -38,6 +45,7 @@ use crate::error::overloaded_response;
 use crate::headers::Forwarded;
 use crate::proxy;
 use crate::route::Route;
+use crate::tls::ALPN_ACME_TLS;
 
 /// How long a connection refused over the limit may take to send its request before it is closed
 /// without its `503`.
@@ -192,11 +200,17 @@ pub(crate) struct Shared<R> {
     /// `data-header` for injected script tags, when the header name is not the client's default.
     pub(crate) client_header_attr: Option<String>,
     http: http1::Builder,
+    /// HTTP/2 and HTTP/1.1 (by the connection's preface), for TLS connections.
+    auto: auto::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proto: HeaderValue,
 }
 
 impl<R: Route> Shared<R> {
-    fn new(config: ProxyConfig, route: R) -> Self {
+    fn new(mut config: ProxyConfig, route: R) -> Self {
+        if config.tls.is_some() {
+            config.forwarded_proto = http::uri::Scheme::HTTPS;
+        }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -210,6 +224,17 @@ impl<R: Route> Shared<R> {
         http.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .keep_alive(true);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .keep_alive(true);
+        // Pings find dead peers on idle HTTP/2 connections (no request head to time out on).
+        auto.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
 
         let proto = HeaderValue::from_str(config.forwarded_proto.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("http"));
@@ -221,6 +246,8 @@ impl<R: Route> Shared<R> {
             tracker: Arc::new(Tracker::new()),
             client_header_attr,
             http,
+            auto,
+            tls,
             proto,
             config,
         }
@@ -486,12 +513,62 @@ fn accept<R: Route>(
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
+        let Some(acceptor) = shared.tls.clone() else {
+            let conn = shared
+                .http
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            run_connection(conn, phase, peer, |c| c.graceful_shutdown()).await;
+            return;
+        };
+        let Some(stream) = handshake(
+            &acceptor,
+            stream,
+            shared.config.tls_handshake_timeout,
+            &mut phase,
+            peer,
+        )
+        .await
+        else {
+            return;
+        };
         let conn = shared
-            .http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
         run_connection(conn, phase, peer, |c| c.graceful_shutdown()).await;
     });
+}
+
+/// Completes the TLS handshake of a new connection, up to `timeout`; `None` if it failed, took
+/// too long, shutdown began meanwhile, or it was an ACME TLS-ALPN-01 validation (which needs
+/// nothing past the handshake).
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+    phase: &mut watch::Receiver<Phase>,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let stream = tokio::select! {
+        done = tokio::time::timeout(timeout, acceptor.accept(stream)) => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                // Scanners, clients that distrust the certificate, names without one: routine.
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "closing a connection whose TLS handshake took over {timeout:?}");
+                return None;
+            }
+        },
+        _ = phase.wait_for(|p| *p != Phase::Running) => return None,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(ALPN_ACME_TLS) {
+        tracing::info!(%peer, "answered an ACME TLS-ALPN-01 validation");
+        return None;
+    }
+    Some(stream)
 }
 
 /// Waits until a new connection has something to read (its first byte, or its end), up to
@@ -522,13 +599,14 @@ async fn first_byte(
 
 /// Drives a connection to completion, reacting to shutdown phases.
 /// `graceful` is the connection's `graceful_shutdown`.
-async fn run_connection<C>(
+async fn run_connection<C, E>(
     conn: C,
     mut phase: watch::Receiver<Phase>,
     peer: SocketAddr,
     graceful: impl Fn(Pin<&mut C>),
 ) where
-    C: Future<Output = hyper::Result<()>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     tokio::pin!(conn);
     let mut draining = false;

@@ -15,6 +15,7 @@
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
 //! - [`http`]: one plain HTTP/1.1 exchange with a server a test started.
 //! - [`moto`]: a moto server (the AWS emulator) of a test's own, and raw calls to it.
+//! - [`pebble`]: Let's Encrypt's ACME test server (and its DNS server) on loopback ports.
 //! - [`net`]: free loopback ports; [`wait`]: bounded polling until something happens.
 //! - [`slow`]: the switch (`FLOTILLA_SKIP_SLOW_TESTS`) that skips the slow tests locally.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod http;
 pub mod lambda;
 pub mod moto;
 pub mod net;
+pub mod pebble;
 pub mod procs;
 pub mod slow;
 pub mod wait;

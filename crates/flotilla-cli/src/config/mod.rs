@@ -349,6 +349,43 @@ pub struct HostConfig {
     pub access_log_max_mb: u32,
     /// Rotated access log files kept.
     pub access_log_keep: u32,
+    /// HTTPS on the router (`https_listen` and its certificates).
+    pub https: Option<HttpsConfig>,
+}
+
+/// `[host] https_listen` and where its certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpsConfig {
+    /// Where TLS is terminated.
+    pub listen: SocketAddr,
+    /// The certificates.
+    pub certificates: TlsCertificates,
+}
+
+/// Where the router's certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum TlsCertificates {
+    /// `tls_certificate_file` and `tls_key_file`, absolute.
+    Files {
+        /// The certificate chain.
+        certificate: PathBuf,
+        /// Its key.
+        key: PathBuf,
+    },
+    /// `acme_*`.
+    Acme {
+        /// The names, lowercase.
+        hosts: Vec<String>,
+        /// The contact address.
+        email: Option<String>,
+        /// The directory URL.
+        directory: String,
+        /// `http-01` or `tls-alpn-01`.
+        challenge: String,
+        /// An extra root for the CA's HTTPS, absolute.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// `[env]` and `[secrets]`: the app's own environment, merged from every layer.

@@ -12,7 +12,8 @@ use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
     AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, Framework, HostConfig,
-    Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
+    HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
+    TlsCertificates,
 };
 
 /// The config file being resolved.
@@ -773,7 +774,9 @@ impl Resolver<'_> {
             .map(|s| normalise(&root.join(s)));
         let access_log_max_mb = self.u32("host.access_log_max_mb", 1..=100_000);
         let access_log_keep = self.u32("host.access_log_keep", 0..=1000);
+        let https = self.https(router, admin, root);
         HostConfig {
+            https,
             access_log,
             access_log_max_mb,
             access_log_keep,
@@ -790,6 +793,200 @@ impl Resolver<'_> {
             upgrade_deadline,
             secrets_file,
         }
+    }
+
+    /// `[host] https_listen` with its certificates: files, or ACME; every inconsistency reported
+    /// at the key it is about, with what to do.
+    fn https(
+        &mut self,
+        router: Option<SocketAddr>,
+        admin: Option<SocketAddr>,
+        root: &Path,
+    ) -> Option<HttpsConfig> {
+        let listen = self.parsed("host.https_listen", |s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "`host.https_listen` must be an address and port such as \"0.0.0.0:443\", \
+                     not {s:?}"
+                )
+            })
+        });
+        let path = |r: &mut Self, key: &str| {
+            r.checked(key, |s| {
+                if s.trim().is_empty() {
+                    Err(format!(
+                        "`{key}` is empty; name a file or leave the key out"
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|s| normalise(&root.join(s)))
+        };
+        let certificate = path(self, "host.tls_certificate_file");
+        let key = path(self, "host.tls_key_file");
+        let ca_file = path(self, "host.acme_ca_file");
+        let hosts = self.acme_hosts();
+        let email = self.checked("host.acme_email", |s| {
+            if s.contains('@') && !s.contains(char::is_whitespace) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`host.acme_email` {s:?} is not an email address; give one such as \
+                     \"ops@example.com\" or leave the key out"
+                ))
+            }
+        });
+        let directory = self
+            .checked("host.acme_directory", |s| {
+                if s.starts_with("https://") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`host.acme_directory` {s:?} is not an https:// URL; ACME servers are \
+                         reached over HTTPS (Let's Encrypt: \"{LETS_ENCRYPT}\")"
+                    ))
+                }
+            })
+            .unwrap_or_default();
+        let challenge = self
+            .checked("host.acme_challenge", |s| match s {
+                "http-01" | "tls-alpn-01" => Ok(()),
+                other => Err(format!(
+                    "`host.acme_challenge` must be \"http-01\" or \"tls-alpn-01\", not {other:?}"
+                )),
+            })
+            .unwrap_or_default();
+
+        let problem = |r: &mut Self, key: &str, message: String| match r.setting(key).cloned() {
+            Some(setting) => r.problem_at(&setting, message),
+            None => r.missing(key, message),
+        };
+        match (&certificate, &key) {
+            (Some(_), None) => problem(
+                self,
+                "host.tls_certificate_file",
+                "`host.tls_certificate_file` is set without `tls_key_file`: name the file \
+                 holding its private key"
+                    .to_owned(),
+            ),
+            (None, Some(_)) => problem(
+                self,
+                "host.tls_key_file",
+                "`host.tls_key_file` is set without `tls_certificate_file`: name the file \
+                 holding its certificate chain"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        let files = certificate.is_some() || key.is_some();
+        if files && hosts.is_some() {
+            problem(
+                self,
+                "host.acme_hosts",
+                "`host.acme_hosts` and `tls_certificate_file` are both set: certificates come \
+                 either from files or from ACME; remove one"
+                    .to_owned(),
+            );
+        }
+        if self.setting("host.https_listen").is_none() {
+            for key in [
+                "host.tls_certificate_file",
+                "host.tls_key_file",
+                "host.acme_hosts",
+            ] {
+                if self.setting(key).is_some() {
+                    problem(
+                        self,
+                        key,
+                        format!(
+                            "`{key}` is set but `https_listen` is not: set `https_listen` in \
+                             [host] (e.g. \"0.0.0.0:443\") to serve HTTPS, or remove `{key}`"
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        if !files && self.setting("host.acme_hosts").is_none() {
+            problem(
+                self,
+                "host.https_listen",
+                "`host.https_listen` is set but there is no certificate: set \
+                 `tls_certificate_file` and `tls_key_file` in [host], or `acme_hosts` to obtain \
+                 one over ACME"
+                    .to_owned(),
+            );
+        }
+        if let Some(addr) = listen {
+            for (other, name) in [(router, "listen"), (admin, "admin_listen")] {
+                if other == Some(addr) {
+                    problem(
+                        self,
+                        "host.https_listen",
+                        format!(
+                            "`host.https_listen` ({addr}) is the same address as `host.{name}`; \
+                             HTTPS needs its own port"
+                        ),
+                    );
+                }
+            }
+        }
+        let certificates = match (certificate, key, hosts) {
+            (Some(certificate), Some(key), None) => TlsCertificates::Files { certificate, key },
+            (None, None, Some(hosts)) => TlsCertificates::Acme {
+                hosts,
+                email,
+                directory,
+                challenge,
+                ca_file,
+            },
+            _ => return None,
+        };
+        Some(HttpsConfig {
+            listen: listen?,
+            certificates,
+        })
+    }
+
+    /// `host.acme_hosts`: DNS names (lowercased), no wildcards, ports or schemes.
+    fn acme_hosts(&mut self) -> Option<Vec<String>> {
+        let settings = self.settings;
+        let setting = settings.get("host.acme_hosts")?;
+        let Val::List(items) = &setting.val else {
+            self.problem_at(
+                setting,
+                "`host.acme_hosts` must be an array of strings".to_owned(),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.problem_at(
+                setting,
+                "`host.acme_hosts` is empty; list the host names to obtain a certificate for, \
+                 or leave the key out"
+                    .to_owned(),
+            );
+            return None;
+        }
+        let bad: Vec<&String> = items.iter().filter(|h| !is_dns_name(h)).collect();
+        if !bad.is_empty() {
+            self.problem_at(
+                setting,
+                format!(
+                    "`host.acme_hosts` lists {bad:?}, which {}: give names such as \
+                     \"shop.example.com\" (no scheme, port, path or wildcard: http-01 and \
+                     tls-alpn-01 cannot validate wildcards)",
+                    if bad.len() == 1 {
+                        "is not a host name"
+                    } else {
+                        "are not host names"
+                    }
+                ),
+            );
+            return None;
+        }
+        Some(items.iter().map(|h| h.to_ascii_lowercase()).collect())
     }
 
     /// `[env]` and `[secrets]` from every layer: names checked, secrets' references checked for
@@ -1142,4 +1339,22 @@ fn normalise(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Let's Encrypt's production directory (the default of `acme_directory`), for messages.
+const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Whether `name` is a DNS host name: dot-separated labels of letters, digits and hyphens (not
+/// at either end), at least two labels, at most 253 characters.
+fn is_dns_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }

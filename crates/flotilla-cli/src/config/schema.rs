@@ -458,6 +458,78 @@ pub const KEYS: &[Key] = &[
          one, how long the old daemon keeps serving the connections it holds (WebSockets and \
          event streams included) before it closes what is still open and exits.",
     ),
+    key_ex(
+        "host",
+        "https_listen",
+        Ty::Str,
+        Unset,
+        "Where the router terminates TLS (address:port), serving HTTP/2 and HTTP/1.1. Needs \
+         certificates: `tls_certificate_file` and `tls_key_file`, or `acme_hosts`. Then `listen` \
+         answers 308 to https:// for every host name that has a certificate (ACME HTTP-01 \
+         challenges excepted).",
+        "\"0.0.0.0:443\"",
+    ),
+    key_ex(
+        "host",
+        "tls_certificate_file",
+        Ty::Str,
+        Unset,
+        "A PEM file with the certificate chain (leaf first) served for every host name on \
+         `https_listen`. Read when the daemon starts. Needs `tls_key_file`.",
+        "\"/etc/flotilla/shop.crt\"",
+    ),
+    key_ex(
+        "host",
+        "tls_key_file",
+        Ty::Str,
+        Unset,
+        "The PEM private key of `tls_certificate_file` (PKCS#8, PKCS#1 or SEC1; keep it 0600).",
+        "\"/etc/flotilla/shop.key\"",
+    ),
+    key_ex(
+        "host",
+        "acme_hosts",
+        Ty::StrList,
+        Unset,
+        "Host names to obtain one certificate for over ACME (instead of the tls_* files); kept \
+         in the state directory and renewed in the background when a third of its lifetime \
+         remains. Each name must resolve to this machine and reach it on port 80 (http-01) or \
+         443 (tls-alpn-01).",
+        "[\"shop.example.com\", \"www.shop.example.com\"]",
+    ),
+    key_ex(
+        "host",
+        "acme_email",
+        Ty::Str,
+        Unset,
+        "A contact address given to the ACME CA (expiry warnings go there).",
+        "\"ops@example.com\"",
+    ),
+    key(
+        "host",
+        "acme_directory",
+        Ty::Str,
+        Str("https://acme-v02.api.letsencrypt.org/directory"),
+        "The ACME CA's directory URL (default Let's Encrypt production; its staging is \
+         https://acme-staging-v02.api.letsencrypt.org/directory).",
+    ),
+    key(
+        "host",
+        "acme_challenge",
+        Ty::Str,
+        Str("http-01"),
+        "How the CA checks the names: \"http-01\" (a token served on `listen`, which must be \
+         port 80 to the CA) or \"tls-alpn-01\" (a certificate on `https_listen`, port 443).",
+    ),
+    key_ex(
+        "host",
+        "acme_ca_file",
+        Ty::Str,
+        Unset,
+        "A PEM root to trust for the ACME CA's own HTTPS, for a private or test CA (pebble). \
+         Unset: the system's roots.",
+        "\"/etc/flotilla/acme-ca.pem\"",
+    ),
     // [aws]
     key_ex(
         "aws",

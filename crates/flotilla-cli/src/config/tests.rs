@@ -1165,3 +1165,115 @@ fn hosts_are_checked_and_listen_beside_them_is_refused() {
         ],
     );
 }
+
+#[test]
+fn https_takes_certificate_files_or_acme_hosts_and_says_what_is_missing() {
+    use super::{HttpsConfig, TlsCertificates};
+    let none = Overrides::default();
+    let files = ok(
+        &format!(
+            "{BASE}https_listen = \"0.0.0.0:8443\"\ntls_certificate_file = \"tls/cert.pem\"\n\
+             tls_key_file = \"/etc/flotilla/key.pem\"\n"
+        ),
+        &[],
+        &none,
+    );
+    assert_eq!(
+        files.host.https,
+        Some(HttpsConfig {
+            listen: "0.0.0.0:8443".parse().expect("addr"),
+            certificates: TlsCertificates::Files {
+                certificate: "/srv/shop/tls/cert.pem".into(),
+                key: "/etc/flotilla/key.pem".into(),
+            },
+        })
+    );
+    let acme = ok(
+        &format!(
+            "{BASE}https_listen = \"0.0.0.0:443\"\nacme_hosts = [\"Shop.example.com\"]\n\
+             acme_challenge = \"tls-alpn-01\"\n"
+        ),
+        &[],
+        &none,
+    );
+    assert_eq!(
+        acme.host.https.expect("https").certificates,
+        TlsCertificates::Acme {
+            hosts: vec!["shop.example.com".to_owned()],
+            email: None,
+            directory: "https://acme-v02.api.letsencrypt.org/directory".to_owned(),
+            challenge: "tls-alpn-01".to_owned(),
+            ca_file: None,
+        }
+    );
+    // From the environment too.
+    let from_env = ok(
+        BASE,
+        &[
+            ("FLOTILLA_HOST_HTTPS_LISTEN", "127.0.0.1:8443"),
+            ("FLOTILLA_HOST_ACME_HOSTS", "a.example.com,b.example.com"),
+        ],
+        &none,
+    );
+    assert!(from_env.host.https.is_some());
+    assert_eq!(ok(BASE, &[], &none).host.https, None);
+
+    check(
+        &format!("{BASE}https_listen = \"0.0.0.0:443\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:16: `host.https_listen` is set but there is no certificate: set \
+           `tls_certificate_file` and `tls_key_file` in [host], or `acme_hosts` to obtain one \
+           over ACME",
+        ],
+    );
+    check(
+        &format!("{BASE}tls_certificate_file = \"cert.pem\"\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:24: `host.tls_certificate_file` is set without `tls_key_file`: name \
+             the file holding its private key",
+            "flotilla.toml:4:24: `host.tls_certificate_file` is set but `https_listen` is not: \
+             set `https_listen` in [host] (e.g. \"0.0.0.0:443\") to serve HTTPS, or remove \
+             `host.tls_certificate_file`",
+        ],
+    );
+    check(
+        &format!(
+            "{BASE}https_listen = \"0.0.0.0:443\"\ntls_key_file = \"key.pem\"\n\
+             acme_hosts = [\"shop.example.com\", \"*.example.com\", \"http://x.example.com\"]\n"
+        ),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:5:16: `host.tls_key_file` is set without `tls_certificate_file`: name \
+             the file holding its certificate chain",
+            "flotilla.toml:6:14: `host.acme_hosts` lists [\"*.example.com\", \
+             \"http://x.example.com\"], which are not host names: give names such as \
+             \"shop.example.com\" (no scheme, port, path or wildcard: http-01 and tls-alpn-01 \
+             cannot validate wildcards)",
+        ],
+    );
+    check(
+        &format!(
+            "{BASE}https_listen = \"127.0.0.1:8080\"\nacme_hosts = [\"shop.example.com\"]\n\
+             acme_challenge = \"dns-01\"\nacme_directory = \"http://ca.example.com/dir\"\n\
+             acme_email = \"ops\"\n"
+        ),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:16: `host.https_listen` (127.0.0.1:8080) is the same address as \
+             `host.listen`; HTTPS needs its own port",
+            "flotilla.toml:6:18: `host.acme_challenge` must be \"http-01\" or \"tls-alpn-01\", \
+             not \"dns-01\"",
+            "flotilla.toml:7:18: `host.acme_directory` \"http://ca.example.com/dir\" is not an \
+             https:// URL; ACME servers are reached over HTTPS (Let's Encrypt: \
+             \"https://acme-v02.api.letsencrypt.org/directory\")",
+            "flotilla.toml:8:14: `host.acme_email` \"ops\" is not an email address; give one \
+             such as \"ops@example.com\" or leave the key out",
+        ],
+    );
+}

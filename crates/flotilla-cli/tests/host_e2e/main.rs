@@ -5,6 +5,7 @@
 //! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
 
 mod front_door;
+mod https;
 mod util;
 
 use std::collections::BTreeMap;

@@ -78,8 +78,20 @@ impl HostEnv {
         self.dir.path()
     }
 
+    /// Rewrites `flotilla.toml` for the example app with `extra` appended to `[host]`.
+    pub fn configure_host_keys(&self, extra: &str) {
+        let build = format!("cp {} ./hello", hello_bin().display());
+        self.configure_with(&build, "exec ./hello", extra);
+    }
+
     /// Rewrites `flotilla.toml` with this build and start command.
     pub fn configure(&self, build: &str, command: &str) {
+        self.configure_with(build, command, "");
+    }
+
+    /// Rewrites `flotilla.toml` with this build and start command, and `extra` appended to
+    /// `[host]`.
+    pub fn configure_with(&self, build: &str, command: &str, extra: &str) {
         let t = self.timing;
         let text = format!(
             r#"name = "e2e"
@@ -100,7 +112,7 @@ admin_listen = "{admin}"
 instances = 2
 build = {build:?}
 command = {command:?}
-"#,
+{extra}"#,
             health = t.health_timeout,
             poll = t.poll,
             grace = t.grace,

@@ -5,4 +5,5 @@ mod forwarding;
 mod injection;
 mod limits;
 mod sessions;
+mod tls;
 mod util;
