@@ -22,12 +22,22 @@ struct FrontDoor {
 
 impl FrontDoor {
     fn start() -> FrontDoor {
+        Self::start_with(None)
+    }
+
+    /// A front door that also takes TLS on `https` (its apps terminate it).
+    fn start_with(https: Option<SocketAddr>) -> FrontDoor {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let socket = dir.path().join("front-door.sock");
         let log = dir.path().join("front-door.log");
+        let tls: Vec<String> = match https {
+            Some(addr) => vec!["--https".into(), addr.to_string()],
+            None => vec!["--no-https".into()],
+        };
         let child = Command::new(flotilla_bin())
-            .args(["host", "front-door", "--no-https", "--hold", "15"])
+            .args(["host", "front-door", "--hold", "15"])
+            .args(&tls)
             .env("FLOTILLA_LOG", "debug")
             .arg("--http")
             .arg(http.to_string())
@@ -112,13 +122,17 @@ impl Drop for FrontDoor {
 }
 
 fn app_behind(door_socket: &Path, name: &str, hosts: &[&str]) -> HostEnv {
+    app_behind_with(door_socket, name, hosts, "")
+}
+
+fn app_behind_with(door_socket: &Path, name: &str, hosts: &[&str], extra: &str) -> HostEnv {
     let env = HostEnv::new(Timing {
         poll: 1,
         grace: 600,
         interval: 1,
         health_timeout: 30,
     });
-    env.configure_behind_front_door(name, door_socket, hosts);
+    env.configure_behind_front_door(name, door_socket, hosts, extra);
     env
 }
 
@@ -478,4 +492,54 @@ fn an_upgrade_of_the_front_door_itself_fails_no_request() {
         "{reply:?}"
     );
     assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);
+}
+
+/// The picture: two apps behind one front door on HTTPS, each with its own certificate,
+/// chosen by the TLS server name; HTTP/2 and HTTP/1.1; plain HTTP redirected to HTTPS; an unknown
+/// name refused in the handshake.
+#[test]
+fn two_apps_behind_one_https_front_door_each_with_its_own_certificate() {
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let door = FrontDoor::start_with(Some(https));
+    let keys = tempfile::tempdir().expect("tempdir");
+    let app = |name: &str, host: &str| {
+        let certified = rcgen::generate_simple_self_signed(vec![host.to_owned()]).expect("cert");
+        let cert = keys.path().join(format!("{name}.pem"));
+        let key = keys.path().join(format!("{name}.key"));
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        let env = app_behind_with(
+            &door.socket,
+            name,
+            &[host],
+            &format!(
+                "https_listen = \"{https}\"\ntls_certificate_file = {:?}\ntls_key_file = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        );
+        (env, cert)
+    };
+    let (shop, shop_cert) = app("shop", "shop.example.com");
+    let (blog, blog_cert) = app("blog", "blog.example.com");
+    let shop_v1 = shop.deploy();
+    let blog_v1 = blog.deploy();
+
+    // Each name reaches its app over HTTP/2 and HTTP/1.1, with that app's own certificate
+    // (curl trusts only the certificate given, so the other app's would fail).
+    crate::https::check_both_protocols("shop.example.com", https.port(), &shop_cert, &shop_v1);
+    crate::https::check_both_protocols("blog.example.com", https.port(), &blog_cert, &blog_v1);
+    assert!(
+        crate::https::curl("blog.example.com", https.port(), "/", &shop_cert, true).is_err(),
+        "the blog does not present the shop's certificate"
+    );
+    // A name no app registered is refused in the handshake.
+    assert!(crate::https::curl("nobody.example.com", https.port(), "/", &shop_cert, true).is_err());
+    // Plain HTTP through the front door is redirected to HTTPS on the front door's port.
+    let redirect = door.get("shop.example.com", "/a?b=1", &[]);
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    assert_eq!(
+        redirect.header("location"),
+        Some(format!("https://shop.example.com:{}/a?b=1", https.port()).as_str())
+    );
 }

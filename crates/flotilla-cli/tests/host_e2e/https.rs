@@ -23,7 +23,7 @@ const TIMING: Timing = Timing {
 };
 
 /// What curl saw.
-struct Curled {
+pub(crate) struct Curled {
     status: u16,
     http_version: String,
     headers: String,
@@ -31,7 +31,13 @@ struct Curled {
 }
 
 /// `curl` to `https://{name}:{port}{path}`, resolving `name` to 127.0.0.1 and trusting `ca`.
-fn curl(name: &str, port: u16, path: &str, ca: &Path, http2: bool) -> Result<Curled, String> {
+pub(crate) fn curl(
+    name: &str,
+    port: u16,
+    path: &str,
+    ca: &Path,
+    http2: bool,
+) -> Result<Curled, String> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -66,7 +72,7 @@ fn curl(name: &str, port: u16, path: &str, ca: &Path, http2: bool) -> Result<Cur
 
 /// Checks a name over HTTP/2 and HTTP/1.1: the app answers, the router stamped the version, and
 /// the app was told the request came over HTTPS for that host.
-fn check_both_protocols(name: &str, port: u16, ca: &Path, version: &str) {
+pub(crate) fn check_both_protocols(name: &str, port: u16, ca: &Path, version: &str) {
     for (http2, expected) in [(true, "2"), (false, "1.1")] {
         let got = curl(name, port, "/", ca, http2).expect("curl over TLS");
         assert_eq!(got.status, 200, "{}", got.body);

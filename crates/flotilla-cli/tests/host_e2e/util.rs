@@ -125,7 +125,13 @@ command = {command:?}
 
     /// Rewrites `flotilla.toml` for an app named `name` serving `hosts` behind the front door on
     /// `socket` (no `listen`).
-    pub fn configure_behind_front_door(&self, name: &str, socket: &Path, hosts: &[&str]) {
+    pub fn configure_behind_front_door(
+        &self,
+        name: &str,
+        socket: &Path,
+        hosts: &[&str],
+        extra: &str,
+    ) {
         let hello = hello_bin();
         let t = self.timing;
         let text = format!(
@@ -148,7 +154,7 @@ admin_listen = "{admin}"
 instances = 2
 build = {build:?}
 command = "exec ./hello"
-"#,
+{extra}"#,
             health = t.health_timeout,
             poll = t.poll,
             grace = t.grace,
