@@ -178,22 +178,7 @@ run_wrk() { # name scenario url [header]
   local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
   wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
-  python3 - "$name" "$scenario" "$work/wrk.out" >> "$results" <<'PY'
-import re, sys
-name, scenario, path = sys.argv[1:4]
-text = open(path).read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    n, u = float(m.group(1)), m.group(2)
-    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-sock = re.search(r"Socket errors: (.*)", text)
-bad = (int(errors.group(1)) if errors else 0)
-print(f"{name}\t{scenario}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{bad}\t{sock.group(1) if sock else ''}")
-PY
+  python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
 }
 run_h2load() { # name scenario url [header]
   local name="$1" scenario="$2" url="$3" header="${4:-}"

@@ -92,39 +92,12 @@ impl HostEnv {
     /// Rewrites `flotilla.toml` with this build and start command, and `extra` appended to
     /// `[host]`.
     pub fn configure_with(&self, build: &str, command: &str, extra: &str) {
-        let t = self.timing;
-        let text = format!(
-            r#"name = "e2e"
-provider = "host"
-[app]
-health_timeout_seconds = {health}
-stop_timeout_seconds = 3
-[drain]
-poll_seconds = {poll}
-grace_seconds = {grace}
-[reaper]
-interval_seconds = {interval}
-consecutive_passes = 1
-min_age_seconds = 1
-[host]
-listen = "{listen}"
-admin_listen = "{admin}"
-instances = 2
-build = {build:?}
-command = {command:?}
-{extra}"#,
-            health = t.health_timeout,
-            poll = t.poll,
-            grace = t.grace,
-            interval = t.interval,
-            listen = self.listen,
-            admin = self.admin,
-        );
-        std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
+        let listen = format!("listen = \"{}\"\n", self.listen);
+        self.write_config("e2e", &listen, build, command, extra);
     }
 
     /// Rewrites `flotilla.toml` for an app named `name` serving `hosts` behind the front door on
-    /// `socket` (no `listen`).
+    /// `socket` (no `listen`), with `extra` appended to `[host]`.
     pub fn configure_behind_front_door(
         &self,
         name: &str,
@@ -132,7 +105,14 @@ command = {command:?}
         hosts: &[&str],
         extra: &str,
     ) {
-        let hello = hello_bin();
+        let place = format!("hosts = {hosts:?}\nfront_door_socket = {socket:?}\n");
+        let build = format!("cp {} ./hello", hello_bin().display());
+        self.write_config(name, &place, &build, "exec ./hello", extra);
+    }
+
+    /// The one `flotilla.toml` template: this test's timing, `place` (where the router listens
+    /// or which hosts it serves), the build and start commands, and `extra` in `[host]`.
+    fn write_config(&self, name: &str, place: &str, build: &str, command: &str, extra: &str) {
         let t = self.timing;
         let text = format!(
             r#"name = "{name}"
@@ -148,19 +128,16 @@ interval_seconds = {interval}
 consecutive_passes = 1
 min_age_seconds = 1
 [host]
-hosts = {hosts:?}
-front_door_socket = {socket:?}
-admin_listen = "{admin}"
+{place}admin_listen = "{admin}"
 instances = 2
 build = {build:?}
-command = "exec ./hello"
+command = {command:?}
 {extra}"#,
             health = t.health_timeout,
             poll = t.poll,
             grace = t.grace,
             interval = t.interval,
             admin = self.admin,
-            build = format!("cp {} ./hello", hello.display()),
         );
         std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
     }
