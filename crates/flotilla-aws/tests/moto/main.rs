@@ -5,7 +5,6 @@
 mod agent_bin;
 mod app_env;
 mod baseline;
-mod drain_board;
 mod faults;
 mod ports;
 mod support;
