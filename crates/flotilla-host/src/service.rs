@@ -289,8 +289,14 @@ pub fn install(spec: &UnitSpec, dir: &Path, systemctl: bool) -> Result<Outcome, 
             config: spec.config.clone(),
         });
     }
+    write_unit(dir, &path, &text)?;
+    finish(unit, path, spec.scope, systemctl, true)
+}
+
+/// Writes a unit file's `text` at `path`, creating `dir` if needed.
+fn write_unit(dir: &Path, path: &Path, text: &str) -> Result<(), ServiceError> {
     let file_err = |operation| {
-        let path = path.clone();
+        let path = path.to_owned();
         move |source| ServiceError::File {
             operation,
             path,
@@ -298,8 +304,7 @@ pub fn install(spec: &UnitSpec, dir: &Path, systemctl: bool) -> Result<Outcome, 
         }
     };
     std::fs::create_dir_all(dir).map_err(file_err("create the directory of"))?;
-    std::fs::write(&path, text).map_err(file_err("write"))?;
-    finish(unit, path, spec.scope, systemctl, true)
+    std::fs::write(path, text).map_err(file_err("write"))
 }
 
 /// Disables and stops the unit of `name` (when `systemctl` is asked for and systemd runs), then
@@ -379,16 +384,7 @@ pub fn install_front_door(
     systemctl: bool,
 ) -> Result<Outcome, ServiceError> {
     let path = dir.join(FRONT_DOOR_UNIT);
-    let file_err = |operation| {
-        let path = path.clone();
-        move |source| ServiceError::File {
-            operation,
-            path,
-            source,
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(file_err("create the directory of"))?;
-    std::fs::write(&path, render_front_door_unit(spec)).map_err(file_err("write"))?;
+    write_unit(dir, &path, &render_front_door_unit(spec))?;
     finish(
         FRONT_DOOR_UNIT.to_owned(),
         path,

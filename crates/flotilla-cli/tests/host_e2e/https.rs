@@ -152,35 +152,7 @@ async fn echo(ws: &mut Ws, text: &str) {
 
 /// The plain listener's answer to `GET path` for `host`.
 fn plain(listen: SocketAddr, host: &str, path: &str) -> crate::util::Reply {
-    // The util client always sends `Host: e2e`; a raw request names the host under test.
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(listen).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    crate::util::Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    crate::util::get_host(listen, host, path, &[]).expect("the plain listener answers")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
