@@ -19,6 +19,8 @@
 //!   v1 after v2 is deployed, tab B and a reload of A get v2.
 //! - `csp`: the injected client on pages under a nonce-based Content-Security-Policy (see that
 //!   module).
+//! - `https`: the session example over the router's TLS in Chromium: HTTP/2 by ALPN, the
+//!   WebSocket over TLS, a tab's version kept through a deploy (see that module).
 //! - `frameworks`: real Streamlit and Pulse apps with their `[app] framework` presets (see that
 //!   module).
 //!
@@ -29,6 +31,7 @@
 mod csp;
 mod frameworks;
 mod host;
+mod https;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
