@@ -600,9 +600,10 @@ fn two_apps_behind_one_https_front_door_get_their_certificates_from_pebble_throu
         let acme = env.app().join(".flotilla/host/acme");
         assert!(acme.join("certificate.pem").is_file(), "{}", acme.display());
     }
-    let shop_cert =
-        std::fs::read_to_string(shop.app().join(".flotilla/host/acme/certificate.pem")).unwrap();
-    let blog_cert =
-        std::fs::read_to_string(blog.app().join(".flotilla/host/acme/certificate.pem")).unwrap();
+    let certificate_of = |env: &HostEnv| {
+        std::fs::read_to_string(env.app().join(".flotilla/host/acme/certificate.pem"))
+            .expect("the app's certificate")
+    };
+    let (shop_cert, blog_cert) = (certificate_of(&shop), certificate_of(&blog));
     assert_ne!(shop_cert, blog_cert, "one certificate per app");
 }
