@@ -55,6 +55,8 @@ pub struct Clients {
     pub ecr: aws_sdk_ecr::Client,
     /// CloudWatch Logs: recent container logs.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// Application Auto Scaling: each version's scalable target and target-tracking policies.
+    pub scaling: aws_sdk_applicationautoscaling::Client,
     /// The region the clients talk to.
     pub region: Option<String>,
 }
@@ -86,6 +88,7 @@ impl Clients {
             ssm: client!(aws_sdk_ssm),
             ecr: client!(aws_sdk_ecr),
             logs: client!(aws_sdk_cloudwatchlogs),
+            scaling: client!(aws_sdk_applicationautoscaling),
             region: config.region().map(|r| r.to_string()),
         }
     }

@@ -1066,6 +1066,7 @@ impl Resolver<'_> {
         let memory = self.u32("aws.memory", 1..=122_880);
         self.fargate_size(cpu, memory);
         let desired_count = self.u32("aws.desired_count", 1..=1000);
+        let autoscaling = self.autoscaling(desired_count);
         let domain = self.checked("aws.domain", |s| {
             let ok = !s.is_empty()
                 && !s.contains("://")
@@ -1148,6 +1149,7 @@ impl Resolver<'_> {
             cpu,
             memory,
             desired_count,
+            autoscaling,
             domain,
             certificate_arn,
             nat,
@@ -1182,6 +1184,67 @@ impl Resolver<'_> {
     }
 
     /// Fargate allows only certain CPU and memory pairs.
+    /// `[aws] max_count` and its siblings: autoscaling of each version, or `None` without
+    /// `max_count` (a `min_count` or request target without it is a mistake worth naming).
+    fn autoscaling(&mut self, desired: u32) -> Option<super::Autoscaling> {
+        let Some(max_setting) = self.setting("aws.max_count").cloned() else {
+            for path in ["aws.min_count", "aws.scale_requests_per_target"] {
+                if let Some(setting) = self.setting(path).cloned() {
+                    self.problem_at(
+                        &setting,
+                        format!(
+                            "`{path}` applies only under autoscaling: set `aws.max_count` (the \
+                             most tasks a version may run) to turn it on, or remove `{path}`"
+                        ),
+                    );
+                }
+            }
+            return None;
+        };
+        let max = self.u32("aws.max_count", 1..=1000);
+        let min = if self.setting("aws.min_count").is_some() {
+            self.u32("aws.min_count", 1..=1000)
+        } else {
+            desired
+        };
+        let cpu = self.u32("aws.scale_cpu_percent", 0..=100);
+        let memory = self.u32("aws.scale_memory_percent", 0..=100);
+        let requests = self
+            .setting("aws.scale_requests_per_target")
+            .is_some()
+            .then(|| self.u32("aws.scale_requests_per_target", 1..=1_000_000));
+        if max == 0 || min == 0 || desired == 0 || requests == Some(0) {
+            return None; // already reported
+        }
+        if !(min <= desired && desired <= max) {
+            self.problem_at(
+                &max_setting,
+                format!(
+                    "autoscaling needs aws.min_count ({min}) <= aws.desired_count ({desired}) <= \
+                     aws.max_count ({max}): a version starts with desired_count tasks"
+                ),
+            );
+            return None;
+        }
+        if cpu == 0 && memory == 0 && requests.is_none() {
+            self.problem_at(
+                &max_setting,
+                "autoscaling needs something to track: `aws.scale_cpu_percent` and \
+                 `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
+                 unset"
+                    .to_owned(),
+            );
+            return None;
+        }
+        Some(super::Autoscaling {
+            min,
+            max,
+            cpu_percent: (cpu > 0).then_some(cpu),
+            memory_percent: (memory > 0).then_some(memory),
+            requests_per_target: requests,
+        })
+    }
+
     fn fargate_size(&mut self, cpu: u32, memory: u32) {
         let Some(cpu_setting) = self.setting("aws.cpu").cloned() else {
             return;

@@ -574,7 +574,49 @@ pub const KEYS: &[Key] = &[
         "desired_count",
         Ty::Int,
         Int(2),
-        "Tasks each version runs.",
+        "Tasks each version runs (its start, and its minimum under autoscaling unless min_count \
+         says otherwise).",
+    ),
+    key_ex(
+        "aws",
+        "max_count",
+        Ty::Int,
+        Unset,
+        "Most tasks a version may run. Setting it turns on autoscaling of each version's service \
+         on its own (target tracking on CPU, memory and, if set, requests per task); a draining \
+         version never scales out. Unset: each version runs desired_count tasks.",
+        "10",
+    ),
+    key_ex(
+        "aws",
+        "min_count",
+        Ty::Int,
+        Unset,
+        "Fewest tasks autoscaling leaves a version with (at least 1). Unset: desired_count.",
+        "2",
+    ),
+    key(
+        "aws",
+        "scale_cpu_percent",
+        Ty::Int,
+        Int(70),
+        "Average CPU use autoscaling holds each version at, in percent; 0: no CPU policy.",
+    ),
+    key(
+        "aws",
+        "scale_memory_percent",
+        Ty::Int,
+        Int(80),
+        "Average memory use autoscaling holds each version at, in percent; 0: no memory policy.",
+    ),
+    key_ex(
+        "aws",
+        "scale_requests_per_target",
+        Ty::Int,
+        Unset,
+        "Requests per task per minute autoscaling holds each version at (the load balancer's \
+         count). Unset: no request policy.",
+        "1000",
     ),
     key_ex(
         "aws",

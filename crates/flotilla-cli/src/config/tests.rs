@@ -77,7 +77,8 @@ fn unknown_keys_suggest_the_closest_valid_key() {
         (
             "[aws]\ncolour = 1\n",
             "flotilla.toml:5:1: unknown key `colour` in [aws]; keys of [aws] are `region`, \
-             `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `domain`, \
+             `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `max_count`, `min_count`, \
+             `scale_cpu_percent`, `scale_memory_percent`, `scale_requests_per_target`, `domain`, \
              `certificate_arn`, `nat`, `command`, `architecture`, `read_only_root`, `user`, \
              `enable_execute_command`, `agent_image`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
@@ -343,6 +344,58 @@ fn names_providers_and_sections_are_validated() {
     );
     // The AWS provider does not need a host command, and checks min_healthy against its own count.
     ok("name = \"shop\"\nprovider = \"aws\"\n", &[], &none);
+    // Autoscaling: off without max_count; on with it, with the defaults' CPU and memory targets.
+    let aws = |extra: &str| format!("name = \"shop\"\nprovider = \"aws\"\n[aws]\n{extra}");
+    assert_eq!(ok(&aws(""), &[], &none).aws.autoscaling, None);
+    assert_eq!(
+        ok(&aws("max_count = 8\n"), &[], &none).aws.autoscaling,
+        Some(super::Autoscaling {
+            min: 2,
+            max: 8,
+            cpu_percent: Some(70),
+            memory_percent: Some(80),
+            requests_per_target: None,
+        })
+    );
+    assert_eq!(
+        ok(
+            &aws("max_count = 8\nmin_count = 1\nscale_cpu_percent = 0\nscale_requests_per_target = 900\n"),
+            &[("FLOTILLA_AWS_MAX_COUNT", "20")],
+            &none
+        )
+        .aws
+        .autoscaling,
+        Some(super::Autoscaling {
+            min: 1,
+            max: 20,
+            cpu_percent: None,
+            memory_percent: Some(80),
+            requests_per_target: Some(900),
+        })
+    );
+    check(
+        &aws("min_count = 1\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:13: `aws.min_count` applies only under autoscaling: set \
+           `aws.max_count` (the most tasks a version may run) to turn it on, or remove \
+           `aws.min_count`"],
+    );
+    check(
+        &aws("max_count = 1\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:13: autoscaling needs aws.min_count (2) <= aws.desired_count (2) <= \
+           aws.max_count (1): a version starts with desired_count tasks"],
+    );
+    check(
+        &aws("max_count = 4\nscale_cpu_percent = 0\nscale_memory_percent = 0\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:13: autoscaling needs something to track: `aws.scale_cpu_percent` \
+           and `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
+           unset"],
+    );
     check(
         "name = \"shop\"\nprovider = \"aws\"\n[app]\nmin_healthy = 3\n[aws]\ndesired_count = 2\n",
         &[],
