@@ -150,19 +150,31 @@ pub(crate) async fn enable(
         );
     }
     for policy in policies(scaling, &service, label.as_deref()) {
-        let mut metric = PredefinedMetricSpecification::builder()
-            .predefined_metric_type(policy.metric.clone());
+        let mut metric =
+            PredefinedMetricSpecification::builder().predefined_metric_type(policy.metric.clone());
         if let Some(label) = &policy.label {
             metric = metric.resource_label(label);
         }
-        let metric = metric
-            .build()
-            .map_err(|e| PortError::new(ErrorKind::Invalid, "put scaling policy", &policy.name, e.to_string()))?;
+        let metric = metric.build().map_err(|e| {
+            PortError::new(
+                ErrorKind::Invalid,
+                "put scaling policy",
+                &policy.name,
+                e.to_string(),
+            )
+        })?;
         let configuration = TargetTrackingScalingPolicyConfiguration::builder()
             .target_value(policy.target)
             .predefined_metric_specification(metric)
             .build()
-            .map_err(|e| PortError::new(ErrorKind::Invalid, "put scaling policy", &policy.name, e.to_string()))?;
+            .map_err(|e| {
+                PortError::new(
+                    ErrorKind::Invalid,
+                    "put scaling policy",
+                    &policy.name,
+                    e.to_string(),
+                )
+            })?;
         ctx.clients
             .scaling
             .put_scaling_policy()
@@ -297,7 +309,11 @@ mod tests {
         assert_eq!(request_count_label("arn:x", TG), None);
         assert_eq!(request_count_label(LISTENER, "arn:x"), None);
         let network = LISTENER.replace("listener/app/", "listener/net/");
-        assert_eq!(request_count_label(&network, TG), None, "only application load balancers");
+        assert_eq!(
+            request_count_label(&network, TG),
+            None,
+            "only application load balancers"
+        );
     }
 
     #[test]

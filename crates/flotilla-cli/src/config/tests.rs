@@ -377,24 +377,30 @@ fn names_providers_and_sections_are_validated() {
         &aws("min_count = 1\n"),
         &[],
         &none,
-        &["flotilla.toml:4:13: `aws.min_count` applies only under autoscaling: set \
+        &[
+            "flotilla.toml:4:13: `aws.min_count` applies only under autoscaling: set \
            `aws.max_count` (the most tasks a version may run) to turn it on, or remove \
-           `aws.min_count`"],
+           `aws.min_count`",
+        ],
     );
     check(
         &aws("max_count = 1\n"),
         &[],
         &none,
-        &["flotilla.toml:4:13: autoscaling needs aws.min_count (2) <= aws.desired_count (2) <= \
-           aws.max_count (1): a version starts with desired_count tasks"],
+        &[
+            "flotilla.toml:4:13: autoscaling needs aws.min_count (2) <= aws.desired_count (2) <= \
+           aws.max_count (1): a version starts with desired_count tasks",
+        ],
     );
     check(
         &aws("max_count = 4\nscale_cpu_percent = 0\nscale_memory_percent = 0\n"),
         &[],
         &none,
-        &["flotilla.toml:4:13: autoscaling needs something to track: `aws.scale_cpu_percent` \
+        &[
+            "flotilla.toml:4:13: autoscaling needs something to track: `aws.scale_cpu_percent` \
            and `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
-           unset"],
+           unset",
+        ],
     );
     check(
         "name = \"shop\"\nprovider = \"aws\"\n[app]\nmin_healthy = 3\n[aws]\ndesired_count = 2\n",
