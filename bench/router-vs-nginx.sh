@@ -40,6 +40,14 @@ HAPROXY="${HAPROXY:-1}"
 SESSIONS="${SESSIONS:-10000}"
 # Each idle session holds a descriptor in the client, two in the proxy and one in a backend.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE="$(ulimit -n)"
+# The proxy holds two descriptors per session (client and upstream): keep SESSIONS within the
+# descriptor limit (a container's hard limit may be below 65536), with room for the load runs.
+max_sessions=$(( (NOFILE - 2048) / 2 ))
+if [ "$SESSIONS" -gt "$max_sessions" ]; then
+  echo "SESSIONS=$SESSIONS needs more than the descriptor limit ($NOFILE) allows: using $max_sessions" >&2
+  SESSIONS="$max_sessions"
+fi
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -171,7 +179,8 @@ if [ "$HAPROXY" = 1 ]; then
   haproxy_servers() { local n=0; for a in $1; do echo "  server s$n $a"; n=$((n + 1)); done; }
   cat > "$work/haproxy.cfg" <<HAPROXYCFG
 global
-  maxconn 40000
+  # HAProxy refuses to start when maxconn needs more descriptors than the limit (2 per connection).
+  maxconn $(( (NOFILE - 256) / 2 ))
   nbthread $(nproc)
 defaults
   mode http
@@ -208,8 +217,22 @@ fi
 
 # All must route like each other before anything is measured.
 sleep 0.5
+log_of() { # port: the log of the process behind it
+  case "$1" in
+    "$NGINX_PORT") cat "$work/nginx-error.log" ;;
+    "$HAPROXY_PORT") cat "$work/haproxy.log" ;;
+    "$PINGORA_PORT") cat "$work/pingora.log" ;;
+    *) cat "$work/harness.err" ;;
+  esac
+}
 for target in "${targets[@]}"; do
-  for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && break; sleep 0.1; done
+  up=0
+  for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && { up=1; break; }; sleep 0.1; done
+  if [ "$up" != 1 ]; then
+    echo "nothing answers on port $target; its log:" >&2
+    log_of "$target" >&2
+    exit 1
+  fi
   fresh="$(curl -s -D - -o /dev/null "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
   pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $V1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
   if [ "$fresh" != "$V2" ] || [ "$pinned" != "$V1" ]; then
@@ -236,7 +259,7 @@ wrk -t1 -c4 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 || true
 [ "$PINGORA" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$PINGORA_PORT/" >/dev/null 2>&1 || true; }
 [ "$HAPROXY" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$HAPROXY_PORT/" >/dev/null 2>&1 || true; }
 for round in $(seq "$ROUNDS"); do
-  echo "round $round/$ROUNDS" >&2
+  echo "round $round/$ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   for conns in $CONNECTIONS; do
     for scenario in fresh pinned; do
       header=""
@@ -250,6 +273,7 @@ for round in $(seq "$ROUNDS"); do
 done
 conns="${CONNECTIONS%% *}"
 run backend direct "http://$BACKEND/"
+echo "load average after the rounds: $(cut -d' ' -f1-3 /proc/loadavg) (2 CPUs: above ~1.5, other work competed)" >&2
 
 rss_kib() { # pid [with its children]
   local total=0 p
