@@ -38,6 +38,9 @@ ROUNDS="${ROUNDS:-2}"
 PINGORA="${PINGORA:-0}"
 HAPROXY="${HAPROXY:-1}"
 SESSIONS="${SESSIONS:-10000}"
+# Another bench_router binary (say, one built from main) to measure in the same rounds as
+# "baseline", with its own daemon and backends: before/after figures from one run.
+BASELINE="${BASELINE:-}"
 # Each idle session holds a descriptor in the client, two in the proxy and one in a backend.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE="$(ulimit -n)"
@@ -87,7 +90,9 @@ nginx_pid=""
 harness_pid=""
 pingora_pid=""
 haproxy_pid=""
+baseline_pid=""
 cleanup() {
+  if [ -n "$baseline_pid" ]; then kill "$baseline_pid" 2>/dev/null || true; wait "$baseline_pid" 2>/dev/null || true; fi
   if [ -n "$haproxy_pid" ]; then kill "$haproxy_pid" 2>/dev/null || true; wait "$haproxy_pid" 2>/dev/null || true; fi
   if [ -n "$pingora_pid" ]; then kill "$pingora_pid" 2>/dev/null || true; wait "$pingora_pid" 2>/dev/null || true; fi
   if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
@@ -97,7 +102,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"; HAPROXY_PORT="$(free_port)"
+ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; BASE_PORT="$(free_port)"; BASE_ADMIN="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"; HAPROXY_PORT="$(free_port)"
 
 mkdir -p "$work/app"
 echo "benchmark app" > "$work/app/README"
@@ -111,6 +116,20 @@ done
 V1="$(awk '$1=="V1"{print $2}' "$work/harness.out")"
 V2="$(awk '$1=="V2"{print $2}' "$work/harness.out")"
 [ -n "$V1" ] && [ -n "$V2" ] || { echo "the router harness did not deploy both versions:" >&2; cat "$work/harness.err" >&2; exit 1; }
+BV1=""; BV2=""
+if [ -n "$BASELINE" ]; then
+  mkdir -p "$work/base-app"
+  echo "benchmark app" > "$work/base-app/README"
+  "$BASELINE" "$work/base-app" "$BASE_PORT" "$BASE_ADMIN" "cp $HELLO ./hello" "exec ./hello" > "$work/baseline.out" 2> "$work/baseline.err" &
+  baseline_pid=$!
+  for i in $(seq 600); do
+    grep -q '^V2 ' "$work/baseline.out" && break
+    if ! kill -0 "$baseline_pid" 2>/dev/null; then echo "the baseline harness failed:" >&2; cat "$work/baseline.err" >&2; exit 1; fi
+    sleep 0.1
+  done
+  BV1="$(awk '$1=="V1"{print $2}' "$work/baseline.out")"
+  BV2="$(awk '$1=="V2"{print $2}' "$work/baseline.out")"
+fi
 cd "$root"
 ports_of() {
   curl -s "http://127.0.0.1:$ADMIN_PORT/status.json" | python3 -c '
@@ -222,10 +241,14 @@ log_of() { # port: the log of the process behind it
     "$NGINX_PORT") cat "$work/nginx-error.log" ;;
     "$HAPROXY_PORT") cat "$work/haproxy.log" ;;
     "$PINGORA_PORT") cat "$work/pingora.log" ;;
+    "$BASE_PORT") cat "$work/baseline.err" ;;
     *) cat "$work/harness.err" ;;
   esac
 }
+[ -n "$BASELINE" ] && targets+=("$BASE_PORT")
 for target in "${targets[@]}"; do
+  want1="$V1"; want2="$V2"
+  [ "$target" = "$BASE_PORT" ] && { want1="$BV1"; want2="$BV2"; }
   up=0
   for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && { up=1; break; }; sleep 0.1; done
   if [ "$up" != 1 ]; then
@@ -234,9 +257,9 @@ for target in "${targets[@]}"; do
     exit 1
   fi
   fresh="$(curl -s -D - -o /dev/null "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
-  pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $V1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
-  if [ "$fresh" != "$V2" ] || [ "$pinned" != "$V1" ]; then
-    echo "port $target routes wrongly: fresh=$fresh (want $V2) pinned=$pinned (want $V1)" >&2
+  pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $want1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
+  if [ "$fresh" != "$want2" ] || [ "$pinned" != "$want1" ]; then
+    echo "port $target routes wrongly: fresh=$fresh (want $want2) pinned=$pinned (want $want1)" >&2
     exit 1
   fi
 done
@@ -258,6 +281,7 @@ wrk -t1 -c4 -d2s "http://127.0.0.1:$ROUTER_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c4 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 || true
 [ "$PINGORA" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$PINGORA_PORT/" >/dev/null 2>&1 || true; }
 [ "$HAPROXY" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$HAPROXY_PORT/" >/dev/null 2>&1 || true; }
+[ -n "$BASELINE" ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$BASE_PORT/" >/dev/null 2>&1 || true; }
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   for conns in $CONNECTIONS; do
@@ -268,6 +292,11 @@ for round in $(seq "$ROUNDS"); do
       run nginx "$scenario" "http://127.0.0.1:$NGINX_PORT/" "$header"
       [ "$HAPROXY" = 1 ] && run haproxy "$scenario" "http://127.0.0.1:$HAPROXY_PORT/" "$header"
       [ "$PINGORA" = 1 ] && run pingora "$scenario" "http://127.0.0.1:$PINGORA_PORT/" "$header"
+      if [ -n "$BASELINE" ]; then
+        bheader=""
+        [ "$scenario" = pinned ] && bheader="X-Flotilla-Deployment: $BV1"
+        run baseline "$scenario" "http://127.0.0.1:$BASE_PORT/" "$bheader"
+      fi
     done
   done
 done
@@ -319,12 +348,20 @@ for name, scenario, rps, p50, p99, bad, sock in rows:
     a["rps"].append(float(rps)); a["p50"].append(float(p50)); a["p99"].append(float(p99))
     a["bad"] += int(bad)
     if sock: a["sock"].append(sock)
-print(f"{'target':<10}{'scenario':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}  errors")
-for (name, scenario), a in agg.items():
-    err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
-    print(f"{name:<10}{scenario:<9}{statistics.median(a['rps']):>10.0f}{statistics.median(a['p50']):>9.3f}{statistics.median(a['p99']):>9.3f}  {err}")
-print()
 med = lambda a, k: statistics.median(a[k])
+def best_peer(scenario, key, pick):
+    vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg]
+    return pick(vals) if vals else None
+# Each figure with its ratio to the better peer (nginx, HAProxy, Pingora) in the same scenario.
+print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}  errors")
+ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
+for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
+    rps, p50, p99 = med(a, "rps"), med(a, "p50"), med(a, "p99")
+    print(f"{name:<10}{scenario:<12}{rps:>10.0f}{ratio(rps, best_peer(scenario, 'rps', max)):>7}"
+          f"{p50:>9.3f}{ratio(p50, best_peer(scenario, 'p50', min)):>7}"
+          f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}  {err}")
+print()
 scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
 for scenario in scenarios:
     f = agg.get(("flotilla", scenario))
@@ -337,6 +374,10 @@ for scenario in scenarios:
     print(f"{scenario}: flotilla throughput vs " + ", ".join(parts)
           + f"; vs the better peer ({best_rps}) {med(f, 'rps') / med(peers[best_rps], 'rps'):.2f}x;"
           + f" p99 vs the better peer ({best_p99}) {med(f, 'p99') / med(peers[best_p99], 'p99'):.2f}x")
+    b = agg.get(("baseline", scenario))
+    if b:
+        print(f"{scenario}: flotilla vs baseline: throughput {med(f, 'rps') / med(b, 'rps'):.2f}x, p99 {med(f, 'p99') / med(b, 'p99'):.2f}x;"
+              + f" baseline vs the better peer {med(b, 'rps') / med(peers[best_rps], 'rps'):.2f}x")
 print("(medians over rounds; throughput > 1x and latency < 1x favour flotilla)")
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 if rows:

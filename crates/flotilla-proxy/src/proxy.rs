@@ -30,7 +30,7 @@ use http::header::{
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -236,11 +236,11 @@ async fn forward<R: Route>(
         parts.headers.remove(IF_NONE_MATCH);
         parts.headers.remove(IF_MODIFIED_SINCE);
     }
-    parts.uri = upstream_uri(&target, parts.uri);
+    parts.uri = upstream_uri(parts.uri);
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, Body::incoming(body));
 
-    let sent = shared.client.request(upstream_request);
+    let sent = shared.upstream.send(target.addr(), upstream_request);
     let result = match config.response_header_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result.map_err(Failure::of),
@@ -251,8 +251,8 @@ async fn forward<R: Route>(
         },
         None => sent.await.map_err(Failure::of),
     };
-    let mut response = match result {
-        Ok(response) => response,
+    let (mut response, lease) = match result {
+        Ok(sent) => sent,
         Err(Failure::Client(cause)) => {
             tracing::info!(peer = %conn.peer, %cause, "bad request body from client; answering 400");
             return bad_request(
@@ -280,6 +280,8 @@ async fn forward<R: Route>(
             tracing::warn!(upstream = %target.addr(), "upstream switched protocols unasked; answering 502");
             return GatewayError::Unreachable.response();
         };
+        // The connection becomes the tunnel: it never goes back to the pool.
+        drop(lease);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _empty) = response.into_parts();
         let protocol = parts.headers.get(UPGRADE).cloned().or(upgrade);
@@ -310,7 +312,15 @@ async fn forward<R: Route>(
         return Response::from_parts(parts, Body::empty());
     }
 
+    let lease = lease.reusable(crate::upstream::keeps_alive(&response));
     let (mut parts, body) = response.into_parts();
+    // A body that is already over (no content) may never be polled: the connection is free now.
+    let lease = if body.is_end_stream() {
+        lease.release();
+        None
+    } else {
+        Some(lease)
+    };
     headers::strip_hop_by_hop(&mut parts.headers, &config.deployment_header);
     stamp(
         &shared.config.deployment_header,
@@ -368,7 +378,12 @@ async fn forward<R: Route>(
     } else {
         Body::incoming(body)
     };
-    Response::from_parts(parts, body.with_guard(guard))
+    let body = body.with_guard(guard);
+    let body = match lease {
+        Some(lease) => body.with_lease(lease),
+        None => body,
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Why forwarding a request got no response.
@@ -380,7 +395,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn of(err: hyper_util::client::legacy::Error) -> Self {
+    fn of(err: crate::upstream::SendError) -> Self {
         match client_body_failure(&err) {
             Some(cause) => Failure::Client(cause.to_string()),
             None => Failure::Upstream(GatewayError::Unreachable, error_chain(&err)),
@@ -412,9 +427,9 @@ fn stamp(name: &HeaderName, target: &Target, headers: &mut HeaderMap) {
     }
 }
 
-/// The absolute URI the pooled client needs: the target's address plus the request's path and
-/// query (taken from an origin-form or absolute-form request target alike).
-fn upstream_uri(target: &Target, original: Uri) -> Uri {
+/// The origin-form request target sent upstream: the request's path and query (taken from an
+/// origin-form or absolute-form request target alike). The `Host` header names the site.
+fn upstream_uri(original: Uri) -> Uri {
     // `OPTIONS *` and other targets without a leading slash cannot follow an authority; send
     // them as `/`.
     let path = original
@@ -422,11 +437,7 @@ fn upstream_uri(target: &Target, original: Uri) -> Uri {
         .path_and_query
         .filter(|p| p.as_str().starts_with('/'))
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(target.authority().clone());
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts).expect("scheme, authority and path always form a valid URI")
+    Uri::from(path)
 }
 
 /// An error and its sources on one line, for the log.
@@ -624,18 +635,12 @@ mod tests {
     #[test]
     fn upstream_uri_table() {
         fn check(original: &str, expected: &str) {
-            let stats = Arc::new(crate::InstanceStats::new());
-            let target = Target::new("127.0.0.1:4000".parse().expect("literal"), stats);
             let uri: Uri = original.parse().expect("valid uri");
-            assert_eq!(
-                upstream_uri(&target, uri).to_string(),
-                expected,
-                "{original}"
-            );
+            assert_eq!(upstream_uri(uri).to_string(), expected, "{original}");
         }
-        check("/a/b?c=d", "http://127.0.0.1:4000/a/b?c=d");
-        check("http://example.com/x?y", "http://127.0.0.1:4000/x?y");
-        check("*", "http://127.0.0.1:4000/");
+        check("/a/b?c=d", "/a/b?c=d");
+        check("http://example.com/x?y", "/x?y");
+        check("*", "/");
     }
 
     #[derive(Debug, thiserror::Error)]
