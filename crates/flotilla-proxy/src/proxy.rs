@@ -507,12 +507,12 @@ where
     let mut a_read = tokio::io::BufReader::with_capacity(TUNNEL_BUFFER, a_read);
     let mut b_read = tokio::io::BufReader::with_capacity(TUNNEL_BUFFER, b_read);
     let a_to_b = async {
-        let copied = tokio::io::copy_buf(&mut a_read, &mut b_write).await;
+        let copied = copy_flushing(&mut a_read, &mut b_write).await;
         let _ = b_write.shutdown().await;
         copied
     };
     let b_to_a = async {
-        let copied = tokio::io::copy_buf(&mut b_read, &mut a_write).await;
+        let copied = copy_flushing(&mut b_read, &mut a_write).await;
         let _ = a_write.shutdown().await;
         copied
     };
@@ -527,6 +527,44 @@ where
     if rest.is_err() {
         tracing::debug!("closed an upgraded connection left half-open for {HALF_CLOSE_LINGER:?}");
     }
+}
+
+/// Copies `reader` to `writer` until the reader ends, through the reader's buffer, flushing the
+/// writer whenever the reader has nothing more for now (a TLS writer may hold written bytes back
+/// until flushed), as `tokio::io::copy` does and `tokio::io::copy_buf` does not.
+async fn copy_flushing<R, W>(reader: &mut R, writer: &mut W) -> io::Result<u64>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut copied = 0u64;
+    let mut unflushed = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            let buf = match Pin::new(&mut *reader).poll_fill_buf(cx) {
+                Poll::Ready(read) => read?,
+                Poll::Pending => {
+                    if unflushed {
+                        std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if buf.is_empty() {
+                std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                return Poll::Ready(Ok(copied));
+            }
+            let written = std::task::ready!(Pin::new(&mut *writer).poll_write(cx, buf))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *reader).consume(written);
+            copied += written as u64;
+            unflushed = true;
+        }
+    })
+    .await
 }
 
 /// Completes once no byte has moved for `idle`; never if `idle` is `None`.
@@ -650,6 +688,32 @@ mod tests {
         check("/a/b?c=d", "/a/b?c=d");
         check("http://example.com/x?y", "/x?y");
         check("*", "/");
+    }
+
+    /// A writer that holds bytes back until flushed (as a TLS stream may) still passes each
+    /// message on while the reader waits for the next one.
+    #[tokio::test]
+    async fn tunnel_copies_flush_while_the_reader_waits() {
+        use tokio::io::{AsyncReadExt, BufReader, BufWriter};
+        let (mut source, from) = tokio::io::duplex(64);
+        let (to, mut sink) = tokio::io::duplex(64);
+        let mut reader = BufReader::with_capacity(TUNNEL_BUFFER, from);
+        let mut writer = BufWriter::new(to);
+        let copying = tokio::spawn(async move { copy_flushing(&mut reader, &mut writer).await });
+        source.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), sink.read_exact(&mut got))
+            .await
+            .expect("the message arrives without the source closing")
+            .expect("read");
+        assert_eq!(&got, b"ping");
+        drop(source);
+        let copied = tokio::time::timeout(Duration::from_secs(5), copying)
+            .await
+            .expect("ends with its source")
+            .expect("task")
+            .expect("copied");
+        assert_eq!(copied, 4);
     }
 
     #[derive(Debug, thiserror::Error)]
