@@ -270,9 +270,35 @@ run() { # name scenario url [header]   (uses $conns)
   local name="$1" scenario="$2@$conns" url="$3" header="${4:-}"
   local args=(-t"$THREADS" -c"$conns" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
+  local before after
+  before="$(cpu_ticks "$name")"
   wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+  after="$(cpu_ticks "$name")"
   python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
+  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")" >> "$cpu"
+  return 0
 }
+# The CPU time (user + system, in clock ticks) the proxy's processes have used: a figure that
+# other work on the machine disturbs far less than throughput, since it counts only the proxy's
+# own work per request.
+cpu_ticks() { # name
+  local pids=() p total=0
+  case "$1" in
+    flotilla) pids=("$harness_pid") ;;
+    baseline) pids=("$baseline_pid") ;;
+    nginx) pids=("$nginx_pid" $(pgrep -P "$nginx_pid")) ;;
+    haproxy) pids=("$haproxy_pid") ;;
+    pingora) pids=("$pingora_pid") ;;
+    *) return 0 ;;
+  esac
+  for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+cpu="$work/cpu.tsv"
+: > "$cpu"
 
 BACKEND="$(echo "$V2_ADDRS" | awk '{print $1}')"
 echo "router :$ROUTER_PORT, nginx :$NGINX_PORT, backends v1 [$V1_ADDRS] v2 [$V2_ADDRS]" >&2
@@ -339,7 +365,7 @@ if [ "$SESSIONS" -gt 0 ]; then
   echo -e "direct\t0\t0\t0\t$(awk '{print $3"\t"$5}' <<<"$rtt")" >> "$sessions_tsv"
 fi
 
-python3 - "$results" "$sessions_tsv" "${CONNECTIONS%% *}" <<'PY'
+python3 - "$results" "$sessions_tsv" "${CONNECTIONS%% *}" "$cpu" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 agg = {}
@@ -350,17 +376,27 @@ for name, scenario, rps, p50, p99, bad, sock in rows:
     if sock: a["sock"].append(sock)
 med = lambda a, k: statistics.median(a[k])
 def best_peer(scenario, key, pick):
-    vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg]
+    vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg and key in agg[(n, scenario)]]
     return pick(vals) if vals else None
+cpu = {}
+for line in open(sys.argv[4]):
+    name, scenario, ticks, requests = (line.rstrip("\n").split("\t") + ["", ""])[:4]
+    if ticks and requests and int(requests) > 0:
+        cpu.setdefault((name, scenario), []).append(int(ticks) * 1e6 / int(sys.argv[5]) / int(requests))
+for key, values in cpu.items():
+    if key in agg:
+        agg[key]["cpu"] = values
 # Each figure with its ratio to the better peer (nginx, HAProxy, Pingora) in the same scenario.
-print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}  errors")
+print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}{'CPU us/req':>11}{'/best':>7}  errors")
 ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
 for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
     rps, p50, p99 = med(a, "rps"), med(a, "p50"), med(a, "p99")
     print(f"{name:<10}{scenario:<12}{rps:>10.0f}{ratio(rps, best_peer(scenario, 'rps', max)):>7}"
           f"{p50:>9.3f}{ratio(p50, best_peer(scenario, 'p50', min)):>7}"
-          f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}  {err}")
+          f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}"
+          + (f"{med(a, 'cpu'):>11.1f}{ratio(med(a, 'cpu'), best_peer(scenario, 'cpu', min)):>7}" if "cpu" in a else f"{'-':>11}{'-':>7}")
+          + f"  {err}")
 print()
 scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
 for scenario in scenarios:
@@ -376,7 +412,8 @@ for scenario in scenarios:
           + f" p99 vs the better peer ({best_p99}) {med(f, 'p99') / med(peers[best_p99], 'p99'):.2f}x")
     b = agg.get(("baseline", scenario))
     if b:
-        print(f"{scenario}: flotilla vs baseline: throughput {med(f, 'rps') / med(b, 'rps'):.2f}x, p99 {med(f, 'p99') / med(b, 'p99'):.2f}x;"
+        cpu_ratio = f", CPU per request {med(f, 'cpu') / med(b, 'cpu'):.2f}x" if "cpu" in f and "cpu" in b else ""
+        print(f"{scenario}: flotilla vs baseline: throughput {med(f, 'rps') / med(b, 'rps'):.2f}x, p99 {med(f, 'p99') / med(b, 'p99'):.2f}x{cpu_ratio};"
               + f" baseline vs the better peer {med(b, 'rps') / med(peers[best_rps], 'rps'):.2f}x")
 print("(medians over rounds; throughput > 1x and latency < 1x favour flotilla)")
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
