@@ -26,8 +26,16 @@
 # With PINGORA=1, another target joins each round: bench/pingora-peer, the same routing on
 # Pingora 0.7 (built here, release, into target/pingora-peer), with as many threads as CPUs.
 #
+# Every figure is printed with its ratio to the better peer, with the CPU time each proxy's
+# processes spent per request (user+system over the wrk run: on a shared machine this moves far
+# less with other work than throughput does) and the load average of each round.
+# BASELINE=<a bench_router binary> (say, one built from main) runs as "baseline" in the same
+# rounds, with its own daemon and backends, for before/after figures from one run.
+# SESSIONS is capped to what the descriptor limit allows (two descriptors per session in the proxy).
+#
 # Usage: bench/router-vs-nginx.sh
-#   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000)
+#   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000
+#    BASELINE=)
 # Needs nginx and wrk from Debian; installs them with apt-get when missing and run as root.
 set -euo pipefail
 
