@@ -632,6 +632,7 @@ mod tests {
                 image: None,
                 instances: 2,
                 ready_passes: 0,
+                canary: None,
             },
             compute: compute.map(|(healthy, desired, sessions)| ComputeStatus {
                 desired,

@@ -1289,6 +1289,7 @@ mod tests {
             image: None,
             instances: 2,
             ready_passes: 0,
+            canary: None,
         };
         record.version.state = VersionState::Draining;
         ports.state.put(&record).await.expect("put");
