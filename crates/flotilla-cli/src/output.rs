@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason, WaitReason, Waiting};
 use flotilla_core::routing::Affinity;
-use flotilla_core::{Timestamp, VersionState};
+use flotilla_core::{DeploymentId, Timestamp, VersionState};
 use flotilla_engine::workflows::StatusReport;
 use flotilla_engine::{EngineError, Event, Progress};
 use serde::Serialize;
@@ -125,6 +125,108 @@ pub fn age(d: Duration) -> String {
     }
 }
 
+/// A canary's lines in `status`: where it stands, then the last judged window's figures.
+pub fn canary_text(id: &DeploymentId, c: &flotilla_engine::ports::CanaryRecord) -> String {
+    use flotilla_core::canary::{Outcome, Verdict, WindowStats};
+    let mut out = match &c.outcome {
+        None => {
+            let due = c.state.since.plus(c.plan.pause);
+            let window = if c.marks.is_some() {
+                format!("judged at {due}")
+            } else {
+                "its first window starts at the daemon's next look".to_owned()
+            };
+            format!(
+                "canary {id}: step {} of {}, {}% of fresh sessions ({} keeps {}%); {window}\n",
+                c.state.step + 1,
+                c.plan.steps.len(),
+                c.percent,
+                c.baseline,
+                100 - u16::from(c.percent),
+            )
+        }
+        Some(Outcome::Promoted { by_hand }) => format!(
+            "canary {id}: promoted{}; {} drains\n",
+            if *by_hand { " by hand" } else { "" },
+            c.baseline
+        ),
+        Some(Outcome::RolledBack { failures, by_hand }) => {
+            let why = if *by_hand {
+                " by hand".to_owned()
+            } else {
+                let reasons: Vec<String> = failures.iter().map(failure_text).collect();
+                format!(": {}", reasons.join("; "))
+            };
+            format!(
+                "canary {id}: rolled back{why}; fresh sessions go to {}, {id} drains\n",
+                c.baseline
+            )
+        }
+    };
+    if let Some(j) = &c.last {
+        let figures = |w: &WindowStats| {
+            let p99 = w
+                .p99
+                .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis()));
+            format!(
+                "{} requests, {:.1}% 5xx, p99 {p99}",
+                w.requests,
+                w.error_ratio() * 100.0
+            )
+        };
+        let verdict = match &j.verdict {
+            Verdict::Pass => "pass".to_owned(),
+            Verdict::Fail { failures } => {
+                let reasons: Vec<String> = failures.iter().map(failure_text).collect();
+                format!("fail ({})", reasons.join("; "))
+            }
+            Verdict::Inconclusive { requests, needed } => {
+                format!("not enough traffic ({requests} of {needed} requests)")
+            }
+        };
+        out.push_str(&format!(
+            "  last window (step {}, ended {}): canary {}; current {}: {verdict}\n",
+            j.step + 1,
+            j.at,
+            figures(&j.canary),
+            figures(&j.baseline)
+        ));
+    }
+    out
+}
+
+fn failure_text(f: &flotilla_core::canary::Failure) -> String {
+    use flotilla_core::canary::Failure;
+    match f {
+        Failure::ErrorRatio { canary, limit } => format!(
+            "5xx {:.1}% over the limit of {:.1}%",
+            canary * 100.0,
+            limit * 100.0
+        ),
+        Failure::ErrorRatioIncrease {
+            canary,
+            baseline,
+            limit,
+        } => format!(
+            "5xx {:.1}% against {:.1}% on the current version (at most {:.1} points more)",
+            canary * 100.0,
+            baseline * 100.0,
+            limit * 100.0
+        ),
+        Failure::Latency {
+            canary_ms,
+            baseline_ms,
+            limit,
+        } => format!(
+            "p99 {canary_ms:.0} ms against {baseline_ms:.0} ms on the current version (at most {:.0}%)",
+            limit * 100.0
+        ),
+        Failure::NotEnoughTraffic { requests, needed } => format!(
+            "only {requests} of the {needed} requests needed reached it"
+        ),
+    }
+}
+
 /// The `status` table and the lines under it.
 pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> String {
     let total_weight: u32 = report
@@ -213,6 +315,13 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             "deploy lock: {state} by {} since {} (expires {})\n",
             lock.owner, lock.acquired_at, lock.expires_at
         ));
+    }
+    for v in &report.versions {
+        if let Some(canary) = &v.record.canary
+            && v.record.version.state.runs()
+        {
+            out.push_str(&canary_text(&v.record.version.id, canary));
+        }
     }
     for v in &report.versions {
         let Some(c) = v.compute.as_ref().filter(|c| !c.stopped.is_empty()) else {
