@@ -585,6 +585,17 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     for warning in config.exposure_warnings() {
         out.warn(&warning);
     }
+    if args.canary && config.provider != ProviderKind::Host {
+        return Err(Reported {
+            exit: Exit::Usage,
+            message: format!(
+                "canary deploys run on the host provider only for now, and `{}` uses {}",
+                config.name, config.provider
+            ),
+            hint: Some("deploy without --canary".to_owned()),
+        }
+        .into());
+    }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
     let opened = providers::open(&config, "deploy", out).await?;
