@@ -363,29 +363,31 @@ pub fn window(before: &Counters, after: &Counters) -> WindowStats {
     }
 }
 
-/// The `q` quantile of a histogram, as the upper bound of the bucket it falls in (so it is never
-/// under the true value); in the unbounded last bucket, the last finite bound. `None` when
+/// The `q` quantile of a histogram, interpolated linearly within the bucket it falls in (as
+/// Prometheus's `histogram_quantile` does: adjacent bounds are 2 to 2.5 times apart, too coarse
+/// to compare p99s by bucket); in the unbounded last bucket, the last finite bound. `None` when
 /// the histogram is empty.
 pub fn percentile(buckets: &[(u64, u64)], q: f64) -> Option<Duration> {
     let total: u64 = buckets.iter().map(|(_, c)| c).sum();
     if total == 0 {
         return None;
     }
-    // The rank of the quantile, 1-based: the smallest count whose share reaches q.
-    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    let mut last_finite = 0;
+    let rank = (total as f64) * q.clamp(0.0, 1.0);
+    let mut seen = 0u64;
+    let mut lower = 0u64;
     for &(bound, count) in buckets {
-        if bound != u64::MAX {
-            last_finite = bound;
+        if bound == u64::MAX {
+            return Some(Duration::from_micros(lower));
+        }
+        if count > 0 && (seen + count) as f64 >= rank {
+            let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
+            let micros = lower as f64 + (bound - lower) as f64 * within;
+            return Some(Duration::from_micros(micros.round() as u64));
         }
         seen += count;
-        if seen >= rank {
-            let micros = if bound == u64::MAX { last_finite } else { bound };
-            return Some(Duration::from_micros(micros));
-        }
+        lower = bound;
     }
-    Some(Duration::from_micros(last_finite))
+    Some(Duration::from_micros(lower))
 }
 
 /// The default forward's weights at `percent` for the canary: `[current, canary]`, summing to
@@ -555,30 +557,33 @@ mod tests {
         let after = counters(300, 12, &[(5_000, 190), (50_000, 108), (u64::MAX, 2)]);
         let w = window(&before, &after);
         assert_eq!((w.requests, w.errors), (200, 10));
-        // 200 in the window: the 198th falls in the 50 ms bucket.
+        // 200 in the window: the 198th is the 98th of the 98 in the 5 to 50 ms bucket.
         assert_eq!(w.p99, Some(Duration::from_millis(50)));
         // A provider that restarted counts from zero: the window is what it counted since.
         let w = window(&after, &counters(40, 1, &[(5_000, 40)]));
         assert_eq!((w.requests, w.errors), (40, 1));
-        assert_eq!(w.p99, Some(Duration::from_millis(5)));
+        // 39.6 of the 40 in the first bucket, 0 to 5 ms.
+        assert_eq!(w.p99, Some(Duration::from_micros(4950)));
         assert_eq!(window(&after, &after).p99, None);
     }
 
     #[test]
     fn percentiles_of_a_histogram() {
-        fn check(buckets: &[(u64, u64)], q: f64, want_ms: Option<u64>) {
+        fn check(buckets: &[(u64, u64)], q: f64, want_us: Option<u64>) {
             assert_eq!(
                 percentile(buckets, q),
-                want_ms.map(Duration::from_millis),
+                want_us.map(Duration::from_micros),
                 "{buckets:?} q={q}"
             );
         }
         check(&[], 0.99, None);
         check(&[(5_000, 0), (10_000, 0)], 0.99, None);
-        check(&[(5_000, 99), (10_000, 1)], 0.99, Some(5));
-        check(&[(5_000, 98), (10_000, 2)], 0.99, Some(10));
-        check(&[(5_000, 1), (10_000, 0), (u64::MAX, 99)], 0.99, Some(10));
-        check(&[(5_000, 1)], 0.5, Some(5));
+        check(&[(5_000, 99), (10_000, 1)], 0.99, Some(5_000));
+        // The 99th of 100 is the first of the two in the 5 to 10 ms bucket: half-way.
+        check(&[(5_000, 98), (10_000, 2)], 0.99, Some(7_500));
+        check(&[(5_000, 98), (10_000, 0), (25_000, 2)], 0.99, Some(17_500));
+        check(&[(5_000, 1), (10_000, 0), (u64::MAX, 99)], 0.99, Some(10_000));
+        check(&[(5_000, 2)], 0.5, Some(2_500));
     }
 
     #[test]
