@@ -335,7 +335,12 @@ pub struct DeployArgs {
     pub canary: bool,
 
     /// With --canary: the steps in percent, over [canary] steps (e.g. 5,25,50)
-    #[arg(long, value_name = "PERCENTS", value_delimiter = ',', requires = "canary")]
+    #[arg(
+        long,
+        value_name = "PERCENTS",
+        value_delimiter = ',',
+        requires = "canary"
+    )]
     pub canary_steps: Vec<u8>,
 
     /// With --canary: seconds each step runs before it is judged, over [canary] pause_seconds

@@ -161,11 +161,10 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Promote(_) => {
             let (config, opened) = open(global, "promote", out).await?;
             let printer = ProgressPrinter::for_output(out);
-            let tick = opened
-                .engine
-                .promote(&printer)
-                .await
-                .with_context(|| format!("could not promote the canary of `{}`", config.name))?;
+            let tick =
+                opened.engine.promote(&printer).await.with_context(|| {
+                    format!("could not promote the canary of `{}`", config.name)
+                })?;
             printer.finish();
             if out.json {
                 out.json(&tick)?;

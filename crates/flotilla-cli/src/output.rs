@@ -221,9 +221,9 @@ fn failure_text(f: &flotilla_core::canary::Failure) -> String {
             "p99 {canary_ms:.0} ms against {baseline_ms:.0} ms on the current version (at most {:.0}%)",
             limit * 100.0
         ),
-        Failure::NotEnoughTraffic { requests, needed } => format!(
-            "only {requests} of the {needed} requests needed reached it"
-        ),
+        Failure::NotEnoughTraffic { requests, needed } => {
+            format!("only {requests} of the {needed} requests needed reached it")
+        }
     }
 }
 

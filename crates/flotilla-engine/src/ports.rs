@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::canary::{
-    CanaryPlan, CanaryState, Counters, Outcome, Verdict, WindowStats,
-};
+use flotilla_core::canary::{CanaryPlan, CanaryState, Counters, Outcome, Verdict, WindowStats};
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version};
@@ -260,7 +258,10 @@ pub trait Compute: Send + Sync {
         Err(PortError::new(
             ErrorKind::Invalid,
             "measure traffic",
-            ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "),
+            ids.iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             "this provider cannot measure the traffic of a version, so it cannot judge a canary",
         ))
     }
@@ -295,7 +296,7 @@ pub struct VersionRecord {
     pub ready_passes: u32,
     /// The canary this version is (or was) judged in, if it was deployed as one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<CanaryRecord>,
+    pub canary: Option<Box<CanaryRecord>>,
 }
 
 /// A canary deploy as recorded on the new version's record, so that the daemon (or whatever runs

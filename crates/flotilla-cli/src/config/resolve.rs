@@ -11,9 +11,9 @@ use flotilla_core::stale::{QueryPair, StaleHeader, StaleSignals};
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
-    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, Framework, HostConfig,
-    CanaryConfig, HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
-    TlsCertificates,
+    AppConfig, AppEnvConfig, AwsConfig, CanaryConfig, Config, ConfigError, DrainConfig, Framework,
+    HostConfig, HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig,
+    Sourced, TlsCertificates,
 };
 
 /// The config file being resolved.
@@ -554,7 +554,10 @@ impl Resolver<'_> {
                     steps
                 }
                 _ => {
-                    self.problem_at(setting, "`canary.steps` must be an array of integers".into());
+                    self.problem_at(
+                        setting,
+                        "`canary.steps` must be an array of integers".into(),
+                    );
                     vec![5, 25, 50]
                 }
             },
@@ -567,7 +570,11 @@ impl Resolver<'_> {
             pause: self.seconds("canary.pause_seconds", 1..=86_400),
             thresholds: Thresholds {
                 max_error_ratio: percent(self, "canary.max_error_percent", 0..=100),
-                max_error_ratio_increase: percent(self, "canary.max_error_increase_percent", 0..=100),
+                max_error_ratio_increase: percent(
+                    self,
+                    "canary.max_error_increase_percent",
+                    0..=100,
+                ),
                 max_p99_ratio: percent(self, "canary.max_p99_percent", 100..=10_000),
                 min_requests: u64::from(self.u32("canary.min_requests", 1..=1_000_000_000)),
             },

@@ -39,13 +39,20 @@ fn deploy(env: &HostEnv, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("deploy --json");
-    v["deployment_id"].as_str().expect("deployment_id").to_owned()
+    v["deployment_id"]
+        .as_str()
+        .expect("deployment_id")
+        .to_owned()
 }
 
 /// The canary record of `id` as `status --json` shows it.
 fn canary_of(env: &HostEnv, id: &str) -> serde_json::Value {
     let out = env.flotilla(&["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     v["versions"]
         .as_array()
@@ -108,26 +115,37 @@ impl Traffic {
                     n += 1;
                     match util::get(addr, "/", &[]) {
                         Ok(r) => match r.header(HEADER) {
-                            Some(id) => seen.lock().unwrap().fresh.push(id.to_owned()),
+                            Some(id) => seen
+                                .lock()
+                                .expect("the traffic tally")
+                                .fresh
+                                .push(id.to_owned()),
                             None => seen
                                 .lock()
-                                .unwrap()
+                                .expect("the traffic tally")
                                 .failures
                                 .push(format!("fresh: {} {}", r.status, r.body)),
                         },
-                        Err(e) => seen.lock().unwrap().failures.push(format!("fresh: {e}")),
+                        Err(e) => seen
+                            .lock()
+                            .expect("the traffic tally")
+                            .failures
+                            .push(format!("fresh: {e}")),
                     }
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         for pin in &pins {
                             let by_header = util::get(addr, "/", &[(HEADER, pin)]);
-                            let by_query = util::get(addr, &format!("/?flotilla_deployment={pin}"), &[]);
+                            let by_query =
+                                util::get(addr, &format!("/?flotilla_deployment={pin}"), &[]);
                             for r in [by_header, by_query] {
-                                let mut seen = seen.lock().unwrap();
+                                let mut seen = seen.lock().expect("the traffic tally");
                                 match r {
                                     Ok(r) if r.status == 410 => {
-                                        let retired = r.json()["retired"].as_str().map(str::to_owned);
+                                        let retired =
+                                            r.json()["retired"].as_str().map(str::to_owned);
                                         if retired.as_deref() != Some(pin.as_str()) {
-                                            seen.moved.push((pin.clone(), format!("410 {}", r.body)));
+                                            seen.moved
+                                                .push((pin.clone(), format!("410 {}", r.body)));
                                         }
                                         *seen.pinned.entry(pin.clone()).or_insert(0) += 1;
                                     }
@@ -158,7 +176,7 @@ impl Traffic {
 
     /// Fresh answers so far.
     fn fresh_len(&self) -> usize {
-        self.seen.lock().unwrap().fresh.len()
+        self.seen.lock().expect("the traffic tally").fresh.len()
     }
 
     fn finish(mut self) -> Seen {
@@ -166,7 +184,7 @@ impl Traffic {
         if let Some(t) = self.thread.take() {
             t.join().expect("traffic thread");
         }
-        std::mem::take(&mut *self.seen.lock().unwrap())
+        std::mem::take(&mut *self.seen.lock().expect("the traffic tally"))
     }
 }
 
@@ -211,9 +229,16 @@ fn a_canary_answering_5xx_is_rolled_back_by_the_daemon_and_no_pinned_request_mov
     assert_eq!(last["baseline"]["errors"], 0, "{c}");
     assert_eq!(c["percent"], 20, "it never got past its first step: {c}");
 
-    assert!(seen.moved.is_empty(), "pinned requests moved: {:?}", seen.moved);
+    assert!(
+        seen.moved.is_empty(),
+        "pinned requests moved: {:?}",
+        seen.moved
+    );
     assert!(seen.failures.is_empty(), "{:?}", seen.failures);
-    assert!(seen.fresh.iter().any(|id| id == &v2), "the canary got fresh requests");
+    assert!(
+        seen.fresh.iter().any(|id| id == &v2),
+        "the canary got fresh requests"
+    );
     assert!(seen.pinned.get(&v2).copied().unwrap_or(0) > 0);
 
     // After the rollback, every fresh request goes to v1; v2 drains, and its pinned requests
@@ -223,7 +248,10 @@ fn a_canary_answering_5xx_is_rolled_back_by_the_daemon_and_no_pinned_request_mov
     }
     let status = env.flotilla(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains(&format!("canary {v2}: rolled back")), "{text}");
+    assert!(
+        text.contains(&format!("canary {v2}: rolled back")),
+        "{text}"
+    );
     assert!(text.contains("5xx 100.0% over the limit of 5.0%"), "{text}");
     let gone = eventually(Duration::from_secs(30), || {
         let r = env.get("/", &[(HEADER, &v2)]);
@@ -241,9 +269,15 @@ fn a_good_canary_splits_fresh_sessions_by_its_step_survives_a_daemon_kill_and_is
     env.configure_host_keys(CANARY);
     let v1 = deploy(&env, &[]);
     // A long first step, so the split is measured within it.
-    let v2 = deploy(&env, &["--canary", "--canary-steps", "20,50", "--canary-pause", "8"]);
+    let v2 = deploy(
+        &env,
+        &["--canary", "--canary-steps", "20,50", "--canary-pause", "8"],
+    );
     let c = canary_of(&env, &v2);
-    assert_eq!((c["percent"].as_u64(), c["plan"]["steps"].clone()), (Some(20), serde_json::json!([20, 50])));
+    assert_eq!(
+        (c["percent"].as_u64(), c["plan"]["steps"].clone()),
+        (Some(20), serde_json::json!([20, 50]))
+    );
 
     // The weighted split of fresh requests at 20 %: 500 requests, within four standard
     // deviations (sd = sqrt(500 * 0.2 * 0.8) ≈ 9).
@@ -255,7 +289,10 @@ fn a_good_canary_splits_fresh_sessions_by_its_step_survives_a_daemon_kill_and_is
         }
     }
     let c = canary_of(&env, &v2);
-    assert_eq!(c["percent"], 20, "still the first step while measuring: {c}");
+    assert_eq!(
+        c["percent"], 20,
+        "still the first step while measuring: {c}"
+    );
     println!("canary split at 20%: {to_canary} of {n} fresh requests");
     assert!(
         (100 - 36..=100 + 36).contains(&to_canary),
@@ -286,8 +323,15 @@ fn a_good_canary_splits_fresh_sessions_by_its_step_survives_a_daemon_kill_and_is
         serde_json::json!({"outcome": "promoted", "by_hand": false}),
         "{c}"
     );
-    assert!(seen.fresh.len() > before, "traffic flowed after the restart");
-    assert!(seen.moved.is_empty(), "pinned requests moved: {:?}", seen.moved);
+    assert!(
+        seen.fresh.len() > before,
+        "traffic flowed after the restart"
+    );
+    assert!(
+        seen.moved.is_empty(),
+        "pinned requests moved: {:?}",
+        seen.moved
+    );
     // The only failures allowed are those of the kill and the restart themselves: a request cut
     // by the kill, connections refused while no daemon ran, and a 503 while the new daemon had
     // not yet seen an adopted instance healthy (what any `kill -9` of the daemon costs today,
@@ -334,7 +378,11 @@ fn promote_and_rollback_end_a_canary_by_hand() {
         String::from_utf8_lossy(&refused.stderr)
     );
     let out = env.flotilla(&["rollback"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let c = canary_of(&env, &v2);
     assert_eq!(
         c["outcome"],
@@ -347,7 +395,11 @@ fn promote_and_rollback_end_a_canary_by_hand() {
 
     let v3 = deploy(&env, &["--canary"]);
     let out = env.flotilla(&["promote"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("promoted {v3}")),
         "{}",

@@ -88,9 +88,9 @@ fn forward(baseline: &DeploymentId, id: &DeploymentId, percent: u8) -> Vec<Weigh
 /// any traffic yet belongs to that deploy).
 pub(super) fn live_canary(records: &[VersionRecord], table: &RoutingTable) -> Option<usize> {
     records.iter().position(|r| {
-        r.canary.as_ref().is_some_and(|c| {
-            !c.settled && (c.outcome.is_some() || table.in_default(&r.version.id))
-        })
+        r.canary
+            .as_ref()
+            .is_some_and(|c| !c.settled && (c.outcome.is_some() || table.in_default(&r.version.id)))
     })
 }
 
@@ -210,7 +210,7 @@ impl Engine {
             return Ok(CanaryTick::Idle);
         };
         let id = records[pos].version.id.clone();
-        let mut canary = records[pos].canary.clone().expect("live_canary checked it");
+        let mut canary = *records[pos].canary.clone().expect("live_canary checked it");
         if canary.outcome.is_some() {
             return self.settle(&mut records, pos, progress).await;
         }
@@ -242,11 +242,7 @@ impl Engine {
         let current = self.marks(&id, &canary.baseline).await?;
         let canary_window = canary::window(&marks.canary, &current.canary);
         let baseline_window = canary::window(&marks.baseline, &current.baseline);
-        let verdict = canary::judge(
-            &canary_window,
-            &baseline_window,
-            &canary.plan.thresholds,
-        );
+        let verdict = canary::judge(&canary_window, &baseline_window, &canary.plan.thresholds);
         let next = canary::next(&canary.plan, &canary.state, now, Some(&verdict));
         canary.last = Some(Judgement {
             at: now,
@@ -272,7 +268,9 @@ impl Engine {
                 self.put_canary(&mut records[pos], canary, progress).await?;
                 note(
                     progress,
-                    format!("too few requests reached the canary {id}: its step runs another pause"),
+                    format!(
+                        "too few requests reached the canary {id}: its step runs another pause"
+                    ),
                 );
                 Ok(CanaryTick::Extended { id })
             }
@@ -301,7 +299,10 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<CanaryTick, EngineError> {
         let id = records[pos].version.id.clone();
-        let canary = records[pos].canary.clone().expect("settle is given a canary");
+        let canary = *records[pos]
+            .canary
+            .clone()
+            .expect("settle is given a canary");
         let outcome = canary.outcome.clone().expect("settle is given an outcome");
         let (winner, loser) = match outcome {
             Outcome::Promoted { .. } => (id.clone(), canary.baseline.clone()),
@@ -373,7 +374,7 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         let updated = VersionRecord {
-            canary: Some(canary),
+            canary: Some(Box::new(canary)),
             ..record.clone()
         };
         self.put(&updated, progress, "recording the canary").await?;

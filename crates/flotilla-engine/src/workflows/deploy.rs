@@ -236,15 +236,17 @@ impl Engine {
                     image: None,
                     instances: request.instances,
                     ready_passes: 0,
-                    canary: canary.zip(baseline).map(|(plan, baseline)| CanaryRecord {
-                        percent: plan.steps[0],
-                        plan,
-                        baseline,
-                        state: CanaryState::start(self.now()),
-                        marks: None,
-                        last: None,
-                        outcome: None,
-                        settled: false,
+                    canary: canary.zip(baseline).map(|(plan, baseline)| {
+                        Box::new(CanaryRecord {
+                            percent: plan.steps[0],
+                            plan,
+                            baseline,
+                            state: CanaryState::start(self.now()),
+                            marks: None,
+                            last: None,
+                            outcome: None,
+                            settled: false,
+                        })
                     }),
                 };
                 self.put(&record, progress, "recording it deploying")
@@ -263,7 +265,7 @@ impl Engine {
         }
         self.record_state(&mut record, VersionState::Active, progress)
             .await?;
-        if record.canary.as_ref().is_some_and(CanaryRecord::running) {
+        if record.canary.as_deref().is_some_and(CanaryRecord::running) {
             // The current version stays active beside the canary until it is promoted.
             return Ok(outcome);
         }

@@ -50,7 +50,8 @@ async fn started(w: &World, engine: &Engine) -> (DeploymentId, DeploymentId) {
 /// One window of traffic: both versions answer 100 requests, the canary `errors` of them 5xx.
 fn traffic(w: &World, v1: &DeploymentId, v2: &DeploymentId, errors: u64) {
     w.sim.add_traffic(v1, 100, 0, Duration::from_millis(20));
-    w.sim.add_traffic(v2, 100, errors, Duration::from_millis(20));
+    w.sim
+        .add_traffic(v2, 100, errors, Duration::from_millis(20));
 }
 
 #[tokio::test]
@@ -100,7 +101,10 @@ async fn a_good_canary_steps_through_its_plan_and_is_promoted() {
     assert_eq!(weights(&w), vec![(v2.clone(), 100)]);
     assert_eq!(w.state(&v1), Some(VersionState::Draining));
     assert_eq!(w.state(&v2), Some(VersionState::Active));
-    assert_eq!(daemon.canary_tick(&Silent).await.expect("tick"), CanaryTick::Idle);
+    assert_eq!(
+        daemon.canary_tick(&Silent).await.expect("tick"),
+        CanaryTick::Idle
+    );
     w.settle().await;
     assert_eq!(assert_converged(&w.view(), "after a promotion"), Some(v2));
 }
@@ -142,7 +146,13 @@ async fn a_canary_answering_5xx_is_rolled_back_and_one_without_traffic_too() {
     w.sim.advance(PAUSE);
     let tick = daemon.canary_tick(&Silent).await.expect("tick");
     assert!(
-        matches!(&tick, CanaryTick::Ended { outcome: Outcome::RolledBack { .. }, .. }),
+        matches!(
+            &tick,
+            CanaryTick::Ended {
+                outcome: Outcome::RolledBack { .. },
+                ..
+            }
+        ),
         "{tick:?}"
     );
     assert_eq!(weights(&w), vec![(v1.clone(), 100)]);
@@ -154,7 +164,10 @@ async fn promote_and_rollback_by_hand_end_a_canary() {
     let engine = w.engine("cli");
     let (v1, v2) = started(&w, &engine).await;
     let rolled = engine.rollback(None, &Silent).await.expect("rollback");
-    assert_eq!((rolled.active, rolled.draining), (v1.clone(), Some(v2.clone())));
+    assert_eq!(
+        (rolled.active, rolled.draining),
+        (v1.clone(), Some(v2.clone()))
+    );
     assert_eq!(weights(&w), vec![(v1.clone(), 100)]);
     assert!(engine.promote(&Silent).await.is_err(), "no canary runs");
 
@@ -204,7 +217,10 @@ async fn a_canary_tick_interrupted_at_any_call_is_finished_with_the_same_outcome
                 let w = World::new();
                 let engine = w.engine("cli");
                 let (v1, v2) = started(&w, &engine).await;
-                w.engine("daemon").canary_tick(&Silent).await.expect("start");
+                w.engine("daemon")
+                    .canary_tick(&Silent)
+                    .await
+                    .expect("start");
                 traffic(&w, &v1, &v2, errors);
                 w.sim.advance(PAUSE);
                 // The first window is judged with the fault armed: a step when it passes, the
@@ -212,7 +228,8 @@ async fn a_canary_tick_interrupted_at_any_call_is_finished_with_the_same_outcome
                 if crash {
                     w.sim.crash_after_call(k);
                 } else {
-                    w.sim.fail_call(k, flotilla_engine::ports::ErrorKind::Transient);
+                    w.sim
+                        .fail_call(k, flotilla_engine::ports::ErrorKind::Transient);
                 }
                 let first = w.engine("daemon").canary_tick(&Silent).await;
                 let hit = w.sim.fault_hit().is_some();
@@ -222,7 +239,11 @@ async fn a_canary_tick_interrupted_at_any_call_is_finished_with_the_same_outcome
                     _ => tick_to_end(&w, &v1, &v2, errors).await,
                 };
                 let context = format!("errors {errors}, crash {crash}, call {k}");
-                let (winner, loser) = if want_promoted { (&v2, &v1) } else { (&v1, &v2) };
+                let (winner, loser) = if want_promoted {
+                    (&v2, &v1)
+                } else {
+                    (&v1, &v2)
+                };
                 assert_eq!(
                     matches!(outcome, Outcome::Promoted { .. }),
                     want_promoted,
