@@ -1295,7 +1295,10 @@ fn the_canary_section_is_read_checked_and_named_in_its_problems() {
          max_p99_percent = 200\n"
     );
     let plan = ok(&text, &[], &none).canary.plan;
-    assert_eq!((plan.steps, plan.pause), (vec![10, 50], Duration::from_secs(30)));
+    assert_eq!(
+        (plan.steps, plan.pause),
+        (vec![10, 50], Duration::from_secs(30))
+    );
     assert_eq!(plan.thresholds.max_error_ratio, 0.02);
     assert_eq!(plan.thresholds.max_p99_ratio, 2.0);
     let config = ok(BASE, &[("FLOTILLA_CANARY_STEPS", "1, 2,3")], &none);
@@ -1346,7 +1349,9 @@ fn the_canary_section_is_read_checked_and_named_in_its_problems() {
         BASE,
         &[("FLOTILLA_CANARY_STEPS", "5,x")],
         &none,
-        &["environment variable FLOTILLA_CANARY_STEPS: `canary.steps` must be comma-separated \
-           integers, not \"5,x\""],
+        &[
+            "environment variable FLOTILLA_CANARY_STEPS: `canary.steps` must be comma-separated \
+           integers, not \"5,x\"",
+        ],
     );
 }
