@@ -860,10 +860,28 @@ pub fn engine_settings(settings: &HostSettings) -> Settings {
         health_timeout: settings.health_timeout,
         health_poll: Duration::from_millis(500),
         lock_ttl: REAPER_LOCK_TTL,
-        lock_owner: format!("flotilla host daemon (pid {})", std::process::id()),
+        lock_owner: format!("{DAEMON_LOCK_OWNER}{})", std::process::id()),
         local_holders: None,
     }
 }
+
+/// Releases a deploy lock a previous daemon took (for a reaper pass or a canary step) and never
+/// released because it was killed: this daemon holds `daemon.lock`, so no other daemon runs, and
+/// its lock would otherwise block the reaper and the canary until it lapses.
+async fn release_previous_daemon_lock(ports: &LocalPorts, settings: &Settings) {
+    let Ok(Some(lock)) = ports.lock_info().await else {
+        return;
+    };
+    if lock.owner != settings.lock_owner && lock.owner.starts_with(DAEMON_LOCK_OWNER) {
+        tracing::info!(owner = %lock.owner, "releasing the deploy lock of a daemon that no longer runs");
+        if let Err(e) = ports.release_lock(&lock.owner).await {
+            tracing::warn!(error = %e, "could not release a previous daemon's deploy lock; it lapses by itself");
+        }
+    }
+}
+
+/// How a daemon's deploy lock owner begins.
+const DAEMON_LOCK_OWNER: &str = "flotilla host daemon (pid ";
 
 struct LogProgress;
 
@@ -1074,6 +1092,7 @@ pub async fn serve_until(
         LocalPorts(host.clone()).ports(),
         engine_settings(&settings),
     ));
+    release_previous_daemon_lock(&LocalPorts(host.clone()), &engine_settings(&settings)).await;
 
     let proxy_config = ProxyConfig {
         deployment_header: ProxyConfig::header_name(&settings.affinity_header)
