@@ -942,4 +942,68 @@ mod tests {
             nothing to reap
             20261125-180000-c3d4 draining: sessions remain, 0/2 instance(s) ready to stop (retired by 2026-11-27T19:00:00Z at the latest)"#]].assert_eq(&reap_text(&quiet, false));
     }
+
+    #[test]
+    fn a_canary_shows_its_step_weights_and_last_window_then_how_it_ended() {
+        use flotilla_core::canary::{
+            CanaryPlan, CanaryState, Failure, Outcome, Thresholds, Verdict, WindowStats,
+        };
+        use flotilla_engine::ports::{CanaryRecord, Judgement};
+        let id = DeploymentId::new("20261207-173412-a1b2").expect("id");
+        let baseline = DeploymentId::new("20261207-172901-k3x9").expect("id");
+        let at = flotilla_core::Timestamp::from_secs(1_796_664_000);
+        let mut canary = CanaryRecord {
+            plan: CanaryPlan {
+                steps: vec![5, 25, 50],
+                pause: Duration::from_secs(60),
+                thresholds: Thresholds::default(),
+                max_extensions: 2,
+            },
+            baseline: baseline.clone(),
+            state: CanaryState {
+                step: 1,
+                since: at,
+                extensions: 0,
+            },
+            percent: 25,
+            marks: Some(flotilla_engine::ports::CanaryMarks {
+                canary: Default::default(),
+                baseline: Default::default(),
+            }),
+            last: Some(Judgement {
+                at,
+                step: 0,
+                canary: WindowStats {
+                    requests: 212,
+                    errors: 0,
+                    p99: Some(Duration::from_millis(24)),
+                },
+                baseline: WindowStats {
+                    requests: 4050,
+                    errors: 4,
+                    p99: Some(Duration::from_millis(22)),
+                },
+                verdict: Verdict::Pass,
+            }),
+            outcome: None,
+            settled: false,
+        };
+        expect![[r#"
+            canary 20261207-173412-a1b2: step 2 of 3, 25% of fresh sessions (20261207-172901-k3x9 keeps 75%); judged at 2026-12-07T17:21:00Z
+              last window (step 1, ended 2026-12-07T17:20:00Z): canary 212 requests, 0.0% 5xx, p99 24 ms; current 4050 requests, 0.1% 5xx, p99 22 ms: pass
+        "#]]
+        .assert_eq(&canary_text(&id, &canary));
+        canary.outcome = Some(Outcome::RolledBack {
+            failures: vec![Failure::ErrorRatio {
+                canary: 0.5,
+                limit: 0.05,
+            }],
+            by_hand: false,
+        });
+        expect![[r#"
+            canary 20261207-173412-a1b2: rolled back: 5xx 50.0% over the limit of 5.0%; fresh sessions go to 20261207-172901-k3x9, 20261207-173412-a1b2 drains
+              last window (step 1, ended 2026-12-07T17:20:00Z): canary 212 requests, 0.0% 5xx, p99 24 ms; current 4050 requests, 0.1% 5xx, p99 22 ms: pass
+        "#]]
+        .assert_eq(&canary_text(&id, &canary));
+    }
 }
