@@ -17,6 +17,8 @@
 //!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
 //!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
 //!   v1 after v2 is deployed, tab B and a reload of A get v2.
+//! - `canary`: tabs opened during a canary land on either version, and none moves when the
+//!   canary is rolled back or promoted by hand (see that module).
 //! - `csp`: the injected client on pages under a nonce-based Content-Security-Policy (see that
 //!   module).
 //! - `https`: the session example over the router's TLS in Chromium: HTTP/2 by ALPN, the
@@ -28,6 +30,7 @@
 //! flotilla-example-sessions`; `scripts/test.sh` builds them), and `python3` must be on PATH.
 //! Screenshots go to `test-artifacts/`.
 
+mod canary;
 mod csp;
 mod frameworks;
 mod host;

@@ -314,6 +314,16 @@ pub struct ReaperConfig {
     pub deploying_timeout: Duration,
 }
 
+/// `[canary]`: how `flotilla deploy --canary` steps and judges.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CanaryConfig {
+    /// The plan every canary deploy starts from (flags may override its steps and pause).
+    pub plan: flotilla_core::canary::CanaryPlan,
+}
+
+// The thresholds are finite numbers made from integers.
+impl Eq for CanaryConfig {}
+
 /// `[host]`: the host provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HostConfig {
@@ -520,6 +530,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// `[reaper]`.
     pub reaper: ReaperConfig,
+    /// `[canary]`.
+    pub canary: CanaryConfig,
     /// `[host]`.
     pub host: HostConfig,
     /// `[aws]`.

@@ -11,9 +11,9 @@ use flotilla_core::stale::{QueryPair, StaleHeader, StaleSignals};
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
-    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, Framework, HostConfig,
-    HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
-    TlsCertificates,
+    AppConfig, AppEnvConfig, AwsConfig, CanaryConfig, Config, ConfigError, DrainConfig, Framework,
+    HostConfig, HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig,
+    Sourced, TlsCertificates,
 };
 
 /// The config file being resolved.
@@ -351,6 +351,7 @@ impl Resolver<'_> {
             grace: self.seconds("drain.grace_seconds", 0..=86_400),
         };
         let reaper = self.reaper(provider, &app);
+        let canary = self.canary();
         let host = self.host(provider, root);
         let aws = self.aws();
         let env = self.app_env(provider);
@@ -385,6 +386,7 @@ impl Resolver<'_> {
             app,
             drain,
             reaper,
+            canary,
             host,
             aws,
             env,
@@ -536,6 +538,54 @@ impl Resolver<'_> {
             header,
             socket_reroute,
         }
+    }
+
+    fn canary(&mut self) -> CanaryConfig {
+        use flotilla_core::canary::{CanaryPlan, Thresholds};
+        let settings = self.settings;
+        let steps = match settings.get("canary.steps") {
+            None => vec![5, 25, 50],
+            Some(setting) => match &setting.val {
+                Val::Ints(items) => {
+                    let steps: Vec<u8> = items
+                        .iter()
+                        .map(|n| u8::try_from(*n).unwrap_or(u8::MAX))
+                        .collect();
+                    steps
+                }
+                _ => {
+                    self.problem_at(
+                        setting,
+                        "`canary.steps` must be an array of integers".into(),
+                    );
+                    vec![5, 25, 50]
+                }
+            },
+        };
+        let percent = |r: &mut Self, path: &str, range: RangeInclusive<i64>| {
+            r.int(path, range, "") as f64 / 100.0
+        };
+        let plan = CanaryPlan {
+            steps,
+            pause: self.seconds("canary.pause_seconds", 1..=86_400),
+            thresholds: Thresholds {
+                max_error_ratio: percent(self, "canary.max_error_percent", 0..=100),
+                max_error_ratio_increase: percent(
+                    self,
+                    "canary.max_error_increase_percent",
+                    0..=100,
+                ),
+                max_p99_ratio: percent(self, "canary.max_p99_percent", 100..=10_000),
+                min_requests: u64::from(self.u32("canary.min_requests", 1..=1_000_000_000)),
+            },
+            max_extensions: self.u32("canary.max_extensions", 0..=1000),
+        };
+        if let Err(e) = plan.validate()
+            && let Some(setting) = settings.get("canary.steps")
+        {
+            self.problem_at(setting, format!("`canary.steps`: {e}"));
+        }
+        CanaryConfig { plan }
     }
 
     fn reaper(&mut self, provider: ProviderKind, app: &AppConfig) -> ReaperConfig {

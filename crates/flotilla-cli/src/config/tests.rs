@@ -1336,3 +1336,81 @@ fn https_takes_certificate_files_or_acme_hosts_and_says_what_is_missing() {
         ],
     );
 }
+
+#[test]
+fn the_canary_section_is_read_checked_and_named_in_its_problems() {
+    let none = Overrides::default();
+    let defaults = ok(BASE, &[], &none).canary.plan;
+    assert_eq!(defaults.steps, vec![5, 25, 50]);
+    assert_eq!(defaults.pause, Duration::from_secs(60));
+    assert_eq!(defaults.thresholds.max_error_ratio, 0.05);
+    assert_eq!(defaults.thresholds.max_error_ratio_increase, 0.01);
+    assert_eq!(defaults.thresholds.max_p99_ratio, 1.5);
+    assert_eq!(defaults.thresholds.min_requests, 50);
+    assert_eq!(defaults.max_extensions, 2);
+
+    let text = format!(
+        "{BASE}[canary]\nsteps = [10, 50]\npause_seconds = 30\nmax_error_percent = 2\n\
+         max_p99_percent = 200\n"
+    );
+    let plan = ok(&text, &[], &none).canary.plan;
+    assert_eq!(
+        (plan.steps, plan.pause),
+        (vec![10, 50], Duration::from_secs(30))
+    );
+    assert_eq!(plan.thresholds.max_error_ratio, 0.02);
+    assert_eq!(plan.thresholds.max_p99_ratio, 2.0);
+    let config = ok(BASE, &[("FLOTILLA_CANARY_STEPS", "1, 2,3")], &none);
+    assert_eq!(config.canary.plan.steps, vec![1, 2, 3]);
+    assert_eq!(
+        origin_of(&config, "canary.steps"),
+        "environment variable FLOTILLA_CANARY_STEPS"
+    );
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[canary]\nsteps = [25, 5]",
+            "flotilla.toml:5:9: `canary.steps`: canary steps must increase: 5% follows 25%",
+        ),
+        (
+            "[canary]\nsteps = [5, 100]",
+            "flotilla.toml:5:9: `canary.steps`: canary step 100% is not between 1 and 99 (100 is \
+             the promotion that follows the last step)",
+        ),
+        (
+            "[canary]\nsteps = []",
+            "flotilla.toml:5:9: `canary.steps`: a canary needs at least one step (e.g. steps = \
+             [5, 25, 50])",
+        ),
+        (
+            "[canary]\nsteps = 5",
+            "flotilla.toml:5:9: `canary.steps` must be an array of integers, not an integer \
+             (write [5])",
+        ),
+        (
+            "[canary]\nsteps = [5, \"25\"]",
+            "flotilla.toml:5:13: `canary.steps` must be an array of integers, but this item is a \
+             string",
+        ),
+        (
+            "[canary]\npause_seconds = 0",
+            "flotilla.toml:5:17: `canary.pause_seconds` must be between 1 and 86400, not 0",
+        ),
+        (
+            "[canary]\nmax_p99_percent = 90",
+            "flotilla.toml:5:19: `canary.max_p99_percent` must be between 100 and 10000, not 90",
+        ),
+    ];
+    for (snippet, want) in cases {
+        check(&format!("{BASE}{snippet}\n"), &[], &none, &[want]);
+    }
+    check(
+        BASE,
+        &[("FLOTILLA_CANARY_STEPS", "5,x")],
+        &none,
+        &[
+            "environment variable FLOTILLA_CANARY_STEPS: `canary.steps` must be comma-separated \
+           integers, not \"5,x\"",
+        ],
+    );
+}
