@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub mod docker;
 pub mod ecs_exec;
 pub mod elf;
+pub mod front_door;
 pub mod http;
 pub mod lambda;
 pub mod moto;

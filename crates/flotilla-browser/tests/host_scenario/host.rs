@@ -110,6 +110,32 @@ impl HostEnv {
         host_lines: &str,
         tail: &str,
     ) -> HostEnv {
+        Self::configured(name, app_lines, grace_seconds, None, host_lines, tail)
+    }
+
+    /// Like [`HostEnv::with_config`], for an app behind the front door on `socket` serving
+    /// `hosts`: its router binds no port of its own (`listen` is left out, and [`HostEnv::url`]
+    /// does not apply).
+    pub fn behind_front_door(
+        name: &str,
+        app_lines: &str,
+        socket: &Path,
+        hosts: &[&str],
+        host_lines: &str,
+    ) -> HostEnv {
+        let place = format!("hosts = {hosts:?}\nfront_door_socket = {socket:?}\n");
+        Self::configured(name, app_lines, GRACE_SECONDS, Some(&place), host_lines, "")
+    }
+
+    /// The one `flotilla.toml` template: `place` replaces `listen` when given.
+    fn configured(
+        name: &str,
+        app_lines: &str,
+        grace_seconds: u64,
+        place: Option<&str>,
+        host_lines: &str,
+        tail: &str,
+    ) -> HostEnv {
         let env = HostEnv {
             dir: tempfile::Builder::new()
                 .prefix("flotilla-browser-host-")
@@ -132,10 +158,9 @@ interval_seconds = {REAPER_INTERVAL_SECONDS}
 consecutive_passes = 1
 min_age_seconds = 1
 [host]
-listen = "{listen}"
-admin_listen = "{admin}"
+{place}admin_listen = "{admin}"
 {host_lines}{tail}"#,
-            listen = env.listen,
+            place = place.map_or_else(|| format!("listen = \"{}\"\n", env.listen), str::to_owned),
             admin = env.admin,
         );
         env.write("flotilla.toml", &text);

@@ -4,6 +4,9 @@
 //! WebSocket over TLS, and keeps its version through a deploy while a fresh tab gets the new one.
 //!
 //! - `a_tab_on_https_gets_http2_and_keeps_its_version_through_a_deploy`
+//! - `two_apps_behind_one_https_front_door_each_serve_their_tabs_over_http2`: the issue's picture
+//!   in a browser: two apps (each its own daemon, certificate and versions) behind one front door
+//!   on one TLS port, a tab on each over HTTP/2, and a deploy of one that moves no tab of either.
 
 use std::path::Path;
 
@@ -22,9 +25,14 @@ const NAME: &str = "app.flotilla.test";
 /// A self-signed certificate for [`NAME`], written to `dir`; its key's SHA-256 SPKI hash in
 /// base64, which Chromium is told to trust.
 fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let certified = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).expect("cert");
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+    certificate_for(dir, NAME)
+}
+
+/// A self-signed certificate for `name`, written to `dir`; its key's SPKI hash as Chromium takes it.
+fn certificate_for(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("cert");
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, certified.cert.pem()).expect("write cert");
     std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let spki = sha2::Sha256::digest(certified.signing_key.subject_public_key_info());
@@ -129,6 +137,121 @@ async fn a_tab_on_https_gets_http2_and_keeps_its_version_through_a_deploy() {
             "tab A's socket is still v1's: {a2}"
         );
         assert_eq!(a2["socket"], "open", "tab A's socket was never cut: {a2}");
+        browser.close().await.expect("close the browser");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_behind_one_https_front_door_each_serve_their_tabs_over_http2() {
+    if flotilla_testkit::slow::skip("Chromium") {
+        return;
+    }
+    bounded(async {
+        let https_port = flotilla_testkit::net::free_port();
+        let https = std::net::SocketAddr::from(([127, 0, 0, 1], https_port));
+        let door = flotilla_testkit::front_door::FrontDoor::start(
+            &super::host::flotilla_bin(),
+            Some(https),
+        );
+        let keys = tempfile::tempdir().expect("tempdir");
+        let app = sessions_app();
+        let mut pins = Vec::new();
+        let mut apps = Vec::new();
+        for (label, name) in [
+            ("shop", "shop.flotilla.test"),
+            ("blog", "blog.flotilla.test"),
+        ] {
+            let (cert, key, pin) = certificate_for(keys.path(), name);
+            pins.push(pin);
+            let env = HostEnv::behind_front_door(
+                label,
+                "health_path = \"/healthz\"\ninject_client = false\n",
+                &door.socket,
+                &[name],
+                &format!(
+                    "instances = {}\nbuild = {:?}\ncommand = {:?}\n\
+                     https_listen = \"{https}\"\n\
+                     tls_certificate_file = {:?}\ntls_key_file = {:?}\n",
+                    app.instances,
+                    app.build,
+                    app.command,
+                    cert.display().to_string(),
+                    key.display().to_string(),
+                ),
+            );
+            env.write("label.txt", &format!("{label} one\n"));
+            let v1 = env.deploy();
+            apps.push((name, env, v1));
+        }
+
+        let browser = Browser::launch_with(BrowserConfig {
+            extra_args: vec![
+                "--host-resolver-rules=MAP *.flotilla.test 127.0.0.1".to_owned(),
+                format!("--ignore-certificate-errors-spki-list={}", pins.join(",")),
+            ],
+            ..BrowserConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot start the browser (run scripts/install-browser.sh): {e}")
+        });
+
+        // One tab per app, on the same port: each gets its own app's v1, over HTTP/2.
+        let mut tabs = Vec::new();
+        for (i, (name, _, v1)) in apps.iter().enumerate() {
+            let tab = if i == 0 {
+                browser.first_tab()
+            } else {
+                browser.new_tab().await.expect("open a tab")
+            };
+            tab.goto(&format!("https://{name}:{https_port}/"))
+                .await
+                .unwrap_or_else(|e| panic!("open {name}: {e}\n{}", door.log_text()));
+            let state = socket_ready(&tab, &format!("{name}'s socket"), 1, 0).await;
+            assert_eq!(
+                str_of(&state["page"]),
+                v1,
+                "{name} serves its own v1: {state}"
+            );
+            assert_eq!(
+                str_of(&state["label"]),
+                format!("{} one", name.split('.').next().unwrap_or(""))
+            );
+            let on = protocols(&tab).await;
+            assert_eq!(
+                on["page"], "h2",
+                "{name} over HTTP/2 through the front door: {on}"
+            );
+            tabs.push(tab);
+        }
+
+        // A deploy of the shop: a fresh shop tab gets v2; the open shop tab and the blog tab
+        // stay where they were, their sockets never cut.
+        let (shop_name, shop, shop_v1) = &apps[0];
+        shop.write("label.txt", "shop two\n");
+        let shop_v2 = shop.deploy();
+        let fresh = browser.new_tab().await.expect("open a fresh shop tab");
+        fresh
+            .goto(&format!("https://{shop_name}:{https_port}/"))
+            .await
+            .expect("load");
+        let f = socket_ready(&fresh, "the fresh shop tab's socket", 1, 0).await;
+        assert_eq!(str_of(&f["page"]), shop_v2, "{f}");
+        let again = fetch_state(&tabs[0]).await;
+        assert_eq!(
+            str_of(&again["header"]),
+            shop_v1.as_str(),
+            "the old shop tab stays on v1: {again}"
+        );
+        for (tab, (name, _, v1)) in tabs.iter().zip(&apps) {
+            let now = page(tab).await;
+            assert_eq!(str_of(&now["socketId"]), v1.as_str(), "{name}: {now}");
+            assert_eq!(
+                now["socket"], "open",
+                "{name}'s socket was never cut: {now}"
+            );
+        }
         browser.close().await.expect("close the browser");
     })
     .await;

@@ -3,122 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use flotilla_testkit::front_door::FrontDoor;
 
 use crate::util::{self, HostEnv, Timing, alive, eventually, flotilla_bin, free_port, kill};
 use crate::{EventStream, HEADER, Load, runtime, served_by};
 
-/// A `flotilla host front-door` process on loopback, stopped by pid when dropped (and the front
-/// doors it handed over to).
-struct FrontDoor {
-    child: Child,
-    successors: Vec<u32>,
-    http: SocketAddr,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl FrontDoor {
-    fn start() -> FrontDoor {
-        Self::start_with(None)
-    }
-
-    /// A front door that also takes TLS on `https` (its apps terminate it).
-    fn start_with(https: Option<SocketAddr>) -> FrontDoor {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let socket = dir.path().join("front-door.sock");
-        let log = dir.path().join("front-door.log");
-        let tls: Vec<String> = match https {
-            Some(addr) => vec!["--https".into(), addr.to_string()],
-            None => vec!["--no-https".into()],
-        };
-        let child = Command::new(flotilla_bin())
-            .args(["host", "front-door", "--hold", "15"])
-            .args(&tls)
-            .env("FLOTILLA_LOG", "debug")
-            .arg("--http")
-            .arg(http.to_string())
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start the front door");
-        let door = FrontDoor {
-            child,
-            successors: Vec::new(),
-            http,
-            socket,
-            log,
-            _dir: dir,
-        };
-        eventually(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(http).ok()
-        })
-        .unwrap_or_else(|| panic!("the front door never listened:\n{}", door.log_text()));
-        door
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> util::Reply {
-        util::get_host(self.http, host, path, headers).expect("the front door answers")
-    }
-}
-
-impl FrontDoor {
-    /// The pid of the front door serving now.
-    fn pid(&self) -> u32 {
-        self.successors.last().copied().unwrap_or(self.child.id())
-    }
-
-    /// SIGUSR2 to the serving front door; waits until it handed over and exited, and returns the
-    /// new one's pid.
-    fn upgrade(&mut self) -> u32 {
-        let old = self.pid();
-        kill(old, "-USR2");
-        let exited = eventually(Duration::from_secs(30), || (!alive(old)).then_some(()));
-        if old == self.child.id() {
-            let _ = self.child.wait();
-        }
-        assert!(
-            exited.is_some(),
-            "the old front door did not exit:\n{}",
-            self.log_text()
-        );
-        let new = self
-            .log_text()
-            .lines()
-            .rev()
-            .filter(|l| l.contains("handed over to the new front door"))
-            .find_map(|l| {
-                l.split("pid=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no handover in the log:\n{}", self.log_text()));
-        self.successors.push(new);
-        new
-    }
-}
-
-impl Drop for FrontDoor {
-    fn drop(&mut self) {
-        kill(self.child.id(), "-9");
-        let _ = self.child.wait();
-        for pid in &self.successors {
-            kill(*pid, "-9");
-        }
-    }
+/// A plain `GET` through the front door with this `Host`.
+fn door_get(door: &FrontDoor, host: &str, path: &str, headers: &[(&str, &str)]) -> util::Reply {
+    util::get_host(door.http, host, path, headers).expect("the front door answers")
 }
 
 fn app_behind(door_socket: &Path, name: &str, hosts: &[&str]) -> HostEnv {
@@ -138,14 +33,14 @@ fn app_behind_with(door_socket: &Path, name: &str, hosts: &[&str], extra: &str) 
 
 #[test]
 fn two_apps_share_one_front_door_by_host_name_and_a_deploy_of_one_never_disturbs_the_other() {
-    let door = FrontDoor::start();
+    let door = FrontDoor::start(&flotilla_bin(), None);
     let shop = app_behind(&door.socket, "shop", &["shop.test"]);
     let blog = app_behind(&door.socket, "blog", &["blog.test", "*.blog.test"]);
     let shop_v1 = shop.deploy();
     let blog_v1 = blog.deploy();
 
     // Each host reaches its own app's version, through the same port.
-    let reached = |host: &str| served_by(&door.get(host, "/", &[]));
+    let reached = |host: &str| served_by(&door_get(&door, host, "/", &[]));
     assert_eq!(reached("shop.test"), shop_v1);
     assert_eq!(
         reached("SHOP.test:80"),
@@ -160,7 +55,7 @@ fn two_apps_share_one_front_door_by_host_name_and_a_deploy_of_one_never_disturbs
     );
 
     // An unknown host gets a clear 404, and a request without Host a 400.
-    let unknown = door.get("nobody.test", "/", &[]);
+    let unknown = door_get(&door, "nobody.test", "/", &[]);
     assert_eq!(unknown.status, 404, "{unknown:?}");
     assert!(
         unknown
@@ -228,7 +123,7 @@ fn two_apps_share_one_front_door_by_host_name_and_a_deploy_of_one_never_disturbs
     stream.close();
     assert_eq!(reached("shop.test"), shop_v3);
     assert_eq!(
-        served_by(&door.get("shop.test", "/", &[(HEADER, &shop_v2)])),
+        served_by(&door_get(&door, "shop.test", "/", &[(HEADER, &shop_v2)])),
         shop_v2,
         "affinity works through the front door"
     );
@@ -284,7 +179,7 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let door = FrontDoor::start();
+    let door = FrontDoor::start(&flotilla_bin(), None);
     let shop = app_behind(&door.socket, "shop", &["shop.test"]);
     let blog = app_behind(&door.socket, "blog", &["blog.test"]);
     let shop_v1 = shop.deploy();
@@ -357,7 +252,7 @@ fn an_upgrade_behind_the_front_door_fails_no_request_and_keeps_every_websocket()
         );
     }
     // New connections reach the new daemon, through the same front door.
-    assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);
+    assert_eq!(served_by(&door_get(&door, "shop.test", "/", &[])), shop_v1);
     for ws in &mut sockets {
         let _ = rt.block_on(ws.close(None));
     }
@@ -445,7 +340,7 @@ fn an_upgrade_of_the_front_door_itself_fails_no_request() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let mut door = FrontDoor::start();
+    let mut door = FrontDoor::start(&flotilla_bin(), None);
     let shop = app_behind(&door.socket, "shop", &["shop.test"]);
     let shop_v1 = shop.deploy();
     let rt = runtime();
@@ -491,7 +386,7 @@ fn an_upgrade_of_the_front_door_itself_fails_no_request() {
         reply.to_text().expect("text").contains("still here"),
         "{reply:?}"
     );
-    assert_eq!(served_by(&door.get("shop.test", "/", &[])), shop_v1);
+    assert_eq!(served_by(&door_get(&door, "shop.test", "/", &[])), shop_v1);
 }
 
 /// The picture: two apps behind one front door on HTTPS, each with its own certificate,
@@ -500,7 +395,7 @@ fn an_upgrade_of_the_front_door_itself_fails_no_request() {
 #[test]
 fn two_apps_behind_one_https_front_door_each_with_its_own_certificate() {
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let door = FrontDoor::start_with(Some(https));
+    let door = FrontDoor::start(&flotilla_bin(), Some(https));
     let keys = tempfile::tempdir().expect("tempdir");
     let app = |name: &str, host: &str| {
         let certified = rcgen::generate_simple_self_signed(vec![host.to_owned()]).expect("cert");
@@ -536,7 +431,7 @@ fn two_apps_behind_one_https_front_door_each_with_its_own_certificate() {
     // A name no app registered is refused in the handshake.
     assert!(crate::https::curl("nobody.example.com", https.port(), "/", &shop_cert, true).is_err());
     // Plain HTTP through the front door is redirected to HTTPS on the front door's port.
-    let redirect = door.get("shop.example.com", "/a?b=1", &[]);
+    let redirect = door_get(&door, "shop.example.com", "/a?b=1", &[]);
     assert_eq!(redirect.status, 308, "{redirect:?}");
     assert_eq!(
         redirect.header("location"),
@@ -552,7 +447,7 @@ fn two_apps_behind_one_https_front_door_each_with_its_own_certificate() {
 #[test]
 fn two_apps_behind_one_https_front_door_get_their_certificates_from_pebble_through_it() {
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let door = FrontDoor::start_with(Some(https));
+    let door = FrontDoor::start(&flotilla_bin(), Some(https));
     let pebble = flotilla_testkit::pebble::Pebble::start(flotilla_testkit::pebble::PebbleOptions {
         http_port: door.http.port(),
         tls_port: https.port(),
