@@ -2,7 +2,8 @@
 //! the [`DrainSource`] trait and its provider-neutral implementations.
 //!
 //! - SSM Parameter Store on AWS: `flotilla_aws::agent_ssm::SsmDrainSource` (in the AWS crate,
-//!   the only one that knows AWS).
+//!   the only one that knows AWS), or at scale `flotilla_aws::drain_board::BoardDrainSource`:
+//!   one S3 object with every version's state, read with conditional GETs.
 //! - [`FileSource`]: the state in a file, readiness written to files; for the host provider or
 //!   local runs (`FLOTILLA_DRAIN_STATE_FILE`, `FLOTILLA_READINESS_FILE`).
 //! - [`HttpSource`]: the state from a URL, readiness `PUT` to a URL (`FLOTILLA_DRAIN_STATE_URL`,
