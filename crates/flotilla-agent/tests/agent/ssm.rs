@@ -133,7 +133,10 @@ async fn the_board_source_drives_draining_and_readiness_and_a_broken_board_shows
     use flotilla_core::DeploymentId;
     use flotilla_core::lifecycle::VersionState;
 
-    let moto = tokio::task::spawn_blocking(server::Moto::start)
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let moto = tokio::task::spawn_blocking(Moto::start)
         .await
         .expect("moto");
     let name = DeploymentName::new("shop").expect("valid");

@@ -339,6 +339,9 @@ fn s3_put(moto: &Moto, path: &str, body: &str) {
 
 #[test]
 fn told_the_boards_bucket_the_agent_drains_from_the_board() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let moto = Moto::start();
     let mut env = aws_env(&moto.url());
     env.push(("FLOTILLA_DRAIN_BUCKET", "flotilla-shop-board".to_owned()));

@@ -29,6 +29,9 @@ fn status<E: std::fmt::Debug, R>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_answers_the_conditional_gets_and_puts_the_board_relies_on() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("cond").await;
     let s3 = &w.clients.s3;
     let (bucket, key) = (&w.board_bucket, "drain/probe.json");
@@ -115,6 +118,9 @@ async fn ssm_state(w: &World, id: &flotilla_core::DeploymentId) -> Option<Versio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_lose_no_state_and_the_board_ends_where_ssm_does() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("race").await;
     // Eight versions written at once, each by its own store (as separate CLIs would be).
     let ids: Vec<_> = (0..8).map(|_| next_id()).collect();
@@ -192,6 +198,9 @@ async fn put_parameter(w: &World, name: String, value: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_cut_short_by_a_crash_is_repaired_by_the_next_listing_or_write() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("heal").await;
     let (id, gone) = (next_id(), next_id());
     let ports = w.ports();
@@ -297,6 +306,9 @@ fn count(w: &World, op: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reads_the_board_with_conditional_gets_and_falls_back_to_ssm() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("agent").await;
     let id = next_id();
     let who = identity(&w, &id);
@@ -449,6 +461,9 @@ async fn the_agent_reads_the_board_with_conditional_gets_and_falls_back_to_ssm()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_publishes_its_states_and_tells_its_tasks_where_the_board_is() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
     let w = World::new("shop").await;
     let engine = w.engine("alice");
     let first = next_id();
