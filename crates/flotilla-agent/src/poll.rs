@@ -270,6 +270,7 @@ pub(crate) async fn run(
             failures = failures.saturating_add(1);
         }
         record_source_health(&state, failed.as_ref(), at);
+        record_degraded(&state, source.degraded());
         if config.emf {
             let line = emf_line(&who, status.ready, at);
             let mut out = std::io::stdout().lock();
@@ -322,6 +323,27 @@ fn record_source_health(state: &LiveState, failed: Option<&DrainError>, at: Time
             );
         }
         SourceChange::Failing | SourceChange::None => {}
+    }
+}
+
+/// Records what the source is working around and logs when that starts (`warn`), changes and
+/// ends (`info`).
+fn record_degraded(state: &LiveState, degraded: Option<String>) {
+    let changed = state.update_source_health(|health| health.set_degraded(degraded.clone()));
+    if !changed {
+        return;
+    }
+    match degraded {
+        Some(what) => tracing::warn!(
+            source = %state.source_name,
+            degraded = %what,
+            "the drain source is working around a failure; the health document shows it under \
+             `drain_source.degraded`"
+        ),
+        None => tracing::info!(
+            source = %state.source_name,
+            "the drain source works as designed again"
+        ),
     }
 }
 

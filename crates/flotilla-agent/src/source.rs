@@ -89,6 +89,14 @@ pub trait DrainSource: Send + Sync + 'static {
     /// the value changes (and again after a failed attempt).
     async fn write_readiness(&self, who: &Identity, readiness: Readiness)
     -> Result<(), DrainError>;
+
+    /// A failure the source is working around, as of its last call: its reads still succeed, but
+    /// not the way they should (the drain board unreadable, so the state came from SSM, one call
+    /// per task). `None` when it works as designed. The health document shows it as
+    /// `drain_source.degraded` and the log says when it starts and ends.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]
@@ -105,6 +113,9 @@ impl<S: DrainSource + ?Sized> DrainSource for Arc<S> {
         readiness: Readiness,
     ) -> Result<(), DrainError> {
         (**self).write_readiness(who, readiness).await
+    }
+    fn degraded(&self) -> Option<String> {
+        (**self).degraded()
     }
 }
 

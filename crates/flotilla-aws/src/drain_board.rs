@@ -250,14 +250,22 @@ pub async fn repair(
 
 /// The agent's drain source over the board: a conditional GET per poll (`304` when nothing
 /// changed, the common case), falling back to the version's SSM parameter when the board has no
-/// entry for it (no board yet, or a version recorded by a flotilla that did not publish one).
-/// Readiness is written to SSM, as [`SsmDrainSource`] does.
+/// entry for it (no board yet, or a version recorded by a flotilla that did not publish one),
+/// and when the board cannot be read at all (no route to S3, access denied, a wrong bucket, an
+/// object that is not a board): SSM is the truth the board copies, so a task still learns that
+/// its version drains and still reports readiness. That fallback is a call to SSM per task and
+/// poll, today's pattern that SSM's quota cannot hold at scale, so it is reported:
+/// [`DrainSource::degraded`] names the board's failure while it lasts (the health document's
+/// `drain_source.degraded`, a warning in the log). When SSM fails too, the poll fails with both
+/// errors. Readiness is written to SSM, as [`SsmDrainSource`] does.
 #[derive(Debug)]
 pub struct BoardDrainSource {
     s3: aws_sdk_s3::Client,
     ssm: SsmDrainSource,
     bucket: String,
     cache: Mutex<Option<(String, Board)>>,
+    /// The board's failure at the last poll, while the state comes from SSM instead.
+    failing: Mutex<Option<DrainError>>,
 }
 
 impl BoardDrainSource {
@@ -268,7 +276,15 @@ impl BoardDrainSource {
             ssm: SsmDrainSource::new(ssm),
             bucket,
             cache: Mutex::new(None),
+            failing: Mutex::new(None),
         }
+    }
+
+    fn set_failing(&self, err: Option<DrainError>) {
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = err;
     }
 
     fn cached(&self) -> Option<(String, Board)> {
@@ -359,11 +375,22 @@ impl DrainSource for BoardDrainSource {
     }
 
     async fn read_state(&self, who: &Identity) -> Result<Option<VersionState>, DrainError> {
-        match self.board(&who.name).await? {
-            Some(board) => match board.versions.get(&who.id) {
-                Some(state) => Ok(Some(*state)),
-                None => self.ssm.read_state(who).await,
-            },
+        let board = match self.board(&who.name).await {
+            Ok(board) => {
+                self.set_failing(None);
+                board
+            }
+            Err(board_err) => {
+                self.set_failing(Some(board_err.clone()));
+                return self
+                    .ssm
+                    .read_state(who)
+                    .await
+                    .map_err(|ssm_err| both_failed(&board_err, ssm_err));
+            }
+        };
+        match board.and_then(|b| b.versions.get(&who.id).copied()) {
+            Some(state) => Ok(Some(state)),
             None => self.ssm.read_state(who).await,
         }
     }
@@ -374,6 +401,23 @@ impl DrainSource for BoardDrainSource {
         readiness: Readiness,
     ) -> Result<(), DrainError> {
         self.ssm.write_readiness(who, readiness).await
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|err| format!("{err}; reading the state from SSM instead, one call per task"))
+    }
+}
+
+/// The error of a poll in which neither the board nor SSM could be read: SSM's (its kind decides
+/// the back-off, since SSM is what the poll fell back to), naming the board's failure too.
+fn both_failed(board: &DrainError, ssm: DrainError) -> DrainError {
+    DrainError {
+        message: format!("{} (the drain board failed first: {board})", ssm.message),
+        ..ssm
     }
 }
 
@@ -409,5 +453,28 @@ mod tests {
         );
         assert_eq!(Board::parse(text.as_bytes()), Ok(drained));
         assert!(Board::parse(b"<html>").is_err());
+    }
+
+    #[test]
+    fn when_board_and_ssm_both_fail_the_error_names_both_and_backs_off_as_ssm_says() {
+        let board = DrainError::new(
+            DrainErrorKind::Permanent,
+            "read drain board",
+            "s3://b/drain/shop.json",
+            "AccessDenied",
+        );
+        let ssm = DrainError::new(
+            DrainErrorKind::Throttled,
+            "read drain state",
+            "/apps/shop/20261125-190633-k3x9/state",
+            "ThrottlingException",
+        );
+        let both = both_failed(&board, ssm);
+        assert_eq!(both.kind, DrainErrorKind::Throttled);
+        assert_eq!(
+            both.to_string(),
+            "read drain state /apps/shop/20261125-190633-k3x9/state: ThrottlingException (the \
+             drain board failed first: read drain board s3://b/drain/shop.json: AccessDenied)"
+        );
     }
 }

@@ -217,8 +217,8 @@ async fn the_board_source_drives_draining_and_readiness_and_a_broken_board_shows
     );
     assert_eq!(count(&counter, "PutParameter"), 1);
 
-    // A board that is not one: a failure that needs a human, shown at once, and the agent keeps
-    // the state it knew.
+    // A board that is not one (a human's mistake): the agent falls back to SSM, so it keeps
+    // learning its state (SSM says draining), and shows what it works around.
     clients
         .s3
         .put_object()
@@ -228,12 +228,56 @@ async fn the_board_source_drives_draining_and_readiness_and_a_broken_board_shows
         .send()
         .await
         .expect("junk");
-    let doc = health_until(agent.addr, "a persistent failure", |_, d| {
-        d["drain_source"]["persistent_failure"] == true
+    counter.reset();
+    let doc = health_until(agent.addr, "the board's failure worked around", |_, d| {
+        d["drain_source"]["degraded"].is_string()
     })
     .await;
-    assert_eq!(doc["drain_source"]["error_kind"], "permanent", "{doc}");
+    let degraded = doc["drain_source"]["degraded"].as_str().unwrap_or_default();
+    assert!(
+        degraded.contains("not a drain board") && degraded.contains("from SSM instead"),
+        "{doc}"
+    );
+    assert_eq!(doc["drain_source"]["ok"], true, "{doc}");
     assert_eq!(doc["draining"], true, "{doc}");
+    assert_eq!(doc["state"], "draining", "{doc}");
+    assert!(
+        count(&counter, "GetParameter") >= 1,
+        "the state came from SSM: {:?}",
+        counter.snapshot()
+    );
+
+    // Once the board is one again the agent reads it alone, and says so.
+    clients
+        .s3
+        .put_object()
+        .bucket(bucket)
+        .key(board_key(&name))
+        .body(aws_sdk_s3::primitives::ByteStream::from(
+            format!(r#"{{"generation":100,"versions":{{"{ID}":"draining"}}}}"#).into_bytes(),
+        ))
+        .send()
+        .await
+        .expect("a board again");
+    let doc = health_until(agent.addr, "the board read again", |_, d| {
+        d["drain_source"]["degraded"].is_null()
+    })
+    .await;
+    assert_eq!(doc["drain_source"]["ok"], true, "{doc}");
+    assert_eq!(doc["state"], "draining", "{doc}");
+    counter.reset();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        count(&counter, "GetObject") >= 1,
+        "{:?}",
+        counter.snapshot()
+    );
+    assert_eq!(
+        count(&counter, "GetParameter"),
+        0,
+        "the board alone: {:?}",
+        counter.snapshot()
+    );
 
     agent.signal(StopSignal::Terminate).await;
     let outcome = agent.outcome().await;
