@@ -435,7 +435,9 @@ async fn the_agent_reads_the_board_with_conditional_gets_and_falls_back_to_ssm()
     );
     assert_eq!(count(&w, "SSM.GetParameter"), 1);
 
-    // A board that is not one is a failure that needs a human (the health document says so).
+    // A board that is not one (a human's mistake): the state comes from SSM, which the board
+    // only copies, and the source says what it is working around (the health document shows it).
+    assert_eq!(source.degraded(), None);
     w.clients
         .s3
         .put_object()
@@ -445,18 +447,52 @@ async fn the_agent_reads_the_board_with_conditional_gets_and_falls_back_to_ssm()
         .send()
         .await
         .expect("put junk");
-    let err = source.read_state(&who).await.expect_err("junk");
-    assert_eq!(err.kind, flotilla_agent::DrainErrorKind::Permanent, "{err}");
-    assert!(err.resource.contains(&key), "{err}");
+    w.counter.reset();
+    assert_eq!(
+        source.read_state(&who).await.expect("SSM instead"),
+        Some(VersionState::Active)
+    );
+    assert_eq!(count(&w, "SSM.GetParameter"), 1);
+    let degraded = source.degraded().expect("the board's failure reported");
+    assert!(
+        degraded.contains("not a drain board") && degraded.contains(&key),
+        "{degraded}"
+    );
 
-    // A bucket that does not exist fails (it is not taken for "no board").
+    // A bucket that does not exist is not taken for "no board": a failure, worked around the
+    // same way.
     let wrong = BoardDrainSource::new(
         w.clients.s3.clone(),
         w.clients.ssm.clone(),
         "no-such-bucket".to_owned(),
     );
-    let err = wrong.read_state(&who).await.expect_err("no bucket");
-    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    assert_eq!(
+        wrong.read_state(&who).await.expect("SSM instead"),
+        Some(VersionState::Active)
+    );
+    assert!(
+        wrong
+            .degraded()
+            .is_some_and(|d| d.contains("no-such-bucket")),
+        "{:?}",
+        wrong.degraded()
+    );
+
+    // A board again: read alone, nothing worked around.
+    w.clients
+        .s3
+        .put_object()
+        .bucket(&w.board_bucket)
+        .key(&key)
+        .body(ByteStream::from(fresh.to_bytes()))
+        .send()
+        .await
+        .expect("put a board");
+    assert_eq!(
+        source.read_state(&who).await.expect("read"),
+        Some(VersionState::Active)
+    );
+    assert_eq!(source.degraded(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
