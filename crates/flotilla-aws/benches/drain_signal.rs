@@ -92,6 +92,7 @@ struct Outcome {
     latency_median: Option<Duration>,
     saw: usize,
     failing: usize,
+    degraded: usize,
     mark: Duration,
 }
 
@@ -175,6 +176,11 @@ async fn run_one(w: &World, pattern: &str, n: usize, window: Duration, poll: Dur
         .iter()
         .filter(|p| p.source_health().consecutive_failures > 0)
         .count();
+    // Board tasks that could not read the board at their last poll and read SSM instead.
+    let degraded = pollers
+        .iter()
+        .filter(|p| p.source_health().degraded.is_some())
+        .count();
     for p in pollers {
         p.stop().await;
     }
@@ -187,6 +193,7 @@ async fn run_one(w: &World, pattern: &str, n: usize, window: Duration, poll: Dur
         latency_median: saw.get(saw.len() / 2).copied(),
         saw: saw.len(),
         failing,
+        degraded,
         mark,
     }
 }
@@ -233,11 +240,13 @@ fn print(pattern: &str, n: usize, poll: Duration, o: &Outcome) {
     }
     let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
     println!(
-        "  drain latency: last task {} (median {}), {}/{n} saw it; {} task(s) with a failing source at the end",
+        "  drain latency: last task {} (median {}), {}/{n} saw it; {} task(s) with a failing source \
+         and {} on the SSM fallback at the end",
         ms(o.latency_max),
         ms(o.latency_median),
         o.saw,
-        o.failing
+        o.failing,
+        o.degraded
     );
 }
 
