@@ -26,8 +26,16 @@
 # With PINGORA=1, another target joins each round: bench/pingora-peer, the same routing on
 # Pingora 0.7 (built here, release, into target/pingora-peer), with as many threads as CPUs.
 #
+# Every figure is printed with its ratio to the better peer, with the CPU time each proxy's
+# processes spent per request (user+system over the wrk run: on a shared machine this moves far
+# less with other work than throughput does) and the load average of each round.
+# BASELINE=<a bench_router binary> (say, one built from main) runs as "baseline" in the same
+# rounds, with its own daemon and backends, for before/after figures from one run.
+# SESSIONS is capped to what the descriptor limit allows (two descriptors per session in the proxy).
+#
 # Usage: bench/router-vs-nginx.sh
-#   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000)
+#   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000
+#    BASELINE=)
 # Needs nginx and wrk from Debian; installs them with apt-get when missing and run as root.
 set -euo pipefail
 
@@ -38,8 +46,19 @@ ROUNDS="${ROUNDS:-2}"
 PINGORA="${PINGORA:-0}"
 HAPROXY="${HAPROXY:-1}"
 SESSIONS="${SESSIONS:-10000}"
+# Another bench_router binary (say, one built from main) to measure in the same rounds as
+# "baseline", with its own daemon and backends: before/after figures from one run.
+BASELINE="${BASELINE:-}"
 # Each idle session holds a descriptor in the client, two in the proxy and one in a backend.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE="$(ulimit -n)"
+# The proxy holds two descriptors per session (client and upstream): keep SESSIONS within the
+# descriptor limit (a container's hard limit may be below 65536), with room for the load runs.
+max_sessions=$(( (NOFILE - 2048) / 2 ))
+if [ "$SESSIONS" -gt "$max_sessions" ]; then
+  echo "SESSIONS=$SESSIONS needs more than the descriptor limit ($NOFILE) allows: using $max_sessions" >&2
+  SESSIONS="$max_sessions"
+fi
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -79,7 +98,9 @@ nginx_pid=""
 harness_pid=""
 pingora_pid=""
 haproxy_pid=""
+baseline_pid=""
 cleanup() {
+  if [ -n "$baseline_pid" ]; then kill "$baseline_pid" 2>/dev/null || true; wait "$baseline_pid" 2>/dev/null || true; fi
   if [ -n "$haproxy_pid" ]; then kill "$haproxy_pid" 2>/dev/null || true; wait "$haproxy_pid" 2>/dev/null || true; fi
   if [ -n "$pingora_pid" ]; then kill "$pingora_pid" 2>/dev/null || true; wait "$pingora_pid" 2>/dev/null || true; fi
   if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
@@ -89,7 +110,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"; HAPROXY_PORT="$(free_port)"
+ROUTER_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"; BASE_PORT="$(free_port)"; BASE_ADMIN="$(free_port)"; NGINX_PORT="$(free_port)"; PINGORA_PORT="$(free_port)"; HAPROXY_PORT="$(free_port)"
 
 mkdir -p "$work/app"
 echo "benchmark app" > "$work/app/README"
@@ -103,6 +124,20 @@ done
 V1="$(awk '$1=="V1"{print $2}' "$work/harness.out")"
 V2="$(awk '$1=="V2"{print $2}' "$work/harness.out")"
 [ -n "$V1" ] && [ -n "$V2" ] || { echo "the router harness did not deploy both versions:" >&2; cat "$work/harness.err" >&2; exit 1; }
+BV1=""; BV2=""
+if [ -n "$BASELINE" ]; then
+  mkdir -p "$work/base-app"
+  echo "benchmark app" > "$work/base-app/README"
+  "$BASELINE" "$work/base-app" "$BASE_PORT" "$BASE_ADMIN" "cp $HELLO ./hello" "exec ./hello" > "$work/baseline.out" 2> "$work/baseline.err" &
+  baseline_pid=$!
+  for i in $(seq 600); do
+    grep -q '^V2 ' "$work/baseline.out" && break
+    if ! kill -0 "$baseline_pid" 2>/dev/null; then echo "the baseline harness failed:" >&2; cat "$work/baseline.err" >&2; exit 1; fi
+    sleep 0.1
+  done
+  BV1="$(awk '$1=="V1"{print $2}' "$work/baseline.out")"
+  BV2="$(awk '$1=="V2"{print $2}' "$work/baseline.out")"
+fi
 cd "$root"
 ports_of() {
   curl -s "http://127.0.0.1:$ADMIN_PORT/status.json" | python3 -c '
@@ -171,7 +206,8 @@ if [ "$HAPROXY" = 1 ]; then
   haproxy_servers() { local n=0; for a in $1; do echo "  server s$n $a"; n=$((n + 1)); done; }
   cat > "$work/haproxy.cfg" <<HAPROXYCFG
 global
-  maxconn 40000
+  # HAProxy refuses to start when maxconn needs more descriptors than the limit (2 per connection).
+  maxconn $(( (NOFILE - 256) / 2 ))
   nbthread $(nproc)
 defaults
   mode http
@@ -208,12 +244,30 @@ fi
 
 # All must route like each other before anything is measured.
 sleep 0.5
+log_of() { # port: the log of the process behind it
+  case "$1" in
+    "$NGINX_PORT") cat "$work/nginx-error.log" ;;
+    "$HAPROXY_PORT") cat "$work/haproxy.log" ;;
+    "$PINGORA_PORT") cat "$work/pingora.log" ;;
+    "$BASE_PORT") cat "$work/baseline.err" ;;
+    *) cat "$work/harness.err" ;;
+  esac
+}
+[ -n "$BASELINE" ] && targets+=("$BASE_PORT")
 for target in "${targets[@]}"; do
-  for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && break; sleep 0.1; done
+  want1="$V1"; want2="$V2"
+  [ "$target" = "$BASE_PORT" ] && { want1="$BV1"; want2="$BV2"; }
+  up=0
+  for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$target/" && { up=1; break; }; sleep 0.1; done
+  if [ "$up" != 1 ]; then
+    echo "nothing answers on port $target; its log:" >&2
+    log_of "$target" >&2
+    exit 1
+  fi
   fresh="$(curl -s -D - -o /dev/null "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
-  pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $V1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
-  if [ "$fresh" != "$V2" ] || [ "$pinned" != "$V1" ]; then
-    echo "port $target routes wrongly: fresh=$fresh (want $V2) pinned=$pinned (want $V1)" >&2
+  pinned="$(curl -s -D - -o /dev/null -H "X-Flotilla-Deployment: $want1" "http://127.0.0.1:$target/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-flotilla-deployment"{print $2}')"
+  if [ "$fresh" != "$want2" ] || [ "$pinned" != "$want1" ]; then
+    echo "port $target routes wrongly: fresh=$fresh (want $want2) pinned=$pinned (want $want1)" >&2
     exit 1
   fi
 done
@@ -224,9 +278,35 @@ run() { # name scenario url [header]   (uses $conns)
   local name="$1" scenario="$2@$conns" url="$3" header="${4:-}"
   local args=(-t"$THREADS" -c"$conns" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
+  local before after
+  before="$(cpu_ticks "$name")"
   wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+  after="$(cpu_ticks "$name")"
   python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
+  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")" >> "$cpu"
+  return 0
 }
+# The CPU time (user + system, in clock ticks) the proxy's processes have used: a figure that
+# other work on the machine disturbs far less than throughput, since it counts only the proxy's
+# own work per request.
+cpu_ticks() { # name
+  local pids=() p total=0
+  case "$1" in
+    flotilla) pids=("$harness_pid") ;;
+    baseline) pids=("$baseline_pid") ;;
+    nginx) pids=("$nginx_pid" $(pgrep -P "$nginx_pid")) ;;
+    haproxy) pids=("$haproxy_pid") ;;
+    pingora) pids=("$pingora_pid") ;;
+    *) return 0 ;;
+  esac
+  for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+cpu="$work/cpu.tsv"
+: > "$cpu"
 
 BACKEND="$(echo "$V2_ADDRS" | awk '{print $1}')"
 echo "router :$ROUTER_PORT, nginx :$NGINX_PORT, backends v1 [$V1_ADDRS] v2 [$V2_ADDRS]" >&2
@@ -235,8 +315,9 @@ wrk -t1 -c4 -d2s "http://127.0.0.1:$ROUTER_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c4 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 || true
 [ "$PINGORA" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$PINGORA_PORT/" >/dev/null 2>&1 || true; }
 [ "$HAPROXY" = 1 ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$HAPROXY_PORT/" >/dev/null 2>&1 || true; }
+[ -n "$BASELINE" ] && { wrk -t1 -c4 -d2s "http://127.0.0.1:$BASE_PORT/" >/dev/null 2>&1 || true; }
 for round in $(seq "$ROUNDS"); do
-  echo "round $round/$ROUNDS" >&2
+  echo "round $round/$ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   for conns in $CONNECTIONS; do
     for scenario in fresh pinned; do
       header=""
@@ -245,11 +326,17 @@ for round in $(seq "$ROUNDS"); do
       run nginx "$scenario" "http://127.0.0.1:$NGINX_PORT/" "$header"
       [ "$HAPROXY" = 1 ] && run haproxy "$scenario" "http://127.0.0.1:$HAPROXY_PORT/" "$header"
       [ "$PINGORA" = 1 ] && run pingora "$scenario" "http://127.0.0.1:$PINGORA_PORT/" "$header"
+      if [ -n "$BASELINE" ]; then
+        bheader=""
+        [ "$scenario" = pinned ] && bheader="X-Flotilla-Deployment: $BV1"
+        run baseline "$scenario" "http://127.0.0.1:$BASE_PORT/" "$bheader"
+      fi
     done
   done
 done
 conns="${CONNECTIONS%% *}"
 run backend direct "http://$BACKEND/"
+echo "load average after the rounds: $(cut -d' ' -f1-3 /proc/loadavg) (2 CPUs: above ~1.5, other work competed)" >&2
 
 rss_kib() { # pid [with its children]
   local total=0 p
@@ -286,7 +373,7 @@ if [ "$SESSIONS" -gt 0 ]; then
   echo -e "direct\t0\t0\t0\t$(awk '{print $3"\t"$5}' <<<"$rtt")" >> "$sessions_tsv"
 fi
 
-python3 - "$results" "$sessions_tsv" "${CONNECTIONS%% *}" <<'PY'
+python3 - "$results" "$sessions_tsv" "${CONNECTIONS%% *}" "$cpu" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 agg = {}
@@ -295,12 +382,30 @@ for name, scenario, rps, p50, p99, bad, sock in rows:
     a["rps"].append(float(rps)); a["p50"].append(float(p50)); a["p99"].append(float(p99))
     a["bad"] += int(bad)
     if sock: a["sock"].append(sock)
-print(f"{'target':<10}{'scenario':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}  errors")
-for (name, scenario), a in agg.items():
-    err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
-    print(f"{name:<10}{scenario:<9}{statistics.median(a['rps']):>10.0f}{statistics.median(a['p50']):>9.3f}{statistics.median(a['p99']):>9.3f}  {err}")
-print()
 med = lambda a, k: statistics.median(a[k])
+def best_peer(scenario, key, pick):
+    vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg and key in agg[(n, scenario)]]
+    return pick(vals) if vals else None
+cpu = {}
+for line in open(sys.argv[4]):
+    name, scenario, ticks, requests = (line.rstrip("\n").split("\t") + ["", ""])[:4]
+    if ticks and requests and int(requests) > 0:
+        cpu.setdefault((name, scenario), []).append(int(ticks) * 1e6 / int(sys.argv[5]) / int(requests))
+for key, values in cpu.items():
+    if key in agg:
+        agg[key]["cpu"] = values
+# Each figure with its ratio to the better peer (nginx, HAProxy, Pingora) in the same scenario.
+print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}{'CPU us/req':>11}{'/best':>7}  errors")
+ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
+for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
+    rps, p50, p99 = med(a, "rps"), med(a, "p50"), med(a, "p99")
+    print(f"{name:<10}{scenario:<12}{rps:>10.0f}{ratio(rps, best_peer(scenario, 'rps', max)):>7}"
+          f"{p50:>9.3f}{ratio(p50, best_peer(scenario, 'p50', min)):>7}"
+          f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}"
+          + (f"{med(a, 'cpu'):>11.1f}{ratio(med(a, 'cpu'), best_peer(scenario, 'cpu', min)):>7}" if "cpu" in a else f"{'-':>11}{'-':>7}")
+          + f"  {err}")
+print()
 scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
 for scenario in scenarios:
     f = agg.get(("flotilla", scenario))
@@ -313,6 +418,11 @@ for scenario in scenarios:
     print(f"{scenario}: flotilla throughput vs " + ", ".join(parts)
           + f"; vs the better peer ({best_rps}) {med(f, 'rps') / med(peers[best_rps], 'rps'):.2f}x;"
           + f" p99 vs the better peer ({best_p99}) {med(f, 'p99') / med(peers[best_p99], 'p99'):.2f}x")
+    b = agg.get(("baseline", scenario))
+    if b:
+        cpu_ratio = f", CPU per request {med(f, 'cpu') / med(b, 'cpu'):.2f}x" if "cpu" in f and "cpu" in b else ""
+        print(f"{scenario}: flotilla vs baseline: throughput {med(f, 'rps') / med(b, 'rps'):.2f}x, p99 {med(f, 'p99') / med(b, 'p99'):.2f}x{cpu_ratio};"
+              + f" baseline vs the better peer {med(b, 'rps') / med(peers[best_rps], 'rps'):.2f}x")
 print("(medians over rounds; throughput > 1x and latency < 1x favour flotilla)")
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 if rows:

@@ -82,6 +82,7 @@ fn record(id: &DeploymentId, state: VersionState) -> VersionRecord {
         image: None,
         instances: 1,
         ready_passes: 0,
+        canary: None,
     }
 }
 

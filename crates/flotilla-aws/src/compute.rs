@@ -750,7 +750,15 @@ impl Compute for EcsCompute {
         let name = self.ctx.service_name(&spec.id);
         if let Some(service) = self.describe_one(&spec.id).await? {
             match service.status() {
-                Some("ACTIVE") => return Ok(()),
+                Some("ACTIVE") => {
+                    // An earlier attempt may have stopped between the service and its scaling.
+                    if let Some(scaling) = &self.ctx.task.autoscaling
+                        && let Some(tg) = self.ctx.find_tg(&spec.id).await?
+                    {
+                        crate::scaling::enable(&self.ctx, scaling, &spec.id, &tg).await?;
+                    }
+                    return Ok(());
+                }
                 Some("DRAINING") => {
                     return Err(PortError::new(
                         ErrorKind::Conflict,
@@ -830,7 +838,7 @@ impl Compute for EcsCompute {
             .tags(ecs_tag(TAG_STATE, "deploying"))
             .send()
             .await;
-        match created {
+        let created = match created {
             Ok(_) => Ok(()),
             // Someone created it between our look and our create: it exists, which is the goal.
             Err(e)
@@ -840,11 +848,20 @@ impl Compute for EcsCompute {
                 Ok(())
             }
             Err(e) => Err(port_error("create service", &name, e)),
+        };
+        created?;
+        if let Some(scaling) = &self.ctx.task.autoscaling {
+            crate::scaling::enable(&self.ctx, scaling, &spec.id, &tg).await?;
         }
+        Ok(())
     }
 
     async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
         let name = self.ctx.service_name(id);
+        if desired == 0 {
+            // Autoscaling would bring the version back to its minimum.
+            crate::scaling::disable(&self.ctx, id).await?;
+        }
         self.ctx
             .clients
             .ecs
@@ -865,6 +882,7 @@ impl Compute for EcsCompute {
             Some(arn) => vec![arn.to_owned()],
             None => self.revisions_of(id).await?,
         };
+        crate::scaling::disable(&self.ctx, id).await?;
         if let Some(s) = service.as_ref().filter(|s| exists(s)) {
             if s.desired_count() > 0 {
                 self.scale(id, 0).await.or_else(|e| {

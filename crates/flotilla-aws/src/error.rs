@@ -152,6 +152,7 @@ fn classify_code(code: &str) -> Option<ErrorKind> {
         | "RepositoryNotFoundException"
         | "ImageNotFoundException"
         | "ResourceNotFoundException"
+        | "ObjectNotFoundException"
         | "NoSuchEntity"
         | "NotFound"
         | "NotFoundException" => NotFound,
@@ -311,6 +312,7 @@ mod tests {
             (svc("ServiceNotFoundException", 400), NotFound),
             (svc("TargetGroupNotFound", 400), NotFound),
             (svc("RuleNotFound", 400), NotFound),
+            (svc("ObjectNotFoundException", 400), NotFound),
             (svc("ResourceInUse", 400), Conflict),
             (svc("ParameterAlreadyExists", 400), Conflict),
             (svc("PriorityInUse", 400), Conflict),

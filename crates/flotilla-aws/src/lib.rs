@@ -42,6 +42,7 @@ pub mod images;
 pub mod lambda;
 pub mod logtail;
 pub mod routing;
+pub mod scaling;
 pub mod sdk;
 pub mod secrets;
 pub mod settings;
@@ -55,6 +56,7 @@ use std::sync::Arc;
 use flotilla_engine::Ports;
 
 pub use error::{AwsError, Failure, classify};
+pub use scaling::Autoscaling;
 pub use sdk::{CallCounter, Clients, sdk_config, sdk_config_with};
 pub use settings::{AwsSettings, Baseline, BaselineOutputs, Needs};
 

@@ -58,6 +58,8 @@ pub struct Clients {
     /// S3: the drain board (`drain_board`). Path-style addressing when an endpoint is set
     /// (emulators on `127.0.0.1` need it).
     pub s3: aws_sdk_s3::Client,
+    /// Application Auto Scaling: each version's scalable target and target-tracking policies.
+    pub scaling: aws_sdk_applicationautoscaling::Client,
     /// The region the clients talk to.
     pub region: Option<String>,
 }
@@ -97,6 +99,7 @@ impl Clients {
                 }
                 aws_sdk_s3::Client::from_conf(builder.build())
             },
+            scaling: client!(aws_sdk_applicationautoscaling),
             region: config.region().map(|r| r.to_string()),
         }
     }

@@ -230,6 +230,8 @@ pub struct TaskSettings {
     /// The load balancer's idle timeout (`[aws] idle_timeout_seconds`): the agent keeps idle
     /// client connections open longer than this (see [`TaskSettings::agent_keepalive_seconds`]).
     pub lb_idle_timeout_seconds: u32,
+    /// Target-tracking autoscaling of each version's service; `None`: a fixed `desired_count`.
+    pub autoscaling: Option<crate::scaling::Autoscaling>,
 }
 
 impl Default for TaskSettings {
@@ -254,6 +256,7 @@ impl Default for TaskSettings {
             health_check_grace_seconds: 300,
             inject_client: false,
             lb_idle_timeout_seconds: 120,
+            autoscaling: None,
         }
     }
 }

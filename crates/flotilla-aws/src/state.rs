@@ -393,6 +393,7 @@ impl StateStore for SsmStateStore {
             // is created with `state=deploying`); every later state is mirrored.
             if state != VersionState::Deploying {
                 self.tag_service(id, state).await?;
+                crate::scaling::follow_state(&self.ctx, id, state).await?;
             }
         }
         self.remember(id, Some(state));

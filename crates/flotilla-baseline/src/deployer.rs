@@ -89,9 +89,46 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "elasticloadbalancing:DescribeTargetHealth",
                 "elasticloadbalancing:DescribeTags",
                 "logs:DescribeLogGroups",
+                "application-autoscaling:DescribeScalableTargets",
+                "application-autoscaling:DescribeScalingPolicies",
+                "cloudwatch:DescribeAlarms",
             ],
             vec![json!("*")],
         ),
+        // `[aws] max_count`: each version's scalable target and target-tracking policies.
+        // Scalable-target ARNs end in an id AWS assigns, so the grant cannot name this
+        // deployment's; the alarms the policies make are named after the service.
+        Statement::allow(
+            "VersionAutoscaling",
+            &[
+                "application-autoscaling:RegisterScalableTarget",
+                "application-autoscaling:DeregisterScalableTarget",
+                "application-autoscaling:PutScalingPolicy",
+                "application-autoscaling:DeleteScalingPolicy",
+            ],
+            vec![o.arn("application-autoscaling", "scalable-target/*")],
+        ),
+        Statement::allow(
+            "VersionAutoscalingAlarms",
+            &["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"],
+            vec![o.arn(
+                "cloudwatch",
+                &format!("alarm:TargetTracking-service/{cluster}/*"),
+            )],
+        ),
+        Statement::allow(
+            "AutoscalingServiceLinkedRole",
+            &["iam:CreateServiceLinkedRole"],
+            vec![o.global_arn(
+                "iam",
+                true,
+                "role/aws-service-role/ecs.application-autoscaling.amazonaws.com/\
+                 AWSServiceRoleForApplicationAutoScaling_ECSService",
+            )],
+        )
+        .when(json!({
+            "StringEquals": { "iam:AWSServiceName": "ecs.application-autoscaling.amazonaws.com" }
+        })),
         Statement::allow(
             "ListInCluster",
             &["ecs:ListServices", "ecs:ListTasks"],

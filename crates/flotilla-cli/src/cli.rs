@@ -168,10 +168,21 @@ pub enum Command {
     #[command(
         long_about = "Point fresh traffic back at a previous version that still runs, and mark \
             the current one draining. Instant: nothing is built or started. Without ID, the \
-            newest draining version is chosen.",
+            newest draining version is chosen. During a canary, it ends the canary: fresh \
+            sessions go back to the current version and the canary drains.",
         after_help = "Examples:\n  flotilla rollback\n  flotilla rollback 20261124-101500-a1b2"
     )]
     Rollback(RollbackArgs),
+
+    /// Promote the running canary now: all fresh sessions to it
+    #[command(
+        long_about = "Promote the running canary (`flotilla deploy --canary`) without waiting \
+            for its remaining steps: all fresh sessions go to it, and the version it was judged \
+            against drains. Tabs already on either version stay on it. To end a canary the other \
+            way, `flotilla rollback`.",
+        after_help = "Example:\n  flotilla promote"
+    )]
+    Promote(PromoteArgs),
 
     /// Run one reaper pass: retire drained versions, remove retired ones
     #[command(
@@ -317,6 +328,33 @@ pub struct DeployArgs {
     #[arg(long, value_name = "NAME=REFERENCE")]
     pub secret: Vec<String>,
 
+    /// Deploy as a canary: give the new version a share of fresh sessions step by step
+    /// ([canary] in flotilla.toml), judge it against the current version, then promote it or
+    /// roll it back (the host daemon drives it after this command returns)
+    #[arg(long)]
+    pub canary: bool,
+
+    /// With --canary: the steps in percent, over [canary] steps (e.g. 5,25,50)
+    #[arg(
+        long,
+        value_name = "PERCENTS",
+        value_delimiter = ',',
+        requires = "canary"
+    )]
+    pub canary_steps: Vec<u8>,
+
+    /// With --canary: seconds each step runs before it is judged, over [canary] pause_seconds
+    #[arg(long, value_name = "SECONDS", requires = "canary")]
+    pub canary_pause: Option<u64>,
+
+    /// `--json`.
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
     /// `--json`.
     #[command(flatten)]
     pub json: JsonFlag,
@@ -805,6 +843,7 @@ impl Cli {
             Command::Status(a) => a.json.json,
             Command::Drain(a) => a.json.json,
             Command::Rollback(a) => a.json.json,
+            Command::Promote(a) => a.json.json,
             Command::Reap(a) => a.json.json,
             Command::Teardown(a) => a.json.json,
             Command::Verify(a) => a.json.json,

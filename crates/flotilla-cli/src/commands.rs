@@ -74,6 +74,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<u8> {
             | Command::Status(_)
             | Command::Drain(_)
             | Command::Rollback(_)
+            | Command::Promote(_)
             | Command::Reap(_)
             | Command::Teardown(_)
             | Command::Verify(_)
@@ -154,6 +155,21 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
                     text.push_str(&format!("; {draining} is draining"));
                 }
                 out.result(&text);
+            }
+            Ok(0)
+        }
+        Command::Promote(_) => {
+            let (config, opened) = open(global, "promote", out).await?;
+            let printer = ProgressPrinter::for_output(out);
+            let tick =
+                opened.engine.promote(&printer).await.with_context(|| {
+                    format!("could not promote the canary of `{}`", config.name)
+                })?;
+            printer.finish();
+            if out.json {
+                out.json(&tick)?;
+            } else if let flotilla_engine::workflows::CanaryTick::Ended { id, .. } = &tick {
+                out.result(&format!("promoted {id}: all fresh sessions go to it"));
             }
             Ok(0)
         }
@@ -568,6 +584,17 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     for warning in config.exposure_warnings() {
         out.warn(&warning);
     }
+    if args.canary && config.provider != ProviderKind::Host {
+        return Err(Reported {
+            exit: Exit::Usage,
+            message: format!(
+                "canary deploys run on the host provider only for now, and `{}` uses {}",
+                config.name, config.provider
+            ),
+            hint: Some("deploy without --canary".to_owned()),
+        }
+        .into());
+    }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
     let opened = providers::open(&config, "deploy", out).await?;
@@ -592,9 +619,26 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         break_lock: args.break_lock,
         env,
     };
+    let canary = args.canary.then(|| {
+        let mut plan = config.canary.plan.clone();
+        if !args.canary_steps.is_empty() {
+            plan.steps = args.canary_steps.clone();
+        }
+        if let Some(pause) = args.canary_pause {
+            plan.pause = std::time::Duration::from_secs(pause);
+        }
+        plan
+    });
+    let first_share = canary.as_ref().and_then(|p| p.steps.first().copied());
     let printer = ProgressPrinter::for_output(out);
+    let deploying = async {
+        match canary {
+            Some(plan) => opened.engine.deploy_canary(request, plan, &printer).await,
+            None => opened.engine.deploy(request, &printer).await,
+        }
+    };
     let outcome = tokio::select! {
-        result = opened.engine.deploy(request, &printer) => {
+        result = deploying => {
             printer.finish();
             result.with_context(|| crate::exit::DeployFailed { id: id.clone() })?
         }
@@ -615,7 +659,14 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
             provider: config.provider,
         })?;
     } else {
-        let mut summary = format!("deployed {id}: fresh traffic goes to it now");
+        let mut summary = match first_share {
+            Some(percent) => format!(
+                "deployed {id} as a canary: {percent}% of fresh sessions go to it; the daemon \
+                 judges it step by step (`flotilla status`), `flotilla promote` or \
+                 `flotilla rollback` end it by hand"
+            ),
+            None => format!("deployed {id}: fresh traffic goes to it now"),
+        };
         if !outcome.draining.is_empty() {
             let ids: Vec<String> = outcome.draining.iter().map(ToString::to_string).collect();
             summary.push_str(&format!("; draining: {}", ids.join(", ")));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::reaper::{CleanupReason, ReapAction, RetireReason, WaitReason, Waiting};
 use flotilla_core::routing::Affinity;
-use flotilla_core::{Timestamp, VersionState};
+use flotilla_core::{DeploymentId, Timestamp, VersionState};
 use flotilla_engine::workflows::StatusReport;
 use flotilla_engine::{EngineError, Event, Progress};
 use serde::Serialize;
@@ -125,6 +125,108 @@ pub fn age(d: Duration) -> String {
     }
 }
 
+/// A canary's lines in `status`: where it stands, then the last judged window's figures.
+pub fn canary_text(id: &DeploymentId, c: &flotilla_engine::ports::CanaryRecord) -> String {
+    use flotilla_core::canary::{Outcome, Verdict, WindowStats};
+    let mut out = match &c.outcome {
+        None => {
+            let due = c.state.since.plus(c.plan.pause);
+            let window = if c.marks.is_some() {
+                format!("judged at {due}")
+            } else {
+                "its first window starts at the daemon's next look".to_owned()
+            };
+            format!(
+                "canary {id}: step {} of {}, {}% of fresh sessions ({} keeps {}%); {window}\n",
+                c.state.step + 1,
+                c.plan.steps.len(),
+                c.percent,
+                c.baseline,
+                100 - u16::from(c.percent),
+            )
+        }
+        Some(Outcome::Promoted { by_hand }) => format!(
+            "canary {id}: promoted{}; {} drains\n",
+            if *by_hand { " by hand" } else { "" },
+            c.baseline
+        ),
+        Some(Outcome::RolledBack { failures, by_hand }) => {
+            let why = if *by_hand {
+                " by hand".to_owned()
+            } else {
+                let reasons: Vec<String> = failures.iter().map(failure_text).collect();
+                format!(": {}", reasons.join("; "))
+            };
+            format!(
+                "canary {id}: rolled back{why}; fresh sessions go to {}, {id} drains\n",
+                c.baseline
+            )
+        }
+    };
+    if let Some(j) = &c.last {
+        let figures = |w: &WindowStats| {
+            let p99 = w
+                .p99
+                .map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis()));
+            format!(
+                "{} requests, {:.1}% 5xx, p99 {p99}",
+                w.requests,
+                w.error_ratio() * 100.0
+            )
+        };
+        let verdict = match &j.verdict {
+            Verdict::Pass => "pass".to_owned(),
+            Verdict::Fail { failures } => {
+                let reasons: Vec<String> = failures.iter().map(failure_text).collect();
+                format!("fail ({})", reasons.join("; "))
+            }
+            Verdict::Inconclusive { requests, needed } => {
+                format!("not enough traffic ({requests} of {needed} requests)")
+            }
+        };
+        out.push_str(&format!(
+            "  last window (step {}, ended {}): canary {}; current {}: {verdict}\n",
+            j.step + 1,
+            j.at,
+            figures(&j.canary),
+            figures(&j.baseline)
+        ));
+    }
+    out
+}
+
+fn failure_text(f: &flotilla_core::canary::Failure) -> String {
+    use flotilla_core::canary::Failure;
+    match f {
+        Failure::ErrorRatio { canary, limit } => format!(
+            "5xx {:.1}% over the limit of {:.1}%",
+            canary * 100.0,
+            limit * 100.0
+        ),
+        Failure::ErrorRatioIncrease {
+            canary,
+            baseline,
+            limit,
+        } => format!(
+            "5xx {:.1}% against {:.1}% on the current version (at most {:.1} points more)",
+            canary * 100.0,
+            baseline * 100.0,
+            limit * 100.0
+        ),
+        Failure::Latency {
+            canary_ms,
+            baseline_ms,
+            limit,
+        } => format!(
+            "p99 {canary_ms:.0} ms against {baseline_ms:.0} ms on the current version (at most {:.0}%)",
+            limit * 100.0
+        ),
+        Failure::NotEnoughTraffic { requests, needed } => {
+            format!("only {requests} of the {needed} requests needed reached it")
+        }
+    }
+}
+
 /// The `status` table and the lines under it.
 pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> String {
     let total_weight: u32 = report
@@ -213,6 +315,13 @@ pub fn status_text(report: &StatusReport, provider: &str, now: Timestamp) -> Str
             "deploy lock: {state} by {} since {} (expires {})\n",
             lock.owner, lock.acquired_at, lock.expires_at
         ));
+    }
+    for v in &report.versions {
+        if let Some(canary) = &v.record.canary
+            && v.record.version.state.runs()
+        {
+            out.push_str(&canary_text(&v.record.version.id, canary));
+        }
     }
     for v in &report.versions {
         let Some(c) = v.compute.as_ref().filter(|c| !c.stopped.is_empty()) else {
@@ -632,6 +741,7 @@ mod tests {
                 image: None,
                 instances: 2,
                 ready_passes: 0,
+                canary: None,
             },
             compute: compute.map(|(healthy, desired, sessions)| ComputeStatus {
                 desired,
@@ -831,5 +941,69 @@ mod tests {
         expect![[r#"
             nothing to reap
             20261125-180000-c3d4 draining: sessions remain, 0/2 instance(s) ready to stop (retired by 2026-11-27T19:00:00Z at the latest)"#]].assert_eq(&reap_text(&quiet, false));
+    }
+
+    #[test]
+    fn a_canary_shows_its_step_weights_and_last_window_then_how_it_ended() {
+        use flotilla_core::canary::{
+            CanaryPlan, CanaryState, Failure, Outcome, Thresholds, Verdict, WindowStats,
+        };
+        use flotilla_engine::ports::{CanaryRecord, Judgement};
+        let id = DeploymentId::new("20261207-173412-a1b2").expect("id");
+        let baseline = DeploymentId::new("20261207-172901-k3x9").expect("id");
+        let at = flotilla_core::Timestamp::from_secs(1_796_664_000);
+        let mut canary = CanaryRecord {
+            plan: CanaryPlan {
+                steps: vec![5, 25, 50],
+                pause: Duration::from_secs(60),
+                thresholds: Thresholds::default(),
+                max_extensions: 2,
+            },
+            baseline: baseline.clone(),
+            state: CanaryState {
+                step: 1,
+                since: at,
+                extensions: 0,
+            },
+            percent: 25,
+            marks: Some(flotilla_engine::ports::CanaryMarks {
+                canary: Default::default(),
+                baseline: Default::default(),
+            }),
+            last: Some(Judgement {
+                at,
+                step: 0,
+                canary: WindowStats {
+                    requests: 212,
+                    errors: 0,
+                    p99: Some(Duration::from_millis(24)),
+                },
+                baseline: WindowStats {
+                    requests: 4050,
+                    errors: 4,
+                    p99: Some(Duration::from_millis(22)),
+                },
+                verdict: Verdict::Pass,
+            }),
+            outcome: None,
+            settled: false,
+        };
+        expect![[r#"
+            canary 20261207-173412-a1b2: step 2 of 3, 25% of fresh sessions (20261207-172901-k3x9 keeps 75%); judged at 2026-12-07T17:21:00Z
+              last window (step 1, ended 2026-12-07T17:20:00Z): canary 212 requests, 0.0% 5xx, p99 24 ms; current 4050 requests, 0.1% 5xx, p99 22 ms: pass
+        "#]]
+        .assert_eq(&canary_text(&id, &canary));
+        canary.outcome = Some(Outcome::RolledBack {
+            failures: vec![Failure::ErrorRatio {
+                canary: 0.5,
+                limit: 0.05,
+            }],
+            by_hand: false,
+        });
+        expect![[r#"
+            canary 20261207-173412-a1b2: rolled back: 5xx 50.0% over the limit of 5.0%; fresh sessions go to 20261207-172901-k3x9, 20261207-173412-a1b2 drains
+              last window (step 1, ended 2026-12-07T17:20:00Z): canary 212 requests, 0.0% 5xx, p99 24 ms; current 4050 requests, 0.1% 5xx, p99 22 ms: pass
+        "#]]
+        .assert_eq(&canary_text(&id, &canary));
     }
 }

@@ -529,6 +529,13 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
     }
     s.task.inject_client = config.app.inject_client;
     s.task.lb_idle_timeout_seconds = a.idle_timeout_seconds;
+    s.task.autoscaling = a.autoscaling.as_ref().map(|x| flotilla_aws::Autoscaling {
+        min: x.min,
+        max: x.max,
+        cpu_percent: x.cpu_percent,
+        memory_percent: x.memory_percent,
+        requests_per_target: x.requests_per_target,
+    });
     s.task.health_check_grace_seconds = config.health_check_grace_seconds();
     s.task.drain_poll_seconds = config.drain.poll.as_secs();
     s.task.drain_grace_seconds = config.drain.grace.as_secs();

@@ -341,6 +341,7 @@ mod tests {
                     image: None,
                     instances: 1,
                     ready_passes: 0,
+                    canary: None,
                 },
                 compute: None,
                 weight,

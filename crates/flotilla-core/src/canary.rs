@@ -323,6 +323,98 @@ pub fn next(
     }
 }
 
+/// A version's cumulative traffic counters as a provider measures them (the host router's
+/// per-version sums; on AWS they would come from the target group's metrics). A window is the
+/// difference of two readings (see [`window`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Responses answered so far.
+    pub responses: u64,
+    /// Of which with a 5xx status.
+    pub errors: u64,
+    /// Responses by time to their head: the upper bound of each bucket in microseconds (the last
+    /// may be `u64::MAX`, no bound) and how many fell in it (not cumulative).
+    pub latency: Vec<(u64, u64)>,
+}
+
+/// What one version did between two readings of its counters. A counter that went down (the
+/// provider restarted and counts from zero again) counts from zero: the window is then what was
+/// counted since the restart.
+pub fn window(before: &Counters, after: &Counters) -> WindowStats {
+    let reset = after.responses < before.responses || after.errors < before.errors;
+    let base = |b: u64, a: u64| if reset || a < b { a } else { a - b };
+    let buckets: Vec<(u64, u64)> = after
+        .latency
+        .iter()
+        .map(|&(bound, count)| {
+            let earlier = before
+                .latency
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0, |(_, c)| *c);
+            (bound, base(earlier, count))
+        })
+        .collect();
+    let requests = base(before.responses, after.responses);
+    WindowStats {
+        requests,
+        errors: base(before.errors, after.errors).min(requests),
+        p99: percentile(&buckets, 0.99),
+    }
+}
+
+/// The `q` quantile of a histogram, interpolated linearly within the bucket it falls in (as
+/// Prometheus's `histogram_quantile` does: adjacent bounds are 2 to 2.5 times apart, too coarse
+/// to compare p99s by bucket); in the unbounded last bucket, the last finite bound. `None` when
+/// the histogram is empty.
+pub fn percentile(buckets: &[(u64, u64)], q: f64) -> Option<Duration> {
+    let total: u64 = buckets.iter().map(|(_, c)| c).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64) * q.clamp(0.0, 1.0);
+    let mut seen = 0u64;
+    let mut lower = 0u64;
+    for &(bound, count) in buckets {
+        if bound == u64::MAX {
+            return Some(Duration::from_micros(lower));
+        }
+        if count > 0 && (seen + count) as f64 >= rank {
+            let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
+            let micros = lower as f64 + (bound - lower) as f64 * within;
+            return Some(Duration::from_micros(micros.round() as u64));
+        }
+        seen += count;
+        lower = bound;
+    }
+    Some(Duration::from_micros(lower))
+}
+
+/// The default forward's weights at `percent` for the canary: `[current, canary]`, summing to
+/// 100. Both targets stay in the forward at every step, so a step is one weight change.
+pub fn weights(percent: u8) -> (u16, u16) {
+    let p = u16::from(percent.min(100));
+    (100 - p, p)
+}
+
+/// How a canary ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It took all fresh sessions; the version it was judged against drains.
+    Promoted {
+        /// Promoted by hand (`flotilla promote`) rather than by passing every step.
+        by_hand: bool,
+    },
+    /// Fresh sessions went back to the current version; the canary drains.
+    RolledBack {
+        /// Why (empty when rolled back by hand).
+        failures: Vec<Failure>,
+        /// Rolled back by hand (`flotilla rollback`).
+        by_hand: bool,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,5 +541,59 @@ mod tests {
                 }]
             }
         );
+    }
+
+    fn counters(responses: u64, errors: u64, latency: &[(u64, u64)]) -> Counters {
+        Counters {
+            responses,
+            errors,
+            latency: latency.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_readings() {
+        let before = counters(100, 2, &[(5_000, 90), (50_000, 10), (u64::MAX, 0)]);
+        let after = counters(300, 12, &[(5_000, 190), (50_000, 108), (u64::MAX, 2)]);
+        let w = window(&before, &after);
+        assert_eq!((w.requests, w.errors), (200, 10));
+        // 200 in the window: the 198th is the 98th of the 98 in the 5 to 50 ms bucket.
+        assert_eq!(w.p99, Some(Duration::from_millis(50)));
+        // A provider that restarted counts from zero: the window is what it counted since.
+        let w = window(&after, &counters(40, 1, &[(5_000, 40)]));
+        assert_eq!((w.requests, w.errors), (40, 1));
+        // 39.6 of the 40 in the first bucket, 0 to 5 ms.
+        assert_eq!(w.p99, Some(Duration::from_micros(4950)));
+        assert_eq!(window(&after, &after).p99, None);
+    }
+
+    #[test]
+    fn percentiles_of_a_histogram() {
+        fn check(buckets: &[(u64, u64)], q: f64, want_us: Option<u64>) {
+            assert_eq!(
+                percentile(buckets, q),
+                want_us.map(Duration::from_micros),
+                "{buckets:?} q={q}"
+            );
+        }
+        check(&[], 0.99, None);
+        check(&[(5_000, 0), (10_000, 0)], 0.99, None);
+        check(&[(5_000, 99), (10_000, 1)], 0.99, Some(5_000));
+        // The 99th of 100 is the first of the two in the 5 to 10 ms bucket: half-way.
+        check(&[(5_000, 98), (10_000, 2)], 0.99, Some(7_500));
+        check(&[(5_000, 98), (10_000, 0), (25_000, 2)], 0.99, Some(17_500));
+        check(
+            &[(5_000, 1), (10_000, 0), (u64::MAX, 99)],
+            0.99,
+            Some(10_000),
+        );
+        check(&[(5_000, 2)], 0.5, Some(2_500));
+    }
+
+    #[test]
+    fn weights_sum_to_one_hundred() {
+        assert_eq!(weights(5), (95, 5));
+        assert_eq!(weights(100), (0, 100));
+        assert_eq!(weights(200), (0, 100));
     }
 }

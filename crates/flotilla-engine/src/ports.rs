@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flotilla_core::canary::{CanaryPlan, CanaryState, Counters, Outcome, Verdict, WindowStats};
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp, Version};
@@ -246,6 +247,24 @@ pub trait Compute: Send + Sync {
         let _ = running;
         Ok(BTreeMap::new())
     }
+    /// The cumulative traffic counters of each of `ids` (responses, 5xx, latency histogram), for
+    /// judging a canary: the engine reads them at the start and the end of a window and judges
+    /// the difference. A version that served nothing yet may be left out. Providers that cannot
+    /// measure traffic refuse, and a canary cannot run on them.
+    async fn counters(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Counters>, PortError> {
+        Err(PortError::new(
+            ErrorKind::Invalid,
+            "measure traffic",
+            ids.iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            "this provider cannot measure the traffic of a version, so it cannot judge a canary",
+        ))
+    }
 }
 
 /// Installs and removes the routing of versions: affinity rules and the default forward.
@@ -275,6 +294,71 @@ pub struct VersionRecord {
     pub instances: u32,
     /// Consecutive reaper passes in which every instance reported ready.
     pub ready_passes: u32,
+    /// The canary this version is (or was) judged in, if it was deployed as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Box<CanaryRecord>>,
+}
+
+/// A canary deploy as recorded on the new version's record, so that the daemon (or whatever runs
+/// [`crate::Engine::canary_tick`]) can resume it after a crash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    /// The steps, pause and thresholds.
+    pub plan: CanaryPlan,
+    /// The version it is judged against (fresh sessions not sent to the canary go there).
+    pub baseline: DeploymentId,
+    /// The step it is at and since when.
+    pub state: CanaryState,
+    /// Its share of fresh sessions now, in percent.
+    pub percent: u8,
+    /// Both versions' counters when the window being judged began; `None` until the first
+    /// reading (the window starts then).
+    #[serde(default)]
+    pub marks: Option<CanaryMarks>,
+    /// The last judgement, for `status`.
+    #[serde(default)]
+    pub last: Option<Judgement>,
+    /// How it ended, once decided.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Whether what `outcome` calls for (routing and records) is done.
+    #[serde(default)]
+    pub settled: bool,
+}
+
+// Thresholds and figures are finite numbers (plans are validated, ratios come from counts), so
+// equality is an equivalence here.
+impl Eq for CanaryRecord {}
+
+impl CanaryRecord {
+    /// Whether the canary is still running: not decided yet.
+    pub fn running(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
+/// Both versions' counters at the start of a window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryMarks {
+    /// The canary's.
+    pub canary: Counters,
+    /// The baseline's.
+    pub baseline: Counters,
+}
+
+/// One judged window: what each version did, and the verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    /// When the window ended.
+    pub at: Timestamp,
+    /// The step it judged (index into the plan's steps).
+    pub step: usize,
+    /// The canary's figures.
+    pub canary: WindowStats,
+    /// The baseline's figures over the same window.
+    pub baseline: WindowStats,
+    /// The verdict.
+    pub verdict: Verdict,
 }
 
 /// Who holds a deploy lock and until when.

@@ -288,6 +288,23 @@ impl Sim {
         }
     }
 
+    /// Counts `responses` answered by `id`, `errors` of them 5xx, each taking `latency` to its
+    /// head (what [`Compute::counters`] reports, cumulatively).
+    pub fn add_traffic(&self, id: &DeploymentId, responses: u64, errors: u64, latency: Duration) {
+        let mut w = self.world();
+        let counters = w.traffic.entry(id.clone()).or_default();
+        counters.responses += responses;
+        counters.errors += errors;
+        let bound = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        match counters.latency.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, n)) => *n += responses,
+            None => {
+                counters.latency.push((bound, responses));
+                counters.latency.sort_unstable();
+            }
+        }
+    }
+
     /// Overrides what every current instance of `id` reports as readiness; `None` goes back to the
     /// session model (`draining` once the version has drained for the grace period with no
     /// sessions, `healthy` otherwise).
@@ -482,6 +499,8 @@ struct World {
     scheduled: Vec<Scheduled>,
     faults: Faults,
     call_log: Vec<String>,
+    /// Traffic counted per version, for canary judgements.
+    traffic: BTreeMap<DeploymentId, flotilla_core::canary::Counters>,
 }
 
 /// Something that happens on its own at a virtual time.
@@ -634,6 +653,7 @@ impl World {
             scheduled: Vec::new(),
             faults: Faults::default(),
             call_log: Vec::new(),
+            traffic: BTreeMap::new(),
         }
     }
 
@@ -877,6 +897,18 @@ impl Compute for SimPort {
         Ok(ids
             .iter()
             .filter_map(|id| w.compute.get(id).map(|s| (id.clone(), s.status(now))))
+            .collect())
+    }
+
+    async fn counters(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, flotilla_core::canary::Counters>, PortError> {
+        let mut w = self.world();
+        w.enter("compute.counters", &ids_text(ids))?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| w.traffic.get(id).map(|c| (id.clone(), c.clone())))
             .collect())
     }
 
@@ -1289,6 +1321,7 @@ mod tests {
             image: None,
             instances: 2,
             ready_passes: 0,
+            canary: None,
         };
         record.version.state = VersionState::Draining;
         ports.state.put(&record).await.expect("put");

@@ -738,6 +738,19 @@ impl Compute for LocalPorts {
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
         Ok(self.0.supervisor.recent_logs(id, lines))
     }
+    async fn counters(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, flotilla_core::canary::Counters>, PortError> {
+        let stats = self.0.router.stats();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let total = stats.total_where(|key| &key.0 == id);
+                (id.clone(), crate::metrics::canary_counters(&total))
+            })
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -847,10 +860,28 @@ pub fn engine_settings(settings: &HostSettings) -> Settings {
         health_timeout: settings.health_timeout,
         health_poll: Duration::from_millis(500),
         lock_ttl: REAPER_LOCK_TTL,
-        lock_owner: format!("flotilla host daemon (pid {})", std::process::id()),
+        lock_owner: format!("{DAEMON_LOCK_OWNER}{})", std::process::id()),
         local_holders: None,
     }
 }
+
+/// Releases a deploy lock a previous daemon took (for a reaper pass or a canary step) and never
+/// released because it was killed: this daemon holds `daemon.lock`, so no other daemon runs, and
+/// its lock would otherwise block the reaper and the canary until it lapses.
+async fn release_previous_daemon_lock(ports: &LocalPorts, settings: &Settings) {
+    let Ok(Some(lock)) = ports.lock_info().await else {
+        return;
+    };
+    if lock.owner != settings.lock_owner && lock.owner.starts_with(DAEMON_LOCK_OWNER) {
+        tracing::info!(owner = %lock.owner, "releasing the deploy lock of a daemon that no longer runs");
+        if let Err(e) = ports.release_lock(&lock.owner).await {
+            tracing::warn!(error = %e, "could not release a previous daemon's deploy lock; it lapses by itself");
+        }
+    }
+}
+
+/// How a daemon's deploy lock owner begins.
+const DAEMON_LOCK_OWNER: &str = "flotilla host daemon (pid ";
 
 struct LogProgress;
 
@@ -1061,6 +1092,7 @@ pub async fn serve_until(
         LocalPorts(host.clone()).ports(),
         engine_settings(&settings),
     ));
+    release_previous_daemon_lock(&LocalPorts(host.clone()), &engine_settings(&settings)).await;
 
     let proxy_config = ProxyConfig {
         deployment_header: ProxyConfig::header_name(&settings.affinity_header)
@@ -1255,6 +1287,37 @@ pub async fn serve_until(
             }
         })
     };
+    // The canary driver: steps, judges, promotes or rolls back a running canary, so that it goes
+    // on when the CLI that started it exits; its state is in the store, so a restarted daemon
+    // resumes it.
+    let canary_task = {
+        let engine = engine.clone();
+        let host = host.clone();
+        let interval = settings.canary_interval;
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let _writing = host.handover.writers.read().await;
+                        if host.handover.handed_over() {
+                            break;
+                        }
+                        match engine.canary_tick(&LogProgress).await {
+                            Ok(flotilla_engine::workflows::CanaryTick::Idle
+                                | flotilla_engine::workflows::CanaryTick::Locked
+                                | flotilla_engine::workflows::CanaryTick::Waiting { .. }) => {}
+                            Ok(done) => tracing::info!(?done, "canary"),
+                            Err(e) => tracing::error!(error = %e, "canary tick failed; the next tick retries it"),
+                        }
+                    }
+                    _ = crate::supervisor::stop_requested(&mut rx) => break,
+                }
+            }
+        })
+    };
     let _signal_task = tokio::spawn(upgrade_on_sigusr2(host.clone()));
 
     let mut daemon_lock = Some(daemon_lock);
@@ -1306,6 +1369,7 @@ pub async fn serve_until(
             let _ = tokio::fs::remove_file(&socket_path).await;
             let _ = drain_task.await;
             let _ = reaper_task.await;
+            let _ = canary_task.await;
             if let Some(task) = front_door_task {
                 let _ = task.await;
             }
@@ -1364,6 +1428,7 @@ pub async fn serve_until(
             let _ = rpc_task.await;
             let _ = drain_task.await;
             let _ = reaper_task.await;
+            let _ = canary_task.await;
             let _ = admin_task.await;
         }
     }

@@ -28,6 +28,17 @@ use flotilla_core::DeploymentId;
 use flotilla_engine::workflows::{ReapReport, StatusReport};
 use flotilla_proxy::{LATENCY_BOUNDS_US, StatsSnapshot};
 
+/// One version's router counters as a canary's judgement reads them: responses, 5xx (the
+/// router's own 502 and 504 included) and the time-to-head histogram with its bounds.
+pub fn canary_counters(traffic: &StatsSnapshot) -> flotilla_core::canary::Counters {
+    let bounds = LATENCY_BOUNDS_US.iter().copied().chain([u64::MAX]);
+    flotilla_core::canary::Counters {
+        responses: traffic.responses_by_class.iter().sum(),
+        errors: traffic.responses_by_class[4],
+        latency: bounds.zip(traffic.latency_buckets).collect(),
+    }
+}
+
 /// What the daemon's reaper has done since the daemon started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReaperTotals {
@@ -321,6 +332,7 @@ mod tests {
                 image: None,
                 instances: 2,
                 ready_passes: 0,
+                canary: None,
             },
             compute: Some(ComputeStatus {
                 desired: 2,

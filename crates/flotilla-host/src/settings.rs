@@ -64,6 +64,10 @@ pub struct HostSettings {
     pub reaper_policy: ReapPolicy,
     /// How often the daemon's reaper runs (`[reaper] interval_seconds`).
     pub reaper_interval: Duration,
+    /// How often the daemon's canary driver looks at a running canary (a step is judged at the
+    /// first look after its pause has passed).
+    #[serde(default = "default_canary_interval")]
+    pub canary_interval: Duration,
     /// The most client connections the router keeps open at once, across its workers. `None`
     /// (the default) derives it from the descriptor limit; a value above what that limit allows
     /// is lowered, and the daemon's log says so (see [`crate::fdlimit::connection_budget`]).
@@ -199,6 +203,10 @@ impl HostSettings {
     }
 }
 
+fn default_canary_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(20)
 }
@@ -241,6 +249,7 @@ impl HostSettings {
                 deploying_timeout: Duration::from_secs(1800),
             },
             reaper_interval: Duration::from_secs(60),
+            canary_interval: default_canary_interval(),
             max_connections: None,
             first_byte_timeout: default_first_byte_timeout(),
             front_door: None,

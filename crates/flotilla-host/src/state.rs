@@ -625,6 +625,7 @@ mod tests {
                     image: Some(ImageRef(format!("/r/{n}"))),
                     instances: 2,
                     ready_passes: 0,
+                    canary: None,
                 })
                 .expect("put");
         }
@@ -658,6 +659,7 @@ mod tests {
                 image: None,
                 instances: 1,
                 ready_passes: 0,
+                canary: None,
             })
             .expect("put");
         for suffix in ["", "-wal", "-shm"] {

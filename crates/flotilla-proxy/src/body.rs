@@ -17,6 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use crate::headers::Coding;
 use crate::inject::HtmlRewriter;
 use crate::stats::RequestGuard;
+use crate::upstream::Lease;
 
 /// A request or response body handled by the proxy.
 ///
@@ -26,6 +27,9 @@ pub struct Body {
     kind: Kind,
     /// Ends the request's accounting when the body ends or is dropped.
     guard: Option<RequestGuard>,
+    /// The upstream connection the body arrives on: back to its pool when the body ends
+    /// cleanly, closed if it fails or is dropped first.
+    lease: Option<Lease>,
 }
 
 enum Kind {
@@ -73,6 +77,7 @@ impl Body {
         Body {
             kind: Kind::Empty,
             guard: None,
+            lease: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl Body {
                 Kind::Full(Some(data))
             },
             guard: None,
+            lease: None,
         }
     }
 
@@ -94,6 +100,7 @@ impl Body {
         Body {
             kind: Kind::Incoming(inner),
             guard: None,
+            lease: None,
         }
     }
 
@@ -108,12 +115,19 @@ impl Body {
                 upstream_done: false,
             })),
             guard: None,
+            lease: None,
         }
     }
 
     /// Attaches the accounting guard that ends with this body.
     pub(crate) fn with_guard(mut self, guard: RequestGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Attaches the upstream connection this body is read from, released when it ends cleanly.
+    pub(crate) fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
         self
     }
 }
@@ -149,6 +163,17 @@ impl InjectState {
     }
 }
 
+impl Body {
+    /// Whether everything has been read from the upstream connection.
+    fn upstream_done(&self) -> bool {
+        match &self.kind {
+            Kind::Incoming(inner) => inner.is_end_stream(),
+            Kind::Inject(state) => state.upstream_done,
+            Kind::Empty | Kind::Full(_) => true,
+        }
+    }
+}
+
 impl HttpBody for Body {
     type Data = Bytes;
     type Error = BodyError;
@@ -166,10 +191,27 @@ impl HttpBody for Body {
                 .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
             Kind::Inject(state) => state.poll_frame(cx),
         };
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = polled {
-            // The body is over: end the request's accounting now rather than whenever hyper
-            // gets around to dropping it.
-            this.guard = None;
+        match polled {
+            Poll::Ready(None) => {
+                // The body is over: end the request's accounting now rather than whenever hyper
+                // gets around to dropping it, and let the next request use the connection.
+                this.guard = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.guard = None;
+                this.lease = None;
+            }
+            Poll::Ready(Some(Ok(_))) if this.lease.is_some() && this.upstream_done() => {
+                // hyper stops polling a body once it reports its end (a `Content-Length` body
+                // after its last byte), so the connection goes back as soon as that is so.
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
+            _ => {}
         }
         polled
     }

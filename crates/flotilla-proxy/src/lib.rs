@@ -41,6 +41,8 @@
 //!   limiter of overload warnings.
 //! - `proxy`: the per-request path: header rewriting, forwarding, stamping, session accounting,
 //!   upgrade tunnels.
+//! - `upstream`: the upstream connection pool (HTTP/1.1 on `hyper::client::conn`, idle
+//!   connections per address, one pool per server so its lock is never contended).
 //! - `ws`: accepting a WebSocket handshake only to close it with a code scripts can see.
 //! - `headers`: pure header rules: hop-by-hop (RFC 9110 §7.6.1), `X-Forwarded-*`, content types
 //!   and codings.
@@ -70,6 +72,7 @@ mod route;
 mod server;
 mod stats;
 pub mod tls;
+mod upstream;
 mod ws;
 
 pub use access::{AccessEntry, AccessLog};

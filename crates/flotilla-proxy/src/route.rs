@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
-use http::uri::Authority;
 use http::{HeaderMap, Method, Response, Uri};
 
 use crate::body::Body;
@@ -77,11 +76,10 @@ pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 /// Where the proxy sends a request: one upstream instance.
 ///
 /// Build one per instance when it starts, keep it in an `Arc`, and return clones from
-/// [`Route::route`]. Everything the hot path needs (the authority for the upstream URI, the
-/// deployment header value, the counters) is computed here once.
+/// [`Route::route`]. Everything the hot path needs (the upstream address, the deployment header
+/// value, the counters) is computed here once.
 pub struct Target {
     addr: SocketAddr,
-    authority: Authority,
     deployment: Option<HeaderValue>,
     server_timing: Option<HeaderValue>,
     stats: Arc<InstanceStats>,
@@ -100,12 +98,8 @@ impl Target {
     /// A target forwarding to `addr` (plain HTTP/1.1), counting against `stats`, with no
     /// deployment stamp.
     pub fn new(addr: SocketAddr, stats: Arc<InstanceStats>) -> Self {
-        // A socket address always renders as a valid authority ("1.2.3.4:80" or "[::1]:80").
-        let authority = Authority::try_from(addr.to_string())
-            .expect("a SocketAddr always renders as a valid URI authority");
         Target {
             addr,
-            authority,
             deployment: None,
             server_timing: None,
             stats,
@@ -144,10 +138,6 @@ impl Target {
     /// The counters this target updates.
     pub fn stats(&self) -> &Arc<InstanceStats> {
         &self.stats
-    }
-
-    pub(crate) fn authority(&self) -> &Authority {
-        &self.authority
     }
 
     pub(crate) fn deployment_value(&self) -> Option<&HeaderValue> {
@@ -292,6 +282,5 @@ mod tests {
             ok.server_timing_value().map(|v| v.as_bytes()),
             Some(&br#"flotilla-deployment;desc="web-20260101-000000""#[..])
         );
-        assert_eq!(ok.authority().as_str(), "127.0.0.1:9");
     }
 }

@@ -32,20 +32,18 @@ use std::time::{Duration, Instant};
 use http::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
-use crate::body::Body;
 use crate::config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 use crate::error::overloaded_response;
 use crate::headers::Forwarded;
 use crate::proxy;
 use crate::route::Route;
 use crate::tls::ALPN_ACME_TLS;
+use crate::upstream::Pool;
 
 /// How long a connection refused over the limit may take to send its request before it is closed
 /// without its `503`.
@@ -195,7 +193,8 @@ impl Drop for LiveGuard {
 pub(crate) struct Shared<R> {
     pub(crate) route: R,
     pub(crate) config: ProxyConfig,
-    pub(crate) client: Client<HttpConnector, Body>,
+    /// This server's upstream connections (one pool per worker thread in the host router).
+    pub(crate) upstream: Arc<Pool>,
     pub(crate) tracker: Arc<Tracker>,
     /// `data-header` for injected script tags, when the header name is not the client's default.
     pub(crate) client_header_attr: Option<String>,
@@ -211,14 +210,11 @@ impl<R: Route> Shared<R> {
         if config.tls.is_some() {
             config.forwarded_proto = http::uri::Scheme::HTTPS;
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .pool_max_idle_per_host(config.upstream_max_idle_per_host)
-            .build(connector);
+        let upstream = Arc::new(Pool::new(
+            config.connect_timeout,
+            config.upstream_idle_timeout,
+            config.upstream_max_idle_per_host,
+        ));
 
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -242,7 +238,7 @@ impl<R: Route> Shared<R> {
             .then(|| config.deployment_header.as_str().to_owned());
         Shared {
             route,
-            client,
+            upstream,
             tracker: Arc::new(Tracker::new()),
             client_header_attr,
             http,
@@ -369,6 +365,7 @@ where
     I: Incoming,
 {
     let shared = Arc::new(Shared::new(config, route));
+    tokio::spawn(Pool::sweep_while_alive(Arc::downgrade(&shared.upstream)));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     let plan = loop {

@@ -3,6 +3,8 @@
 //! - `GET /`: JSON with the deployment id, name and instance from the environment flotilla sets
 //!   (an HTML page that loads the flotilla browser client when the request accepts `text/html`).
 //! - `GET /healthz`: `{"status":"ok"}`; `503` when `HELLO_UNHEALTHY=1` (for failure drills).
+//! - With `HELLO_FAIL=1`, every other request is answered `500` with the same JSON (a healthy
+//!   version that fails its users: what a canary's judgement must catch).
 //! - `GET /ws`: a WebSocket that greets with `{"deployment_id":..}` and answers every text message
 //!   with `{"deployment_id":..,"echo":..}`.
 //! - `GET /events`: a server-sent event stream, one `{"deployment_id":..,"tick":n}` every
@@ -37,6 +39,7 @@ struct Identity {
     deployment_name: String,
     instance: String,
     unhealthy: bool,
+    failing: bool,
 }
 
 impl Identity {
@@ -47,6 +50,7 @@ impl Identity {
             deployment_name: var("FLOTILLA_DEPLOYMENT_NAME", "hello"),
             instance: var("FLOTILLA_INSTANCE", "i0"),
             unhealthy: std::env::var("HELLO_UNHEALTHY").is_ok_and(|v| v == "1"),
+            failing: std::env::var("HELLO_FAIL").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -90,6 +94,11 @@ async fn handle(req: Request<Incoming>, me: Arc<Identity>) -> Result<Response<Bo
                 full(StatusCode::OK, "application/json", r#"{"status":"ok"}"#)
             }
         }
+        (_, path) if me.failing && path != "/healthz" => full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/json",
+            me.json().to_string(),
+        ),
         (&Method::GET, "/") => {
             let wants_html = req
                 .headers()

@@ -10,6 +10,9 @@
 //!   `{"type":"state","reason":..,"deployment_id":..,"instance":..,"label":..,"tab":..,"count":..}`.
 //! - `GET /api/state`: the same state as JSON, for the tab named by `X-Flotilla-Tab` (or the
 //!   `flotilla_tab` query parameter).
+//! - `GET /api/work`: `{"ok":true,..}`, or a `500` when `SESSIONS_FAIL=1` (a version that is
+//!   healthy and keeps its tabs' sessions but fails some of its users' requests: what a canary's
+//!   judgement must catch).
 //! - `GET /healthz`: `{"status":"ok",..}`.
 //!
 //! The counters live in this process's memory only. Listens on `127.0.0.1:$PORT` (default 3000)
@@ -42,6 +45,8 @@ struct App {
     counters: Counters,
     /// Numbers anonymous sockets (no tab key), whose counters live as long as the socket.
     anonymous: std::sync::atomic::AtomicU64,
+    /// `SESSIONS_FAIL=1`: `/api/work` answers 500.
+    failing: bool,
 }
 
 impl App {
@@ -54,6 +59,7 @@ impl App {
             label: sessions::release_label(),
             counters: Counters::default(),
             anonymous: std::sync::atomic::AtomicU64::new(0),
+            failing: std::env::var("SESSIONS_FAIL").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -102,6 +108,17 @@ async fn handle(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             }),
         ),
         (&Method::GET | &Method::HEAD, "/") => html(app.page()),
+        (&Method::GET, "/api/work") => {
+            let status = if app.failing {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                &serde_json::json!({"ok": !app.failing, "deployment_id": app.deployment_id}),
+            )
+        }
         (&Method::GET, "/api/state") => {
             let header = req
                 .headers()
@@ -185,6 +202,7 @@ mod tests {
             label: "<one>".into(),
             counters: Counters::default(),
             anonymous: Default::default(),
+            failing: false,
         };
         let page = app.page();
         assert!(page.contains(

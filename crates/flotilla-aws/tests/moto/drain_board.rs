@@ -101,6 +101,7 @@ fn record(id: &flotilla_core::DeploymentId, state: VersionState) -> VersionRecor
         image: None,
         instances: 2,
         ready_passes: 0,
+        canary: None,
     }
 }
 

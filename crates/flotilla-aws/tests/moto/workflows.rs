@@ -646,3 +646,106 @@ async fn services_wait_out_a_slow_first_start_and_have_no_ecs_exec() {
         );
     }
 }
+
+/// `[aws] max_count` (issue 14, item 2): each version's service gets its own scalable target
+/// and target-tracking policies; a draining version's scale-out is suspended (and resumed by a
+/// rollback); the reaper and a teardown remove targets and policies with the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_scales_on_its_own_and_a_draining_one_never_scales_out() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let mut w = World::new("shop").await;
+    w.settings.task.autoscaling = Some(flotilla_aws::Autoscaling {
+        min: 2,
+        max: 6,
+        cpu_percent: Some(70),
+        memory_percent: Some(80),
+        requests_per_target: Some(500),
+    });
+    let engine = w.engine("alice");
+    let resource = |id: &flotilla_core::DeploymentId| {
+        format!("service/{}/{}", w.cluster, names::service_name(&w.name, id))
+    };
+    let policies_of = |id: &flotilla_core::DeploymentId| {
+        let service = names::service_name(&w.name, id);
+        set(&[
+            &format!("{service}-cpu"),
+            &format!("{service}-memory"),
+            &format!("{service}-requests"),
+        ])
+    };
+
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    let inv = w.inventory().await;
+    assert_eq!(
+        inv.scalable_targets[&resource(&v1)],
+        (2, 6, false),
+        "{inv:#?}"
+    );
+    assert_eq!(inv.scaling_policies, policies_of(&v1));
+
+    // A second deploy: v1 drains and may no longer scale out; v2 scales freely.
+    let v2 = next_id();
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+    let inv = w.inventory().await;
+    assert_eq!(
+        inv.scalable_targets[&resource(&v1)],
+        (2, 6, true),
+        "{inv:#?}"
+    );
+    assert_eq!(
+        inv.scalable_targets[&resource(&v2)],
+        (2, 6, false),
+        "{inv:#?}"
+    );
+    let both: BTreeSet<String> = policies_of(&v1).union(&policies_of(&v2)).cloned().collect();
+    assert_eq!(inv.scaling_policies, both);
+
+    // A rollback makes v1 active again: its scale-out resumes, v2's is suspended.
+    w.ecs().settle().await;
+    let back = engine.rollback(None, &Silent).await.expect("rollback");
+    assert_eq!(back.active, v1);
+    let inv = w.inventory().await;
+    assert!(
+        !inv.scalable_targets[&resource(&v1)].2,
+        "v1 scales out again: {inv:#?}"
+    );
+    assert!(
+        inv.scalable_targets[&resource(&v2)].2,
+        "v2 drains: {inv:#?}"
+    );
+
+    // The reaper retires v2 (scaled to zero: its target goes first, or autoscaling would bring
+    // it back to two tasks) and then deletes the rest of it.
+    let reaper =
+        flotilla_engine::Engine::new(w.ports(), w.engine_settings("reaper", eager_policy(1)));
+    assert_eq!(w.report_readiness(&v2, "draining").await, 2);
+    let report = reaper.reap(false, &Silent).await.expect("retire pass");
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| matches!(a, ReapAction::Retire { .. })),
+        "{report:?}"
+    );
+    let inv = w.inventory().await;
+    assert!(
+        !inv.scalable_targets.contains_key(&resource(&v2)),
+        "{inv:#?}"
+    );
+    assert_eq!(inv.scaling_policies, policies_of(&v1), "{inv:#?}");
+    w.ecs().settle().await;
+    reaper.reap(false, &Silent).await.expect("delete pass");
+    assert_eq!(w.inventory().await.ids(), set(&[v1.as_str()]));
+
+    // A teardown leaves no target and no policy behind.
+    engine
+        .teardown(TeardownTarget::All, false, &Silent)
+        .await
+        .expect("teardown all");
+    let inv = w.inventory().await;
+    assert!(inv.scalable_targets.is_empty(), "{inv:#?}");
+    assert!(inv.scaling_policies.is_empty(), "{inv:#?}");
+}

@@ -63,6 +63,35 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             ],
             vec![arn("ecs", &format!("service/{cluster}/*"))],
         ),
+        // A draining version's scale-out is suspended; a retired one loses its scalable target
+        // and policies (and with them their alarms). Scalable-target ARNs end in an id AWS
+        // assigns, so the grant cannot name this deployment's.
+        Statement::allow(
+            "DescribeVersionAutoscaling",
+            &[
+                "application-autoscaling:DescribeScalableTargets",
+                "application-autoscaling:DescribeScalingPolicies",
+                "cloudwatch:DescribeAlarms",
+            ],
+            vec![json!("*")],
+        ),
+        Statement::allow(
+            "RetireVersionAutoscaling",
+            &[
+                "application-autoscaling:RegisterScalableTarget",
+                "application-autoscaling:DeregisterScalableTarget",
+                "application-autoscaling:DeleteScalingPolicy",
+            ],
+            vec![arn("application-autoscaling", "scalable-target/*")],
+        ),
+        Statement::allow(
+            "DeleteVersionAutoscalingAlarms",
+            &["cloudwatch:DeleteAlarms"],
+            vec![arn(
+                "cloudwatch",
+                &format!("alarm:TargetTracking-service/{cluster}/*"),
+            )],
+        ),
         Statement::allow(
             "DescribeVersionTasks",
             &["ecs:DescribeTasks"],

@@ -17,8 +17,12 @@
 //!   example's Python app, each instance wrapped by the agent (the standalone `flotilla-agent`
 //!   binary), client injected: tab A's open and reopened event streams and its fetches stay on
 //!   v1 after v2 is deployed, tab B and a reload of A get v2.
+//! - `canary`: tabs opened during a canary land on either version, and none moves when the
+//!   canary is rolled back or promoted by hand (see that module).
 //! - `csp`: the injected client on pages under a nonce-based Content-Security-Policy (see that
 //!   module).
+//! - `https`: the session example over the router's TLS in Chromium: HTTP/2 by ALPN, the
+//!   WebSocket over TLS, a tab's version kept through a deploy (see that module).
 //! - `frameworks`: real Streamlit and Pulse apps with their `[app] framework` presets (see that
 //!   module).
 //!
@@ -26,9 +30,11 @@
 //! flotilla-example-sessions`; `scripts/test.sh` builds them), and `python3` must be on PATH.
 //! Screenshots go to `test-artifacts/`.
 
+mod canary;
 mod csp;
 mod frameworks;
 mod host;
+mod https;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

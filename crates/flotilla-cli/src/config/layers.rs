@@ -25,6 +25,8 @@ pub enum Val {
     Bool(bool),
     /// An array of strings.
     List(Vec<String>),
+    /// An array of integers.
+    Ints(Vec<i64>),
 }
 
 impl std::fmt::Display for Val {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Val {
             Val::Int(n) => write!(f, "{n}"),
             Val::Bool(b) => write!(f, "{b}"),
             Val::List(items) => write!(f, "{items:?}"),
+            Val::Ints(items) => write!(f, "{items:?}"),
         }
     }
 }
@@ -417,6 +420,9 @@ fn mismatch(key: &Key, found: &DeValue<'_>) -> Mismatch {
             message.push_str(" (put it in quotes)");
         }
         (Ty::Int, DeValue::Float(_)) => message.push_str(" (use a whole number)"),
+        (Ty::IntList, DeValue::Integer(n)) => {
+            message.push_str(&format!(" (write [{}])", n.as_str()));
+        }
         (Ty::StrList, DeValue::String(s)) => {
             message.push_str(&format!(" (write [{:?}])", s.as_ref()));
         }
@@ -457,6 +463,29 @@ fn convert(key: &Key, value: &DeValue<'_>) -> Result<Val, Mismatch> {
             }
             Ok(Val::List(out))
         }
+        (Ty::IntList, DeValue::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items.iter() {
+                let parsed = match item.get_ref() {
+                    DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix()).ok(),
+                    _ => None,
+                };
+                match parsed {
+                    Some(n) => out.push(n),
+                    None => {
+                        return Err(Mismatch {
+                            message: format!(
+                                "`{}` must be an array of integers, but this item is {}",
+                                key.path(),
+                                type_name(item.get_ref())
+                            ),
+                            span: Some(item.span()),
+                        });
+                    }
+                }
+            }
+            Ok(Val::Ints(out))
+        }
         _ => Err(mismatch(key, value)),
     }
 }
@@ -486,6 +515,19 @@ pub fn read_env(get: &dyn Fn(&str) -> Option<String>) -> (Settings, Vec<Problem>
                     key.path()
                 )),
             },
+            Ty::IntList => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<i64>())
+                .collect::<Result<Vec<_>, _>>()
+                .map(Val::Ints)
+                .map_err(|_| {
+                    format!(
+                        "`{}` must be comma-separated integers, not {raw:?}",
+                        key.path()
+                    )
+                }),
             Ty::StrList => Ok(Val::List(
                 raw.split(',')
                     .map(str::trim)

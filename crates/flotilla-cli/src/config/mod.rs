@@ -314,6 +314,16 @@ pub struct ReaperConfig {
     pub deploying_timeout: Duration,
 }
 
+/// `[canary]`: how `flotilla deploy --canary` steps and judges.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CanaryConfig {
+    /// The plan every canary deploy starts from (flags may override its steps and pause).
+    pub plan: flotilla_core::canary::CanaryPlan,
+}
+
+// The thresholds are finite numbers made from integers.
+impl Eq for CanaryConfig {}
+
 /// `[host]`: the host provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HostConfig {
@@ -397,6 +407,21 @@ pub struct AppEnvConfig {
     pub secrets: std::collections::BTreeMap<String, String>,
 }
 
+/// Target-tracking autoscaling of each version's service (`[aws] max_count` and its siblings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Autoscaling {
+    /// Fewest tasks.
+    pub min: u32,
+    /// Most tasks.
+    pub max: u32,
+    /// CPU percent to hold; `None`: no CPU policy.
+    pub cpu_percent: Option<u32>,
+    /// Memory percent to hold; `None`: no memory policy.
+    pub memory_percent: Option<u32>,
+    /// Requests per task per minute to hold; `None`: no request policy.
+    pub requests_per_target: Option<u32>,
+}
+
 /// `[aws]`: the AWS provider and its baseline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AwsConfig {
@@ -412,6 +437,8 @@ pub struct AwsConfig {
     pub memory: u32,
     /// Tasks per version.
     pub desired_count: u32,
+    /// Autoscaling of each version (`max_count` set); `None`: `desired_count` tasks each.
+    pub autoscaling: Option<Autoscaling>,
     /// The public domain.
     pub domain: Option<String>,
     /// A certificate to use instead of requesting one.
@@ -503,6 +530,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// `[reaper]`.
     pub reaper: ReaperConfig,
+    /// `[canary]`.
+    pub canary: CanaryConfig,
     /// `[host]`.
     pub host: HostConfig,
     /// `[aws]`.

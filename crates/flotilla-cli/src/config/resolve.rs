@@ -11,9 +11,9 @@ use flotilla_core::stale::{QueryPair, StaleHeader, StaleSignals};
 use super::layers::{self, FileReader, Setting, Settings, Val};
 use super::schema;
 use super::{
-    AppConfig, AppEnvConfig, AwsConfig, Config, ConfigError, DrainConfig, Framework, HostConfig,
-    HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig, Sourced,
-    TlsCertificates,
+    AppConfig, AppEnvConfig, AwsConfig, CanaryConfig, Config, ConfigError, DrainConfig, Framework,
+    HostConfig, HttpsConfig, Location, Nat, Origin, Overrides, Problem, ProviderKind, ReaperConfig,
+    Sourced, TlsCertificates,
 };
 
 /// The config file being resolved.
@@ -351,6 +351,7 @@ impl Resolver<'_> {
             grace: self.seconds("drain.grace_seconds", 0..=86_400),
         };
         let reaper = self.reaper(provider, &app);
+        let canary = self.canary();
         let host = self.host(provider, root);
         let aws = self.aws();
         let env = self.app_env(provider);
@@ -385,6 +386,7 @@ impl Resolver<'_> {
             app,
             drain,
             reaper,
+            canary,
             host,
             aws,
             env,
@@ -536,6 +538,54 @@ impl Resolver<'_> {
             header,
             socket_reroute,
         }
+    }
+
+    fn canary(&mut self) -> CanaryConfig {
+        use flotilla_core::canary::{CanaryPlan, Thresholds};
+        let settings = self.settings;
+        let steps = match settings.get("canary.steps") {
+            None => vec![5, 25, 50],
+            Some(setting) => match &setting.val {
+                Val::Ints(items) => {
+                    let steps: Vec<u8> = items
+                        .iter()
+                        .map(|n| u8::try_from(*n).unwrap_or(u8::MAX))
+                        .collect();
+                    steps
+                }
+                _ => {
+                    self.problem_at(
+                        setting,
+                        "`canary.steps` must be an array of integers".into(),
+                    );
+                    vec![5, 25, 50]
+                }
+            },
+        };
+        let percent = |r: &mut Self, path: &str, range: RangeInclusive<i64>| {
+            r.int(path, range, "") as f64 / 100.0
+        };
+        let plan = CanaryPlan {
+            steps,
+            pause: self.seconds("canary.pause_seconds", 1..=86_400),
+            thresholds: Thresholds {
+                max_error_ratio: percent(self, "canary.max_error_percent", 0..=100),
+                max_error_ratio_increase: percent(
+                    self,
+                    "canary.max_error_increase_percent",
+                    0..=100,
+                ),
+                max_p99_ratio: percent(self, "canary.max_p99_percent", 100..=10_000),
+                min_requests: u64::from(self.u32("canary.min_requests", 1..=1_000_000_000)),
+            },
+            max_extensions: self.u32("canary.max_extensions", 0..=1000),
+        };
+        if let Err(e) = plan.validate()
+            && let Some(setting) = settings.get("canary.steps")
+        {
+            self.problem_at(setting, format!("`canary.steps`: {e}"));
+        }
+        CanaryConfig { plan }
     }
 
     fn reaper(&mut self, provider: ProviderKind, app: &AppConfig) -> ReaperConfig {
@@ -1066,6 +1116,7 @@ impl Resolver<'_> {
         let memory = self.u32("aws.memory", 1..=122_880);
         self.fargate_size(cpu, memory);
         let desired_count = self.u32("aws.desired_count", 1..=1000);
+        let autoscaling = self.autoscaling(desired_count);
         let domain = self.checked("aws.domain", |s| {
             let ok = !s.is_empty()
                 && !s.contains("://")
@@ -1148,6 +1199,7 @@ impl Resolver<'_> {
             cpu,
             memory,
             desired_count,
+            autoscaling,
             domain,
             certificate_arn,
             nat,
@@ -1182,6 +1234,67 @@ impl Resolver<'_> {
     }
 
     /// Fargate allows only certain CPU and memory pairs.
+    /// `[aws] max_count` and its siblings: autoscaling of each version, or `None` without
+    /// `max_count` (a `min_count` or request target without it is a mistake worth naming).
+    fn autoscaling(&mut self, desired: u32) -> Option<super::Autoscaling> {
+        let Some(max_setting) = self.setting("aws.max_count").cloned() else {
+            for path in ["aws.min_count", "aws.scale_requests_per_target"] {
+                if let Some(setting) = self.setting(path).cloned() {
+                    self.problem_at(
+                        &setting,
+                        format!(
+                            "`{path}` applies only under autoscaling: set `aws.max_count` (the \
+                             most tasks a version may run) to turn it on, or remove `{path}`"
+                        ),
+                    );
+                }
+            }
+            return None;
+        };
+        let max = self.u32("aws.max_count", 1..=1000);
+        let min = if self.setting("aws.min_count").is_some() {
+            self.u32("aws.min_count", 1..=1000)
+        } else {
+            desired
+        };
+        let cpu = self.u32("aws.scale_cpu_percent", 0..=100);
+        let memory = self.u32("aws.scale_memory_percent", 0..=100);
+        let requests = self
+            .setting("aws.scale_requests_per_target")
+            .is_some()
+            .then(|| self.u32("aws.scale_requests_per_target", 1..=1_000_000));
+        if max == 0 || min == 0 || desired == 0 || requests == Some(0) {
+            return None; // already reported
+        }
+        if !(min <= desired && desired <= max) {
+            self.problem_at(
+                &max_setting,
+                format!(
+                    "autoscaling needs aws.min_count ({min}) <= aws.desired_count ({desired}) <= \
+                     aws.max_count ({max}): a version starts with desired_count tasks"
+                ),
+            );
+            return None;
+        }
+        if cpu == 0 && memory == 0 && requests.is_none() {
+            self.problem_at(
+                &max_setting,
+                "autoscaling needs something to track: `aws.scale_cpu_percent` and \
+                 `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
+                 unset"
+                    .to_owned(),
+            );
+            return None;
+        }
+        Some(super::Autoscaling {
+            min,
+            max,
+            cpu_percent: (cpu > 0).then_some(cpu),
+            memory_percent: (memory > 0).then_some(memory),
+            requests_per_target: requests,
+        })
+    }
+
     fn fargate_size(&mut self, cpu: u32, memory: u32) {
         let Some(cpu_setting) = self.setting("aws.cpu").cloned() else {
             return;

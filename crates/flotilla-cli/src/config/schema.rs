@@ -15,6 +15,8 @@ pub enum Ty {
     Bool,
     /// An array of strings (comma-separated in an environment variable).
     StrList,
+    /// An array of integers (comma-separated in an environment variable).
+    IntList,
 }
 
 impl Ty {
@@ -25,6 +27,7 @@ impl Ty {
             Ty::Int => "an integer",
             Ty::Bool => "true or false",
             Ty::StrList => "an array of strings",
+            Ty::IntList => "an array of integers",
         }
     }
 }
@@ -99,6 +102,11 @@ pub const SECTIONS: &[(&str, &str)] = &[
     (
         "reaper",
         "The reaper: when draining versions are retired and their resources removed.",
+    ),
+    (
+        "canary",
+        "Canary deploys (`flotilla deploy --canary`): the new version's share of fresh sessions \
+         step by step, and the limits it is judged by against the current version.",
     ),
     (
         "host",
@@ -320,6 +328,62 @@ pub const KEYS: &[Key] = &[
         Int(1800),
         "A version still deploying after this long was left behind by a deploy that died; the \
          reaper cleans it up.",
+    ),
+    // [canary]
+    key_ex(
+        "canary",
+        "steps",
+        Ty::IntList,
+        Unset,
+        "The canary's share of fresh sessions at each step, in percent, increasing, each 1 to 99 \
+         (default [5, 25, 50]); after the last step passes it gets all of them (promotion).",
+        "[5, 25, 50]",
+    ),
+    key(
+        "canary",
+        "pause_seconds",
+        Ty::Int,
+        Int(60),
+        "How long each step runs before the canary is judged against the current version over \
+         that window.",
+    ),
+    key(
+        "canary",
+        "max_error_percent",
+        Ty::Int,
+        Int(5),
+        "The highest share of 5xx answers the canary may give in a window, in percent.",
+    ),
+    key(
+        "canary",
+        "max_error_increase_percent",
+        Ty::Int,
+        Int(1),
+        "How many points the canary's 5xx share may exceed the current version's in the same window.",
+    ),
+    key(
+        "canary",
+        "max_p99_percent",
+        Ty::Int,
+        Int(150),
+        "The canary's p99 time to the response head may be at most this percentage of the \
+         current version's (150: half again as slow).",
+    ),
+    key(
+        "canary",
+        "min_requests",
+        Ty::Int,
+        Int(50),
+        "The fewest requests the canary must answer in a window to be judged; a step with fewer \
+         runs another pause.",
+    ),
+    key(
+        "canary",
+        "max_extensions",
+        Ty::Int,
+        Int(2),
+        "How many extra pauses a step with too few requests gets before the canary is rolled \
+         back (a version nobody could judge does not take all the traffic).",
     ),
     // [host]
     key(
@@ -574,7 +638,49 @@ pub const KEYS: &[Key] = &[
         "desired_count",
         Ty::Int,
         Int(2),
-        "Tasks each version runs.",
+        "Tasks each version runs (its start, and its minimum under autoscaling unless min_count \
+         says otherwise).",
+    ),
+    key_ex(
+        "aws",
+        "max_count",
+        Ty::Int,
+        Unset,
+        "Most tasks a version may run. Setting it turns on autoscaling of each version's service \
+         on its own (target tracking on CPU, memory and, if set, requests per task); a draining \
+         version never scales out. Unset: each version runs desired_count tasks.",
+        "10",
+    ),
+    key_ex(
+        "aws",
+        "min_count",
+        Ty::Int,
+        Unset,
+        "Fewest tasks autoscaling leaves a version with (at least 1). Unset: desired_count.",
+        "2",
+    ),
+    key(
+        "aws",
+        "scale_cpu_percent",
+        Ty::Int,
+        Int(70),
+        "Average CPU use autoscaling holds each version at, in percent; 0: no CPU policy.",
+    ),
+    key(
+        "aws",
+        "scale_memory_percent",
+        Ty::Int,
+        Int(80),
+        "Average memory use autoscaling holds each version at, in percent; 0: no memory policy.",
+    ),
+    key_ex(
+        "aws",
+        "scale_requests_per_target",
+        Ty::Int,
+        Unset,
+        "Requests per task per minute autoscaling holds each version at (the load balancer's \
+         count). Unset: no request policy.",
+        "1000",
     ),
     key_ex(
         "aws",

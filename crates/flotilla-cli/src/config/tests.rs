@@ -77,7 +77,8 @@ fn unknown_keys_suggest_the_closest_valid_key() {
         (
             "[aws]\ncolour = 1\n",
             "flotilla.toml:5:1: unknown key `colour` in [aws]; keys of [aws] are `region`, \
-             `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `domain`, \
+             `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `max_count`, `min_count`, \
+             `scale_cpu_percent`, `scale_memory_percent`, `scale_requests_per_target`, `domain`, \
              `certificate_arn`, `nat`, `command`, `architecture`, `read_only_root`, `user`, \
              `enable_execute_command`, `agent_image`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
@@ -343,6 +344,64 @@ fn names_providers_and_sections_are_validated() {
     );
     // The AWS provider does not need a host command, and checks min_healthy against its own count.
     ok("name = \"shop\"\nprovider = \"aws\"\n", &[], &none);
+    // Autoscaling: off without max_count; on with it, with the defaults' CPU and memory targets.
+    let aws = |extra: &str| format!("name = \"shop\"\nprovider = \"aws\"\n[aws]\n{extra}");
+    assert_eq!(ok(&aws(""), &[], &none).aws.autoscaling, None);
+    assert_eq!(
+        ok(&aws("max_count = 8\n"), &[], &none).aws.autoscaling,
+        Some(super::Autoscaling {
+            min: 2,
+            max: 8,
+            cpu_percent: Some(70),
+            memory_percent: Some(80),
+            requests_per_target: None,
+        })
+    );
+    assert_eq!(
+        ok(
+            &aws("max_count = 8\nmin_count = 1\nscale_cpu_percent = 0\nscale_requests_per_target = 900\n"),
+            &[("FLOTILLA_AWS_MAX_COUNT", "20")],
+            &none
+        )
+        .aws
+        .autoscaling,
+        Some(super::Autoscaling {
+            min: 1,
+            max: 20,
+            cpu_percent: None,
+            memory_percent: Some(80),
+            requests_per_target: Some(900),
+        })
+    );
+    check(
+        &aws("min_count = 1\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:13: `aws.min_count` applies only under autoscaling: set \
+           `aws.max_count` (the most tasks a version may run) to turn it on, or remove \
+           `aws.min_count`",
+        ],
+    );
+    check(
+        &aws("max_count = 1\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:13: autoscaling needs aws.min_count (2) <= aws.desired_count (2) <= \
+           aws.max_count (1): a version starts with desired_count tasks",
+        ],
+    );
+    check(
+        &aws("max_count = 4\nscale_cpu_percent = 0\nscale_memory_percent = 0\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:13: autoscaling needs something to track: `aws.scale_cpu_percent` \
+           and `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
+           unset",
+        ],
+    );
     check(
         "name = \"shop\"\nprovider = \"aws\"\n[app]\nmin_healthy = 3\n[aws]\ndesired_count = 2\n",
         &[],
@@ -1274,6 +1333,84 @@ fn https_takes_certificate_files_or_acme_hosts_and_says_what_is_missing() {
              \"https://acme-v02.api.letsencrypt.org/directory\")",
             "flotilla.toml:8:14: `host.acme_email` \"ops\" is not an email address; give one \
              such as \"ops@example.com\" or leave the key out",
+        ],
+    );
+}
+
+#[test]
+fn the_canary_section_is_read_checked_and_named_in_its_problems() {
+    let none = Overrides::default();
+    let defaults = ok(BASE, &[], &none).canary.plan;
+    assert_eq!(defaults.steps, vec![5, 25, 50]);
+    assert_eq!(defaults.pause, Duration::from_secs(60));
+    assert_eq!(defaults.thresholds.max_error_ratio, 0.05);
+    assert_eq!(defaults.thresholds.max_error_ratio_increase, 0.01);
+    assert_eq!(defaults.thresholds.max_p99_ratio, 1.5);
+    assert_eq!(defaults.thresholds.min_requests, 50);
+    assert_eq!(defaults.max_extensions, 2);
+
+    let text = format!(
+        "{BASE}[canary]\nsteps = [10, 50]\npause_seconds = 30\nmax_error_percent = 2\n\
+         max_p99_percent = 200\n"
+    );
+    let plan = ok(&text, &[], &none).canary.plan;
+    assert_eq!(
+        (plan.steps, plan.pause),
+        (vec![10, 50], Duration::from_secs(30))
+    );
+    assert_eq!(plan.thresholds.max_error_ratio, 0.02);
+    assert_eq!(plan.thresholds.max_p99_ratio, 2.0);
+    let config = ok(BASE, &[("FLOTILLA_CANARY_STEPS", "1, 2,3")], &none);
+    assert_eq!(config.canary.plan.steps, vec![1, 2, 3]);
+    assert_eq!(
+        origin_of(&config, "canary.steps"),
+        "environment variable FLOTILLA_CANARY_STEPS"
+    );
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[canary]\nsteps = [25, 5]",
+            "flotilla.toml:5:9: `canary.steps`: canary steps must increase: 5% follows 25%",
+        ),
+        (
+            "[canary]\nsteps = [5, 100]",
+            "flotilla.toml:5:9: `canary.steps`: canary step 100% is not between 1 and 99 (100 is \
+             the promotion that follows the last step)",
+        ),
+        (
+            "[canary]\nsteps = []",
+            "flotilla.toml:5:9: `canary.steps`: a canary needs at least one step (e.g. steps = \
+             [5, 25, 50])",
+        ),
+        (
+            "[canary]\nsteps = 5",
+            "flotilla.toml:5:9: `canary.steps` must be an array of integers, not an integer \
+             (write [5])",
+        ),
+        (
+            "[canary]\nsteps = [5, \"25\"]",
+            "flotilla.toml:5:13: `canary.steps` must be an array of integers, but this item is a \
+             string",
+        ),
+        (
+            "[canary]\npause_seconds = 0",
+            "flotilla.toml:5:17: `canary.pause_seconds` must be between 1 and 86400, not 0",
+        ),
+        (
+            "[canary]\nmax_p99_percent = 90",
+            "flotilla.toml:5:19: `canary.max_p99_percent` must be between 100 and 10000, not 90",
+        ),
+    ];
+    for (snippet, want) in cases {
+        check(&format!("{BASE}{snippet}\n"), &[], &none, &[want]);
+    }
+    check(
+        BASE,
+        &[("FLOTILLA_CANARY_STEPS", "5,x")],
+        &none,
+        &[
+            "environment variable FLOTILLA_CANARY_STEPS: `canary.steps` must be comma-separated \
+           integers, not \"5,x\"",
         ],
     );
 }

@@ -543,3 +543,67 @@ fn two_apps_behind_one_https_front_door_each_with_its_own_certificate() {
         Some(format!("https://shop.example.com:{}/a?b=1", https.port()).as_str())
     );
 }
+
+/// The issue's check with real certificates: two apps behind one HTTPS front door, each getting
+/// its own certificate from pebble through it — the shop over HTTP-01 (pebble's request reaches
+/// the front door's plain port and is handed to the shop by `Host`), the blog over TLS-ALPN-01
+/// (pebble's `acme-tls/1` handshake reaches the front door's TLS port and is handed to the blog
+/// by its server name). Then both serve HTTP/2 and HTTP/1.1 with their own certificate.
+#[test]
+fn two_apps_behind_one_https_front_door_get_their_certificates_from_pebble_through_it() {
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let door = FrontDoor::start_with(Some(https));
+    let pebble = flotilla_testkit::pebble::Pebble::start(flotilla_testkit::pebble::PebbleOptions {
+        http_port: door.http.port(),
+        tls_port: https.port(),
+        validity: None,
+    })
+    .expect("pebble starts (scripts/pebble.sh installs it)");
+    let root = pebble.ca_file().with_file_name("issuing-root.pem");
+    std::fs::write(&root, pebble.issuing_root().expect("pebble's issuing root"))
+        .expect("write root");
+    let app = |name: &str, host: &str, challenge: &str| {
+        app_behind_with(
+            &door.socket,
+            name,
+            &[host],
+            &format!(
+                "https_listen = \"{https}\"\nacme_hosts = [{host:?}]\n\
+                 acme_email = \"ops@example.com\"\nacme_directory = {:?}\n\
+                 acme_challenge = {challenge:?}\nacme_ca_file = {:?}\n",
+                pebble.directory(),
+                pebble.ca_file().display().to_string(),
+            ),
+        )
+    };
+    let shop = app("shop", "shop.example.com", "http-01");
+    let blog = app("blog", "blog.example.com", "tls-alpn-01");
+    let shop_v1 = shop.deploy();
+    let blog_v1 = blog.deploy();
+
+    for (host, env) in [("shop.example.com", &shop), ("blog.example.com", &blog)] {
+        let got = eventually(Duration::from_secs(60), || {
+            crate::https::curl(host, https.port(), "/healthz", &root, false).ok()
+        });
+        assert!(
+            got.is_some(),
+            "no certificate for {host} from pebble within 60 s\nfront door:\n{}\ndaemon:\n{}",
+            door.log_text(),
+            std::fs::read_to_string(env.app().join(".flotilla/host/daemon.log"))
+                .unwrap_or_default()
+        );
+    }
+    crate::https::check_both_protocols("shop.example.com", https.port(), &root, &shop_v1);
+    crate::https::check_both_protocols("blog.example.com", https.port(), &root, &blog_v1);
+    // Each app keeps its own certificate and key, in its own state directory.
+    for env in [&shop, &blog] {
+        let acme = env.app().join(".flotilla/host/acme");
+        assert!(acme.join("certificate.pem").is_file(), "{}", acme.display());
+    }
+    let certificate_of = |env: &HostEnv| {
+        std::fs::read_to_string(env.app().join(".flotilla/host/acme/certificate.pem"))
+            .expect("the app's certificate")
+    };
+    let (shop_cert, blog_cert) = (certificate_of(&shop), certificate_of(&blog));
+    assert_ne!(shop_cert, blog_cert, "one certificate per app");
+}

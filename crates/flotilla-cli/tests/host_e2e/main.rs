@@ -3,7 +3,10 @@
 //!
 //! Each test has its own app directory, state directory and daemon, and a guard that stops the
 //! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
+//!
+//! Modules: `canary` (canary deploys driven by the daemon), `front_door`, `https`, `util`.
 
+mod canary;
 mod front_door;
 mod https;
 mod util;

@@ -3,15 +3,17 @@
 
 use std::time::Duration;
 
+use flotilla_core::canary::{self, CanaryPlan, CanaryState};
 use flotilla_core::routing::WeightedTarget;
 use flotilla_core::{DeploymentId, Timestamp, Version, VersionState};
 use serde::Serialize;
 
 use crate::error::EngineError;
 use crate::events::{Event, Progress};
-use crate::ports::{AppEnv, ErrorKind, ImageRequest, VersionRecord, VersionSpec};
+use crate::ports::{AppEnv, CanaryRecord, ErrorKind, ImageRequest, VersionRecord, VersionSpec};
 
 use super::Engine;
+use super::canary::live_canary;
 use super::common::{note, refused, serves_affinity, step};
 
 /// What to deploy.
@@ -109,9 +111,21 @@ impl Engine {
         request: DeployRequest,
         progress: &dyn Progress,
     ) -> Result<DeployOutcome, EngineError> {
+        self.deploy_with(request, None, progress).await
+    }
+
+    /// A deploy, as a canary under `canary` if given (see [`Engine::deploy_canary`]).
+    pub(super) async fn deploy_with(
+        &self,
+        request: DeployRequest,
+        canary: Option<CanaryPlan>,
+        progress: &dyn Progress,
+    ) -> Result<DeployOutcome, EngineError> {
         validate(&request)?;
         let mut lease = self.lock(request.break_lock, progress).await?;
-        let result = self.deploy_locked(&request, &mut lease, progress).await;
+        let result = self
+            .deploy_locked(&request, canary, &mut lease, progress)
+            .await;
         self.unlock(progress).await;
         result
     }
@@ -119,12 +133,40 @@ impl Engine {
     async fn deploy_locked(
         &self,
         request: &DeployRequest,
+        canary: Option<CanaryPlan>,
         lease: &mut Timestamp,
         progress: &dyn Progress,
     ) -> Result<DeployOutcome, EngineError> {
         let id = &request.id;
         let mut records = self.records().await?;
         let table = self.routing().await?;
+        if let Some(pos) = live_canary(&records, &table)
+            && &records[pos].version.id != id
+        {
+            let other = &records[pos].version.id;
+            return refused(
+                format!("a canary of {other} is running"),
+                "wait for it to be promoted or rolled back, or end it now with `flotilla promote` or `flotilla rollback`",
+            );
+        }
+        // A canary is judged against the one version fresh traffic goes to now.
+        let recorded = records.iter().any(|r| &r.version.id == id);
+        let baseline = match (&canary, table.default_targets()) {
+            (None, _) => None,
+            // A resumed deploy keeps the canary it recorded.
+            (Some(_), _) if recorded => None,
+            (Some(_), [only]) if &only.id != id => Some(only.id.clone()),
+            (Some(_), _) => {
+                return refused(
+                    format!(
+                        "a canary of {id} needs one current version to judge it against, and fresh traffic of `{}` goes to {} versions",
+                        self.settings.name,
+                        table.default_targets().len()
+                    ),
+                    "deploy without --canary for a first version",
+                );
+            }
+        };
         let mode = match records.iter().find(|r| &r.version.id == id) {
             None => DeployMode::New,
             Some(r) => match r.version.state {
@@ -194,6 +236,18 @@ impl Engine {
                     image: None,
                     instances: request.instances,
                     ready_passes: 0,
+                    canary: canary.zip(baseline).map(|(plan, baseline)| {
+                        Box::new(CanaryRecord {
+                            percent: plan.steps[0],
+                            plan,
+                            baseline,
+                            state: CanaryState::start(self.now()),
+                            marks: None,
+                            last: None,
+                            outcome: None,
+                            settled: false,
+                        })
+                    }),
                 };
                 self.put(&record, progress, "recording it deploying")
                     .await?;
@@ -211,6 +265,10 @@ impl Engine {
         }
         self.record_state(&mut record, VersionState::Active, progress)
             .await?;
+        if record.canary.as_deref().is_some_and(CanaryRecord::running) {
+            // The current version stays active beside the canary until it is promoted.
+            return Ok(outcome);
+        }
         for other in records
             .iter_mut()
             .filter(|r| &r.version.id != id && r.version.state == VersionState::Active)
@@ -291,13 +349,35 @@ impl Engine {
                 .give_up(record, needed, unhealthy, previous, progress)
                 .await);
         }
-        let on_err = step(progress, &id, "switching fresh traffic to it");
+        let (what, targets) = match record.canary.as_ref().filter(|c| c.running()) {
+            Some(c) => {
+                let (old, new) = canary::weights(c.percent);
+                (
+                    format!("sending {}% of fresh sessions to it", c.percent),
+                    vec![
+                        WeightedTarget {
+                            id: c.baseline.clone(),
+                            weight: old,
+                        },
+                        WeightedTarget {
+                            id: id.clone(),
+                            weight: new,
+                        },
+                    ],
+                )
+            }
+            None => (
+                "switching fresh traffic to it".to_owned(),
+                vec![WeightedTarget {
+                    id: id.clone(),
+                    weight: 100,
+                }],
+            ),
+        };
+        let on_err = step(progress, &id, &what);
         self.ports
             .routing
-            .set_default(&[WeightedTarget {
-                id: id.clone(),
-                weight: 100,
-            }])
+            .set_default(&targets)
             .await
             .map_err(on_err)
     }

@@ -6,7 +6,7 @@
 //! resource never exists without a record that leads the reaper or a re-run to it.
 //!
 //! Modules, one per concern: `deploy`, `rollback` (with drain), `reap`, `teardown`,
-//! `status`; `remove` (a version's resources, removed by the three workflows that retire
+//! `status`, `canary` (a canary's deploy, its ticks, promote and its rollback); `remove` (a version's resources, removed by the three workflows that retire
 //! versions), `lock` (the deploy lock) and `common` (what they all share).
 
 use std::time::Duration;
@@ -17,6 +17,7 @@ use flotilla_core::routing::RuleBudget;
 
 use crate::ports::Ports;
 
+mod canary;
 mod common;
 mod deploy;
 mod lock;
@@ -26,6 +27,7 @@ mod rollback;
 mod status;
 mod teardown;
 
+pub use canary::CanaryTick;
 pub use deploy::{DeployOutcome, DeployRequest};
 pub use reap::ReapReport;
 pub use rollback::RollbackOutcome;

@@ -43,6 +43,9 @@ impl Engine {
     /// Re-points fresh traffic to `target` (default: the newest draining version that still runs)
     /// and marks the current active version draining. Instant: nothing is created.
     ///
+    /// During a canary, it ends the canary instead: fresh sessions go back to the version the
+    /// canary was judged against, and the canary drains.
+    ///
     /// Without a target, a rollback that died after its switch is finished instead of starting
     /// another. Retired, failed and deploying versions, and versions with nothing running, are
     /// refused: deploy their code again instead.
@@ -76,6 +79,10 @@ impl Engine {
         target: Option<DeploymentId>,
         progress: &dyn Progress,
     ) -> Result<RollbackOutcome, EngineError> {
+        // During a canary, a rollback ends it: fresh sessions back to its baseline.
+        if let Some(outcome) = self.abort_canary(target.as_ref(), progress).await? {
+            return Ok(outcome);
+        }
         let mut records = self.records().await?;
         let table = self.routing().await?;
         let target = match target {

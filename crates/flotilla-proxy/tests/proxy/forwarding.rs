@@ -456,3 +456,94 @@ async fn malformed_chunked_body_is_a_400_not_a_502() {
     assert_eq!(fine.status, 200);
     assert_eq!(fine.text(), "5 bytes");
 }
+
+/// Requests one after another reuse one upstream connection, whatever shape their response
+/// body has (a `Content-Length` body, which hyper stops reading at its last byte, a chunked
+/// one, none at all), and a connection the upstream asked to close is not reused.
+#[tokio::test]
+async fn upstream_connections_are_reused_once_each_response_ends() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let _up = crate::util::AbortOnDrop(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let response = hyper::Response::builder();
+                        let response = match req.uri().path() {
+                            "/chunked" => response.body(
+                                http_body_util::StreamBody::new(futures_util::stream::iter([
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        Bytes::from_static(b"chunk"),
+                                    )),
+                                ]))
+                                .boxed(),
+                            ),
+                            "/close" => response.header(header::CONNECTION, "close").body(
+                                http_body_util::Full::new(Bytes::from_static(b"bye")).boxed(),
+                            ),
+                            "/empty" => response
+                                .status(StatusCode::NO_CONTENT)
+                                .body(http_body_util::Empty::new().boxed()),
+                            _ => response
+                                .body(http_body_util::Full::new(Bytes::from_static(b"ok")).boxed()),
+                        };
+                        Ok::<_, std::convert::Infallible>(response.expect("response"))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }));
+    let proxy = Proxy::start(upstream, ProxyConfig::default()).await;
+    let mut client = connect::<http_body_util::Empty<Bytes>>(proxy.addr).await;
+    for path in ["/", "/chunked", "/empty", "/", "/chunked", "/"] {
+        let request = Request::get(path)
+            .header(header::HOST, "app.example")
+            .body(http_body_util::Empty::new())
+            .expect("valid request");
+        let response = within("a response", client.send_request(request))
+            .await
+            .expect("response");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        let _ = collect(response.into_body()).await;
+        within("the client connection", client.ready())
+            .await
+            .expect("ready");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for all"
+    );
+    for _ in 0..2 {
+        let request = Request::get("/close")
+            .header(header::HOST, "app.example")
+            .body(http_body_util::Empty::new())
+            .expect("valid request");
+        let response = within("a response", client.send_request(request))
+            .await
+            .expect("response");
+        assert_eq!(
+            collect(response.into_body()).await,
+            Bytes::from_static(b"bye")
+        );
+        within("the client connection", client.ready())
+            .await
+            .expect("ready");
+    }
+    // The first `/close` reused the pooled connection, the second needed a new one, and the
+    // pool kept neither.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

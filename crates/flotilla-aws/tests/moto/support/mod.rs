@@ -520,6 +520,36 @@ impl World {
                 .expect("task definitions");
             inv.task_definitions += tds.task_definition_arns().len();
         }
+        use aws_sdk_applicationautoscaling::types::ServiceNamespace;
+        let targets = c
+            .scaling
+            .describe_scalable_targets()
+            .service_namespace(ServiceNamespace::Ecs)
+            .send()
+            .await
+            .expect("scalable targets");
+        for t in targets.scalable_targets() {
+            inv.scalable_targets.insert(
+                t.resource_id().to_owned(),
+                (
+                    t.min_capacity(),
+                    t.max_capacity(),
+                    t.suspended_state()
+                        .and_then(|s| s.dynamic_scaling_out_suspended())
+                        .unwrap_or(false),
+                ),
+            );
+        }
+        let policies = c
+            .scaling
+            .describe_scaling_policies()
+            .service_namespace(ServiceNamespace::Ecs)
+            .send()
+            .await
+            .expect("scaling policies");
+        for p in policies.scaling_policies() {
+            inv.scaling_policies.insert(p.policy_name().to_owned());
+        }
         inv
     }
 }
@@ -570,6 +600,11 @@ pub struct Inventory {
     /// Name → value.
     pub parameters: BTreeMap<String, String>,
     pub task_definitions: usize,
+    /// Application Auto Scaling targets of ECS services: resource id → (min, max, scale-out
+    /// suspended).
+    pub scalable_targets: BTreeMap<String, (i32, i32, bool)>,
+    /// Scaling policy names of ECS services.
+    pub scaling_policies: BTreeSet<String>,
 }
 
 impl Inventory {
@@ -580,6 +615,7 @@ impl Inventory {
         ids.extend(self.target_groups.iter().map(|t| tail(t)));
         ids.extend(self.rules.keys().map(|k| tail(k)));
         ids.extend(self.services.keys().map(|k| tail(k)));
+        ids.extend(self.scalable_targets.keys().map(|k| tail(k)));
         for p in self.parameters.keys() {
             if let Some(id) = p.split('/').nth(3).filter(|s| s.len() == 20) {
                 ids.insert(id.to_owned());
