@@ -15,7 +15,7 @@
 //! // The drain source: a local one if configured, SSM on ECS, else always `active`.
 //! let source: Arc<dyn DrainSource> = match flotilla_agent::local_source_from_env(env)? {
 //!     Some(local) => local,
-//!     // On ECS: Arc::new(flotilla_aws::agent_ssm::SsmDrainSource::from_env().await)
+//!     // On ECS: flotilla_aws::agent_ssm::drain_source_from_env().await (the drain board or SSM)
 //!     None => Arc::new(StaticSource::active()),
 //! };
 //! let outcome = flotilla_agent::run_with_signals(settings, source).await?;
@@ -46,7 +46,7 @@
 //! - [`identity`]: deployment, version and instance ids; the ECS task id from task metadata.
 //! - [`source`]: the [`DrainSource`] trait and the file, HTTP and static sources.
 //! - [`source_health`]: whether the drain source works; persistent failures.
-//! - [`poll`]: the poll loop, its back-off and the EMF line.
+//! - [`poll`]: the poll loop, its back-off and the EMF line; [`poll::Poller`] runs it alone.
 //! - [`health`]: probing the app and the health document.
 //! - `gate`: the routing policy (health, draining refusals, forwarding).
 //! - `state`: the live state shared by the parts, and [`SessionCounts`].

@@ -100,6 +100,80 @@ pub(crate) struct PollConfig {
     pub(crate) probe_timeout: Duration,
 }
 
+/// What a [`Poller`] needs: the pace, the grace period and where the app answers its health.
+#[derive(Clone, Debug)]
+pub struct PollerSettings {
+    /// Time between polls (±20 % jitter, backing off on throttling), as `FLOTILLA_DRAIN_POLL_SECONDS`.
+    pub poll: Duration,
+    /// The grace period of readiness, as `FLOTILLA_DRAIN_GRACE_SECONDS`.
+    pub grace: Duration,
+    /// The app's address (its health is probed each poll, for the sessions it reports).
+    pub app: SocketAddr,
+    /// The app's health path.
+    pub health_path: String,
+}
+
+/// The agent's poll loop on its own, without an app process or a proxy in front: what the
+/// drain-signal benchmark runs a thousand of, each with its own timing, to count what a fleet
+/// asks of its drain source. The loop is the one a running agent uses ([`run`]).
+pub struct Poller {
+    state: Arc<LiveState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    /// Starts polling `source` as `identity`.
+    pub fn spawn(
+        identity: Identity,
+        source: Arc<dyn DrainSource>,
+        settings: PollerSettings,
+    ) -> Poller {
+        let state = Arc::new(LiveState::new(
+            identity.clone(),
+            Arc::new(flotilla_proxy::InstanceStats::new()),
+            source.describe(&identity),
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            state.clone(),
+            source,
+            PollConfig {
+                poll: settings.poll,
+                grace: settings.grace,
+                emf: false,
+                client: HttpClient::new(),
+                app: settings.app,
+                health_path: settings.health_path,
+                probe_timeout: Duration::from_secs(2),
+            },
+            stopped,
+        ));
+        Poller { state, stop, task }
+    }
+
+    /// The version's state as last read (`None` before the first read, or when it has none).
+    pub fn version_state(&self) -> Option<VersionState> {
+        self.state.version_state()
+    }
+
+    /// Whether the last poll found this instance ready to stop.
+    pub fn ready(&self) -> bool {
+        self.state.ready()
+    }
+
+    /// The drain source's recent record, as the health document shows it.
+    pub fn source_health(&self) -> source_health::SourceHealth {
+        self.state.source_health()
+    }
+
+    /// Stops the loop and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Polls until `stop` turns true.
 pub(crate) async fn run(
     state: Arc<LiveState>,
@@ -196,6 +270,7 @@ pub(crate) async fn run(
             failures = failures.saturating_add(1);
         }
         record_source_health(&state, failed.as_ref(), at);
+        record_degraded(&state, source.degraded());
         if config.emf {
             let line = emf_line(&who, status.ready, at);
             let mut out = std::io::stdout().lock();
@@ -248,6 +323,27 @@ fn record_source_health(state: &LiveState, failed: Option<&DrainError>, at: Time
             );
         }
         SourceChange::Failing | SourceChange::None => {}
+    }
+}
+
+/// Records what the source is working around and logs when that starts (`warn`), changes and
+/// ends (`info`).
+fn record_degraded(state: &LiveState, degraded: Option<String>) {
+    let changed = state.update_source_health(|health| health.set_degraded(degraded.clone()));
+    if !changed {
+        return;
+    }
+    match degraded {
+        Some(what) => tracing::warn!(
+            source = %state.source_name,
+            degraded = %what,
+            "the drain source is working around a failure; the health document shows it under \
+             `drain_source.degraded`"
+        ),
+        None => tracing::info!(
+            source = %state.source_name,
+            "the drain source works as designed again"
+        ),
     }
 }
 

@@ -2,7 +2,8 @@
 //! the [`DrainSource`] trait and its provider-neutral implementations.
 //!
 //! - SSM Parameter Store on AWS: `flotilla_aws::agent_ssm::SsmDrainSource` (in the AWS crate,
-//!   the only one that knows AWS).
+//!   the only one that knows AWS), or at scale `flotilla_aws::drain_board::BoardDrainSource`:
+//!   one S3 object with every version's state, read with conditional GETs.
 //! - [`FileSource`]: the state in a file, readiness written to files; for the host provider or
 //!   local runs (`FLOTILLA_DRAIN_STATE_FILE`, `FLOTILLA_READINESS_FILE`).
 //! - [`HttpSource`]: the state from a URL, readiness `PUT` to a URL (`FLOTILLA_DRAIN_STATE_URL`,
@@ -88,6 +89,14 @@ pub trait DrainSource: Send + Sync + 'static {
     /// the value changes (and again after a failed attempt).
     async fn write_readiness(&self, who: &Identity, readiness: Readiness)
     -> Result<(), DrainError>;
+
+    /// A failure the source is working around, as of its last call: its reads still succeed, but
+    /// not the way they should (the drain board unreadable, so the state came from SSM, one call
+    /// per task). `None` when it works as designed. The health document shows it as
+    /// `drain_source.degraded` and the log says when it starts and ends.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]
@@ -104,6 +113,9 @@ impl<S: DrainSource + ?Sized> DrainSource for Arc<S> {
         readiness: Readiness,
     ) -> Result<(), DrainError> {
         (**self).write_readiness(who, readiness).await
+    }
+    fn degraded(&self) -> Option<String> {
+        (**self).degraded()
     }
 }
 

@@ -60,6 +60,9 @@ pub struct SourceHealth {
     pub last_error: Option<DrainError>,
     /// When a poll last succeeded.
     pub last_success: Option<Timestamp>,
+    /// What the source is working around, if anything ([`crate::DrainSource::degraded`]): the
+    /// polls succeed, so this is not a failure, but it is not the design either.
+    pub degraded: Option<String>,
 }
 
 impl SourceHealth {
@@ -96,6 +99,13 @@ impl SourceHealth {
         }
     }
 
+    /// Records what the source is working around after a poll; returns whether it changed.
+    pub fn set_degraded(&mut self, degraded: Option<String>) -> bool {
+        let changed = self.degraded != degraded;
+        self.degraded = degraded;
+        changed
+    }
+
     /// Whether the current failure needs attention: a permanent failure, or
     /// [`PERSISTENT_AFTER`] failed polls in a row.
     pub fn persistent(&self) -> bool {
@@ -124,6 +134,7 @@ impl SourceHealth {
             "last_success_ms": self.last_success.map(|t| t.as_millis()),
             "error": self.last_error.as_ref().map(|e| e.to_string()),
             "error_kind": kind,
+            "degraded": self.degraded,
         })
     }
 }

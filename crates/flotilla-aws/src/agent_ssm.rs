@@ -10,6 +10,10 @@
 //!
 //! The task role needs `ssm:GetParameter` and `ssm:PutParameter` on
 //! `arn:aws:ssm:<region>:<account>:parameter/apps/<name>/*`.
+//!
+//! At scale a task reads the drain board instead ([`crate::drain_board`]: one S3 object per
+//! deployment name, conditional GETs) and this source only as its fallback and for readiness:
+//! [`drain_source_from_env`] chooses, from `FLOTILLA_DRAIN_BUCKET` in the task definition.
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -43,13 +47,38 @@ impl SsmDrainSource {
     /// the image's roots and built-in ones ([`crate::tls`]: an image without a CA bundle still
     /// reaches SSM), and [`AGENT_MAX_ATTEMPTS`] attempts per call.
     pub async fn from_env() -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(crate::tls::default_http_client())
-            .retry_config(RetryConfig::standard().with_max_attempts(AGENT_MAX_ATTEMPTS))
-            .load()
-            .await;
-        Self::new(aws_sdk_ssm::Client::new(&config))
+        Self::new(aws_sdk_ssm::Client::new(&agent_config().await))
     }
+}
+
+/// The drain source of an agent in a task: the drain board when the task definition names its
+/// bucket (`FLOTILLA_DRAIN_BUCKET`, set when the baseline has one), else SSM alone. Both built
+/// the way a task sees AWS (see [`SsmDrainSource::from_env`]).
+pub async fn drain_source_from_env() -> std::sync::Arc<dyn DrainSource> {
+    let config = agent_config().await;
+    let ssm = aws_sdk_ssm::Client::new(&config);
+    match std::env::var(crate::drain_board::BUCKET_ENV) {
+        Ok(bucket) if !bucket.trim().is_empty() => {
+            let s3 = aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(config.endpoint_url().is_some())
+                .build();
+            std::sync::Arc::new(crate::drain_board::BoardDrainSource::new(
+                aws_sdk_s3::Client::from_conf(s3),
+                ssm,
+                bucket.trim().to_owned(),
+            ))
+        }
+        _ => std::sync::Arc::new(SsmDrainSource::new(ssm)),
+    }
+}
+
+/// The SDK configuration of an agent in a task.
+async fn agent_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::tls::default_http_client())
+        .retry_config(RetryConfig::standard().with_max_attempts(AGENT_MAX_ATTEMPTS))
+        .load()
+        .await
 }
 
 /// How the agent's poll loop should treat a failure of this kind.

@@ -236,6 +236,11 @@ impl EcsCompute {
                     .build(),
             );
         }
+        // With the baseline's drain board, the agent polls it (one object, conditional GETs)
+        // instead of its own SSM parameter: see `drain_board`.
+        if let Some(bucket) = &self.ctx.baseline.drain_bucket {
+            app_env.push(env(crate::drain_board::BUCKET_ENV, bucket.clone()));
+        }
         Ok(ContainerDefinition::builder()
             .name(CONTAINER_NAME)
             .set_environment(Some(app_env))

@@ -11,6 +11,7 @@
 //! | `FLOTILLA_LISTENER_ARN` | the listener holding the affinity rules | required |
 //! | `FLOTILLA_LOG_GROUP` | the containers' log group | none |
 //! | `FLOTILLA_REPOSITORY` | the ECR repository URI; retired versions' images are deleted from it | none |
+//! | `FLOTILLA_DRAIN_BUCKET` | the drain board's bucket; each state recorded is published to it | none |
 //! | `FLOTILLA_REAPER_INTERVAL_SECONDS` | the schedule's rate | required |
 //! | `FLOTILLA_REAPER_MIN_AGE_SECONDS` | never touch a younger version | required |
 //! | `FLOTILLA_REAPER_MAX_AGE_SECONDS` | retire after draining this long | required |
@@ -75,6 +76,8 @@ impl ReaperConfig {
             log_group: base.log_group.clone(),
             // With the repository known, removing a retired version also deletes its image.
             repository: base.repository.clone(),
+            // With the board's bucket known, each state recorded is published to it.
+            drain_bucket: base.drain_bucket.clone(),
             ..Default::default()
         };
         if let Some(h) = var("FLOTILLA_AFFINITY_HEADER") {
@@ -200,6 +203,7 @@ mod tests {
             Some("flotilla-prod")
         );
         assert_eq!(c.settings.baseline_overrides.repository, None);
+        assert_eq!(c.settings.baseline_overrides.drain_bucket, None);
         let mut with_extras = FULL.to_vec();
         with_extras.push((
             "FLOTILLA_REPOSITORY",
@@ -208,7 +212,13 @@ mod tests {
         with_extras.push(("FLOTILLA_AFFINITY_HEADER", "X-Version"));
         with_extras.push(("FLOTILLA_RULE_PRIORITY_BASE", "500"));
         with_extras.push(("FLOTILLA_REAPER_TIMEOUT_SECONDS", "40"));
+        with_extras.push(("FLOTILLA_DRAIN_BUCKET", "flotilla-prod-1a2b3c4d"));
         let c = ReaperConfig::from_vars(vars(&with_extras)).expect("complete");
+        // The reaper publishes each state it records to the board the tasks read.
+        assert_eq!(
+            c.settings.baseline_overrides.drain_bucket.as_deref(),
+            Some("flotilla-prod-1a2b3c4d")
+        );
         assert_eq!(c.lock_ttl, Duration::from_secs(40));
         assert_eq!(c.settings.routing.affinity_header, "X-Version");
         assert_eq!(c.settings.routing.priority_base, 500);

@@ -16,7 +16,10 @@
 //! - [`logtail`]: `logs --follow`: Live Tail, or polling where it is not available, through one
 //!   cursor that prints each line once.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
-//! - [`agent_ssm`]: the in-container agent's drain source over SSM.
+//! - [`agent_ssm`]: the in-container agent's drain source over SSM, and which source an agent
+//!   in a task uses.
+//! - [`drain_board`]: every version's state in one S3 object per deployment name, published
+//!   after each SSM state write and read by agents with conditional GETs.
 //! - `stack` (feature `stack`, on by default): the baseline stack's lifecycle on CloudFormation
 //!   (`flotilla baseline up|show|down`), the reaper's code (chosen, checked, zipped, uploaded),
 //!   the cached outputs.
@@ -33,6 +36,7 @@ pub mod clock;
 pub mod compute;
 mod ctx;
 mod dot_flotilla;
+pub mod drain_board;
 pub mod error;
 pub mod images;
 pub mod lambda;

@@ -55,6 +55,9 @@ pub struct Clients {
     pub ecr: aws_sdk_ecr::Client,
     /// CloudWatch Logs: recent container logs.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// S3: the drain board (`drain_board`). Path-style addressing when an endpoint is set
+    /// (emulators on `127.0.0.1` need it).
+    pub s3: aws_sdk_s3::Client,
     /// Application Auto Scaling: each version's scalable target and target-tracking policies.
     pub scaling: aws_sdk_applicationautoscaling::Client,
     /// The region the clients talk to.
@@ -88,6 +91,14 @@ impl Clients {
             ssm: client!(aws_sdk_ssm),
             ecr: client!(aws_sdk_ecr),
             logs: client!(aws_sdk_cloudwatchlogs),
+            s3: {
+                let mut builder = aws_sdk_s3::config::Builder::from(config)
+                    .force_path_style(config.endpoint_url().is_some());
+                if let Some(counter) = counter {
+                    builder = builder.interceptor(counter.clone());
+                }
+                aws_sdk_s3::Client::from_conf(builder.build())
+            },
             scaling: client!(aws_sdk_applicationautoscaling),
             region: config.region().map(|r| r.to_string()),
         }

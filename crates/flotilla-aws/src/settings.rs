@@ -400,6 +400,14 @@ pub struct BaselineOutputs {
         skip_serializing_if = "Option::is_none"
     )]
     pub secret_grants: Option<Vec<String>>,
+    /// The bucket of the drain board (`drain_board`), output by a baseline whose task role may
+    /// read it; absent on an older stack, whose tasks keep polling SSM.
+    #[serde(
+        default,
+        alias = "DrainBucket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_bucket: Option<String>,
 }
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -456,6 +464,7 @@ impl BaselineOutputs {
     /// `self` with every missing field taken from `fallback`.
     pub fn or(self, fallback: BaselineOutputs) -> BaselineOutputs {
         let own_role = self.execution_role_arn.is_some();
+        let own_task_role = self.task_role_arn.is_some();
         BaselineOutputs {
             listener_arn: self.listener_arn.or(fallback.listener_arn),
             subnets: self.subnets.or(fallback.subnets),
@@ -471,6 +480,13 @@ impl BaselineOutputs {
                 self.secret_grants
             } else {
                 self.secret_grants.or(fallback.secret_grants)
+            },
+            // Only the baseline's task role may read the board: overriding the role drops it
+            // (its tasks then poll SSM), unless the bucket is given too.
+            drain_bucket: if own_task_role {
+                self.drain_bucket
+            } else {
+                self.drain_bucket.or(fallback.drain_bucket)
             },
         }
     }
@@ -556,6 +572,9 @@ pub struct Baseline {
     pub vpc_id: Option<String>,
     /// The app secrets the execution role may read, when the baseline says.
     pub secret_grants: Option<Vec<String>>,
+    /// The bucket of the drain board, when the baseline has one: states are published there and
+    /// tasks are told to read it.
+    pub drain_bucket: Option<String>,
 }
 
 impl Baseline {
@@ -614,6 +633,7 @@ impl Baseline {
             task_role_arn: outputs.task_role_arn,
             vpc_id: outputs.vpc_id,
             secret_grants: outputs.secret_grants,
+            drain_bucket: outputs.drain_bucket.filter(|b| !b.trim().is_empty()),
         })
     }
 
@@ -688,7 +708,8 @@ mod tests {
             "cluster_name": "flotilla-prod", "cluster_arn": "arn:cluster",
             "log_group_name": "/flotilla/prod", "repository_uri": "1.dkr.ecr/flotilla-prod",
             "repository_name": "flotilla-prod", "execution_role_arn": "arn:exec",
-            "task_role_arn": "arn:task", "artefact_bucket": "b", "dashboard_name": "d",
+            "task_role_arn": "arn:task", "artefact_bucket": "b", "drain_bucket": "b",
+            "dashboard_name": "d",
             "app_port": 3000
         });
         let outputs: BaselineOutputs = serde_json::from_value(json).expect("parses");
@@ -700,6 +721,40 @@ mod tests {
         assert_eq!(b.repository.as_deref(), Some("1.dkr.ecr/flotilla-prod"));
         assert_eq!(b.vpc_id.as_deref(), Some("vpc-1"));
         assert_eq!(b.task_role_arn.as_deref(), Some("arn:task"));
+        // The artefact bucket holds the drain board the tasks are told to read.
+        assert_eq!(b.drain_bucket.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_baseline_made_before_the_drain_board_keeps_tasks_on_ssm() {
+        // Its cache names the artefact bucket, but its task role may not read a board there.
+        let json = serde_json::json!({
+            "listener_arn": "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/a/b/c",
+            "cluster_name": "flotilla-prod", "artefact_bucket": "b"
+        });
+        let outputs: BaselineOutputs = serde_json::from_value(json).expect("parses");
+        let b = Baseline::resolve(outputs, Needs::Operate, Path::new("x")).expect("enough");
+        assert_eq!(b.drain_bucket, None);
+    }
+
+    #[test]
+    fn a_task_role_of_your_own_keeps_tasks_off_the_drain_board() {
+        let file = BaselineOutputs {
+            task_role_arn: Some("arn:baseline-task".to_owned()),
+            drain_bucket: Some("flotilla-prod-1a2b3c4d".to_owned()),
+            ..Default::default()
+        };
+        let merged = BaselineOutputs::default().or(file.clone());
+        assert_eq!(
+            merged.drain_bucket.as_deref(),
+            Some("flotilla-prod-1a2b3c4d")
+        );
+        // That role may not read the board: its tasks poll SSM.
+        let own = BaselineOutputs {
+            task_role_arn: Some("arn:mine".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(own.or(file).drain_bucket, None);
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - `record`: the whole `VersionRecord` as JSON (timestamps, image, instances, ready passes);
 //! - `tasks/<task_id>`: what each task's agent reports (`healthy` or `draining`).
 //!
+//! When the baseline has a drain board (`crate::drain_board`, one S3 object per deployment name
+//! that agents poll instead of `state`), every record written or deleted is then published to
+//! it: after the SSM writes, so the board never runs ahead of the truth.
+//!
 //! The deploy lock is `/apps/<name>/lock`, a JSON `LockInfo` written with `Overwrite=false`, so
 //! exactly one writer creates it. Reads are batched: one `GetParametersByPath` page returns ten
 //! parameters, and there is never a call per task.
@@ -118,6 +122,60 @@ impl SsmStateStore {
             .await
             .map_err(|e| port_error("write parameter", name, e))?;
         Ok(())
+    }
+
+    /// Publishes `id`'s state to the drain board, if the baseline has one.
+    async fn publish(
+        &self,
+        id: &DeploymentId,
+        state: Option<VersionState>,
+    ) -> Result<(), PortError> {
+        let Some(bucket) = &self.ctx.baseline.drain_bucket else {
+            return Ok(());
+        };
+        crate::drain_board::publish(
+            &self.ctx.clients.s3,
+            &self.ctx.clients.ssm,
+            bucket,
+            &self.ctx.name,
+            id,
+            state,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Read-repair of the drain board after a listing: a publish that a crash cut short reaches
+    /// the agents at the next command or reaper pass. Best effort: a listing must not fail for
+    /// it (a read-only caller may not write the board), so a failure is only logged.
+    async fn repair_board(&self, records: &[VersionRecord]) {
+        let Some(bucket) = &self.ctx.baseline.drain_bucket else {
+            return;
+        };
+        let recorded = records
+            .iter()
+            .map(|r| (r.version.id.clone(), r.version.state))
+            .collect();
+        match crate::drain_board::repair(
+            &self.ctx.clients.s3,
+            &self.ctx.clients.ssm,
+            bucket,
+            &self.ctx.name,
+            &recorded,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                versions = n,
+                "the drain board lagged SSM (an interrupted publish?); brought it up to date"
+            ),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "could not check the drain board against the records; agents may see a state \
+                 late until a command or reaper pass can"
+            ),
+        }
     }
 
     /// Mirrors `state` to the service's tag; a service that does not exist yet is fine.
@@ -276,6 +334,7 @@ impl StateStore for SsmStateStore {
             self.remember(&record.version.id, Some(record.version.state));
             records.push(record);
         }
+        self.repair_board(&records).await;
         records.sort_by(|a, b| {
             (a.version.created_at, &a.version.id).cmp(&(b.version.created_at, &b.version.id))
         });
@@ -338,7 +397,9 @@ impl StateStore for SsmStateStore {
             }
         }
         self.remember(id, Some(state));
-        Ok(())
+        // Every put, not only a changed state: a run interrupted between the SSM write and the
+        // publish is healed by the next write of the record (one GET when the board agrees).
+        self.publish(id, Some(state)).await
     }
 
     async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
@@ -368,7 +429,8 @@ impl StateStore for SsmStateStore {
                 .map_err(|e| port_error("delete parameters", &prefix, e))?;
         }
         self.remember(id, None);
-        Ok(())
+        // After the parameters: the board's entry goes once SSM has none.
+        self.publish(id, None).await
     }
 
     async fn readiness(

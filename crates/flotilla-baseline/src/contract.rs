@@ -116,6 +116,9 @@ pub mod env {
     /// The ECR repository's URI (`<account>.dkr.ecr.<region>.amazonaws.com/flotilla/<name>`), so
     /// the reaper can delete a retired version's image (optional).
     pub const REPOSITORY: &str = "FLOTILLA_REPOSITORY";
+    /// The bucket of the drain board (the artefact bucket), which the reaper updates after each
+    /// state it records (optional; without it only SSM is written). Tasks get it too.
+    pub const DRAIN_BUCKET: &str = "FLOTILLA_DRAIN_BUCKET";
     /// The affinity header the versions' rules match (optional; the core's default otherwise).
     pub const AFFINITY_HEADER: &str = "FLOTILLA_AFFINITY_HEADER";
     /// The affinity query parameter the versions' rules match (optional; the core's default
@@ -137,6 +140,7 @@ pub mod env {
         TIMEOUT_SECONDS,
         LOG_GROUP,
         REPOSITORY,
+        DRAIN_BUCKET,
         AFFINITY_HEADER,
         AFFINITY_QUERY,
         STALE_STATUS,
@@ -162,6 +166,8 @@ pub struct ReaperSettings {
     pub log_group: Option<String>,
     /// The ECR repository's URI, when given (the reaper then deletes retired versions' images).
     pub repository: Option<String>,
+    /// The drain board's bucket, when given (the reaper then publishes each state it records).
+    pub drain_bucket: Option<String>,
     /// The affinity header the rules match.
     pub affinity_header: String,
     /// The affinity query parameter the rules match.
@@ -208,6 +214,9 @@ impl ReaperSettings {
         }
         if let Some(r) = &self.repository {
             m.insert(env::REPOSITORY, r.clone());
+        }
+        if let Some(b) = &self.drain_bucket {
+            m.insert(env::DRAIN_BUCKET, b.clone());
         }
         m.insert(env::AFFINITY_HEADER, self.affinity_header.clone());
         m.insert(env::AFFINITY_QUERY, self.affinity_query.clone());
@@ -281,6 +290,7 @@ impl ReaperSettings {
             },
             log_group: lookup(env::LOG_GROUP).filter(|v| !v.is_empty()),
             repository: lookup(env::REPOSITORY).filter(|v| !v.is_empty()),
+            drain_bucket: lookup(env::DRAIN_BUCKET).filter(|v| !v.is_empty()),
             affinity_header: lookup(env::AFFINITY_HEADER)
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| DEFAULT_AFFINITY_HEADER.to_owned()),
@@ -342,6 +352,7 @@ mod tests {
             },
             log_group: Some("/flotilla/prod/app".into()),
             repository: Some("123456789012.dkr.ecr.us-east-1.amazonaws.com/flotilla/prod".into()),
+            drain_bucket: Some("flotilla-prod-1a2b3c4d".into()),
             affinity_header: "X-Flotilla-Deployment".into(),
             affinity_query: "flotilla_deployment".into(),
             stale_status: 409,
@@ -367,6 +378,7 @@ mod tests {
             env::TIMEOUT_SECONDS,
             env::LOG_GROUP,
             env::REPOSITORY,
+            env::DRAIN_BUCKET,
             env::AFFINITY_HEADER,
             env::AFFINITY_QUERY,
             env::STALE_STATUS,
@@ -374,7 +386,10 @@ mod tests {
             env.remove(k);
         }
         let s = ReaperSettings::from_env(|k| env.get(k).cloned()).expect("required ones present");
-        assert_eq!((s.log_group, s.repository), (None, None));
+        assert_eq!(
+            (s.log_group, s.repository, s.drain_bucket),
+            (None, None, None)
+        );
         assert_eq!(
             s.timeout,
             Duration::from_secs(110),

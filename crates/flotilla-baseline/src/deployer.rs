@@ -282,6 +282,26 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 &format!("{}/reaper/*", names::artefact_bucket_pattern(name)),
             )],
         ),
+        // The drain board the CLI publishes each recorded state to (read, then written with
+        // If-Match); listing makes a missing board a 404 rather than a 403.
+        Statement::allow(
+            "PublishDrainBoard",
+            &["s3:GetObject", "s3:PutObject"],
+            vec![o.global_arn(
+                "s3",
+                false,
+                &format!(
+                    "{}/{}",
+                    names::artefact_bucket_pattern(name),
+                    names::drain_board_key(name)
+                ),
+            )],
+        ),
+        Statement::allow(
+            "FindDrainBoard",
+            &["s3:ListBucket"],
+            vec![o.global_arn("s3", false, &names::artefact_bucket_pattern(name))],
+        ),
         Statement::allow(
             "UpdateReaper",
             &[
@@ -338,6 +358,7 @@ mod tests {
             "arn:aws:ecr:eu-west-1:123456789012:repository/flotilla/prod",
             "arn:aws:iam::123456789012:role/flotilla/prod/ecs/*",
             "arn:aws:s3:::flotilla-prod-????????/reaper/*",
+            "arn:aws:s3:::flotilla-prod-????????/drain/prod.json",
             "arn:aws:cloudformation:eu-west-1:123456789012:stack/flotilla-prod/*",
             "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/prod-????????-??????-????/*",
         ] {

@@ -88,6 +88,12 @@ pub fn artefact_bucket_prefix(name: &DeploymentName) -> String {
     format!("flotilla-{name}-")
 }
 
+/// The drain board's key in the artefact bucket: one object holding every version's state,
+/// which the agents read instead of one SSM parameter each (`flotilla_aws::drain_board`).
+pub fn drain_board_key(name: &DeploymentName) -> String {
+    format!("drain/{name}.json")
+}
+
 /// An IAM wildcard matching exactly this deployment's artefact bucket name.
 ///
 /// Eight `?` stand for the eight hex digits; another deployment name's bucket cannot match,

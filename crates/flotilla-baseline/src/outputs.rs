@@ -55,6 +55,9 @@ pub const TASK_ROLE_ARN: &str = "TaskRoleArn";
 pub const REAPER_FUNCTION_NAME: &str = "ReaperFunctionName";
 /// The artefact bucket the reaper's code zip is uploaded to.
 pub const ARTEFACT_BUCKET: &str = "ArtefactBucket";
+/// The bucket holding the drain board (the artefact bucket), output only by templates whose task
+/// role may read the board: a baseline made before it keeps its tasks polling SSM.
+pub const DRAIN_BUCKET: &str = "DrainBucket";
 /// The certificate the HTTPS listener uses (absent in HTTP-only mode).
 pub const CERTIFICATE_ARN: &str = "CertificateArn";
 /// The CloudWatch dashboard's name.
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     TASK_ROLE_ARN,
     REAPER_FUNCTION_NAME,
     ARTEFACT_BUCKET,
+    DRAIN_BUCKET,
     CERTIFICATE_ARN,
     DASHBOARD_NAME,
     ALARM_TOPIC_ARN,
@@ -195,6 +199,9 @@ pub struct BaselineOutputs {
     pub reaper_function_name: Option<String>,
     /// The artefact bucket.
     pub artefact_bucket: String,
+    /// The drain board's bucket, when the stack's task role may read the board.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_bucket: Option<String>,
     /// The certificate, in HTTPS mode.
     #[serde(default)]
     pub certificate_arn: Option<String>,
@@ -375,6 +382,7 @@ impl BaselineOutputs {
             task_role_arn,
             reaper_function_name: opt(REAPER_FUNCTION_NAME),
             artefact_bucket,
+            drain_bucket: opt(DRAIN_BUCKET),
             certificate_arn,
             certificate_validation_records: Vec::new(),
             dashboard_name,
@@ -429,6 +437,9 @@ impl BaselineOutputs {
             out.insert(REAPER_FUNCTION_NAME, f.clone());
         }
         out.insert(ARTEFACT_BUCKET, self.artefact_bucket.clone());
+        if let Some(b) = &self.drain_bucket {
+            out.insert(DRAIN_BUCKET, b.clone());
+        }
         if let Some(c) = &self.certificate_arn {
             out.insert(CERTIFICATE_ARN, c.clone());
         }
@@ -510,6 +521,7 @@ mod tests {
         );
         m.insert(REAPER_FUNCTION_NAME, "flotilla-prod-reaper".to_owned());
         m.insert(ARTEFACT_BUCKET, "flotilla-prod-0123abcd".to_owned());
+        m.insert(DRAIN_BUCKET, "flotilla-prod-0123abcd".to_owned());
         m.insert(
             CERTIFICATE_ARN,
             "arn:aws:acm:us-east-1:123456789012:certificate/c".to_owned(),

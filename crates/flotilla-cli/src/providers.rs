@@ -501,6 +501,8 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         task_role_arn: a.task_role_arn.clone(),
         vpc_id: None,
         secret_grants: None,
+        // Only from the baseline's outputs: the board is for the baseline's task role.
+        drain_bucket: None,
     };
     s.task.cpu = a.cpu;
     s.task.memory = a.memory;
@@ -849,7 +851,7 @@ pub async fn agent(config: Option<&Config>, request: &AgentRequest) -> Result<u8
             Some(local) => local,
             #[cfg(feature = "aws")]
             None if flotilla_agent::on_ecs(env) => {
-                std::sync::Arc::new(flotilla_aws::agent_ssm::SsmDrainSource::from_env().await)
+                flotilla_aws::agent_ssm::drain_source_from_env().await
             }
             #[cfg(not(feature = "aws"))]
             None if flotilla_agent::on_ecs(env) => return Err(without_aws::error()),

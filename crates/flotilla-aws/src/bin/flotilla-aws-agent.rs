@@ -9,7 +9,8 @@
 //! The same agent as `flotilla agent` (see `flotilla_agent::launch`), without the rest of the
 //! CLI: built static for musl (`scripts/build-static.sh`) it runs in any Linux image, with or
 //! without a libc or a CA bundle (TLS trusts built-in roots, see `flotilla_aws::tls`). Its drain
-//! source is SSM when it runs in an ECS task, unless `FLOTILLA_DRAIN_STATE_FILE` or `_URL` names
+//! source is the drain board (S3, when `FLOTILLA_DRAIN_BUCKET` names it) with SSM as its
+//! fallback, or SSM alone, when it runs in an ECS task, unless `FLOTILLA_DRAIN_STATE_FILE` or `_URL` names
 //! a local one, and always `active` otherwise (`FLOTILLA_DRAIN_SOURCE=ssm` forces SSM outside
 //! ECS). Everything it decides goes to stderr, the container's log (`FLOTILLA_LOG` sets the
 //! level).
@@ -18,10 +19,8 @@
 //! cannot start or `install` fails.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use flotilla_agent::DrainSource;
-use flotilla_aws::agent_ssm::SsmDrainSource;
+use flotilla_aws::agent_ssm::drain_source_from_env;
 
 fn main() -> ExitCode {
     // The agent needs little: a small runtime keeps its footprint small beside the app.
@@ -44,8 +43,7 @@ fn main() -> ExitCode {
             let env = |k: &str| std::env::var(k).ok();
             let forced = env("FLOTILLA_DRAIN_SOURCE").is_some_and(|v| v == "ssm");
             if forced || flotilla_agent::on_ecs(env) {
-                let source: Arc<dyn DrainSource> = Arc::new(SsmDrainSource::from_env().await);
-                Some(source)
+                Some(drain_source_from_env().await)
             } else {
                 None
             }

@@ -327,6 +327,97 @@ fn the_agent_drains_from_ssm_on_moto_and_writes_readiness() {
     );
 }
 
+/// A plain S3 request to moto (it does not check signatures; the credential scope routes it).
+fn s3_put(moto: &Moto, path: &str, body: &str) {
+    let auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+                SignedHeaders=host, Signature=0";
+    let (status, out) = moto
+        .http("PUT", path, &[("Authorization", auth)], body)
+        .expect("s3");
+    assert_eq!(status, 200, "PUT {path}: {out}");
+}
+
+#[test]
+fn told_the_boards_bucket_the_agent_drains_from_the_board() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let moto = Moto::start();
+    let mut env = aws_env(&moto.url());
+    env.push(("FLOTILLA_DRAIN_BUCKET", "flotilla-shop-board".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s3_put(&moto, "/flotilla-shop-board", "");
+    let board = |state: &str, generation: u64| {
+        format!(r#"{{"generation":{generation},"versions":{{"{ID}":"{state}"}}}}"#)
+    };
+    s3_put(
+        &moto,
+        "/flotilla-shop-board/drain/shop.json",
+        &board("active", 1),
+    );
+    // SSM says otherwise: the board is what the agent reads.
+    ssm_put(&moto, &format!("/apps/shop/{ID}/state"), "draining");
+    let agent = Running::start(&env);
+    let doc = agent.health_until("active from the board", |d| d["state"] == "active");
+    assert_eq!(doc["drain_source"]["ok"], true, "{doc:#}");
+    s3_put(
+        &moto,
+        "/flotilla-shop-board/drain/shop.json",
+        &board("draining", 2),
+    );
+    agent.health_until("draining from the board", |d| d["state"] == "draining");
+    // Readiness still goes to SSM.
+    agent.log_until("reported readiness");
+    assert_eq!(
+        ssm_get(&moto, &format!("/apps/shop/{ID}/tasks/task-1")).as_deref(),
+        Some("draining")
+    );
+    assert!(
+        agent
+            .log()
+            .contains("S3 s3://flotilla-shop-board/drain/shop.json"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// A board the task cannot read (here its bucket does not exist; in a task: no route to S3, a
+/// role without `s3:GetObject`) must not leave the task deaf: the agent reads SSM instead, drains
+/// and reports readiness, and says what it is working around.
+#[test]
+fn an_unreadable_board_falls_back_to_ssm_and_says_so() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let moto = Moto::start();
+    let mut env = aws_env(&moto.url());
+    env.push(("FLOTILLA_DRAIN_BUCKET", "no-such-board-bucket".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ssm_put(&moto, &format!("/apps/shop/{ID}/state"), "active");
+    let agent = Running::start(&env);
+    let doc = agent.health_until("active from SSM, the board degraded", |d| {
+        d["state"] == "active" && d["drain_source"]["degraded"].is_string()
+    });
+    let degraded = doc["drain_source"]["degraded"].as_str().unwrap_or_default();
+    assert!(
+        degraded.contains("read drain board s3://no-such-board-bucket/drain/shop.json")
+            && degraded.contains("NoSuchBucket")
+            && degraded.contains("from SSM instead"),
+        "{doc:#}"
+    );
+    // Working around it is not a failure of the drain signal.
+    assert_eq!(doc["drain_source"]["ok"], true, "{doc:#}");
+    agent.log_until("the drain source is working around a failure");
+
+    ssm_put(&moto, &format!("/apps/shop/{ID}/state"), "draining");
+    agent.health_until("draining from SSM", |d| d["state"] == "draining");
+    agent.log_until("reported readiness");
+    assert_eq!(
+        ssm_get(&moto, &format!("/apps/shop/{ID}/tasks/task-1")).as_deref(),
+        Some("draining")
+    );
+}
+
 #[test]
 fn a_tls_failure_without_a_ca_bundle_shows_as_persistent_in_the_health_document() {
     if flotilla_testkit::slow::skip("moto") {

@@ -364,6 +364,24 @@ async fn baseline_up_then_again_then_a_deploy_on_it_then_an_update_then_down() {
         network.security_groups(),
         std::slice::from_ref(&cached.service_security_group_id)
     );
+    // The deploy published its state to the drain board in the stack's artefact bucket.
+    let board = flotilla_aws::drain_board::read_board(
+        &site.provider().s3,
+        cached
+            .drain_bucket
+            .as_deref()
+            .expect("the stack names the board's bucket"),
+        &flotilla_aws::drain_board::board_key(&site.name),
+    )
+    .await
+    .expect("read board")
+    .map(|(_, b)| b)
+    .expect("a drain board");
+    assert_eq!(
+        board.versions.get(&id),
+        Some(&flotilla_core::lifecycle::VersionState::Active),
+        "{board:?}"
+    );
     let running = stack.running_versions().await.expect("running versions");
     assert_eq!(running.len(), 1, "{running:?}");
     assert_eq!(running[0].id, id.to_string());

@@ -164,17 +164,22 @@ async fn records_and_readiness_are_read_in_batches() {
     }
     let calls = w.counter.snapshot();
     // 4 versions x (record + state + 3 tasks) = 20 parameters: two pages of ten per read (moto
-    // adds an empty third page), never a call per version or per task.
+    // adds an empty third page), never a call per version or per task; and the listing's one
+    // look at the drain board, which agrees.
     let pages = calls.get("SSM.GetParametersByPath").copied().unwrap_or(0);
     assert!((4..=6).contains(&pages), "{calls:?}");
-    assert_eq!(w.counter.total(), pages, "{calls:?}");
+    assert_eq!(calls.get("S3.GetObject"), Some(&1), "{calls:?}");
+    assert_eq!(w.counter.total(), pages + 1, "{calls:?}");
 
-    // An unchanged state is not written again, nor its tag.
+    // An unchanged state is not written again, nor its tag, nor the board (one look at it).
     w.counter.reset();
     let mut r = listed[0].clone();
     r.ready_passes = 1;
     counted.state.put(&r).await.expect("put");
-    assert_eq!(w.counter.total(), 1, "{:?}", w.counter.snapshot());
+    let calls = w.counter.snapshot();
+    assert_eq!(calls.get("SSM.PutParameter"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("S3.GetObject"), Some(&1), "{calls:?}");
+    assert_eq!(w.counter.total(), 2, "{calls:?}");
 
     counted.state.delete(&ids[0]).await.expect("delete");
     assert_eq!(counted.state.get(&ids[0]).await.expect("get"), None);

@@ -343,17 +343,43 @@ async fn run_scenario(base: Base, name: &str, check: Check) {
         return;
     }
 
-    // Draining reaches the agent through moto's SSM, and it reports readiness there.
-    w.clients
-        .ssm
-        .put_parameter()
-        .name(flotilla_core::names::state_parameter(&w.name, &id))
-        .value("draining")
-        .r#type(ParameterType::String)
-        .overwrite(true)
-        .send()
+    // The agent in the container reads the drain board in moto's S3 (the bucket the deploy put
+    // in its task definition), and reads it as designed: no fallback to SSM.
+    let doc: serde_json::Value = serde_json::from_str(&health.1).expect("health JSON");
+    let board = format!("S3 s3://{}/", w.board_bucket);
+    assert!(
+        doc["drain_source"]["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&board)),
+        "{doc}"
+    );
+    let doc = wait_until(
+        "the agent has read the board",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = get(&format!("{agent_url}/healthz"))?;
+            let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (doc["state"] == "active").then_some(doc)
+        },
+    );
+    assert_eq!(
+        doc["drain_source"]["degraded"],
+        serde_json::Value::Null,
+        "{doc}"
+    );
+
+    // Draining as flotilla records it (SSM, then the drain board) reaches the agent, and it
+    // reports readiness in SSM. (Writing only the SSM parameter is not enough: the agents read
+    // the board, which the next listing of the records repairs, not at once.)
+    let ports = w.ports();
+    let mut record = ports
+        .state
+        .get(&id)
         .await
-        .expect("mark draining");
+        .expect("read the record")
+        .expect("the version's record");
+    record.version.state = flotilla_core::lifecycle::VersionState::Draining;
+    ports.state.put(&record).await.expect("mark draining");
     let instance = flotilla_core::InstanceId::new(&task_id).expect("a task id is an instance id");
     let readiness = flotilla_core::names::task_parameter(&w.name, &id, &instance);
     let ssm = w.clients.ssm.clone();
@@ -473,7 +499,12 @@ async fn drain_source_failure_in_status(
         )),
         "{problems:?}"
     );
+    // Both sources named: the board the agent reads first, and SSM it fell back to.
     assert!(problems[0].contains("read drain state"), "{problems:?}");
+    assert!(
+        problems[0].contains("read drain board s3://"),
+        "{problems:?}"
+    );
     problems[0].clone()
 }
 

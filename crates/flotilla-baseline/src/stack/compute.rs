@@ -136,6 +136,19 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             &["ssm:PutParameter"],
             vec![arn("ssm", &format!("parameter/{params}/*/tasks/*"))],
         ),
+        // The drain board (one object with every version's state) is what agents poll; their
+        // SSM parameter is the fallback. Listing the bucket (the reaper's code and the boards)
+        // makes a missing board a 404 rather than a 403 that would look like a broken role.
+        Statement::allow(
+            "ReadDrainBoard",
+            &["s3:GetObject"],
+            vec![drain_board_arn(name)],
+        ),
+        Statement::allow(
+            "FindDrainBoard",
+            &["s3:ListBucket"],
+            vec![get_att(ids::ARTEFACT_BUCKET, "Arn")],
+        ),
     ]);
     t.add(
         ids::TASK_ROLE,
@@ -212,6 +225,15 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             }),
         ),
     );
+}
+
+/// The ARN of the drain board object in the artefact bucket.
+pub(super) fn drain_board_arn(name: &flotilla_core::DeploymentName) -> serde_json::Value {
+    sub(format!(
+        "${{{}.Arn}}/{}",
+        ids::ARTEFACT_BUCKET,
+        names::drain_board_key(name)
+    ))
 }
 
 /// The execution policy plus reads of exactly the app's secrets (ECS resolves the task

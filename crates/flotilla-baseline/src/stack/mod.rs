@@ -326,6 +326,11 @@ fn add_outputs(t: &mut Template, options: &BaselineOptions, mode: Mode) {
         "The bucket flotilla uploads the reaper's code to.",
         reference(ids::ARTEFACT_BUCKET),
     );
+    t.output(
+        outputs::DRAIN_BUCKET,
+        "The bucket of the drain board (drain/<name>.json), which the task role may read.",
+        reference(ids::ARTEFACT_BUCKET),
+    );
     match &options.tls {
         TlsMode::Acm { .. } => t.output(
             outputs::CERTIFICATE_ARN,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use super::compute::drain_board_arn;
 use super::{arn, ids};
 use crate::cfn::{Resource, Template, get_att, if_, reference};
 use crate::contract::{self, env, policy_env};
@@ -194,6 +195,18 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 arn("ssm", &format!("parameter/{params}/*")),
             ],
         ),
+        // The drain board: read, then written with If-Match; listing makes a missing board a
+        // 404 rather than a 403.
+        Statement::allow(
+            "PublishDrainBoard",
+            &["s3:GetObject", "s3:PutObject"],
+            vec![drain_board_arn(name)],
+        ),
+        Statement::allow(
+            "FindDrainBoard",
+            &["s3:ListBucket"],
+            vec![get_att(ids::ARTEFACT_BUCKET, "Arn")],
+        ),
         Statement::allow(
             "WriteOwnLogs",
             &["logs:CreateLogStream", "logs:PutLogEvents"],
@@ -242,6 +255,7 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
     variables.insert(env::LISTENER_ARN, reference(routing_listener));
     variables.insert(env::LOG_GROUP, reference(ids::LOG_GROUP));
     variables.insert(env::REPOSITORY, get_att(ids::REPOSITORY, "RepositoryUri"));
+    variables.insert(env::DRAIN_BUCKET, reference(ids::ARTEFACT_BUCKET));
     variables.insert(env::AFFINITY_HEADER, json!(options.affinity_header));
     variables.insert(env::AFFINITY_QUERY, json!(options.affinity_query));
     variables.insert(env::STALE_STATUS, json!(options.stale_status.to_string()));

@@ -258,6 +258,33 @@ fn the_task_role_reads_the_deployment_and_writes_only_task_readiness() {
                     }
                   ],
                   "Sid": "ReportTaskReadiness"
+                },
+                {
+                  "Action": [
+                    "s3:GetObject"
+                  ],
+                  "Effect": "Allow",
+                  "Resource": [
+                    {
+                      "Fn::Sub": "${ArtefactBucket.Arn}/drain/prod.json"
+                    }
+                  ],
+                  "Sid": "ReadDrainBoard"
+                },
+                {
+                  "Action": [
+                    "s3:ListBucket"
+                  ],
+                  "Effect": "Allow",
+                  "Resource": [
+                    {
+                      "Fn::GetAtt": [
+                        "ArtefactBucket",
+                        "Arn"
+                      ]
+                    }
+                  ],
+                  "Sid": "FindDrainBoard"
                 }
               ],
               "Version": "2012-10-17"
@@ -364,9 +391,9 @@ fn outputs_are_the_documented_contract() {
             .cloned()
             .collect()
     };
-    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlarmTopicArn AlbSecurityGroupId ArtefactBucket CertificateArn ClusterArn ClusterName ContainerPort DashboardName DeploymentName Domain DrainBucket ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("https").join(" "));
-    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
+    expect!["AlbSecurityGroupId ArtefactBucket ClusterArn ClusterName ContainerPort DashboardName DeploymentName DrainBucket ExecutionRoleArn HttpListenerArn ListenerArn LoadBalancerArn LoadBalancerDns LoadBalancerFullName LogGroupName Mode PrivateSubnetIds PublicSubnetIds ReaperFunctionName RepositoryName RepositoryUri SecretGrants ServiceSecurityGroupId TaskRoleArn Url VpcId"]
     .assert_eq(&names("http-only").join(" "));
     let all: BTreeSet<&str> = outputs::ALL.iter().copied().collect();
     for label in ["https", "http-only", "per-az"] {
@@ -488,6 +515,7 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
                 _ if *v == json!({ "Ref": "Cluster" }) => "flotilla-prod".into(),
                 _ if *v == json!({ "Ref": "HttpsListener" }) => "arn:listener".into(),
                 _ if *v == json!({ "Ref": "LogGroup" }) => "/flotilla/prod/app".into(),
+                _ if *v == json!({ "Ref": "ArtefactBucket" }) => "flotilla-prod-1a2b3c4d".into(),
                 _ if *v == json!({ "Fn::GetAtt": ["Repository", "RepositoryUri"] }) => {
                     "123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/prod".into()
                 }
@@ -504,6 +532,11 @@ fn the_reaper_environment_is_what_the_reaper_reads() {
     assert_eq!(settings.cluster, "flotilla-prod");
     assert_eq!(settings.listener_arn, "arn:listener");
     assert_eq!(settings.log_group.as_deref(), Some("/flotilla/prod/app"));
+    // The reaper publishes the states it records to the drain board the tasks read.
+    assert_eq!(
+        settings.drain_bucket.as_deref(),
+        Some("flotilla-prod-1a2b3c4d")
+    );
     assert_eq!(
         settings.repository.as_deref(),
         Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/prod")

@@ -64,6 +64,8 @@ pub struct World {
     pub settings: AwsSettings,
     pub listener_arn: String,
     pub cluster: String,
+    /// The bucket of the drain board.
+    pub board_bucket: String,
     sim_task: String,
 }
 
@@ -212,6 +214,15 @@ impl World {
             .and_then(|t| t.task_definition_arn())
             .expect("arn")
             .to_owned();
+        // The artefact bucket, which holds the drain board every state write is published to.
+        let board_bucket = format!("flotilla-{name}-board");
+        clients
+            .s3
+            .create_bucket()
+            .bucket(&board_bucket)
+            .send()
+            .await
+            .expect("create bucket");
         settings.baseline_overrides = BaselineOutputs {
             listener_arn: Some(listener_arn.clone()),
             subnets: Some(subnets),
@@ -223,6 +234,7 @@ impl World {
             task_role_arn: Some("arn:aws:iam::123456789012:role/flotilla-task".to_owned()),
             vpc_id: None,
             secret_grants: None,
+            drain_bucket: Some(board_bucket.clone()),
         };
         World {
             moto,
@@ -233,6 +245,7 @@ impl World {
             settings,
             listener_arn,
             cluster,
+            board_bucket,
             sim_task,
         }
     }
