@@ -31,7 +31,8 @@
 # less with other work than throughput does) and the load average of each round.
 # BASELINE=<a bench_router binary> (say, one built from main) runs as "baseline" in the same
 # rounds, with its own daemon and backends, for before/after figures from one run.
-# SESSIONS is capped to what the descriptor limit allows (two descriptors per session in the proxy).
+# SESSIONS is capped to what the descriptor limit allows (two descriptors per session in the proxy),
+# and below the router's own connection cap for that limit, with room for the load run.
 #
 # Usage: bench/router-vs-nginx.sh
 #   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000
@@ -55,6 +56,15 @@ NOFILE="$(ulimit -n)"
 # The proxy holds two descriptors per session (client and upstream): keep SESSIONS within the
 # descriptor limit (a container's hard limit may be below 65536), with room for the load runs.
 max_sessions=$(( (NOFILE - 2048) / 2 ))
+# The router also caps its connections by the same limit (crates/flotilla-host/src/fdlimit.rs: a
+# tenth kept back, an overflow of at most 128, two descriptors per connection) and answers 503
+# past it: leave room under that cap for the load run's connections, or the "with them" figure
+# measures refusals.
+reserve=$(( NOFILE / 10 > 128 ? NOFILE / 10 : 128 ))
+usable=$(( NOFILE - reserve ))
+overflow=$(( usable / 16 < 128 ? usable / 16 : 128 ))
+router_cap=$(( (usable - overflow) / 2 - 512 ))
+if [ "$router_cap" -lt "$max_sessions" ]; then max_sessions="$router_cap"; fi
 if [ "$SESSIONS" -gt "$max_sessions" ]; then
   echo "SESSIONS=$SESSIONS needs more than the descriptor limit ($NOFILE) allows: using $max_sessions" >&2
   SESSIONS="$max_sessions"
