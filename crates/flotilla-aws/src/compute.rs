@@ -712,6 +712,22 @@ impl EcsCompute {
     /// Healthy targets in the target group, or `None` when it no longer exists (deleted by hand, or
     /// by a removal that stopped half way): that version has no healthy targets, and every reaper
     /// pass and `status` must go on rather than fail on it until someone notices.
+    /// The service's desired count, as it is (no change to its scaling).
+    async fn set_desired_count(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
+        let name = self.ctx.service_name(id);
+        self.ctx
+            .clients
+            .ecs
+            .update_service()
+            .cluster(self.cluster())
+            .service(&name)
+            .desired_count(desired as i32)
+            .send()
+            .await
+            .map_err(|e| port_error("scale service", &name, e))?;
+        Ok(())
+    }
+
     async fn healthy_targets(&self, tg_arn: &str) -> Result<Option<u32>, PortError> {
         let out = match self
             .ctx
@@ -857,22 +873,11 @@ impl Compute for EcsCompute {
     }
 
     async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
-        let name = self.ctx.service_name(id);
         if desired == 0 {
             // Autoscaling would bring the version back to its minimum.
             crate::scaling::disable(&self.ctx, id).await?;
         }
-        self.ctx
-            .clients
-            .ecs
-            .update_service()
-            .cluster(self.cluster())
-            .service(&name)
-            .desired_count(desired as i32)
-            .send()
-            .await
-            .map_err(|e| port_error("scale service", &name, e))?;
-        Ok(())
+        self.set_desired_count(id, desired).await
     }
 
     async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
@@ -885,7 +890,8 @@ impl Compute for EcsCompute {
         crate::scaling::disable(&self.ctx, id).await?;
         if let Some(s) = service.as_ref().filter(|s| exists(s)) {
             if s.desired_count() > 0 {
-                self.scale(id, 0).await.or_else(|e| {
+                // Its scaling is gone already (above).
+                self.set_desired_count(id, 0).await.or_else(|e| {
                     if e.kind == ErrorKind::NotFound {
                         Ok(())
                     } else {
