@@ -1226,65 +1226,47 @@ pub async fn serve_until(
     }
 
     let drain_task = {
-        let host = host.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(host.settings.drain_poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let _writing = host.handover.writers.read().await;
-                        if host.handover.handed_over() {
-                            break;
-                        }
-                        if let Err(e) = host.observe_drain() {
-                            tracing::error!(error = %e, "drain observation failed");
-                        }
-                    }
-                    _ = crate::supervisor::stop_requested(&mut rx) => break,
+        let tick = tokio::time::interval(host.settings.drain_poll);
+        let h = host.clone();
+        spawn_writer_loop(host.clone(), tick, stop_rx.clone(), move || {
+            let host = h.clone();
+            Box::pin(async move {
+                if let Err(e) = host.observe_drain() {
+                    tracing::error!(error = %e, "drain observation failed");
                 }
-            }
+            })
         })
     };
     let reaper_task = {
         let engine = engine.clone();
-        let host = host.clone();
         let interval = settings.reaper_interval;
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // What draining versions waited for at the last pass: logged only when it changes, so
-            // that a version draining for hours does not log a line every pass.
-            let mut waiting = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let _writing = host.handover.writers.read().await;
-                        if host.handover.handed_over() {
-                            break;
+        let tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let h = host.clone();
+        // What draining versions waited for at the last pass: logged only when it changes, so
+        // that a version draining for hours does not log a line every pass.
+        let waiting = Arc::new(std::sync::Mutex::new(Vec::new()));
+        spawn_writer_loop(host.clone(), tick, stop_rx.clone(), move || {
+            let (engine, host, waiting) = (engine.clone(), h.clone(), waiting.clone());
+            Box::pin(async move {
+                match engine.reap(false, &LogProgress).await {
+                    Ok(report) => {
+                        host.reaper_meter.record(&report);
+                        for (action, error) in &report.failed {
+                            tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
                         }
-                        match engine.reap(false, &LogProgress).await {
-                            Ok(report) => {
-                                host.reaper_meter.record(&report);
-                                for (action, error) in &report.failed {
-                                    tracing::warn!(?action, %error, "reaper action failed; the next pass retries it");
-                                }
-                                if report.skipped_locked.is_none() && report.waiting != waiting {
-                                    for w in &report.waiting {
-                                        tracing::info!(id = %w.id, reason = ?w.reason, retire_by = %w.retire_by, "draining version not retired yet");
-                                    }
-                                    waiting = report.waiting;
-                                }
+                        let mut waiting = waiting
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if report.skipped_locked.is_none() && report.waiting != *waiting {
+                            for w in &report.waiting {
+                                tracing::info!(id = %w.id, reason = ?w.reason, retire_by = %w.retire_by, "draining version not retired yet");
                             }
-                            Err(e) => tracing::error!(error = %e, "reaper pass failed"),
+                            *waiting = report.waiting;
                         }
                     }
-                    _ = crate::supervisor::stop_requested(&mut rx) => break,
+                    Err(e) => tracing::error!(error = %e, "reaper pass failed"),
                 }
-            }
+            })
         })
     };
     // The canary driver: steps, judges, promotes or rolls back a running canary, so that it goes
@@ -1292,30 +1274,22 @@ pub async fn serve_until(
     // resumes it.
     let canary_task = {
         let engine = engine.clone();
-        let host = host.clone();
-        let interval = settings.canary_interval;
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let _writing = host.handover.writers.read().await;
-                        if host.handover.handed_over() {
-                            break;
-                        }
-                        match engine.canary_tick(&LogProgress).await {
-                            Ok(flotilla_engine::workflows::CanaryTick::Idle
-                                | flotilla_engine::workflows::CanaryTick::Locked
-                                | flotilla_engine::workflows::CanaryTick::Waiting { .. }) => {}
-                            Ok(done) => tracing::info!(?done, "canary"),
-                            Err(e) => tracing::error!(error = %e, "canary tick failed; the next tick retries it"),
-                        }
+        let tick = tokio::time::interval(settings.canary_interval);
+        spawn_writer_loop(host.clone(), tick, stop_rx.clone(), move || {
+            let engine = engine.clone();
+            Box::pin(async move {
+                match engine.canary_tick(&LogProgress).await {
+                    Ok(
+                        flotilla_engine::workflows::CanaryTick::Idle
+                        | flotilla_engine::workflows::CanaryTick::Locked
+                        | flotilla_engine::workflows::CanaryTick::Waiting { .. },
+                    ) => {}
+                    Ok(done) => tracing::info!(?done, "canary"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "canary tick failed; the next tick retries it")
                     }
-                    _ = crate::supervisor::stop_requested(&mut rx) => break,
                 }
-            }
+            })
         })
     };
     let _signal_task = tokio::spawn(upgrade_on_sigusr2(host.clone()));
@@ -1435,6 +1409,34 @@ pub async fn serve_until(
     drop(daemon_lock);
     tracing::info!("flotilla host daemon stopped");
     Ok(())
+}
+
+/// A background writer of the state directory (drain observation, reaper, canary driver): runs
+/// `work` on every `tick` until the daemon stops, each run under the handover's writer lock, and
+/// ends once the daemon has handed over (the new daemon writes from then on).
+fn spawn_writer_loop(
+    host: Arc<Host>,
+    mut tick: tokio::time::Interval,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut work: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    + Send
+    + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _writing = host.handover.writers.read().await;
+                    if host.handover.handed_over() {
+                        break;
+                    }
+                    work().await;
+                }
+                _ = crate::supervisor::stop_requested(&mut stop) => break,
+            }
+        }
+    })
 }
 
 /// Takes the state directory's lock. A daemon started by a handover waits for the daemon handing
