@@ -1,13 +1,19 @@
 //! The agent's life: find who it is, start the app, proxy to it and poll the drain state until a
 //! stop signal (or the app's own exit), then stop in order.
 //!
-//! The stop sequence on SIGTERM (or SIGINT):
+//! The stop sequence on SIGTERM (or SIGINT; a Spot interruption, a scale-in and a replaced task
+//! all start it):
 //! 1. refuse new sessions at once (requests without this version's affinity get `503`), keep
 //!    serving the sessions and requests that carry it;
 //! 2. wait for live sessions and in-flight requests to end, up to `session_wait` (a second signal
-//!    ends the wait early);
+//!    ends the wait early). [`MOVE_LEAD`] before the wait's end, ask the sessions still open to
+//!    reconnect: each WebSocket gets a going-away close frame (1001) at a frame boundary and each
+//!    event stream ends between two events, so the tab's client reconnects, with its version,
+//!    and the load balancer sends it to another task of the same version. Asking late lets the
+//!    sessions that end by themselves end undisturbed, and gives a replacement task (ECS starts
+//!    one at once) time to become healthy before the tabs arrive;
 //! 3. stop the proxy, which cuts whatever is still open within [`PROXY_CUT_DEADLINE`], and say
-//!    what was cut;
+//!    what was asked to move and what was cut;
 //! 4. pass the same signal to the app's process group, wait up to `app_stop_grace`, then SIGKILL;
 //! 5. return the app's exit status (`128 + signal` if a signal ended it) for the agent to exit
 //!    with.
@@ -18,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::names::DEFAULT_AFFINITY_QUERY;
 use flotilla_proxy::http::HeaderValue;
-use flotilla_proxy::{InstanceStats, ProxyConfig, ShutdownReport, Target};
+use flotilla_proxy::{InstanceStats, ProxyConfig, SessionMove, ShutdownReport, Target};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +44,10 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// How often the stop sequence re-reads the app's own session count.
 const STOP_PROBE: Duration = Duration::from_secs(1);
+
+/// How long before the end of the session wait the sessions still open are asked to reconnect
+/// elsewhere: time for each client to answer the close and go (at most half the wait).
+pub const MOVE_LEAD: Duration = Duration::from_secs(5);
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +90,9 @@ pub struct StopReport {
     pub waited: Duration,
     /// Whether the wait ended at its deadline (or at a second signal) with something still live.
     pub timed_out: bool,
+    /// What was live when the sessions still open were asked to reconnect elsewhere (`None`
+    /// when everything ended before that point).
+    pub asked_to_move: Option<SessionCounts>,
     /// What was still live when the wait ended (all zero when everything ended in time).
     pub left: SessionCounts,
     /// What the proxy's shutdown cut.
@@ -169,7 +182,9 @@ pub async fn run(
         header: header.clone(),
         query: settings.affinity_query.clone(),
     };
+    let session_move = SessionMove::new();
     let config = ProxyConfig {
+        session_move: Some(session_move.clone()),
         deployment_header: header,
         inject_client: settings.inject_client,
         client_query_param: (settings.affinity_query != DEFAULT_AFFINITY_QUERY)
@@ -227,6 +242,8 @@ pub async fn run(
     let _ = poll_stop.send(true);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + settings.session_wait;
+    let move_at = deadline - MOVE_LEAD.min(settings.session_wait / 2);
+    let mut asked_to_move = None;
     tracing::info!(
         signal = signal.name(),
         live = ?state.counts(),
@@ -249,8 +266,25 @@ pub async fn run(
         if counts.is_idle() || tokio::time::Instant::now() >= deadline {
             break counts;
         }
+        if asked_to_move.is_none() && tokio::time::Instant::now() >= move_at {
+            tracing::info!(
+                websockets = counts.websockets,
+                event_streams = counts.event_streams,
+                "stop: asking {} WebSocket(s) and {} event stream(s) to reconnect to another \
+                 instance of this version",
+                counts.websockets,
+                counts.event_streams
+            );
+            session_move.ask();
+            asked_to_move = Some(counts);
+        }
+        let next_check = if asked_to_move.is_none() {
+            move_at
+        } else {
+            deadline
+        };
         tokio::select! {
-            () = tokio::time::sleep(STOP_CHECK.min(deadline.saturating_duration_since(tokio::time::Instant::now()))) => {}
+            () = tokio::time::sleep(STOP_CHECK.min(next_check.saturating_duration_since(tokio::time::Instant::now()))) => {}
             again = next_signal(&mut signals) => {
                 tracing::warn!(signal = again.name(), "second stop signal: ending the wait for sessions now");
                 break state.counts();
@@ -311,9 +345,15 @@ pub async fn run(
         );
     }
     let exit_code = child::exit_code(status);
+    let moved = asked_to_move.unwrap_or_default();
     tracing::info!(
         status = %child::describe_status(status),
         exit_code,
+        asked_to_move_websockets = moved.websockets,
+        asked_to_move_event_streams = moved.event_streams,
+        left_sessions = left.sessions(),
+        cut_upgrades = report.cut_upgrades,
+        cut_connections = report.cut_connections,
         "the app stopped; the agent exits"
     );
     Ok(AgentOutcome {
@@ -324,6 +364,7 @@ pub async fn run(
             signal,
             waited,
             timed_out,
+            asked_to_move,
             left,
             proxy: report,
             app_killed,

@@ -7,15 +7,18 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tokio::sync::watch;
 
 use crate::headers::Coding;
 use crate::inject::HtmlRewriter;
+use crate::moving::EventBoundary;
 use crate::stats::RequestGuard;
 use crate::upstream::Lease;
 
@@ -37,6 +40,19 @@ enum Kind {
     Full(Option<Bytes>),
     Incoming(Incoming),
     Inject(Box<InjectState>),
+    /// An event stream that ends between two events once its server asks sessions to move.
+    EventStream(Box<EventStreamState>),
+}
+
+struct EventStreamState {
+    inner: Incoming,
+    /// Resolves when the server asks sessions to move; `None` once it has (or cannot).
+    asked: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
+    moving: bool,
+    boundary: EventBoundary,
+    /// Set when the stream ended early, between two events, with the upstream still sending.
+    ended_early: bool,
+    upstream_done: bool,
 }
 
 struct InjectState {
@@ -54,6 +70,7 @@ impl fmt::Debug for Body {
             Kind::Full(_) => "full",
             Kind::Incoming(_) => "streaming",
             Kind::Inject(_) => "streaming with script injection",
+            Kind::EventStream(_) => "event stream",
         };
         f.debug_struct("Body").field("kind", &kind).finish()
     }
@@ -119,6 +136,23 @@ impl Body {
         }
     }
 
+    /// Streams an event stream through, ending it between two events once `moved` flips.
+    pub(crate) fn event_stream(inner: Incoming, mut moved: watch::Receiver<bool>) -> Self {
+        let asked = async move { moved.wait_for(|asked| *asked).await.is_ok() };
+        Body {
+            kind: Kind::EventStream(Box::new(EventStreamState {
+                inner,
+                asked: Some(Box::pin(asked)),
+                moving: false,
+                boundary: EventBoundary::default(),
+                ended_early: false,
+                upstream_done: false,
+            })),
+            guard: None,
+            lease: None,
+        }
+    }
+
     /// Attaches the accounting guard that ends with this body.
     pub(crate) fn with_guard(mut self, guard: RequestGuard) -> Self {
         self.guard = Some(guard);
@@ -163,14 +197,61 @@ impl InjectState {
     }
 }
 
+impl EventStreamState {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.ended_early || self.upstream_done {
+            return Poll::Ready(None);
+        }
+        if let Some(asked) = &mut self.asked
+            && let Poll::Ready(asked) = asked.as_mut().poll(cx)
+        {
+            self.moving = asked;
+            self.asked = None;
+        }
+        if self.moving && self.boundary.at_boundary() {
+            tracing::debug!("asked an event stream's client to reconnect elsewhere");
+            self.ended_early = true;
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    if self.moving
+                        && let Some(end) = self.boundary.first_boundary(&data)
+                    {
+                        data.truncate(end);
+                    }
+                    self.boundary.advance(&data);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
+            None => {
+                self.upstream_done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
 impl Body {
     /// Whether everything has been read from the upstream connection.
     fn upstream_done(&self) -> bool {
         match &self.kind {
             Kind::Incoming(inner) => inner.is_end_stream(),
             Kind::Inject(state) => state.upstream_done,
+            Kind::EventStream(state) => state.upstream_done || state.inner.is_end_stream(),
             Kind::Empty | Kind::Full(_) => true,
         }
+    }
+
+    /// Whether the body ended before its upstream's did, so its connection must not be reused.
+    fn ended_early(&self) -> bool {
+        matches!(&self.kind, Kind::EventStream(state) if state.ended_early)
     }
 }
 
@@ -190,13 +271,17 @@ impl HttpBody for Body {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
             Kind::Inject(state) => state.poll_frame(cx),
+            Kind::EventStream(state) => state.poll_frame(cx),
         };
         match polled {
             Poll::Ready(None) => {
                 // The body is over: end the request's accounting now rather than whenever hyper
-                // gets around to dropping it, and let the next request use the connection.
+                // gets around to dropping it, and let the next request use the connection
+                // (unless the body was ended before the upstream's, which closes it).
                 this.guard = None;
-                if let Some(lease) = this.lease.take() {
+                if let Some(lease) = this.lease.take()
+                    && !this.ended_early()
+                {
                     lease.release();
                 }
             }
@@ -224,6 +309,7 @@ impl HttpBody for Body {
             Kind::Inject(state) => {
                 state.upstream_done && state.out.is_empty() && state.trailers.is_none()
             }
+            Kind::EventStream(state) => state.ended_early || state.upstream_done,
         }
     }
 
@@ -232,7 +318,7 @@ impl HttpBody for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(inner) => inner.size_hint(),
-            Kind::Inject(_) => SizeHint::default(),
+            Kind::Inject(_) | Kind::EventStream(_) => SizeHint::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use http::uri::Scheme;
 use crate::access::AccessLog;
 use crate::error::ProxyError;
 use crate::limit::ConnectionLimit;
+use crate::moving::SessionMove;
 
 /// The default name of the header stamped on every proxied response.
 pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-flotilla-deployment";
@@ -98,6 +99,10 @@ pub struct ProxyConfig {
     pub tls_handshake_timeout: Duration,
     /// Where each response is recorded for an access log. `None` (the default) records nothing.
     pub access_log: Option<Arc<dyn AccessLog>>,
+    /// A switch that, once asked, tells live WebSockets and event streams to reconnect
+    /// elsewhere (see [`SessionMove`]). `None` (the default): sessions run until they end or
+    /// the shutdown deadline cuts them.
+    pub session_move: Option<SessionMove>,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -125,6 +130,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("access_log", &self.access_log.is_some())
             .field("tls", &self.tls.is_some())
             .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .field("session_move", &self.session_move.is_some())
             .finish()
     }
 }
@@ -151,6 +157,7 @@ impl Default for ProxyConfig {
             access_log: None,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
+            session_move: None,
         }
     }
 }

@@ -67,6 +67,7 @@ mod error;
 mod headers;
 mod inject;
 mod limit;
+mod moving;
 mod proxy;
 mod route;
 mod server;
@@ -81,6 +82,7 @@ pub use client_js::{CLIENT_JS, CLIENT_PATH};
 pub use config::{DEFAULT_DEPLOYMENT_HEADER, ProxyConfig};
 pub use error::{ProxyError, json_response};
 pub use limit::{ConnectionLimit, DEFAULT_OVERFLOW, WarnLimiter};
+pub use moving::{GOING_AWAY, SessionMove};
 pub use route::{Decision, DecisionFuture, RequestHead, Route, SocketClose, Target};
 pub use server::{
     DrainPlan, HandedConnection, HandedOver, Incoming, ShutdownReport, serve, serve_handing_over,

@@ -41,6 +41,7 @@ use crate::client_js::{self, CLIENT_PATH};
 use crate::error::{GatewayError, json_response};
 use crate::headers;
 use crate::inject;
+use crate::moving::{FrameCursor, SessionMove, going_away_frame};
 use crate::route::{Decision, RequestHead, Route, Target};
 use crate::server::{ConnCtx, Live, Phase};
 use crate::stats::{RequestGuard, SessionGuard, SessionKind};
@@ -301,6 +302,12 @@ async fn forward<R: Route>(
         let live = shared.tracker.enter(Live::Upgrade);
         let phase = shared.tracker.subscribe();
         let idle = config.upgrade_idle_timeout;
+        // Only a WebSocket can be asked to move: its frames say where a close frame may go.
+        let moved = config
+            .session_move
+            .as_ref()
+            .filter(|_| is_websocket(&parts.headers))
+            .map(SessionMove::subscribe);
         let conn = conn.clone();
         tokio::spawn(async move {
             // The connection context holds the connection-limit permit: keep it while the
@@ -308,7 +315,7 @@ async fn forward<R: Route>(
             let _conn = conn;
             let _live = live;
             let _session = session;
-            tunnel(client_upgrade, upstream_upgrade, idle, phase).await;
+            tunnel(client_upgrade, upstream_upgrade, idle, phase, moved).await;
         });
         return Response::from_parts(parts, Body::empty());
     }
@@ -334,7 +341,9 @@ async fn forward<R: Route>(
         && !status.is_informational()
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::NOT_MODIFIED;
-    if has_body && status == StatusCode::OK && headers::is_event_stream(&parts.headers) {
+    let event_stream =
+        has_body && status == StatusCode::OK && headers::is_event_stream(&parts.headers);
+    if event_stream {
         guard.mark_event_stream();
     }
 
@@ -376,6 +385,8 @@ async fn forward<R: Route>(
                 Body::incoming(body)
             }
         }
+    } else if event_stream && let Some(moving) = &config.session_move {
+        Body::event_stream(body, moving.subscribe())
     } else {
         Body::incoming(body)
     };
@@ -454,11 +465,15 @@ fn error_chain(err: &dyn StdError) -> String {
 
 /// Copies bytes both ways between an upgraded client connection and its upstream until both
 /// sides are done, the idle timeout passes, or shutdown cuts it.
+///
+/// With `moved` (a WebSocket on a server with a [`SessionMove`]), the tunnel sends the client a
+/// going-away close frame at the first frame boundary after the switch flips, and ends.
 async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Option<Duration>,
     mut phase: tokio::sync::watch::Receiver<Phase>,
+    moved: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -472,7 +487,7 @@ async fn tunnel(
     let upstream = Tracked::new(TokioIo::new(upstream), activity.clone());
     let idle_watch = watch_idle(&activity, idle);
     tokio::select! {
-        () = copy_both_ways(client, upstream) => {}
+        () = copy_both_ways(client, upstream, moved) => {}
         () = idle_watch => {
             tracing::debug!("closing upgraded connection idle for {idle:?}");
         }
@@ -496,8 +511,10 @@ const HALF_CLOSE_LINGER: Duration = Duration::from_secs(1);
 const TUNNEL_BUFFER: usize = 4096;
 
 /// Copies bytes both ways; when one direction ends (EOF or error), its write side is shut
-/// down and the other direction gets [`HALF_CLOSE_LINGER`] to finish.
-async fn copy_both_ways<A, B>(a: A, b: B)
+/// down and the other direction gets [`HALF_CLOSE_LINGER`] to finish. With `moved`, the
+/// direction from `b` to `a` ends with a going-away close frame once the switch flips (see
+/// [`copy_frames_until_moved`]).
+async fn copy_both_ways<A, B>(a: A, b: B, moved: Option<tokio::sync::watch::Receiver<bool>>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -512,7 +529,10 @@ where
         copied
     };
     let b_to_a = async {
-        let copied = copy_flushing(&mut b_read, &mut a_write).await;
+        let copied = match moved {
+            None => copy_flushing(&mut b_read, &mut a_write).await,
+            Some(moved) => copy_frames_until_moved(&mut b_read, &mut a_write, moved).await,
+        };
         let _ = a_write.shutdown().await;
         copied
     };
@@ -565,6 +585,75 @@ where
         }
     })
     .await
+}
+
+/// Copies a server's WebSocket frames from `reader` to `writer` like [`copy_flushing`], until
+/// `moved` flips: then, at the next frame boundary, it writes a going-away close frame and ends.
+/// Frames that are not WebSocket frames are copied to the end (or the shutdown deadline).
+async fn copy_frames_until_moved<R, W>(
+    reader: &mut tokio::io::BufReader<R>,
+    writer: &mut W,
+    mut moved: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut cursor = FrameCursor::default();
+    let mut copied = 0u64;
+    let mut asked = *moved.borrow_and_update();
+    // Whether the switch can still flip (its sender may be gone).
+    let mut watching = !asked;
+    loop {
+        if asked && cursor.at_boundary() {
+            writer.write_all(&going_away_frame()).await?;
+            writer.flush().await?;
+            tracing::debug!("asked a WebSocket client to reconnect elsewhere");
+            return Ok(copied);
+        }
+        let written = {
+            let buf = tokio::select! {
+                biased;
+                changed = moved.changed(), if watching => {
+                    watching = changed.is_ok();
+                    asked = watching && *moved.borrow_and_update();
+                    watching &= !asked;
+                    continue;
+                }
+                filled = reader.fill_buf() => filled?,
+            };
+            if buf.is_empty() {
+                writer.flush().await?;
+                return Ok(copied);
+            }
+            // Once asked, stop at the end of the frame in progress.
+            let wanted = if asked {
+                cursor.clone().pass_to_boundary(buf)
+            } else {
+                buf.len()
+            };
+            let written = writer.write(&buf[..wanted]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            cursor.advance(&buf[..written]);
+            written
+        };
+        reader.consume(written);
+        copied += written as u64;
+        if reader.buffer().is_empty() {
+            writer.flush().await?;
+        }
+    }
+}
+
+/// Whether a `101` response's headers switch to WebSocket.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Completes once no byte has moved for `idle`; never if `idle` is `None`.

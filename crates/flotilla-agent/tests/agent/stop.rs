@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::util::{self, Agent, ID, get, health_until, websocket};
 
 #[tokio::test]
-async fn sigterm_waits_for_live_sessions_then_cuts_them_and_says_so() {
+async fn sigterm_waits_for_live_sessions_then_asks_them_to_move_and_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let signal_file = dir.path().join("signal");
     let mut settings = util::settings(&[
@@ -46,24 +46,72 @@ async fn sigterm_waits_for_live_sessions_then_cuts_them_and_says_so() {
     assert_eq!(outcome.exit_code, 7, "{outcome:?}");
     let stop = outcome.stop.expect("a stop report");
     assert_eq!(stop.signal, StopSignal::Terminate);
+    // Half the wait before its end, the session was asked to move; this client never answered
+    // the close, so it was still open at the deadline.
+    let asked = stop
+        .asked_to_move
+        .expect("the open session was asked to move");
+    assert_eq!(asked.websockets, 1, "{stop:?}");
     assert!(stop.timed_out, "{stop:?}");
     assert_eq!(stop.left.websockets, 1, "{stop:?}");
-    assert_eq!(stop.proxy.cut_upgrades, 1, "{stop:?}");
     assert!(stop.waited >= Duration::from_millis(1400), "{stop:?}");
     assert!(!stop.app_killed);
     assert_eq!(
         std::fs::read_to_string(&signal_file).expect("signalled"),
         "SIGTERM"
     );
-    // The cut session is closed.
-    let next = util::within("the cut WebSocket to close", ws.next()).await;
-    assert!(
-        !matches!(
-            next,
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
-        ),
-        "{next:?}"
-    );
+    // What the client finds waiting: a close frame asking it to reconnect elsewhere.
+    let next = util::within("the WebSocket's close frame", ws.next()).await;
+    match next {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(
+                u16::from(frame.code),
+                flotilla_proxy::GOING_AWAY,
+                "{frame:?}"
+            );
+        }
+        other => panic!("expected a going-away close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sessions_asked_to_move_that_go_leave_nothing_to_cut() {
+    let mut settings = util::settings(&[]);
+    settings.session_wait = Duration::from_secs(4);
+    let mut agent = Agent::start(settings, Arc::new(StaticSource::active())).await;
+    let mut ws = websocket(agent.addr, &format!("/ws?flotilla_deployment={ID}"))
+        .await
+        .expect("ws");
+    util::echo(&mut ws, "before").await;
+    // The tab's client reads on, as a browser does, and answers the close frame.
+    let client = tokio::spawn(async move {
+        let mut close = None;
+        while let Some(message) = ws.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) = message {
+                close = frame;
+            }
+        }
+        close
+    });
+
+    agent.signal(StopSignal::Terminate).await;
+    let outcome = agent.outcome().await;
+    let stop = outcome.stop.expect("a stop report");
+    let asked = stop
+        .asked_to_move
+        .expect("the open session was asked to move");
+    assert_eq!(asked.websockets, 1, "{stop:?}");
+    assert!(!stop.timed_out, "the session went when asked: {stop:?}");
+    assert!(stop.left.is_idle(), "{stop:?}");
+    assert!(stop.proxy.is_clean(), "nothing was cut: {stop:?}");
+    // Asked MOVE_LEAD (capped at half the wait) before its end, not at once, not at the end.
+    assert!(stop.waited >= Duration::from_millis(1900), "{stop:?}");
+    assert!(stop.waited < Duration::from_secs(4), "{stop:?}");
+    let close = util::within("the client to finish", client)
+        .await
+        .expect("client task")
+        .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), flotilla_proxy::GOING_AWAY);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 mod forwarding;
 mod injection;
 mod limits;
+mod moving;
 mod sessions;
 mod tls;
 mod util;

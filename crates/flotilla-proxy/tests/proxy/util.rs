@@ -176,6 +176,57 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
                 .body(UpBody::full(""))
                 .expect("valid response")
         }
+        // A WebSocket whose server writes raw frames: the text frame `hello world` split after
+        // `hello `; the rest, then a frame `after`, once any bytes come from the client.
+        "/ws-split" => {
+            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                return Ok(status(StatusCode::BAD_REQUEST));
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                let mut first = vec![0x81, 11];
+                first.extend_from_slice(b"hello ");
+                if io.write_all(&first).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                if !matches!(io.read(&mut buf).await, Ok(n) if n > 0) {
+                    return;
+                }
+                let mut rest = b"world".to_vec();
+                rest.extend_from_slice(&[0x81, 5]);
+                rest.extend_from_slice(b"after");
+                let _ = io.write_all(&rest).await;
+                // Hold the connection open until the proxy or the client ends it.
+                while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+                .body(UpBody::full(""))
+                .expect("valid response")
+        }
+        // Server-sent events split mid-event: `data: a` whole and `data: b` begun, then after
+        // 300 ms the end of `b` and a whole `data: c`, then silence.
+        "/sse-split" => {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"data: a\n\ndata: b")).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tx.send(Bytes::from_static(b"\n\ndata: c\n\n")).await;
+                tx.closed().await;
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(UpBody::Channel(ChannelBody(rx)))
+                .expect("valid response")
+        }
         // HTML in various shapes. The request's Accept-Encoding is echoed back.
         "/html" => {
             let seen = req
