@@ -808,6 +808,7 @@ impl Compute for EcsCompute {
             Some(arn) => arn,
             None => self.register(spec).await?,
         };
+        let strategy = capacity_strategy(self.ctx.task.capacity, &name)?;
         let created = self
             .ctx
             .clients
@@ -817,7 +818,8 @@ impl Compute for EcsCompute {
             .service_name(&name)
             .task_definition(&task_definition)
             .desired_count(spec.instances as i32)
-            .launch_type(LaunchType::Fargate)
+            .set_launch_type(strategy.is_empty().then_some(LaunchType::Fargate))
+            .set_capacity_provider_strategy((!strategy.is_empty()).then_some(strategy))
             .network_configuration(
                 NetworkConfiguration::builder()
                     .awsvpc_configuration(
@@ -1119,6 +1121,27 @@ impl Compute for EcsCompute {
         out.extend(events.into_iter().skip(skip));
         Ok(out)
     }
+}
+
+/// The SDK's capacity provider strategy for `capacity`; empty for the launch type `FARGATE`.
+fn capacity_strategy(
+    capacity: crate::settings::Capacity,
+    service: &str,
+) -> Result<Vec<aws_sdk_ecs::types::CapacityProviderStrategyItem>, PortError> {
+    capacity
+        .strategy()
+        .into_iter()
+        .map(|share| {
+            aws_sdk_ecs::types::CapacityProviderStrategyItem::builder()
+                .capacity_provider(share.provider)
+                .base(share.base as i32)
+                .weight(share.weight as i32)
+                .build()
+                .map_err(|e| {
+                    PortError::new(ErrorKind::Invalid, "create service", service, e.to_string())
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

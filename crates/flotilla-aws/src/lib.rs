@@ -58,7 +58,7 @@ use flotilla_engine::Ports;
 pub use error::{AwsError, Failure, classify};
 pub use scaling::Autoscaling;
 pub use sdk::{CallCounter, Clients, sdk_config, sdk_config_with};
-pub use settings::{AwsSettings, Baseline, BaselineOutputs, Needs};
+pub use settings::{AwsSettings, Baseline, BaselineOutputs, Capacity, CapacityShare, Needs};
 
 /// Builds the ports of `settings.name` over AWS, for any command (deploy included).
 ///

@@ -232,6 +232,62 @@ pub struct TaskSettings {
     pub lb_idle_timeout_seconds: u32,
     /// Target-tracking autoscaling of each version's service; `None`: a fixed `desired_count`.
     pub autoscaling: Option<crate::scaling::Autoscaling>,
+    /// Where each version's tasks run: regular Fargate, Fargate Spot, or a mix.
+    pub capacity: Capacity,
+}
+
+/// Where each version's tasks run (`[aws] spot_percent` and `on_demand_base`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// The share of tasks beyond `on_demand_base` that run on Fargate Spot, in percent; 0:
+    /// regular Fargate only.
+    pub spot_percent: u32,
+    /// Tasks that always run on regular Fargate before the Spot share applies.
+    pub on_demand_base: u32,
+}
+
+/// One entry of an ECS capacity provider strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapacityShare {
+    /// `FARGATE` or `FARGATE_SPOT`.
+    pub provider: &'static str,
+    /// Tasks placed on this provider first.
+    pub base: u32,
+    /// Its relative share of the tasks beyond every base.
+    pub weight: u32,
+}
+
+impl Capacity {
+    /// The capacity provider strategy of each version's service; empty for regular Fargate only,
+    /// which is the launch type `FARGATE` instead. Weights are the two percentages reduced by
+    /// their greatest common divisor (75 % Spot: FARGATE 1, FARGATE_SPOT 3); the base is on
+    /// FARGATE, the only provider that may carry one in a strategy.
+    pub fn strategy(&self) -> Vec<CapacityShare> {
+        let spot = self.spot_percent.min(100);
+        if spot == 0 {
+            return Vec::new();
+        }
+        let regular = 100 - spot;
+        let divisor = gcd(spot, regular);
+        let mut shares = Vec::new();
+        if regular > 0 || self.on_demand_base > 0 {
+            shares.push(CapacityShare {
+                provider: "FARGATE",
+                base: self.on_demand_base,
+                weight: regular / divisor,
+            });
+        }
+        shares.push(CapacityShare {
+            provider: "FARGATE_SPOT",
+            base: 0,
+            weight: spot / divisor,
+        });
+        shares
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 impl Default for TaskSettings {
@@ -257,6 +313,7 @@ impl Default for TaskSettings {
             inject_client: false,
             lb_idle_timeout_seconds: 120,
             autoscaling: None,
+            capacity: Capacity::default(),
         }
     }
 }
@@ -653,6 +710,42 @@ impl Baseline {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn capacity_strategies_follow_the_spot_share_and_the_base() {
+        let share = |provider, base, weight| CapacityShare {
+            provider,
+            base,
+            weight,
+        };
+        let strategy = |spot_percent, on_demand_base| {
+            Capacity {
+                spot_percent,
+                on_demand_base,
+            }
+            .strategy()
+        };
+        assert_eq!(strategy(0, 0), vec![], "regular Fargate: the launch type");
+        assert_eq!(strategy(0, 3), vec![], "a base alone changes nothing");
+        assert_eq!(strategy(100, 0), vec![share("FARGATE_SPOT", 0, 1)]);
+        assert_eq!(
+            strategy(100, 1),
+            vec![share("FARGATE", 1, 0), share("FARGATE_SPOT", 0, 1)]
+        );
+        assert_eq!(
+            strategy(75, 1),
+            vec![share("FARGATE", 1, 1), share("FARGATE_SPOT", 0, 3)]
+        );
+        assert_eq!(
+            strategy(50, 0),
+            vec![share("FARGATE", 0, 1), share("FARGATE_SPOT", 0, 1)]
+        );
+        assert_eq!(
+            strategy(33, 0),
+            vec![share("FARGATE", 0, 67), share("FARGATE_SPOT", 0, 33)]
+        );
+    }
+
     use super::*;
 
     fn name() -> DeploymentName {

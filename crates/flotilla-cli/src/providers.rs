@@ -536,6 +536,10 @@ pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {
         memory_percent: x.memory_percent,
         requests_per_target: x.requests_per_target,
     });
+    s.task.capacity = flotilla_aws::Capacity {
+        spot_percent: a.spot_percent,
+        on_demand_base: a.on_demand_base,
+    };
     s.task.health_check_grace_seconds = config.health_check_grace_seconds();
     s.task.drain_poll_seconds = config.drain.poll.as_secs();
     s.task.drain_grace_seconds = config.drain.grace.as_secs();

@@ -45,6 +45,8 @@ pub struct Moto {
     child: Child,
     /// Its loopback port.
     pub port: u16,
+    /// Where it writes the requests it records once [`Moto::start_recording`] is called.
+    recording: PathBuf,
 }
 
 impl Moto {
@@ -63,8 +65,14 @@ impl Moto {
     fn start_with(tls: bool) -> Moto {
         let server = moto_server();
         let port = crate::net::free_port();
+        let recording = std::env::temp_dir().join(format!(
+            "flotilla-moto-recording-{}-{port}.jsonl",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&recording);
         let mut cmd = Command::new(server);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", &recording);
         if tls {
             cmd.arg("--ssl");
         }
@@ -74,7 +82,11 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
-        let moto = Moto { child, port };
+        let moto = Moto {
+            child,
+            port,
+            recording,
+        };
         let up = crate::wait::eventually_every(START_LIMIT, Duration::from_millis(100), || {
             let up = if tls {
                 TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -126,6 +138,40 @@ impl Moto {
         Ok((response.status, response.text()))
     }
 
+    /// Makes the server record every request from now on (moto's recorder), for a test that
+    /// checks what a client sent where moto keeps no trace of it.
+    pub fn start_recording(&self) {
+        let (status, body) = self
+            .http("POST", "/moto-api/recorder/start-recording", &[], "")
+            .expect("start moto's recorder");
+        assert_eq!(status, 200, "start recording: {body}");
+    }
+
+    /// The JSON bodies of the recorded requests whose `X-Amz-Target` header is `target` (e.g.
+    /// `AmazonEC2ContainerServiceV20141113.CreateService`), oldest first.
+    pub fn recorded_json(&self, target: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.recording).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|entry| {
+                entry["headers"].as_object().is_some_and(|headers| {
+                    headers.iter().any(|(name, value)| {
+                        name.eq_ignore_ascii_case("x-amz-target") && value == target
+                    })
+                })
+            })
+            .filter_map(|entry| {
+                let body = entry["body"].as_str()?;
+                let bytes = if entry["body_encoded"] == true {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).ok()?
+                } else {
+                    body.as_bytes().to_vec()
+                };
+                serde_json::from_slice(&bytes).ok()
+            })
+            .collect()
+    }
+
     /// A call moto routes to `service` by the credential scope (it checks no signature).
     pub fn call(&self, service: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
         let auth = format!(
@@ -169,6 +215,7 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.recording);
     }
 }
 

@@ -749,3 +749,49 @@ async fn each_version_scales_on_its_own_and_a_draining_one_never_scales_out() {
     assert!(inv.scalable_targets.is_empty(), "{inv:#?}");
     assert!(inv.scaling_policies.is_empty(), "{inv:#?}");
 }
+
+#[tokio::test]
+async fn spot_capacity_reaches_each_versions_service_as_its_capacity_provider_strategy() {
+    if flotilla_testkit::slow::skip("moto") {
+        return;
+    }
+    let mut w = World::new("shop").await;
+    let engine = w.engine("alice");
+    // Regular Fargate: the launch type, no strategy.
+    w.moto.start_recording();
+    let v1 = next_id();
+    w.deploy(&engine, &v1).await.expect("deploy v1");
+    // 75 % on Spot beyond one regular task.
+    w.settings.task.capacity = flotilla_aws::Capacity {
+        spot_percent: 75,
+        on_demand_base: 1,
+    };
+    let engine = w.engine("alice");
+    let v2 = next_id();
+    w.deploy(&engine, &v2).await.expect("deploy v2");
+
+    // moto keeps no strategy on the service it describes, so read what the SDK sent.
+    let sent = w
+        .moto
+        .recorded_json("AmazonEC2ContainerServiceV20141113.CreateService");
+    let of = |id: &flotilla_core::DeploymentId| {
+        let service = names::service_name(&w.name, id);
+        sent.iter()
+            .find(|body| body["serviceName"] == service.as_str())
+            .unwrap_or_else(|| panic!("no CreateService for {service} in {sent:#?}"))
+            .clone()
+    };
+    let first = of(&v1);
+    assert_eq!(first["launchType"], "FARGATE", "{first:#}");
+    assert!(first.get("capacityProviderStrategy").is_none(), "{first:#}");
+    let second = of(&v2);
+    assert!(second.get("launchType").is_none(), "{second:#}");
+    assert_eq!(
+        second["capacityProviderStrategy"],
+        serde_json::json!([
+            { "capacityProvider": "FARGATE", "base": 1, "weight": 1 },
+            { "capacityProvider": "FARGATE_SPOT", "weight": 3 },
+        ]),
+        "{second:#}"
+    );
+}

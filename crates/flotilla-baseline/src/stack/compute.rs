@@ -19,6 +19,8 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             json!({
                 "ClusterName": names::cluster_name(name),
                 "ClusterSettings": [{ "Name": "containerInsights", "Value": "enabled" }],
+                // Both Fargate providers, so `[aws] spot_percent` can place tasks on Spot.
+                "CapacityProviders": ["FARGATE", "FARGATE_SPOT"],
             }),
         ),
     );

@@ -439,6 +439,10 @@ pub struct AwsConfig {
     pub desired_count: u32,
     /// Autoscaling of each version (`max_count` set); `None`: `desired_count` tasks each.
     pub autoscaling: Option<Autoscaling>,
+    /// The share of tasks beyond `on_demand_base` on Fargate Spot, in percent.
+    pub spot_percent: u32,
+    /// Tasks of each version always on regular Fargate.
+    pub on_demand_base: u32,
     /// The public domain.
     pub domain: Option<String>,
     /// A certificate to use instead of requesting one.

@@ -1117,6 +1117,7 @@ impl Resolver<'_> {
         self.fargate_size(cpu, memory);
         let desired_count = self.u32("aws.desired_count", 1..=1000);
         let autoscaling = self.autoscaling(desired_count);
+        let (spot_percent, on_demand_base) = self.capacity();
         let domain = self.checked("aws.domain", |s| {
             let ok = !s.is_empty()
                 && !s.contains("://")
@@ -1200,6 +1201,8 @@ impl Resolver<'_> {
             memory,
             desired_count,
             autoscaling,
+            spot_percent,
+            on_demand_base,
             domain,
             certificate_arn,
             nat,
@@ -1293,6 +1296,24 @@ impl Resolver<'_> {
             memory_percent: (memory > 0).then_some(memory),
             requests_per_target: requests,
         })
+    }
+
+    /// `[aws] spot_percent` and `on_demand_base` (which means nothing without a Spot share).
+    fn capacity(&mut self) -> (u32, u32) {
+        let spot = self.u32("aws.spot_percent", 0..=100);
+        let Some(base_setting) = self.setting("aws.on_demand_base").cloned() else {
+            return (spot, 0);
+        };
+        let base = self.u32("aws.on_demand_base", 0..=1000);
+        if spot == 0 && base > 0 {
+            self.problem_at(
+                &base_setting,
+                "`aws.on_demand_base` applies only with Fargate Spot: set `aws.spot_percent` \
+                 (the share of tasks on Spot) or remove `aws.on_demand_base`"
+                    .to_owned(),
+            );
+        }
+        (spot, base)
     }
 
     fn fargate_size(&mut self, cpu: u32, memory: u32) {

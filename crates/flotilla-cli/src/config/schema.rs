@@ -682,6 +682,25 @@ pub const KEYS: &[Key] = &[
          count). Unset: no request policy.",
         "1000",
     ),
+    key(
+        "aws",
+        "spot_percent",
+        Ty::Int,
+        Int(0),
+        "Share of each version's tasks (beyond on_demand_base) run on Fargate Spot, in percent: 0 \
+         regular Fargate only, 100 all Spot. A Spot interruption is a SIGTERM with two minutes' \
+         notice; the agent asks the task's open sessions to reconnect to another task of the \
+         same version before it stops.",
+    ),
+    key_ex(
+        "aws",
+        "on_demand_base",
+        Ty::Int,
+        Unset,
+        "Tasks of each version that always run on regular Fargate before spot_percent applies. \
+         Unset: 0.",
+        "1",
+    ),
     key_ex(
         "aws",
         "domain",

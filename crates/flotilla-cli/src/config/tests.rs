@@ -78,7 +78,7 @@ fn unknown_keys_suggest_the_closest_valid_key() {
             "[aws]\ncolour = 1\n",
             "flotilla.toml:5:1: unknown key `colour` in [aws]; keys of [aws] are `region`, \
              `profile`, `endpoint_url`, `cpu`, `memory`, `desired_count`, `max_count`, `min_count`, \
-             `scale_cpu_percent`, `scale_memory_percent`, `scale_requests_per_target`, `domain`, \
+             `scale_cpu_percent`, `scale_memory_percent`, `scale_requests_per_target`, `spot_percent`, `on_demand_base`, `domain`, \
              `certificate_arn`, `nat`, `command`, `architecture`, `read_only_root`, `user`, \
              `enable_execute_command`, `agent_image`, `hosted_zone_id`, `vpc_cidr`, \
              `idle_timeout_seconds`, `log_retention_days`, `keep_images`, `alarm_email`, \
@@ -401,6 +401,26 @@ fn names_providers_and_sections_are_validated() {
            and `aws.scale_memory_percent` are both 0 and `aws.scale_requests_per_target` is \
            unset",
         ],
+    );
+    // Fargate Spot: a share in percent, and a base on regular Fargate only beside it.
+    let spot = ok(&aws("spot_percent = 75\non_demand_base = 1\n"), &[], &none).aws;
+    assert_eq!((spot.spot_percent, spot.on_demand_base), (75, 1));
+    let regular = ok(&aws(""), &[("FLOTILLA_AWS_SPOT_PERCENT", "100")], &none).aws;
+    assert_eq!((regular.spot_percent, regular.on_demand_base), (100, 0));
+    check(
+        &aws("on_demand_base = 2\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:18: `aws.on_demand_base` applies only with Fargate Spot: set \
+           `aws.spot_percent` (the share of tasks on Spot) or remove `aws.on_demand_base`",
+        ],
+    );
+    check(
+        &aws("spot_percent = 150\n"),
+        &[],
+        &none,
+        &["flotilla.toml:4:16: `aws.spot_percent` must be between 0 and 100, not 150"],
     );
     check(
         "name = \"shop\"\nprovider = \"aws\"\n[app]\nmin_healthy = 3\n[aws]\ndesired_count = 2\n",
