@@ -79,15 +79,26 @@ impl HttpClient {
         body: &str,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
-        self.send(Method::PUT, url, Some(body.to_owned()), timeout)
-            .await
+        let body = (body.to_owned(), "text/plain; charset=utf-8");
+        self.send(Method::PUT, url, Some(body), timeout).await
+    }
+
+    /// `PUT url` with a JSON body, bounded by `timeout`.
+    pub async fn put_json(
+        &self,
+        url: &str,
+        json: &str,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        let body = (json.to_owned(), "application/json");
+        self.send(Method::PUT, url, Some(body), timeout).await
     }
 
     async fn send(
         &self,
         method: Method,
         url: &str,
-        body: Option<String>,
+        body: Option<(String, &'static str)>,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
         let uri: Uri = url
@@ -97,11 +108,13 @@ impl HttpClient {
             return Err(FetchError::BadUrl(url.to_owned()));
         }
         let mut builder = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        if let Some((_, content_type)) = &body {
+            builder = builder.header(header::CONTENT_TYPE, *content_type);
         }
         let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(
+                body.map(|(text, _)| text).unwrap_or_default(),
+            )))
             .map_err(|e| FetchError::BadUrl(format!("{url}: {e}")))?;
         let exchange = async {
             let response = self

@@ -63,6 +63,7 @@ pub mod http;
 pub mod identity;
 pub mod launch;
 pub mod poll;
+pub mod protection;
 pub mod run;
 pub mod settings;
 pub mod source;

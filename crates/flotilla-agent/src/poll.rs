@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::health;
 use crate::http::HttpClient;
 use crate::identity::Identity;
+use crate::protection::{self, ScaleInProtection};
 use crate::source::{DrainError, DrainErrorKind, DrainSource};
 use crate::source_health::{self, PERSISTENT_AFTER, SourceChange};
 use crate::state::{LiveState, takes_new_sessions};
@@ -98,6 +99,8 @@ pub(crate) struct PollConfig {
     pub(crate) app: SocketAddr,
     pub(crate) health_path: String,
     pub(crate) probe_timeout: Duration,
+    /// The ECS agent endpoint to hold task scale-in protection through; `None`: none.
+    pub(crate) protection: Option<String>,
 }
 
 /// What a [`Poller`] needs: the pace, the grace period and where the app answers its health.
@@ -146,6 +149,7 @@ impl Poller {
                 app: settings.app,
                 health_path: settings.health_path,
                 probe_timeout: Duration::from_secs(2),
+                protection: None,
             },
             stopped,
         ));
@@ -187,6 +191,8 @@ pub(crate) async fn run(
     let mut reported = Readiness::Healthy;
     let mut failures: u32 = 0;
     let mut last_error: Option<String> = None;
+    let mut protection = ScaleInProtection::default();
+    let mut protection_error: Option<String> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -263,6 +269,36 @@ pub(crate) async fn run(
                     );
                     log_error(&mut last_error, &err.to_string());
                     failed.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(agent_uri) = &config.protection {
+            let retiring = matches!(
+                state.version_state(),
+                Some(VersionState::Retired | VersionState::Failed)
+            );
+            if let Some(action) = protection.decide(at, counts.sessions(), retiring, config.grace) {
+                match protection::apply(&config.client, agent_uri, action).await {
+                    Ok(()) => {
+                        protection.applied(action, at);
+                        protection_error = None;
+                        tracing::info!(
+                            ?action,
+                            sessions = counts.sessions(),
+                            "task scale-in protection set"
+                        );
+                    }
+                    Err(err) if protection_error.as_deref() == Some(err.as_str()) => {
+                        tracing::debug!(error = %err, "task scale-in protection still failing");
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            error = %err,
+                            "could not set task scale-in protection; trying again next poll \
+                             (the task role needs ecs:UpdateTaskProtection)"
+                        );
+                        protection_error = Some(err);
+                    }
                 }
             }
         }

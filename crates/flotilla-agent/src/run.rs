@@ -211,6 +211,7 @@ pub async fn run(
             app: app_addr,
             health_path: settings.health_path.clone(),
             probe_timeout: settings.probe_timeout,
+            protection: settings.scale_in_protection.clone(),
         },
         poll_stopped,
     ));

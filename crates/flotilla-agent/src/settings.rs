@@ -84,6 +84,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "FLOTILLA_AGENT_EMF",
         "false to stop printing the ShutdownReady EMF line per poll (default true)",
     ),
+    (
+        "FLOTILLA_SCALE_IN_PROTECTION",
+        "true to hold ECS task scale-in protection while sessions live (needs ECS_AGENT_URI, \
+         which ECS sets; default false)",
+    ),
 ];
 
 /// Everything the agent needs to run, resolved and checked.
@@ -125,6 +130,9 @@ pub struct AgentSettings {
     pub keepalive: Duration,
     /// Print a CloudWatch EMF `ShutdownReady` line on stdout per poll.
     pub emf: bool,
+    /// The ECS agent endpoint (`ECS_AGENT_URI`) to hold task scale-in protection through while
+    /// sessions live (see [`crate::protection`]); `None`: no protection.
+    pub scale_in_protection: Option<String>,
 }
 
 /// The command-line flags of `flotilla agent`; they win over the environment.
@@ -168,6 +176,7 @@ impl AgentSettings {
             probe_timeout: Duration::from_secs(2),
             keepalive: DEFAULT_KEEPALIVE,
             emf: true,
+            scale_in_protection: None,
         }
     }
 
@@ -254,6 +263,32 @@ impl AgentSettings {
             true,
             &mut problems,
         );
+        let protect = parse_bool(
+            "FLOTILLA_SCALE_IN_PROTECTION",
+            get("FLOTILLA_SCALE_IN_PROTECTION"),
+            false,
+            &mut problems,
+        );
+        let scale_in_protection = match (protect, get("ECS_AGENT_URI")) {
+            (false, _) => None,
+            (true, Some(uri)) if uri.starts_with("http://") => Some(uri),
+            (true, Some(uri)) => {
+                problems.push(format!(
+                    "ECS_AGENT_URI `{uri}` is not an http:// URL; it is set by ECS, so unset \
+                     FLOTILLA_SCALE_IN_PROTECTION outside ECS"
+                ));
+                None
+            }
+            (true, None) => {
+                problems.push(
+                    "FLOTILLA_SCALE_IN_PROTECTION is true but ECS_AGENT_URI is not set: task \
+                     scale-in protection works only in an ECS task (ECS sets it); unset \
+                     FLOTILLA_SCALE_IN_PROTECTION elsewhere"
+                        .to_owned(),
+                );
+                None
+            }
+        };
         let poll = parse_seconds(
             "FLOTILLA_DRAIN_POLL_SECONDS",
             get("FLOTILLA_DRAIN_POLL_SECONDS"),
@@ -297,6 +332,7 @@ impl AgentSettings {
         settings.affinity_query = affinity_query;
         settings.inject_client = inject_client;
         settings.emf = emf;
+        settings.scale_in_protection = scale_in_protection;
         settings.drain_poll = poll;
         settings.drain_grace = grace;
         settings.keepalive = keepalive;

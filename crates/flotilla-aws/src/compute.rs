@@ -286,6 +286,11 @@ impl EcsCompute {
                 t.drain_grace_seconds.to_string(),
             ))
             .environment(env("FLOTILLA_APP_PORT", t.app_port.to_string()))
+            // Under autoscaling, the agent keeps a task with sessions out of scale-in.
+            .environment(env(
+                "FLOTILLA_SCALE_IN_PROTECTION",
+                t.autoscaling.is_some().to_string(),
+            ))
             // The agent reads the rest of its settings from these, so non-default values in
             // flotilla.toml reach it inside the task.
             .environment(env(

@@ -155,6 +155,8 @@ async fn deploy_creates_resources_with_the_right_names_tags_conditions_and_prior
     assert_eq!(env["FLOTILLA_APP_AFFINITY_QUERY"], "flotilla_deployment");
     assert!(env["FLOTILLA_APP_HEALTH_PATH"].starts_with('/'));
     assert_eq!(env["FLOTILLA_APP_INJECT_CLIENT"], "false");
+    // No autoscaling, so no scale-in to protect tasks from.
+    assert_eq!(env["FLOTILLA_SCALE_IN_PROTECTION"], "false");
     assert!(env.contains_key("FLOTILLA_APP_STOP_TIMEOUT_SECONDS"));
     // The agent's keep-alive outlasts the load balancer's idle timeout (120 s by default).
     assert_eq!(env["FLOTILLA_AGENT_KEEPALIVE_SECONDS"], "130");
@@ -685,6 +687,35 @@ async fn each_version_scales_on_its_own_and_a_draining_one_never_scales_out() {
         "{inv:#?}"
     );
     assert_eq!(inv.scaling_policies, policies_of(&v1));
+    // Its agents hold task scale-in protection while their sessions live.
+    let service = w
+        .clients
+        .ecs
+        .describe_services()
+        .cluster(&w.cluster)
+        .services(names::service_name(&w.name, &v1))
+        .send()
+        .await
+        .expect("describe service");
+    let td = w
+        .clients
+        .ecs
+        .describe_task_definition()
+        .task_definition(service.services()[0].task_definition().expect("td"))
+        .send()
+        .await
+        .expect("task definition");
+    let protected = td
+        .task_definition()
+        .expect("td")
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some(flotilla_aws::compute::CONTAINER_NAME))
+        .expect("the app container")
+        .environment()
+        .iter()
+        .any(|kv| kv.name() == Some("FLOTILLA_SCALE_IN_PROTECTION") && kv.value() == Some("true"));
+    assert!(protected, "{td:#?}");
 
     // A second deploy: v1 drains and may no longer scale out; v2 scales freely.
     let v2 = next_id();

@@ -151,6 +151,13 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
             &["s3:ListBucket"],
             vec![get_att(ids::ARTEFACT_BUCKET, "Arn")],
         ),
+        // Under autoscaling, an agent holds its task's scale-in protection while sessions live
+        // (through the ECS agent endpoint, which calls this with the task role).
+        Statement::allow(
+            "ProtectTaskWithSessions",
+            &["ecs:UpdateTaskProtection"],
+            vec![arn("ecs", &format!("task/{}/*", names::cluster_name(name)))],
+        ),
     ]);
     t.add(
         ids::TASK_ROLE,

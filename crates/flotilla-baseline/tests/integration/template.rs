@@ -285,6 +285,18 @@ fn the_task_role_reads_the_deployment_and_writes_only_task_readiness() {
                     }
                   ],
                   "Sid": "FindDrainBoard"
+                },
+                {
+                  "Action": [
+                    "ecs:UpdateTaskProtection"
+                  ],
+                  "Effect": "Allow",
+                  "Resource": [
+                    {
+                      "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/flotilla-prod/*"
+                    }
+                  ],
+                  "Sid": "ProtectTaskWithSessions"
                 }
               ],
               "Version": "2012-10-17"
