@@ -251,6 +251,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
     s.admin_token_file = config.host.admin_token_file.clone();
     s.build = config.host.build.clone();
     s.instances = config.host.instances;
+    s.autoscale = config.host.autoscale;
     s.keep_releases = config.host.keep_releases;
     s.upgrade_deadline = config.host.upgrade_deadline;
     s.https = config.host.https.as_ref().map(https_settings);

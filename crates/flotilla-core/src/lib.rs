@@ -18,6 +18,7 @@
 //! - [`canary`]: canary deploys: the plan, the judgement of a window, the next step.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod canary;
 pub mod drain;
 pub mod ids;

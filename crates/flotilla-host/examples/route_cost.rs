@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     InstanceId::new(&format!("i{i}"))?,
                     SocketAddr::from(([127, 0, 0, 1], port)),
                 ),
+                winding_down: false,
             });
         }
     }

@@ -1292,6 +1292,35 @@ pub async fn serve_until(
             })
         })
     };
+    // Autoscaling of each version's instances, when `[host] max_instances` turns it on.
+    let _autoscale_task = settings.autoscale.map(|policy| {
+        let tick = tokio::time::interval(settings.drain_poll);
+        let h = host.clone();
+        let autoscaler = Arc::new(tokio::sync::Mutex::new(crate::autoscale::Autoscaler::new(
+            policy,
+        )));
+        spawn_writer_loop(host.clone(), tick, stop_rx.clone(), move || {
+            let (host, autoscaler) = (h.clone(), autoscaler.clone());
+            Box::pin(async move {
+                let versions = match host.store.list_versions() {
+                    Ok(records) => records
+                        .into_iter()
+                        .map(|r| (r.version.id, r.version.state))
+                        .collect::<Vec<_>>(),
+                    Err(error) => {
+                        tracing::error!(%error, "autoscaling could not read the versions");
+                        return;
+                    }
+                };
+                autoscaler.lock().await.tick(
+                    &versions,
+                    &host.supervisor,
+                    &host.router,
+                    host.clock.now(),
+                );
+            })
+        })
+    });
     let _signal_task = tokio::spawn(upgrade_on_sigusr2(host.clone()));
 
     let mut daemon_lock = Some(daemon_lock);

@@ -32,6 +32,7 @@
 pub mod access_log;
 pub mod acme;
 pub mod admin;
+pub mod autoscale;
 pub mod daemon;
 pub mod error;
 pub mod fdlimit;

@@ -70,8 +70,11 @@ struct Instance {
 
 /// One version's instances as the router sees them.
 struct VersionInstances {
-    /// The healthy ones, in instance order.
+    /// The healthy ones: those taking new sessions first, in instance order, then those
+    /// autoscaling winds down.
     healthy: Vec<Instance>,
+    /// How many of `healthy` (from the front) take new sessions and fresh requests.
+    open: usize,
     /// How many it runs, healthy or not: with more than one, answers set the instance cookie.
     total: usize,
     /// `flotilla_instance_<id>`.
@@ -199,21 +202,31 @@ impl Router {
                 .entry(view.id.clone())
                 .or_insert_with(|| VersionInstances {
                     healthy: Vec::new(),
+                    open: 0,
                     total: 0,
                     cookie: format!("{INSTANCE_COOKIE_PREFIX}{}", view.id),
                 });
             version.total += 1;
             if view.state.running() && view.state.healthy() {
                 let instance = view.state.instance.as_str();
-                version.healthy.push(Instance {
-                    id: view.state.instance.clone(),
-                    seed: stable_hash(instance),
-                    target,
-                    set_cookie: [
-                        set_cookie(&version.cookie, instance, false, false),
-                        set_cookie(&version.cookie, instance, true, false),
-                    ],
-                });
+                let at = if view.winding_down {
+                    version.healthy.len()
+                } else {
+                    version.open += 1;
+                    version.open - 1
+                };
+                version.healthy.insert(
+                    at,
+                    Instance {
+                        id: view.state.instance.clone(),
+                        seed: stable_hash(instance),
+                        target,
+                        set_cookie: [
+                            set_cookie(&version.cookie, instance, false, false),
+                            set_cookie(&version.cookie, instance, true, false),
+                        ],
+                    },
+                );
             }
         }
         cache.targets = live;
@@ -286,6 +299,11 @@ impl Router {
         {
             return Decision::Forward(instance.target.clone());
         }
+        // Fresh picks avoid instances being wound down, while another can take them.
+        let instances = match version.open {
+            0 => instances,
+            open => &instances[..open],
+        };
         let chosen = if instances.len() == 1 {
             &instances[0]
         } else {
@@ -529,6 +547,7 @@ mod tests {
                 InstanceId::new(instance).expect("valid"),
                 SocketAddr::from(([127, 0, 0, 1], port)),
             ),
+            winding_down: false,
         }
     }
 
@@ -816,6 +835,60 @@ mod tests {
                 assert!(cookies.is_empty(), "a valid cookie is not set again");
             }
         }
+    }
+
+    #[test]
+    fn an_instance_wound_down_takes_no_fresh_picks_but_keeps_its_tabs() {
+        let (r, mut views) = router();
+        let mut t = RoutingTable::new();
+        t.install_affinity(id(1));
+        t.set_default(vec![WeightedTarget {
+            id: id(1),
+            weight: 100,
+        }])
+        .expect("valid");
+        views[0].winding_down = true; // v1's i1
+        r.publish(&t, &[], &views);
+        let v1 = id(1).to_string();
+        for n in 0..20 {
+            // Fresh requests, session openings and pinned requests without a cookie: all i2,
+            // although i1 has as few sessions.
+            let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+            let headers: &[(&str, &str)] = if n % 2 == 0 { &upgrade } else { &[] };
+            let (target, _) = forwarded(decide(
+                &r,
+                &format!("/ws?flotilla_deployment={v1}"),
+                headers,
+            ))
+            .expect("forwarded");
+            assert_eq!(target.addr().port(), 1002);
+            check(&r, "/", &[], Want::Port(1002));
+        }
+        // A tab that lives on i1 still reaches it, by its cookie or its tab key.
+        let cookie = format!("{}=i1", cookie_name(1));
+        check(
+            &r,
+            "/",
+            &[("x-flotilla-deployment", &v1), ("cookie", &cookie)],
+            Want::Port(1001),
+        );
+        let on_i1 = (0..100)
+            .map(|n| format!("tab-{n}"))
+            .find(|tab| {
+                let mut both = views.clone();
+                both[0].winding_down = false;
+                let probe = Router::new("X-Flotilla-Deployment", "flotilla_deployment")
+                    .expect("valid names");
+                probe.publish(&t, &[], &both);
+                forwarded(decide(&probe, "/", &[("x-flotilla-tab", tab)]))
+                    .is_some_and(|(target, _)| target.addr().port() == 1001)
+            })
+            .expect("some tab key hashes to i1");
+        check(&r, "/", &[("x-flotilla-tab", &on_i1)], Want::Port(1001));
+        // With every instance wound down, they still serve.
+        views[1].winding_down = true;
+        r.publish(&t, &[], &views);
+        check(&r, "/", &[], Want::AnyOf(&[1001, 1002]));
     }
 
     #[test]

@@ -35,8 +35,12 @@ pub struct HostSettings {
     pub command: String,
     /// An optional build command run with `sh -c` inside a fresh release directory.
     pub build: Option<String>,
-    /// Instances per version.
+    /// Instances per version (each version's start under autoscaling).
     pub instances: u32,
+    /// Autoscaling of each version's instances by its sessions and request rate (`[host]
+    /// max_instances` and its siblings); `None`: `instances` each.
+    #[serde(default)]
+    pub autoscale: Option<flotilla_core::autoscale::ScalePolicy>,
     /// Releases kept on disk for versions that no longer run.
     pub keep_releases: u32,
     /// The HTTP path probed for health (`[app] health_path`).
@@ -232,6 +236,7 @@ impl HostSettings {
             command: command.into(),
             build: None,
             instances: 2,
+            autoscale: None,
             keep_releases: 2,
             health_path: "/healthz".to_owned(),
             affinity_header: DEFAULT_AFFINITY_HEADER.to_owned(),

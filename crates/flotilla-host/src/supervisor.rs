@@ -152,6 +152,9 @@ pub struct InstanceView {
     pub id: DeploymentId,
     /// The instance's shared state.
     pub state: Arc<InstanceState>,
+    /// Whether autoscaling is winding it down: it takes no new sessions, and stops once its
+    /// sessions have ended.
+    pub winding_down: bool,
 }
 
 struct Slot {
@@ -163,6 +166,8 @@ struct Slot {
 struct VersionRun {
     record: ComputeRecord,
     slots: BTreeMap<u32, Slot>,
+    /// Slots numbered above this take no new sessions (autoscaling winds them down).
+    wind_down_above: Option<u32>,
 }
 
 /// Called whenever an instance's address, health or liveness changes.
@@ -272,6 +277,7 @@ impl Supervisor {
                 .or_insert(VersionRun {
                     record,
                     slots: BTreeMap::new(),
+                    wind_down_above: None,
                 });
             let mine: BTreeMap<InstanceId, Adopted> = adopted
                 .iter()
@@ -322,6 +328,7 @@ impl Supervisor {
             .or_insert(VersionRun {
                 record,
                 slots: BTreeMap::new(),
+                wind_down_above: None,
             });
         self.reconcile(&id);
     }
@@ -339,6 +346,52 @@ impl Supervisor {
         self.inner.store.put_compute(&record)?;
         self.reconcile(id);
         Ok(true)
+    }
+
+    /// Applies an autoscaling step to `id` if it still runs `from` instances as recorded (so a
+    /// step decided before a concurrent scale, such as the reaper's scale to zero, is dropped):
+    /// the new count, and which slots take no new sessions. Says whether it applied.
+    pub fn autoscale(
+        &self,
+        id: &DeploymentId,
+        from: u32,
+        step: flotilla_core::autoscale::ScaleStep,
+    ) -> Result<bool, HostError> {
+        let (record, count_changed, wind_changed) = {
+            let mut versions = lock(&self.inner.versions);
+            let Some(run) = versions.get_mut(id) else {
+                return Ok(false);
+            };
+            if run.record.desired != from {
+                return Ok(false);
+            }
+            let wind_changed = run.wind_down_above != step.wind_down_above;
+            run.wind_down_above = step.wind_down_above;
+            let count_changed = run.record.desired != step.desired;
+            run.record.desired = step.desired;
+            (run.record.clone(), count_changed, wind_changed)
+        };
+        if count_changed {
+            self.inner.store.put_compute(&record)?;
+            self.reconcile(id);
+        }
+        if wind_changed {
+            (self.inner.on_change)();
+        }
+        Ok(true)
+    }
+
+    /// How many instances of `id` are meant to run, and the slots that exist now with their
+    /// instance ids, lowest first (`None` for a version it does not run).
+    pub fn slots(&self, id: &DeploymentId) -> Option<(u32, Vec<InstanceId>)> {
+        let versions = lock(&self.inner.versions);
+        let run = versions.get(id)?;
+        let slots = run
+            .slots
+            .values()
+            .map(|slot| slot.state.instance.clone())
+            .collect();
+        Some((run.record.desired, slots))
     }
 
     /// Starts missing slots `1..=desired` and asks slots above `desired` to stop.
@@ -468,9 +521,10 @@ impl Supervisor {
         versions
             .iter()
             .flat_map(|(id, run)| {
-                run.slots.values().map(|slot| InstanceView {
+                run.slots.iter().map(|(n, slot)| InstanceView {
                     id: id.clone(),
                     state: slot.state.clone(),
+                    winding_down: run.wind_down_above.is_some_and(|above| *n > above),
                 })
             })
             .collect()

@@ -340,6 +340,8 @@ pub struct HostConfig {
     pub build: Option<String>,
     /// Instances per version.
     pub instances: u32,
+    /// Autoscaling of each version (`max_instances` set); `None`: `instances` each.
+    pub autoscale: Option<flotilla_core::autoscale::ScalePolicy>,
     /// The state directory, absolute (relative values are taken from the config's directory).
     pub state_dir: PathBuf,
     /// Release snapshots of retired versions to keep.

@@ -727,6 +727,7 @@ impl Resolver<'_> {
             }
         });
         let instances = self.u32("host.instances", 1..=64);
+        let autoscale = self.host_autoscale(instances);
         let state_dir = self
             .checked("host.state_dir", |s| {
                 if s.trim().is_empty() {
@@ -838,11 +839,69 @@ impl Resolver<'_> {
             command,
             build,
             instances,
+            autoscale,
             state_dir,
             keep_releases,
             upgrade_deadline,
             secrets_file,
         }
+    }
+
+    /// `[host] max_instances` and its siblings: autoscaling of each version's instances, or
+    /// `None` without `max_instances` (a sibling set without it is a mistake worth naming).
+    fn host_autoscale(&mut self, instances: u32) -> Option<flotilla_core::autoscale::ScalePolicy> {
+        let Some(max_setting) = self.setting("host.max_instances").cloned() else {
+            for path in ["host.min_instances", "host.requests_per_instance"] {
+                if let Some(setting) = self.setting(path).cloned() {
+                    self.problem_at(
+                        &setting,
+                        format!(
+                            "`{path}` applies only under autoscaling: set `host.max_instances` \
+                             (the most processes a version may run) to turn it on, or remove \
+                             `{path}`"
+                        ),
+                    );
+                }
+            }
+            return None;
+        };
+        let max = self.u32("host.max_instances", 1..=64);
+        let min = if self.setting("host.min_instances").is_some() {
+            self.u32("host.min_instances", 1..=64)
+        } else {
+            instances
+        };
+        let sessions_per_instance = self.u32("host.sessions_per_instance", 1..=1_000_000);
+        let requests = self
+            .setting("host.requests_per_instance")
+            .is_some()
+            .then(|| self.u32("host.requests_per_instance", 1..=1_000_000));
+        let scale_in_after = self.seconds("host.scale_in_after_seconds", 0..=86_400);
+        if max == 0
+            || min == 0
+            || instances == 0
+            || sessions_per_instance == 0
+            || requests == Some(0)
+        {
+            return None; // already reported
+        }
+        if !(min <= instances && instances <= max) {
+            self.problem_at(
+                &max_setting,
+                format!(
+                    "autoscaling needs host.min_instances ({min}) <= host.instances ({instances}) \
+                     <= host.max_instances ({max}): a version starts with `instances` processes"
+                ),
+            );
+            return None;
+        }
+        Some(flotilla_core::autoscale::ScalePolicy {
+            min,
+            max,
+            sessions_per_instance,
+            requests_per_second_per_instance: requests,
+            scale_in_after,
+        })
     }
 
     /// `[host] https_listen` with its certificates: files, or ACME; every inconsistency reported

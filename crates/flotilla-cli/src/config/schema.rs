@@ -437,7 +437,48 @@ pub const KEYS: &[Key] = &[
         "instances",
         Ty::Int,
         Int(2),
-        "Processes each version runs.",
+        "Processes each version runs (each version's start under autoscaling).",
+    ),
+    key_ex(
+        "host",
+        "max_instances",
+        Ty::Int,
+        Unset,
+        "Most processes a version may run. Setting it turns on autoscaling of each version by \
+         its live sessions and request rate; a draining version never grows, and an instance \
+         holding sessions is never stopped (it takes no new ones and stops once they end). \
+         Unset: each version runs `instances`.",
+        "6",
+    ),
+    key_ex(
+        "host",
+        "min_instances",
+        Ty::Int,
+        Unset,
+        "Fewest processes autoscaling leaves the active version with. Unset: `instances`.",
+        "1",
+    ),
+    key(
+        "host",
+        "sessions_per_instance",
+        Ty::Int,
+        Int(100),
+        "Live sessions (WebSockets, event streams) autoscaling puts on one instance.",
+    ),
+    key_ex(
+        "host",
+        "requests_per_instance",
+        Ty::Int,
+        Unset,
+        "Requests per second autoscaling puts on one instance. Unset: the rate does not count.",
+        "200",
+    ),
+    key(
+        "host",
+        "scale_in_after_seconds",
+        Ty::Int,
+        Int(300),
+        "How long the load must stay low before autoscaling winds instances down.",
     ),
     key(
         "host",

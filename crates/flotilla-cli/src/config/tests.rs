@@ -402,6 +402,44 @@ fn names_providers_and_sections_are_validated() {
            unset",
         ],
     );
+    // Host autoscaling: off without max_instances, a range around `instances` with it.
+    let host = |extra: &str| format!("name = \"shop\"\n[host]\ncommand = \"x\"\n{extra}");
+    assert_eq!(ok(&host(""), &[], &none).host.autoscale, None);
+    assert_eq!(
+        ok(
+            &host("instances = 2\nmax_instances = 5\nrequests_per_instance = 300\n"),
+            &[("FLOTILLA_HOST_SCALE_IN_AFTER_SECONDS", "60")],
+            &none
+        )
+        .host
+        .autoscale,
+        Some(flotilla_core::autoscale::ScalePolicy {
+            min: 2,
+            max: 5,
+            sessions_per_instance: 100,
+            requests_per_second_per_instance: Some(300),
+            scale_in_after: std::time::Duration::from_secs(60),
+        })
+    );
+    check(
+        &host("min_instances = 1\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:4:17: `host.min_instances` applies only under autoscaling: set \
+           `host.max_instances` (the most processes a version may run) to turn it on, or remove \
+           `host.min_instances`",
+        ],
+    );
+    check(
+        &host("instances = 4\nmax_instances = 3\n"),
+        &[],
+        &none,
+        &[
+            "flotilla.toml:5:17: autoscaling needs host.min_instances (4) <= host.instances (4) \
+           <= host.max_instances (3): a version starts with `instances` processes",
+        ],
+    );
     // Fargate Spot: a share in percent, and a base on regular Fargate only beside it.
     let spot = ok(&aws("spot_percent = 75\non_demand_base = 1\n"), &[], &none).aws;
     assert_eq!((spot.spot_percent, spot.on_demand_base), (75, 1));

@@ -6,6 +6,7 @@
 //!
 //! Modules: `canary` (canary deploys driven by the daemon), `front_door`, `https`, `util`.
 
+mod autoscale;
 mod canary;
 mod front_door;
 mod https;

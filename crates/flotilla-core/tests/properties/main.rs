@@ -1,6 +1,8 @@
 //! Property tests for the core's invariants over random fleets and random histories.
 //!
 //! One test binary, one module per area:
+//! - `autoscale`: random histories of load under host autoscaling: no session cut, the range
+//!   kept, no growth while draining.
 //! - `canary`: judgements over random windows, and step sequences over random verdict histories.
 //! - `drain`: random histories of one instance's observations (sessions coming and going, blips
 //!   between observations, rollbacks, restarts) against a reference for when it may stop.
@@ -12,6 +14,7 @@
 //!
 //! Case counts are kept moderate so that `cargo test -p flotilla-core` stays quick in debug builds.
 
+mod autoscale;
 mod canary;
 mod drain;
 mod lifecycle;
