@@ -501,11 +501,18 @@ async fn down(
     if !running.is_empty() {
         let opened = providers::open(config, "teardown", out).await?;
         let printer = ProgressPrinter::for_output(out);
-        let report = opened
-            .engine
-            .teardown(TeardownTarget::All, false, &printer)
+        let teardown = flotilla_engine::workflows::Workflow::Teardown {
+            target: TeardownTarget::All,
+            break_lock: false,
+        };
+        let report = match opened
+            .run(teardown, &printer)
             .await
-            .with_context(|| format!("removing the versions of `{}` failed", config.name))?;
+            .with_context(|| format!("removing the versions of `{}` failed", config.name))?
+        {
+            flotilla_engine::workflows::Outcome::TornDown(report) => report,
+            other => return Err(providers::unexpected(&other)),
+        };
         printer.finish();
         let ids: Vec<String> = report.removed.iter().map(ToString::to_string).collect();
         out.note(&format!("removed {}", ids.join(", ")));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flotilla_core::{DeploymentId, DeploymentName};
 use flotilla_engine::ports::{ErrorKind, ImageRequest, PortError};
-use flotilla_engine::workflows::{DeployRequest, TeardownTarget};
+use flotilla_engine::workflows::{DeployRequest, Outcome, TeardownTarget, Workflow};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -121,9 +121,9 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Drain(args) => {
             let (config, opened) = open(global, "drain", out).await?;
             let printer = ProgressPrinter::for_output(out);
+            let id = args.id.clone();
             opened
-                .engine
-                .drain(args.id.clone(), &printer)
+                .run(Workflow::Drain { id }, &printer)
                 .await
                 .with_context(|| format!("could not drain {} of `{}`", args.id, config.name))?;
             printer.finish();
@@ -141,11 +141,15 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Rollback(args) => {
             let (config, opened) = open(global, "rollback", out).await?;
             let printer = ProgressPrinter::for_output(out);
-            let outcome = opened
-                .engine
-                .rollback(args.id.clone(), &printer)
+            let id = args.id.clone();
+            let outcome = match opened
+                .run(Workflow::Rollback { id }, &printer)
                 .await
-                .with_context(|| format!("could not roll back `{}`", config.name))?;
+                .with_context(|| format!("could not roll back `{}`", config.name))?
+            {
+                Outcome::RolledBack(outcome) => outcome,
+                other => return Err(providers::unexpected(&other)),
+            };
             printer.finish();
             if out.json {
                 out.json(&outcome)?;
@@ -161,10 +165,14 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Promote(_) => {
             let (config, opened) = open(global, "promote", out).await?;
             let printer = ProgressPrinter::for_output(out);
-            let tick =
-                opened.engine.promote(&printer).await.with_context(|| {
-                    format!("could not promote the canary of `{}`", config.name)
-                })?;
+            let tick = match opened
+                .run(Workflow::Promote, &printer)
+                .await
+                .with_context(|| format!("could not promote the canary of `{}`", config.name))?
+            {
+                Outcome::Promoted(tick) => tick,
+                other => return Err(providers::unexpected(&other)),
+            };
             printer.finish();
             if out.json {
                 out.json(&tick)?;
@@ -176,11 +184,15 @@ async fn dispatch(cli: &Cli, out: Output) -> Result<u8> {
         Command::Reap(args) => {
             let (config, opened) = open(global, "reap", out).await?;
             let printer = ProgressPrinter::for_output(out);
-            let report = opened
-                .engine
-                .reap(args.dry_run, &printer)
+            let dry_run = args.dry_run;
+            let report = match opened
+                .run(Workflow::Reap { dry_run }, &printer)
                 .await
-                .with_context(|| format!("reaper pass over `{}` failed", config.name))?;
+                .with_context(|| format!("reaper pass over `{}` failed", config.name))?
+            {
+                Outcome::Reaped(report) => report,
+                other => return Err(providers::unexpected(&other)),
+            };
             printer.finish();
             if out.json {
                 out.json(&report)?;
@@ -563,14 +575,6 @@ fn entropy() -> u64 {
     hasher.finish()
 }
 
-/// Releases the deploy lock this process may hold, after an interrupted workflow, so that the
-/// command can be run again at once instead of waiting for the lock to lapse. Releasing is a no-op
-/// unless this process is the holder.
-async fn release_lock(opened: &providers::Opened) {
-    let owner = &opened.engine.settings().lock_owner;
-    let _ = opened.engine.ports().state.release_lock(owner).await;
-}
-
 #[derive(Serialize)]
 struct DeployJson<'a> {
     #[serde(flatten)]
@@ -598,7 +602,7 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
     let opened = providers::open(&config, "deploy", out).await?;
-    let now = opened.engine.ports().clock.now();
+    let now = opened.workflows.now();
     let id = args
         .id
         .clone()
@@ -631,20 +635,13 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     });
     let first_share = canary.as_ref().and_then(|p| p.steps.first().copied());
     let printer = ProgressPrinter::for_output(out);
-    let deploying = async {
-        match canary {
-            Some(plan) => opened.engine.deploy_canary(request, plan, &printer).await,
-            None => opened.engine.deploy(request, &printer).await,
-        }
-    };
-    let outcome = tokio::select! {
-        result = deploying => {
-            printer.finish();
-            result.with_context(|| crate::exit::DeployFailed { id: id.clone() })?
-        }
-        _ = tokio::signal::ctrl_c() => {
-            printer.finish();
-            release_lock(&opened).await;
+    let deploying = Workflow::Deploy { request, canary };
+    let ran = opened.run_until_ctrl_c(deploying, &printer).await;
+    printer.finish();
+    let outcome = match ran.with_context(|| crate::exit::DeployFailed { id: id.clone() })? {
+        Some(Outcome::Deployed(outcome)) => outcome,
+        Some(other) => return Err(providers::unexpected(&other)),
+        None => {
             return Err(Interrupted {
                 doing: format!("deploying {id}"),
                 resume: format!("flotilla deploy --id {id}"),
@@ -693,12 +690,8 @@ async fn status(global: &Global, args: &StatusArgs, out: Output) -> Result<u8> {
     let (config, opened) = open(global, "status", out).await?;
     let clear = args.watch && !out.json && std::io::stdout().is_terminal();
     loop {
-        let report = opened
-            .engine
-            .status()
-            .await
-            .with_context(|| format!("could not read the status of `{}`", config.name))?;
-        let now = opened.engine.ports().clock.now();
+        let report = status_report(&opened, &config).await?;
+        let now = opened.workflows.now();
         if out.json {
             let doc = StatusJson {
                 provider: config.provider,
@@ -797,15 +790,20 @@ async fn teardown(global: &Global, args: &TeardownArgs, out: Output) -> Result<u
         None if args.baseline => "flotilla teardown --all --baseline --yes".to_owned(),
         None => "flotilla teardown --all --yes".to_owned(),
     };
-    let report = tokio::select! {
-        result = opened.engine.teardown(target, args.break_lock, &printer) => {
-            printer.finish();
-            result.with_context(|| format!("teardown of `{}` failed", config.name))?
-        }
-        _ = tokio::signal::ctrl_c() => {
-            printer.finish();
-            release_lock(&opened).await;
-            return Err(Interrupted { doing: "tearing down".to_owned(), resume }.into());
+    let break_lock = args.break_lock;
+    let ran = opened
+        .run_until_ctrl_c(Workflow::Teardown { target, break_lock }, &printer)
+        .await;
+    printer.finish();
+    let report = match ran.with_context(|| format!("teardown of `{}` failed", config.name))? {
+        Some(Outcome::TornDown(report)) => report,
+        Some(other) => return Err(providers::unexpected(&other)),
+        None => {
+            return Err(Interrupted {
+                doing: "tearing down".to_owned(),
+                resume,
+            }
+            .into());
         }
     };
     if args.baseline {
@@ -886,11 +884,7 @@ async fn verify(global: &Global, args: &VerifyArgs, out: Output) -> Result<u8> {
             .into());
         }
     };
-    let report = opened
-        .engine
-        .status()
-        .await
-        .with_context(|| format!("could not read the status of `{}`", config.name))?;
+    let report = status_report(&opened, &config).await?;
     let names = verify::AffinityNames {
         header: config.app.affinity_header.clone(),
         query: config.app.affinity_query.clone(),
@@ -971,11 +965,8 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
     }
     let ids = match &args.id {
         Some(id) => vec![id.clone()],
-        None => opened
-            .engine
-            .status()
-            .await
-            .with_context(|| format!("could not read the status of `{}`", config.name))?
+        None => status_report(&opened, &config)
+            .await?
             .versions
             .into_iter()
             .filter(|v| v.record.version.state.runs())
@@ -1006,18 +997,40 @@ async fn logs(global: &Global, args: &LogsArgs, out: Output) -> Result<u8> {
         out.note("no version runs; nothing to show");
     }
     for id in ids {
-        let lines = opened
-            .engine
-            .ports()
-            .compute
-            .recent_logs(&id, args.lines)
+        let lines = match opened
+            .run(
+                Workflow::RecentLogs {
+                    id: id.clone(),
+                    lines: args.lines,
+                },
+                &flotilla_engine::events::Silent,
+            )
             .await
-            .with_context(|| format!("could not read the logs of {id}"))?;
+            .with_context(|| format!("could not read the logs of {id}"))?
+        {
+            Outcome::Logs(lines) => lines,
+            other => return Err(providers::unexpected(&other)),
+        };
         for line in lines {
             out.result(&format!("{id} | {line}"));
         }
     }
     Ok(0)
+}
+
+/// The status of `config`'s deployment name.
+async fn status_report(
+    opened: &providers::Opened,
+    config: &Config,
+) -> Result<flotilla_engine::workflows::StatusReport> {
+    match opened
+        .run(Workflow::Status, &flotilla_engine::events::Silent)
+        .await
+        .with_context(|| format!("could not read the status of `{}`", config.name))?
+    {
+        Outcome::Status(report) => Ok(*report),
+        other => Err(providers::unexpected(&other)),
+    }
 }
 
 /// `flotilla man DIR`: one page per command, from the same definition as `--help`.

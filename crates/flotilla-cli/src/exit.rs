@@ -43,7 +43,9 @@ pub const TABLE: &[(Exit, &str, &str)] = &[
     (
         Exit::Usage,
         "usage",
-        "bad command line or configuration; fix it (`flotilla config check` lists every problem)",
+        "bad command line or configuration, or another command to run first; fix it \
+         (`flotilla config check` lists every problem; a host daemon of another protocol: \
+         `flotilla host upgrade`)",
     ),
     (
         Exit::Provider,

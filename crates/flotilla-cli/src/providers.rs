@@ -7,12 +7,16 @@
 //! adding the crate to `crates/flotilla-cli/Cargo.toml`. Nothing else in the CLI changes.
 //!
 //! - [`open`] must return an [`Opened`] for the configured provider:
-//!   - `engine`: `Engine::new(ports, engine_settings(config))`, where `ports: flotilla_engine::Ports`
-//!     comes from your crate's constructor, e.g. `flotilla_host::connect(&HostSettings { .. })`.
-//!     Fill your settings struct from [`Config`] (`config.host`, `config.aws`, `config.app`,
-//!     `config.drain`, `config.reaper`; `config.root` is the app directory a deploy builds from;
-//!     `config.host.state_dir` is already absolute). You may adjust the returned `Settings`
-//!     (e.g. a provider-specific `health_poll` or `budget`) before building the engine.
+//!   - `workflows`: where the workflows run, the one seam between the commands and a provider
+//!     (`flotilla_engine::workflows::Workflows`). Either `Arc::new(Engine::new(ports,
+//!     engine_settings(config)))`, the engine in this process over your crate's ports (AWS), or
+//!     your crate's client of a process that runs the engine itself (host:
+//!     `flotilla_host::connect_reporting(&HostSettings { .. }, engine_settings(config))`, whose
+//!     daemon runs each workflow it is sent). Fill your settings struct from [`Config`]
+//!     (`config.host`, `config.aws`, `config.app`, `config.drain`, `config.reaper`; `config.root`
+//!     is the app directory a deploy builds from; `config.host.state_dir` is already absolute).
+//!     You may adjust the returned `Settings` (e.g. a provider-specific `health_poll` or
+//!     `budget`) before building the engine.
 //!   - `base_url`: where users' requests arrive, for `flotilla verify` (host: [`host_base_url`]
 //!     of `config.host.listen`; AWS: `http://<ALB DNS name>`), or `None` if unknown.
 //!   - `logs`: a [`LogSource`] if the provider can stream logs (and follow them); `None` makes
@@ -30,6 +34,7 @@
 //! - State today: every entry point is wired (the baseline ones in `crate::baseline`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -37,7 +42,8 @@ use async_trait::async_trait;
 use flotilla_core::reaper::ReapPolicy;
 use flotilla_core::routing::RuleBudget;
 use flotilla_core::{DeploymentId, InstanceId};
-use flotilla_engine::{Engine, Settings};
+use flotilla_engine::workflows::{Outcome, Ran, Workflow, Workflows, never};
+use flotilla_engine::{Progress, Settings};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -45,12 +51,46 @@ use crate::config::{Config, ProviderKind};
 
 /// What a provider gives the CLI once opened.
 pub struct Opened {
-    /// The workflows over the provider's ports.
-    pub engine: Engine,
+    /// Where the workflows run: an [`Engine`] in this process (AWS), or the host daemon. The
+    /// commands know no more of a provider than this seam.
+    pub workflows: Arc<dyn Workflows>,
     /// Where users' requests arrive (`http://127.0.0.1:8080`), for `verify`; `None` if unknown.
     pub base_url: Option<String>,
     /// Where `logs` reads from; `None` falls back to `Compute::recent_logs`.
     pub logs: Option<Box<dyn LogSource>>,
+}
+
+impl Opened {
+    /// Runs `workflow` to its end.
+    pub async fn run(&self, workflow: Workflow, progress: &dyn Progress) -> Result<Outcome> {
+        match self.workflows.run(workflow, progress, never()).await? {
+            Ran::Finished(outcome) => Ok(outcome),
+            Ran::Interrupted => anyhow::bail!("internal error: a workflow nobody interrupted was"),
+        }
+    }
+
+    /// Runs `workflow` until it ends or Ctrl-C; `None` after Ctrl-C (the workflow stopped
+    /// between two steps and its deploy lock was released).
+    pub async fn run_until_ctrl_c(
+        &self,
+        workflow: Workflow,
+        progress: &dyn Progress,
+    ) -> Result<Option<Outcome>> {
+        let ctrl_c = Box::pin(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        Ok(
+            match self.workflows.run(workflow, progress, ctrl_c).await? {
+                Ran::Finished(outcome) => Some(outcome),
+                Ran::Interrupted => None,
+            },
+        )
+    }
+}
+
+/// The error of a workflow that reported another outcome than its own (a daemon bug).
+pub fn unexpected(outcome: &Outcome) -> anyhow::Error {
+    anyhow::anyhow!("internal error: the workflow reported {outcome:?}")
 }
 
 /// What `flotilla logs` asks for.
@@ -167,9 +207,13 @@ async fn open_host(
     out: crate::output::Output,
 ) -> Result<Opened> {
     let settings = host_settings(config)?;
-    let connection = flotilla_host::connect_reporting(&settings)
+    let connection = flotilla_host::connect_reporting(&settings, engine_settings)
         .await
-        .map_err(|e| anyhow::Error::new(e.into_port("connect to", "the flotilla host daemon")))?;
+        .map_err(|e| match e {
+            // Its own error, for its own exit code and hint (`classify_error`).
+            e @ flotilla_host::HostError::ProtocolMismatch { .. } => anyhow::Error::new(e),
+            e => anyhow::Error::new(e.into_port("connect to", "the flotilla host daemon")),
+        })?;
     if let Some(started) = &connection.started {
         out.note(&format!(
             "started the flotilla host daemon (pid {}) in the background; its log is {}",
@@ -194,11 +238,14 @@ async fn open_host(
         .resolved()
         .map(|s| s.logs_dir())
         .unwrap_or_else(|_| settings.logs_dir());
-    let ports = connection.ports;
+    let workflows = connection.workflows;
     Ok(Opened {
-        engine: Engine::new(ports.clone(), engine_settings),
+        workflows: workflows.clone(),
         base_url: Some(host_public_url(&config.host)),
-        logs: Some(Box::new(HostLogs { logs_dir, ports })),
+        logs: Some(Box::new(HostLogs {
+            logs_dir,
+            workflows,
+        })),
     })
 }
 
@@ -310,7 +357,7 @@ fn host_settings(config: &Config) -> Result<flotilla_host::HostSettings> {
 /// Instance logs read straight from the files the host supervisor writes.
 struct HostLogs {
     logs_dir: std::path::PathBuf,
-    ports: flotilla_engine::Ports,
+    workflows: Arc<dyn Workflows>,
 }
 
 #[async_trait]
@@ -318,7 +365,21 @@ impl LogSource for HostLogs {
     async fn stream(&self, query: &LogQuery, out: mpsc::Sender<LogLine>) -> Result<()> {
         let ids = match &query.id {
             Some(id) => vec![id.clone()],
-            None => self.ports.compute.list().await?,
+            // Every version that has instances.
+            None => match self
+                .workflows
+                .run(Workflow::Status, &flotilla_engine::events::Silent, never())
+                .await?
+            {
+                Ran::Finished(Outcome::Status(report)) => report
+                    .versions
+                    .into_iter()
+                    .filter(|v| v.compute.is_some())
+                    .map(|v| v.record.version.id)
+                    .collect(),
+                Ran::Finished(other) => return Err(unexpected(&other)),
+                Ran::Interrupted => return Ok(()),
+            },
         };
         let mut readers = Vec::new();
         for id in ids {
@@ -387,7 +448,7 @@ async fn open_aws(config: &Config, settings: Settings, command: &str) -> Result<
     let sdk = flotilla_aws::sdk_config(&aws).await;
     let ports = flotilla_aws::connect_with(&aws, flotilla_aws::Clients::new(&sdk), needs)?;
     Ok(Opened {
-        engine: Engine::new(ports, settings),
+        workflows: Arc::new(flotilla_engine::Engine::new(ports, settings)),
         base_url: aws_base_url(&aws.baseline_path()),
         logs: None,
     })
@@ -969,6 +1030,17 @@ pub(crate) fn classify_error(
             Some(
                 "choose a free address for `[host] listen` / `https_listen` / `admin_listen` in flotilla.toml, or \
                  stop the process named above"
+                    .to_owned(),
+            ),
+        ));
+    }
+    if let Some(HostError::ProtocolMismatch { .. }) = cause.downcast_ref::<HostError>() {
+        return Some((
+            Exit::Usage,
+            Some(
+                "run `flotilla host upgrade` to hand the daemon over to this flotilla without \
+                 cutting a session (or `flotilla host stop`; its versions start again with the \
+                 next command), then run the command again"
                     .to_owned(),
             ),
         ));

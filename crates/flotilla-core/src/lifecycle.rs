@@ -99,7 +99,7 @@ impl FromStr for VersionState {
 }
 
 /// A transition the lifecycle does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("version {id} is {from}; it cannot become {to}")]
 pub struct TransitionError {
     /// The version.

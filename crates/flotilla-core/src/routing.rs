@@ -51,7 +51,8 @@ pub enum Affinity {
 }
 
 /// A routing table that breaks a rule of the model.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
 pub enum RoutingError {
     /// The default forward named no target, or more than an ALB allows.
     #[error("the default forward must name 1 to {MAX_DEFAULT_TARGETS} versions, not {0}")]
@@ -276,7 +277,7 @@ impl Default for RuleBudget {
 }
 
 /// A deploy refused because the versions already recorded use the whole rule budget.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub struct BudgetError {
     /// Rules in use.
     pub used: u32,

@@ -10,7 +10,8 @@ use flotilla_core::{DeploymentId, DeploymentName};
 use crate::ports::{LockInfo, PortError};
 
 /// A workflow failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "error", rename_all = "snake_case")]
 pub enum EngineError {
     /// Another deploy (or reaper pass) holds the lock of this deployment name.
     #[error(

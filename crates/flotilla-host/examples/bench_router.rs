@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_core::{DeploymentId, DeploymentName, Timestamp};
+use flotilla_engine::Settings;
 use flotilla_engine::events::Silent;
 use flotilla_engine::ports::ImageRequest;
-use flotilla_engine::workflows::DeployRequest;
-use flotilla_engine::{Engine, Settings};
+use flotilla_engine::workflows::{DeployRequest, Outcome, Ran, Workflow, never};
 use flotilla_host::HostSettings;
 
 #[tokio::main]
@@ -67,9 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let ports = flotilla_host::connect(&settings).await?;
-    let engine = Engine::new(
-        ports,
+    let workflows = flotilla_host::connect(
+        &settings,
         Settings {
             name,
             policy: settings.reaper_policy,
@@ -81,7 +80,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             lock_owner: format!("bench_router (pid {})", std::process::id()),
             local_holders: None,
         },
-    );
+    )
+    .await?;
     let count = env_number("BENCH_VERSIONS", 2)?;
     let instances = env_number("BENCH_INSTANCES", 2)?;
     let mut ids = Vec::new();
@@ -91,19 +91,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Timestamp::from_millis(now.as_millis() as u64),
             u64::from(now.subsec_nanos()),
         );
-        let outcome = engine
-            .deploy(
-                DeployRequest {
-                    id,
-                    image: ImageRequest::Build(settings.app_dir.clone()),
-                    instances,
-                    min_healthy: instances,
-                    break_lock: false,
-                    env: Default::default(),
-                },
-                &Silent,
-            )
-            .await?;
+        let request = DeployRequest {
+            id,
+            image: ImageRequest::Build(settings.app_dir.clone()),
+            instances,
+            min_healthy: instances,
+            break_lock: false,
+            env: Default::default(),
+        };
+        let deploy = Workflow::Deploy {
+            request,
+            canary: None,
+        };
+        let Ran::Finished(Outcome::Deployed(outcome)) =
+            workflows.run(deploy, &Silent, never()).await?
+        else {
+            return Err("the deploy reported something else".into());
+        };
         println!("VERSION {n} {}", outcome.deployment_id);
         ids.push(outcome.deployment_id);
         // Ids carry the second; keep them apart.

@@ -1,6 +1,7 @@
-//! The daemon: implements the ports for real (SQLite, the supervisor, the router), serves them
-//! over its Unix socket, runs the router and the status page, observes drain readiness every
-//! `[drain] poll_seconds`, and runs its own reaper every `[reaper] interval_seconds`.
+//! The daemon: implements the ports for real (SQLite, the supervisor, the router), runs the
+//! engine over them for the workflows commands send over its Unix socket (see [`crate::rpc`]),
+//! runs the router and the status page, observes drain readiness every `[drain] poll_seconds`,
+//! and runs its own reaper every `[reaper] interval_seconds`.
 //!
 //! Start-up order: take the daemon lock → open state → publish the saved routing table (so
 //! retired ids answer 410 at once) → bind the router and the status page (or take the sockets a
@@ -36,11 +37,12 @@ use async_trait::async_trait;
 use flotilla_core::drain::{DrainTracker, Readiness, Sessions};
 use flotilla_core::routing::{RoutingTable, RuleBudget, WeightedTarget};
 use flotilla_core::{DeploymentId, InstanceId, Timestamp, VersionState};
-use flotilla_engine::events::{Event, Progress, Silent};
+use flotilla_engine::events::{Event, Progress};
 use flotilla_engine::ports::{
     Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
     LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
 };
+use flotilla_engine::workflows::{LocalHolders, Workflow};
 use flotilla_engine::{Engine, Settings};
 use flotilla_proxy::{ConnectionLimit, DrainPlan, ProxyConfig};
 use nix::fcntl::{Flock, FlockArg};
@@ -477,6 +479,7 @@ impl Host {
             admin_listen: self.settings.admin_listen.to_string(),
             state_dir: self.settings.state_dir.clone(),
             previous: handover::read_previous(&self.settings.state_dir),
+            protocol: crate::rpc::PROTOCOL,
         }
     }
 
@@ -566,19 +569,27 @@ impl Host {
         })
     }
 
-    /// Carries out one request. `progress` receives the events of a request that asked for them.
+    /// Carries out one request other than a workflow (see [`run_workflow`]).
     async fn dispatch(
         &self,
         request: Request,
         shutdown: &watch::Sender<bool>,
-        progress: &dyn Progress,
-    ) -> Result<serde_json::Value, PortError> {
-        fn json<T: Serialize>(value: T) -> Result<serde_json::Value, PortError> {
-            Ok(serde_json::to_value(value).expect("port results serialise to JSON"))
+    ) -> Result<Reply, PortError> {
+        fn json<T: Serialize>(value: T) -> Result<Reply, PortError> {
+            Ok(Reply::Ok(
+                serde_json::to_value(value).expect("results serialise to JSON"),
+            ))
         }
-        let st = |op: &'static str, res: String| move |e: HostError| e.into_port(op, &res);
         match request {
-            Request::Hello { name } => {
+            Request::Hello { name, protocol } => {
+                if let Some(protocol) = protocol
+                    && protocol != crate::rpc::PROTOCOL
+                {
+                    return Ok(Reply::Mismatch {
+                        protocol: crate::rpc::PROTOCOL,
+                        pid: std::process::id(),
+                    });
+                }
                 if name != self.settings.name {
                     return Err(PortError::new(
                         ErrorKind::Conflict,
@@ -594,84 +605,12 @@ impl Host {
                 }
                 json(self.info())
             }
-            Request::ComputeCreate {
-                spec,
-                command,
-                health_path,
-            } => json(self.create(&spec, &command, &health_path).await?),
-            Request::ComputeScale { id, desired } => json(self.scale(&id, desired).await?),
-            Request::ComputeDelete { id } => json(self.delete_compute(&id).await?),
-            Request::ComputeObserve { ids } => json(self.observe(&ids)),
-            Request::ComputeList => json(self.supervisor.list()),
-            Request::ComputeRecentLogs { id, lines } => {
-                json(self.supervisor.recent_logs(&id, lines))
-            }
-            Request::RoutingInstall { id } => json(self.install_affinity(&id)?),
-            Request::RoutingRetire { id } => json(self.retire_affinity(&id)?),
-            Request::RoutingRemove { id } => json(self.remove_affinity(&id)?),
-            Request::RoutingSetDefault { targets } => json(self.set_default(&targets)?),
-            Request::RoutingSnapshot => json(lock(&self.routing).clone()),
-            Request::StateList => json(
-                self.store
-                    .list_versions()
-                    .map_err(st("list", "versions".into()))?,
-            ),
-            Request::StateGet { id } => json(
-                self.store
-                    .get_version(&id)
-                    .map_err(st("read record of", id.to_string()))?,
-            ),
-            Request::StatePut { record } => {
-                let id = record.version.id.to_string();
-                json(
-                    self.store
-                        .put_version(&record)
-                        .map_err(st("write record of", id))?,
-                )
-            }
-            Request::StateDelete { id } => json(
-                self.store
-                    .delete_version(&id)
-                    .map_err(st("delete record of", id.to_string()))?,
-            ),
-            Request::StateReadiness { ids } => json(
-                self.store
-                    .readiness(&ids)
-                    .map_err(st("read", "readiness".into()))?,
-            ),
-            Request::StateAcquireLock {
-                owner,
-                now,
-                ttl_ms,
-                force,
-            } => json(
-                self.store
-                    .acquire_lock(&owner, now, Duration::from_millis(ttl_ms), force)
-                    .map_err(st("take", "deploy lock".into()))?,
-            ),
-            Request::StateReleaseLock { owner } => json(
-                self.store
-                    .release_lock(&owner)
-                    .map_err(st("release", "deploy lock".into()))?,
-            ),
-            Request::StateLockInfo => json(
-                self.store
-                    .lock_info()
-                    .map_err(st("read", "deploy lock".into()))?,
-            ),
-            Request::ImagePrepare {
-                id,
-                request,
-                build,
-                events,
-            } => {
-                let progress = if events { progress } else { &Silent };
-                json(
-                    self.prepare(&id, &request, build.as_deref(), progress)
-                        .await?,
-                )
-            }
-            Request::ImageDiscard { id } => json(self.discard(&id).await?),
+            Request::Run(_) | Request::Cancel => Err(PortError::new(
+                ErrorKind::Invalid,
+                "answer",
+                "the request",
+                "a workflow is run by `rpc_connection`, and a cancel only follows one",
+            )),
             Request::Shutdown => {
                 tracing::info!("shutdown requested over the socket");
                 shutdown.send_replace(true);
@@ -696,11 +635,62 @@ impl Host {
     }
 }
 
-/// The daemon's own ports over its live state, for its reaper and its status page.
+/// The daemon's ports over its live state: its own engine's (reaper, canary driver) and those of
+/// each workflow a command runs over the socket, which also carry the command's app settings and
+/// a stop switch (the command went away: the workflow stops before its next port call, never in
+/// the middle of one).
 #[derive(Clone)]
-pub struct LocalPorts(pub Arc<Host>);
+pub struct LocalPorts {
+    host: Arc<Host>,
+    app: Option<Arc<crate::rpc::AppCommands>>,
+    stop: Option<Arc<AtomicBool>>,
+}
 
 impl LocalPorts {
+    /// The daemon's own ports, with the app settings it started with.
+    pub fn new(host: Arc<Host>) -> Self {
+        LocalPorts {
+            host,
+            app: None,
+            stop: None,
+        }
+    }
+
+    /// The ports of one workflow a command asked for: instances start with the command's app
+    /// settings, and every port call fails once `stop` is set.
+    fn for_workflow(host: Arc<Host>, app: crate::rpc::AppCommands, stop: Arc<AtomicBool>) -> Self {
+        LocalPorts {
+            host,
+            app: Some(Arc::new(app)),
+            stop: Some(stop),
+        }
+    }
+
+    /// Refuses a port call of a workflow whose command went away.
+    fn go(&self) -> Result<(), PortError> {
+        match &self.stop {
+            Some(stop) if stop.load(Ordering::SeqCst) => Err(PortError::new(
+                ErrorKind::Unavailable,
+                "continue",
+                "the workflow",
+                "the command that asked for it went away (interrupted or killed); it stopped \
+                 between two steps and running the command again resumes",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The shell command of each instance, its health path and the build command.
+    fn commands(&self) -> (&str, &str, Option<&str>) {
+        match &self.app {
+            Some(app) => (&app.command, &app.health_path, app.build.as_deref()),
+            None => {
+                let s = &self.host.settings;
+                (&s.command, &s.health_path, s.build.as_deref())
+            }
+        }
+    }
+
     /// Bundles these ports for an [`Engine`].
     pub fn ports(&self) -> Ports {
         let me = Arc::new(self.clone());
@@ -717,32 +707,39 @@ impl LocalPorts {
 #[async_trait]
 impl Compute for LocalPorts {
     async fn create(&self, spec: &VersionSpec) -> Result<(), PortError> {
-        let s = &self.0.settings;
-        self.0.create(spec, &s.command, &s.health_path).await
+        self.go()?;
+        let (command, health_path, _) = self.commands();
+        self.host.create(spec, command, health_path).await
     }
     async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
-        self.0.scale(id, desired).await
+        self.go()?;
+        self.host.scale(id, desired).await
     }
     async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0.delete_compute(id).await
+        self.go()?;
+        self.host.delete_compute(id).await
     }
     async fn observe(
         &self,
         ids: &[DeploymentId],
     ) -> Result<BTreeMap<DeploymentId, ComputeStatus>, PortError> {
-        Ok(self.0.observe(ids))
+        self.go()?;
+        Ok(self.host.observe(ids))
     }
     async fn list(&self) -> Result<Vec<DeploymentId>, PortError> {
-        Ok(self.0.supervisor.list())
+        self.go()?;
+        Ok(self.host.supervisor.list())
     }
     async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
-        Ok(self.0.supervisor.recent_logs(id, lines))
+        self.go()?;
+        Ok(self.host.supervisor.recent_logs(id, lines))
     }
     async fn counters(
         &self,
         ids: &[DeploymentId],
     ) -> Result<BTreeMap<DeploymentId, flotilla_core::canary::Counters>, PortError> {
-        let stats = self.0.router.stats();
+        self.go()?;
+        let stats = self.host.router.stats();
         Ok(ids
             .iter()
             .map(|id| {
@@ -756,44 +753,53 @@ impl Compute for LocalPorts {
 #[async_trait]
 impl Routing for LocalPorts {
     async fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0.install_affinity(id)
+        self.go()?;
+        self.host.install_affinity(id)
     }
     async fn retire_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0.retire_affinity(id)
+        self.go()?;
+        self.host.retire_affinity(id)
     }
     async fn remove_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0.remove_affinity(id)
+        self.go()?;
+        self.host.remove_affinity(id)
     }
     async fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError> {
-        self.0.set_default(targets)
+        self.go()?;
+        self.host.set_default(targets)
     }
     async fn snapshot(&self) -> Result<RoutingTable, PortError> {
-        Ok(lock(&self.0.routing).clone())
+        self.go()?;
+        Ok(lock(&self.host.routing).clone())
     }
 }
 
 #[async_trait]
 impl StateStore for LocalPorts {
     async fn list(&self) -> Result<Vec<VersionRecord>, PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .list_versions()
             .map_err(port_err("list", "versions"))
     }
     async fn get(&self, id: &DeploymentId) -> Result<Option<VersionRecord>, PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .get_version(id)
             .map_err(port_err("read record of", id.as_str()))
     }
     async fn put(&self, record: &VersionRecord) -> Result<(), PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .put_version(record)
             .map_err(port_err("write record of", record.version.id.as_str()))
     }
     async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .delete_version(id)
             .map_err(port_err("delete record of", id.as_str()))
@@ -802,7 +808,8 @@ impl StateStore for LocalPorts {
         &self,
         ids: &[DeploymentId],
     ) -> Result<BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>>, PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .readiness(ids)
             .map_err(port_err("read", "readiness"))
@@ -814,19 +821,22 @@ impl StateStore for LocalPorts {
         ttl: Duration,
         force: bool,
     ) -> Result<LockOutcome, PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .acquire_lock(owner, now, ttl, force)
             .map_err(port_err("take", "deploy lock"))
     }
     async fn release_lock(&self, owner: &str) -> Result<(), PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .release_lock(owner)
             .map_err(port_err("release", "deploy lock"))
     }
     async fn lock_info(&self) -> Result<Option<LockInfo>, PortError> {
-        self.0
+        self.go()?;
+        self.host
             .store
             .lock_info()
             .map_err(port_err("read", "deploy lock"))
@@ -841,13 +851,13 @@ impl ImageSource for LocalPorts {
         request: &ImageRequest,
         progress: &dyn Progress,
     ) -> Result<ImageRef, PortError> {
-        let build = self.0.settings.build.clone();
-        self.0
-            .prepare(id, request, build.as_deref(), progress)
-            .await
+        self.go()?;
+        let (_, _, build) = self.commands();
+        self.host.prepare(id, request, build, progress).await
     }
     async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.0.discard(id).await
+        self.go()?;
+        self.host.discard(id).await
     }
 }
 
@@ -1089,10 +1099,10 @@ pub async fn serve_until(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Arc::new(Engine::new(
-        LocalPorts(host.clone()).ports(),
+        LocalPorts::new(host.clone()).ports(),
         engine_settings(&settings),
     ));
-    release_previous_daemon_lock(&LocalPorts(host.clone()), &engine_settings(&settings)).await;
+    release_previous_daemon_lock(&LocalPorts::new(host.clone()), &engine_settings(&settings)).await;
 
     let proxy_config = ProxyConfig {
         deployment_header: ProxyConfig::header_name(&settings.affinity_header)
@@ -2153,8 +2163,12 @@ async fn successor_answers(socket: &Path, name: &flotilla_core::DeploymentName, 
         return false;
     };
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(&Request::Hello { name: name.clone() })
-        .expect("requests serialise to JSON");
+    // No protocol: any daemon answers such a hello, whichever protocol it speaks.
+    let mut line = serde_json::to_string(&Request::Hello {
+        name: name.clone(),
+        protocol: None,
+    })
+    .expect("requests serialise to JSON");
     line.push('\n');
     if write.write_all(line.as_bytes()).await.is_err() {
         return false;
@@ -2277,68 +2291,162 @@ async fn rpc_connection(
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                // Progress events are written as they come, ahead of the reply. A client that
-                // went away does not stop the request (a build runs to its end, as it would
-                // without events); its events are dropped.
-                let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-                let progress = ChannelProgress(tx);
-                // Every request but an upgrade writes (or may): it waits while a handover
-                // decides which daemon owns the state directory, and after a handover it is
-                // answered `HANDED_OVER`, which the client sends again to the new daemon.
-                let writing = if matches!(request, Request::Upgrade { .. }) {
-                    None
-                } else {
-                    Some(host.handover.writers.read().await)
-                };
-                let handed_over = host.handover.handed_over();
-                let dispatch = async {
-                    if handed_over {
-                        Err(PortError::new(
-                            ErrorKind::Unavailable,
-                            "answer",
-                            "the request",
-                            format!("{}: send it again", crate::rpc::HANDED_OVER),
-                        ))
-                    } else {
-                        host.dispatch(request, &stop_tx, &progress).await
-                    }
-                };
-                tokio::pin!(dispatch);
-                let mut client_gone = false;
-                let result = loop {
-                    tokio::select! {
-                        result = &mut dispatch => break result,
-                        Some(event) = events.recv() => {
-                            if !client_gone {
-                                client_gone =
-                                    write_reply(&mut write, &Reply::Event(event)).await.is_err();
-                            }
-                        }
-                    }
-                };
-                drop(writing);
-                while let Ok(event) = events.try_recv() {
-                    if !client_gone {
-                        client_gone = write_reply(&mut write, &Reply::Event(event)).await.is_err();
-                    }
-                }
-                match result {
-                    Ok(value) => Reply::Ok(value),
-                    Err(e) => Reply::Err(e),
+        let request = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => request,
+            Err(e) => {
+                write_reply(&mut write, &Reply::Err(undecodable(&line, &e))).await?;
+                continue;
+            }
+        };
+        // Every request but an upgrade writes (or may): it waits while a handover decides
+        // which daemon owns the state directory, and after a handover it is answered
+        // `HANDED_OVER`, which the client sends again to the new daemon. A workflow holds it
+        // until it ends, so a handover waits for the workflows that run.
+        let writing = if matches!(request, Request::Upgrade { .. }) {
+            None
+        } else {
+            Some(host.handover.writers.read().await)
+        };
+        if host.handover.handed_over() {
+            let e = PortError::new(
+                ErrorKind::Unavailable,
+                "answer",
+                "the request",
+                format!("{}: send it again", crate::rpc::HANDED_OVER),
+            );
+            write_reply(&mut write, &Reply::Err(e)).await?;
+            continue;
+        }
+        let reply = match request {
+            Request::Run(run) => {
+                let crate::rpc::RunWorkflow {
+                    workflow,
+                    settings,
+                    app,
+                } = *run;
+                let ran = run_workflow(&host, workflow, settings, app, &mut lines, &mut write);
+                match ran.await {
+                    Some(reply) => reply,
+                    // The client went away; the workflow stopped (see `run_workflow`).
+                    None => return Ok(()),
                 }
             }
-            Err(e) => Reply::Err(PortError::new(
-                ErrorKind::Invalid,
-                "decode request",
-                "socket",
-                e.to_string(),
-            )),
+            request => host
+                .dispatch(request, &stop_tx)
+                .await
+                .unwrap_or_else(Reply::Err),
         };
+        drop(writing);
         write_reply(&mut write, &reply).await?;
     }
     Ok(())
+}
+
+/// The answer to a line that is not a request of this protocol: a flotilla of another protocol
+/// sends requests this daemon does not know (protocol 1 sent one per port call).
+fn undecodable(line: &str, e: &serde_json::Error) -> PortError {
+    let op = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|op| op.as_str()).map(str::to_owned));
+    let message = match op {
+        Some(op) => format!(
+            "this flotilla host daemon (pid {}) speaks protocol {} and does not know the request \
+             `{op}`: the flotilla that sent it speaks another protocol; run `flotilla host \
+             upgrade` with that flotilla to hand the daemon over to it, or use the flotilla the \
+             daemon runs",
+            std::process::id(),
+            crate::rpc::PROTOCOL,
+        ),
+        None => e.to_string(),
+    };
+    PortError::new(ErrorKind::Invalid, "decode request", "socket", message)
+}
+
+/// Runs one workflow a command asked for, over this daemon's ports with the command's settings,
+/// writing its progress events as they come and returning its outcome (or error), or `None`
+/// when the client went away.
+///
+/// The workflow stops before its next port call, never in the middle of one, when the client
+/// sends [`Request::Cancel`] (Ctrl-C; its deploy lock is then released, so the command can be
+/// run again at once) or disconnects (killed; its lock stays, held by a process that no longer
+/// runs, which the next command breaks at once). Either way every step done so far is
+/// recorded, and running the same command again resumes.
+async fn run_workflow(
+    host: &Arc<Host>,
+    workflow: Workflow,
+    mut settings: Settings,
+    app: crate::rpc::AppCommands,
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Option<Reply> {
+    settings.local_holders = Some(LocalHolders {
+        host: this_host(),
+        alive: crate::procfs::alive,
+    });
+    let owner = settings.lock_owner.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports = LocalPorts::for_workflow(host.clone(), app, stop.clone());
+    let engine = Engine::new(ports.ports(), settings);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let progress = ChannelProgress(tx);
+    let run = engine.run(workflow, &progress);
+    tokio::pin!(run);
+    let mut client_gone = false;
+    let mut cancelled = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Some(event) = events.recv() => {
+                if !client_gone {
+                    client_gone = write_reply(write, &Reply::Event(event)).await.is_err();
+                }
+            }
+            line = lines.next_line(), if !client_gone && !cancelled => match line {
+                Ok(Some(line)) => {
+                    if matches!(serde_json::from_str(&line), Ok(Request::Cancel)) {
+                        tracing::info!(owner, "workflow cancelled by its command; it stops before its next step");
+                        cancelled = true;
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::info!(owner, "the command of a workflow went away; it stops before its next step");
+                    client_gone = true;
+                    stop.store(true, Ordering::SeqCst);
+                }
+            },
+        }
+    };
+    if cancelled {
+        // The stopped workflow could not release its lock through its own ports.
+        if let Err(e) = LocalPorts::new(host.clone()).release_lock(&owner).await {
+            tracing::warn!(error = %e, owner, "could not release the deploy lock of a cancelled workflow; it lapses by itself");
+        }
+    }
+    while let Ok(event) = events.try_recv() {
+        if !client_gone {
+            client_gone = write_reply(write, &Reply::Event(event)).await.is_err();
+        }
+    }
+    if client_gone {
+        return None;
+    }
+    Some(match result {
+        Ok(outcome) => {
+            Reply::Ok(serde_json::to_value(outcome).expect("outcomes serialise to JSON"))
+        }
+        Err(e) => Reply::Failed(e),
+    })
+}
+
+/// This machine's host name, as the CLI writes it in lock owners.
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// Writes one reply line.

@@ -100,6 +100,19 @@ pub enum HostError {
         /// What went wrong.
         message: String,
     },
+    /// The running daemon speaks another protocol than this flotilla (one of them was upgraded
+    /// while the other ran). The CLI's hint says how to hand the daemon over to this flotilla.
+    #[error(
+        "the running flotilla host daemon (pid {pid}) speaks protocol {daemon} and this flotilla speaks protocol {client}"
+    )]
+    ProtocolMismatch {
+        /// The daemon's protocol.
+        daemon: u32,
+        /// This flotilla's protocol.
+        client: u32,
+        /// The daemon's process id.
+        pid: u32,
+    },
     /// The daemon answered something that is not the protocol.
     #[error(
         "the flotilla host daemon answered unexpectedly: {0}; restart it with `flotilla host stop` and run the command again"
@@ -150,6 +163,7 @@ impl HostError {
             | HostError::AdminToken(_)
             | HostError::Tls(_)
             | HostError::Corrupt { .. }
+            | HostError::ProtocolMismatch { .. }
             | HostError::Protocol(_) => ErrorKind::Invalid,
         };
         PortError::new(kind, operation, resource, self.to_string())

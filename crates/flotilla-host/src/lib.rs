@@ -1,6 +1,7 @@
 //! flotilla-host: the host provider. One daemon per state directory runs each version as
 //! processes, routes every request itself, keeps state in SQLite and runs the reaper on a timer;
-//! the CLI reaches it through [`connect`], which returns the engine's ports over a Unix socket.
+//! the CLI reaches it through [`connect`], which returns the workflows the daemon runs for it,
+//! each one request over a Unix socket.
 //!
 //! Modules:
 //! - [`settings`]: the plain struct the CLI fills from `flotilla.toml`.
@@ -13,8 +14,10 @@
 //! - [`procfs`]: a process's state, group and start time from `/proc/<pid>/stat` (re-exported
 //!   from `flotilla-process`, which also spawns and stops the instances' process groups).
 //! - [`router`]: per-request routing with the core's `route()` and per-tab instance stickiness.
-//! - [`rpc`]: the socket protocol and the client ports ([`connect`]).
-//! - [`daemon`]: the daemon ([`serve`]): ports for real, drain observation, the reaper loop.
+//! - [`rpc`]: the versioned socket protocol and its client, the host side of the engine's
+//!   `Workflows` seam ([`connect`]).
+//! - [`daemon`]: the daemon ([`serve`]): the ports for real (`LocalPorts`), the workflows
+//!   commands send, drain observation, the reaper loop.
 //! - [`handover`]: handing the listening sockets and the state directory to a new daemon
 //!   (`flotilla host upgrade`, SIGUSR2) without cutting a session; systemd notification.
 //! - [`service`]: the systemd unit of `flotilla host install`, and `systemctl`.

@@ -1,30 +1,35 @@
 //! The daemon's protocol over its Unix socket, and the client side: [`connect`] returns the
-//! engine's [`Ports`] whose every call is one request to the daemon.
+//! [`Workflows`] a command runs, each one request to the daemon, which runs the engine over its
+//! own ports.
 //!
-//! Framing: one JSON object per line. The client writes a [`Request`] line and reads one
-//! [`Reply`] line; a connection may carry several requests in turn. A request that asks for them
-//! (`ImagePrepare` with `events`) is answered by progress lines (`{"event": ...}`, such as each
-//! line a build prints) before its reply; a daemon never sends them unasked, so an older client
-//! keeps working. During a handover to a new daemon the client retries a connection that fails
-//! while a live daemon holds the state directory, and a request the old daemon answered
-//! [`HANDED_OVER`]. Every port method has its own
-//! request, so the daemon implements the ports and the CLI's engine drives them unchanged.
+//! Framing: one JSON object per line. A client first sends [`Request::Hello`] with its
+//! [`PROTOCOL`]; the daemon answers its [`DaemonInfo`] (which carries the daemon's protocol), or
+//! [`Reply::Mismatch`] when the versions differ, and the client refuses a daemon of another
+//! protocol ([`HostError::ProtocolMismatch`]). The hello's shape never changes, so that any two
+//! flotillas can tell each other which protocol they speak.
+//!
+//! A workflow is one [`Request::Run`] (the [`Workflow`], the engine settings and the app's
+//! commands from the command's `flotilla.toml`): the daemon answers with progress lines
+//! ([`Reply::Event`]) as they happen, then one line with the outcome ([`Reply::Ok`]) or the
+//! workflow's error ([`Reply::Failed`], an `EngineError` with its kind). While it runs, the client
+//! may send [`Request::Cancel`] (Ctrl-C): the workflow stops before its next port call and its
+//! deploy lock is released. A client that disconnects without a word (killed) stops it the same
+//! way, but its lock stays with it until the next command finds its process gone and breaks it.
+//!
+//! During a handover to a new daemon the client retries a connection that fails while a live
+//! daemon holds the state directory, and a request the old daemon answered [`HANDED_OVER`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_core::drain::Readiness;
-use flotilla_core::routing::{RoutingTable, WeightedTarget};
-use flotilla_core::{DeploymentId, DeploymentName, InstanceId, Timestamp};
-use flotilla_engine::events::{Event, Progress, Silent};
-use flotilla_engine::ports::{
-    Clock, Compute, ComputeStatus, ErrorKind, ImageRef, ImageRequest, ImageSource, LockInfo,
-    LockOutcome, PortError, Ports, Routing, StateStore, VersionRecord, VersionSpec,
-};
+use flotilla_core::{DeploymentName, Timestamp};
+use flotilla_engine::events::{Event, Progress};
+use flotilla_engine::ports::{Clock, ErrorKind, PortError};
+use flotilla_engine::workflows::{Interrupt, Outcome, Ran, Workflow, Workflows};
+use flotilla_engine::{EngineError, Settings};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -34,129 +39,31 @@ use crate::error::HostError;
 use crate::release::tail_lines;
 use crate::settings::HostSettings;
 
+/// The protocol this flotilla speaks on the daemon's socket. Raised whenever a request or a
+/// reply changes shape; a client and a daemon of different protocols refuse each other at the
+/// hello with [`HostError::ProtocolMismatch`]. 1 was the port-by-port protocol (no version in
+/// its hello).
+pub const PROTOCOL: u32 = 2;
+
 /// One request to the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Checks that the daemon serves `name`; answers [`DaemonInfo`].
+    /// Checks that the daemon serves `name` and speaks `protocol`; answers [`DaemonInfo`], or
+    /// [`Reply::Mismatch`]. Without `protocol` (a flotilla of protocol 1, or a daemon checking
+    /// that its successor answers during a handover) it answers `DaemonInfo` alone.
     Hello {
         /// The deployment name the client works on.
         name: DeploymentName,
+        /// The client's [`PROTOCOL`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<u32>,
     },
-    /// `Compute::create`, with how to launch the instances.
-    ComputeCreate {
-        /// The spec.
-        spec: VersionSpec,
-        /// The shell command of each instance.
-        command: String,
-        /// The health path.
-        health_path: String,
-    },
-    /// `Compute::scale`.
-    ComputeScale {
-        /// The version.
-        id: DeploymentId,
-        /// Instances wanted.
-        desired: u32,
-    },
-    /// `Compute::delete`.
-    ComputeDelete {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `Compute::observe`.
-    ComputeObserve {
-        /// The versions.
-        ids: Vec<DeploymentId>,
-    },
-    /// `Compute::list`.
-    ComputeList,
-    /// `Compute::recent_logs`.
-    ComputeRecentLogs {
-        /// The version.
-        id: DeploymentId,
-        /// Lines wanted.
-        lines: usize,
-    },
-    /// `Routing::install_affinity`.
-    RoutingInstall {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `Routing::retire_affinity`.
-    RoutingRetire {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `Routing::remove_affinity`.
-    RoutingRemove {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `Routing::set_default`.
-    RoutingSetDefault {
-        /// The new default forward.
-        targets: Vec<WeightedTarget>,
-    },
-    /// `Routing::snapshot`.
-    RoutingSnapshot,
-    /// `StateStore::list`.
-    StateList,
-    /// `StateStore::get`.
-    StateGet {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `StateStore::put`.
-    StatePut {
-        /// The record.
-        record: VersionRecord,
-    },
-    /// `StateStore::delete`.
-    StateDelete {
-        /// The version.
-        id: DeploymentId,
-    },
-    /// `StateStore::readiness`.
-    StateReadiness {
-        /// The versions.
-        ids: Vec<DeploymentId>,
-    },
-    /// `StateStore::acquire_lock`.
-    StateAcquireLock {
-        /// Who asks.
-        owner: String,
-        /// The caller's clock reading.
-        now: Timestamp,
-        /// How long the lock lives, in milliseconds.
-        ttl_ms: u64,
-        /// Break a live lock.
-        force: bool,
-    },
-    /// `StateStore::release_lock`.
-    StateReleaseLock {
-        /// Who releases.
-        owner: String,
-    },
-    /// `StateStore::lock_info`.
-    StateLockInfo,
-    /// `ImageSource::prepare`, with the build command.
-    ImagePrepare {
-        /// The version.
-        id: DeploymentId,
-        /// Where its code comes from.
-        request: ImageRequest,
-        /// The build command to run in the release, if any.
-        build: Option<String>,
-        /// Send progress events (the build's output) before the reply.
-        #[serde(default)]
-        events: bool,
-    },
-    /// `ImageSource::discard`.
-    ImageDiscard {
-        /// The version.
-        id: DeploymentId,
-    },
+    /// Runs a workflow; answered by its progress events, then its outcome.
+    Run(Box<RunWorkflow>),
+    /// Sent while a [`Request::Run`] runs on the same connection: stop it before its next step
+    /// and release its deploy lock.
+    Cancel,
     /// Asks the daemon to shut down gracefully.
     Shutdown,
     /// Asks the daemon to hand over to a new daemon started from `binary` (its own executable
@@ -166,6 +73,30 @@ pub enum Request {
         #[serde(default)]
         binary: Option<PathBuf>,
     },
+}
+
+/// A workflow a command asks the daemon to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunWorkflow {
+    /// The workflow.
+    pub workflow: Workflow,
+    /// The engine settings, from the command's configuration (the daemon fills in how it tells
+    /// whether a lock's holder still runs).
+    pub settings: Settings,
+    /// How the app's instances start, from the command's configuration.
+    pub app: AppCommands,
+}
+
+/// What the command's configuration says about starting the app, which a deploy's instances
+/// use (the daemon's own settings are those it started with, which may be older).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCommands {
+    /// The shell command of each instance.
+    pub command: String,
+    /// The health path.
+    pub health_path: String,
+    /// The build command run in a release, if any.
+    pub build: Option<String>,
 }
 
 /// Starts an error message of a daemon that handed over to another and so answers nothing more;
@@ -193,16 +124,25 @@ pub struct UpgradeReport {
     pub log: PathBuf,
 }
 
-/// The answer to one request: `{"ok": value}` or `{"err": PortError}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One line of the daemon's answer: progress events, then one of the others.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Success, with the method's result as JSON.
+    /// Success, with the result as JSON (a [`DaemonInfo`], an [`Outcome`], ...).
     Ok(serde_json::Value),
-    /// Failure.
+    /// The request could not be carried out (undecodable, handed over, ...).
     Err(PortError),
     /// Progress while the request runs; the reply follows.
     Event(Event),
+    /// The workflow of a [`Request::Run`] failed.
+    Failed(EngineError),
+    /// The hello's protocol is not the daemon's.
+    Mismatch {
+        /// The daemon's protocol.
+        protocol: u32,
+        /// The daemon's process id.
+        pid: u32,
+    },
 }
 
 /// What the daemon says about itself in answer to [`Request::Hello`].
@@ -221,6 +161,13 @@ pub struct DaemonInfo {
     /// A daemon that handed over to this one and still serves connections it held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<crate::handover::PreviousDaemon>,
+    /// The protocol it speaks; a daemon of protocol 1 does not say.
+    #[serde(default = "protocol_one")]
+    pub protocol: u32,
+}
+
+fn protocol_one() -> u32 {
+    1
 }
 
 /// A daemon the client started in the background.
@@ -232,11 +179,11 @@ pub struct StartedDaemon {
     pub log: PathBuf,
 }
 
-/// The result of [`connect_reporting`]: the ports, the daemon's identity, and whether it had to be
-/// started.
+/// The result of [`connect_reporting`]: the workflows, the daemon's identity, and whether it had
+/// to be started.
 pub struct Connection {
-    /// The ports, speaking to the daemon.
-    pub ports: Ports,
+    /// The workflows, each run by the daemon.
+    pub workflows: Arc<dyn Workflows>,
     /// What the daemon said about itself.
     pub daemon: DaemonInfo,
     /// Set when this call started the daemon.
@@ -250,28 +197,35 @@ pub struct Connection {
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Connects to the daemon of `settings.state_dir`, starting it in the background if it does not
-/// run, and returns ports for `settings.name` that speak to it.
-pub async fn connect(settings: &HostSettings) -> Result<Ports, HostError> {
-    Ok(connect_reporting(settings).await?.ports)
+/// run, and returns the workflows of `settings.name`, which the daemon runs with `engine`.
+pub async fn connect(
+    settings: &HostSettings,
+    engine: Settings,
+) -> Result<Arc<dyn Workflows>, HostError> {
+    Ok(connect_reporting(settings, engine).await?.workflows)
 }
 
 /// Like [`connect`], and also says whether the daemon was started (and where its log is).
-pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, HostError> {
+pub async fn connect_reporting(
+    settings: &HostSettings,
+    engine: Settings,
+) -> Result<Connection, HostError> {
     let settings = settings.resolved().map_err(HostError::io(
         "resolve the app directory",
         &settings.app_dir,
     ))?;
-    let client = Arc::new(Client {
+    let client = Client {
         socket: settings.socket_path(),
         log: settings.daemon_log_path(),
         settings: settings.clone(),
-    });
+    };
     let hello = Request::Hello {
         name: settings.name.clone(),
+        protocol: Some(PROTOCOL),
     };
     let mut started = None;
     let info: DaemonInfo = match client.call_raw(&hello).await {
-        Ok(reply) => reply_value(reply).map_err(|e| port_to_host(e, &client))?,
+        Ok(reply) => hello_answer(reply, &client)?,
         Err(HostError::Unavailable { .. }) => {
             // A daemon that holds the state directory but does not answer yet is starting
             // (perhaps under systemd): wait for it rather than start a second one that would only
@@ -326,15 +280,8 @@ pub async fn connect_reporting(settings: &HostSettings) -> Result<Connection, Ho
             ));
         }
     }
-    let ports = Ports {
-        compute: client.clone(),
-        routing: client.clone(),
-        state: client.clone(),
-        images: client.clone(),
-        clock: Arc::new(SystemClock),
-    };
     Ok(Connection {
-        ports,
+        workflows: Arc::new(DaemonWorkflows { client, engine }),
         daemon: info,
         started,
         warnings,
@@ -398,6 +345,23 @@ pub async fn stop_daemon(settings: &HostSettings, wait: Duration) -> Result<bool
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The daemon's answer to a hello: its identity, if it speaks this flotilla's protocol.
+fn hello_answer(reply: Reply, client: &Client) -> Result<DaemonInfo, HostError> {
+    let mismatch = |protocol, pid| HostError::ProtocolMismatch {
+        daemon: protocol,
+        client: PROTOCOL,
+        pid,
+    };
+    if let Reply::Mismatch { protocol, pid } = reply {
+        return Err(mismatch(protocol, pid));
+    }
+    let info: DaemonInfo = reply_value(reply).map_err(|e| port_to_host(e, client))?;
+    if info.protocol != PROTOCOL {
+        return Err(mismatch(info.protocol, info.pid));
+    }
+    Ok(info)
 }
 
 fn port_to_host(e: PortError, client: &Client) -> HostError {
@@ -476,7 +440,7 @@ async fn wait_for_daemon(
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         match client.call_raw(hello).await {
-            Ok(reply) => return reply_value(reply).map_err(|e| port_to_host(e, client)),
+            Ok(reply) => return hello_answer(reply, client),
             Err(HostError::Unavailable { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -513,16 +477,16 @@ fn reply_value<T: DeserializeOwned>(reply: Reply) -> Result<T, PortError> {
             )
         }),
         Reply::Err(e) => Err(e),
-        Reply::Event(event) => Err(PortError::new(
+        other => Err(PortError::new(
             ErrorKind::Invalid,
             "decode reply",
             "flotilla host daemon",
-            format!("a progress event where the reply was expected: {event:?}"),
+            format!("{other:?} where a reply was expected"),
         )),
     }
 }
 
-/// The client side of the ports: every call is one request over the Unix socket.
+/// A connection to the daemon's socket (one per request).
 struct Client {
     socket: PathBuf,
     log: PathBuf,
@@ -531,24 +495,29 @@ struct Client {
 
 impl Client {
     async fn call_raw(&self, request: &Request) -> Result<Reply, HostError> {
-        self.call_with_events(request, &Silent).await
+        let mut never = flotilla_engine::workflows::never();
+        let reply = self
+            .call_with_events(request, &flotilla_engine::events::Silent, &mut never)
+            .await?;
+        Ok(reply.expect("a request nobody interrupts is answered"))
     }
 
     /// Sends `request` and returns its reply, passing the progress events that come before it
-    /// to `progress`.
+    /// to `progress`; `None` when `interrupt` came first (the daemon was asked to cancel).
     async fn call_with_events(
         &self,
         request: &Request,
         progress: &dyn Progress,
-    ) -> Result<Reply, HostError> {
+        interrupt: &mut Interrupt,
+    ) -> Result<Option<Reply>, HostError> {
         // During a handover (see `crate::handover`) the socket is briefly not answered, and the
         // old daemon answers what it had queued with `HANDED_OVER`: both are retried, as long
         // as a live daemon holds the state directory, up to the start timeout.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let reply = self.call_once(request, progress).await;
+            let reply = self.call_once(request, progress, interrupt).await;
             let retry = match &reply {
-                Ok(Reply::Err(e)) => e.message.contains(HANDED_OVER),
+                Ok(Some(Reply::Err(e))) => e.message.contains(HANDED_OVER),
                 Err(HostError::Unavailable { .. }) => starting_daemon(&self.settings).is_some(),
                 _ => false,
             };
@@ -563,7 +532,8 @@ impl Client {
         &self,
         request: &Request,
         progress: &dyn Progress,
-    ) -> Result<Reply, HostError> {
+        interrupt: &mut Interrupt,
+    ) -> Result<Option<Reply>, HostError> {
         let unavailable = |message: String| HostError::Unavailable {
             socket: self.socket.clone(),
             log: self.log.clone(),
@@ -573,262 +543,124 @@ impl Client {
             .await
             .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_string(request).expect("requests serialise to JSON");
-        line.push('\n');
         write
-            .write_all(line.as_bytes())
+            .write_all(&line_of(request))
             .await
             .map_err(|e| unavailable(format!("cannot send: {e}")))?;
-        let mut reader = BufReader::new(read);
+        let mut lines = BufReader::new(read).lines();
         loop {
-            let mut answer = String::new();
-            let n = reader
-                .read_line(&mut answer)
-                .await
-                .map_err(|e| unavailable(format!("cannot read the answer: {e}")))?;
-            if n == 0 {
+            let answer = tokio::select! {
+                answer = lines.next_line() => answer
+                    .map_err(|e| unavailable(format!("cannot read the answer: {e}")))?,
+                () = &mut *interrupt => {
+                    *interrupt = flotilla_engine::workflows::never();
+                    // The daemon stops the workflow before its next step and releases its lock;
+                    // wait a little for it to say so, so that the same command can be run
+                    // again at once, but not for a step that takes long (a build).
+                    if write.write_all(&line_of(&Request::Cancel)).await.is_ok() {
+                        let _ = tokio::time::timeout(CANCEL_WAIT, async {
+                            while let Ok(Some(line)) = lines.next_line().await {
+                                if !matches!(serde_json::from_str(&line), Ok(Reply::Event(_))) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                    return Ok(None);
+                }
+            };
+            let Some(answer) = answer else {
                 return Err(unavailable(
                     "it closed the connection without answering (did it stop or crash?)".to_owned(),
                 ));
-            }
+            };
             match serde_json::from_str(&answer)
                 .map_err(|e| HostError::Protocol(format!("{e} in {answer:?}")))?
             {
                 Reply::Event(event) => progress.event(event),
-                reply => return Ok(reply),
+                reply => return Ok(Some(reply)),
             }
         }
     }
+}
 
-    async fn call<T: DeserializeOwned>(
-        &self,
-        request: Request,
-        operation: &str,
-        resource: &str,
-    ) -> Result<T, PortError> {
-        let reply = self
-            .call_raw(&request)
-            .await
-            .map_err(|e| e.into_port(operation, resource))?;
-        reply_value(reply)
-    }
+/// How long an interrupted command waits for the daemon to stop its workflow.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// `request` as one line of the protocol.
+fn line_of(request: &Request) -> Vec<u8> {
+    let mut line = serde_json::to_vec(request).expect("requests serialise to JSON");
+    line.push(b'\n');
+    line
+}
+
+/// The workflows of one deployment name, each run by the daemon: the host provider's side of the
+/// engine's [`Workflows`] seam.
+struct DaemonWorkflows {
+    client: Client,
+    engine: Settings,
 }
 
 #[async_trait]
-impl Compute for Client {
-    async fn create(&self, spec: &VersionSpec) -> Result<(), PortError> {
-        let request = Request::ComputeCreate {
-            spec: spec.clone(),
-            command: self.settings.command.clone(),
-            health_path: self.settings.health_path.clone(),
-        };
-        self.call(request, "create instances of", spec.id.as_str())
-            .await
-    }
-
-    async fn scale(&self, id: &DeploymentId, desired: u32) -> Result<(), PortError> {
-        self.call(
-            Request::ComputeScale {
-                id: id.clone(),
-                desired,
-            },
-            "scale",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::ComputeDelete { id: id.clone() },
-            "delete instances of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn observe(
+impl Workflows for DaemonWorkflows {
+    async fn run(
         &self,
-        ids: &[DeploymentId],
-    ) -> Result<BTreeMap<DeploymentId, ComputeStatus>, PortError> {
-        self.call(
-            Request::ComputeObserve { ids: ids.to_vec() },
-            "observe",
-            "instances",
-        )
-        .await
-    }
-
-    async fn list(&self) -> Result<Vec<DeploymentId>, PortError> {
-        self.call(Request::ComputeList, "list", "instances").await
-    }
-
-    async fn recent_logs(&self, id: &DeploymentId, lines: usize) -> Result<Vec<String>, PortError> {
-        self.call(
-            Request::ComputeRecentLogs {
-                id: id.clone(),
-                lines,
-            },
-            "read logs of",
-            id.as_str(),
-        )
-        .await
-    }
-}
-
-#[async_trait]
-impl Routing for Client {
-    async fn install_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::RoutingInstall { id: id.clone() },
-            "install affinity of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn retire_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::RoutingRetire { id: id.clone() },
-            "retire affinity of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn remove_affinity(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::RoutingRemove { id: id.clone() },
-            "remove affinity of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn set_default(&self, targets: &[WeightedTarget]) -> Result<(), PortError> {
-        self.call(
-            Request::RoutingSetDefault {
-                targets: targets.to_vec(),
-            },
-            "set default",
-            "routing",
-        )
-        .await
-    }
-
-    async fn snapshot(&self) -> Result<RoutingTable, PortError> {
-        self.call(Request::RoutingSnapshot, "read", "routing").await
-    }
-}
-
-#[async_trait]
-impl StateStore for Client {
-    async fn list(&self) -> Result<Vec<VersionRecord>, PortError> {
-        self.call(Request::StateList, "list", "versions").await
-    }
-
-    async fn get(&self, id: &DeploymentId) -> Result<Option<VersionRecord>, PortError> {
-        self.call(
-            Request::StateGet { id: id.clone() },
-            "read record of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn put(&self, record: &VersionRecord) -> Result<(), PortError> {
-        self.call(
-            Request::StatePut {
-                record: record.clone(),
-            },
-            "write record of",
-            record.version.id.as_str(),
-        )
-        .await
-    }
-
-    async fn delete(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::StateDelete { id: id.clone() },
-            "delete record of",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn readiness(
-        &self,
-        ids: &[DeploymentId],
-    ) -> Result<BTreeMap<DeploymentId, BTreeMap<InstanceId, Readiness>>, PortError> {
-        self.call(
-            Request::StateReadiness { ids: ids.to_vec() },
-            "read",
-            "readiness",
-        )
-        .await
-    }
-
-    async fn acquire_lock(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        ttl: Duration,
-        force: bool,
-    ) -> Result<LockOutcome, PortError> {
-        let request = Request::StateAcquireLock {
-            owner: owner.to_owned(),
-            now,
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            force,
-        };
-        self.call(request, "take", "deploy lock").await
-    }
-
-    async fn release_lock(&self, owner: &str) -> Result<(), PortError> {
-        self.call(
-            Request::StateReleaseLock {
-                owner: owner.to_owned(),
-            },
-            "release",
-            "deploy lock",
-        )
-        .await
-    }
-
-    async fn lock_info(&self) -> Result<Option<LockInfo>, PortError> {
-        self.call(Request::StateLockInfo, "read", "deploy lock")
-            .await
-    }
-}
-
-#[async_trait]
-impl ImageSource for Client {
-    async fn prepare(
-        &self,
-        id: &DeploymentId,
-        request: &ImageRequest,
+        workflow: Workflow,
         progress: &dyn Progress,
-    ) -> Result<ImageRef, PortError> {
-        let request = Request::ImagePrepare {
-            id: id.clone(),
-            request: request.clone(),
-            build: self.settings.build.clone(),
-            events: true,
-        };
+        mut interrupt: Interrupt,
+    ) -> Result<Ran, EngineError> {
+        let s = &self.client.settings;
+        let request = Request::Run(Box::new(RunWorkflow {
+            workflow,
+            settings: self.engine.clone(),
+            app: AppCommands {
+                command: s.command.clone(),
+                health_path: s.health_path.clone(),
+                build: s.build.clone(),
+            },
+        }));
+        let step = "run the workflow in the flotilla host daemon";
         let reply = self
-            .call_with_events(&request, progress)
+            .client
+            .call_with_events(&request, progress, &mut interrupt)
             .await
-            .map_err(|e| e.into_port("prepare release", id.as_str()))?;
-        reply_value(reply)
+            .map_err(|e| EngineError::Port {
+                step: step.to_owned(),
+                source: e.into_port("run a workflow in", "the flotilla host daemon"),
+            })?;
+        match reply {
+            None => Ok(Ran::Interrupted),
+            Some(Reply::Ok(value)) => serde_json::from_value::<Outcome>(value)
+                .map(Ran::Finished)
+                .map_err(|e| EngineError::Port {
+                    step: step.to_owned(),
+                    source: PortError::new(
+                        ErrorKind::Invalid,
+                        "decode the outcome of",
+                        "the workflow",
+                        e.to_string(),
+                    ),
+                }),
+            Some(Reply::Failed(e)) => Err(e),
+            Some(Reply::Err(e)) => Err(EngineError::Port {
+                step: step.to_owned(),
+                source: e,
+            }),
+            Some(other) => Err(EngineError::Port {
+                step: step.to_owned(),
+                source: PortError::new(
+                    ErrorKind::Invalid,
+                    "decode the outcome of",
+                    "the workflow",
+                    format!("the daemon answered {other:?}"),
+                ),
+            }),
+        }
     }
 
-    async fn discard(&self, id: &DeploymentId) -> Result<(), PortError> {
-        self.call(
-            Request::ImageDiscard { id: id.clone() },
-            "discard release",
-            id.as_str(),
-        )
-        .await
+    fn now(&self) -> Timestamp {
+        SystemClock.now()
     }
 }
 
@@ -852,45 +684,55 @@ impl Clock for SystemClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_core::DeploymentId;
 
     #[test]
-    fn wire_format_is_one_tagged_object() {
+    fn wire_format_is_one_tagged_object_per_line() {
         let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
-        let text = serde_json::to_string(&Request::ComputeScale { id, desired: 0 }).expect("json");
+        let name = DeploymentName::new("shop").expect("valid");
+        let hello = Request::Hello {
+            name: name.clone(),
+            protocol: Some(PROTOCOL),
+        };
         assert_eq!(
-            text,
-            r#"{"op":"compute_scale","id":"20261125-190633-k3x9","desired":0}"#
+            serde_json::to_string(&hello).expect("json"),
+            r#"{"op":"hello","name":"shop","protocol":2}"#
         );
-        let reply: Reply = serde_json::from_str(r#"{"ok":null}"#).expect("json");
-        assert!(matches!(reply, Reply::Ok(serde_json::Value::Null)));
-        let err = Reply::Err(PortError::new(ErrorKind::NotFound, "scale", "x", "gone"));
+        let text = serde_json::to_string(&Request::Cancel).expect("json");
+        assert_eq!(text, r#"{"op":"cancel"}"#);
+        let drain = serde_json::to_value(Workflow::Drain { id: id.clone() }).expect("json");
+        assert_eq!(drain["workflow"], "drain");
+        let failed = Reply::Failed(EngineError::UnknownVersion {
+            name,
+            id: id.clone(),
+        });
         let back: Reply =
-            serde_json::from_str(&serde_json::to_string(&err).expect("json")).expect("json");
-        assert!(matches!(back, Reply::Err(e) if e.kind == ErrorKind::NotFound));
+            serde_json::from_str(&serde_json::to_string(&failed).expect("json")).expect("json");
+        assert!(matches!(
+            back,
+            Reply::Failed(EngineError::UnknownVersion { .. })
+        ));
+        let event = Reply::Event(Event::BuildOutput {
+            id,
+            line: "compiling".to_owned(),
+        });
+        assert_eq!(
+            serde_json::to_string(&event).expect("json"),
+            r#"{"event":{"event":"build_output","id":"20261125-190633-k3x9","line":"compiling"}}"#
+        );
     }
 
     #[test]
-    fn progress_lines_come_before_the_reply_only_when_asked_for() {
-        let id = DeploymentId::new("20261125-190633-k3x9").expect("valid");
-        let event = Reply::Event(Event::BuildOutput {
-            id: id.clone(),
-            line: "compiling".to_owned(),
-        });
-        let text = serde_json::to_string(&event).expect("json");
-        assert_eq!(
-            text,
-            r#"{"event":{"event":"build_output","id":"20261125-190633-k3x9","line":"compiling"}}"#
-        );
-        let back: Reply = serde_json::from_str(&text).expect("json");
-        assert!(
-            matches!(back, Reply::Event(Event::BuildOutput { line, .. }) if line == "compiling")
-        );
-        // A request from a client that does not know about events never asks for them.
-        let old = r#"{"op":"image_prepare","id":"20261125-190633-k3x9","request":{"build":"."},"build":null}"#;
-        let request: Request = serde_json::from_str(old).expect("an older client's request");
-        assert!(matches!(
-            request,
-            Request::ImagePrepare { events: false, .. }
-        ));
+    fn a_protocol_one_hello_and_daemon_info_still_decode() {
+        // A flotilla of protocol 1 (and a daemon checking its successor) sends no protocol.
+        let hello: Request =
+            serde_json::from_str(r#"{"op":"hello","name":"shop"}"#).expect("an old hello");
+        assert!(matches!(hello, Request::Hello { protocol: None, .. }));
+        // A daemon of protocol 1 does not say which protocol it speaks.
+        let info: DaemonInfo = serde_json::from_str(
+            r#"{"name":"shop","pid":7,"listen":"127.0.0.1:8080","admin_listen":"127.0.0.1:9090","state_dir":"/srv/shop/.flotilla/host"}"#,
+        )
+        .expect("an old daemon's info");
+        assert_eq!(info.protocol, 1);
     }
 }

@@ -4,12 +4,14 @@
 //! Each test has its own app directory, state directory and daemon, and a guard that stops the
 //! daemon (`flotilla host stop`, then by pid) and every instance when the test ends.
 //!
-//! Modules: `canary` (canary deploys driven by the daemon), `front_door`, `https`, `util`.
+//! Modules: `canary` (canary deploys driven by the daemon), `front_door`, `https`, `protocol`
+//! (the daemon's socket protocol: versions, streaming, cancel), `util`.
 
 mod autoscale;
 mod canary;
 mod front_door;
 mod https;
+mod protocol;
 mod util;
 
 use std::collections::BTreeMap;

@@ -16,7 +16,7 @@
 use flotilla_core::canary::{self, CanaryPlan, Counters, Next, Outcome};
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, Timestamp, VersionState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::events::Progress;
@@ -28,7 +28,7 @@ use super::deploy::{DeployOutcome, DeployRequest};
 use super::rollback::RollbackOutcome;
 
 /// What one [`Engine::canary_tick`] did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "tick", rename_all = "snake_case")]
 pub enum CanaryTick {
     /// No canary is running.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use flotilla_core::canary::{self, CanaryPlan, CanaryState};
 use flotilla_core::routing::WeightedTarget;
 use flotilla_core::{DeploymentId, Timestamp, Version, VersionState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::events::{Event, Progress};
@@ -17,7 +17,7 @@ use super::canary::live_canary;
 use super::common::{note, refused, serves_affinity, step};
 
 /// What to deploy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeployRequest {
     /// The new version's id. The caller generates it (`DeploymentId::generate`) so it can print it
     /// before the deploy starts. An id whose record is still `deploying` (an interrupted deploy) is
@@ -36,7 +36,7 @@ pub struct DeployRequest {
 }
 
 /// What a successful deploy did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployOutcome {
     /// The new active version.
     pub deployment_id: DeploymentId,

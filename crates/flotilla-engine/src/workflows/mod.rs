@@ -5,6 +5,9 @@
 //! Records are created before any resource of a version and deleted after all of them, so a
 //! resource never exists without a record that leads the reaper or a re-run to it.
 //!
+//! `call` has them as plain data (`Workflow`, `Outcome`) and the seam a command runs them through
+//! (`Workflows`: this engine, or the host daemon over its socket).
+//!
 //! Modules, one per concern: `deploy`, `rollback` (with drain), `reap`, `teardown`,
 //! `status`, `canary` (a canary's deploy, its ticks, promote and its rollback); `remove` (a version's resources, removed by the three workflows that retire
 //! versions), `lock` (the deploy lock) and `common` (what they all share).
@@ -14,9 +17,11 @@ use std::time::Duration;
 use flotilla_core::DeploymentName;
 use flotilla_core::reaper::ReapPolicy;
 use flotilla_core::routing::RuleBudget;
+use serde::{Deserialize, Serialize};
 
 use crate::ports::Ports;
 
+mod call;
 mod canary;
 mod common;
 mod deploy;
@@ -27,6 +32,7 @@ mod rollback;
 mod status;
 mod teardown;
 
+pub use call::{Interrupt, Outcome, Ran, Workflow, Workflows, never};
 pub use canary::CanaryTick;
 pub use deploy::{DeployOutcome, DeployRequest};
 pub use reap::ReapReport;
@@ -35,7 +41,7 @@ pub use status::{StatusReport, VersionStatus};
 pub use teardown::{TeardownReport, TeardownTarget};
 
 /// How the workflows behave for one deployment name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Settings {
     /// The deployment name.
     pub name: DeploymentName,
@@ -54,6 +60,8 @@ pub struct Settings {
     /// This host and how to ask whether a process of it runs, when the caller can answer: a lock
     /// held by a process of this host that no longer runs is broken at once (with a note) rather
     /// than blocking until it lapses.
+    /// Never sent over a wire: whoever runs the workflows fills it in for its own host.
+    #[serde(skip)]
     pub local_holders: Option<LocalHolders>,
 }
 

@@ -6,7 +6,7 @@ use flotilla_core::drain::Readiness;
 use flotilla_core::reaper::{ComputeCounts, ReapAction, VersionView, Waiting, plan_pass};
 use flotilla_core::routing::RoutingTable;
 use flotilla_core::{DeploymentId, InstanceId, VersionState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::events::{Event, Progress};
@@ -16,7 +16,7 @@ use super::Engine;
 use super::common::{note, orphan_ids, serves_affinity, step};
 
 /// What a reaper pass did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReapReport {
     /// Actions taken (or planned, in a dry run).
     pub actions: Vec<ReapAction>,

@@ -2,7 +2,7 @@
 
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, VersionState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::events::Progress;
@@ -12,7 +12,7 @@ use super::Engine;
 use super::common::{note, refused, step};
 
 /// What a rollback did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackOutcome {
     /// The version fresh traffic goes to now.
     pub active: DeploymentId,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use flotilla_core::drain::Readiness;
 use flotilla_core::routing::{Affinity, RoutingTable, RuleBudget};
 use flotilla_core::{DeploymentId, DeploymentName, InstanceId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::ports::{ComputeStatus, LockInfo, VersionRecord};
@@ -14,7 +14,7 @@ use super::Engine;
 use super::common::orphan_ids;
 
 /// One version as `status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionStatus {
     /// The record.
     pub record: VersionRecord,
@@ -29,7 +29,7 @@ pub struct VersionStatus {
 }
 
 /// Everything `status` reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The deployment name.
     pub name: DeploymentName,

@@ -1,7 +1,7 @@
 //! Teardown: removing one version, or every version of the deployment, on request.
 
 use flotilla_core::DeploymentId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::events::Progress;
@@ -10,7 +10,8 @@ use super::Engine;
 use super::common::{note, orphan_ids, refused, serves_affinity, step};
 
 /// Which versions a teardown removes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TeardownTarget {
     /// One version (refused for the active one while others exist; roll back first).
     One(DeploymentId),
@@ -19,7 +20,7 @@ pub enum TeardownTarget {
 }
 
 /// What a teardown removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TeardownReport {
     /// Versions removed.
     pub removed: Vec<DeploymentId>,
