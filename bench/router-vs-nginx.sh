@@ -36,7 +36,7 @@
 #
 # Usage: bench/router-vs-nginx.sh
 #   (env: DURATION=10 CONNECTIONS="32 256" THREADS=1 ROUNDS=2 HAPROXY=1 PINGORA=0 SESSIONS=10000
-#    BASELINE=)
+#    BASELINE= SYSCALLS=0)
 # Needs nginx and wrk from Debian; installs them with apt-get when missing and run as root.
 set -euo pipefail
 
@@ -50,6 +50,12 @@ SESSIONS="${SESSIONS:-10000}"
 # Another bench_router binary (say, one built from main) to measure in the same rounds as
 # "baseline", with its own daemon and backends: before/after figures from one run.
 BASELINE="${BASELINE:-}"
+# SYSCALLS=1: count each proxy's system calls per request during its load runs (perf stat).
+SYSCALLS="${SYSCALLS:-0}"
+# PROFILE=1: record the router's first fresh run with perf (call graphs; the harness is built
+# with the `bench` profile, which keeps symbols) and print where its CPU time goes.
+PROFILE="${PROFILE:-0}"
+BUILD_PROFILE=release; [ "$PROFILE" = 1 ] && BUILD_PROFILE=bench
 # Each idle session holds a descriptor in the client, two in the proxy and one in a backend.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE="$(ulimit -n)"
@@ -91,11 +97,12 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY_BIN="$(command -v haproxy || echo /usr/sbin/haproxy)"
 
-echo "building flotilla and the example app (release)" >&2
+echo "building flotilla and the example app ($BUILD_PROFILE)" >&2
 # Two commands: `--example` would otherwise select only examples in every package named.
-cargo build --release --quiet -p flotilla-host --example bench_router
+cargo build --profile "$BUILD_PROFILE" --quiet -p flotilla-host --example bench_router
 cargo build --release --quiet -p flotilla-example-hello
-HARNESS="$root/target/release/examples/bench_router"
+case "$BUILD_PROFILE" in dev | test) profile_dir=debug ;; release | bench) profile_dir=release ;; *) profile_dir="$BUILD_PROFILE" ;; esac
+HARNESS="$root/target/$profile_dir/examples/bench_router"
 if [ "$PINGORA" = 1 ]; then
   echo "building the Pingora peer (release)" >&2
   cargo build --release --quiet --manifest-path bench/pingora-peer/Cargo.toml --target-dir "$root/target/pingora-peer"
@@ -288,27 +295,44 @@ run() { # name scenario url [header]   (uses $conns)
   local name="$1" scenario="$2@$conns" url="$3" header="${4:-}"
   local args=(-t"$THREADS" -c"$conns" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
-  local before after
+  local before after syscalls=""
   before="$(cpu_ticks "$name")"
-  wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+  local pids; pids="$(proxy_pids "$name")"
+  if [ "$PROFILE" = 1 ] && [ "$name" = flotilla ] && [ ! -e "$work/perf.data" ]; then
+    perf record -q -g -o "$work/perf.data" -p "$harness_pid" -- \
+      wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+    perf report -q -i "$work/perf.data" --no-children --percent-limit 1.5 --sort dso,symbol \
+      -g none 2>/dev/null | sed 's/[[:space:]]*$//' | grep -v '^$' | head -40 > "$work/profile.txt"
+  elif [ "$SYSCALLS" = 1 ] && [ -n "$pids" ]; then
+    # Every system call the proxy's threads make during the run (perf's raw_syscalls tracepoint).
+    perf stat -e raw_syscalls:sys_enter -x, -o "$work/perf.out" -p "${pids// /,}" -- \
+      wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+    syscalls="$(awk -F, '/raw_syscalls/{print $1}' "$work/perf.out")"
+  else
+    wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+  fi
   after="$(cpu_ticks "$name")"
   python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
-  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")" >> "$cpu"
+  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")\t$syscalls" >> "$cpu"
   return 0
+}
+# The processes of a proxy: nginx's master and workers, the others' one process.
+proxy_pids() { # name
+  case "$1" in
+    flotilla) echo "$harness_pid" ;;
+    baseline) echo "$baseline_pid" ;;
+    nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
+    haproxy) echo "$haproxy_pid" ;;
+    pingora) echo "$pingora_pid" ;;
+  esac
 }
 # The CPU time (user + system, in clock ticks) the proxy's processes have used: a figure that
 # other work on the machine disturbs far less than throughput, since it counts only the proxy's
 # own work per request.
 cpu_ticks() { # name
   local pids=() p total=0
-  case "$1" in
-    flotilla) pids=("$harness_pid") ;;
-    baseline) pids=("$baseline_pid") ;;
-    nginx) pids=("$nginx_pid" $(pgrep -P "$nginx_pid")) ;;
-    haproxy) pids=("$haproxy_pid") ;;
-    pingora) pids=("$pingora_pid") ;;
-    *) return 0 ;;
-  esac
+  read -r -a pids <<< "$(proxy_pids "$1")"
+  [ "${#pids[@]}" -gt 0 ] || return 0
   for p in "${pids[@]}"; do
     [ -r "/proc/$p/stat" ] || continue
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
@@ -396,16 +420,22 @@ med = lambda a, k: statistics.median(a[k])
 def best_peer(scenario, key, pick):
     vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg and key in agg[(n, scenario)]]
     return pick(vals) if vals else None
-cpu = {}
+cpu, calls = {}, {}
 for line in open(sys.argv[4]):
-    name, scenario, ticks, requests = (line.rstrip("\n").split("\t") + ["", ""])[:4]
+    name, scenario, ticks, requests, syscalls = (line.rstrip("\n").split("\t") + ["", "", ""])[:5]
     if ticks and requests and int(requests) > 0:
         cpu.setdefault((name, scenario), []).append(int(ticks) * 1e6 / int(sys.argv[5]) / int(requests))
+    if syscalls.isdigit() and requests and int(requests) > 0:
+        calls.setdefault((name, scenario), []).append(int(syscalls) / int(requests))
 for key, values in cpu.items():
     if key in agg:
         agg[key]["cpu"] = values
+for key, values in calls.items():
+    if key in agg:
+        agg[key]["calls"] = values
 # Each figure with its ratio to the better peer (nginx, HAProxy, Pingora) in the same scenario.
-print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}{'CPU us/req':>11}{'/best':>7}  errors")
+print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}{'CPU us/req':>11}{'/best':>7}"
+      + (f"{'calls/req':>10}" if calls else "") + "  errors")
 ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
 for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
@@ -414,6 +444,7 @@ for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0
           f"{p50:>9.3f}{ratio(p50, best_peer(scenario, 'p50', min)):>7}"
           f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}"
           + (f"{med(a, 'cpu'):>11.1f}{ratio(med(a, 'cpu'), best_peer(scenario, 'cpu', min)):>7}" if "cpu" in a else f"{'-':>11}{'-':>7}")
+          + (f"{med(a, 'calls'):>10.2f}" if "calls" in a else "")
           + f"  {err}")
 print()
 scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
@@ -462,3 +493,8 @@ if rows:
         if direct:
             print(f"WebSocket round trip: flotilla p50 {float(f[4]) / float(direct[4]):.2f}x direct")
 PY
+if [ -s "$work/profile.txt" ]; then
+  echo
+  echo "where the router's CPU time went in its first fresh run (perf, self time, >= 1.5 %):"
+  cat "$work/profile.txt"
+fi
