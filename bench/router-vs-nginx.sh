@@ -295,25 +295,32 @@ run() { # name scenario url [header]   (uses $conns)
   local name="$1" scenario="$2@$conns" url="$3" header="${4:-}"
   local args=(-t"$THREADS" -c"$conns" -d"${DURATION}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
-  local before after syscalls=""
+  local before after syscalls="" switches=""
   before="$(cpu_ticks "$name")"
   local pids; pids="$(proxy_pids "$name")"
   if [ "$PROFILE" = 1 ] && [ "$name" = flotilla ] && [ ! -e "$work/perf.data" ]; then
     perf record -q -g -o "$work/perf.data" -p "$harness_pid" -- \
       wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
-    perf report -q -i "$work/perf.data" --no-children --percent-limit 1.5 --sort dso,symbol \
-      -g none 2>/dev/null | sed 's/[[:space:]]*$//' | grep -v '^$' | head -40 > "$work/profile.txt"
+    {
+      echo "by object:"
+      perf report -q -i "$work/perf.data" --no-children --sort dso -g none 2>/dev/null \
+        | sed 's/[[:space:]-]*$//' | grep -v '^$' | head -8
+      echo "the router's own symbols (self time >= 0.4 % of all):"
+      perf report -q -i "$work/perf.data" --no-children --dsos bench_router --sort symbol \
+        --percent-limit 0.4 -g none 2>/dev/null | sed 's/[[:space:]-]*$//' | grep -v '^$' | head -40
+    } > "$work/profile.txt"
   elif [ "$SYSCALLS" = 1 ] && [ -n "$pids" ]; then
     # Every system call the proxy's threads make during the run (perf's raw_syscalls tracepoint).
-    perf stat -e raw_syscalls:sys_enter -x, -o "$work/perf.out" -p "${pids// /,}" -- \
-      wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
+    perf stat -e raw_syscalls:sys_enter,context-switches -x, -o "$work/perf.out" \
+      -p "${pids// /,}" -- wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
     syscalls="$(awk -F, '/raw_syscalls/{print $1}' "$work/perf.out")"
+    switches="$(awk -F, '/context-switches/{print $1}' "$work/perf.out")"
   else
     wrk "${args[@]}" "$url" > "$work/wrk.out" 2>&1
   fi
   after="$(cpu_ticks "$name")"
   python3 "$root/bench/lib/wrk_row.py" "$name" "$scenario" "$work/wrk.out" >> "$results"
-  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")\t$syscalls" >> "$cpu"
+  [ -n "$before" ] && echo -e "$name\t$scenario\t$((after - before))\t$(awk '/requests in/{print $1}' "$work/wrk.out")\t$syscalls\t$switches" >> "$cpu"
   return 0
 }
 # The processes of a proxy: nginx's master and workers, the others' one process.
@@ -420,9 +427,11 @@ med = lambda a, k: statistics.median(a[k])
 def best_peer(scenario, key, pick):
     vals = [med(agg[(n, scenario)], key) for n in ("nginx", "haproxy", "pingora") if (n, scenario) in agg and key in agg[(n, scenario)]]
     return pick(vals) if vals else None
-cpu, calls = {}, {}
+cpu, calls, switches = {}, {}, {}
 for line in open(sys.argv[4]):
-    name, scenario, ticks, requests, syscalls = (line.rstrip("\n").split("\t") + ["", "", ""])[:5]
+    name, scenario, ticks, requests, syscalls, cs = (line.rstrip("\n").split("\t") + ["", "", "", ""])[:6]
+    if cs.isdigit() and requests and int(requests) > 0:
+        switches.setdefault((name, scenario), []).append(int(cs) / int(requests))
     if ticks and requests and int(requests) > 0:
         cpu.setdefault((name, scenario), []).append(int(ticks) * 1e6 / int(sys.argv[5]) / int(requests))
     if syscalls.isdigit() and requests and int(requests) > 0:
@@ -433,9 +442,12 @@ for key, values in cpu.items():
 for key, values in calls.items():
     if key in agg:
         agg[key]["calls"] = values
+for key, values in switches.items():
+    if key in agg:
+        agg[key]["switches"] = values
 # Each figure with its ratio to the better peer (nginx, HAProxy, Pingora) in the same scenario.
 print(f"{'target':<10}{'scenario':<12}{'req/s':>10}{'/best':>7}{'p50 ms':>9}{'/best':>7}{'p99 ms':>9}{'/best':>7}{'CPU us/req':>11}{'/best':>7}"
-      + (f"{'calls/req':>10}" if calls else "") + "  errors")
+      + (f"{'calls/req':>10}{'cs/req':>10}" if calls else "") + "  errors")
 ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
 for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     err = f"{a['bad']} non-2xx" + (f"; socket {a['sock']}" if a["sock"] else "")
@@ -445,6 +457,7 @@ for (name, scenario), a in sorted(agg.items(), key=lambda kv: (kv[0][1], kv[0][0
           f"{p99:>9.3f}{ratio(p99, best_peer(scenario, 'p99', min)):>7}"
           + (f"{med(a, 'cpu'):>11.1f}{ratio(med(a, 'cpu'), best_peer(scenario, 'cpu', min)):>7}" if "cpu" in a else f"{'-':>11}{'-':>7}")
           + (f"{med(a, 'calls'):>10.2f}" if "calls" in a else "")
+          + (f"{med(a, 'switches'):>10.3f}" if "switches" in a else "")
           + f"  {err}")
 print()
 scenarios = sorted({s for (_, s) in agg if "@" in s}, key=lambda s: (s.split("@")[0], int(s.split("@")[1])))
@@ -495,6 +508,6 @@ if rows:
 PY
 if [ -s "$work/profile.txt" ]; then
   echo
-  echo "where the router's CPU time went in its first fresh run (perf, self time, >= 1.5 %):"
+  echo "where the router's CPU time went in its first fresh run (perf record -g, self time):"
   cat "$work/profile.txt"
 fi
