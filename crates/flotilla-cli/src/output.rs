@@ -969,6 +969,7 @@ mod tests {
             marks: Some(flotilla_engine::ports::CanaryMarks {
                 canary: Default::default(),
                 baseline: Default::default(),
+                at: Some(at),
             }),
             last: Some(Judgement {
                 at,
