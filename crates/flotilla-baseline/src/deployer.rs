@@ -92,6 +92,8 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "application-autoscaling:DescribeScalableTargets",
                 "application-autoscaling:DescribeScalingPolicies",
                 "cloudwatch:DescribeAlarms",
+                // A canary's judgement: its target group's metrics (no resource-level grant).
+                "cloudwatch:GetMetricData",
             ],
             vec![json!("*")],
         ),
