@@ -579,21 +579,39 @@ struct DeployJson<'a> {
     provider: ProviderKind,
 }
 
+/// What to tell the user about a canary's pace on a provider whose driver runs on a schedule:
+/// on AWS the reaper Lambda ticks every `interval`, so a step is judged at the first run after
+/// its pause, and a pause shorter than the schedule (or than CloudWatch's minute) is rounded up.
+fn canary_schedule_note(
+    provider: ProviderKind,
+    pause: std::time::Duration,
+    interval: std::time::Duration,
+) -> Option<String> {
+    if provider != ProviderKind::Aws {
+        return None;
+    }
+    let floor = interval.max(std::time::Duration::from_secs(60));
+    if pause >= floor {
+        return Some(format!(
+            "the reaper Lambda (every {}s) judges each step at its first run after the {}s pause",
+            interval.as_secs(),
+            pause.as_secs()
+        ));
+    }
+    Some(format!(
+        "a canary step's pause of {}s is shorter than the reaper Lambda's schedule (every {}s, \
+         `reaper.interval_seconds`) that drives canaries on AWS, or CloudWatch's one-minute \
+         periods: each step runs at least {}s",
+        pause.as_secs(),
+        interval.as_secs(),
+        floor.as_secs()
+    ))
+}
+
 async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     let config = load_with(global, &args.env, &args.secret, out)?;
     for warning in config.exposure_warnings() {
         out.warn(&warning);
-    }
-    if args.canary && config.provider != ProviderKind::Host {
-        return Err(Reported {
-            exit: Exit::Usage,
-            message: format!(
-                "canary deploys run on the host provider only for now, and `{}` uses {}",
-                config.name, config.provider
-            ),
-            hint: Some("deploy without --canary".to_owned()),
-        }
-        .into());
     }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
@@ -630,6 +648,12 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         plan
     });
     let first_share = canary.as_ref().and_then(|p| p.steps.first().copied());
+    if let Some(note) = canary
+        .as_ref()
+        .and_then(|plan| canary_schedule_note(config.provider, plan.pause, config.reaper.interval))
+    {
+        out.note(&note);
+    }
     let printer = ProgressPrinter::for_output(out);
     let deploying = async {
         match canary {
@@ -661,9 +685,13 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     } else {
         let mut summary = match first_share {
             Some(percent) => format!(
-                "deployed {id} as a canary: {percent}% of fresh sessions go to it; the daemon \
-                 judges it step by step (`flotilla status`), `flotilla promote` or \
-                 `flotilla rollback` end it by hand"
+                "deployed {id} as a canary: {percent}% of fresh sessions go to it; {} judges it \
+                 step by step (`flotilla status`), `flotilla promote` or `flotilla rollback` \
+                 end it by hand",
+                match config.provider {
+                    ProviderKind::Host => "the daemon",
+                    ProviderKind::Aws => "the reaper Lambda",
+                }
             ),
             None => format!("deployed {id}: fresh traffic goes to it now"),
         };
