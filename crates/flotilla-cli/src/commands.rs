@@ -1068,3 +1068,26 @@ fn write_manual(dir: &std::path::Path, out: Output) -> Result<()> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_canary_pause_shorter_than_the_reaper_schedule_is_said_to_be_rounded_up() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            canary_schedule_note(ProviderKind::Host, s(1), s(60)),
+            None,
+            "the host daemon ticks every second"
+        );
+        let note = canary_schedule_note(ProviderKind::Aws, s(30), s(120)).expect("a note");
+        assert!(note.contains("each step runs at least 120s"), "{note}");
+        // The schedule may be a minute while the pause is shorter: CloudWatch's minute rules.
+        let note = canary_schedule_note(ProviderKind::Aws, s(20), s(60)).expect("a note");
+        assert!(note.contains("at least 60s"), "{note}");
+        let note = canary_schedule_note(ProviderKind::Aws, s(300), s(60)).expect("a note");
+        assert!(note.contains("first run after the 300s pause"), "{note}");
+    }
+}
