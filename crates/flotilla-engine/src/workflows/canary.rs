@@ -442,7 +442,7 @@ fn marks_of(
     baseline: &DeploymentId,
     at: Timestamp,
 ) -> CanaryMarks {
-    let mut take = |k: &DeploymentId| counters.remove(k).unwrap_or_else(Counters::default);
+    let mut take = |k: &DeploymentId| counters.remove(k).unwrap_or_default();
     CanaryMarks {
         canary: take(id),
         baseline: take(baseline),
