@@ -119,6 +119,85 @@ async fn an_agent_that_cannot_reach_its_drain_source_says_so_in_health_and_statu
     run_scenario(Base::Scratch, "docknossm", Check::SourceUnreachable).await;
 }
 
+/// ECS stopping a task under an open tab (a Spot interruption, a scale-in): `docker stop` sends
+/// the agent SIGTERM with the task's stop timeout. The tab's event stream is not cut at the
+/// deadline: before it, the agent ends the stream between two events, so the browser's
+/// `EventSource` reconnects (to another task of the version), and says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_task_asks_its_open_stream_to_reconnect_before_its_deadline() {
+    if flotilla_testkit::slow::skip("moto and a private Docker Engine") {
+        return;
+    }
+    let Fixture {
+        _scratch,
+        app,
+        mut w,
+        registry: _,
+    } = prepare(Base::Scratch, "dockstop").await;
+    // 12 s: the app gets 4, the proxy's cut 1, sessions 7, asked to move 3.5 s before the end.
+    w.settings.task.stop_timeout_seconds = 12;
+    let id = next_id();
+    let engine = Engine::new(
+        w.ports(),
+        w.engine_settings("alice", crate::support::eager_policy(1)),
+    );
+    let request = DeployRequest {
+        image: ImageRequest::Build(app.clone()),
+        instances: 1,
+        min_healthy: 1,
+        ..World::request(&id)
+    };
+    w.deploy_request(&engine, request).await.expect("deploy");
+    let (task, _) = start_task(&w, &id, w.moto.url()).await;
+    let agent = format!("http://127.0.0.1:{}", w.settings.task.container_port);
+    wait_until("the agent is healthy", Duration::from_secs(60), || {
+        get(&format!("{agent}/healthz")).filter(|(code, _)| *code == 200)
+    });
+    let tab = Command::new("curl")
+        .args(["-sN", "-m", "60", "-H"])
+        .arg(format!("X-Flotilla-Deployment: {id}"))
+        .arg(format!("{agent}/cgi-bin/events"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("curl");
+    wait_until(
+        "the stream counts as a session",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = get(&format!("{agent}/healthz"))?;
+            let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (doc["sessions"] == 1).then_some(())
+        },
+    );
+
+    let stopping = std::time::Instant::now();
+    let exits = tokio::task::block_in_place(|| task.stop()).expect("docker stop");
+    let tab = tab.wait_with_output().expect("curl ends");
+    let took = stopping.elapsed();
+    let stream = String::from_utf8_lossy(&tab.stdout).into_owned();
+    assert!(
+        tab.status.success(),
+        "the stream ended cleanly (curl {:?}), not cut: {stream:?}",
+        tab.status
+    );
+    assert!(stream.starts_with("data: 0\n\n"), "{stream:?}");
+    assert!(
+        stream.ends_with("\n\n"),
+        "it ends between two events: {stream:?}"
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "the container stopped within its stop timeout: {took:?} {exits:?}"
+    );
+    let logs = task.logs("app").expect("the agent's log").to_string();
+    assert!(
+        logs.contains("asking 0 WebSocket(s) and 1 event stream(s) to reconnect"),
+        "{logs}"
+    );
+    assert!(logs.contains("asked_to_move_event_streams=1"), "{logs}");
+}
+
 /// Two deploys, each task definition executed in Docker: a session opened on the first version
 /// (an old tab's event stream) keeps it from being retired while it lasts, however many reaper
 /// passes run; once it ends and the grace period has passed, the agent reports ready and the next
