@@ -144,7 +144,7 @@ pub fn engine_settings(config: &Config) -> Settings {
         lock_ttl: config.app.health_timeout + Duration::from_secs(30 * 60),
         lock_owner: lock_owner(),
         local_holders: Some(flotilla_engine::workflows::LocalHolders {
-            host: hostname(),
+            host: flotilla_process::procfs::hostname(),
             // Whether process `pid` of this host runs (a zombie, dead but not yet reaped, does not).
             alive: flotilla_process::procfs::alive,
         }),
@@ -156,17 +156,11 @@ pub fn lock_owner() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());
-    flotilla_core::lock::owner(&user, &hostname(), std::process::id())
-}
-
-/// This machine's host name, as written in lock owners.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".to_owned())
+    flotilla_core::lock::owner(
+        &user,
+        &flotilla_process::procfs::hostname(),
+        std::process::id(),
+    )
 }
 
 /// The URL users reach a host router listening on `listen` at: unspecified addresses

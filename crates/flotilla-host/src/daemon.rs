@@ -2380,7 +2380,7 @@ async fn run_workflow(
     write: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Option<Reply> {
     settings.local_holders = Some(LocalHolders {
-        host: this_host(),
+        host: flotilla_process::procfs::hostname(),
         alive: crate::procfs::alive,
     });
     let owner = settings.lock_owner.clone();
@@ -2437,16 +2437,6 @@ async fn run_workflow(
         }
         Err(e) => Reply::Failed(e),
     })
-}
-
-/// This machine's host name, as the CLI writes it in lock owners.
-fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// Writes one reply line.

@@ -78,6 +78,17 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), as deploy lock owners
+/// name it: the CLI writes it, and the host daemon compares it to tell a holder on this machine.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

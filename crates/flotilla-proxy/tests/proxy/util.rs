@@ -168,13 +168,7 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
                     }
                 }
             });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, "websocket")
-                .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-                .body(UpBody::full(""))
-                .expect("valid response")
+            switching_protocols(&key)
         }
         // A WebSocket whose server writes raw frames: the text frame `hello world` split after
         // `hello `; the rest, then a frame `after`, once any bytes come from the client.
@@ -204,13 +198,7 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
                 // Hold the connection open until the proxy or the client ends it.
                 while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
             });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, "websocket")
-                .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-                .body(UpBody::full(""))
-                .expect("valid response")
+            switching_protocols(&key)
         }
         // Server-sent events split mid-event: `data: a` whole and `data: b` begun, then after
         // 300 ms the end of `b` and a whole `data: c`, then silence.
@@ -315,6 +303,17 @@ async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>
         _ => Response::new(UpBody::full(format!("hello from {path}"))),
     };
     Ok(response)
+}
+
+/// The `101` accepting a WebSocket handshake with `key`.
+fn switching_protocols(key: &HeaderValue) -> Response<UpBody> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(UpBody::full(""))
+        .expect("valid response")
 }
 
 fn status(code: StatusCode) -> Response<UpBody> {
