@@ -20,6 +20,7 @@ pub mod status;
 mod apply;
 mod cache;
 mod clients;
+mod commands;
 mod down;
 mod error;
 mod events;
@@ -42,6 +43,9 @@ pub use apply::UpReport;
 pub use artefact::ReaperArtefact;
 pub use cache::CacheCheck;
 pub use clients::{StackClients, WaitSettings, caller_account};
+pub use commands::{
+    Consent, Shown, deployer_policy_options, desired_for_up, refuse_down_while_running,
+};
 pub use down::DownReport;
 pub use error::{StackError, StackErrorClass};
 pub use info::StackInfo;

@@ -8,10 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flotilla_aws::secrets::{SecretRef, SecretService};
 use flotilla_aws::stack::{
-    BaselineStack, CacheCheck, Desired, Phase, Plan, ReaperArtefact, StackClients, StackError,
-    StackNotice, StackProgress, UpReport, WaitSettings,
+    BaselineStack, CacheCheck, Consent, Phase, Plan, Shown, StackError, StackNotice, StackProgress,
+    UpReport, deployer_policy_options, refuse_down_while_running,
 };
 use flotilla_baseline::outputs::ValidationRecord;
 use flotilla_baseline::{
@@ -144,25 +143,7 @@ pub fn options(config: &Config) -> Result<BaselineOptions, Vec<(&'static str, St
 /// The execution role's reads of the app's `[secrets]`, written for the stack's own partition,
 /// region and account (references the resolver has already checked).
 pub fn secret_grants(config: &Config) -> SecretGrants {
-    let refs: Vec<SecretRef> = config
-        .env
-        .secrets
-        .values()
-        .filter_map(|text| SecretRef::parse(text).ok())
-        .collect();
-    let mut grants = SecretGrants::default();
-    for (service, resources) in flotilla_aws::secrets::iam_resources(
-        &refs,
-        "${AWS::Partition}",
-        "${AWS::Region}",
-        "${AWS::AccountId}",
-    ) {
-        match service {
-            SecretService::Ssm => grants.ssm_parameters = resources,
-            SecretService::SecretsManager => grants.secrets_manager = resources,
-        }
-    }
-    grants
+    flotilla_aws::secrets::baseline_grants(config.env.secrets.values())
 }
 
 /// The reaper's architecture when it runs this binary.
@@ -206,13 +187,7 @@ fn require_aws(config: &Config, command: &str) -> Result<()> {
 }
 
 async fn stack_for(config: &Config, timeout: Option<Duration>) -> BaselineStack {
-    let settings = providers::aws_settings(config);
-    let clients = StackClients::for_settings(&settings).await;
-    let mut wait = WaitSettings::default();
-    if let Some(t) = timeout {
-        wait.timeout = t;
-    }
-    BaselineStack::new(clients, settings, wait)
+    BaselineStack::for_settings(providers::aws_settings(config), timeout).await
 }
 
 /// `flotilla baseline ...`.
@@ -235,18 +210,9 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
             require_aws(config, "baseline up")?;
             let options = options_or_usage(config)?;
             let running = std::env::current_exe().context("cannot find this flotilla binary")?;
-            let source = flotilla_aws::stack::artefact::choose(
-                reaper_binary.as_deref(),
-                &running,
-                options.reaper.architecture,
-            );
-            let artefact = ReaperArtefact::from_binary(source.path())?;
-            out.note(&format!(
-                "reaper: {}; {}",
-                source.describe(),
-                artefact.summary()
-            ));
-            let desired = Desired::new(&options, artefact)?;
+            let (reaper, desired) =
+                flotilla_aws::stack::desired_for_up(&options, reaper_binary.as_deref(), &running)?;
+            out.note(&reaper);
             let stack = stack_for(config, Some(*timeout)).await;
             let printer = NoticePrinter;
             if *continue_rollback {
@@ -254,9 +220,9 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
             }
             let plan = stack.plan(&desired, &printer).await?;
             show_plan(&stack, &plan, out);
-            if !matches!(plan, Plan::NoChange { .. }) && !*yes {
-                let interactive = std::io::stdin().is_terminal();
-                if interactive {
+            match plan.consent(*yes, std::io::stdin().is_terminal()) {
+                Consent::Given => {}
+                Consent::Ask => {
                     let prompt = match &plan {
                         Plan::Create { .. } => {
                             format!("Create stack {}? [y/N] ", stack.stack_name())
@@ -271,7 +237,8 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
                         }
                         .into());
                     }
-                } else if plan.destroys() {
+                }
+                Consent::Refused => {
                     stack.discard(&plan).await?;
                     return Err(UsageError {
                         message: "the update replaces or removes resources (above) and stdin is \
@@ -321,12 +288,11 @@ pub async fn run(config: &Config, request: &BaselineRequest, out: Output) -> Res
 
 async fn show(config: &Config, json: bool, offline: bool, out: Output) -> Result<()> {
     let stack = stack_for(config, None).await;
-    let cached = stack.cached()?;
-    let live = if offline {
-        None
-    } else {
-        stack.describe().await?
-    };
+    let Shown {
+        live,
+        cached,
+        cache_stale: stale,
+    } = stack.show(offline).await?;
     if cached.is_none() && (offline || live.is_none()) {
         return Err(UsageError {
             message: format!(
@@ -345,19 +311,6 @@ async fn show(config: &Config, json: bool, offline: bool, out: Output) -> Result
         }
         .into());
     }
-    let stale = match (&live, &cached) {
-        (Some(live), Some(cached)) => {
-            flotilla_baseline::BaselineOutputs::from_stack_outputs(live.outputs.clone())
-                .map(|mut fresh| {
-                    fresh.certificate_validation_records =
-                        cached.certificate_validation_records.clone();
-                    &fresh != cached
-                })
-                .unwrap_or(true)
-        }
-        (Some(_), None) => true,
-        _ => false,
-    };
     if json {
         out.json(&serde_json::json!({
             "stack": live,
@@ -451,32 +404,8 @@ async fn down(
     }
     let stack = stack_for(config, Some(timeout)).await;
     let running = stack.running_versions().await?;
-    if !running.is_empty() && !force {
-        let lines: Vec<String> = running
-            .iter()
-            .map(|v| {
-                let mut parts = Vec::new();
-                if let Some(state) = &v.state {
-                    parts.push(state.clone());
-                }
-                if let Some(service) = &v.service {
-                    parts.push(format!("service {service}"));
-                }
-                format!("  {} ({})", v.id, parts.join(", "))
-            })
-            .collect();
-        return Err(StackError::Refused {
-            message: format!(
-                "{} version(s) of `{}` still run on the baseline:\n{}",
-                running.len(),
-                config.name,
-                lines.join("\n")
-            ),
-            hint: "remove them first with `flotilla teardown --all`, or pass --force to remove \
-                   them and then the stack (`flotilla teardown --all --baseline` does the same)"
-                .to_owned(),
-        }
-        .into());
+    if !force && let Some(refusal) = refuse_down_while_running(config.name.as_str(), &running) {
+        return Err(refusal.into());
     }
     if !yes {
         let prompt = format!(
@@ -677,7 +606,6 @@ pub async fn deployer_policy(
         }
         .into());
     };
-    let mut options = flotilla_baseline::DeployerPolicyOptions::new(config.name.clone());
     let region = config
         .aws
         .region
@@ -685,38 +613,18 @@ pub async fn deployer_policy(
         .or_else(|| std::env::var("AWS_REGION").ok())
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .filter(|r| !r.is_empty());
-    match account_id {
-        Some(id) => {
-            if id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()) {
-                return Err(UsageError {
-                    message: format!("--account-id {id:?} is not a 12-digit AWS account id"),
-                    hint: "`aws sts get-caller-identity --query Account` prints yours".to_owned(),
-                }
-                .into());
-            }
-            options.account_id = Some(id.to_owned());
-            options.partition = partition_of(region.as_deref()).to_owned();
-            options.region = region;
+    if let Some(id) = account_id
+        && (id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(UsageError {
+            message: format!("--account-id {id:?} is not a 12-digit AWS account id"),
+            hint: "`aws sts get-caller-identity --query Account` prints yours".to_owned(),
         }
-        None => {
-            let settings = providers::aws_settings(config);
-            let clients = StackClients::for_settings(&settings).await;
-            let (account, partition) = flotilla_aws::stack::caller_account(&clients.sts).await?;
-            options.account_id = Some(account);
-            options.partition = partition;
-            options.region = region.or(clients.provider.region.clone());
-        }
+        .into());
     }
+    let options =
+        deployer_policy_options(providers::aws_settings(config), region, account_id).await?;
     Ok(flotilla_baseline::deployer_policy(&options))
-}
-
-/// The partition of a region: `aws-cn` for China, `aws-us-gov` for GovCloud, else `aws`.
-fn partition_of(region: Option<&str>) -> &'static str {
-    match region {
-        Some(r) if r.starts_with("cn-") => "aws-cn",
-        Some(r) if r.starts_with("us-gov-") => "aws-us-gov",
-        _ => "aws",
-    }
 }
 
 /// Asks on the terminal; `Ok(false)` if the answer is not one of `expected`.
@@ -1097,13 +1005,5 @@ mod tests {
             ),
             "nothing to change: stack flotilla-shop already matches flotilla.toml"
         );
-    }
-
-    #[test]
-    fn partitions_of_regions() {
-        assert_eq!(partition_of(Some("eu-west-1")), "aws");
-        assert_eq!(partition_of(Some("cn-north-1")), "aws-cn");
-        assert_eq!(partition_of(Some("us-gov-west-1")), "aws-us-gov");
-        assert_eq!(partition_of(None), "aws");
     }
 }
