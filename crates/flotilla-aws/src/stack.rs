@@ -12,6 +12,15 @@
 //! nothing to change, nothing is done.
 //!
 //! This module prints nothing: it reports through [`StackProgress`] and returns reports.
+//!
+//! It is the public face of `stack/`, one module per concern, each adding its methods to
+//! [`BaselineStack`]: `clients` (SDK clients, wait settings, the caller's account), `progress`
+//! (notices), `error` ([`StackError`] and its class and hint), `info` ([`StackInfo`]), `plan`
+//! ([`Desired`], [`Plan`], change sets), `apply` (create or update, the reaper's upload, the
+//! listener's default restored, a failed rollback continued), `events` (waiting on
+//! CloudFormation, failed resources), `cache` (the cached outputs), `down` (deletion), `running`
+//! (the versions `down` refuses to cut off), and `commands` (what the CLI's baseline commands
+//! decide between these calls); `artefact`, `elf` and `status` are public for their pure parts.
 
 pub mod artefact;
 pub mod elf;
@@ -29,15 +38,15 @@ mod plan;
 mod progress;
 mod running;
 
+use std::path::PathBuf;
+
 use aws_sdk_cloudformation::types::Tag;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use flotilla_baseline::contract;
-use flotilla_baseline::outputs;
+use flotilla_baseline::{contract, outputs};
 use flotilla_core::names;
 use flotilla_engine::ports::{ErrorKind, PortError};
-use std::path::PathBuf;
 
 pub use apply::UpReport;
 pub use artefact::ReaperArtefact;
