@@ -23,7 +23,7 @@ use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
 use aws_smithy_types::date_time::Format;
 use flotilla_core::{DeploymentId, InstanceId, Timestamp};
 use flotilla_engine::ports::{
-    Clock, Compute, ComputeStatus, ErrorKind, PortError, SecretSource, VersionSpec,
+    Clock, Compute, ComputeStatus, ErrorKind, Measured, PortError, SecretSource, VersionSpec,
 };
 
 use crate::agent_reports;
@@ -1044,6 +1044,28 @@ impl Compute for EcsCompute {
             .zip(&names)
             .filter_map(|(id, name)| Some((id.clone(), by_service.remove(name)?)))
             .collect())
+    }
+
+    /// A window is measured by time alone (CloudWatch's statistics over it): nothing to read at
+    /// its start.
+    async fn window_marks(
+        &self,
+        _ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, flotilla_core::canary::Counters>, PortError> {
+        Ok(BTreeMap::new())
+    }
+
+    async fn window(
+        &self,
+        ids: &[DeploymentId],
+        _marks: &BTreeMap<DeploymentId, flotilla_core::canary::Counters>,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Measured, PortError> {
+        Ok(Measured {
+            stats: crate::metrics::window(&self.ctx, ids, from, to).await?,
+            marks: BTreeMap::new(),
+        })
     }
 
     async fn problems(

@@ -1,5 +1,6 @@
 //! The reaper as an AWS Lambda custom runtime: the same `Engine::reap` pass as `flotilla reap`,
-//! run once per scheduled invocation.
+//! run once per scheduled invocation, after one `Engine::canary_tick` (on AWS nothing else
+//! outlives the CLI, so a canary's steps advance at the reaper's schedule).
 //!
 //! The CLI's `main` calls [`is_lambda`] first and, when it is true, hands over to [`run`]. The
 //! function's settings come from its environment (the baseline stack sets them):
@@ -129,8 +130,11 @@ impl Progress for LogProgress {
     }
 }
 
-/// One invocation: a reaper pass with fresh ports over the shared clients. Returns the pass's
-/// report as JSON (what the Lambda console shows).
+/// One invocation: a canary tick, then a reaper pass, with fresh ports over the shared clients.
+/// Each takes the deploy lock for itself and releases it, as the host daemon's loops do. Returns
+/// the pass's report as JSON (what the Lambda console shows) with the tick under `canary`. A
+/// failed tick does not stop the pass, but fails the invocation after it (so the reaper's error
+/// alarm sees it); a dry run does not tick.
 pub async fn handle(
     clients: &Clients,
     config: &ReaperConfig,
@@ -143,8 +147,23 @@ pub async fn handle(
         .unwrap_or(false);
     let ports = connect_with(&config.settings, clients.clone(), Needs::Operate)?;
     let engine = Engine::new(ports, config.engine_settings(request_id));
+    let tick = if dry_run {
+        None
+    } else {
+        Some(engine.canary_tick(&LogProgress).await)
+    };
     let report = engine.reap(dry_run, &LogProgress).await?;
-    Ok(serde_json::to_value(&report)?)
+    let mut out = serde_json::to_value(&report)?;
+    match tick {
+        Some(Ok(tick)) => {
+            if let Value::Object(map) = &mut out {
+                map.insert("canary".to_owned(), serde_json::to_value(&tick)?);
+            }
+            Ok(out)
+        }
+        Some(Err(e)) => Err(e.into()),
+        None => Ok(out),
+    }
 }
 
 /// Runs the Lambda runtime loop until the service stops the process.

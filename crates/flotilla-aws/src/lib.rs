@@ -13,6 +13,7 @@
 //! - [`secrets`]: the app's secret references (SSM, Secrets Manager) and their IAM resources.
 //! - [`images`]: prebuilt image URIs, or docker build and ECR push.
 //! - [`clock`]: the system clock.
+//! - [`metrics`]: a canary's window from the target groups' CloudWatch metrics.
 //! - [`logtail`]: `logs --follow`: Live Tail, or polling where it is not available, through one
 //!   cursor that prints each line once.
 //! - [`lambda`]: the reaper entry point when the binary runs as a Lambda function.
@@ -41,6 +42,7 @@ pub mod error;
 pub mod images;
 pub mod lambda;
 pub mod logtail;
+pub mod metrics;
 pub mod routing;
 pub mod scaling;
 pub mod sdk;

@@ -53,6 +53,8 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     /// ECR: registry login and image tags.
     pub ecr: aws_sdk_ecr::Client,
+    /// CloudWatch: the target groups' metrics a canary is judged by.
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// CloudWatch Logs: recent container logs.
     pub logs: aws_sdk_cloudwatchlogs::Client,
     /// S3: the drain board (`drain_board`). Path-style addressing when an endpoint is set
@@ -90,6 +92,7 @@ impl Clients {
             elb: client!(aws_sdk_elasticloadbalancingv2),
             ssm: client!(aws_sdk_ssm),
             ecr: client!(aws_sdk_ecr),
+            cloudwatch: client!(aws_sdk_cloudwatch),
             logs: client!(aws_sdk_cloudwatchlogs),
             s3: {
                 let mut builder = aws_sdk_s3::config::Builder::from(config)

@@ -375,6 +375,9 @@ pub struct RoutingSettings {
     /// How long removing a version keeps trying to delete its target group while ELB answers
     /// `ResourceInUse` (it does for a while after the rules and the service that used it go).
     pub target_group_in_use_wait: std::time::Duration,
+    /// The CloudWatch statistic of the target groups' `TargetResponseTime` a canary's judgement
+    /// compares (`p99`). Tests against moto, which computes no percentile, use `Maximum`.
+    pub latency_statistic: String,
 }
 
 impl Default for RoutingSettings {
@@ -393,6 +396,7 @@ impl Default for RoutingSettings {
             priority_base: 1000,
             rule_limit: flotilla_core::routing::ALB_RULE_LIMIT,
             target_group_in_use_wait: std::time::Duration::from_secs(60),
+            latency_statistic: crate::metrics::DEFAULT_LATENCY_STATISTIC.to_owned(),
         }
     }
 }

@@ -383,6 +383,16 @@ impl StateStore for SsmStateStore {
                 e.to_string(),
             )
         })?;
+        // Checked before anything is written: a record SSM refuses would leave the state and the
+        // tag mirroring a record that does not exist.
+        if let Err(why) = record_fits(&json) {
+            return Err(PortError::new(
+                ErrorKind::Invalid,
+                "write version record",
+                id.as_str(),
+                why,
+            ));
+        }
         // The record first: it is the source of truth; `state` and the tag mirror it.
         self.put_parameter(&self.record_parameter(id), &json)
             .await?;
@@ -553,5 +563,112 @@ impl StateStore for SsmStateStore {
             Some((current, _)) => self.parse_lock(&current).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// The largest value of a standard SSM parameter, in bytes.
+pub const SSM_STANDARD_VALUE_LIMIT: usize = 4096;
+
+/// Whether a record's JSON fits in a standard SSM parameter; if not, why, and what to do. A
+/// canary's record is the largest (its plan, marks and last judgement ride along): under a
+/// kilobyte with a handful of steps.
+pub fn record_fits(json: &str) -> Result<(), String> {
+    if json.len() <= SSM_STANDARD_VALUE_LIMIT {
+        return Ok(());
+    }
+    Err(format!(
+        "the version record is {} bytes, over the {SSM_STANDARD_VALUE_LIMIT} bytes of a standard \
+         SSM parameter, so nothing was written; a canary's record grows with its plan: use fewer \
+         `canary.steps`",
+        json.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::canary::{
+        CanaryPlan, CanaryState, Counters, Failure, Outcome, Thresholds, Verdict, WindowStats,
+    };
+    use flotilla_core::{Timestamp, Version};
+    use flotilla_engine::ports::{CanaryMarks, CanaryRecord, ImageRef, Judgement};
+    use std::time::Duration;
+
+    #[test]
+    fn the_largest_canary_record_fits_in_a_standard_parameter() {
+        let at = Timestamp::from_secs(1_796_000_000);
+        let id = DeploymentId::generate(at, u64::MAX);
+        let baseline = DeploymentId::generate(at, 1);
+        let figures = WindowStats {
+            requests: u64::MAX,
+            errors: u64::MAX,
+            p99: Some(Duration::from_secs(3600)),
+        };
+        let failures = vec![
+            Failure::ErrorRatio {
+                canary: 0.123_456_789_012_345_67,
+                limit: 0.05,
+            },
+            Failure::ErrorRatioIncrease {
+                canary: 0.123_456_789_012_345_67,
+                baseline: 0.012_345_678_901_234_567,
+                limit: 0.01,
+            },
+            Failure::Latency {
+                canary_ms: 123_456.789_012_345_67,
+                baseline_ms: 1_234.567_890_123_456_7,
+                limit: 1.5,
+            },
+        ];
+        // Every step a plan may have, the longest figures and every failure at once.
+        let canary = CanaryRecord {
+            plan: CanaryPlan {
+                steps: (1..=99).collect(),
+                pause: Duration::from_secs(86_400),
+                thresholds: Thresholds::default(),
+                max_extensions: 1000,
+            },
+            baseline,
+            state: CanaryState {
+                step: 98,
+                since: at,
+                extensions: 1000,
+            },
+            percent: 99,
+            marks: Some(CanaryMarks {
+                canary: Counters::default(),
+                baseline: Counters::default(),
+                at: Some(at),
+            }),
+            last: Some(Judgement {
+                at,
+                step: 98,
+                canary: figures,
+                baseline: figures,
+                verdict: Verdict::Fail {
+                    failures: failures.clone(),
+                },
+            }),
+            outcome: Some(Outcome::RolledBack {
+                failures,
+                by_hand: false,
+            }),
+            settled: true,
+        };
+        let record = VersionRecord {
+            version: Version::new(id, at),
+            image: Some(ImageRef(format!(
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/flotilla/prod@sha256:{}",
+                "f".repeat(64)
+            ))),
+            instances: 1000,
+            ready_passes: 1000,
+            canary: Some(Box::new(canary)),
+        };
+        let json = serde_json::to_string(&record).expect("serialises");
+        assert!(json.len() < SSM_STANDARD_VALUE_LIMIT / 2, "{}", json.len());
+        assert_eq!(record_fits(&json), Ok(()));
+        let err = record_fits(&"x".repeat(SSM_STANDARD_VALUE_LIMIT + 1)).expect_err("too long");
+        assert!(err.contains("4097 bytes"), "{err}");
     }
 }

@@ -72,9 +72,10 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
     let params = names::parameter_arn_path(name);
     PolicyDocument::new(vec![
         // Describe, list and registry-login calls accept no resource narrower than `*`;
-        // RegisterTaskDefinition and DeregisterTaskDefinition do not either.
+        // RegisterTaskDefinition and DeregisterTaskDefinition do not either. (Sids are short: the
+        // policy must fit in a managed policy's 6,144 characters.)
         Statement::allow(
-            "UnscopedReadsAndTaskDefinitions",
+            "UnscopedReads",
             &[
                 "ecr:GetAuthorizationToken",
                 "ecs:RegisterTaskDefinition",
@@ -92,6 +93,8 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
                 "application-autoscaling:DescribeScalableTargets",
                 "application-autoscaling:DescribeScalingPolicies",
                 "cloudwatch:DescribeAlarms",
+                // A canary's judgement: its target group's metrics (no resource-level grant).
+                "cloudwatch:GetMetricData",
             ],
             vec![json!("*")],
         ),
@@ -117,7 +120,7 @@ pub fn deployer_policy_document(o: &DeployerPolicyOptions) -> PolicyDocument {
             )],
         ),
         Statement::allow(
-            "AutoscalingServiceLinkedRole",
+            "AutoscalingRole",
             &["iam:CreateServiceLinkedRole"],
             vec![o.global_arn(
                 "iam",

@@ -583,21 +583,39 @@ struct DeployJson<'a> {
     provider: ProviderKind,
 }
 
+/// What to tell the user about a canary's pace on a provider whose driver runs on a schedule:
+/// on AWS the reaper Lambda ticks every `interval`, so a step is judged at the first run after
+/// its pause, and a pause shorter than the schedule (or than CloudWatch's minute) is rounded up.
+fn canary_schedule_note(
+    provider: ProviderKind,
+    pause: std::time::Duration,
+    interval: std::time::Duration,
+) -> Option<String> {
+    if provider != ProviderKind::Aws {
+        return None;
+    }
+    let floor = interval.max(std::time::Duration::from_secs(60));
+    if pause >= floor {
+        return Some(format!(
+            "the reaper Lambda (every {}s) judges each step at its first run after the {}s pause",
+            interval.as_secs(),
+            pause.as_secs()
+        ));
+    }
+    Some(format!(
+        "a canary step's pause of {}s is shorter than the reaper Lambda's schedule (every {}s, \
+         `reaper.interval_seconds`) that drives canaries on AWS, or CloudWatch's one-minute \
+         periods: each step runs at least {}s",
+        pause.as_secs(),
+        interval.as_secs(),
+        floor.as_secs()
+    ))
+}
+
 async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     let config = load_with(global, &args.env, &args.secret, out)?;
     for warning in config.exposure_warnings() {
         out.warn(&warning);
-    }
-    if args.canary && config.provider != ProviderKind::Host {
-        return Err(Reported {
-            exit: Exit::Usage,
-            message: format!(
-                "canary deploys run on the host provider only for now, and `{}` uses {}",
-                config.name, config.provider
-            ),
-            hint: Some("deploy without --canary".to_owned()),
-        }
-        .into());
     }
     // Read before anything is created: a missing secrets file stops the deploy here.
     let env = app_env::for_deploy(&config)?;
@@ -634,6 +652,12 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
         plan
     });
     let first_share = canary.as_ref().and_then(|p| p.steps.first().copied());
+    if let Some(note) = canary
+        .as_ref()
+        .and_then(|plan| canary_schedule_note(config.provider, plan.pause, config.reaper.interval))
+    {
+        out.note(&note);
+    }
     let printer = ProgressPrinter::for_output(out);
     let deploying = Workflow::Deploy { request, canary };
     let ran = opened.run_until_ctrl_c(deploying, &printer).await;
@@ -658,9 +682,13 @@ async fn deploy(global: &Global, args: &DeployArgs, out: Output) -> Result<u8> {
     } else {
         let mut summary = match first_share {
             Some(percent) => format!(
-                "deployed {id} as a canary: {percent}% of fresh sessions go to it; the daemon \
-                 judges it step by step (`flotilla status`), `flotilla promote` or \
-                 `flotilla rollback` end it by hand"
+                "deployed {id} as a canary: {percent}% of fresh sessions go to it; {} judges it \
+                 step by step (`flotilla status`), `flotilla promote` or `flotilla rollback` \
+                 end it by hand",
+                match config.provider {
+                    ProviderKind::Host => "the daemon",
+                    ProviderKind::Aws => "the reaper Lambda",
+                }
             ),
             None => format!("deployed {id}: fresh traffic goes to it now"),
         };
@@ -1052,4 +1080,27 @@ fn write_manual(dir: &std::path::Path, out: Output) -> Result<()> {
         dir.display()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_canary_pause_shorter_than_the_reaper_schedule_is_said_to_be_rounded_up() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            canary_schedule_note(ProviderKind::Host, s(1), s(60)),
+            None,
+            "the host daemon ticks every second"
+        );
+        let note = canary_schedule_note(ProviderKind::Aws, s(30), s(120)).expect("a note");
+        assert!(note.contains("each step runs at least 120s"), "{note}");
+        // The schedule may be a minute while the pause is shorter: CloudWatch's minute rules.
+        let note = canary_schedule_note(ProviderKind::Aws, s(20), s(60)).expect("a note");
+        assert!(note.contains("at least 60s"), "{note}");
+        let note = canary_schedule_note(ProviderKind::Aws, s(300), s(60)).expect("a note");
+        assert!(note.contains("first run after the 300s pause"), "{note}");
+    }
 }

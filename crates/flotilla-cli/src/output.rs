@@ -134,7 +134,7 @@ pub fn canary_text(id: &DeploymentId, c: &flotilla_engine::ports::CanaryRecord) 
             let window = if c.marks.is_some() {
                 format!("judged at {due}")
             } else {
-                "its first window starts at the daemon's next look".to_owned()
+                "its first window starts at the next canary tick (the host daemon's, or on AWS the reaper Lambda's)".to_owned()
             };
             format!(
                 "canary {id}: step {} of {}, {}% of fresh sessions ({} keeps {}%); {window}\n",
@@ -969,6 +969,7 @@ mod tests {
             marks: Some(flotilla_engine::ports::CanaryMarks {
                 canary: Default::default(),
                 baseline: Default::default(),
+                at: Some(at),
             }),
             last: Some(Judgement {
                 at,

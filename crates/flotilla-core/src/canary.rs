@@ -323,9 +323,10 @@ pub fn next(
     }
 }
 
-/// A version's cumulative traffic counters as a provider measures them (the host router's
-/// per-version sums; on AWS they would come from the target group's metrics). A window is the
-/// difference of two readings (see [`window`]).
+/// A version's cumulative traffic counters as a provider that counts measures them (the host
+/// router's per-version sums). A window is the difference of two readings (see [`window`]). A
+/// provider that keeps no counters measures a window between two times instead (AWS: the target
+/// groups' CloudWatch statistics) and gives [`WindowStats`] directly.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Responses answered so far.

@@ -265,6 +265,51 @@ pub trait Compute: Send + Sync {
             "this provider cannot measure the traffic of a version, so it cannot judge a canary",
         ))
     }
+    /// The marks a canary's window starts from, for each of `ids`: what [`Compute::window`]
+    /// needs at its end to measure the window. By default, [`Compute::counters`] (the window is
+    /// then the difference of two readings). A provider that measures windows itself (AWS, from
+    /// CloudWatch) needs only the window's start time and returns nothing, calling nothing.
+    async fn window_marks(
+        &self,
+        ids: &[DeploymentId],
+    ) -> Result<BTreeMap<DeploymentId, Counters>, PortError> {
+        self.counters(ids).await
+    }
+    /// What each of `ids` did in the window that began at `from` with `marks` (from
+    /// [`Compute::window_marks`]) and ends at `to`, and the marks the next window starts from.
+    /// By default, the difference of `marks` and a reading of [`Compute::counters`] now
+    /// (`flotilla_core::canary::window`), whose reading is the next window's marks. A version
+    /// that served nothing in the window may be left out (it counts as no requests).
+    async fn window(
+        &self,
+        ids: &[DeploymentId],
+        marks: &BTreeMap<DeploymentId, Counters>,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Measured, PortError> {
+        let _ = (from, to);
+        let now = self.counters(ids).await?;
+        let none = Counters::default();
+        let stats = ids
+            .iter()
+            .map(|id| {
+                let before = marks.get(id).unwrap_or(&none);
+                let after = now.get(id).unwrap_or(&none);
+                (id.clone(), flotilla_core::canary::window(before, after))
+            })
+            .collect();
+        Ok(Measured { stats, marks: now })
+    }
+}
+
+/// What [`Compute::window`] measured: each version's figures over the window, and the marks the
+/// next window starts from (empty for a provider that measures windows by time alone).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// Each version's figures; a version left out served nothing.
+    pub stats: BTreeMap<DeploymentId, WindowStats>,
+    /// The marks at the window's end.
+    pub marks: BTreeMap<DeploymentId, Counters>,
 }
 
 /// Installs and removes the routing of versions: affinity rules and the default forward.
@@ -337,13 +382,24 @@ impl CanaryRecord {
     }
 }
 
-/// Both versions' counters at the start of a window.
+/// Where the window being judged began: both versions' marks ([`Compute::window_marks`]; empty
+/// counters on a provider that measures windows by time) and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryMarks {
     /// The canary's.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub canary: Counters,
     /// The baseline's.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub baseline: Counters,
+    /// When the window began (absent in records written before windows were measured by time;
+    /// the step's start stands in for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+}
+
+fn is_default(c: &Counters) -> bool {
+    *c == Counters::default()
 }
 
 /// One judged window: what each version did, and the verdict.

@@ -750,6 +750,8 @@ async fn the_reaper_zip_runs_from_scratch_under_a_lambda_runtime_and_retires_a_d
         pass.to_string().contains(v1.as_str()),
         "the pass acted on the drained version: {pass}\n{logs}"
     );
+    // The canary tick before the pass ran, and found no canary to drive.
+    assert_eq!(pass["canary"]["tick"], "idle", "{pass}\n{logs}");
     let state = site
         .provider()
         .ssm

@@ -5,6 +5,7 @@
 mod agent_bin;
 mod app_env;
 mod baseline;
+mod canary;
 mod drain_board;
 mod faults;
 mod ports;

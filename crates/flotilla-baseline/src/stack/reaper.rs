@@ -148,6 +148,26 @@ pub(super) fn add(t: &mut Template, options: &BaselineOptions) {
                 ),
             )],
         ),
+        // A canary's steps, promotion and rollback, which the reaper drives on its schedule: the
+        // listener's default action is the weighted forward between the two versions.
+        Statement::allow(
+            "SplitFreshSessions",
+            &["elasticloadbalancing:ModifyListener"],
+            vec![arn(
+                "elasticloadbalancing",
+                &format!(
+                    "listener/${{{}.LoadBalancerFullName}}/*",
+                    ids::LOAD_BALANCER
+                ),
+            )],
+        ),
+        // A canary is judged by its target group's metrics; `GetMetricData` accepts no resource
+        // narrower than `*`.
+        Statement::allow(
+            "ReadTargetGroupMetrics",
+            &["cloudwatch:GetMetricData"],
+            vec![json!("*")],
+        ),
         // Retiring a version whose rule went missing recreates that rule as a 410 (`CreateRule`
         // on the listener), tagged with the deployment name (`AddTags` on the new rule).
         Statement::allow(

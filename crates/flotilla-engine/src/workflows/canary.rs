@@ -4,8 +4,9 @@
 //! `deploy_canary` brings the new version up exactly as a deploy does, but switches only the
 //! plan's first share of fresh sessions to it and records the canary on its record
 //! ([`CanaryRecord`]); the current version (the *baseline*) stays active. From then on
-//! [`Engine::canary_tick`], run on a timer by whatever outlives the CLI (the host daemon), reads
-//! both versions' counters through [`crate::ports::Compute::counters`], judges each window with
+//! [`Engine::canary_tick`], run on a timer by whatever outlives the CLI (the host daemon, the AWS
+//! reaper Lambda), measures both versions over each window through
+//! [`crate::ports::Compute::window`] (counter deltas on the host, CloudWatch on AWS), judges it with
 //! `flotilla_core::canary`, and steps, extends, promotes or rolls back. Every decision is recorded
 //! before it is carried out, and every tick first brings the routing in line with the record, so
 //! a tick that died half-way is finished by the next one.
@@ -13,7 +14,9 @@
 //! Pinned sessions never move: only the default forward's weights change. A promotion drains the
 //! baseline; a rollback drains the canary; both are retired by the reaper as any draining version.
 
-use flotilla_core::canary::{self, CanaryPlan, Counters, Next, Outcome};
+use std::collections::BTreeMap;
+
+use flotilla_core::canary::{self, CanaryPlan, Counters, Next, Outcome, WindowStats};
 use flotilla_core::routing::{RoutingTable, WeightedTarget};
 use flotilla_core::{DeploymentId, Timestamp, VersionState};
 use serde::{Deserialize, Serialize};
@@ -230,7 +233,7 @@ impl Engine {
         }
         let now = self.now();
         let Some(marks) = canary.marks.clone() else {
-            canary.marks = Some(self.marks(&id, &canary.baseline).await?);
+            canary.marks = Some(self.marks(&id, &canary.baseline, now).await?);
             canary.state.since = now;
             self.put_canary(&mut records[pos], canary, progress).await?;
             return Ok(CanaryTick::Started { id });
@@ -239,9 +242,10 @@ impl Engine {
         if now < due {
             return Ok(CanaryTick::Waiting { id, until: due });
         }
-        let current = self.marks(&id, &canary.baseline).await?;
-        let canary_window = canary::window(&marks.canary, &current.canary);
-        let baseline_window = canary::window(&marks.baseline, &current.baseline);
+        let from = marks.at.unwrap_or(canary.state.since);
+        let (canary_window, baseline_window, current) = self
+            .measure(&id, &canary.baseline, &marks, from, now)
+            .await?;
         let verdict = canary::judge(&canary_window, &baseline_window, &canary.plan.thresholds);
         let next = canary::next(&canary.plan, &canary.state, now, Some(&verdict));
         canary.last = Some(Judgement {
@@ -382,23 +386,66 @@ impl Engine {
         Ok(())
     }
 
+    /// The marks a window starting `now` begins from.
     async fn marks(
         &self,
         id: &DeploymentId,
         baseline: &DeploymentId,
+        now: Timestamp,
     ) -> Result<CanaryMarks, EngineError> {
-        let mut counters = self
+        let counters = self
             .ports
             .compute
-            .counters(&[id.clone(), baseline.clone()])
+            .window_marks(&[id.clone(), baseline.clone()])
             .await
             .map_err(EngineError::port(format!(
                 "measuring the traffic of {id} and {baseline}"
             )))?;
-        let mut take = |k: &DeploymentId| counters.remove(k).unwrap_or_else(Counters::default);
-        Ok(CanaryMarks {
-            canary: take(id),
-            baseline: take(baseline),
-        })
+        Ok(marks_of(counters, id, baseline, now))
+    }
+
+    /// Both versions' figures over the window from `marks` (begun at `from`) to `now`, and the
+    /// marks the next window begins from.
+    async fn measure(
+        &self,
+        id: &DeploymentId,
+        baseline: &DeploymentId,
+        marks: &CanaryMarks,
+        from: Timestamp,
+        now: Timestamp,
+    ) -> Result<(WindowStats, WindowStats, CanaryMarks), EngineError> {
+        let start = BTreeMap::from([
+            (id.clone(), marks.canary.clone()),
+            (baseline.clone(), marks.baseline.clone()),
+        ]);
+        let mut measured = self
+            .ports
+            .compute
+            .window(&[id.clone(), baseline.clone()], &start, from, now)
+            .await
+            .map_err(EngineError::port(format!(
+                "measuring the traffic of {id} and {baseline}"
+            )))?;
+        let mut stats = |k: &DeploymentId| measured.stats.remove(k).unwrap_or_default();
+        let (canary_window, baseline_window) = (stats(id), stats(baseline));
+        Ok((
+            canary_window,
+            baseline_window,
+            marks_of(measured.marks, id, baseline, now),
+        ))
+    }
+}
+
+fn marks_of(
+    mut counters: BTreeMap<DeploymentId, Counters>,
+    id: &DeploymentId,
+    baseline: &DeploymentId,
+    at: Timestamp,
+) -> CanaryMarks {
+    let mut take = |k: &DeploymentId| counters.remove(k).unwrap_or_default();
+    CanaryMarks {
+        canary: take(id),
+        baseline: take(baseline),
+        at: Some(at),
     }
 }
