@@ -214,6 +214,31 @@ pub fn iam_resources<'a>(
         .collect()
 }
 
+/// The baseline's grants to its execution role for the references among `declared` that parse
+/// (the resolver has reported the others), written for the stack's own partition, region and
+/// account as CloudFormation substitutions.
+pub fn baseline_grants<'a>(
+    declared: impl IntoIterator<Item = &'a String>,
+) -> flotilla_baseline::SecretGrants {
+    let refs: Vec<SecretRef> = declared
+        .into_iter()
+        .filter_map(|text| SecretRef::parse(text).ok())
+        .collect();
+    let mut grants = flotilla_baseline::SecretGrants::default();
+    for (service, resources) in iam_resources(
+        &refs,
+        "${AWS::Partition}",
+        "${AWS::Region}",
+        "${AWS::AccountId}",
+    ) {
+        match service {
+            SecretService::Ssm => grants.ssm_parameters = resources,
+            SecretService::SecretsManager => grants.secrets_manager = resources,
+        }
+    }
+    grants
+}
+
 /// What stops a deploy of `declared` references: each secret the baseline's execution role may
 /// not read (when the baseline says what it may), and each reference that does not parse. Empty
 /// when the deploy may go ahead.

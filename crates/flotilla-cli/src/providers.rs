@@ -530,6 +530,12 @@ pub(crate) fn find_static_agent(
         .find(|p| p.is_file())
 }
 
+/// The baseline's grants to its execution role for the app's `[secrets]`.
+#[cfg(feature = "aws")]
+pub(crate) fn baseline_secret_grants(config: &Config) -> flotilla_baseline::SecretGrants {
+    flotilla_aws::secrets::baseline_grants(config.env.secrets.values())
+}
+
 /// The AWS provider's settings from the resolved config.
 #[cfg(feature = "aws")]
 pub(crate) fn aws_settings(config: &Config) -> flotilla_aws::AwsSettings {

@@ -13,6 +13,8 @@
 //! - [`lambda`]: a Lambda Runtime API emulator (cargo-lambda's) to run a custom runtime's
 //!   `bootstrap` against, and invoking it.
 //! - [`elf`]: an executable's CPU architecture and whether it is static, from its ELF headers.
+//! - [`host`]: an app directory with its own host daemon, driven by the real `flotilla` binary,
+//!   and everything it started stopped by PID when the test ends.
 //! - [`http`]: one plain HTTP/1.1 exchange with a server a test started.
 //! - [`moto`]: a moto server (the AWS emulator) of a test's own, and raw calls to it.
 //! - [`pebble`]: Let's Encrypt's ACME test server (and its DNS server) on loopback ports.
@@ -26,6 +28,7 @@ pub mod docker;
 pub mod ecs_exec;
 pub mod elf;
 pub mod front_door;
+pub mod host;
 pub mod http;
 pub mod lambda;
 pub mod moto;

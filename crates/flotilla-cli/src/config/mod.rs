@@ -15,6 +15,8 @@
 //! Every problem is reported at once, each with its place (`flotilla.toml:7:1`, an environment
 //! variable or a flag); unknown keys come with the closest valid key.
 
+#[cfg(feature = "aws")]
+pub mod baseline;
 pub mod layers;
 pub mod presets;
 mod resolve;

@@ -307,7 +307,7 @@ impl Resolver<'_> {
     /// itself), reported at the key each problem is about. Runs once everything else is valid.
     #[cfg(feature = "aws")]
     fn baseline_checks(&mut self, config: &Config) {
-        let Err(problems) = crate::baseline::options(config) else {
+        let Err(problems) = super::baseline::options(config) else {
             return;
         };
         for (path, message) in problems {

@@ -1,13 +1,16 @@
-//! Test support for the host end-to-end tests: a temporary app directory with its own
-//! `flotilla.toml` and free ports, the real `flotilla` binary, a tiny HTTP client, and a guard
-//! that stops every process the test started (daemon and app instances) when it is dropped.
+//! Test support for the host end-to-end tests: testkit's host app directory (its own
+//! `flotilla.toml` and free ports, the real `flotilla` binary, a guard that stops every process
+//! the test started when it is dropped) with the example app as its instances, and a tiny HTTP
+//! client.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use flotilla_testkit::host::HostApp;
 
 /// The `flotilla` binary under test.
 pub fn flotilla_bin() -> PathBuf {
@@ -41,41 +44,35 @@ pub fn hello_bin() -> PathBuf {
 
 pub use flotilla_testkit::net::free_port;
 
-/// Timing knobs of one test's `flotilla.toml`.
-#[derive(Clone, Copy)]
-pub struct Timing {
-    pub poll: u64,
-    pub grace: u64,
-    pub interval: u64,
-    pub health_timeout: u64,
+pub use flotilla_testkit::host::Timing;
+
+/// One app directory with its own daemon whose instances run the example app (the shared
+/// [`HostApp`], which stops everything when dropped), plus what these tests ask of it.
+pub struct HostEnv {
+    host: HostApp,
+    timing: Timing,
 }
 
-/// One app directory with its own daemon.
-pub struct HostEnv {
-    pub dir: tempfile::TempDir,
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    timing: Timing,
+impl std::ops::Deref for HostEnv {
+    type Target = HostApp;
+
+    fn deref(&self) -> &HostApp {
+        &self.host
+    }
 }
 
 impl HostEnv {
     /// A fresh app directory whose instances run the example app.
     pub fn new(timing: Timing) -> HostEnv {
         let hello = hello_bin();
+        // The default `.tmp` prefix keeps the socket paths under the directory short.
         let env = HostEnv {
-            dir: tempfile::tempdir().expect("tempdir"),
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            host: HostApp::new(flotilla_bin(), ".tmp", Duration::from_secs(120), 3),
             timing,
         };
-        std::fs::write(env.app().join("README"), "test app\n").expect("write");
+        env.write("README", "test app\n");
         env.configure(&format!("cp {} ./hello", hello.display()), "exec ./hello");
         env
-    }
-
-    /// The app directory.
-    pub fn app(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Rewrites `flotilla.toml` for the example app with `extra` appended to `[host]`.
@@ -92,8 +89,7 @@ impl HostEnv {
     /// Rewrites `flotilla.toml` with this build and start command, and `extra` appended to
     /// `[host]`.
     pub fn configure_with(&self, build: &str, command: &str, extra: &str) {
-        let listen = format!("listen = \"{}\"\n", self.listen);
-        self.write_config("e2e", &listen, build, command, extra);
+        self.write_config("e2e", None, build, command, extra);
     }
 
     /// Rewrites `flotilla.toml` for an app named `name` serving `hosts` behind the front door on
@@ -107,82 +103,23 @@ impl HostEnv {
     ) {
         let place = format!("hosts = {hosts:?}\nfront_door_socket = {socket:?}\n");
         let build = format!("cp {} ./hello", hello_bin().display());
-        self.write_config(name, &place, &build, "exec ./hello", extra);
+        self.write_config(name, Some(&place), &build, "exec ./hello", extra);
     }
 
-    /// The one `flotilla.toml` template: this test's timing, `place` (where the router listens
-    /// or which hosts it serves), the build and start commands, and `extra` in `[host]`.
-    fn write_config(&self, name: &str, place: &str, build: &str, command: &str, extra: &str) {
-        let t = self.timing;
-        let text = format!(
-            r#"name = "{name}"
-provider = "host"
-[app]
-health_timeout_seconds = {health}
-stop_timeout_seconds = 3
-[drain]
-poll_seconds = {poll}
-grace_seconds = {grace}
-[reaper]
-interval_seconds = {interval}
-consecutive_passes = 1
-min_age_seconds = 1
-[host]
-{place}admin_listen = "{admin}"
-instances = 2
-build = {build:?}
-command = {command:?}
-{extra}"#,
-            health = t.health_timeout,
-            poll = t.poll,
-            grace = t.grace,
-            interval = t.interval,
-            admin = self.admin,
-        );
-        std::fs::write(self.app().join("flotilla.toml"), text).expect("write flotilla.toml");
-    }
-
-    /// Runs `flotilla ARGS` in the app directory (killed after two minutes).
-    pub fn flotilla(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(flotilla_bin());
-        cmd.args(args)
-            .current_dir(self.app())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("FLOTILLA_") {
-                cmd.env_remove(k);
-            }
-        }
-        flotilla_testkit::procs::output_within(&mut cmd, Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("flotilla {args:?} did not finish within 120s"))
-    }
-
-    /// `flotilla deploy --json`, which must succeed; returns the new id.
-    pub fn deploy(&self) -> String {
-        let out = self.flotilla(&["deploy", "--json"]);
-        assert!(
-            out.status.success(),
-            "deploy failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("deploy --json prints JSON");
-        v["deployment_id"]
-            .as_str()
-            .expect("deployment_id")
-            .to_owned()
-    }
-
-    /// The daemon's pid, from its lock file.
-    pub fn daemon_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.app().join(".flotilla/host/daemon.lock"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|pid| alive(*pid))
+    /// The shared `flotilla.toml` template with this test's timing, two instances, the build
+    /// and start commands, and `extra` in `[host]`.
+    fn write_config(
+        &self,
+        name: &str,
+        place: Option<&str>,
+        build: &str,
+        command: &str,
+        extra: &str,
+    ) {
+        let host_lines =
+            format!("instances = 2\nbuild = {build:?}\ncommand = {command:?}\n{extra}");
+        self.host
+            .write_config(name, self.timing, "", place, &host_lines);
     }
 
     /// The status page's JSON.
@@ -207,26 +144,6 @@ command = {command:?}
     /// GET through the router.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         get(self.listen, path, headers).expect("the router answers")
-    }
-
-    /// Every live process (not a zombie) whose working directory is inside this app directory:
-    /// the daemon and every instance.
-    pub fn processes(&self) -> Vec<u32> {
-        let root = std::fs::canonicalize(self.app()).expect("canonical tempdir");
-        flotilla_testkit::procs::processes_under(&root)
-    }
-
-    /// Processes running `id`'s instances (their environment names it).
-    pub fn processes_of(&self, id: &str) -> Vec<u32> {
-        flotilla_testkit::procs::running_version(self.processes(), id)
-    }
-}
-
-impl Drop for HostEnv {
-    fn drop(&mut self) {
-        let _ = self.flotilla(&["host", "stop"]);
-        // Whatever survived (a wedged daemon, an instance it lost track of) is killed by pid.
-        flotilla_testkit::procs::kill_survivors(3, || self.processes());
     }
 }
 
