@@ -146,6 +146,8 @@ pub struct InstanceRow {
     pub running: bool,
     /// Whether it passes health checks.
     pub healthy: bool,
+    /// Whether autoscaling winds it down: no new sessions, stopped once its sessions end.
+    pub winding_down: bool,
     /// Live sessions the router counts.
     pub sessions: u64,
     /// Sessions the app reports in its health JSON.
@@ -172,6 +174,7 @@ fn instance_rows(host: &Host) -> Vec<InstanceRow> {
                 pid: v.state.pid(),
                 running: v.state.running(),
                 healthy: v.state.healthy(),
+                winding_down: v.winding_down,
                 sessions: stats.sessions,
                 app_sessions: v.state.app_sessions(),
                 requests_total: stats.requests_total,
@@ -283,7 +286,12 @@ async fn status_html(host: &Host, engine: &Engine) -> String {
             escape(&r.instance),
             escape(&r.addr),
             r.pid.map_or("-".to_owned(), |p| p.to_string()),
-            if r.healthy { "yes" } else if r.running { "no" } else { "stopped" },
+            match (r.healthy, r.running, r.winding_down) {
+                (true, _, true) => "yes, winding down",
+                (true, _, false) => "yes",
+                (false, true, _) => "no",
+                (false, false, _) => "stopped",
+            },
             r.sessions + r.app_sessions.unwrap_or(0),
             r.requests_total,
             r.restarts,

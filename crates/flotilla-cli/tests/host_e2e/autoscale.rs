@@ -97,7 +97,18 @@ fn instances_follow_the_sessions_and_none_holding_a_session_is_stopped() {
     for (ws, _) in first {
         close(&rt, ws);
     }
-    std::thread::sleep(Duration::from_secs(4));
+    let winding: Vec<String> = eventually(Duration::from_secs(20), || {
+        let winding: Vec<String> = env.admin_status()["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter(|i| i["deployment_id"] == v1.as_str() && i["winding_down"] == true)
+            .filter_map(|i| i["instance"].as_str().map(str::to_owned))
+            .collect();
+        (!winding.is_empty()).then_some(winding)
+    })
+    .expect("instances wound down within 20 s");
+    assert_eq!(winding, ["i2", "i3"], "the status page shows which");
     let probes: Vec<String> = (0..6)
         .map(|_| {
             let (ws, instance) = open(&rt, &env);
