@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use flotilla_core::autoscale::{ScaleMemory, ScalePolicy, VersionLoad, decide};
 use flotilla_core::lifecycle::VersionState;
-use flotilla_core::{DeploymentId, Timestamp};
+use flotilla_core::{DeploymentId, InstanceId, Timestamp};
 
 use crate::router::Router;
 use crate::supervisor::Supervisor;
@@ -32,12 +32,15 @@ impl Autoscaler {
         }
     }
 
-    /// One tick over `versions` (each with its state) at `now`.
+    /// One tick over `versions` (each with its state) at `now`. `routed` is an instance's live
+    /// sessions through the router (the daemon's count, which includes those a previous daemon
+    /// still holds after a handover); the app's own count is added to it.
     pub fn tick(
         &mut self,
         versions: &[(DeploymentId, VersionState)],
         supervisor: &Supervisor,
         router: &Router,
+        routed: &dyn Fn(&DeploymentId, &InstanceId) -> u64,
         now: Timestamp,
     ) {
         let stats: HashMap<_, _> = router.stats().snapshot().into_iter().collect();
@@ -58,8 +61,7 @@ impl Autoscaler {
                 .take(desired as usize)
                 .map(|instance| {
                     let key = (id.clone(), instance.clone());
-                    stats.get(&key).map_or(0, |s| s.sessions)
-                        + apps.get(&key).copied().flatten().unwrap_or(0)
+                    routed(id, instance) + apps.get(&key).copied().flatten().unwrap_or(0)
                 })
                 .collect();
             if sessions.len() != desired as usize {

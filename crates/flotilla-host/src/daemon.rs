@@ -269,11 +269,7 @@ impl Host {
         // Sessions a previous daemon still serves keep their versions from being retired.
         let previous = handover::read_previous(&self.settings.state_dir);
         let mut observed = self.supervisor.observe(ids, |id, instance| {
-            self.router.sessions(id, instance)
-                + previous
-                    .as_ref()
-                    .and_then(|p| p.held(id, instance))
-                    .map_or(0, |h| h.live)
+            self.routed_sessions(previous.as_ref(), id, instance)
         });
         for (id, status) in &mut observed {
             status.client_blocked_by_csp = self
@@ -407,6 +403,20 @@ impl Host {
         release::prune(&releases, keep, &in_use)
             .map_err(port_err("prune releases", id.as_str()))?;
         Ok(())
+    }
+
+    /// An instance's live sessions through the router: this daemon's, and those the daemon it
+    /// took over from (`previous`) still serves.
+    fn routed_sessions(
+        &self,
+        previous: Option<&handover::PreviousDaemon>,
+        id: &DeploymentId,
+        instance: &InstanceId,
+    ) -> u64 {
+        self.router.sessions(id, instance)
+            + previous
+                .and_then(|p| p.held(id, instance))
+                .map_or(0, |h| h.live)
     }
 
     /// One drain observation: each running instance's readiness from its sessions (counted by the
@@ -1322,10 +1332,12 @@ pub async fn serve_until(
                         return;
                     }
                 };
+                let previous = handover::read_previous(&host.settings.state_dir);
                 autoscaler.lock().await.tick(
                     &versions,
                     &host.supervisor,
                     &host.router,
+                    &|id, instance| host.routed_sessions(previous.as_ref(), id, instance),
                     host.clock.now(),
                 );
             })

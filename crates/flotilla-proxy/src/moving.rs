@@ -62,11 +62,6 @@ impl SessionMove {
         self.asked.send_replace(true);
     }
 
-    /// Whether [`ask`](Self::ask) was called.
-    pub fn is_asked(&self) -> bool {
-        *self.asked.borrow()
-    }
-
     /// A receiver that sees the switch flip.
     pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.asked.subscribe()

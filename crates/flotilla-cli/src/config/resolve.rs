@@ -847,22 +847,26 @@ impl Resolver<'_> {
         }
     }
 
+    /// Reports each of `paths` that is set although the key that turns its feature on is not,
+    /// with `problem(path)`.
+    fn set_without_switch(&mut self, paths: &[&str], problem: impl Fn(&str) -> String) {
+        for path in paths {
+            if let Some(setting) = self.setting(path).cloned() {
+                self.problem_at(&setting, problem(path));
+            }
+        }
+    }
+
     /// `[host] max_instances` and its siblings: autoscaling of each version's instances, or
     /// `None` without `max_instances` (a sibling set without it is a mistake worth naming).
     fn host_autoscale(&mut self, instances: u32) -> Option<flotilla_core::autoscale::ScalePolicy> {
         let Some(max_setting) = self.setting("host.max_instances").cloned() else {
-            for path in ["host.min_instances", "host.requests_per_instance"] {
-                if let Some(setting) = self.setting(path).cloned() {
-                    self.problem_at(
-                        &setting,
-                        format!(
-                            "`{path}` applies only under autoscaling: set `host.max_instances` \
-                             (the most processes a version may run) to turn it on, or remove \
-                             `{path}`"
-                        ),
-                    );
-                }
-            }
+            self.set_without_switch(&["host.min_instances", "host.requests_per_instance"], |path| {
+                format!(
+                    "`{path}` applies only under autoscaling: set `host.max_instances` (the most \
+                     processes a version may run) to turn it on, or remove `{path}`"
+                )
+            });
             return None;
         };
         let max = self.u32("host.max_instances", 1..=64);
@@ -1300,17 +1304,12 @@ impl Resolver<'_> {
     /// `max_count` (a `min_count` or request target without it is a mistake worth naming).
     fn autoscaling(&mut self, desired: u32) -> Option<super::Autoscaling> {
         let Some(max_setting) = self.setting("aws.max_count").cloned() else {
-            for path in ["aws.min_count", "aws.scale_requests_per_target"] {
-                if let Some(setting) = self.setting(path).cloned() {
-                    self.problem_at(
-                        &setting,
-                        format!(
-                            "`{path}` applies only under autoscaling: set `aws.max_count` (the \
-                             most tasks a version may run) to turn it on, or remove `{path}`"
-                        ),
-                    );
-                }
-            }
+            self.set_without_switch(&["aws.min_count", "aws.scale_requests_per_target"], |path| {
+                format!(
+                    "`{path}` applies only under autoscaling: set `aws.max_count` (the most tasks \
+                     a version may run) to turn it on, or remove `{path}`"
+                )
+            });
             return None;
         };
         let max = self.u32("aws.max_count", 1..=1000);
