@@ -256,20 +256,28 @@ mod tests {
             log.record(&entry(&get));
         }
         drop(log);
-        // The writer ends once the log is dropped; wait for its last file.
+        // The writer ends once the log is dropped, on its own thread: wait until its files stop
+        // changing (a read between a rotation's rename and the new file would see one missing).
+        let read_all = || -> Option<Vec<(String, String)>> {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(dir.path().join("logs")).ok()? {
+                let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+                let text = std::fs::read_to_string(dir.path().join("logs").join(&name)).ok()?;
+                files.push((name, text));
+            }
+            files.sort();
+            Some(files)
+        };
         let files = flotilla_testkit::wait::eventually(Duration::from_secs(5), || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
-                .ok()?
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            (names.len() == 3).then_some(names)
+            let before = read_all()?;
+            std::thread::sleep(Duration::from_millis(50));
+            (before.len() == 3 && read_all()? == before).then_some(before)
         })
         .expect("rotated files");
-        assert_eq!(files, ["access.jsonl", "access.jsonl.1", "access.jsonl.2"]);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["access.jsonl", "access.jsonl.1", "access.jsonl.2"]);
         let mut lines = 0;
-        for name in &files {
-            let text = std::fs::read_to_string(dir.path().join("logs").join(name)).expect("read");
+        for (name, text) in &files {
             for line in text.lines() {
                 serde_json::from_str::<serde_json::Value>(line).expect("each line is JSON");
                 lines += 1;
